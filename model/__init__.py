@@ -1,0 +1,1 @@
+"""Transformer language model: pure Flax Linen modules and accounting (no meshes, files or optimisers)."""

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up .venv (if needed) and run the test suite. This is the README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev,notebooks]"
+exec .venv/bin/python -m pytest -n 2 "$@"

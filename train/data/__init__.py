@@ -1,0 +1,1 @@
+"""Input pipeline: corpora, tokenizers, prepared shards and the Grain loader."""
