@@ -6,6 +6,10 @@ import pathlib
 
 import pytest
 
+# libtpu (the `tpu` extra, for train.plan) makes a bare CPU `import jax` probe for a TPU and
+# warn; tests run on the CPU unless a test (or its subprocess) says otherwise.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -1,0 +1,278 @@
+"""Tokenize a corpus once into ArrayRecord shards + a JSON manifest (see store.py for layout).
+
+    python -m train.data.prepare --source embedded --tokenizer byte --out DIR
+
+- Documents are grouped, in source order, into shards of about `shard_bytes` raw bytes; the
+  grouping depends only on the documents, so a rerun maps the same documents to the same
+  shard numbers. Each shard is tokenized and written by a worker process (spawn context, so
+  it is safe to call after JAX started threads); the main process streams the source,
+  computes the fingerprint and keeps at most 2 shards per worker in flight.
+- Resumable and idempotent: a shard whose sidecar exists and whose files match it is
+  skipped; a damaged one is rebuilt; `manifest.json` is written last (atomically), and an
+  existing manifest with the same settings is returned without work. A manifest made with
+  other settings (tokenizer, source, val_fraction) is an error naming both.
+- Counts: `tokens` per split/domain include one EOS per document, because the loader
+  predicts it (each document is packed as BOS t_1..t_n EOS: n+1 targets). `utf8_bytes` are
+  the raw document bytes. bits/byte = (mean loss per target in nats / ln 2) / bytes_per_token.
+- Non-UTF-8 bytes: the byte tokenizer keeps them; other tokenizers see U+FFFD and the
+  manifest's `replaced_bytes` counts them per domain (a warning names the first files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from train.data import sources as sources_lib
+from train.data import split as split_lib
+from train.data import store
+from train.data import tokenizer as tok_lib
+
+FORMAT = 1
+DEFAULT_SHARD_BYTES = 4_000_000
+
+_WORKER_TOK = None
+
+
+def _init_worker(tok_spec):
+  global _WORKER_TOK
+  _WORKER_TOK = tok_lib.load(tok_spec)
+
+
+def _tokenize(tok, raw: bytes):
+  if isinstance(tok, tok_lib.ByteTokenizer):
+    return tok.encode_array(raw), 0
+  ids, n = tok.encode_bytes(raw)
+  return np.asarray(ids, np.int64), n
+
+
+def _build_shard(args):
+  """Worker: tokenize one group of documents and write shard k. Returns the replaced counts."""
+  out_dir, k, docs, domains, val_fraction, meta = args
+  tok = _WORKER_TOK
+  by_split = {s: [] for s in store.SPLITS}
+  replaced = {}
+  for domain, doc_id, raw in docs:
+    ids, n_bad = _tokenize(tok, raw)
+    if n_bad:
+      replaced.setdefault(domain, []).append((doc_id, n_bad))
+    if len(ids) == 0:
+      continue
+    s = split_lib.split_of(domain, doc_id, val_fraction)
+    by_split[s].append((domains.index(domain), ids, len(raw)))
+  store.write_shard(out_dir, k, by_split, domains, meta)
+  return k, replaced
+
+
+def _settings(source_spec, tok, val_fraction):
+  return {"format": FORMAT, "source": source_spec, "tokenizer": tok.spec,
+          "tokenizer_digest": tok.digest(), "vocab_size": tok.vocab_size,
+          "val_fraction": val_fraction, "chunk_tokens": store.CHUNK_TOKENS,
+          "token_dtype": store.token_dtype(tok.vocab_size).name}
+
+
+def check_manifest(manifest: dict, path, *, source=None, tokenizer=None, val_fraction=None):
+  """Error naming both values if the prepared data was made with other settings.
+
+  `tokenizer` is a Tokenizer or a spec; it is compared by content digest, so a retrained
+  tokenizer.json at the same path is caught too.
+  """
+  if isinstance(tokenizer, str):
+    tokenizer = tok_lib.load(tokenizer)
+  checks = []
+  if tokenizer is not None:
+    checks.append(("tokenizer", manifest.get("tokenizer_digest") == tokenizer.digest()
+                   and manifest.get("vocab_size") == tokenizer.vocab_size,
+                   f"{manifest.get('tokenizer')!r} (vocab {manifest.get('vocab_size')}, digest "
+                   f"{manifest.get('tokenizer_digest')})",
+                   f"{tokenizer.spec!r} (vocab {tokenizer.vocab_size}, digest {tokenizer.digest()})"))
+  if source is not None:
+    checks.append(("source", manifest.get("source") == source, repr(manifest.get("source")), repr(source)))
+  if val_fraction is not None:
+    checks.append(("val_fraction", manifest.get("val_fraction") == val_fraction,
+                   manifest.get("val_fraction"), val_fraction))
+  for what, ok, have, want in checks:
+    if not ok:
+      raise ValueError(
+          f"{path} was prepared with {what} {have} but {want} was asked for; prepare into "
+          f"another directory (--out / data.prepared_dir) or delete {pathlib.Path(path).parent}")
+
+
+def read_manifest(out_dir) -> dict | None:
+  p = pathlib.Path(out_dir) / "manifest.json"
+  if not p.exists():
+    return None
+  return json.loads(p.read_text())
+
+
+def _shard_done(out_dir, k, settings) -> bool:
+  try:
+    side = store.read_sidecar(out_dir, k)
+  except store.CorruptShardError as e:
+    logging.warning("%s: rebuilding", e)
+    return False
+  if side is None:
+    return False
+  meta = {key: side["meta"].get(key) for key in settings}
+  if meta != settings:
+    raise ValueError(f"{store.shard_paths(out_dir, k)['sidecar']} was written with settings {meta}, "
+                     f"not {settings}; use another --out or delete {out_dir}")
+  try:
+    store.check_shard(out_dir, k, side)
+  except store.CorruptShardError as e:
+    logging.warning("%s: rebuilding it", e)
+    return False
+  return True
+
+
+def _groups(source, shard_bytes, fingerprint):
+  group, size = [], 0
+  for doc in source.documents():
+    raw = doc.raw()
+    fingerprint.update(doc, raw)
+    group.append((doc.domain, doc.doc_id, raw))
+    size += len(raw)
+    if size >= shard_bytes:
+      yield group
+      group, size = [], 0
+  if group:
+    yield group
+
+
+def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
+            num_workers: int | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
+            progress: bool = True) -> dict:
+  """Prepare `source` with `tokenizer` into `out_dir` (idempotent, resumable); returns the manifest."""
+  out_dir = pathlib.Path(out_dir)
+  tok = tok_lib.load(tokenizer)
+  settings = _settings(str(source), tok, float(val_fraction))
+  existing = read_manifest(out_dir)
+  if existing is not None:
+    check_manifest(existing, out_dir / "manifest.json", source=str(source), tokenizer=tok,
+                   val_fraction=float(val_fraction))
+    try:
+      for k in range(existing["num_shards"]):
+        side = store.read_sidecar(out_dir, k)
+        if side is None:
+          raise store.CorruptShardError(f"{store.shard_paths(out_dir, k)['sidecar']} is missing")
+        store.check_shard(out_dir, k, side)
+      return existing
+    except store.CorruptShardError as e:  # rebuild the damaged shards, then a new manifest
+      logging.warning("%s; rebuilding damaged shards of %s", e, out_dir)
+      (out_dir / "manifest.json").unlink()
+  src = sources_lib.open_source(source)
+  domains = list(src.domains)
+  num_workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
+  fp = sources_lib.Fingerprint()
+  from tqdm import tqdm
+  bar = tqdm(desc=f"prepare {source}", unit=" shard", disable=not progress, file=sys.stderr)
+  replaced, t0 = {}, time.time()
+  pool = None
+  if num_workers > 1:
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(tok.spec,))
+  else:
+    _init_worker(tok.spec)
+  pending, num_shards = [], 0
+
+  def collect(result):
+    _, rep = result
+    for dom, items in rep.items():
+      replaced.setdefault(dom, []).extend(items)
+    bar.update(1)
+
+  try:
+    for k, group in enumerate(_groups(src, shard_bytes, fp)):
+      num_shards = k + 1
+      if _shard_done(out_dir, k, settings):
+        bar.update(1)
+        continue
+      job = (out_dir, k, group, domains, float(val_fraction), settings)
+      if pool is None:
+        collect(_build_shard(job))
+        continue
+      pending.append(pool.apply_async(_build_shard, (job,)))
+      while len(pending) >= 2 * num_workers:
+        collect(pending.pop(0).get())
+    for p in pending:
+      collect(p.get())
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+    bar.close()
+  if num_shards == 0:
+    raise ValueError(f"source {source!r} yielded no documents (empty corpus); check the path/field")
+  manifest = _summarize(out_dir, num_shards, settings, domains, replaced, src)
+  manifest["fingerprint"] = fp.hexdigest()
+  manifest["prepare_seconds"] = round(time.time() - t0, 3)
+  tmp = out_dir / "manifest.json.tmp"
+  tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+  os.replace(tmp, out_dir / "manifest.json")
+  return manifest
+
+
+def _summarize(out_dir, num_shards, settings, domains, replaced, src) -> dict:
+  splits = {s: {"docs": 0, "tokens": 0, "utf8_bytes": 0,
+                "domains": {d: {"docs": 0, "tokens": 0, "utf8_bytes": 0} for d in domains}}
+            for s in store.SPLITS}
+  for k in range(num_shards):
+    side = store.read_sidecar(out_dir, k)
+    for s in store.SPLITS:
+      dom = side[f"{s}_domain"]
+      for i, d in enumerate(domains):
+        m = dom == i
+        row = splits[s]["domains"][d]
+        row["docs"] += int(m.sum())
+        row["tokens"] += int((side[f"{s}_lengths"][m] + 1).sum())
+        row["utf8_bytes"] += int(side[f"{s}_bytes"][m].sum())
+  for s, tot in splits.items():
+    for key in ("docs", "tokens", "utf8_bytes"):
+      tot[key] = sum(r[key] for r in tot["domains"].values())
+    for d, row in tot["domains"].items():
+      if row["docs"] == 0:
+        raise ValueError(
+            f"{out_dir}: split {s!r} of domain {d!r} is empty (source {src.spec!r}, val_fraction="
+            f"{settings['val_fraction']}); "
+            + ("raise --val-fraction / data.val_fraction or add documents (split one file into "
+               "many with text:<glob>:<separator>)" if s == "val" else
+               "lower val_fraction or add documents"))
+      row["bytes_per_token"] = row["utf8_bytes"] / row["tokens"]
+  rep = {d: sum(n for _, n in items) for d, items in replaced.items()}
+  if rep:
+    examples = [i for items in replaced.values() for i, _ in items][:5]
+    logging.warning("%s: %d non-UTF-8 bytes replaced by U+FFFD for tokenizer %s (e.g. in %s)",
+                    src.spec, sum(rep.values()), settings["tokenizer"], examples)
+  return {**settings, "domains": domains, "num_shards": num_shards, "splits": splits,
+          "replaced_bytes": rep, **src.info,
+          "tokens_note": "tokens include one EOS per document; bytes are raw UTF-8 bytes"}
+
+
+def _main(argv=None):
+  p = argparse.ArgumentParser(prog="python -m train.data.prepare", description=__doc__.split("\n")[0])
+  p.add_argument("--source", default="embedded")
+  p.add_argument("--tokenizer", default="byte")
+  p.add_argument("--out", required=True)
+  p.add_argument("--val-fraction", type=float, default=0.01)
+  p.add_argument("--num-workers", type=int, default=None)
+  p.add_argument("--shard-bytes", type=int, default=DEFAULT_SHARD_BYTES)
+  a = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO)
+  m = prepare(a.source, a.tokenizer, a.out, val_fraction=a.val_fraction,
+              num_workers=a.num_workers, shard_bytes=a.shard_bytes)
+  print(json.dumps({k: m[k] for k in ("source", "fingerprint", "num_shards", "prepare_seconds")
+                    if k in m}))
+  print(json.dumps({s: {d: r["tokens"] for d, r in v["domains"].items()}
+                    for s, v in m["splits"].items()}))
+
+
+if __name__ == "__main__":
+  _main()

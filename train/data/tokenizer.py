@@ -1,0 +1,241 @@
+"""Tokenizers: a lossless byte tokenizer, byte-level BPE (HF `tokenizers`), SentencePiece.
+
+All tokenizers share one small interface (`Tokenizer`): `encode(str) -> list[int]`,
+`decode(ids) -> str`, `vocab_size`, `bos_id`, `eos_id`, `pad_id`, `mask_id`, `spec`, plus
+`encode_bytes(raw) -> (ids, n_replaced)` used by prepare on raw file bytes.
+
+Why these choices:
+- `byte` needs no training and is exact for any input, including non-UTF-8 bytes (they are
+  kept as their byte values; `n_replaced` is always 0). Ids 0..255 are bytes, then
+  BOS=256, EOS=257, PAD=258, MASK=259: vocab 260, the default model's vocab_size.
+- `bpe` is HF byte-level BPE with no normalizer and a ByteLevel decoder, so
+  `decode(encode(x)) == x` for any Unicode string (also unseen text). Special tokens are
+  `<bos> <eos> <pad> <mask>` with ids 0..3 and `encode_special_tokens` is set, so a literal
+  "<eos>" in a document is encoded as ordinary text, never as the special id.
+  Non-UTF-8 input bytes must be decoded first: they become U+FFFD and are counted.
+- SentencePiece models (`*.model`) load when `sentencepiece` is importable; their exact
+  round trip depends on how they were trained (byte_fallback, no normalization).
+
+CLI:
+  python -m train.data.tokenizer train --source embedded --vocab-size 8192 --out tok.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+from typing import Iterable, Protocol, Sequence
+
+SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>", "<mask>")
+
+
+class Tokenizer(Protocol):
+  spec: str
+  vocab_size: int
+  bos_id: int
+  eos_id: int
+  pad_id: int
+  mask_id: int
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+  def encode_bytes(self, raw: bytes) -> tuple[list[int], int]: ...
+
+  def digest(self) -> str: ...
+
+
+def _decode_counting(raw: bytes) -> tuple[str, int]:
+  """UTF-8 decode with U+FFFD replacement; returns (text, number of replaced bytes)."""
+  try:
+    return raw.decode("utf-8"), 0
+  except UnicodeDecodeError:
+    pass
+  count = 0
+  pieces = []
+  i = 0
+  # Slow path only for bad files: decode, counting each invalid byte span.
+  while i < len(raw):
+    try:
+      pieces.append(raw[i:].decode("utf-8"))
+      break
+    except UnicodeDecodeError as e:
+      pieces.append(raw[i:i + e.start].decode("utf-8"))
+      pieces.append("\ufffd")
+      count += e.end - e.start
+      i += e.end
+  return "".join(pieces), count
+
+
+class ByteTokenizer:
+  """256 byte values + BOS/EOS/PAD/MASK. Lossless for any byte string."""
+
+  spec = "byte"
+  vocab_size = 260
+  bos_id, eos_id, pad_id, mask_id = 256, 257, 258, 259
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+  def encode_bytes(self, raw: bytes) -> tuple[list[int], int]:
+    return list(raw), 0
+
+  def encode_array(self, raw: bytes):
+    """Fast path for prepare: a uint16 numpy array of the bytes."""
+    import numpy as np
+    return np.frombuffer(raw, np.uint8).astype(np.uint16)
+
+  def decode_bytes(self, ids: Sequence[int]) -> bytes:
+    return bytes(int(i) for i in ids if int(i) < 256)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Special ids are dropped; invalid UTF-8 (only from non-UTF-8 input) becomes U+FFFD."""
+    return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+  def digest(self) -> str:
+    return "byte"
+
+
+class HFTokenizer:
+  """A `tokenizers` tokenizer.json (byte-level BPE as trained by `train_bpe`)."""
+
+  def __init__(self, path: str):
+    import tokenizers
+    self.spec = str(path)
+    self._path = pathlib.Path(path)
+    self._tok = tokenizers.Tokenizer.from_file(str(path))
+    self._tok.encode_special_tokens = True
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    ids = [self._tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    if None in ids:
+      missing = [t for t, i in zip(SPECIAL_TOKENS, ids) if i is None]
+      raise ValueError(
+          f"tokenizer {path} lacks special tokens {missing}; train it with "
+          "`python -m train.data.tokenizer train` or add them to the tokenizer.json")
+    self.bos_id, self.eos_id, self.pad_id, self.mask_id = ids
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+  def encode_bytes(self, raw: bytes) -> tuple[list[int], int]:
+    text, n = _decode_counting(raw)
+    return self.encode(text), n
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def digest(self) -> str:
+    return hashlib.sha256(self._path.read_bytes()).hexdigest()[:16]
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece `.model`. BOS/EOS/PAD come from the model; MASK is `<mask>` if present
+  as a piece, else the unknown id (MLM with SentencePiece needs a model trained with it)."""
+
+  def __init__(self, path: str):
+    try:
+      import sentencepiece as spm
+    except ImportError as e:
+      raise ImportError(
+          f"{path} looks like a SentencePiece model but `sentencepiece` is not installed; "
+          "pip install sentencepiece") from e
+    self.spec = str(path)
+    self._path = pathlib.Path(path)
+    self._sp = spm.SentencePieceProcessor(model_file=str(path))
+    self.vocab_size = self._sp.get_piece_size()
+    unk = self._sp.unk_id()
+    pick = lambda i: i if i >= 0 else unk
+    self.bos_id = pick(self._sp.bos_id())
+    self.eos_id = pick(self._sp.eos_id())
+    self.pad_id = pick(self._sp.pad_id())
+    mask = self._sp.piece_to_id("<mask>")
+    self.mask_id = mask if mask != unk else unk
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._sp.encode(text))
+
+  def encode_bytes(self, raw: bytes) -> tuple[list[int], int]:
+    text, n = _decode_counting(raw)
+    return self.encode(text), n
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def digest(self) -> str:
+    return hashlib.sha256(self._path.read_bytes()).hexdigest()[:16]
+
+
+def load(spec: str) -> Tokenizer:
+  """"byte", a tokenizer.json path, or a SentencePiece .model path."""
+  spec = str(spec)
+  if spec == "byte":
+    return ByteTokenizer()
+  path = pathlib.Path(spec)
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"tokenizer {spec!r} is neither 'byte' nor an existing file; train one with "
+        f"`python -m train.data.tokenizer train --source embedded --vocab-size 8192 --out {spec}`")
+  if path.suffix == ".model":
+    return SentencePieceTokenizer(spec)
+  return HFTokenizer(spec)
+
+
+def check_vocab_size(tok: Tokenizer, model_vocab_size: int) -> None:
+  """The model's embedding table must match the tokenizer exactly."""
+  if int(model_vocab_size) != tok.vocab_size:
+    raise ValueError(
+        f"tokenizer {tok.spec!r} has vocab_size {tok.vocab_size} but model.vocab_size is "
+        f"{model_vocab_size}; set --config.model.vocab_size={tok.vocab_size}")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out: str | os.PathLike) -> HFTokenizer:
+  """Train byte-level BPE (no normalizer, ByteLevel decoder: lossless) and save tokenizer.json."""
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+  if vocab_size < 256 + len(SPECIAL_TOKENS):
+    raise ValueError(f"vocab_size {vocab_size} < 260: byte-level BPE needs 256 bytes + 4 specials")
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_name(out.name + ".tmp")
+  tok.save(str(tmp))
+  os.replace(tmp, out)
+  return HFTokenizer(str(out))
+
+
+def _main(argv=None):
+  p = argparse.ArgumentParser(prog="python -m train.data.tokenizer")
+  sub = p.add_subparsers(dest="cmd", required=True)
+  t = sub.add_parser("train", help="train byte-level BPE on a source's train split")
+  t.add_argument("--source", default="embedded")
+  t.add_argument("--vocab-size", type=int, default=8192)
+  t.add_argument("--val-fraction", type=float, default=0.01)
+  t.add_argument("--out", required=True)
+  args = p.parse_args(argv)
+  from train.data import sources, split
+  src = sources.open_source(args.source)
+
+  def texts():
+    for doc in src.documents():
+      if split.split_of(doc.domain, doc.doc_id, args.val_fraction) == "train":
+        yield doc.text()
+
+  tok = train_bpe(texts(), args.vocab_size, args.out)
+  print(json.dumps({"out": args.out, "vocab_size": tok.vocab_size, "source": args.source}))
+
+
+if __name__ == "__main__":
+  _main()
