@@ -43,7 +43,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       pos_encoding="learned",  # learned | sinusoidal | rope | none
       rope_theta=10_000.0,
       attention_mask="causal",  # causal (decoder) | bidirectional (encoder)
-      attention_impl="xla",    # how attention is computed; see model/attention.py
+      attention_impl="auto",   # xla | cudnn | blocked | auto; see model/attention_ops.py
       mlp="gelu",              # gelu | swiglu
       norm="layernorm",        # layernorm | rmsnorm
       norm_position="pre",     # pre | post
@@ -56,6 +56,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       type_vocab_size=0,       # token-type (segment A/B) embeddings (BERT: 2)
       pooler=False,            # BERT pooler (dense + tanh on the first token)
       scan_layers=True,
+      scan_unroll=-1,          # layers per scan-loop iteration: -1 auto (all on CPU if <= 8
+                               # layers, else 1), 0 all (no loop), k >= 1; see model/transformer.py
       remat="none",            # none | full | dots_saveable | ...
       dtype="float32",         # compute dtype
       param_dtype="float32",   # master weights

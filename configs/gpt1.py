@@ -1,0 +1,29 @@
+"""GPT-1 (Radford et al. 2018), ~117M: post-norm decoder (no final norm), learned positions,
+GELU, tied embeddings, 40478-token BPE vocabulary, context 512.
+
+    --config configs/gpt1.py
+"""
+
+from configs import base
+from configs import preset_args
+from model.config import ModelConfig
+
+
+def get_config(arg: str = ""):
+  args = preset_args.parse(arg, {"size": "117M"}, "gpt1")
+  preset_args.pick_size({"117M": None}, args["size"], "gpt1")
+  c = base.base_config()
+  c.name = "gpt1-117M"
+  c.model = base.model_config(
+      vocab_size=40478, d_model=768, num_layers=12, num_heads=12, num_kv_heads=12,
+      head_dim=64, mlp_dim=3072, max_seq_len=512, pos_encoding="learned", mlp="gelu",
+      norm="layernorm", norm_position="post", use_bias=True, tie_embeddings=True, dropout=0.1,
+      dtype="bfloat16", param_dtype="float32")
+  c.data.seq_len = 512
+  c.train.batch_size = 64
+  c.train.learning_rate = 2.5e-4
+  c.train.warmup_steps = 2000
+  c.train.steps = 100_000
+  c.train.weight_decay = 0.01
+  ModelConfig.from_config(c.model)
+  return c

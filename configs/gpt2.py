@@ -1,0 +1,38 @@
+"""GPT-2 (Radford et al. 2019): pre-norm decoder, learned positions, GELU, tied embeddings.
+
+    --config configs/gpt2.py:size=124M|355M|774M|1558M
+
+Published parameter counts (HF checkpoints): 124,439,808 / 354,823,168 / 774,030,080 /
+1,557,611,200, which these shapes reproduce. Vocabulary 50257 (GPT-2 BPE), context 1024.
+"""
+
+from configs import base
+from configs import preset_args
+from model.config import ModelConfig
+
+# size: (num_layers, d_model, num_heads, learning_rate)
+SIZES = {
+    "124M": (12, 768, 12, 6e-4),
+    "355M": (24, 1024, 16, 3e-4),
+    "774M": (36, 1280, 20, 2.5e-4),
+    "1558M": (48, 1600, 25, 2e-4),
+}
+
+
+def get_config(arg: str = ""):
+  args = preset_args.parse(arg, {"size": "124M"}, "gpt2")
+  layers, d, heads, lr = preset_args.pick_size(SIZES, args["size"], "gpt2")
+  c = base.base_config()
+  c.name = f"gpt2-{args['size']}"
+  c.model = base.model_config(
+      vocab_size=50257, d_model=d, num_layers=layers, num_heads=heads, num_kv_heads=heads,
+      head_dim=d // heads, mlp_dim=4 * d, max_seq_len=1024, pos_encoding="learned",
+      mlp="gelu", norm="layernorm", norm_position="pre", use_bias=True, tie_embeddings=True,
+      dropout=0.0, dtype="bfloat16", param_dtype="float32")
+  c.data.seq_len = 1024
+  c.train.batch_size = 512          # 0.5M tokens per step
+  c.train.learning_rate = lr
+  c.train.warmup_steps = 2000
+  c.train.steps = 100_000
+  ModelConfig.from_config(c.model)
+  return c

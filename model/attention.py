@@ -1,0 +1,78 @@
+"""Self-attention with MHA/GQA/MQA (num_kv_heads), a free head_dim, RoPE, segment masks and
+an optional KV cache for decoding. The math is in attention_ops.dot_product_attention."""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from model import attention_ops
+from model import positional
+from model.config import ModelConfig
+from model.linear import Linear
+
+
+class Attention(nn.Module):
+  """`decode=True` keeps keys/values in the 'cache' collection: cached_key/cached_value
+  [B, S_max, K, H], cached_segment [B, S_max] and cache_index (next write slot). The first
+  (init) call sizes the cache from its input length; later calls append their T tokens and
+  attend causally over everything written so far."""
+  cfg: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL=None, deterministic=True):
+    cfg = self.cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    proj = lambda heads, axis, name: Linear(
+        (heads, h), ("embed", axis, "head_dim"), use_bias=cfg.use_bias, init_std=cfg.init_std,
+        dtype=dt, param_dtype=pdt, name=name)
+    q_BxLxNxH = proj(n, "heads", "query")(x_BxLxD)
+    k_BxLxKxH = proj(k, "kv_heads", "key")(x_BxLxD)
+    v_BxLxKxH = proj(k, "kv_heads", "value")(x_BxLxD)
+    if cfg.pos_encoding == "rope":
+      q_BxLxNxH = positional.apply_rope(q_BxLxNxH, positions_BxL, cfg.rope_theta)
+      k_BxLxKxH = positional.apply_rope(k_BxLxKxH, positions_BxL, cfg.rope_theta)
+    q_BxLxNxH = nn.with_logical_constraint(q_BxLxNxH, ("batch", "length", "heads", "head_dim"))
+    k_BxLxKxH = nn.with_logical_constraint(k_BxLxKxH, ("batch", "length", "kv_heads", "head_dim"))
+    v_BxLxKxH = nn.with_logical_constraint(v_BxLxKxH, ("batch", "length", "kv_heads", "head_dim"))
+
+    q_offset = 0
+    q_seg, kv_seg = segment_ids_BxL, segment_ids_BxL
+    if self.decode:
+      k_BxLxKxH, v_BxLxKxH, kv_seg, q_offset, q_seg = self._update_cache(
+          k_BxLxKxH, v_BxLxKxH, segment_ids_BxL)
+
+    out_BxLxNxH = attention_ops.dot_product_attention(
+        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, causal=cfg.causal, q_segment_ids_BxT=q_seg,
+        kv_segment_ids_BxS=kv_seg, q_offset=q_offset, impl=cfg.attention_impl)
+    out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, ("batch", "length", "heads", "head_dim"))
+    out_BxLxNxH = nn.Dropout(cfg.dropout)(out_BxLxNxH, deterministic=deterministic)
+    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+    return Linear((cfg.d_model,), ("heads", "head_dim", "embed"), num_in=2,
+                  use_bias=cfg.use_bias, init_std=out_std, dtype=dt, param_dtype=pdt,
+                  name="out")(out_BxLxNxH)
+
+  def _update_cache(self, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
+    """Writes the new keys/values at cache_index; returns the full cache to attend over."""
+    b, t = k_BxTxKxH.shape[:2]
+    initializing = not self.has_variable("cache", "cached_key")
+    ck = self.variable("cache", "cached_key", jnp.zeros, k_BxTxKxH.shape, k_BxTxKxH.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v_BxTxKxH.shape, v_BxTxKxH.dtype)
+    cs = self.variable("cache", "cached_segment", jnp.zeros, (b, t), jnp.int32)
+    ci = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if segment_ids_BxT is None:
+      segment_ids_BxT = jnp.ones((b, t), jnp.int32)
+    if initializing:  # the init call only sizes the cache; attend over the input itself
+      return k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, 0, segment_ids_BxT
+    idx = ci.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k_BxTxKxH.astype(ck.value.dtype),
+                                            (0, idx, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v_BxTxKxH.astype(cv.value.dtype),
+                                            (0, idx, 0, 0))
+    cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids_BxT.astype(jnp.int32),
+                                            (0, idx))
+    ci.value = idx + t
+    # Slots after idx + t are still zero with segment 0: the segment mask hides them even
+    # when the attention is not causal.
+    return ck.value, cv.value, cs.value, idx, segment_ids_BxT

@@ -1,0 +1,134 @@
+"""`ModelConfig`: the validated, immutable model section of a config.
+
+Imports no JAX so configs, the CLI and the planners can validate shapes cheaply. The fields are
+exactly the keys of `configs.base.model_config()`; `from_config` rejects unknown or bad values
+with a message that names the field and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
+ATTENTION_MASKS = ("causal", "bidirectional")
+# Implementations understood by model/attention_ops.py. Add new ones in both places.
+ATTENTION_IMPLS = ("xla", "cudnn", "blocked", "auto")
+MLPS = ("gelu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+# Activation checkpointing policies (see model/transformer.py REMAT_POLICIES).
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shapes and architecture choices of a transformer LM (defaults: configs/base.py)."""
+  vocab_size: int = 260
+  d_model: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  head_dim: int = 64
+  mlp_dim: int = 1024
+  max_seq_len: int = 256
+  pos_encoding: str = "learned"
+  rope_theta: float = 10_000.0
+  attention_mask: str = "causal"
+  attention_impl: str = "auto"
+  mlp: str = "gelu"
+  norm: str = "layernorm"
+  norm_position: str = "pre"
+  norm_eps: float = 1e-5
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  dropout: float = 0.0
+  mlm_head: bool = False
+  embed_norm: bool = False
+  type_vocab_size: int = 0
+  pooler: bool = False
+  scan_layers: bool = True
+  scan_unroll: int = -1
+  remat: str = "none"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  init_std: float = 0.02
+
+  @property
+  def causal(self) -> bool:
+    return self.attention_mask == "causal"
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> "ModelConfig":
+    """Builds and validates from a ConfigDict (the `model` section or a whole config), a dict,
+    or a ModelConfig. Raises ValueError naming the field and the fix."""
+    if isinstance(cfg, ModelConfig):
+      values = dataclasses.asdict(cfg)
+    else:
+      if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+      if not isinstance(cfg, Mapping):
+        raise TypeError(f"ModelConfig.from_config expects a ConfigDict or dict, got {type(cfg)}")
+      if "model" in cfg and isinstance(cfg["model"], Mapping):
+        cfg = cfg["model"]
+      values = dict(cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(
+          f"model: unknown key(s) {unknown}; valid keys are {sorted(names)} "
+          "(see configs/base.py model_config)")
+    out = cls(**values)
+    out.validate()
+    return out
+
+  def replace(self, **changes) -> "ModelConfig":
+    out = dataclasses.replace(self, **changes)
+    out.validate()
+    return out
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def validate(self) -> None:
+    def fail(field, msg):
+      raise ValueError(f"model.{field}: {msg}")
+
+    for f in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+              "mlp_dim", "max_seq_len"):
+      v = getattr(self, f)
+      if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        fail(f, f"must be a positive integer, got {v!r}; set --config.model.{f}=<int > 0>")
+    enums = dict(pos_encoding=POS_ENCODINGS, attention_mask=ATTENTION_MASKS,
+                 attention_impl=ATTENTION_IMPLS, mlp=MLPS, norm=NORMS,
+                 norm_position=NORM_POSITIONS, remat=REMAT_POLICIES, dtype=DTYPES,
+                 param_dtype=DTYPES)
+    for f, valid in enums.items():
+      v = getattr(self, f)
+      if v not in valid:
+        fail(f, f"unknown value {v!r}; choose one of {'|'.join(valid)}")
+    if self.num_heads % self.num_kv_heads:
+      fail("num_kv_heads",
+           f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}; "
+           f"use a divisor of num_heads (num_heads for MHA, 1 for MQA), e.g. "
+           f"{[k for k in range(1, self.num_heads + 1) if self.num_heads % k == 0]}")
+    if self.pos_encoding == "rope" and self.head_dim % 2:
+      fail("head_dim", f"rope rotates pairs of dimensions and needs an even head_dim, got "
+           f"{self.head_dim}; use an even head_dim or another pos_encoding")
+    if self.pos_encoding == "sinusoidal" and self.d_model % 2:
+      fail("d_model", f"sinusoidal positions need an even d_model, got {self.d_model}")
+    if not 0.0 <= self.dropout < 1.0:
+      fail("dropout", f"must be in [0, 1), got {self.dropout}")
+    if isinstance(self.scan_unroll, bool) or not isinstance(self.scan_unroll, int) or (
+        self.scan_unroll < -1):
+      fail("scan_unroll", f"must be an integer >= -1 (-1 auto, 0 fully unrolled, k layers per "
+           f"loop iteration), got {self.scan_unroll!r}")
+    if self.type_vocab_size < 0:
+      fail("type_vocab_size", f"must be >= 0 (0 disables token types), got {self.type_vocab_size}")
+    for f in ("norm_eps", "init_std", "rope_theta"):
+      if not getattr(self, f) > 0:
+        fail(f, f"must be > 0, got {getattr(self, f)}")
+    if self.mlm_head and self.causal:
+      fail("mlm_head", "a masked-LM head needs attention_mask='bidirectional' (an encoder); "
+           "set model.attention_mask=bidirectional or model.mlm_head=False")

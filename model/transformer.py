@@ -1,0 +1,217 @@
+"""The transformer LM: embeddings -> a scanned (or unrolled) stack of blocks -> output head.
+
+Everything is chosen by `ModelConfig`: decoder (GPT, Llama) and encoder (BERT) are configs of
+the same module. Params carry logical axis names; the caller maps them to a mesh.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from model import positional
+from model.attention import Attention
+from model.config import ModelConfig
+from model.embeddings import Embed
+from model.linear import Linear
+from model.mlp import Mlp
+from model.norms import Norm
+
+# Activation checkpointing: what the backward pass may keep instead of recomputing.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+ACTIVATION_AXES = ("batch", "length", "embed")
+
+
+def _norm(cfg: ModelConfig, name: str) -> Norm:
+  return Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, jnp.dtype(cfg.dtype),
+              jnp.dtype(cfg.param_dtype), name=name)
+
+
+class Block(nn.Module):
+  """One layer. pre: x + f(norm(x)); post (BERT, GPT-1): norm(x + f(x)).
+  Returns (x, None) so it can be the body of nn.scan."""
+  cfg: ModelConfig
+  decode: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+    cfg = self.cfg
+    drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
+    attn = Attention(cfg, self.decode, name="attn")
+    mlp = Mlp(cfg, name="mlp")
+    if cfg.norm_position == "pre":
+      y = attn(_norm(cfg, "attn_norm")(x_BxLxD), positions_BxL, segment_ids_BxL,
+               self.deterministic)
+      x_BxLxD = x_BxLxD + drop(y)
+      x_BxLxD = x_BxLxD + drop(mlp(_norm(cfg, "mlp_norm")(x_BxLxD), self.deterministic))
+    else:
+      y = attn(x_BxLxD, positions_BxL, segment_ids_BxL, self.deterministic)
+      x_BxLxD = _norm(cfg, "attn_norm")(x_BxLxD + drop(y))
+      x_BxLxD = _norm(cfg, "mlp_norm")(x_BxLxD + drop(mlp(x_BxLxD, self.deterministic)))
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_AXES)
+    return x_BxLxD, None
+
+
+# scan_unroll=-1 unrolls stacks up to this deep on the CPU: XLA:CPU spends ~15% of a small
+# model's step on the rolled loop's stacked-residual buffers (zero-filled, then copied slice
+# by slice); unrolled, the params keep their stacked layout but the loop disappears.
+AUTO_UNROLL_MAX_LAYERS = 8
+
+
+def scan_unroll(cfg: ModelConfig) -> int:
+  """Layers per iteration of the scanned stack (see configs/base.py `scan_unroll`)."""
+  if cfg.scan_unroll == -1:
+    small = cfg.num_layers <= AUTO_UNROLL_MAX_LAYERS
+    return cfg.num_layers if small and jax.default_backend() == "cpu" else 1
+  if cfg.scan_unroll == 0:
+    return cfg.num_layers
+  return min(cfg.scan_unroll, cfg.num_layers)
+
+
+class LayerStack(nn.Module):
+  """num_layers Blocks. scan_layers=True: one nn.scan over stacked params (leading 'layers'
+  axis), so compile time does not grow with depth (unless `scan_unroll` unrolls the loop);
+  False: block_0..block_{n-1} unrolled."""
+  cfg: ModelConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, deterministic=True):
+    cfg = self.cfg
+    block_cls = Block
+    if cfg.remat != "none":
+      block_cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
+                           prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(
+          block_cls, variable_axes={"params": 0, "cache": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          unroll=scan_unroll(cfg),
+          metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BxLxD, _ = stack(cfg, self.decode, deterministic, name="block")(
+          x_BxLxD, positions_BxL, segment_ids_BxL)
+    else:
+      for i in range(cfg.num_layers):
+        x_BxLxD, _ = block_cls(cfg, self.decode, deterministic, name=f"block_{i}")(
+            x_BxLxD, positions_BxL, segment_ids_BxL)
+    return x_BxLxD
+
+
+class Transformer(nn.Module):
+  """Transformer LM. See __call__ for the inputs; `hidden`/`pooled` give the features for
+  classification heads (call with `method=Transformer.hidden`)."""
+  cfg: ModelConfig
+  decode: bool = False
+
+  def setup(self):
+    cfg = self.cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std, dt, pdt)
+    if cfg.pos_encoding == "learned":
+      self.pos_embed = Embed(cfg.max_seq_len, cfg.d_model, (None, "embed"), cfg.init_std, dt,
+                             pdt)
+    if cfg.type_vocab_size:
+      self.type_embed = Embed(cfg.type_vocab_size, cfg.d_model, (None, "embed"), cfg.init_std,
+                              dt, pdt)
+    if cfg.embed_norm:
+      self.embed_norm = _norm(cfg, "embed_norm")
+    self.embed_dropout = nn.Dropout(cfg.dropout)
+    self.layers = LayerStack(cfg, self.decode)
+    if cfg.norm_position == "pre":
+      self.final_norm = _norm(cfg, "final_norm")
+    if not cfg.tie_embeddings:
+      self.unembed = Linear((cfg.vocab_size,), ("embed", "vocab"), use_bias=False,
+                            init_std=cfg.init_std, dtype=dt, param_dtype=pdt)
+    if cfg.mlm_head:
+      self.mlm_dense = Linear((cfg.d_model,), (None, "embed"), use_bias=cfg.use_bias,
+                              init_std=cfg.init_std, dtype=dt, param_dtype=pdt)
+      self.mlm_norm = _norm(cfg, "mlm_norm")
+      self.mlm_bias = self.param("mlm_bias",
+                                 nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                                 (cfg.vocab_size,), pdt)
+    if cfg.pooler:
+      self.pooler_dense = Linear((cfg.d_model,), (None, "embed"), use_bias=cfg.use_bias,
+                                 init_std=cfg.init_std, dtype=dt, param_dtype=pdt)
+
+  def hidden(self, tokens_BxL, *, positions_BxL=None, segment_ids_BxL=None,
+             token_types_BxL=None, deterministic=True):
+    """Final hidden states [B, L, D] in cfg.dtype (after the final norm for pre-norm)."""
+    cfg = self.cfg
+    if positions_BxL is None:
+      if self.decode and not self.is_initializing():
+        raise ValueError("decode=True needs explicit positions_BxL (absolute positions of the "
+                         "new tokens, e.g. cache length + arange(T))")
+      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+    x_BxLxD = self.embed(tokens_BxL)
+    if cfg.pos_encoding == "learned":
+      x_BxLxD = x_BxLxD + self.pos_embed(positions_BxL)
+    elif cfg.pos_encoding == "sinusoidal":
+      x_BxLxD = x_BxLxD + positional.sinusoidal(positions_BxL, cfg.d_model).astype(x_BxLxD.dtype)
+    if cfg.type_vocab_size:
+      if token_types_BxL is None:
+        token_types_BxL = jnp.zeros_like(tokens_BxL)
+      x_BxLxD = x_BxLxD + self.type_embed(token_types_BxL)
+    if cfg.embed_norm:
+      x_BxLxD = self.embed_norm(x_BxLxD)
+    x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_AXES)
+    x_BxLxD = self.layers(x_BxLxD, positions_BxL, segment_ids_BxL, deterministic)
+    if cfg.norm_position == "pre":
+      x_BxLxD = self.final_norm(x_BxLxD)
+    return x_BxLxD
+
+  def logits_from_hidden(self, x_BxLxD):
+    """Output layer: MLM head (encoders with mlm_head), tied embedding or untied unembed.
+    Returns float32 [B, L, V]."""
+    cfg = self.cfg
+    if cfg.mlm_head:
+      x_BxLxD = self.mlm_norm(nn.gelu(self.mlm_dense(x_BxLxD), approximate=True))
+    if cfg.tie_embeddings:
+      logits = self.embed.attend(x_BxLxD)
+    else:
+      logits = self.unembed(x_BxLxD).astype(jnp.float32)
+    if cfg.mlm_head:
+      logits = logits + jnp.asarray(self.mlm_bias, jnp.float32)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+  def pooled(self, tokens_BxL, **kwargs):
+    """BERT pooler: tanh(dense(hidden[:, 0])) -> [B, D]. Needs cfg.pooler."""
+    if not self.cfg.pooler:
+      raise ValueError("model.pooler is False; use hidden(...)[:, 0] or set model.pooler=True")
+    return self._pool(self.hidden(tokens_BxL, **kwargs))
+
+  def _pool(self, x_BxLxD):
+    return jnp.tanh(self.pooler_dense(x_BxLxD[:, 0]))
+
+  def __call__(self, tokens_BxL, *, positions_BxL=None, segment_ids_BxL=None,
+               token_types_BxL=None, deterministic=True):
+    """tokens [B, L] int -> logits [B, L, V] float32.
+
+    positions_BxL: default arange(L); packed data passes per-document positions; required
+      with decode=True. segment_ids_BxL: 0 = padding, 1..n = documents; attention stays within
+      a segment. token_types_BxL: BERT segment A/B ids (type_vocab_size > 0).
+    deterministic=False enables dropout (needs rngs={'dropout': key}).
+    """
+    x_BxLxD = self.hidden(tokens_BxL, positions_BxL=positions_BxL,
+                          segment_ids_BxL=segment_ids_BxL, token_types_BxL=token_types_BxL,
+                          deterministic=deterministic)
+    if self.cfg.pooler and self.is_initializing():
+      self._pool(x_BxLxD)  # create the pooler's params
+    return self.logits_from_hidden(x_BxLxD)
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int):
+  """An empty KV cache for `Transformer(cfg, decode=True)`: zeros shaped by an abstract init
+  (no weights are initialised). Holds max_len tokens per row; cache_index starts at 0."""
+  dec = Transformer(cfg, decode=True)
+  shapes = jax.eval_shape(dec.init, jax.random.PRNGKey(0),
+                          jnp.zeros((batch_size, max_len), jnp.int32))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
