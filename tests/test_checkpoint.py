@@ -1,0 +1,196 @@
+"""Checkpoint behaviour of the real trainer (tiny model, embedded corpus, CPU).
+
+Each run is a subprocess (signals, SIGKILL, clean JAX state) sharing a persistent XLA cache
+and one prepared-data directory, so only the first run pays for compilation.
+Straight run: 8 steps, checkpoints every 2. Everything else is compared with it bitwise.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 8
+
+# Runs train_and_evaluate in a fresh process; argv: workdir, overrides JSON, faults JSON.
+RUNNER = r"""
+import json, os, signal, sys
+import numpy as np
+from configs import default
+from train import trainer
+workdir, overrides, faults = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+config = default.get_config("size=tiny")
+for key, value in overrides.items():
+  section, _, field = key.rpartition(".")
+  node = config
+  for part in filter(None, section.split(".")):
+    node = node[part]
+  node[field] = value
+
+def batch_hook(step, batch):
+  if step == faults.get("sigterm_at"):
+    os.kill(os.getpid(), signal.SIGTERM)
+  if step in faults.get("nan_steps", []) or step >= faults.get("nan_from", 10**9):
+    batch = dict(batch, weights=np.full_like(batch["weights"], np.nan))
+  return batch
+
+def after_save(step):
+  if step == faults.get("sigkill_after_save"):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+try:
+  out = trainer.train_and_evaluate(config, workdir,
+                                   hooks=trainer.Hooks(batch=batch_hook, after_save=after_save))
+except Exception as e:
+  print("ERROR", type(e).__name__, e, flush=True)
+  sys.exit(3)
+print("RESULT " + json.dumps({k: out[k] for k in ("step", "preempted", "val_loss")}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ckpt")
+  e = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "xla"),
+           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=str(REPO))
+  e.pop("XLA_FLAGS", None)
+  return {"env": e, "root": root, "prepared": str(root / "prepared")}
+
+
+def run(env, workdir, faults=None, **overrides):
+  base = {"train.steps": STEPS, "train.log_every": 1, "checkpoint.every": 2,
+          "checkpoint.keep": 10, "eval.every": 0, "eval.batches": 1,
+          "data.prepared_dir": env["prepared"]}
+  base.update(overrides)
+  p = subprocess.run([sys.executable, "-c", RUNNER, str(workdir), json.dumps(base),
+                      json.dumps(faults or {})], env=env["env"], cwd=REPO,
+                     capture_output=True, text=True, timeout=600)
+  return p.returncode, p.stdout + p.stderr
+
+
+def train_rows(workdir):
+  from train import metrics
+  return {r["step"]: r for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+
+
+def final_params(workdir):
+  import jax
+  from train import trainer
+  run_ = trainer.load_run(str(workdir))
+  return run_.step, jax.tree_util.tree_map(np.asarray, run_.params)
+
+
+def assert_same_params(a, b):
+  import jax
+  leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+def assert_same_losses(a, b):
+  assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+  for s in a:
+    assert a[s]["loss"] == b[s]["loss"], s          # bitwise (JSON floats round-trip)
+    assert a[s]["grad_norm"] == b[s]["grad_norm"], s
+
+
+@pytest.fixture(scope="module")
+def straight(env):
+  wd = env["root"] / "straight"
+  rc, out = run(env, wd)
+  assert rc == 0, out
+  step, params = final_params(wd)
+  assert step == STEPS
+  return {"workdir": wd, "params": params, "rows": train_rows(wd)}
+
+
+def test_sigterm_then_resume_is_bitwise_identical(env, straight):
+  wd = env["root"] / "sigterm"
+  rc, out = run(env, wd, faults={"sigterm_at": 3})   # signal during step 4's input
+  assert rc == 0, out
+  assert '"preempted": true' in out and "SIGTERM received: saved step 4" in out, out
+  rc, out = run(env, wd)
+  assert rc == 0, out
+  assert "resumed from" in out and "(step 4)" in out, out
+  assert_same_params(final_params(wd)[1], straight["params"])
+  assert_same_losses(train_rows(wd), straight["rows"])
+
+
+def test_sigkill_during_async_save_resumes_from_last_complete(env, straight):
+  wd = env["root"] / "sigkill"
+  rc, out = run(env, wd, faults={"sigkill_after_save": 6})
+  assert rc == -9, out
+  assert (wd / "checkpoints" / "4").is_dir()
+  assert not (wd / "checkpoints" / "6").is_dir(), "save of step 6 finished before the kill"
+  rc, out = run(env, wd)
+  assert rc == 0, out
+  assert "unfinished save" in out and "(step 4)" in out, out
+  assert any(p.name.startswith("6.orbax-checkpoint-tmp")
+             for p in (wd / "checkpoints_corrupt").iterdir())
+  assert_same_params(final_params(wd)[1], straight["params"])
+  assert_same_losses(train_rows(wd), straight["rows"])
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(env, straight):
+  wd = env["root"] / "corrupt"
+  shutil.copytree(straight["workdir"], wd)
+  for f in (wd / "checkpoints" / str(STEPS) / "state").rglob("*"):
+    if f.is_file() and ("manifest" in f.name or "ocdbt" in str(f.parent)):
+      f.write_bytes(b"not a checkpoint")
+  rc, out = run(env, wd)
+  assert rc == 0, out
+  assert f"checkpoints/{STEPS}" in out and "failed to restore" in out, out
+  assert f"(step {STEPS - 2})" in out, out
+  assert any(p.name.startswith(f"{STEPS}.") for p in (wd / "checkpoints_corrupt").iterdir())
+  assert_same_params(final_params(wd)[1], straight["params"])
+  assert_same_losses(train_rows(wd), straight["rows"])
+
+
+def test_resume_with_other_config_lists_differences(env, straight):
+  wd = env["root"] / "mismatch"
+  shutil.copytree(straight["workdir"], wd)
+  rc, out = run(env, wd, **{"model.mlp_dim": 128, "train.learning_rate": 1e-3})
+  assert rc == 3, out
+  assert "ConfigMismatchError" in out and "model.mlp_dim: 64 (checkpoint) -> 128 (now)" in out
+  assert "train.learning_rate" in out
+
+
+def test_nan_batch_is_skipped_and_training_continues(env):
+  wd = env["root"] / "nan_once"
+  rc, out = run(env, wd, faults={"nan_steps": [3]})
+  assert rc == 0, out
+  rows = train_rows(wd)
+  assert rows[4]["skipped"] == 1 and rows[4]["skipped_total"] == 1   # step 3 -> logged as 4
+  assert rows[STEPS]["skipped_total"] == 1 and np.isfinite(rows[STEPS]["loss"])
+  assert rows[5]["nonfinite_streak"] == 0
+
+
+def test_consecutive_nonfinite_steps_stop_with_good_checkpoint(env):
+  wd = env["root"] / "nan_many"
+  rc, out = run(env, wd, faults={"nan_from": 2}, **{"train.max_nonfinite_steps": 2})
+  assert rc == 3, out
+  assert "NonFiniteError" in out and "consecutive" in out and "checkpoints/2" in out, out
+  step, params = final_params(wd)
+  assert step == 2
+  import jax
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_init_from_loads_parameters_with_fresh_optimizer(env, straight):
+  wd = env["root"] / "finetune"
+  rc, out = run(env, wd, **{"init_from": str(straight["workdir"]), "train.steps": 2,
+                            "checkpoint.every": 0})
+  assert rc == 0, out
+  assert "initialised parameters from" in out, out
+  rows = train_rows(wd)
+  fresh_first = straight["rows"][1]["loss"]
+  assert rows[1]["loss"] < fresh_first - 0.3, (rows[1]["loss"], fresh_first)
+  assert rows[1]["lr"] == 0.0   # warmup restarts: a fresh optimizer and schedule

@@ -1,0 +1,36 @@
+"""The loss plot written at the end of a run (matplotlib's Agg canvas: no display needed, and
+the global pyplot backend is left alone, e.g. inline plots in a notebook)."""
+
+import os
+
+from train import metrics as metrics_lib
+
+
+def loss_plot(workdir: str, out: str | None = None) -> str | None:
+  """Train loss (and validation loss where evaluated) against step -> DIR/loss.png."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  train = metrics_lib.read_jsonl(path, "train")
+  val = metrics_lib.read_jsonl(path, "eval")
+  fig = Figure(figsize=(7, 4))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  # loss_mean: the mean over the steps since the previous log line (smoother than one step).
+  key = "loss_mean" if any(isinstance(r.get("loss_mean"), float) for r in train) else "loss"
+  pts = [(r["step"], r[key]) for r in train if isinstance(r.get(key), float)]
+  if pts:
+    ax.plot(*zip(*pts), label="train loss", lw=1)
+  vpts = [(r["step"], r["all/loss"]) for r in val if isinstance(r.get("all/loss"), float)]
+  if vpts:
+    ax.plot(*zip(*vpts), "o-", label="val loss")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats/token)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  out = out or os.path.join(workdir, "loss.png")
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  return out
