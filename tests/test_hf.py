@@ -1,0 +1,191 @@
+"""HF interop: weight mapping round trips (always) and logit parity with `transformers`
+(needs the `hf` extra: torch CPU + transformers; skipped with the reason otherwise).
+
+Parity both ways on tiny random models built from configs locally (nothing downloaded):
+HF -> ours (import a save_pretrained directory) and ours -> HF (export, then
+AutoModelForCausalLM.from_pretrained on that directory). Weights are drawn with a large std
+so the logits are O(1) and a layout error could not hide under the tolerance.
+"""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eval import hf
+from model.config import ModelConfig
+from model.transformer import Transformer
+
+GPT2 = dict(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=8,
+            mlp_dim=48, max_seq_len=24, pos_encoding="learned", norm="layernorm", mlp="gelu",
+            use_bias=True, tie_embeddings=True)
+# GQA (4 query heads over 2 kv heads), head_dim * heads != d_model, untied head, custom theta.
+LLAMA = dict(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=12,
+             mlp_dim=40, max_seq_len=24, pos_encoding="rope", rope_theta=500.0, norm="rmsnorm",
+             mlp="swiglu", use_bias=False, tie_embeddings=False, norm_eps=1e-6)
+TOL = 1e-4
+
+
+def _random_params(cfg, seed=0):
+  """Our params with every leaf random (norm scales/biases too): N(0, 0.3), scales around 1.
+  Shapes from jax.eval_shape, values from numpy: no compilation."""
+  shapes = nn.unbox(jax.eval_shape(
+      lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"])
+  rng = np.random.default_rng(seed)
+  flat = jax.tree_util.tree_flatten_with_path(shapes)
+  leaves = [(0.3 * rng.standard_normal(x.shape) + ("scale" in jax.tree_util.keystr(path)))
+            .astype(np.float32) for path, x in flat[0]]
+  return jax.tree.unflatten(flat[1], leaves)
+
+
+def _ours_logits(cfg, params, tokens):
+  return np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(tokens)))
+
+
+def _tokens(cfg, b=2, l=11, seed=0):
+  return np.random.default_rng(seed).integers(0, cfg.vocab_size, (b, l)).astype(np.int32)
+
+
+@pytest.mark.parametrize("fields", [GPT2, LLAMA], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("scan", [True, False])
+def test_state_dict_round_trip(fields, scan):
+  cfg = ModelConfig(**fields, scan_layers=scan)
+  params = _random_params(cfg)
+  sd = hf.to_hf_state_dict(cfg, params, hf.detect_arch(cfg))
+  back = hf.from_hf_state_dict(cfg, sd)
+  jax.tree.map(np.testing.assert_array_equal, params, back)
+  if cfg.pos_encoding == "learned":  # GPT-2: tied head, fused qkv in Conv1D [in, out] layout
+    assert "lm_head.weight" not in sd
+    assert sd["transformer.h.0.attn.c_attn.weight"].shape == (32, 3 * 32)
+  else:
+    assert sd["model.layers.0.self_attn.k_proj.weight"].shape == (2 * 12, 32)
+    assert sd["lm_head.weight"].shape == (61, 32)
+
+
+def test_directory_round_trip_and_config(tmp_path):
+  cfg = ModelConfig(**LLAMA)
+  params = _random_params(cfg)
+  conf = hf.export_dir(cfg, params, tmp_path)
+  assert json.loads((tmp_path / "config.json").read_text()) == conf
+  cfg2, params2 = hf.import_dir(tmp_path)
+  assert cfg2 == cfg.replace(init_std=cfg2.init_std)
+  jax.tree.map(np.testing.assert_array_equal, params, params2)
+
+
+def test_unsupported_configs_are_named():
+  with pytest.raises(ValueError, match=r"model.pos_encoding='sinusoidal'"):
+    hf.detect_arch(ModelConfig(**{**GPT2, "pos_encoding": "sinusoidal"}))
+  with pytest.raises(ValueError, match="mlp"):
+    hf.hf_config(ModelConfig(**GPT2), "llama")
+  with pytest.raises(ValueError, match="rope_type='linear'"):
+    hf.model_config_from_hf(dict(model_type="llama", vocab_size=8, hidden_size=8,
+                                 intermediate_size=8, num_hidden_layers=1,
+                                 num_attention_heads=2, rope_scaling={"rope_type": "linear"}))
+  with pytest.raises(ValueError, match="model_type='bert'"):
+    hf.model_config_from_hf(dict(model_type="bert"))
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+def _hf_model(fields):
+  torch = pytest.importorskip("torch", reason="parity needs the `hf` extra (torch CPU)")
+  transformers = pytest.importorskip("transformers", reason="parity needs the `hf` extra")
+  torch.manual_seed(0)
+  if fields["pos_encoding"] == "learned":
+    conf = transformers.GPT2Config(vocab_size=61, n_positions=24, n_embd=32, n_layer=2,
+                                   n_head=4, n_inner=48, resid_pdrop=0.0, embd_pdrop=0.0,
+                                   attn_pdrop=0.0, initializer_range=0.3)
+    model = transformers.GPT2LMHeadModel(conf)
+  else:
+    conf = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=40,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=12,
+                                    max_position_embeddings=24, rms_norm_eps=1e-6,
+                                    rope_parameters=dict(rope_type="default", rope_theta=500.0),
+                                    tie_word_embeddings=False, initializer_range=0.3)
+    model = transformers.LlamaForCausalLM(conf)
+  with torch.no_grad():  # norms start at 1/0: randomise them too
+    for name, p in model.named_parameters():
+      if "ln" in name or "norm" in name:
+        p.add_(0.3 * torch.randn_like(p))
+  return torch, transformers, model.eval()
+
+
+def _hf_logits(torch, model, tokens):
+  with torch.no_grad():
+    return model(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
+
+
+@pytest.mark.parametrize("fields", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_parity_import_hf_into_ours(fields, tmp_path):
+  torch, _, model = _hf_model(fields)
+  model.save_pretrained(tmp_path, safe_serialization=True)
+  cfg, params = hf.import_dir(tmp_path)
+  tokens = _tokens(cfg)
+  theirs = _hf_logits(torch, model, tokens)
+  ours = _ours_logits(cfg, params, tokens)
+  assert np.abs(theirs).max() > 1.0  # a meaningful scale for the tolerance
+  np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("fields", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_parity_export_ours_to_hf(fields, tmp_path):
+  torch = pytest.importorskip("torch", reason="parity needs the `hf` extra (torch CPU)")
+  transformers = pytest.importorskip("transformers", reason="parity needs the `hf` extra")
+  cfg = ModelConfig(**fields)
+  params = _random_params(cfg, seed=3)
+  hf.export_dir(cfg, params, tmp_path)
+  model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, local_files_only=True)
+  tokens = _tokens(cfg, seed=1)
+  theirs = _hf_logits(torch, model.eval(), tokens)
+  ours = _ours_logits(cfg, params, tokens)
+  assert np.abs(ours).max() > 1.0
+  np.testing.assert_allclose(theirs, ours, atol=TOL, rtol=0)
+
+
+def test_cli_export_from_run_and_import(tmp_path, monkeypatch, capsys):
+  """`python -m eval.hf export --workdir RUN` takes the run's config, params and tokenizer
+  (a BPE tokenizer.json is copied); `import` writes the params back as msgpack."""
+  import types
+  from flax import serialization
+  from configs import base
+  from train import trainer
+  config = base.base_config()
+  config.model.update(**GPT2)
+  cfg = ModelConfig.from_config(config.model)
+  params = _random_params(cfg)
+  (tmp_path / "tok.json").write_text("{}")
+  tok = types.SimpleNamespace(spec=str(tmp_path / "tok.json"), bos_id=0, eos_id=1, pad_id=2,
+                              mask_id=3)
+  monkeypatch.setattr(trainer, "load_run", lambda workdir, **kw: types.SimpleNamespace(
+      config=config, params=params, tokenizer=tok))
+  hf.main(["export", "--workdir", "RUN", "--out", str(tmp_path / "hf")])
+  assert "wrote gpt2 model" in capsys.readouterr().out
+  conf = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert (conf["bos_token_id"], conf["eos_token_id"], conf["n_inner"]) == (0, 1, 48)
+  assert (tmp_path / "hf" / "tokenizer.json").read_text() == "{}"
+  tc = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+  assert tc["eos_token"] == "<eos>"
+  hf.main(["import", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "p.msgpack")])
+  back = serialization.msgpack_restore((tmp_path / "p.msgpack").read_bytes())
+  jax.tree.map(np.testing.assert_array_equal, params, back)
+
+
+def test_import_to_run_is_loadable(tmp_path):
+  """An HF directory becomes a params-only run that trainer.load_run (and so init_from and the
+  eval CLIs) accepts, with the same logits."""
+  from train import trainer
+  cfg = ModelConfig(**{**GPT2, "vocab_size": 260})
+  params = _random_params(cfg)
+  hf.export_dir(cfg, params, tmp_path / "hf")
+  hf.main(["import", "--hf-dir", str(tmp_path / "hf"), "--workdir", str(tmp_path / "run")])
+  run = trainer.load_run(str(tmp_path / "run"))
+  assert run.tokenizer.vocab_size == 260 and run.config.model.d_model == 32
+  tokens = _tokens(cfg)
+  np.testing.assert_allclose(_ours_logits(ModelConfig.from_config(run.config.model),
+                                          jax.tree.map(np.asarray, run.params), tokens),
+                             _ours_logits(cfg, params, tokens), atol=1e-6)
