@@ -1,0 +1,99 @@
+"""Scaling ladders: a base training config plus a `ladder` section that eval/ladder.py expands
+into points (one config + one workdir each).
+
+    python -m eval.ladder --config configs/ladder.py:cpu --workdir runs/ladder_cpu
+
+Names (the arg):
+  cpu           5 sizes x 3 token budgets on `embedded`, WSD scheme (one constant-LR run per
+                size, cooldowns branched from its checkpoints). Under 30 min on 2 CPU cores.
+  cpu_grid      the same sizes and budgets as independent cosine runs (the expensive way).
+  cpu_isoflop   3 FLOP budgets x 5 sizes, D = C / flops_per_token (IsoFLOP, approach 2).
+  cpu_synthetic the `cpu` ladder on the synthetic Markov corpus (known entropy floor).
+  tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
+  tiny_grid, tiny_isoflop: tiny versions of the other schemes, for tests.
+
+ladder fields:
+  scheme          wsd | grid | isoflop
+  sizes           tuple of (name, d_model, num_layers, num_heads); mlp_dim = mlp_ratio*d_model,
+                  head_dim = d_model // num_heads
+  steps           token budgets as optimizer steps (wsd, grid); tokens = steps*batch*seq_len
+  flop_budgets    FLOP budgets (isoflop); a size whose steps fall outside
+                  [min_steps, max_steps] is skipped for that budget
+  decay_fraction  wsd: fraction of each budget spent cooling down
+  cooldown        wsd cooldown shape: linear | 1-sqrt
+  parallel        worker processes (points are split by size)
+"""
+
+import ml_collections
+
+from configs import base
+
+_CPU_SIZES = (
+    ("d32l2", 32, 2, 2),
+    ("d48l2", 48, 2, 2),
+    ("d64l3", 64, 3, 4),
+    ("d96l3", 96, 3, 4),
+    ("d128l4", 128, 4, 4),
+)
+_TINY_SIZES = (
+    ("d16l1", 16, 1, 2),
+    ("d32l1", 32, 1, 2),
+    ("d48l2", 48, 2, 2),
+)
+
+
+def _ladder(**kw) -> ml_collections.ConfigDict:
+  d = dict(scheme="wsd", sizes=_CPU_SIZES, mlp_ratio=4, steps=(150, 300, 600),
+           flop_budgets=(), min_steps=20, max_steps=5000, decay_fraction=0.2,
+           cooldown="linear", parallel=1)
+  d.update(kw)
+  return ml_collections.ConfigDict(d)
+
+
+def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  name = arg or "cpu"
+  c = base.base_config()
+  c.name = f"ladder_{name}"
+  c.data.seq_len = 128
+  c.model.max_seq_len = 128
+  c.train.batch_size = 16
+  c.train.learning_rate = 3e-3
+  c.train.warmup_steps = 30
+  c.train.min_lr_ratio = 0.0
+  c.train.log_every = 10
+  c.eval.every = 0          # evaluate once, at the end of each point
+  c.eval.batches = 8
+  c.checkpoint.every = 100  # killed points resume from here
+  c.checkpoint.keep = 2
+  if name in ("cpu", "cpu_synthetic"):
+    c.ladder = _ladder()
+    if name == "cpu_synthetic":
+      c.data.source = "synthetic:markov"
+  elif name == "cpu_grid":
+    c.ladder = _ladder(scheme="grid")
+  elif name == "cpu_isoflop":
+    c.ladder = _ladder(scheme="isoflop", flop_budgets=(3e11, 1e12, 3e12), steps=(),
+                       min_steps=50, max_steps=1500)
+  elif name.startswith("tiny"):
+    c.data.seq_len = 32
+    c.model.max_seq_len = 32
+    c.train.batch_size = 4
+    c.train.warmup_steps = 2
+    c.train.log_every = 2
+    c.eval.batches = 2
+    c.checkpoint.every = 4
+    c.checkpoint.async_save = False
+    if name == "tiny":
+      c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
+    elif name == "tiny_grid":
+      c.ladder = _ladder(scheme="grid", sizes=_TINY_SIZES[:2], steps=(6, 12))
+    elif name == "tiny_isoflop":
+      c.ladder = _ladder(scheme="isoflop", sizes=_TINY_SIZES, steps=(), flop_budgets=(2e8, 4e8),
+                         min_steps=3, max_steps=80)
+    else:
+      raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
+                       "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop")
+  else:
+    raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
+                     "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop")
+  return c

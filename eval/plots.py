@@ -1,0 +1,168 @@
+"""Matplotlib figures for scaling studies. Plotting only: every fit arrives already made
+(eval.fit / eval.saturation), so a figure never changes a number.
+
+Each function returns a Figure; `save` writes it as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+from eval import fit as fitlib  # noqa: E402
+
+
+def save(fig, path_stem) -> list[pathlib.Path]:
+  """Write fig to <stem>.png and <stem>.svg; returns both paths."""
+  stem = pathlib.Path(path_stem)
+  stem.parent.mkdir(parents=True, exist_ok=True)
+  paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+  for p in paths:
+    fig.savefig(p, dpi=130, bbox_inches="tight")
+  plt.close(fig)
+  return paths
+
+
+def _colors(values):
+  uniq = np.unique(values)
+  cmap = plt.get_cmap("viridis")
+  return {v: cmap(i / max(len(uniq) - 1, 1)) for i, v in enumerate(uniq)}
+
+
+def loss_vs_compute(C, L, N, frontier: fitlib.PowerLawFit | None = None, floor: float | None = None,
+                    predictions: list[dict] | None = None, ylabel="validation loss"):
+  """Every run as a point coloured by size; the Pareto frontier and its fitted power law."""
+  C, L, N = (np.asarray(v, float) for v in (C, L, N))
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  col = _colors(N)
+  for n in np.unique(N):
+    m = N == n
+    o = np.argsort(C[m])
+    ax.plot(C[m][o], L[m][o], "o-", color=col[n], ms=4, lw=1, alpha=0.8, label=f"N={n:.3g}")
+  idx = fitlib.pareto_frontier(C, L)
+  ax.plot(C[idx], L[idx], "k*", ms=9, label="frontier runs")
+  if frontier is not None:
+    cmax = max(C.max(), max((p["budget"] for p in predictions or []), default=0))
+    cs = np.geomspace(C.min(), cmax, 200)
+    ax.plot(cs, frontier.loss(cs), "k--", lw=1.2,
+            label=f"L*(C) = {frontier.E:.3f} + {frontier.A:.3g} C^-{frontier.alpha:.3f}")
+  for p in predictions or []:
+    ax.plot([p["budget"]], [p["loss"]], "rs", ms=6)
+    if "loss_interval" in p:
+      lo, hi = p["loss_interval"]
+      ax.errorbar([p["budget"]], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]],
+                  color="r", capsize=3)
+  if floor is not None:
+    ax.axhline(floor, color="gray", ls=":", label=f"true floor {floor:.3f}")
+  ax.set_xscale("log")
+  ax.set_xlabel("training FLOPs C")
+  ax.set_ylabel(ylabel)
+  ax.set_title("Loss vs compute")
+  ax.legend(fontsize=7, ncol=2)
+  ax.grid(alpha=0.3, which="both")
+  return fig
+
+
+def isoflop_curves(N, L, budgets, iso: fitlib.IsoFlopFit):
+  """Loss vs N per FLOP budget with the fitted parabolas and their minima; inset-free, with a
+  second panel for N*(C) and its power law."""
+  N, L, budgets = (np.asarray(v, float) for v in (N, L, budgets))
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+  col = _colors(budgets)
+  fitted = {float(c): p for c, p in zip(iso.budgets, iso.parabolas)}
+  for c in np.unique(budgets):
+    m = budgets == c
+    ax.plot(N[m], L[m], "o", color=col[c], ms=4, label=f"C={c:.2g}")
+    if float(c) in fitted:
+      xs = np.linspace(np.log(N[m].min()), np.log(N[m].max()), 100)
+      ax.plot(np.exp(xs), np.polyval(fitted[float(c)], xs), "-", color=col[c], lw=1)
+  ax.plot(iso.n_opt, iso.loss_opt, "kx", ms=8, mew=2, label="minima")
+  ax.set_xscale("log")
+  ax.set_xlabel("parameters N")
+  ax.set_ylabel("loss")
+  ax.set_title("IsoFLOP curves")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3, which="both")
+  cs = np.geomspace(iso.budgets.min(), iso.budgets.max(), 50)
+  n_fit, d_fit = iso.optimal(cs)
+  ax2.loglog(iso.budgets, iso.n_opt, "o", color="C0", label=f"N*  ~ C^{iso.a:.3f}")
+  ax2.loglog(cs, n_fit, "-", color="C0")
+  ax2.loglog(iso.budgets, iso.d_opt, "s", color="C1", label=f"D*  ~ C^{iso.b:.3f}")
+  ax2.loglog(cs, d_fit, "-", color="C1")
+  ax2.set_xlabel("FLOP budget C")
+  ax2.set_title("Compute-optimal allocation")
+  ax2.legend(fontsize=8)
+  ax2.grid(alpha=0.3, which="both")
+  return fig
+
+
+def residuals(N, D, L, law):
+  """Log residuals of a fitted law vs N and vs D: structure here means the law is wrong."""
+  N, D, L = (np.asarray(v, float) for v in (N, D, L))
+  r = np.log(L) - np.log(law.loss(N, D) if isinstance(law, fitlib.ChinchillaFit) else law.loss(N))
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+  for ax, x, name in ((axes[0], N, "parameters N"), (axes[1], D, "tokens D")):
+    sc = ax.scatter(x, r * 100, c=np.log10(D if x is N else N), s=18, cmap="viridis")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(name)
+    ax.grid(alpha=0.3)
+    fig.colorbar(sc, ax=ax, label="log10 " + ("D" if x is N else "N"))
+  axes[0].set_ylabel("log residual (%)")
+  fig.suptitle(f"Fit residuals (rms {np.sqrt(np.mean(r ** 2)) * 100:.2f}%)")
+  return fig
+
+
+def saturation_panel(rungs: dict, exps: dict, head: np.ndarray | None, x_head, loo: list[dict]):
+  """Four panels: loss drop per doubling between rungs, local exponents, headroom, and
+  leave-one-rung-out errors."""
+  fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+  ax = axes[0]
+  mid = np.sqrt(rungs["x_lo"] * rungs["x_hi"])
+  ax.semilogx(mid, rungs["per_doubling"], "o-")
+  ax.axhline(0, color="k", lw=0.8)
+  ax.set_title("loss drop per doubling of N")
+  ax.set_xlabel("N (between rungs)")
+  ax = axes[1]
+  ax.semilogx(np.sqrt(exps["x_lo"] * exps["x_hi"]), exps["exponent"], "o-")
+  ax.set_title("local exponent -dlog(L-floor)/dlog N")
+  ax.set_xlabel("N (between rungs)")
+  ax = axes[2]
+  if head is not None:
+    ax.semilogx(x_head, np.asarray(head) * 100, "o-")
+  ax.set_ylim(bottom=0)
+  ax.set_title("headroom (L-E)/L (%)")
+  ax.set_xlabel("N")
+  ax = axes[3]
+  ok = [r for r in loo if "mean_rel_error" in r]
+  if ok:
+    ax.semilogx([r["rung"] for r in ok], [100 * r["mean_rel_error"] for r in ok], "o-")
+  ax.axhline(0, color="k", lw=0.8)
+  ax.set_title("leave-one-rung-out error (%)")
+  ax.set_xlabel("held-out N")
+  for a in axes:
+    a.grid(alpha=0.3, which="both")
+    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  fig.tight_layout()
+  return fig
+
+
+def training_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel="train loss"):
+  """Loss vs tokens (log x) per run; curves maps a run name to (tokens, loss)."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for i, (name, (t, l)) in enumerate(sorted(curves.items())):
+    ax.plot(t, l, lw=1, label=name, color=plt.get_cmap("tab20")(i % 20))
+  ax.set_xscale("log")
+  ax.set_xlabel("tokens")
+  ax.set_ylabel(ylabel)
+  ax.set_title("Training curves")
+  if len(curves) <= 20:
+    ax.legend(fontsize=6, ncol=2)
+  ax.grid(alpha=0.3, which="both")
+  return fig
