@@ -107,6 +107,15 @@ _IMPLS = {"xla": _xla_attention, "cudnn": _cudnn_attention}
 IMPLS = ("xla", "cudnn", "blocked", "auto")
 
 
+def target_platform() -> str:
+  """Platform the code is being traced for: the mesh in context (jax.set_mesh; e.g. a TPU
+  topology that train/plan.py compiles for from a CPU host), else the default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  platform = getattr(device, "platform", None)
+  return platform or jax.default_backend()
+
+
 def resolve_impl(impl: str, *, causal: bool, q_len: int, kv_len: int, q_offset=0) -> str:
   """The implementation actually used for `impl` on this call.
 
@@ -116,7 +125,7 @@ def resolve_impl(impl: str, *, causal: bool, q_len: int, kv_len: int, q_offset=0
   offset, T != S, or no block size divides T) -- same math, just without the skipped blocks.
   """
   if impl == "auto":
-    impl = "blocked" if jax.default_backend() == "cpu" else "xla"
+    impl = "blocked" if target_platform() == "cpu" else "xla"
   if impl == "blocked":
     static_zero = isinstance(q_offset, int) and q_offset == 0
     if not (causal and static_zero and q_len == kv_len and blocked_block_size(q_len)):

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from model import attention_ops
 from model import positional
 from model.attention import Attention
 from model.config import ModelConfig
@@ -69,7 +70,7 @@ def scan_unroll(cfg: ModelConfig) -> int:
   """Layers per iteration of the scanned stack (see configs/base.py `scan_unroll`)."""
   if cfg.scan_unroll == -1:
     small = cfg.num_layers <= AUTO_UNROLL_MAX_LAYERS
-    return cfg.num_layers if small and jax.default_backend() == "cpu" else 1
+    return cfg.num_layers if small and attention_ops.target_platform() == "cpu" else 1
   if cfg.scan_unroll == 0:
     return cfg.num_layers
   return min(cfg.scan_unroll, cfg.num_layers)
