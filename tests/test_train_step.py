@@ -147,6 +147,7 @@ def test_token_losses_and_z_loss():
     ({"train.objective": "causal"}, "config.train.objective='causal' is unknown"),
     ({"train.microbatches": 3}, "train.microbatches=3"),
     ({"mesh.shape": (2, 1, 1)}, r"mesh.shape=\(2, 1, 1\) uses 2 devices but 1 are available"),
+    ({"data.seq_len": 64}, r"config.data.seq_len=64 is longer than the learned position table"),
 ])
 def test_bad_config_values_give_clear_errors(override, message):
   c = _config()

@@ -46,6 +46,17 @@ class Built:
                                 self.state_shardings)
 
 
+def check_sequence_length(config) -> None:
+  """A learned position table must cover every position the data can produce (< seq_len);
+  the embedding lookup would otherwise clamp silently and train on wrong positions."""
+  seq_len, table = int(config.data.seq_len), int(config.model.max_seq_len)
+  if config.model.pos_encoding == "learned" and seq_len > table:
+    raise ValueError(
+        f"config.data.seq_len={seq_len} is longer than the learned position table "
+        f"(config.model.max_seq_len={table}); set --config.model.max_seq_len={seq_len} or "
+        f"shorten data.seq_len.")
+
+
 def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None) -> Built:
   """Validates config against the mesh and builds the jitted functions (nothing runs).
 
@@ -57,6 +68,7 @@ def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None) -> Bu
   mesh_lib.check_model_on_mesh(config.model, mesh, rules,
                                batch_size=int(config.train.batch_size))
   step_lib.check_batch(config, mesh, rules)
+  check_sequence_length(config)
   model = state_lib.make_model(config)
   boxed = state_lib.abstract_variables(config, model, mesh)
   tx, schedule = optim.make_optimizer(config.train, boxed["params"])
