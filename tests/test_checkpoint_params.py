@@ -10,15 +10,17 @@ from train import state as state_lib
 from train import trainer
 
 
-def test_save_params_then_load_run(tmp_path):
+def test_save_params_then_load_run(tmp_path, monkeypatch):
   config = default.get_config("size=tiny")
   mesh = mesh_lib.make_mesh(config, devices=jax.devices()[:1])
   boxed = state_lib.abstract_variables(config, state_lib.make_model(config), mesh)
   rng = np.random.default_rng(0)
   params = jax.tree_util.tree_map(
       lambda a: rng.normal(size=a.shape).astype(a.dtype), state_lib.nn.unbox(boxed["params"]))
-  checkpoint.save_params(str(tmp_path), params, config, step=7)
-  run = trainer.load_run(str(tmp_path))
+  # Relative workdirs, as users type them (`--workdir runs/x`), work for saving and loading.
+  monkeypatch.chdir(tmp_path)
+  checkpoint.save_params("run", params, config, step=7)
+  run = trainer.load_run("run")
   assert run.step == 7 and run.config.model.d_model == 32
   for a, b in zip(jax.tree_util.tree_leaves(run.params), jax.tree_util.tree_leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), b)

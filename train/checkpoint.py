@@ -30,6 +30,13 @@ from orbax.checkpoint.path import step as step_lib
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 
+
+def run_path(workdir: str) -> epath.Path:
+  """The workdir as an absolute path (Orbax's TensorStore backend rejects relative ones, and
+  users pass `--workdir runs/x`); URLs such as gs://bucket/run are kept as they are."""
+  text = os.fspath(workdir)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
 # Config fields that may change between a run and its resumption (they do not change what
 # is computed): where/how often things are written, evaluation cadence, process layout.
 RESUMABLE_PREFIXES = ("checkpoint.", "eval.", "distributed.", "mesh.", "data.prepared_dir",
@@ -120,7 +127,7 @@ class Checkpointer:
   """One run's checkpoints. Every process calls every method (Orbax coordinates them)."""
 
   def __init__(self, workdir: str, ckpt_cfg, *, log: Callable[[str], None] = print):
-    self.workdir = epath.Path(workdir)
+    self.workdir = run_path(workdir)
     self.directory = self.workdir / CHECKPOINT_DIR
     self.every = int(ckpt_cfg.every)
     self._log = log
@@ -253,7 +260,7 @@ def _sync(name: str) -> None:
 def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
   """Params only (no optimizer state) from another run's latest (or given) checkpoint,
   restored into the shardings of `abstract_params`; used by init_from and evaluation."""
-  directory = epath.Path(workdir) / CHECKPOINT_DIR
+  directory = run_path(workdir) / CHECKPOINT_DIR
   if not directory.exists():
     raise FileNotFoundError(f"{directory} does not exist: {workdir!r} is not a trained run.")
   manager = ocp.CheckpointManager(
@@ -284,7 +291,7 @@ def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
   """Writes a params-only checkpoint (state={"params": ...} + config) into WORKDIR/checkpoints,
   so that `init_from=WORKDIR` and `trainer.load_run(WORKDIR)` accept parameters that did not
   come from our trainer (e.g. imported from Hugging Face by eval/hf.py). Returns the step dir."""
-  directory = epath.Path(workdir) / CHECKPOINT_DIR
+  directory = run_path(workdir) / CHECKPOINT_DIR
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(create=True,
                                                       enable_async_checkpointing=False),
@@ -305,7 +312,7 @@ def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
 
 def read_config(workdir: str) -> dict:
   """The config stored with a run's latest checkpoint (JSON dict)."""
-  directory = epath.Path(workdir) / CHECKPOINT_DIR
+  directory = run_path(workdir) / CHECKPOINT_DIR
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
       item_names=("config",), item_handlers={"config": ocp.JsonCheckpointHandler()})
