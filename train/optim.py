@@ -76,14 +76,15 @@ def _wsd_after_warmup(train_cfg, peak, floor, steps, warmup):
   return schedule
 
 
-def _path_names(path) -> list[str]:
+def path_names(path) -> tuple[str, ...]:
+  """A pytree key path as plain names, e.g. ('params', 'layers', 'attn', 'query', 'kernel')."""
   names = []
   for k in path:
     for attr in ("key", "name", "idx"):
       if hasattr(k, attr):
         names.append(str(getattr(k, attr)))
         break
-  return names
+  return tuple(names)
 
 
 def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
@@ -96,7 +97,7 @@ def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
   """
 
   def leaf_decays(path, _):
-    names = [n.lower() for n in _path_names(path)]
+    names = [n.lower() for n in path_names(path)]
     leaf = names[-1] if names else ""
     if (leaf in _NO_DECAY_LEAVES or leaf.endswith("bias")
         or any(m in n for n in names for m in _NORM_MARKERS)):

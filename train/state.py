@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from train import mesh as mesh_lib
+from train import optim
 
 
 @flax.struct.dataclass
@@ -60,16 +61,6 @@ def abstract_variables(config, model: nn.Module, mesh: Mesh) -> Any:
     return jax.eval_shape(lambda: init(jax.random.key(0)))
 
 
-def _names(path) -> tuple[str, ...]:
-  out = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-  return tuple(out)
-
-
 def _mirror_shardings(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
   """Shardings for optimizer-state leaves: the sharding of the parameter whose path is a
   suffix of the leaf's path and whose shape matches (Adam's mu/nu, Lion's momentum);
@@ -77,11 +68,11 @@ def _mirror_shardings(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) 
   by_path = {}
   for (path, p), s in zip(jax.tree_util.tree_flatten_with_path(params)[0],
                           jax.tree_util.tree_leaves(param_shardings)):
-    by_path[_names(path)] = (tuple(p.shape), s)
+    by_path[optim.path_names(path)] = (tuple(p.shape), s)
   repl = mesh_lib.replicated(mesh)
 
   def pick(path, leaf):
-    names = _names(path)
+    names = optim.path_names(path)
     for i in range(len(names)):
       hit = by_path.get(names[i:])
       if hit is not None and hit[0] == tuple(np.shape(leaf)):
