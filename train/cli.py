@@ -1,0 +1,56 @@
+"""How every entry point ends: a foreseeable error is one line on stderr and exit code 1.
+
+Library code raises (ValueError for bad values, FileNotFoundError for missing inputs, ...);
+only entry points turn those into `error: <message>` and a non-zero exit, so a notebook
+calling the library sees the exception and a shell user sees one line naming the problem and
+the fix, never a traceback. `UNLEASH_DEBUG=1` re-raises instead (the full traceback).
+
+    def main(argv=None) -> int: ...
+    if __name__ == "__main__":
+      cli.run(main)                   # argparse entry points
+
+    app.run(cli.guarded(main))        # absl entry points
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable
+
+# What a user can cause and fix: bad values, missing or unreadable files, absent keys or
+# columns, a missing optional dependency. Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, OSError, KeyError, ImportError, LookupError)
+
+
+def message(e: BaseException) -> str:
+  """The one line printed for `e` (KeyError's repr quoting removed)."""
+  text = e.args[0] if isinstance(e, KeyError) and e.args else e
+  lines = str(text).strip().splitlines() or [type(e).__name__]
+  return " ".join(line.strip() for line in lines)
+
+
+def _fail(e: BaseException) -> None:
+  if os.environ.get("UNLEASH_DEBUG"):
+    raise e
+  print(f"error: {message(e)}", file=sys.stderr)
+  sys.exit(1)
+
+
+def guarded(main: Callable) -> Callable:
+  """`main` with EXPECTED_ERRORS turned into one line and exit code 1."""
+
+  @functools.wraps(main)
+  def wrapper(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except EXPECTED_ERRORS as e:
+      _fail(e)
+
+  return wrapper
+
+
+def run(main: Callable[[], int | None]) -> None:
+  """Calls `main()` and exits with its return code (errors as in `guarded`)."""
+  sys.exit(guarded(main)() or 0)
