@@ -310,10 +310,12 @@ def _checked_nd_l(N, D, L):
   return N, D, L
 
 
-def _grid(grid):
+def _grid(grid, N, D, L):
+  if isinstance(grid, str) and grid == "quick":
+    return quick_starts(N, D, L)
   g = {"full": FULL_GRID, "coarse": COARSE_GRID}.get(grid) if isinstance(grid, str) else grid
   if g is None:
-    raise ValueError(f"grid={grid!r}: use 'full', 'coarse' or a dict of value lists")
+    raise ValueError(f"grid={grid!r}: use 'full', 'coarse', 'quick' or a dict of value lists")
   return grid_starts(g, 2)
 
 
@@ -323,8 +325,9 @@ def fit_chinchilla(N, D, L, *, grid: dict | str = "full", starts=None, delta: fl
 
   Args:
     N, D, L: parameters, tokens and loss per run.
-    grid: "full" (4500 starts, the published grid), "coarse" (243) or a dict of value lists
-      for a, b, e, alpha, beta.
+    grid: "full" (4500 starts, the published grid), "coarse" (243), "quick" (the VPNLS
+      solution and 27 coarse-grid points: for many refits) or a dict of value lists for
+      a, b, e, alpha, beta.
     starts: explicit [S, 5] start points (a, b, e, alpha, beta); overrides grid.
     delta: Huber threshold on log residuals (inf: least squares).
     reduction: "sum" (correct) or "mean" (the original bug: L-BFGS-B stops early).
@@ -332,7 +335,7 @@ def fit_chinchilla(N, D, L, *, grid: dict | str = "full", starts=None, delta: fl
       on the raw objective, which stop early when the objective is small).
   """
   N, D, L = _checked_nd_l(N, D, L)
-  starts = _grid(grid) if starts is None else starts
+  starts = _grid(grid, N, D, L) if starts is None else starts
   logx = np.stack([np.log(N), np.log(D)])
   best = _multistart_lbfgs(logx, np.log(L), np.atleast_2d(starts), delta, reduction, tolerances)
   if reduction == "mean":  # report the summed objective so fits are comparable
@@ -1007,7 +1010,7 @@ def simulate_isoflop(rng, law: dict = CHINCHILLA_LAW, budgets=SELFTEST_BUDGETS, 
   return N, D, C, L
 
 
-def _quick_starts(N, D, L) -> np.ndarray:
+def quick_starts(N, D, L) -> np.ndarray:
   """Starts for a fast but global fit: the VPNLS solution (a good basin without a 5-D grid)
   plus 27 points of the coarse grid."""
   grid = grid_starts(COARSE_GRID, 2)[::9]
@@ -1026,7 +1029,7 @@ def _selftest_one(job) -> dict:
   N, D, C, L = simulate_isoflop(rng, noise=noise)
   budget = 10 * max(SELFTEST_BUDGETS)
   truth = derived_quantities(np.array([list(CHINCHILLA_LAW.values())]), budget)
-  starts = _quick_starts(N, D, L)
+  starts = quick_starts(N, D, L)
   if uncertainty == "profile":
     law = fit_chinchilla(N, D, L, starts=starts, delta=np.inf)
     _, ivs, _ = profile_chinchilla(N, D, L, levels=levels, budget=budget, fit=law)

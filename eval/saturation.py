@@ -10,9 +10,11 @@ them. Nothing here reads files or plots.
   a law with a constant exponent gives a flat sequence, saturation makes it fall;
 * headroom (L - E) / L: the share of the loss that scale could still remove;
 * leave-one-rung-out extrapolation error and a trend-break test (fit the large rungs,
-  test whether the small ones sit on the same law);
-* plateau detection on a training curve (slope of loss vs log tokens over the last 20%
-  against its own noise; late loss rise);
+  floor included, and test whether the small ones sit on the same law, with noise clustered
+  by size);
+* plateau detection on a training curve (slope of loss vs log tokens over the last 20% of
+  the stable phase, the cooldown of a WSD schedule left out, against its own noise; late
+  loss rise);
 * LM-head spectrum (stable rank, singular-value entropy): a low-rank head is the softmax
   bottleneck that makes small models saturate (Godey et al. 2024).
 """
@@ -112,7 +114,7 @@ def exponent_trend(exponents) -> dict:
 Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
 
-def chinchilla_fitter(grid="coarse", starts=None) -> Fitter:
+def chinchilla_fitter(grid="quick", starts=None) -> Fitter:
   """fit_chinchilla as a Fitter; `starts` (e.g. a pooled fit's best end points) replaces the
   grid for cheap refits such as leave-one-rung-out."""
   def fitter(N, D, L):
@@ -155,78 +157,143 @@ def leave_one_rung_out(N, D, L, fitter: Fitter | None = None) -> list[dict]:
   return out
 
 
+def _cluster_means(x, y, clusters):
+  """Mean x and y per cluster (sorted by x): the units of a test when rows of one cluster
+  share their noise."""
+  labels, inv = np.unique(np.asarray(clusters), return_inverse=True)
+  xm = np.bincount(inv, x) / np.bincount(inv)
+  ym = np.bincount(inv, y) / np.bincount(inv)
+  order = np.argsort(xm)
+  return xm[order], ym[order], np.bincount(inv)[order]
+
+
 def trend_break(N, L, floor=0.0, n_large: int | None = None, level: float = 0.99,
-                min_rel: float = 0.005) -> dict:
+                min_rel: float = 0.005, clusters=None) -> dict:
   """Do the small sizes follow the law of the large ones?
 
-  The reducible loss L - F (F: the floor, E or per row E + B/D^beta from a pooled fit, so rows
-  with different token budgets compare) is a straight line in log-log space under a power law.
-  Fit that line on the n_large largest sizes only (default: all but the two smallest), then
-  test the small sizes' mean log residual with the OLS prediction standard error (a t-test at
-  `level`). A break also needs a practical effect: the small sizes' mean loss deviates from
-  the line's prediction by more than min_rel. A break means the small models follow a
-  different law (e.g. early saturation from a softmax bottleneck): pooling them into a fit or
-  extrapolating through them is unsafe.
+  The reducible loss L - F (F: the floor, E or per row E + B/D^beta, ideally from a fit that
+  did not see the small sizes: `trend_break_test` does that) is a straight line in log-log
+  space under a power law. Rows of one size share noise (one run, WSD branches of it, one
+  data order), so the unit of the test is a cluster (default: a size): log(L - F) is averaged
+  per cluster, the line is fitted on the n_large largest sizes' means, and the small sizes'
+  mean residual is t-tested against the line's prediction standard error with the
+  between-cluster scatter and its degrees of freedom. A break also needs a practical effect:
+  the small sizes' mean loss deviates from the prediction by more than min_rel. A break means
+  the small models follow a different law (e.g. early saturation from a softmax bottleneck):
+  pooling them into a fit or extrapolating through them is unsafe.
   """
   N, L = np.asarray(N, float), np.asarray(L, float)
   F = np.broadcast_to(np.asarray(floor, float), N.shape)
+  clusters = N if clusters is None else np.asarray(clusters)
   ok = L > F
-  N, L, F = N[ok], L[ok], F[ok]
+  N, L, F, clusters = N[ok], L[ok], F[ok], clusters[ok]
   rungs = np.unique(N)
   if len(rungs) < 4:
     return dict(verdict=f"need >= 4 sizes above the floor for a trend-break test, have {len(rungs)}",
                 break_detected=False)
   n_large = min(n_large or len(rungs) - 2, len(rungs) - 1)
-  n_large = max(n_large, 2)
+  n_large = max(n_large, 3)
   large = N >= rungs[-n_large]
-  x, y = np.log(N), np.log(L - F)
-  slope, icpt = np.polyfit(x[large], y[large], 1)
-  n = int(large.sum())
-  res_large = y[large] - (icpt + slope * x[large])
-  dof = max(n - 2, 1)
-  s = max(float(np.sqrt(np.sum(res_large ** 2) / dof)), 1e-4)
-  sxx = float(np.sum((x[large] - x[large].mean()) ** 2))
-  pred_small = icpt + slope * x[~large]
-  mean_res = float(np.mean(y[~large] - pred_small))
-  xs = float(np.mean(x[~large]))
-  se = s * math.sqrt(1.0 / (~large).sum() + 1.0 / n + (xs - x[large].mean()) ** 2 / sxx)
+  xl, yl, _ = _cluster_means(np.log(N[large]), np.log(L[large] - F[large]), clusters[large])
+  xs, ys, _ = _cluster_means(np.log(N[~large]), np.log(L[~large] - F[~large]), clusters[~large])
+  if len(xl) < 3 or len(xs) < 1:
+    return dict(verdict="too few clusters on each side for a trend-break test",
+                break_detected=False)
+  slope, icpt = np.polyfit(xl, yl, 1)
+  dof = len(xl) - 2
+  s = max(float(np.sqrt(np.sum((yl - icpt - slope * xl) ** 2) / dof)), 1e-4)
+  sxx = float(np.sum((xl - xl.mean()) ** 2))
+  pred_small = icpt + slope * xs
+  mean_res = float(np.mean(ys - pred_small))
+  se = s * math.sqrt(1.0 / len(xs) + 1.0 / len(xl) + (xs.mean() - xl.mean()) ** 2 / sxx)
   t = mean_res / se
   t_crit = float(scipy.stats.t.ppf(0.5 + level / 2, dof))
-  L_pred = F[~large] + np.exp(pred_small)
+  F_small = F[~large]
+  L_pred = F_small + np.exp(icpt + slope * np.log(N[~large]))
   rel = float(np.mean((L[~large] - L_pred) / L_pred))
   brk = abs(t) > t_crit and abs(rel) > min_rel
   direction = "above (worse than)" if rel > 0 else "below (better than)"
   verdict = (f"trend break: the {len(rungs) - n_large} smallest sizes sit {direction} the law of "
-             f"the {n_large} largest by {abs(rel) * 100:.1f}% (t = {t:.1f}); do not pool them into the fit"
+             f"the {n_large} largest by {abs(rel) * 100:.1f}% (t = {t:.1f}, {dof} dof, noise "
+             "clustered by size); do not pool them into the fit"
              if brk else
              f"no trend break: the small sizes lie on the law of the {n_large} largest "
-             f"(mean deviation {rel * 100:+.2f}%, t = {t:.1f})")
+             f"(mean deviation {rel * 100:+.2f}%, t = {t:.1f}, {dof} dof, noise clustered by size)")
   return dict(n_large=n_large, local_alpha_large=float(-slope), mean_log_residual_small=mean_res,
-              mean_rel_deviation_small=rel, t=float(t), t_critical=t_crit,
-              break_detected=bool(brk), verdict=verdict)
+              mean_rel_deviation_small=rel, t=float(t), t_critical=t_crit, dof=dof,
+              n_clusters=len(xl) + len(xs), break_detected=bool(brk), verdict=verdict)
+
+
+def trend_break_test(N, D, L, n_large: int | None = None, level: float = 0.99, clusters=None,
+                     fitter: Callable | None = None) -> dict:
+  """trend_break with the floor E + B/D^beta fitted on the large sizes only: a floor fitted
+  on all rows has already bent towards the small ones and hides the break it is to test.
+  fitter(N, D, L) -> ChinchillaFit (default: fit_chinchilla on the coarse grid); when the
+  large sizes cannot support a fit, the floor is 0 (stated in the verdict)."""
+  N, D, L = (np.asarray(v, float) for v in (N, D, L))
+  rungs = np.unique(N)
+  if len(rungs) < 4:
+    return trend_break(N, L, 0.0, n_large, level, clusters=clusters)
+  n_large = max(min(n_large or len(rungs) - 2, len(rungs) - 1), 3)
+  large = N >= rungs[-n_large]
+  fitter = fitter or (lambda n, d, l: fitlib.fit_chinchilla(n, d, l, grid="quick"))
+  try:
+    law = fitter(N[large], D[large], L[large])
+    floor, note = law.E + law.B * D ** -law.beta, "floor E + B/D^beta fitted on the large sizes"
+  except (ValueError, RuntimeError) as e:
+    floor, note = 0.0, f"floor 0 (the large sizes do not support a fit: {e})"
+  out = trend_break(N, L, floor, n_large, level, clusters=clusters)
+  out["floor"] = note
+  out["verdict"] += f"; {note}"
+  return out
 
 
 # ----------------------------------------------------------------------------- curves
 
 
+def stable_phase_end(lr, rel_drop: float = 0.01, min_stable: float = 0.25) -> int | None:
+  """Index where a schedule's cooldown starts: the first logged point after the learning rate
+  reached its peak where it is more than rel_drop below the peak. None when the schedule has
+  no stable phase (within rel_drop of the peak for under min_stable of the points: cosine
+  leaves its peak at once) or never decays."""
+  lr = np.asarray(lr, float)
+  if len(lr) < 3 or not np.all(np.isfinite(lr)) or lr.max() <= 0:
+    return None
+  peak = lr.max()
+  i_peak = int(np.argmax(lr >= peak * (1 - 1e-6)))
+  below = np.flatnonzero(lr[i_peak:] < peak * (1 - rel_drop))
+  if len(below) == 0:
+    return None
+  end = i_peak + int(below[0])
+  return end if end - i_peak >= max(2, min_stable * len(lr)) else None
+
+
 def plateau(tokens, loss, tail: float = 0.2, z_threshold: float = 2.0,
-            min_rel_gain: float = 0.005) -> dict:
+            min_rel_gain: float = 0.005, lr=None) -> dict:
   """Is a training curve still improving?
 
-  Over the last `tail` fraction of the logged points, regress loss on log2(tokens): the slope
-  is the loss change per doubling of tokens, its standard error comes from the residual
-  noise. improving: the gain per doubling exceeds z*se and min_rel_gain of the loss.
-  plateau: not improving AND even the optimistic gain (gain + z*se) is below min_rel_gain of
-  the loss, i.e. the data rule out a useful improvement. Otherwise the curve is too noisy to
-  tell (inconclusive). late_rise: the slope is significantly positive, or the tail sits
-  clearly (3 noise units) above the best loss seen earlier.
+  Judged on the stable phase: with `lr` (the schedule per logged point) a WSD curve's
+  cooldown is cut off first, because a cooldown always lowers the loss and says nothing
+  about whether more tokens at that LR would. Over the last `tail` fraction of the judged
+  points, regress loss on log2(tokens): the slope is the loss change per doubling of tokens,
+  its standard error comes from the residual noise. improving: the gain per doubling exceeds
+  z*se and min_rel_gain of the loss. plateau: not improving AND even the optimistic gain
+  (gain + z*se) is below min_rel_gain of the loss. Otherwise inconclusive. late_rise: the
+  slope is significantly positive, or the tail sits clearly (3 noise units) above the best
+  loss seen earlier.
   """
   t, l = np.asarray(tokens, float), np.asarray(loss, float)
   ok = np.isfinite(t) & np.isfinite(l) & (t > 0)
+  lr = None if lr is None else np.asarray(lr, float)[ok]
   t, l = t[ok], l[ok]
+  phase = "the whole curve"
+  end = stable_phase_end(lr) if lr is not None and len(lr) == len(t) else None
+  if end is not None and end >= 10:
+    phase = f"the stable phase (cooldown from {t[end]:.3g} tokens left out)"
+    t, l = t[:end], l[:end]
   if len(t) < 10:
     return dict(verdict=f"too few points ({len(t)}) to judge the curve", plateau=False,
-                late_rise=False, improving=False)
+                late_rise=False, improving=False, phase=phase)
   start = int(len(t) * (1 - tail))
   x, y = np.log2(t[start:]), l[start:]
   r = scipy.stats.linregress(x, y)
@@ -238,19 +305,21 @@ def plateau(tokens, loss, tail: float = 0.2, z_threshold: float = 2.0,
   prior_best = float(np.min(_smooth(l[:start], 5))) if start >= 5 else float("inf")
   tail_level = float(np.mean(y[-max(3, len(y) // 4):]))
   late_rise = bool(r.slope > z_threshold * r.stderr or tail_level > prior_best + 3 * noise + 1e-12)
+  where = f"over the last {int(tail * 100)}% of {phase}"
   if late_rise:
     verdict = "loss rises late in training (instability or over-training): inspect LR/data"
   elif improving:
-    verdict = (f"still improving: {gain:.4f} loss per doubling of tokens (+-{r.stderr:.4f}); "
-               "more tokens would help")
+    verdict = (f"still improving: {gain:.4f} loss per doubling of tokens (+-{r.stderr:.4f}) "
+               f"{where}; more tokens would help")
   elif flat:
-    verdict = (f"plateau: {gain:+.4f} (+-{r.stderr:.4f}) loss per doubling of tokens over the last "
-               f"{int(tail * 100)}%, below {useful:.4f} even at the upper bound")
+    verdict = (f"plateau: {gain:+.4f} (+-{r.stderr:.4f}) loss per doubling of tokens {where}, "
+               f"below {useful:.4f} even at the upper bound")
   else:
-    verdict = (f"inconclusive: {gain:+.4f} +- {r.stderr:.4f} per doubling over the last "
-               f"{int(tail * 100)}% (too few or too noisy points; log more often)")
+    verdict = (f"inconclusive: {gain:+.4f} +- {r.stderr:.4f} per doubling {where} (too few or "
+               "too noisy points; log more often)")
   return dict(slope_per_doubling=float(r.slope), slope_se=float(r.stderr), noise=noise,
-              improving=bool(improving), plateau=bool(flat), late_rise=late_rise, verdict=verdict)
+              improving=bool(improving), plateau=bool(flat), late_rise=late_rise, phase=phase,
+              verdict=verdict)
 
 
 def _smooth(y, k):

@@ -101,3 +101,61 @@ def test_head_spectrum_stable_rank_and_entropy():
   assert "softmax-bottleneck" in sat.head_verdict(s)
   with pytest.raises(ValueError, match="2-D"):
     sat.head_spectrum(np.zeros(3))
+
+
+def _clustered_grid(rng, size_sd=0.01, row_sd=0.002):
+  """An exact law with noise shared by the rows of one size (one run and its WSD branches)."""
+  rows = []
+  for N in np.geomspace(1e5, 1e7, 6):
+    shared = rng.normal(0, size_sd)
+    for D in np.geomspace(2e6, 5e7, 3):
+      rows.append((N, D, LAW.loss(N, D) * np.exp(shared + rng.normal(0, row_sd))))
+  return (np.array(v) for v in zip(*rows))
+
+
+def test_trend_break_false_alarms_stay_near_nominal_with_clustered_noise():
+  """Rows of one size share noise. Treating rows as independent (one cluster per row, the old
+  test) flags a break far more often than the nominal 1%; clustering by size does not."""
+  rng = np.random.default_rng(0)
+  naive = clustered = 0
+  sims = 300
+  for _ in range(sims):
+    N, D, L = _clustered_grid(rng)
+    floor = LAW.E + LAW.B * D ** -LAW.beta
+    naive += sat.trend_break(N, L, floor, clusters=np.arange(len(N)))["break_detected"]
+    clustered += sat.trend_break(N, L, floor)["break_detected"]
+  assert naive / sims > 0.10
+  assert clustered / sims <= 0.04
+
+
+def test_trend_break_test_fits_its_floor_without_the_small_sizes():
+  N, D, L = _grid(noise=0.002, bump_small=0.08)
+  tb = sat.trend_break_test(N, D, L)
+  assert tb["break_detected"] and "fitted on the large sizes" in tb["floor"]
+  N, D, L = _grid(noise=0.002)
+  assert not sat.trend_break_test(N, D, L)["break_detected"]
+
+
+def _wsd_curve(rng, flat_from=2e6, cool_from=8e6, total=1e7, points=200):
+  """Loss that stops improving at flat_from at constant LR, then drops in the cooldown."""
+  t = np.linspace(total / points, total, points)
+  lr = np.where(t < cool_from, 1e-3, 1e-3 * (total - t) / (total - cool_from))
+  lr[:5] = np.linspace(2e-4, 1e-3, 5)  # warmup
+  loss = 2.0 + 30 * np.minimum(t, flat_from) ** -0.3
+  loss = loss - np.where(t > cool_from, 0.1 * (t - cool_from) / (total - cool_from), 0)
+  return t, loss + rng.normal(0, 0.001, points), lr
+
+
+def test_plateau_is_judged_before_the_wsd_cooldown():
+  rng = np.random.default_rng(0)
+  t, loss, lr = _wsd_curve(rng)
+  end = sat.stable_phase_end(lr)
+  assert t[end - 1] <= 8e6 < t[end]
+  blind = sat.plateau(t, loss)  # the last 20% is the cooldown: the loss falls there
+  assert blind["improving"] and not blind["plateau"]
+  p = sat.plateau(t, loss, lr=lr)
+  assert p["plateau"] and not p["improving"] and "stable phase" in p["phase"]
+  # A cosine schedule has no stable phase: the whole curve is judged.
+  cos = 1e-3 * 0.5 * (1 + np.cos(np.pi * t / t.max()))
+  assert sat.stable_phase_end(cos) is None
+  assert sat.plateau(t, loss, lr=cos)["phase"] == "the whole curve"
