@@ -75,13 +75,16 @@ def isoflop_curves(N, L, budgets, iso: fitlib.IsoFlopFit):
   N, L, budgets = (np.asarray(v, float) for v in (N, L, budgets))
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
   col = _colors(budgets)
-  fitted = {float(c): p for c, p in zip(iso.budgets, iso.parabolas)}
+  windows = iso.windows if iso.windows is not None else [None] * len(iso.budgets)
+  fitted = {float(c): (p, w) for c, p, w in zip(iso.budgets, iso.parabolas, windows)}
   for c in np.unique(budgets):
     m = budgets == c
     ax.plot(N[m], L[m], "o", color=col[c], ms=4, label=f"C={c:.2g}")
-    if float(c) in fitted:
-      xs = np.linspace(np.log(N[m].min()), np.log(N[m].max()), 100)
-      ax.plot(np.exp(xs), np.polyval(fitted[float(c)], xs), "-", color=col[c], lw=1)
+    if float(c) in fitted:  # each parabola over the window it was fitted on
+      p, w = fitted[float(c)]
+      lo, hi = (N[m].min(), N[m].max()) if w is None else w
+      xs = np.linspace(np.log(lo), np.log(hi), 100)
+      ax.plot(np.exp(xs), np.polyval(p, xs), "-", color=col[c], lw=1)
   ax.plot(iso.n_opt, iso.loss_opt, "kx", ms=8, mew=2, label="minima")
   ax.set_xscale("log")
   ax.set_xlabel("parameters N")
@@ -119,9 +122,10 @@ def residuals(N, D, L, law):
   return fig
 
 
-def saturation_panel(rungs: dict, exps: dict, head: np.ndarray | None, x_head, loo: list[dict]):
-  """Four panels: loss drop per doubling between rungs, local exponents, headroom, and
-  leave-one-rung-out errors."""
+def saturation_panel(rungs: dict, exps: dict, head: np.ndarray | None, x_head,
+                     backtest: list[dict], head_note: str | None = None):
+  """Four panels: loss drop per doubling between rungs, local exponents, headroom (or why it
+  is withheld), and the backtest's errors on the held-out runs with prediction intervals."""
   fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
   ax = axes[0]
   mid = np.sqrt(rungs["x_lo"] * rungs["x_hi"])
@@ -136,16 +140,15 @@ def saturation_panel(rungs: dict, exps: dict, head: np.ndarray | None, x_head, l
   ax = axes[2]
   if head is not None:
     ax.semilogx(x_head, np.asarray(head) * 100, "o-")
+    ax.set_title("headroom (L-E)/L (%)")
+  else:
+    ax.set_xscale("log")
+    ax.set_title("headroom: withheld")
+    ax.text(0.5, 0.5, head_note or "E not fitted", ha="center", va="center", wrap=True,
+            fontsize=7, transform=ax.transAxes)
   ax.set_ylim(bottom=0)
-  ax.set_title("headroom (L-E)/L (%)")
   ax.set_xlabel("N")
-  ax = axes[3]
-  ok = [r for r in loo if "mean_rel_error" in r]
-  if ok:
-    ax.semilogx([r["rung"] for r in ok], [100 * r["mean_rel_error"] for r in ok], "o-")
-  ax.axhline(0, color="k", lw=0.8)
-  ax.set_title("leave-one-rung-out error (%)")
-  ax.set_xlabel("held-out N")
+  _backtest_axis(axes[3], backtest)
   for a in axes:
     a.grid(alpha=0.3, which="both")
     a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -153,10 +156,24 @@ def saturation_panel(rungs: dict, exps: dict, head: np.ndarray | None, x_head, l
   return fig
 
 
+def _backtest_axis(ax, rows):
+  if rows:
+    n = np.array([r["N"] for r in rows])
+    err = np.array([r["rel_error"] for r in rows]) * 100
+    lo = np.array([(r["predicted"] - r["interval"][1]) / r["loss"] for r in rows]) * 100
+    hi = np.array([(r["predicted"] - r["interval"][0]) / r["loss"] for r in rows]) * 100
+    ax.errorbar(n, err, yerr=[np.maximum(err - lo, 0), np.maximum(hi - err, 0)], fmt="o",
+                capsize=3)
+  ax.set_xscale("log")
+  ax.axhline(0, color="k", lw=0.8)
+  ax.set_title("backtest: error on held-out runs (%)")
+  ax.set_xlabel("N of the held-out run")
+
+
 def training_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel="train loss"):
-  """Loss vs tokens (log x) per run; curves maps a run name to (tokens, loss)."""
+  """Loss vs tokens (log x) per run; curves maps a run name to (tokens, loss[, lr])."""
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  for i, (name, (t, l)) in enumerate(sorted(curves.items())):
+  for i, (name, (t, l, *_)) in enumerate(sorted(curves.items())):
     ax.plot(t, l, lw=1, label=name, color=plt.get_cmap("tab20")(i % 20))
   ax.set_xscale("log")
   ax.set_xlabel("tokens")

@@ -1,20 +1,25 @@
 """Scaling report for a ladder directory: fits, compute-optimal allocation, saturation verdicts.
 
     python -m eval.report --workdir DIR [--loss-col val_loss] [--n-col params_total]
-        [--bootstrap 100] [--budget 1e15 ...] [--true-floor-bpb X]
+        [--flops-col flops] [--bootstrap 100] [--bootstrap-by point|size|run]
+        [--huber-delta 1e-3] [--min-n X] [--max-n X] [--min-c X] [--max-c X] [--budget 1e15 ...]
 
 Reads DIR/results.csv (one row per trained point: name, params_total, params_non_embedding,
-tokens, flops, train_loss, val_loss, val_bpb, wall_s, optionally budget) and, when present,
-the training curves DIR/points/*/metrics.jsonl. Writes DIR/report/*.png|svg, report.md and
-report.json. Any table with those columns works, not only ladders made here.
+tokens, flops, train_loss, val_loss, val_bpb, wall_s, optionally budget, scheme, size and the
+noise/convention columns val_loss_se, seed, unique_tokens, flops_6nd) and, when present, the
+training curves DIR/points/*/metrics.jsonl (loss and learning rate per logged step).
+`analyze` computes a `ScalingAnalysis` (every fit, interval, verdict and what the data cannot
+support); `render_markdown`, `analysis_facts` and `render_plots` turn it into report.md,
+report.json and DIR/report/*.png|svg. Any table with those columns works, not only ladders
+made here. Library functions raise (ValueError, FileNotFoundError); `main` prints one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
-import sys
 import warnings
 
 import numpy as np
@@ -23,47 +28,80 @@ import pandas as pd
 from eval import fit as fitlib
 from eval import plots
 from eval import saturation as sat
+from train import cli
 
 LOSS_KEYS = ("loss_mean", "train_loss", "loss")   # loss_mean: the trainer's logging-window mean
 TOKEN_KEYS = ("tokens_seen", "train/tokens")      # cumulative (the trainer's `tokens` is per step)
+LR_KEYS = ("lr", "learning_rate")
+SENSITIVITY_DELTAS = (1e-4, 1e-3, 1e-2, 1e-1)
+# Interval ratios hi/lo beyond which a parameter counts as not identified by the data.
+SCALE_SPAN = 100.0      # E, A, B: two orders of magnitude
+EXPONENT_SPAN = 10.0    # alpha, beta
+EXPONENT_BOUNDS = (0.02, 2.5)
 
 
-def read_results(workdir: pathlib.Path, n_col: str, loss_col: str) -> pd.DataFrame:
-  path = workdir / "results.csv"
+# ----------------------------------------------------------------------------- inputs
+
+
+def read_results(workdir: pathlib.Path, n_col: str, loss_col: str, flops_col: str = "flops",
+                 drop_invalid: bool = True) -> pd.DataFrame:
+  """DIR/results.csv with the columns the fits need; rows with a missing or non-positive
+  value (a diverged point) are dropped with a warning, or raise with drop_invalid=False."""
+  path = pathlib.Path(workdir) / "results.csv"
   if not path.exists():
-    raise SystemExit(f"{path} not found: run a ladder into {workdir} first (python -m eval.ladder)")
+    raise FileNotFoundError(
+        f"{path} not found: run a ladder into {workdir} first (python -m eval.ladder)")
   df = pd.read_csv(path)
-  need = [n_col, "tokens", "flops", loss_col]
+  need = [n_col, "tokens", flops_col, loss_col]
   missing = [c for c in need if c not in df.columns]
   if missing:
-    raise SystemExit(f"{path}: missing column(s) {missing}; columns are {list(df.columns)}")
+    raise ValueError(f"{path}: missing column(s) {missing}; columns are {list(df.columns)}")
   if "name" in df.columns:
     df = df.drop_duplicates("name", keep="last")
-  ok = np.isfinite(df[need].apply(pd.to_numeric, errors="coerce")).all(axis=1) & (df[need] > 0).all(axis=1)
-  if (~ok).any():
-    warnings.warn(f"dropping {int((~ok).sum())} row(s) with missing or non-positive values")
-  return df[ok].reset_index(drop=True)
+  vals = df[need].apply(pd.to_numeric, errors="coerce")
+  bad = ~(np.isfinite(vals) & (vals > 0)).all(axis=1)
+  if bad.any():
+    where = ", ".join(c for c in need if (~(np.isfinite(vals[c]) & (vals[c] > 0))).any())
+    if not drop_invalid:
+      raise ValueError(f"{path}: {int(bad.sum())} row(s) with missing or non-positive values in "
+                       f"{where}; fix or remove them")
+    warnings.warn(f"dropping {int(bad.sum())} row(s) with missing or non-positive {where}")
+  df = df[~bad].reset_index(drop=True)
+  df[need] = df[need].astype(float)
+  if df.empty:
+    raise ValueError(f"{path}: no rows with positive {need}")
+  return df
 
 
-def read_curves(workdir: pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Training curves from DIR/points/<name>/metrics.jsonl (loss vs tokens, else vs step)."""
+def _curve_point(rec):
+  """(x, loss, lr) of one metrics.jsonl record, or None."""
+  if rec.get("kind", "train") != "train":
+    return None
+  loss = next((_num(rec[k]) for k in LOSS_KEYS if k in rec and np.isfinite(_num(rec[k]))), None)
+  x = next((_num(rec[k]) for k in TOKEN_KEYS if k in rec), _num(rec.get("step", np.nan)))
+  lr = next((_num(rec[k]) for k in LR_KEYS if k in rec), np.nan)
+  if loss is None or not np.isfinite(x) or x <= 0:
+    return None
+  return x, loss, lr
+
+
+def read_curves(workdir: pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Training curves from DIR/points/<name>/metrics.jsonl: (tokens or steps, loss, lr) per
+  logged step (lr NaN where not logged)."""
   curves = {}
-  for path in sorted(workdir.glob("points/*/metrics.jsonl")):
-    by_step = {}
-    for line in path.read_text().splitlines():
+  for path in sorted(pathlib.Path(workdir).glob("points/*/metrics.jsonl")):
+    by_x = {}
+    for line in path.read_text(errors="replace").splitlines():
       try:
-        rec = json.loads(line)
-      except json.JSONDecodeError:
+        point = _curve_point(json.loads(line))
+      except (json.JSONDecodeError, AttributeError):
         continue
-      if rec.get("kind", "train") != "train":
-        continue
-      loss = next((_num(rec[k]) for k in LOSS_KEYS if k in rec and np.isfinite(_num(rec[k]))), None)
-      x = next((_num(rec[k]) for k in TOKEN_KEYS if k in rec), _num(rec.get("step", np.nan)))
-      if loss is not None and np.isfinite(x) and x > 0:
-        by_step[x] = loss  # a resumed run repeats steps: keep the latest
-    if len(by_step) >= 2:
-      xs = np.array(sorted(by_step))
-      curves[path.parent.name] = (xs, np.array([by_step[x] for x in xs]))
+      if point is not None:
+        by_x[point[0]] = point[1:]  # a resumed run repeats steps: keep the latest
+    if len(by_x) >= 2:
+      xs = np.array(sorted(by_x))
+      curves[path.parent.name] = (xs, np.array([by_x[x][0] for x in xs]),
+                                  np.array([by_x[x][1] for x in xs]))
   return curves
 
 
@@ -76,9 +114,8 @@ def stitch_wsd_curves(curves: dict, df: pd.DataFrame) -> dict:
   for name, size in zip(df["name"], df["size"]):
     const = curves.get(f"{size}_constant")
     if name in out and const is not None:
-      t, l = out[name]
-      keep = const[0] < t.min()
-      out[name] = (np.r_[const[0][keep], t], np.r_[const[1][keep], l])
+      keep = const[0] < out[name][0].min()
+      out[name] = tuple(np.r_[c[keep], v] for c, v in zip(const, out[name]))
   return out
 
 
@@ -88,7 +125,7 @@ def read_head_spectra(workdir: pathlib.Path, df: pd.DataFrame) -> dict:
   if "name" not in df.columns:
     return out
   for name in df["name"]:
-    pdir = workdir / "points" / str(name)
+    pdir = pathlib.Path(workdir) / "points" / str(name)
     if (pdir / "checkpoints").is_dir():
       try:
         out[str(name)] = sat.head_spectrum_of_run(str(pdir))
@@ -106,7 +143,7 @@ def _num(v) -> float:
 
 def find_true_floor_bpb(workdir: pathlib.Path) -> float | None:
   """The synthetic corpus's entropy rate (bits/byte) from a prepared manifest under DIR."""
-  for path in list(workdir.glob("**/manifest.json"))[:50]:
+  for path in list(pathlib.Path(workdir).glob("**/manifest.json"))[:50]:
     try:
       m = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -117,6 +154,381 @@ def find_true_floor_bpb(workdir: pathlib.Path) -> float | None:
   return None
 
 
+# ----------------------------------------------------------------------------- conventions
+
+
+def _median_ratio(df, num, den_cols, k=1.0):
+  den = k * np.prod([df[c].to_numpy(float) for c in den_cols], axis=0)
+  return float(np.median(df[num].to_numpy(float) / den))
+
+
+def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> list[tuple]:
+  """(item, what this table does) for the choices that change a fitted law (Li et al. 2025,
+  "(Mis)fitting scaling laws"): how N is counted, the FLOP formula, the schedule per token
+  budget, the tokenizer, repetition, seeds and noise."""
+  n_what = {"params_total": "all parameters (embeddings included)",
+            "params_non_embedding": "parameters without embeddings"}.get(
+                n_col, f"column `{n_col}` (whether embeddings count is not recorded)")
+  k = _median_ratio(df, flops_col, [n_col, "tokens"])
+  if flops_col == "flops_6nd":
+    c_what = "6ND (`flops_6nd`)"
+  else:
+    c_what = (f"`{flops_col}`" + (" (counted per token by model.summary, attention included)"
+                                  if "flops_per_token" in df.columns else ""))
+  c_what += f"; median C / (N D) = {k:.3g}"
+  if flops_col != "flops_6nd" and "flops_6nd" in df.columns:
+    c_what += f" (counted / 6ND = {_median_ratio(df, flops_col, ['flops_6nd']):.3f})"
+  schemes = sorted(set(df["scheme"].astype(str))) if "scheme" in df.columns else []
+  sched = {"wsd": "WSD: one constant-LR run per size, a cooldown branched for each token budget "
+                  "(each D ends its own schedule)",
+           "grid": "independent runs, the schedule set to each run's D",
+           "isoflop": "independent runs, the schedule set to each run's D"}
+  s_what = "; ".join(sched.get(s, s) for s in schemes) if schemes else \
+      "not recorded: check that each run's LR schedule ends at its own D"
+  items = [("N (parameters)", n_what), ("FLOP formula", c_what), ("Schedule per D", s_what),
+           ("Tokenizer", f"`{df['tokenizer'].iloc[0]}`" if "tokenizer" in df.columns
+            else "not recorded in results.csv (byte-level unless the ladder config says otherwise)"),
+           ("Loss", f"`{loss_col}`")]
+  if "unique_tokens" in df.columns:
+    ep = df["tokens"].to_numpy(float) / pd.to_numeric(df["unique_tokens"], errors="coerce")
+    items.append(("Data repetition", f"up to {np.nanmax(ep):.2f} epochs (tokens / unique_tokens)"))
+  if "seed" in df.columns:
+    items.append(("Seeds", f"{df['seed'].nunique()} distinct"))
+  if "val_loss_se" in df.columns:
+    se = pd.to_numeric(df["val_loss_se"], errors="coerce")
+    items.append(("Evaluation noise", f"median s.e. of the loss {np.nanmedian(se):.2g} "
+                                      "(`val_loss_se`)"))
+  return items
+
+
+def not_identified(name: str, value: float, interval) -> str | None:
+  """Why the data do not pin `name` down (its interval reaches a bound or spans orders of
+  magnitude), or None. Without an interval only a point estimate at a bound is flagged."""
+  lo, hi = interval if interval else (value, value)
+  if not np.all(np.isfinite([value, lo, hi])):
+    return "not finite"
+  if name in ("E", "A", "B"):
+    if lo <= 0 or value <= 1e-3 * max(hi, value, 1e-12):
+      return "at its lower bound (0)"
+    if hi / lo > SCALE_SPAN:
+      return f"interval spans {np.log10(hi / lo):.1f} orders of magnitude"
+  if name in ("alpha", "beta"):
+    if lo < EXPONENT_BOUNDS[0] or hi > EXPONENT_BOUNDS[1]:
+      return f"interval reaches a bound ({EXPONENT_BOUNDS[0]} or {EXPONENT_BOUNDS[1]})"
+    if hi / lo > EXPONENT_SPAN:
+      return f"interval spans {np.log10(hi / lo):.1f} orders of magnitude"
+  return None
+
+
+# What each derived result needs from approach 3.
+NEEDS = dict(allocation=("A", "B", "alpha", "beta"), headroom=("E",),
+             extrapolated_loss=("E", "A", "B", "alpha", "beta"))
+
+
+def withheld_reason(unidentified: dict, what: str) -> str | None:
+  bad = [k for k in NEEDS[what] if unidentified.get(k)]
+  return None if not bad else (f"withheld: depends on {', '.join(bad)}, which the data do not "
+                               "identify")
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+@dataclasses.dataclass
+class ReportOptions:
+  """What `analyze` does; the CLI flags of eval.report."""
+  loss_col: str = "val_loss"
+  n_col: str = "params_total"
+  flops_col: str = "flops"
+  bootstrap: int = 100
+  bootstrap_by: str = "point"
+  budgets: list | None = None
+  true_floor_bpb: float | None = None
+  grid: str = "full"
+  huber_delta: float = fitlib.HUBER_DELTA
+  min_n: float | None = None
+  max_n: float | None = None
+  min_c: float | None = None
+  max_c: float | None = None
+  head_spectrum: bool = False
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class ScalingAnalysis:
+  """Every number of a scaling report, computed once; rendering only formats it."""
+  workdir: pathlib.Path
+  opts: ReportOptions
+  df: pd.DataFrame
+  N: np.ndarray
+  D: np.ndarray
+  C: np.ndarray
+  L: np.ndarray
+  labels: np.ndarray                 # FLOP budget per row (budget column, else snapped C)
+  labels_given: bool
+  k: float                           # C / (N D) of the table: the allocation's FLOP convention
+  conventions: list = dataclasses.field(default_factory=list)
+  notes: dict = dataclasses.field(default_factory=dict)       # section -> why not fitted
+  law: fitlib.ChinchillaFit | None = None
+  samples: np.ndarray | None = None
+  intervals: dict = dataclasses.field(default_factory=dict)
+  unidentified: dict = dataclasses.field(default_factory=dict)
+  frontier: fitlib.PowerLawFit | None = None
+  fsamples: np.ndarray | None = None
+  frontier_intervals: dict = dataclasses.field(default_factory=dict)
+  size_law: fitlib.PowerLawFit | None = None
+  iso: fitlib.IsoFlopFit | None = None
+  iso_warnings: list = dataclasses.field(default_factory=list)
+  floor_bpb: float | None = None
+  fitted_E_bpb: float | None = None
+  allocation: list = dataclasses.field(default_factory=list)
+  withheld: dict = dataclasses.field(default_factory=dict)   # result -> reason
+  sensitivity: list = dataclasses.field(default_factory=list)
+  backtest: dict = dataclasses.field(default_factory=dict)
+  saturation: dict = dataclasses.field(default_factory=dict)
+  curves: dict = dataclasses.field(default_factory=dict)
+  spectra: dict = dataclasses.field(default_factory=dict)
+
+
+def _load(workdir, opts: ReportOptions) -> ScalingAnalysis:
+  df = read_results(workdir, opts.n_col, opts.loss_col, opts.flops_col)
+  N, D, C = (df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col))
+  keep = fitlib.fit_range_mask(N, C, min_n=opts.min_n, max_n=opts.max_n, min_c=opts.min_c,
+                               max_c=opts.max_c)
+  if not keep.any():
+    raise ValueError(f"no rows inside the fit range; N spans {N.min():.3g}..{N.max():.3g}, "
+                     f"C spans {C.min():.3g}..{C.max():.3g}")
+  df = df[keep].reset_index(drop=True)
+  N, D, C, L = (df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col,
+                                                 opts.loss_col))
+  labels, given = fitlib.snap_budgets(C), False
+  if "budget" in df.columns:
+    b = pd.to_numeric(df["budget"], errors="coerce").to_numpy(float)
+    if np.all(np.isfinite(b) & (b > 0)):
+      labels, given = b, True
+  k = float(np.median(C / (N * D)))
+  return ScalingAnalysis(pathlib.Path(workdir), opts, df, N, D, C, L, labels, given, k,
+                         conventions(df, opts.n_col, opts.flops_col, opts.loss_col))
+
+
+def _clusters(a: ScalingAnalysis):
+  return fitlib.cluster_labels(a.df, a.opts.bootstrap_by, a.opts.n_col)
+
+
+def _fit_approach3(a: ScalingAnalysis) -> None:
+  N, D, L = a.N, a.D, a.L
+  if len(L) < 8 or len(np.unique(N)) < 3 or len(np.unique(D)) < 2:
+    a.notes["chinchilla"] = (f"needs >= 8 runs with >= 3 sizes and >= 2 token counts (have "
+                             f"{len(L)} runs, {len(np.unique(N))} sizes, {len(np.unique(D))} "
+                             "token counts)")
+    return
+  a.law = fitlib.fit_chinchilla(N, D, L, grid=a.opts.grid, delta=a.opts.huber_delta)
+  budget = _extrapolation_budget(a)
+  if a.opts.bootstrap:
+    a.samples = fitlib.bootstrap_chinchilla(N, D, L, a.law, a.opts.bootstrap, seed=a.opts.seed,
+                                            clusters=_clusters(a))
+    if len(a.samples):
+      a.intervals = fitlib.chinchilla_intervals(a.samples, budget=budget, flops_per_param_token=a.k)
+  for name in fitlib.PARAMS:
+    why = not_identified(name, getattr(a.law, name), a.intervals.get(name))
+    if why:
+      a.unidentified[name] = why
+  for what in NEEDS:
+    why = withheld_reason(a.unidentified, what)
+    if why:
+      a.withheld[what] = why
+
+
+def _extrapolation_budget(a: ScalingAnalysis) -> float:
+  return 10 * float(a.C.max())
+
+
+def _fit_frontier(a: ScalingAnalysis) -> None:
+  try:
+    a.frontier = fitlib.fit_frontier(a.C, a.L, delta=a.opts.huber_delta)
+    if a.opts.bootstrap:
+      a.fsamples = fitlib.bootstrap_power_law(a.C, a.L, a.opts.bootstrap, frontier=True,
+                                              delta=a.opts.huber_delta)
+      if len(a.fsamples):
+        a.frontier_intervals = {k: [float(v) for v in fitlib.percentile_interval(a.fsamples[:, j])]
+                                for j, k in enumerate(["E", "A", "gamma"])}
+  except (ValueError, RuntimeError) as e:
+    a.notes["frontier"] = str(e)
+
+
+def _fit_size_law(a: ScalingAnalysis) -> None:
+  per_size = pd.DataFrame(dict(N=a.N, L=a.L)).sort_values("L").drop_duplicates("N")
+  try:
+    a.size_law = fitlib.fit_power_law(per_size.N, per_size.L, delta=a.opts.huber_delta)
+  except (ValueError, RuntimeError) as e:
+    a.notes["size_law"] = str(e)
+
+
+def _fit_isoflop(a: ScalingAnalysis) -> None:
+  try:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      a.iso = fitlib.fit_isoflop(a.N, a.C, a.L, budgets=a.labels if a.labels_given else None,
+                                 D=a.D, n_boot=a.opts.bootstrap, seed=a.opts.seed)
+    a.iso_warnings = [str(w.message) for w in caught]
+  except ValueError as e:
+    a.notes["isoflop"] = (f"{e}. Approach 2 needs runs sharing a FLOP budget with sizes on both "
+                          "sides of its optimum: use an IsoFLOP ladder")
+
+
+def _entropy_floor(a: ScalingAnalysis) -> None:
+  floor = a.opts.true_floor_bpb
+  a.floor_bpb = floor if floor is not None else find_true_floor_bpb(a.workdir)
+  if a.floor_bpb is None or "val_bpb" not in a.df.columns or len(a.df) < 6:
+    return
+  bpb = a.df["val_bpb"].to_numpy(float)
+  try:
+    if a.law is not None:
+      a.fitted_E_bpb = fitlib.fit_chinchilla(a.N, a.D, bpb, grid="quick").E
+    else:
+      per_size = pd.DataFrame(dict(N=a.N, L=bpb)).sort_values("L").drop_duplicates("N")
+      a.fitted_E_bpb = fitlib.fit_power_law(per_size.N, per_size.L).E
+  except (ValueError, RuntimeError) as e:
+    a.notes["fitted_E_bpb"] = str(e)
+
+
+def _allocation(a: ScalingAnalysis) -> None:
+  top = float(a.C.max())
+  for c in a.opts.budgets or [top, 10 * top, 100 * top]:
+    row = dict(budget=float(c))
+    if a.law is not None:
+      row["approach3"] = fitlib.chinchilla_optimal_with_intervals(a.law, c, a.samples, a.k)
+    if a.iso is not None:
+      n, d = a.iso.optimal(c)
+      row["approach2"] = dict(N=float(n), D=float(d))
+    if a.frontier is not None:
+      row["frontier"] = fitlib.power_prediction(a.frontier, c, a.fsamples)
+    a.allocation.append(row)
+
+
+def _refit(a: ScalingAnalysis, mask, delta):
+  starts = np.r_[fitlib.refit_starts(a.law), fitlib.quick_starts(a.N[mask], a.D[mask], a.L[mask])]
+  return fitlib.fit_chinchilla(a.N[mask], a.D[mask], a.L[mask], starts=starts, delta=delta)
+
+
+def _sensitivity(a: ScalingAnalysis) -> None:
+  """Approach 3 refitted with each Huber delta, without the smallest size and without the
+  largest budget: a conclusion that moves more than its interval here is fragile."""
+  if a.law is None:
+    return
+  everything = np.ones(len(a.L), bool)
+  variants = [(f"Huber delta {d:g}", everything, d) for d in SENSITIVITY_DELTAS]
+  variants.append(("without the smallest size", a.N > a.N.min(), a.opts.huber_delta))
+  variants.append(("without the largest budget", a.labels < a.labels.max(), a.opts.huber_delta))
+  budget = _extrapolation_budget(a)
+  for name, mask, delta in variants:
+    row = dict(variant=name, n_points=int(mask.sum()))
+    try:
+      f = a.law if (mask.all() and delta == a.opts.huber_delta) else _refit(a, mask, delta)
+      row.update(E=f.E, alpha=f.alpha, beta=f.beta, a=f.a,
+                 loss_opt=float(f.optimal(budget, a.k)[2]), budget=budget)
+    except (ValueError, RuntimeError) as e:
+      row["error"] = str(e)
+    a.sensitivity.append(row)
+
+
+def holdout_mask(C, labels, labels_given: bool, fraction: float = 0.2) -> np.ndarray:
+  """The rows to predict in a backtest: the largest FLOP budget when budgets are given
+  (IsoFLOP tables), else the largest-compute `fraction` of the rows (at least one)."""
+  if labels_given:
+    return labels == labels.max()
+  n = max(1, int(round(fraction * len(C))))
+  return C >= np.sort(C)[-n]
+
+
+def backtest(N, D, L, test, *, n_boot=50, delta=fitlib.HUBER_DELTA, seed=0, level=0.95,
+             k=6.0) -> dict:
+  """Fit approach 3 on the rows not in `test` (the smaller budgets), predict the held-out
+  rows with prediction intervals (bootstrap parameter draws times resampled log residuals of
+  the fit), and say for each whether the truth fell inside."""
+  train = ~test
+  if train.sum() < 8 or len(np.unique(N[train])) < 3 or len(np.unique(D[train])) < 2:
+    return dict(note=f"not run: the {int(train.sum())} rows below the held-out budget cannot "
+                     "support an approach-3 fit (needs >= 8 runs, >= 3 sizes, >= 2 token counts)")
+  law = fitlib.fit_chinchilla(N[train], D[train], L[train], grid="quick", delta=delta)
+  resid = np.log(L[train]) - np.log(law.loss(N[train], D[train]))
+  rng = np.random.default_rng(seed)
+  params = (fitlib.bootstrap_chinchilla(N[train], D[train], L[train], law, n_boot, seed=seed)
+            if n_boot else law.params[None])
+  rows = []
+  for n, d, l in zip(N[test], D[test], L[test]):
+    with np.errstate(all="ignore"):
+      mean = params[:, 0] + params[:, 1] * n ** -params[:, 3] + params[:, 2] * d ** -params[:, 4]
+    draws = np.repeat(mean, 200 // len(mean) + 1)[:max(200, len(mean))]
+    draws = draws * np.exp(rng.choice(resid, len(draws)))
+    lo, hi = (float(x) for x in fitlib.percentile_interval(draws, level))
+    pred = float(law.loss(n, d))
+    rows.append(dict(N=float(n), D=float(d), C=float(k * n * d), loss=float(l), predicted=pred,
+                     rel_error=(pred - l) / l, interval=[lo, hi], inside=bool(lo <= l <= hi)))
+  errs = np.array([r["rel_error"] for r in rows])
+  return dict(rows=rows, n_train=int(train.sum()), level=level, n_boot=int(n_boot),
+              mean_abs_rel_error=float(np.mean(np.abs(errs))),
+              n_inside=int(sum(r["inside"] for r in rows)), law=law.to_dict())
+
+
+def _backtest(a: ScalingAnalysis) -> None:
+  test = holdout_mask(a.C, a.labels, a.labels_given)
+  a.backtest = backtest(a.N, a.D, a.L, test, n_boot=min(a.opts.bootstrap, 50),
+                        delta=a.opts.huber_delta, seed=a.opts.seed, k=a.k)
+  a.backtest["held_out"] = ("the largest FLOP budget" if a.labels_given else
+                            f"the {int(test.sum())} largest-compute rows")
+
+
+def _trend_clusters(a: ScalingAnalysis):
+  col = next((c for c in ("run", "size") if c in a.df.columns), None)
+  return a.df[col].astype(str).to_numpy() if col else None
+
+
+def _saturation(a: ScalingAnalysis) -> None:
+  N, D, L, law = a.N, a.D, a.L, a.law
+  per_size = pd.DataFrame(dict(N=N, D=D, L=L)).sort_values("L").drop_duplicates("N").sort_values("N")
+  E = law.E if law is not None else (a.frontier.E if a.frontier is not None else 0.0)
+  floor = (law.E + law.B * per_size.D.to_numpy() ** -law.beta) if law is not None else E
+  rr = sat.rung_returns(per_size.N, per_size.L)
+  ex = sat.local_exponents(per_size.N, per_size.L, floor)
+  s = dict(per_size=per_size, rr=rr, ex=ex, E=E, headroom=sat.headroom(per_size.L.to_numpy(), E),
+           exponent_trend=sat.exponent_trend(ex["exponent"]))
+  if law is not None:
+    big = per_size.iloc[-1]
+    s["doubling_returns"] = sat.doubling_returns(law, big.N, big.D, a.samples)
+    fitter = sat.chinchilla_fitter(starts=fitlib.refit_starts(law))
+    s["leave_one_rung_out"] = sat.leave_one_rung_out(N, D, L, fitter)
+    s["trend_break"] = sat.trend_break_test(N, D, L, clusters=_trend_clusters(a))
+  else:
+    s["leave_one_rung_out"] = sat.leave_one_rung_out(N, D, L)
+    s["trend_break"] = sat.trend_break(N, L, E, clusters=_trend_clusters(a))
+  s["plateau"] = {name: sat.plateau(t, l, lr=lr if np.isfinite(lr).any() else None)
+                  for name, (t, l, lr) in sorted(a.curves.items())}
+  a.saturation = s
+
+
+def analyze(workdir, opts: ReportOptions | None = None, **kw) -> ScalingAnalysis:
+  """Every fit and verdict of the report for DIR/results.csv (keyword arguments set
+  ReportOptions fields)."""
+  opts = dataclasses.replace(opts or ReportOptions(), **kw)
+  a = _load(workdir, opts)
+  a.curves = stitch_wsd_curves(read_curves(a.workdir), a.df)
+  _fit_approach3(a)
+  _fit_frontier(a)
+  _fit_size_law(a)
+  _fit_isoflop(a)
+  _entropy_floor(a)
+  _allocation(a)
+  _sensitivity(a)
+  _backtest(a)
+  _saturation(a)
+  a.spectra = read_head_spectra(a.workdir, a.df) if opts.head_spectrum else {}
+  return a
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
 def _fmt_int(v, interval=None, fmt="{:.4g}"):
   s = fmt.format(v)
   if interval:
@@ -124,261 +536,294 @@ def _fmt_int(v, interval=None, fmt="{:.4g}"):
   return s
 
 
-class Report:
-  """Collects markdown lines and JSON facts while the analysis runs."""
+def _md_header(a: ScalingAnalysis) -> list[str]:
+  N, D, C = a.N, a.D, a.C
+  lines = [f"# Scaling report: {a.workdir}", "",
+           f"{len(a.df)} runs, {len(np.unique(N))} sizes ({a.opts.n_col} {N.min():.3g} .. "
+           f"{N.max():.3g}), tokens {D.min():.3g} .. {D.max():.3g}, compute {C.min():.3g} .. "
+           f"{C.max():.3g} FLOPs. Loss column: `{a.opts.loss_col}`.", "",
+           "## Conventions", ""]
+  lines += [f"- [x] **{item}**: {what}" for item, what in a.conventions]
+  lines += ["", "## What the data support", ""]
+  if a.law is None:
+    lines.append(f"- Approach 3 not fitted: {a.notes.get('chinchilla')}.")
+  elif not a.unidentified:
+    lines.append("- Every approach-3 parameter is identified"
+                 + (" (no interval reaches a bound or spans orders of magnitude)."
+                    if a.intervals else " (point estimates only: run with --bootstrap to check)."))
+  for name, why in a.unidentified.items():
+    lines.append(f"- **{name} is not identified**: {why}.")
+  for what, why in a.withheld.items():
+    lines.append(f"- {what.replace('_', ' ').capitalize()}: {why}.")
+  return lines + [""]
 
-  def __init__(self):
-    self.lines: list[str] = []
-    self.facts: dict = {}
 
-  def add(self, *lines):
-    self.lines.extend(lines)
-
-
-def _chinchilla_section(rep, N, D, L, args, floor_note):
-  if len(L) < 8 or len(np.unique(N)) < 3 or len(np.unique(D)) < 2:
-    rep.add("Chinchilla (approach 3): not fitted: needs >= 8 runs with >= 3 sizes and >= 2 token "
-            f"counts (have {len(L)} runs, {len(np.unique(N))} sizes, {len(np.unique(D))} token counts).", "")
-    return None, None
-  law = fitlib.fit_chinchilla(N, D, L, grid=args.grid)
-  samples = fitlib.bootstrap_chinchilla(N, D, L, law, args.bootstrap, seed=0) if args.bootstrap else None
-  iv = fitlib.chinchilla_intervals(samples) if samples is not None and len(samples) else {}
-  rep.facts["chinchilla"] = dict(law.to_dict(), intervals=iv)
-  rep.add("### Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta", "",
-          f"Huber (delta 1e-3) on log residuals summed over {law.n_points} runs, L-BFGS-B from "
-          f"{law.n_starts} starts ({law.n_converged} converged). Brackets: "
-          f"{int(fitlib.INTERVAL_LEVEL * 100)}% bootstrap intervals over runs"
-          + (f" ({len(samples)} resamples)." if samples is not None else " (none: --bootstrap 0)."), "",
-          "| parameter | value |", "|---|---|")
+def _md_approach3(a: ScalingAnalysis) -> list[str]:
+  law, iv = a.law, a.intervals
+  if law is None:
+    return [f"Chinchilla (approach 3): not fitted: {a.notes.get('chinchilla')}.", ""]
+  n_boot = len(a.samples) if a.samples is not None else 0
+  lines = ["### Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta", "",
+           f"Huber (delta {law.huber_delta:g}) on log residuals summed over {law.n_points} runs, "
+           f"L-BFGS-B on the rescaled objective from {law.n_starts} starts: {law.n_at_optimum} of "
+           f"the {law.n_final} run to convergence reached the optimum (objective within "
+           f"{fitlib.OPTIMUM_RTOL:g} relative), gradient norm {law.grad_norm:.1e}"
+           + ("" if law.verified else " (**not verified**: fewer than 2 starts agree or the "
+                                       "gradient is not small)") + ". Brackets: "
+           f"{int(fitlib.INTERVAL_LEVEL * 100)}% bootstrap intervals"
+           + (f" ({n_boot} resamples by {a.opts.bootstrap_by})." if n_boot
+              else " (none: --bootstrap 0)."), "",
+           "| parameter | value | identified |", "|---|---|---|"]
   for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
-    rep.add(f"| {k} | {_fmt_int(getattr(law, k), iv.get(k))} |")
-  rep.add("", f"Compute-optimal scaling: N_opt ~ C^{law.a:.3f}, D_opt ~ C^{law.b:.3f} "
-          f"({'parameters' if law.a > law.b else 'tokens'} should grow faster with compute)."
-          + floor_note(law.E, iv.get("E")), "")
-  return law, samples
+    why = a.unidentified.get(k)
+    lines.append(f"| {k} | {_fmt_int(getattr(law, k), iv.get(k))} | "
+                 f"{'**no**: ' + why if why else 'yes'} |")
+  lines += ["", f"Compute-optimal scaling: N_opt ~ C^{law.a:.3f}, D_opt ~ C^{law.b:.3f} "
+            f"({'parameters' if law.a > law.b else 'tokens'} should grow faster with compute)."
+            + _floor_note(a), ""]
+  return lines
 
 
-def _isoflop_section(rep, df, N, L, args):
-  budgets = None
-  if "budget" in df.columns:
-    b = pd.to_numeric(df["budget"], errors="coerce").to_numpy(float)
-    budgets = b if np.all(np.isfinite(b) & (b > 0)) else None
-  C = df["flops"].to_numpy(float)
-  try:
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      iso = fitlib.fit_isoflop(N, C, L, budgets=budgets, D=df["tokens"].to_numpy(float),
-                               n_boot=args.bootstrap)
-  except ValueError as e:
-    reason = str(e).split(";")[0] if len(str(e)) > 300 else str(e)
-    rep.add(f"IsoFLOP (approach 2): not fitted ({reason}). Runs sharing a FLOP budget need >= 3 "
-            "sizes each: use an IsoFLOP ladder.", "")
-    return None, None
-  labels = budgets if budgets is not None else fitlib.snap_budgets(C)
-  rep.facts["isoflop"] = iso.to_dict()
-  rep.add("### IsoFLOP approach 2: parabola in log N per budget", "",
-          "| budget C | N* | D* | loss at N* | minimum inside sampled sizes |", "|---|---|---|---|---|")
-  for c, n, d, l, r in zip(iso.budgets, iso.n_opt, iso.d_opt, iso.loss_opt, iso.in_range):
-    rep.add(f"| {c:.3g} | {n:.3g} | {d:.3g} | {l:.4f} | {'yes' if r else 'NO (extrapolated)'} |")
-  rep.add("", f"N*(C) ~ C^{_fmt_int(iso.a, iso.a_interval, '{:.3f}')}, "
-          f"D*(C) ~ C^{_fmt_int(iso.b, iso.b_interval, '{:.3f}')}.")
-  for d in iso.dropped:
-    rep.add(f"- budget {d['budget']:.3g} dropped: {d['reason']}")
-  for w in caught:
-    rep.add(f"- warning: {w.message}")
-  rep.add("")
-  return iso, labels
+def _floor_note(a: ScalingAnalysis) -> str:
+  if a.floor_bpb is None or not a.opts.loss_col.endswith("bpb") or a.law is None:
+    return ""
+  return (f" True entropy floor of the synthetic corpus: {a.floor_bpb:.4f} bits/byte; "
+          f"fitted E = {_fmt_int(a.law.E, a.intervals.get('E'))}.")
 
 
-def _allocation_section(rep, law, samples, iso, frontier, fsamples, budgets):
-  rep.add("## Compute-optimal allocation", "",
-          "| budget C | N_opt (approach 3) | D_opt (approach 3) | loss (approach 3) | tokens/param "
-          "| N* (approach 2) | D* (approach 2) | frontier L*(C) |", "|---|---|---|---|---|---|---|---|")
-  preds = []
-  for c in budgets:
-    row = dict(budget=c)
-    cells = [f"{c:.3g}"]
-    if law is not None:
-      p = fitlib.chinchilla_optimal_with_intervals(law, c, samples)
-      row["approach3"] = p
+def _md_other_fits(a: ScalingAnalysis) -> list[str]:
+  lines = []
+  if a.frontier is not None:
+    fiv = a.frontier_intervals
+    lines += ["### Compute frontier: L*(C) = E + A C^-gamma (fitted to the Pareto-optimal runs)",
+              "", f"E = {_fmt_int(a.frontier.E, fiv.get('E'))}, A = "
+              f"{_fmt_int(a.frontier.A, fiv.get('A'))}, gamma = "
+              f"{_fmt_int(a.frontier.alpha, fiv.get('gamma'), '{:.4f}')}.", ""]
+  else:
+    lines += [f"Compute frontier: not fitted: {a.notes.get('frontier')}", ""]
+  if a.size_law is not None:
+    s = a.size_law
+    lines += ["### L(N) = E + A N^-alpha (best run per size)", "",
+              f"E = {s.E:.4g}, A = {s.A:.4g}, alpha = {s.alpha:.4f}.", ""]
+  else:
+    lines += [f"L(N): not fitted: {a.notes.get('size_law')}", ""]
+  return lines + _md_isoflop(a) + _md_entropy(a)
+
+
+def _md_isoflop(a: ScalingAnalysis) -> list[str]:
+  iso = a.iso
+  if iso is None:
+    return [f"IsoFLOP (approach 2): not fitted: {a.notes.get('isoflop')}.", ""]
+  lines = [f"### IsoFLOP approach 2: parabola in log N per budget (window {iso.window} around "
+           "each minimum)", "",
+           "| budget C | N* | s.e. of ln N* | D* | loss at N* |", "|---|---|---|---|---|"]
+  for c, n, s, d, l in zip(iso.budgets, iso.n_opt, iso._se(), iso.d_opt, iso.loss_opt):
+    lines.append(f"| {c:.3g} | {n:.3g} | {s:.3f} | {d:.3g} | {l:.4f} |")
+  lines += ["", f"N*(C) ~ C^{_fmt_int(iso.a, iso.a_interval, '{:.3f}')}, "
+            f"D*(C) ~ C^{_fmt_int(iso.b, iso.b_interval, '{:.3f}')}."
+            + (f" Approach 3 says a = {_fmt_int(a.law.a, a.intervals.get('a'), '{:.3f}')}."
+               if a.law is not None else "")]
+  lines += [f"- budget {d['budget']:.3g} left out: {d['reason']}" for d in iso.dropped]
+  lines += [f"- warning: {w}" for w in a.iso_warnings]
+  return lines + [""]
+
+
+def _md_entropy(a: ScalingAnalysis) -> list[str]:
+  if a.floor_bpb is None:
+    return []
+  note = f"True entropy floor of the synthetic corpus: **{a.floor_bpb:.4f} bits/byte**."
+  if a.fitted_E_bpb is not None:
+    note += (f" Fitted E on val_bpb: **{a.fitted_E_bpb:.4f} bits/byte** "
+             f"({(a.fitted_E_bpb - a.floor_bpb) / a.floor_bpb * 100:+.1f}% from the floor).")
+  elif "fitted_E_bpb" in a.notes:
+    note += f" (E on val_bpb not fitted: {a.notes['fitted_E_bpb']})"
+  return ["### Entropy floor", "", note, ""]
+
+
+def _md_sensitivity(a: ScalingAnalysis) -> list[str]:
+  if not a.sensitivity:
+    return []
+  budget = a.sensitivity[0].get("budget", _extrapolation_budget(a))
+  lines = ["## Sensitivity of approach 3", "",
+           f"| variant | runs | E | alpha | beta | a | loss at the optimum of C = {budget:.3g} |",
+           "|---|---|---|---|---|---|---|"]
+  for r in a.sensitivity:
+    if "error" in r:
+      lines.append(f"| {r['variant']} | {r['n_points']} | not fitted: {r['error']} | | | | |")
+      continue
+    lines.append(f"| {r['variant']} | {r['n_points']} | {r['E']:.4g} | {r['alpha']:.3f} | "
+                 f"{r['beta']:.3f} | {r['a']:.3f} | {r['loss_opt']:.4f} |")
+  return lines + ["", "A conclusion that moves more than its interval across these rows rests "
+                  "on a modelling choice, not on the data.", ""]
+
+
+def _md_backtest(a: ScalingAnalysis) -> list[str]:
+  bt = a.backtest
+  lines = ["## Backtest: predict the largest budget from the smaller ones", ""]
+  if "rows" not in bt:
+    return lines + [f"Backtest {bt.get('note', 'not run')}.", ""]
+  lines += [f"Approach 3 fitted on {bt['n_train']} runs without {bt['held_out']}, which it then "
+            f"predicts ({int(bt['level'] * 100)}% prediction intervals: {bt['n_boot']} bootstrap "
+            "refits times resampled residuals).", "",
+            "| N | D | loss | predicted | interval | error | inside |", "|---|---|---|---|---|---|---|"]
+  for r in bt["rows"]:
+    lines.append(f"| {r['N']:.3g} | {r['D']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} | "
+                 f"[{r['interval'][0]:.4f}, {r['interval'][1]:.4f}] | {r['rel_error'] * 100:+.2f}% "
+                 f"| {'yes' if r['inside'] else '**no**'} |")
+  lines += ["", f"Mean |error| {bt['mean_abs_rel_error'] * 100:.2f}%; the truth fell inside "
+            f"{bt['n_inside']} of {len(bt['rows'])} intervals. This is the honest extrapolation "
+            "error of this ladder.", ""]
+  return lines
+
+
+def _md_allocation(a: ScalingAnalysis) -> list[str]:
+  lines = ["## Compute-optimal allocation", "",
+           f"Approach 3 allocates with C = k N D, k = {a.k:.3g}: the ratio C / (N D) of this "
+           f"table's FLOP column `{a.opts.flops_col}`, so budgets and runs share one convention.", ""]
+  for what in ("allocation", "extrapolated_loss"):
+    if what in a.withheld:
+      lines.append(f"- {what.replace('_', ' ').capitalize()} from approach 3 {a.withheld[what]}.")
+  lines += ["", "| budget C | N_opt (approach 3) | D_opt (approach 3) | loss (approach 3) | "
+            "tokens/param | N* (approach 2) | D* (approach 2) | frontier L*(C) |",
+            "|---|---|---|---|---|---|---|---|"]
+  for row in a.allocation:
+    cells = [f"{row['budget']:.3g}"]
+    p = row.get("approach3")
+    if p is None or "allocation" in a.withheld:
+      cells += ["withheld" if p else "-"] * 2 + [
+          "withheld" if p and "extrapolated_loss" in a.withheld else
+          (_fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}") if p else "-"), "-"]
+    else:
       cells += [_fmt_int(p["N"], p.get("N_interval"), "{:.3g}"),
                 _fmt_int(p["D"], p.get("D_interval"), "{:.3g}"),
-                _fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}"), f"{p['tokens_per_param']:.1f}"]
-    else:
-      cells += ["-"] * 4
-    if iso is not None:
-      n, d = iso.optimal(c)
-      row["approach2"] = dict(N=float(n), D=float(d))
-      cells += [f"{n:.3g}", f"{d:.3g}"]
-    else:
-      cells += ["-", "-"]
-    if frontier is not None:
-      p = fitlib.power_prediction(frontier, c, fsamples)
-      row["frontier"] = p
-      cells.append(_fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}"))
-    else:
-      cells.append("-")
-    preds.append(row)
-    rep.add("| " + " | ".join(cells) + " |")
-  rep.facts["allocation"] = preds
-  rep.add("", "Budgets above the largest run are extrapolations; trust them only as far as the "
-          "leave-one-rung-out errors below allow.", "")
-  return preds
+                "withheld" if "extrapolated_loss" in a.withheld
+                else _fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}"),
+                f"{p['tokens_per_param']:.1f}"]
+    q = row.get("approach2")
+    cells += [f"{q['N']:.3g}", f"{q['D']:.3g}"] if q else ["-", "-"]
+    f = row.get("frontier")
+    cells.append(_fmt_int(f["loss"], f.get("loss_interval"), "{:.4f}") if f else "-")
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines + ["", "Budgets above the largest run are extrapolations; trust them only as far "
+                  "as the backtest above allows.", ""]
 
 
-def _saturation_section(rep, N, D, L, law, samples, E_for_headroom, curves, spectra=None):
-  rep.add("## Saturation", "")
-  per_size = pd.DataFrame(dict(N=N, D=D, L=L)).sort_values("L").drop_duplicates("N").sort_values("N")
-  rr = sat.rung_returns(per_size.N, per_size.L)
-  # With a (N, D) law the floor at each rung is E + B/D^beta: the rung's finite token budget is
-  # then not mistaken for saturation in N.
-  floor = (law.E + law.B * per_size.D.to_numpy() ** -law.beta) if law is not None else E_for_headroom
-  ex = sat.local_exponents(per_size.N, per_size.L, floor)
-  trend = sat.exponent_trend(ex["exponent"])
-  hr = sat.headroom(per_size.L.to_numpy(), E_for_headroom)
-  facts = dict(rung_returns=[dict(x_lo=float(a), x_hi=float(b), per_doubling=float(c))
-                             for a, b, c in zip(rr["x_lo"], rr["x_hi"], rr["per_doubling"])],
-               local_exponents=[float(x) for x in ex["exponent"]], exponent_trend=trend,
-               headroom=[float(x) for x in hr])
-  if law is not None:
-    big = per_size.iloc[-1]
-    dr = sat.doubling_returns(law, big.N, big.D, samples)
-    facts["doubling_returns"] = dr
-    rep.add(f"- At the largest size (N = {big.N:.3g}, D = {big.D:.3g}) the fitted law says doubling N "
-            f"lowers the loss by {_fmt_int(dr['per_doubling_N'], dr.get('per_doubling_N_interval'))} "
-            f"and doubling D by {_fmt_int(dr['per_doubling_D'], dr.get('per_doubling_D_interval'))}: "
-            f"{'parameters' if dr['per_doubling_N'] > dr['per_doubling_D'] else 'tokens'} are the better buy.")
-  rep.add("- Loss drop per doubling of N between rungs (best run per size): "
-          + ", ".join(f"{v:.4f}" for v in rr["per_doubling"]) + ".",
-          ("- Local exponents -dlog(L-F)/dlog N (F = E + B/D^beta at each rung's D): " if law is not None
-           else f"- Local exponents -dlog(L-E)/dlog N (E = {E_for_headroom:.4g}): ")
-          + ", ".join(f"{v:.3f}" for v in ex["exponent"]) + f". {trend['verdict']}.",
-          f"- Headroom (L-E)/L at the largest size: {hr[-1] * 100:.1f}% of the loss is still "
-          "reducible by scale" + (" (close to the floor: scaling is nearly exhausted)." if hr[-1] < 0.05 else "."))
-  fitter = None
-  if law is not None and law.endpoints is not None:  # restart from the pooled fit's minima
-    fitter = sat.chinchilla_fitter(starts=np.r_[fitlib.distinct_endpoints(law.endpoints, 8),
-                                                fitlib.grid_starts(fitlib.COARSE_GRID, 2)[::9]])
-  loo = sat.leave_one_rung_out(N, D, L, fitter)
-  facts["leave_one_rung_out"] = loo
-  ok = [r for r in loo if "mean_rel_error" in r]
-  if ok:
-    rep.add("- Leave-one-rung-out (fit without a size, predict it): " + ", ".join(
-        f"N={r['rung']:.3g}: {r['mean_rel_error'] * 100:+.2f}%" for r in ok) + ". The largest "
-        "size's error is the honest extrapolation error.")
-  tb = sat.trend_break(N, L, (law.E + law.B * D ** -law.beta) if law is not None else E_for_headroom)
-  facts["trend_break"] = tb
-  rep.add(f"- Trend-break test: {tb['verdict']}.")
-  if spectra:
-    facts["head_spectrum"] = spectra
-    rep.add("", "LM-head spectra (latest checkpoint of each point; tied embedding or unembed):", "")
-    for name, spec in sorted(spectra.items()):
-      rep.add(f"- {name} (d_model {spec['d_model']}, step {spec['step']}): {sat.head_verdict(spec)}")
-  if curves:
-    facts["plateau"] = {}
-    for name, (t, l) in sorted(curves.items()):
-      facts["plateau"][name] = sat.plateau(t, l)
-    n_plat = sum(p["plateau"] for p in facts["plateau"].values())
-    n_rise = sum(p["late_rise"] for p in facts["plateau"].values())
-    n_imp = sum(p.get("improving", False) for p in facts["plateau"].values())
-    rep.add("", f"Training curves (slope of loss vs log2 tokens over the last 20% of each run): "
-            f"{n_imp} of {len(curves)} still improving, {n_plat} have plateaued, {n_rise} rise late, "
-            f"the rest are inconclusive.", "")
-    for name, p in facts["plateau"].items():
-      rep.add(f"- {name}: {p['verdict']}")
-  rep.add("")
-  rep.facts["saturation"] = facts
-  return per_size, rr, ex, hr, loo
+def _md_saturation(a: ScalingAnalysis) -> list[str]:
+  s = a.saturation
+  lines = ["## Saturation", ""]
+  dr = s.get("doubling_returns")
+  if dr:
+    lines.append(f"- At the largest size (N = {dr['N']:.3g}, D = {dr['D']:.3g}) the fitted law "
+                 f"says doubling N lowers the loss by "
+                 f"{_fmt_int(dr['per_doubling_N'], dr.get('per_doubling_N_interval'))} and "
+                 f"doubling D by {_fmt_int(dr['per_doubling_D'], dr.get('per_doubling_D_interval'))}"
+                 f": {'parameters' if dr['per_doubling_N'] > dr['per_doubling_D'] else 'tokens'} "
+                 "are the better buy.")
+  lines.append("- Loss drop per doubling of N between rungs (best run per size): "
+               + ", ".join(f"{v:.4f}" for v in s["rr"]["per_doubling"]) + ".")
+  lines.append(("- Local exponents -dlog(L-F)/dlog N (F = E + B/D^beta at each rung's D): "
+                if a.law is not None else f"- Local exponents -dlog(L-E)/dlog N (E = {s['E']:.4g}): ")
+               + ", ".join(f"{v:.3f}" for v in s["ex"]["exponent"])
+               + f". {s['exponent_trend']['verdict']}.")
+  hr = s["headroom"][-1]
+  if "headroom" in a.withheld:
+    lines.append(f"- Headroom (L-E)/L at the largest size: {a.withheld['headroom']}.")
+  else:
+    lines.append(f"- Headroom (L-E)/L at the largest size: {hr * 100:.1f}% of the loss is still "
+                 "reducible by scale" + (" (close to the floor: scaling is nearly exhausted)."
+                                         if hr < 0.05 else "."))
+  lines.append(f"- Trend-break test: {s['trend_break']['verdict']}.")
+  return lines + _md_spectra_and_curves(a) + [""]
 
 
-def make_report(workdir, *, loss_col="val_loss", n_col="params_total", bootstrap=100, budgets=None,
-                true_floor_bpb=None, grid="full", out_dir=None,
-                head_spectrum=False) -> pathlib.Path:
-  """Run every analysis on DIR/results.csv and write the report; returns the report.md path."""
-  workdir = pathlib.Path(workdir)
-  out = pathlib.Path(out_dir) if out_dir else workdir / "report"
-  out.mkdir(parents=True, exist_ok=True)
-  args = argparse.Namespace(bootstrap=bootstrap, grid=grid)
-  df = read_results(workdir, n_col, loss_col)
-  N, D, C, L = (df[c].to_numpy(float) for c in (n_col, "tokens", "flops", loss_col))
-  curves = stitch_wsd_curves(read_curves(workdir), df)
-  floor_bpb = true_floor_bpb if true_floor_bpb is not None else find_true_floor_bpb(workdir)
-  rep = Report()
-  rep.add(f"# Scaling report: {workdir}", "",
-          f"{len(df)} runs, {len(np.unique(N))} sizes ({n_col} {N.min():.3g} .. {N.max():.3g}), "
-          f"tokens {D.min():.3g} .. {D.max():.3g}, compute {C.min():.3g} .. {C.max():.3g} FLOPs. "
-          f"Loss column: `{loss_col}`.", "", "## Fitted laws", "")
-  rep.facts.update(n_runs=len(df), loss_col=loss_col, n_col=n_col)
+def _md_spectra_and_curves(a: ScalingAnalysis) -> list[str]:
+  lines = []
+  if a.spectra:
+    lines += ["", "LM-head spectra (latest checkpoint of each point; tied embedding or unembed):", ""]
+    lines += [f"- {name} (d_model {spec['d_model']}, step {spec['step']}): {sat.head_verdict(spec)}"
+              for name, spec in sorted(a.spectra.items())]
+  plat = a.saturation.get("plateau", {})
+  if plat:
+    n_plat = sum(p["plateau"] for p in plat.values())
+    n_rise = sum(p["late_rise"] for p in plat.values())
+    n_imp = sum(p.get("improving", False) for p in plat.values())
+    lines += ["", f"Training curves (slope of loss vs log2 tokens over the last 20% of each run's "
+              f"stable phase; a WSD cooldown, found from the logged LR, is left out): {n_imp} of "
+              f"{len(plat)} still improving, {n_plat} have plateaued, {n_rise} rise late, the rest "
+              "are inconclusive.", ""]
+    lines += [f"- {name}: {p['verdict']}" for name, p in plat.items()]
+  return lines
 
-  def floor_note(E, interval):
-    if floor_bpb is None:
-      return ""
-    if loss_col.endswith("bpb"):
-      return (f" True entropy floor of the synthetic corpus: {floor_bpb:.4f} bits/byte; "
-              f"fitted E = {_fmt_int(E, interval)}.")
-    return ""
 
-  law, samples = _chinchilla_section(rep, N, D, L, args, floor_note)
-  frontier = fsamples = None
-  try:
-    frontier = fitlib.fit_frontier(C, L)
-    fsamples = fitlib.bootstrap_power_law(C, L, bootstrap, frontier=True) if bootstrap else None
-    fiv = ({k: [float(v) for v in fitlib.percentile_interval(fsamples[:, j])]
-            for j, k in enumerate(["E", "A", "gamma"])} if fsamples is not None and len(fsamples) else {})
-    rep.facts["frontier"] = dict(frontier.to_dict(), gamma=frontier.alpha, intervals=fiv)
-    rep.add("### Compute frontier: L*(C) = E + A C^-gamma (fitted to the Pareto-optimal runs)", "",
-            f"E = {_fmt_int(frontier.E, fiv.get('E'))}, A = {_fmt_int(frontier.A, fiv.get('A'))}, "
-            f"gamma = {_fmt_int(frontier.alpha, fiv.get('gamma'), '{:.4f}')}.", "")
-  except (ValueError, RuntimeError) as e:
-    rep.add(f"Compute frontier: not fitted: {e}", "")
-  per_size = pd.DataFrame(dict(N=N, L=L)).sort_values("L").drop_duplicates("N")
-  try:
-    lnf = fitlib.fit_power_law(per_size.N, per_size.L)
-    rep.facts["size_law"] = lnf.to_dict()
-    rep.add("### L(N) = E + A N^-alpha (best run per size)", "",
-            f"E = {lnf.E:.4g}, A = {lnf.A:.4g}, alpha = {lnf.alpha:.4f}.", "")
-  except (ValueError, RuntimeError) as e:
-    rep.add(f"L(N): not fitted: {e}", "")
-  iso, labels = _isoflop_section(rep, df, N, L, args)
-  if floor_bpb is not None:
-    rep.facts["true_floor_bpb"] = floor_bpb
-    note = f"True entropy floor of the synthetic corpus: **{floor_bpb:.4f} bits/byte**."
-    if "val_bpb" in df.columns and len(df) >= 6:
-      bpb = df["val_bpb"].to_numpy(float)
-      try:
-        bl = fitlib.fit_chinchilla(N, D, bpb, grid="coarse") if law is not None else None
-        e_bpb = bl.E if bl else fitlib.fit_power_law(per_size.N, df.loc[per_size.index, "val_bpb"]).E
-        rep.facts["fitted_E_bpb"] = e_bpb
-        note += (f" Fitted E on val_bpb: **{e_bpb:.4f} bits/byte** "
-                 f"({(e_bpb - floor_bpb) / floor_bpb * 100:+.1f}% from the floor).")
-      except (ValueError, RuntimeError) as e:
-        note += f" (E on val_bpb not fitted: {e})"
-    rep.add("### Entropy floor", "", note, "")
-  top = float(C.max())
-  budgets = budgets or [top, 10 * top, 100 * top]
-  _allocation_section(rep, law, samples, iso, frontier, fsamples, budgets)
-  E_sat = law.E if law is not None else (frontier.E if frontier is not None else 0.0)
-  spectra = read_head_spectra(workdir, df) if head_spectrum else {}
-  per_size_s, rr, ex, hr, loo = _saturation_section(rep, N, D, L, law, samples, E_sat, curves,
-                                                    spectra)
+def render_markdown(a: ScalingAnalysis, figures=()) -> str:
+  lines = _md_header(a) + ["## Fitted laws", ""] + _md_approach3(a) + _md_other_fits(a)
+  lines += _md_sensitivity(a) + _md_backtest(a) + _md_allocation(a) + _md_saturation(a)
+  lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
+  return "\n".join(lines) + "\n"
 
-  figs = []
-  figs += plots.save(plots.loss_vs_compute(C, L, N, frontier, floor=None,
-                                           predictions=[dict(p["frontier"], budget=p["budget"]) for p in rep.facts["allocation"]
-                                                        if "frontier" in p]), out / "loss_vs_compute")
-  if iso is not None:
-    figs += plots.save(plots.isoflop_curves(N, L, labels, iso), out / "isoflop")
-  if law is not None:
-    figs += plots.save(plots.residuals(N, D, L, law), out / "residuals")
-  figs += plots.save(plots.saturation_panel(rr, ex, hr, per_size_s.N.to_numpy(), loo), out / "saturation")
-  if curves:
-    figs += plots.save(plots.training_curves(curves), out / "training_curves")
-  rep.add("## Plots", "")
-  rep.add(*[f"![{p.stem}]({p.name})" for p in figs if p.suffix == ".png"])
-  md = out / "report.md"
-  md.write_text("\n".join(rep.lines) + "\n")
-  (out / "report.json").write_text(json.dumps(rep.facts, indent=2, default=_jsonable) + "\n")
-  return md
+
+# ----------------------------------------------------------------------------- JSON, plots
+
+
+def analysis_facts(a: ScalingAnalysis) -> dict:
+  """The JSON form of the analysis (report.json)."""
+  facts = dict(n_runs=len(a.df), loss_col=a.opts.loss_col, n_col=a.opts.n_col,
+               flops_col=a.opts.flops_col, flops_per_param_token=a.k,
+               conventions=[dict(item=i, value=v) for i, v in a.conventions],
+               not_fitted=a.notes, unidentified=a.unidentified, withheld=a.withheld)
+  if a.law is not None:
+    facts["chinchilla"] = dict(a.law.to_dict(), intervals=a.intervals,
+                               bootstrap_by=a.opts.bootstrap_by)
+  if a.frontier is not None:
+    facts["frontier"] = dict(a.frontier.to_dict(), gamma=a.frontier.alpha,
+                             intervals=a.frontier_intervals)
+  if a.size_law is not None:
+    facts["size_law"] = a.size_law.to_dict()
+  if a.iso is not None:
+    facts["isoflop"] = a.iso.to_dict()
+  if a.floor_bpb is not None:
+    facts["true_floor_bpb"] = a.floor_bpb
+  if a.fitted_E_bpb is not None:
+    facts["fitted_E_bpb"] = a.fitted_E_bpb
+  facts.update(allocation=a.allocation, sensitivity=a.sensitivity, backtest=a.backtest,
+               saturation=_saturation_facts(a))
+  return facts
+
+
+def _saturation_facts(a: ScalingAnalysis) -> dict:
+  s = a.saturation
+  rr = s["rr"]
+  out = dict(rung_returns=[dict(x_lo=float(x), x_hi=float(y), per_doubling=float(z))
+                           for x, y, z in zip(rr["x_lo"], rr["x_hi"], rr["per_doubling"])],
+             local_exponents=[float(x) for x in s["ex"]["exponent"]],
+             exponent_trend=s["exponent_trend"], headroom=[float(x) for x in s["headroom"]],
+             leave_one_rung_out=s["leave_one_rung_out"], trend_break=s["trend_break"])
+  for k in ("doubling_returns", "plateau"):
+    if s.get(k):
+      out[k] = s[k]
+  if a.spectra:
+    out["head_spectrum"] = a.spectra
+  return out
+
+
+def render_plots(a: ScalingAnalysis, out: pathlib.Path) -> list[pathlib.Path]:
+  """Figures of the analysis; a figure whose numbers are withheld is marked in its title."""
+  preds = [dict(r["frontier"], budget=r["budget"]) for r in a.allocation if "frontier" in r]
+  figs = plots.save(plots.loss_vs_compute(a.C, a.L, a.N, a.frontier, predictions=preds),
+                    out / "loss_vs_compute")
+  if a.iso is not None:
+    figs += plots.save(plots.isoflop_curves(a.N, a.L, a.labels, a.iso), out / "isoflop")
+  if a.law is not None:
+    figs += plots.save(plots.residuals(a.N, a.D, a.L, a.law), out / "residuals")
+  s = a.saturation
+  head = None if "headroom" in a.withheld else s["headroom"]
+  figs += plots.save(plots.saturation_panel(s["rr"], s["ex"], head, s["per_size"].N.to_numpy(),
+                                            a.backtest.get("rows", []),
+                                            head_note=a.withheld.get("headroom")),
+                     out / "saturation")
+  if a.curves:
+    figs += plots.save(plots.training_curves(a.curves), out / "training_curves")
+  return figs
 
 
 def _jsonable(x):
@@ -391,26 +836,49 @@ def _jsonable(x):
   return str(x)
 
 
+def make_report(workdir, *, out_dir=None, **kw) -> pathlib.Path:
+  """Analyze DIR/results.csv and write report.md, report.json and the plots; returns the
+  report.md path. Keyword arguments are ReportOptions fields (loss_col, n_col, bootstrap,
+  budgets, true_floor_bpb, grid, head_spectrum, ...)."""
+  a = analyze(workdir, **kw)
+  out = pathlib.Path(out_dir) if out_dir else a.workdir / "report"
+  out.mkdir(parents=True, exist_ok=True)
+  figs = render_plots(a, out)
+  md = out / "report.md"
+  md.write_text(render_markdown(a, figs))
+  (out / "report.json").write_text(json.dumps(analysis_facts(a), indent=2, default=_jsonable) + "\n")
+  return md
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True)
   p.add_argument("--loss-col", default="val_loss")
   p.add_argument("--n-col", default="params_total", help="params_total or params_non_embedding")
+  p.add_argument("--flops-col", default="flops",
+                 help="FLOP column (flops: counted; flops_6nd: 6ND); the allocation uses it too")
   p.add_argument("--bootstrap", type=int, default=100)
+  p.add_argument("--bootstrap-by", default="point", choices=["point", "size", "run"])
+  p.add_argument("--huber-delta", type=float, default=fitlib.HUBER_DELTA)
+  for flag in ("--min-n", "--max-n", "--min-c", "--max-c"):
+    p.add_argument(flag, type=float, default=None, help="fit range (inclusive)")
   p.add_argument("--budget", type=float, action="append", default=None,
                  help="FLOP budget(s) for the allocation table (default: largest run x1, x10, x100)")
   p.add_argument("--true-floor-bpb", type=float, default=None)
-  p.add_argument("--grid", default="full", choices=["full", "coarse"])
+  p.add_argument("--grid", default="full", choices=["full", "coarse", "quick"])
   p.add_argument("--out", default=None, help="output folder (default DIR/report)")
   p.add_argument("--no-head-spectrum", action="store_true",
                  help="skip loading each point's checkpoint for the LM-head spectrum")
+  p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
-  md = make_report(a.workdir, loss_col=a.loss_col, n_col=a.n_col, bootstrap=a.bootstrap,
-                   budgets=a.budget, true_floor_bpb=a.true_floor_bpb, grid=a.grid, out_dir=a.out,
-                   head_spectrum=not a.no_head_spectrum)
+  md = make_report(a.workdir, out_dir=a.out, loss_col=a.loss_col, n_col=a.n_col,
+                   flops_col=a.flops_col, bootstrap=a.bootstrap, bootstrap_by=a.bootstrap_by,
+                   huber_delta=a.huber_delta, min_n=a.min_n, max_n=a.max_n, min_c=a.min_c,
+                   max_c=a.max_c, budgets=a.budget, true_floor_bpb=a.true_floor_bpb, grid=a.grid,
+                   head_spectrum=not a.no_head_spectrum, seed=a.seed)
   print(md)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)
