@@ -352,6 +352,12 @@ def _fit_frontier(a: ScalingAnalysis) -> None:
       if len(a.fsamples):
         a.frontier_intervals = {k: [float(v) for v in fitlib.percentile_interval(a.fsamples[:, j])]
                                 for j, k in enumerate(["E", "A", "gamma"])}
+    bad = {k: not_identified(name, v, a.frontier_intervals.get(k)) for k, name, v in (
+        ("E", "E", a.frontier.E), ("A", "A", a.frontier.A), ("gamma", "alpha", a.frontier.alpha))}
+    bad = {k: v for k, v in bad.items() if v}
+    if bad:
+      a.withheld["frontier_loss"] = ("withheld: the frontier's " + ", ".join(
+          f"{k} ({v})" for k, v in bad.items()) + " is not identified")
   except (ValueError, RuntimeError) as e:
     a.notes["frontier"] = str(e)
 
@@ -407,8 +413,8 @@ def _allocation(a: ScalingAnalysis) -> None:
 
 
 def _refit(a: ScalingAnalysis, mask, delta):
-  starts = np.r_[fitlib.refit_starts(a.law), fitlib.quick_starts(a.N[mask], a.D[mask], a.L[mask])]
-  return fitlib.fit_chinchilla(a.N[mask], a.D[mask], a.L[mask], starts=starts, delta=delta)
+  return fitlib.fit_chinchilla(a.N[mask], a.D[mask], a.L[mask], starts=fitlib.refit_starts(a.law),
+                               delta=delta)
 
 
 def _sensitivity(a: ScalingAnalysis) -> None:
@@ -554,7 +560,7 @@ def _md_header(a: ScalingAnalysis) -> list[str]:
   for name, why in a.unidentified.items():
     lines.append(f"- **{name} is not identified**: {why}.")
   for what, why in a.withheld.items():
-    lines.append(f"- {what.replace('_', ' ').capitalize()}: {why}.")
+    lines.append(f"- {what.replace('_', ' ').capitalize()} {why}.")
   return lines + [""]
 
 
@@ -598,7 +604,9 @@ def _md_other_fits(a: ScalingAnalysis) -> list[str]:
     lines += ["### Compute frontier: L*(C) = E + A C^-gamma (fitted to the Pareto-optimal runs)",
               "", f"E = {_fmt_int(a.frontier.E, fiv.get('E'))}, A = "
               f"{_fmt_int(a.frontier.A, fiv.get('A'))}, gamma = "
-              f"{_fmt_int(a.frontier.alpha, fiv.get('gamma'), '{:.4f}')}.", ""]
+              f"{_fmt_int(a.frontier.alpha, fiv.get('gamma'), '{:.4f}')}."
+              + (f" Extrapolated frontier losses are {a.withheld['frontier_loss']}."
+                 if "frontier_loss" in a.withheld else ""), ""]
   else:
     lines += [f"Compute frontier: not fitted: {a.notes.get('frontier')}", ""]
   if a.size_law is not None:
@@ -702,7 +710,8 @@ def _md_allocation(a: ScalingAnalysis) -> list[str]:
     q = row.get("approach2")
     cells += [f"{q['N']:.3g}", f"{q['D']:.3g}"] if q else ["-", "-"]
     f = row.get("frontier")
-    cells.append(_fmt_int(f["loss"], f.get("loss_interval"), "{:.4f}") if f else "-")
+    cells.append("-" if not f else "withheld" if "frontier_loss" in a.withheld
+                 else _fmt_int(f["loss"], f.get("loss_interval"), "{:.4f}"))
     lines.append("| " + " | ".join(cells) + " |")
   return lines + ["", "Budgets above the largest run are extrapolations; trust them only as far "
                   "as the backtest above allows.", ""]
@@ -808,7 +817,8 @@ def _saturation_facts(a: ScalingAnalysis) -> dict:
 
 def render_plots(a: ScalingAnalysis, out: pathlib.Path) -> list[pathlib.Path]:
   """Figures of the analysis; a figure whose numbers are withheld is marked in its title."""
-  preds = [dict(r["frontier"], budget=r["budget"]) for r in a.allocation if "frontier" in r]
+  preds = [dict(r["frontier"], budget=r["budget"]) for r in a.allocation
+           if "frontier" in r and "frontier_loss" not in a.withheld]
   figs = plots.save(plots.loss_vs_compute(a.C, a.L, a.N, a.frontier, predictions=preds),
                     out / "loss_vs_compute")
   if a.iso is not None:

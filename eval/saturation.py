@@ -297,27 +297,28 @@ def plateau(tokens, loss, tail: float = 0.2, z_threshold: float = 2.0,
   start = int(len(t) * (1 - tail))
   x, y = np.log2(t[start:]), l[start:]
   r = scipy.stats.linregress(x, y)
+  se = float(r.stderr) if np.isfinite(r.stderr) else 0.0  # an exactly straight tail: no noise
   noise = float(np.std(y - (r.intercept + r.slope * x), ddof=2))
   gain = -r.slope
   useful = min_rel_gain * float(np.mean(y))
-  improving = gain > z_threshold * r.stderr and gain > useful
-  flat = not improving and gain + z_threshold * r.stderr < useful
+  improving = gain > z_threshold * se and gain > useful
+  flat = not improving and gain + z_threshold * se < useful
   prior_best = float(np.min(_smooth(l[:start], 5))) if start >= 5 else float("inf")
   tail_level = float(np.mean(y[-max(3, len(y) // 4):]))
-  late_rise = bool(r.slope > z_threshold * r.stderr or tail_level > prior_best + 3 * noise + 1e-12)
+  late_rise = bool(r.slope > z_threshold * se or tail_level > prior_best + 3 * noise + 1e-12)
   where = f"over the last {int(tail * 100)}% of {phase}"
   if late_rise:
     verdict = "loss rises late in training (instability or over-training): inspect LR/data"
   elif improving:
-    verdict = (f"still improving: {gain:.4f} loss per doubling of tokens (+-{r.stderr:.4f}) "
+    verdict = (f"still improving: {gain:.4f} loss per doubling of tokens (+-{se:.4f}) "
                f"{where}; more tokens would help")
   elif flat:
-    verdict = (f"plateau: {gain:+.4f} (+-{r.stderr:.4f}) loss per doubling of tokens {where}, "
+    verdict = (f"plateau: {gain:+.4f} (+-{se:.4f}) loss per doubling of tokens {where}, "
                f"below {useful:.4f} even at the upper bound")
   else:
-    verdict = (f"inconclusive: {gain:+.4f} +- {r.stderr:.4f} per doubling {where} (too few or "
+    verdict = (f"inconclusive: {gain:+.4f} +- {se:.4f} per doubling {where} (too few or "
                "too noisy points; log more often)")
-  return dict(slope_per_doubling=float(r.slope), slope_se=float(r.stderr), noise=noise,
+  return dict(slope_per_doubling=float(r.slope), slope_se=se, noise=noise,
               improving=bool(improving), plateau=bool(flat), late_rise=late_rise, phase=phase,
               verdict=verdict)
 

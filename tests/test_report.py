@@ -9,6 +9,7 @@ import pytest
 
 from eval import fit
 from eval import report
+from train import cli
 
 LAW = fit.ChinchillaFit(E=1.2, A=30.0, B=60.0, alpha=0.35, beta=0.3, objective=0.0, n_points=0)
 
@@ -73,6 +74,87 @@ def test_report_on_an_isoflop_ladder_via_cli(tmp_path):
   assert facts["isoflop"]["a"] == pytest.approx(LAW.a, abs=0.05)
 
 
-def test_report_without_results_says_what_to_do(tmp_path):
-  with pytest.raises(SystemExit, match="results.csv not found.*eval.ladder"):
+def test_report_without_results_says_what_to_do(tmp_path, capsys, monkeypatch):
+  with pytest.raises(FileNotFoundError, match="results.csv not found.*eval.ladder"):
     report.make_report(tmp_path)
+  monkeypatch.delenv("UNLEASH_DEBUG", raising=False)
+  with pytest.raises(SystemExit) as e:  # the CLI: one line, exit code 1
+    cli.run(lambda: report.main(["--workdir", str(tmp_path)]))
+  err = capsys.readouterr().err
+  assert e.value.code == 1 and err.count("\n") == 1 and err.startswith("error: ")
+  assert "Traceback" not in err
+  pd.DataFrame(dict(params_total=[1.0], tokens=[2.0])).to_csv(tmp_path / "results.csv")
+  with pytest.raises(ValueError, match=r"missing column\(s\) \['flops', 'val_loss'\]"):
+    report.make_report(tmp_path)
+
+
+def test_conventions_come_first_and_the_allocation_uses_the_table_flops(tmp_path):
+  """Counted FLOPs sit 7% above 6ND: the allocation must use the table's own C / (N D)."""
+  _write_grid(tmp_path, with_curves=False)
+  df = pd.read_csv(tmp_path / "results.csv")
+  df["flops_6nd"] = df["flops"]
+  df["flops"] = 1.07 * df["flops_6nd"]
+  df["flops_per_token"] = df["flops"] / df["tokens"]
+  df["scheme"] = "grid"
+  df["val_loss_se"] = 0.002
+  df.to_csv(tmp_path / "results.csv", index=False)
+  a = report.analyze(tmp_path, bootstrap=0, grid="quick")
+  assert a.k == pytest.approx(6 * 1.07)
+  for row in a.allocation:
+    p = row["approach3"]
+    assert a.k * p["N"] * p["D"] == pytest.approx(row["budget"])
+  text = report.render_markdown(a)
+  assert text.index("## Conventions") < text.index("## Fitted laws")
+  assert "counted / 6ND = 1.070" in text and "median s.e. of the loss 0.002" in text
+  assert "the schedule set to each run's D" in text and "all parameters (embeddings included)" in text
+  six = report.analyze(tmp_path, bootstrap=0, grid="quick", flops_col="flops_6nd")
+  assert six.k == pytest.approx(6.0) and "6ND (`flops_6nd`)" in report.render_markdown(six)
+
+
+def test_unidentified_floor_is_flagged_and_its_tables_withheld(tmp_path):
+  """Runs far above the floor cannot pin E down: the report says so next to E and withholds
+  the headroom and the extrapolated losses instead of printing them."""
+  rng = np.random.default_rng(0)
+  law = fit.ChinchillaFit(E=0.05, A=30.0, B=60.0, alpha=0.35, beta=0.3, objective=0, n_points=0)
+  rows = []
+  for N in np.geomspace(1e5, 4e5, 4):
+    for D in np.geomspace(2e6, 8e6, 3):
+      L = law.loss(N, D) * np.exp(rng.normal(0, 0.01))
+      rows.append(dict(name=f"{N:.0f}_{D:.0f}", params_total=N, tokens=D, flops=6 * N * D,
+                       val_loss=L))
+  pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+  md = report.make_report(tmp_path, bootstrap=16, grid="quick")
+  text = md.read_text()
+  facts = json.loads((md.parent / "report.json").read_text())
+  assert "E" in facts["unidentified"] and "**E is not identified**" in text
+  assert "headroom" in facts["withheld"] and "extrapolated_loss" in facts["withheld"]
+  assert "Headroom (L-E)/L at the largest size: withheld" in text
+  assert "| withheld |" in text
+
+
+def test_sensitivity_backtest_and_wsd_plateaus(tmp_path):
+  _write_grid(tmp_path, with_curves=False)
+  df = pd.read_csv(tmp_path / "results.csv")
+  name = df["name"].iloc[-1]
+  t = np.linspace(1e5, 5e7, 100)
+  lr = np.where(t < 4e7, 1e-3, 1e-3 * (5e7 - t) / 1e7)
+  loss = 1.5 + 20 * np.minimum(t, 5e6) ** -0.3 - np.where(t > 4e7, 0.05 * (t - 4e7) / 1e7, 0)
+  loss += np.random.default_rng(0).normal(0, 0.001, len(t))
+  (tmp_path / "points" / name).mkdir(parents=True)
+  with open(tmp_path / "points" / name / "metrics.jsonl", "w") as f:
+    for ti, li, r in zip(t, loss, lr):
+      f.write(json.dumps(dict(step=int(ti), tokens_seen=float(ti), loss=float(li), lr=float(r))) + "\n")
+  a = report.analyze(tmp_path, bootstrap=8, grid="quick")
+  variants = [r["variant"] for r in a.sensitivity]
+  assert variants == ["Huber delta 0.0001", "Huber delta 0.001", "Huber delta 0.01",
+                      "Huber delta 0.1", "without the smallest size", "without the largest budget"]
+  assert all(abs(r["alpha"] - LAW.alpha) < 0.05 for r in a.sensitivity)
+  assert a.sensitivity[4]["n_points"] == 12
+  bt = a.backtest
+  assert len(bt["rows"]) == 3 and bt["n_train"] == 12
+  assert bt["mean_abs_rel_error"] < 0.02 and bt["n_inside"] >= 2
+  p = a.saturation["plateau"][name]
+  assert p["plateau"] and "stable phase" in p["phase"]
+  text = report.render_markdown(a)
+  assert "## Backtest" in text and "## Sensitivity of approach 3" in text
+  assert "Leave-one-rung-out" not in text
