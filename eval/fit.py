@@ -145,13 +145,38 @@ class _Best:
   n_final: int = 1         # runs taken to convergence (all starts, or the polished ones)
 
 
+# Box for theta = (a_1..a_K, e, alpha_1..alpha_K): E >= e^-10 (4.5e-5) and exponents in
+# [0, 5]. A floor or exponent that runs into this box is not identified by the data; without
+# the box L-BFGS-B would chase e -> -inf along a flat valley for thousands of iterations.
+E_LOG_MIN, EXPONENT_MAX, SCALE_LOG_MAX = -10.0, 5.0, 80.0
+
+
+def theta_bounds(k: int) -> list:
+  return [(None, SCALE_LOG_MAX)] * k + [(E_LOG_MIN, None)] + [(0.0, EXPONENT_MAX)] * k
+
+
+def _projected_grad(theta, grad, bounds):
+  """The gradient with components that push against an active bound zeroed (KKT)."""
+  g = np.array(grad, float)
+  for j, (lo, hi) in enumerate(bounds):
+    if lo is not None and theta[j] <= lo + 1e-9 and g[j] > 0:
+      g[j] = 0.0
+    if hi is not None and theta[j] >= hi - 1e-9 and g[j] < 0:
+      g[j] = 0.0
+  return g
+
+
 def _lbfgs_runs(fn, starts_SxP, options) -> list:
-  """L-BFGS-B from each start; the finite results sorted by objective."""
+  """L-BFGS-B (inside theta_bounds) from each start; the finite results sorted by objective."""
   results = []
+  bounds = theta_bounds(starts_SxP.shape[1] // 2)
   # scipy's bundled OpenBLAS spins up threads for the tiny L-BFGS-B matrices: ~10x slower.
   with threadpoolctl.threadpool_limits(1), np.errstate(over="ignore", invalid="ignore"):
     for x0 in starts_SxP:
-      r = scipy.optimize.minimize(fn, x0, jac=True, method="L-BFGS-B", options=options)
+      x0 = np.clip(x0, [b[0] if b[0] is not None else -np.inf for b in bounds],
+                   [b[1] if b[1] is not None else np.inf for b in bounds])
+      r = scipy.optimize.minimize(fn, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                                  options=options)
       if np.isfinite(r.fun) and np.all(np.isfinite(r.x)):
         results.append(r)
   return sorted(results, key=lambda r: r.fun)
@@ -188,8 +213,8 @@ def _multistart_lbfgs(logx_KxN, logl_N, starts_SxP, delta, reduction, tolerances
   best = results[0]
   f_all = np.array([r.fun for r in results])
   at_opt = (f_all - best.fun) <= OPTIMUM_RTOL * abs(best.fun)
-  grad = lse_huber_objective(best.x, logx_KxN, logl_N, delta)[1] * \
-      objective_scale(len(logl_N), delta)
+  grad = _projected_grad(best.x, lse_huber_objective(best.x, logx_KxN, logl_N, delta)[1],
+                         theta_bounds(logx_KxN.shape[0])) * objective_scale(len(logl_N), delta)
   if n_converged is None:
     n_converged = sum(bool(r.success) for r in results)
   return _Best(best.x.copy(), float(best.fun / scale), bool(best.success), int(best.nit),
