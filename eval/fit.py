@@ -45,7 +45,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import warnings
 from typing import Callable, Sequence
 
@@ -1109,7 +1108,7 @@ def load_table(csv: str, cols: Sequence[str], drop_top_loss: int = 0, loss_col: 
   try:
     df = pd.read_csv(csv)
   except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-    raise ValueError(f"{csv}: not a readable CSV ({type(e).__name__}: {e})") from None
+    raise ValueError(f"{csv}: not a readable CSV ({type(e).__name__}: {cli.message(e)})") from None
   missing = [c for c in cols if c not in df.columns]
   if missing:
     raise ValueError(f"{csv}: no column(s) {missing}; columns are {list(df.columns)}")
@@ -1121,7 +1120,7 @@ def load_table(csv: str, cols: Sequence[str], drop_top_loss: int = 0, loss_col: 
     if not drop_invalid:
       raise ValueError(f"{csv}: missing, non-numeric or non-positive values in {where}; "
                        "fix or remove those rows (or pass --drop-invalid)")
-    print(f"note: dropping rows with missing or non-positive values in {where}", file=sys.stderr)
+    warnings.warn(f"{csv}: dropping rows with missing or non-positive values in {where}")
   df = df[~bad.any(axis=1)].reset_index(drop=True)
   if drop_top_loss:
     if drop_top_loss >= len(df):
