@@ -46,7 +46,7 @@ import json
 import math
 import os
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -514,7 +514,8 @@ def _constrained_theta(name, v, free, budget, k):
     red = optimal_allocation([0.0, math.exp(a_), math.exp(b_), alpha, beta], budget, k)[2]
     E = math.exp(v) - float(red)
     if not np.isfinite(E) or E <= 1e-12:
-      return np.array([a_, b_, math.log(1e-12), alpha, beta]), 1.0 + abs(E if np.isfinite(E) else 1e6)
+      penalty = 1.0 + abs(E if np.isfinite(E) else 1e6)
+      return np.array([a_, b_, math.log(1e-12), alpha, beta]), penalty
     return np.array([a_, b_, math.log(E), alpha, beta]), 0.0
   raise ValueError(f"no profile for {name!r}; use one of {QUANTITIES}")
 
@@ -749,7 +750,8 @@ def bootstrap_power_law(x, L, n_boot, *, seed=0, frontier=False, **kw) -> np.nda
     # Restart each resample from the full fit's distinct minima plus a thin grid. The x
     # scaling moves with the resample, so these are starting hints, not exact minima.
     full = fn(x, L, **kw)
-    kw = dict(kw, starts=np.r_[distinct_endpoints(full.endpoints, 4), grid_starts(POWER_GRID, 1)[::6]])
+    kw = dict(kw, starts=np.r_[distinct_endpoints(full.endpoints, 4),
+                               grid_starts(POWER_GRID, 1)[::6]])
   for _ in range(n_boot):
     i = rng.integers(0, len(L), len(L))
     try:
@@ -1083,7 +1085,8 @@ def selftest(sims: int = 200, *, seed: int = 0, n_boot: int = 60, uncertainty: s
   coverage = {str(lv): {q: float(np.mean([h[lv][q] for h in hits])) for q in QUANTITIES}
               for lv in levels}
   return dict(sims=sims, coverage=coverage, uncertainty=uncertainty, n_boot=n_boot, noise=noise,
-              law=CHINCHILLA_LAW, budgets=list(SELFTEST_BUDGETS), loss_opt_budget=10 * max(SELFTEST_BUDGETS))
+              law=CHINCHILLA_LAW, budgets=list(SELFTEST_BUDGETS),
+              loss_opt_budget=10 * max(SELFTEST_BUDGETS))
 
 
 def format_coverage(result: dict) -> str:

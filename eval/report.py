@@ -187,7 +187,8 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
       "not recorded: check that each run's LR schedule ends at its own D"
   items = [("N (parameters)", n_what), ("FLOP formula", c_what), ("Schedule per D", s_what),
            ("Tokenizer", f"`{df['tokenizer'].iloc[0]}`" if "tokenizer" in df.columns
-            else "not recorded in results.csv (byte-level unless the ladder config says otherwise)"),
+            else "not recorded in results.csv (byte-level unless the ladder config says "
+                 "otherwise)"),
            ("Loss", f"`{loss_col}`")]
   if "unique_tokens" in df.columns:
     ep = df["tokens"].to_numpy(float) / pd.to_numeric(df["unique_tokens"], errors="coerce")
@@ -492,7 +493,8 @@ def _trend_clusters(a: ScalingAnalysis):
 
 def _saturation(a: ScalingAnalysis) -> None:
   N, D, L, law = a.N, a.D, a.L, a.law
-  per_size = pd.DataFrame(dict(N=N, D=D, L=L)).sort_values("L").drop_duplicates("N").sort_values("N")
+  per_size = (pd.DataFrame(dict(N=N, D=D, L=L)).sort_values("L").drop_duplicates("N")
+              .sort_values("N"))
   E = law.E if law is not None else (a.frontier.E if a.frontier is not None else 0.0)
   floor = (law.E + law.B * per_size.D.to_numpy() ** -law.beta) if law is not None else E
   rr = sat.rung_returns(per_size.N, per_size.L)
@@ -673,7 +675,8 @@ def _md_backtest(a: ScalingAnalysis) -> list[str]:
   lines += [f"Approach 3 fitted on {bt['n_train']} runs without {bt['held_out']}, which it then "
             f"predicts ({int(bt['level'] * 100)}% prediction intervals: {bt['n_boot']} bootstrap "
             "refits times resampled residuals).", "",
-            "| N | D | loss | predicted | interval | error | inside |", "|---|---|---|---|---|---|---|"]
+            "| N | D | loss | predicted | interval | error | inside |",
+            "|---|---|---|---|---|---|---|"]
   for r in bt["rows"]:
     lines.append(f"| {r['N']:.3g} | {r['D']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} | "
                  f"[{r['interval'][0]:.4f}, {r['interval'][1]:.4f}] | {r['rel_error'] * 100:+.2f}% "
@@ -687,7 +690,8 @@ def _md_backtest(a: ScalingAnalysis) -> list[str]:
 def _md_allocation(a: ScalingAnalysis) -> list[str]:
   lines = ["## Compute-optimal allocation", "",
            f"Approach 3 allocates with C = k N D, k = {a.k:.3g}: the ratio C / (N D) of this "
-           f"table's FLOP column `{a.opts.flops_col}`, so budgets and runs share one convention.", ""]
+           f"table's FLOP column `{a.opts.flops_col}`, so budgets and runs share one "
+           "convention.", ""]
   for what in ("allocation", "extrapolated_loss"):
     if what in a.withheld:
       lines.append(f"- {what.replace('_', ' ').capitalize()} from approach 3 {a.withheld[what]}.")
@@ -725,13 +729,15 @@ def _md_saturation(a: ScalingAnalysis) -> list[str]:
     lines.append(f"- At the largest size (N = {dr['N']:.3g}, D = {dr['D']:.3g}) the fitted law "
                  f"says doubling N lowers the loss by "
                  f"{_fmt_int(dr['per_doubling_N'], dr.get('per_doubling_N_interval'))} and "
-                 f"doubling D by {_fmt_int(dr['per_doubling_D'], dr.get('per_doubling_D_interval'))}"
+                 "doubling D by "
+                 f"{_fmt_int(dr['per_doubling_D'], dr.get('per_doubling_D_interval'))}"
                  f": {'parameters' if dr['per_doubling_N'] > dr['per_doubling_D'] else 'tokens'} "
                  "are the better buy.")
   lines.append("- Loss drop per doubling of N between rungs (best run per size): "
                + ", ".join(f"{v:.4f}" for v in s["rr"]["per_doubling"]) + ".")
   lines.append(("- Local exponents -dlog(L-F)/dlog N (F = E + B/D^beta at each rung's D): "
-                if a.law is not None else f"- Local exponents -dlog(L-E)/dlog N (E = {s['E']:.4g}): ")
+                if a.law is not None
+                else f"- Local exponents -dlog(L-E)/dlog N (E = {s['E']:.4g}): ")
                + ", ".join(f"{v:.3f}" for v in s["ex"]["exponent"])
                + f". {s['exponent_trend']['verdict']}.")
   hr = s["headroom"][-1]
@@ -748,7 +754,8 @@ def _md_saturation(a: ScalingAnalysis) -> list[str]:
 def _md_spectra_and_curves(a: ScalingAnalysis) -> list[str]:
   lines = []
   if a.spectra:
-    lines += ["", "LM-head spectra (latest checkpoint of each point; tied embedding or unembed):", ""]
+    lines += ["", "LM-head spectra (latest checkpoint of each point; tied embedding or "
+              "unembed):", ""]
     lines += [f"- {name} (d_model {spec['d_model']}, step {spec['step']}): {sat.head_verdict(spec)}"
               for name, spec in sorted(a.spectra.items())]
   plat = a.saturation.get("plateau", {})
@@ -856,7 +863,8 @@ def make_report(workdir, *, out_dir=None, **kw) -> pathlib.Path:
   figs = render_plots(a, out)
   md = out / "report.md"
   md.write_text(render_markdown(a, figs))
-  (out / "report.json").write_text(json.dumps(analysis_facts(a), indent=2, default=_jsonable) + "\n")
+  facts = json.dumps(analysis_facts(a), indent=2, default=_jsonable)
+  (out / "report.json").write_text(facts + "\n")
   return md
 
 
@@ -873,7 +881,8 @@ def main(argv=None) -> int:
   for flag in ("--min-n", "--max-n", "--min-c", "--max-c"):
     p.add_argument(flag, type=float, default=None, help="fit range (inclusive)")
   p.add_argument("--budget", type=float, action="append", default=None,
-                 help="FLOP budget(s) for the allocation table (default: largest run x1, x10, x100)")
+                 help="FLOP budget(s) for the allocation table (default: largest run x1, x10, "
+                      "x100)")
   p.add_argument("--true-floor-bpb", type=float, default=None)
   p.add_argument("--grid", default="full", choices=["full", "coarse", "quick"])
   p.add_argument("--out", default=None, help="output folder (default DIR/report)")
