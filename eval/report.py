@@ -449,10 +449,11 @@ def holdout_mask(C, labels, labels_given: bool, fraction: float = 0.2) -> np.nda
 
 
 def backtest(N, D, L, test, *, n_boot=50, delta=fitlib.HUBER_DELTA, seed=0, level=0.95,
-             k=6.0) -> dict:
+             k=6.0, loss_se=None) -> dict:
   """Fit approach 3 on the rows not in `test` (the smaller budgets), predict the held-out
   rows with prediction intervals (bootstrap parameter draws times resampled log residuals of
-  the fit), and say for each whether the truth fell inside."""
+  the fit, plus each held-out row's own evaluation noise when `loss_se` gives it), and say
+  for each whether the truth fell inside."""
   train = ~test
   if train.sum() < 8 or len(np.unique(N[train])) < 3 or len(np.unique(D[train])) < 2:
     return dict(note=f"not run: the {int(train.sum())} rows below the held-out budget cannot "
@@ -463,11 +464,12 @@ def backtest(N, D, L, test, *, n_boot=50, delta=fitlib.HUBER_DELTA, seed=0, leve
   params = (fitlib.bootstrap_chinchilla(N[train], D[train], L[train], law, n_boot, seed=seed)
             if n_boot else law.params[None])
   rows = []
-  for n, d, l in zip(N[test], D[test], L[test]):
+  se = np.zeros(len(L)) if loss_se is None else np.nan_to_num(np.asarray(loss_se, float))
+  for n, d, l, e in zip(N[test], D[test], L[test], se[test]):
     with np.errstate(all="ignore"):
       mean = params[:, 0] + params[:, 1] * n ** -params[:, 3] + params[:, 2] * d ** -params[:, 4]
     draws = np.repeat(mean, 200 // len(mean) + 1)[:max(200, len(mean))]
-    draws = draws * np.exp(rng.choice(resid, len(draws)))
+    draws = draws * np.exp(rng.choice(resid, len(draws))) + rng.normal(0, e, len(draws))
     lo, hi = (float(x) for x in fitlib.percentile_interval(draws, level))
     pred = float(law.loss(n, d))
     rows.append(dict(N=float(n), D=float(d), C=float(k * n * d), loss=float(l), predicted=pred,
@@ -480,8 +482,10 @@ def backtest(N, D, L, test, *, n_boot=50, delta=fitlib.HUBER_DELTA, seed=0, leve
 
 def _backtest(a: ScalingAnalysis) -> None:
   test = holdout_mask(a.C, a.labels, a.labels_given)
+  se = (pd.to_numeric(a.df["val_loss_se"], errors="coerce").to_numpy(float)
+        if "val_loss_se" in a.df.columns and a.opts.loss_col == "val_loss" else None)
   a.backtest = backtest(a.N, a.D, a.L, test, n_boot=min(a.opts.bootstrap, 50),
-                        delta=a.opts.huber_delta, seed=a.opts.seed, k=a.k)
+                        delta=a.opts.huber_delta, seed=a.opts.seed, k=a.k, loss_se=se)
   a.backtest["held_out"] = ("the largest FLOP budget" if a.labels_given else
                             f"the {int(test.sum())} largest-compute rows")
 

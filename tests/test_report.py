@@ -158,3 +158,18 @@ def test_sensitivity_backtest_and_wsd_plateaus(tmp_path):
   text = report.render_markdown(a)
   assert "## Backtest" in text and "## Sensitivity of approach 3" in text
   assert "Leave-one-rung-out" not in text
+
+
+def test_backtest_intervals_include_the_evaluation_noise_when_recorded():
+  rng = np.random.default_rng(0)
+  N = np.repeat(np.geomspace(1e5, 3e6, 5), 3)
+  D = np.tile(np.geomspace(2e6, 5e7, 3), 5)
+  L = LAW.loss(N, D) * np.exp(rng.normal(0, 0.002, len(N)))
+  test = report.holdout_mask(6 * N * D, None, False)
+  assert test.sum() == 3
+  quiet = report.backtest(N, D, L, test, n_boot=0)
+  noisy = report.backtest(N, D, L, test, n_boot=0, loss_se=np.full(len(N), 0.05))
+  width = lambda bt: np.mean([r["interval"][1] - r["interval"][0] for r in bt["rows"]])
+  assert width(noisy) > 5 * width(quiet)
+  assert quiet["rows"][0]["predicted"] == noisy["rows"][0]["predicted"]
+  assert noisy["n_inside"] == 3
