@@ -275,7 +275,8 @@ class ChinchillaFit:
                 converged=self.converged, n_starts=self.n_starts, n_converged=self.n_converged,
                 n_at_optimum=self.n_at_optimum, n_final=self.n_final, optimum_rtol=OPTIMUM_RTOL,
                 grad_norm=self.grad_norm, verified=self.verified, reduction=self.reduction,
-                huber_delta=self.huber_delta, method=self.method)
+                huber_delta=self.huber_delta if np.isfinite(self.huber_delta) else None,
+                method=self.method)
 
   @classmethod
   def from_theta(cls, theta, **kw):
