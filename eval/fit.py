@@ -1366,6 +1366,7 @@ def _write(out: dict, path: str | None, brief_keys=("bootstrap", "budgets")):
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
+  warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"  # one line each
   if args.cmd == "selftest":
     result = selftest(args.sims, seed=args.seed, n_boot=args.bootstrap,
                       uncertainty=args.uncertainty, noise=args.noise, workers=args.workers)

@@ -874,6 +874,7 @@ def make_report(workdir, *, out_dir=None, **kw) -> pathlib.Path:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n")[0])
+  warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"  # one line each
   p.add_argument("--workdir", required=True)
   p.add_argument("--loss-col", default="val_loss")
   p.add_argument("--n-col", default="params_total", help="params_total or params_non_embedding")
