@@ -89,8 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
       mlm_probability=0.15,
       optimizer="adamw",      # adamw | adafactor | lion
       learning_rate=1e-3,
-      b1=0.9,
-      b2=0.95,
+      b1=ml_collections.config_dict.placeholder(float),  # unset: the optimizer's default
+      b2=ml_collections.config_dict.placeholder(float),  # (adamw 0.9/0.95, lion 0.9/0.99)
       eps=1e-8,
       weight_decay=0.1,
       decay_embeddings=False,
@@ -103,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
       z_loss=0.0,
       max_nonfinite_steps=10,  # consecutive skipped updates before stopping
       log_every=20,
+      transfer_guard="disallow",  # jax.transfer_guard around the step: disallow | log | allow
   ))
   c.eval = ml_collections.ConfigDict(dict(
       every=250,

@@ -199,7 +199,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         "z_loss": stats["z_sum"] / denom,
         "grad_norm": grad_norm,
         "param_norm": optax.tree.norm(new_state.params),
-        "lr": jnp.asarray(schedule(state.step), jnp.float32),
+        # The optimizer's schedule counts applied updates only (a skipped step keeps the old
+        # optimizer state), so the rate used now is the schedule at step - skipped.
+        "lr": jnp.asarray(schedule(state.step - state.skipped), jnp.float32),
         "tokens": stats["weight_sum"],
         "skipped": skipped,
         "skipped_total": new_state.skipped,

@@ -220,7 +220,7 @@ class _Loop:
     """Runs steps start..total-1; returns (state, step reached, preempted?)."""
     built, every_eval = self.built, int(self.config.eval.every)
     sharding = built.train_step.batch_sharding
-    transfer_guard = self.config.train.get("transfer_guard", "disallow")
+    transfer_guard = self.config.train.transfer_guard
     step = start
     while step < self.total:
       local = next(self.data.train_iter)
