@@ -114,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
       keep=3,
       keep_every=0,           # also keep every M-th step (0: off)
       async_save=True,
+      preemption_poll_every=10,  # multi-process: steps between cross-process stop checks
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1, 1),       # (data, fsdp, tensor) within a slice; one entry may be -1

@@ -30,3 +30,19 @@ def test_load_run_of_a_missing_run_says_so(tmp_path):
   import pytest
   with pytest.raises(FileNotFoundError, match="not a trained run|no finished checkpoint"):
     trainer.load_run(str(tmp_path / "nothing"))
+
+
+def test_loading_a_run_logs_no_orbax_warnings(tmp_path, caplog):
+  """eval.report loads every ladder point: Orbax's read-only-manager warnings (two per load)
+  told the user nothing and filled the report's output."""
+  import logging
+  config = default.get_config("size=tiny")
+  mesh = mesh_lib.make_mesh(config, devices=jax.devices()[:1])
+  boxed = state_lib.abstract_variables(config, state_lib.make_model(config), mesh)
+  params = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype),
+                                  state_lib.nn.unbox(boxed["params"]))
+  checkpoint.save_params(str(tmp_path / "run"), params, config, step=1)
+  with caplog.at_level(logging.INFO):
+    trainer.load_run(str(tmp_path / "run"))
+  warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+  assert not warnings, [r.getMessage() for r in warnings]

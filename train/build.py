@@ -25,10 +25,8 @@ from train import step as step_lib
 class Built:
   config: Any
   mesh: Mesh
-  rules: tuple
   model: nn.Module
   tx: optax.GradientTransformation
-  schedule: Callable
   abstract_state: state_lib.TrainState     # ShapeDtypeStructs (unsharded description)
   state_shardings: state_lib.TrainState    # NamedShardings
   train_step: step_lib.CompiledStep        # callable (state, batch) -> (state, metrics)
@@ -76,5 +74,4 @@ def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None) -> Bu
   train_step = step_lib.build_train_step(config, mesh, model, tx, schedule, abstract, shardings,
                                          mask_id=mask_id)
   eval_step = eval_lib.build_eval_step(config, mesh, model, shardings.params, mask_id=mask_id)
-  return Built(config, mesh, rules, model, tx, schedule, abstract, shardings, train_step,
-               eval_step)
+  return Built(config, mesh, model, tx, abstract, shardings, train_step, eval_step)

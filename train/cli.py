@@ -19,9 +19,17 @@ import os
 import sys
 from typing import Callable
 
+
+
+class Error(Exception):
+  """Base for failures the library explains itself (a diverged run, a checkpoint that cannot
+  be restored): the message names the problem and what to do."""
+
+
 # What a user can cause and fix: bad values, missing or unreadable files, absent keys or
-# columns, a missing optional dependency. Anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (ValueError, OSError, KeyError, ImportError, LookupError)
+# columns, a missing optional dependency, and the library's own explained failures. Anything
+# else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (Error, ValueError, OSError, KeyError, ImportError, LookupError)
 
 
 def message(e: BaseException) -> str:

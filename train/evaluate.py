@@ -49,10 +49,7 @@ def build_eval_step(config, mesh: Mesh, model: nn.Module, param_shardings: Any, 
                    in_shardings=(param_shardings, {k: batch_sharding for k in step_lib.BATCH_KEYS}),
                    out_shardings=mesh_lib.replicated(mesh))
 
-  def run(params, batch):
-    with mesh_lib.mesh_context(mesh, rules):
-      return jitted(params, batch)
-
+  run = mesh_lib.MeshFunction(jitted, mesh, rules)
   run.batch_sharding = batch_sharding
   return run
 

@@ -71,8 +71,6 @@ def apply_model(model: nn.Module, params: Any, batch: Batch, *, rng: jax.Array |
     kwargs["positions_BxL"] = batch["positions"]
   if "segment_ids" in batch:
     kwargs["segment_ids_BxL"] = batch["segment_ids"]
-  if "token_types" in batch:
-    kwargs["token_types_BxL"] = batch["token_types"]
   rngs = {"dropout": rng} if (rng is not None and not deterministic) else None
   return model.apply({"params": params}, batch["inputs"], deterministic=deterministic,
                      rngs=rngs, **kwargs)
@@ -222,10 +220,12 @@ class CompiledStep:
   mesh: Mesh
   rules: tuple
 
+  def __post_init__(self):
+    self._run = mesh_lib.MeshFunction(self.step_fn, self.mesh, self.rules)
+
   def __call__(self, state: TrainState, batch: Batch):
-    """Runs one step (tracing, on first call, sees the mesh and the logical axis rules)."""
-    with mesh_lib.mesh_context(self.mesh, self.rules):
-      return self.step_fn(state, batch)
+    """Runs one step (compiled on first call inside the mesh and logical-axis rules)."""
+    return self._run(state, batch)
 
   def abstract_batch(self, config) -> Batch:
     """ShapeDtypeStructs of one global batch, for `.lower()`."""
@@ -236,11 +236,10 @@ class CompiledStep:
 
   def lower(self, config):
     """Lowers (traces) the step for the abstract state and batch: `.compile()` for XLA."""
-    with mesh_lib.mesh_context(self.mesh, self.rules):
-      state = jax.tree_util.tree_map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-          self.abstract_state, self.state_shardings)
-      return self.step_fn.lower(state, self.abstract_batch(config))
+    state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        self.abstract_state, self.state_shardings)
+    return self._run.lower(state, self.abstract_batch(config))
 
 
 def check_batch(config, mesh: Mesh, rules) -> None:
