@@ -196,22 +196,42 @@ PAIRS = [_pair("the cat sat", "the dog sat", "stereo", "age"),
          _pair("poor people", "rich people", "stereo", "socioeconomic")]
 
 
-def test_pseudo_log_likelihood_matches_a_naive_masking_loop():
+def _naive_pll(logp, pair):
+  """The paper's loop: one unpadded forward pass per masked unmodified token."""
+  a, b = _framed(pair.sent_more), _framed(pair.sent_less)
+  scores = []
+  for ids, positions in zip((a, b), bias.unmodified_positions(a, b)):
+    total = 0.0
+    for p in positions:
+      masked = list(ids)
+      masked[p] = BYTES.mask_id
+      total += float(logp(masked)[p, ids[p]])
+    scores.append(total)
+  return scores
+
+
+def test_a_masked_lm_run_is_scored_by_pll_matching_a_naive_masking_loop():
+  """evaluate_run on an MLM run (its mesh, batches padded): the paper's metric, equal to the
+  naive loop; pairs longer than seq_len are skipped and counted."""
+  from configs import default
+  from train import mesh as mesh_lib
+  from train import trainer
+  config = default.get_config("size=tiny")
+  config.model.update(attention_mask="bidirectional", mlm_head=True, num_layers=1,
+                      init_std=0.3)
+  config.train.objective = "mlm"
   cfg, params, logp = _tiny(attention_mask="bidirectional", mlm_head=True)
-  fn = zeroshot.make_token_logprobs_fn(cfg, params)
-  more, less = bias.pll_scorer(fn, BYTES, seq_len=32, batch_size=4)(PAIRS)
-  for pair, got_more, got_less in zip(PAIRS, more, less):
-    a, b = _framed(pair.sent_more), _framed(pair.sent_less)
-    want = []
-    for ids, positions in zip((a, b), bias.unmodified_positions(a, b)):
-      total = 0.0
-      for p in positions:  # one unpadded forward pass per masked token
-        masked = list(ids)
-        masked[p] = BYTES.mask_id
-        total += float(logp(masked)[p, ids[p]])
-      want.append(total)
-    assert (got_more, got_less) == pytest.approx(want, abs=1e-4)
-  assert more[0] != less[0]  # the shared tokens' context differs, so do the scores
+  assert cfg == ModelConfig.from_config(config.model)
+  run = trainer.Run(config, params, BYTES, mesh_lib.make_mesh(config), None, 0, "mem")
+  long = _pair("this sentence is much too long to fit", "that one too", "stereo", "age")
+  res = bias.evaluate_run(run, PAIRS + [long], batch_size=3)
+  assert res["metric"] == "pll" and "the paper's metric" in res["metric_description"]
+  assert (res["n_read"], res["n_scored"], res["skipped"]) == (4, 3, {"too_long": 1})
+  assert "1 skipped (1 too long)" in bias.format_report(res)
+  for pair, got in zip(PAIRS, res["pairs"]):
+    want = _naive_pll(logp, pair)
+    assert [got["score_more"], got["score_less"]] == pytest.approx(want, abs=1e-4)
+  assert res["pairs"][0]["score_more"] != res["pairs"][0]["score_less"]
 
 
 def test_sentence_log_likelihood_matches_direct_computation():
