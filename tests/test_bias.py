@@ -159,6 +159,24 @@ def test_unencodable_pairs_are_skipped_and_counted():
     bias.check_encodable(pairs[1:3], _LossyTokenizer())
 
 
+def test_a_sentencepiece_model_that_maps_text_to_unk_is_detected(tmp_path):
+  """A real SentencePiece model trained on the letters a-d only (no byte fallback)."""
+  spm = pytest.importorskip("sentencepiece")
+  import io
+  from train.data import tokenizer as tok_lib
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(["a bad cab", "a dab cab bad"] * 20),
+                                 model_writer=model, vocab_size=12, hard_vocab_limit=False,
+                                 minloglevel=2)
+  (tmp_path / "sp.model").write_bytes(model.getvalue())
+  tok = tok_lib.load(str(tmp_path / "sp.model"))
+  pairs = [_pair("a bad cab", "a dab cab", "stereo", "age"),
+           _pair("X is bad", "Y is bad", "stereo", "race-color"),               # both "? ?? bad"
+           _pair("Jamal was poor", "Jake was poor", "stereo", "race-color")]
+  kept, skipped = bias.check_encodable(pairs, tok)
+  assert kept == pairs[:1] and skipped == {"identical_encoding": 1, "no_round_trip": 1}
+
+
 # ----------------------------------------------------------------------------- alignment
 
 
