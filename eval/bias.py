@@ -104,7 +104,7 @@ def read_crows_pairs(path, limit: int = 0) -> list[Pair]:
     raise FileNotFoundError(f"CrowS-Pairs file {path} does not exist; pass the path of "
                             "crows_pairs_anonymized.csv (github.com/nyu-mll/crows-pairs, data/)")
   try:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheet exports
       rows = list(csv.DictReader(f))
       header = rows[0].keys() if rows else None
   except UnicodeDecodeError as e:
@@ -167,11 +167,16 @@ def check_encodable(pairs: Sequence[Pair], tokenizer, *, max_tokens: int | None 
     else:
       kept.append(pair)
   if not kept:
-    raise ValueError(
-        f"none of the {len(pairs)} pairs can be scored with tokenizer "
-        f"{getattr(tokenizer, 'spec', tokenizer)!r} ({_skip_text(skipped)}); it cannot encode "
-        "this text faithfully: use a run with the byte or a byte-level BPE tokenizer"
-        + (" or a longer sequence length" if skipped["too_long"] else ""))
+    fixes = []
+    if skipped["identical_encoding"] or skipped["no_round_trip"]:
+      fixes.append("the tokenizer cannot encode this text faithfully: use a run with the byte "
+                   "or a byte-level BPE tokenizer")
+    if skipped["too_long"]:
+      fixes.append(f"sentences exceed the sequence length {max_tokens}: use a masked LM "
+                   "trained with a longer data.seq_len")
+    raise ValueError(f"none of the {len(pairs)} pairs can be scored with tokenizer "
+                     f"{getattr(tokenizer, 'spec', tokenizer)!r} ({_skip_text(skipped)}); "
+                     + "; ".join(fixes))
   return kept, dict(skipped)
 
 

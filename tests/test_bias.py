@@ -50,6 +50,9 @@ def test_reader_keeps_a_quoted_field_spanning_lines(tmp_path):
   assert pairs[1].sent_less == "Bob was white\n." and pairs[1].direction == "antistereo"
   assert pairs[2].bias_type == "age"
   assert [p.record for p in bias.read_crows_pairs(path, limit=2)] == [1, 2]
+  # A byte-order mark (spreadsheet exports) must not rename the first column.
+  path.write_text("\ufeffsent_more,sent_less,stereo_antistereo,bias_type\na,b,stereo,age\n")
+  assert bias.read_crows_pairs(path) == [bias.Pair("a", "b", "stereo", "age", 1)]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -157,6 +160,8 @@ def test_unencodable_pairs_are_skipped_and_counted():
   assert kept == pairs and skipped == {}
   with pytest.raises(ValueError, match="none of the 2 pairs.*1 identical encoding.*cannot encode"):
     bias.check_encodable(pairs[1:3], _LossyTokenizer())
+  with pytest.raises(ValueError, match="1 too long.*exceed the sequence length 15"):
+    bias.check_encodable(pairs[3:], BYTES, max_tokens=15)
 
 
 def test_a_sentencepiece_model_that_maps_text_to_unk_is_detected(tmp_path):
