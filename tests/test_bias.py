@@ -51,7 +51,8 @@ def test_reader_keeps_a_quoted_field_spanning_lines(tmp_path):
   assert pairs[2].bias_type == "age"
   assert [p.record for p in bias.read_crows_pairs(path, limit=2)] == [1, 2]
   # A byte-order mark (spreadsheet exports) must not rename the first column.
-  path.write_text("\ufeffsent_more,sent_less,stereo_antistereo,bias_type\na,b,stereo,age\n")
+  path.write_text("\ufeffsent_more,sent_less,stereo_antistereo,bias_type\na,b,stereo,age\n",
+                  encoding="utf-8")
   assert bias.read_crows_pairs(path) == [bias.Pair("a", "b", "stereo", "age", 1)]
 
 
