@@ -14,7 +14,7 @@ RoPE: HF Llama applies `rotate_half` (pairs dims i and i + H/2), and so does our
 model/positional.apply_rope, so q/k weights map without permutation. (Meta's original
 checkpoints use interleaved pairs; HF's conversion script permutes them into this layout.)
 
-    python -m eval.hf export --workdir runs/gpt2 --out hf_out [--arch gpt2|llama]
+    python -m eval.hf export --workdir runs/gpt2 --out hf_out [--arch gpt2|llama] [--bos auto]
     python -m eval.hf import --hf-dir hf_out --workdir runs/imported   # then init_from / eval
     python -m eval.hf import --hf-dir hf_out --out params.msgpack
 """
@@ -29,6 +29,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from train import cli
 
 ARCHS = ("gpt2", "llama")
 
@@ -301,9 +303,13 @@ def from_hf_state_dict(cfg, sd: dict[str, np.ndarray]) -> dict:
 # ----------------------------------------------------------------------------- directories
 
 
-def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer=None) -> dict:
+def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer=None,
+               bos: str = "auto") -> dict:
   """Writes config.json, model.safetensors and, when `tokenizer.spec` names a tokenizer.json,
-  tokenizer.json + tokenizer_config.json. Returns the config dict written."""
+  tokenizer.json + tokenizer_config.json. The tokenizer's post-processor is set to add BOS
+  exactly when unleash adds it with `bos` (eval/zeroshot BOS_MODES), so HF tools and
+  lm-evaluation-harness score the export as `eval.zeroshot --bos {bos}` scores the run.
+  Returns the config dict written."""
   from safetensors.numpy import save_file
   from model.config import ModelConfig
   cfg = ModelConfig.from_config(cfg)
@@ -318,13 +324,31 @@ def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer
             metadata={"format": "pt"})
   spec = getattr(tokenizer, "spec", "") or ""
   if spec.endswith(".json") and pathlib.Path(spec).is_file():
-    shutil.copyfile(spec, out / "tokenizer.json")
-    names = {0: "<bos>", 1: "<eos>", 2: "<pad>", 3: "<mask>"}
-    tc = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=cfg.max_seq_len,
-              bos_token=names.get(tokenizer.bos_id), eos_token=names.get(tokenizer.eos_id),
-              pad_token=names.get(tokenizer.pad_id), mask_token=names.get(tokenizer.mask_id))
-    (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
+    export_tokenizer(tokenizer, out, bos=bos, model_max_length=cfg.max_seq_len)
   return conf
+
+
+def export_tokenizer(tokenizer, out_dir, *, bos: str = "auto", model_max_length: int) -> None:
+  """tokenizer.json (post-processor adding BOS as unleash does under `bos`) and a
+  tokenizer_config.json naming the special tokens the tokenizer itself reports."""
+  import tokenizers
+  from tokenizers import processors
+  from eval import zeroshot
+  out = pathlib.Path(out_dir)
+  add_bos = zeroshot.bos_added(tokenizer, bos)
+  names = tokenizer.special_tokens
+  if add_bos == tokenizer.adds_bos:
+    shutil.copyfile(tokenizer.spec, out / "tokenizer.json")
+  else:
+    tok = tokenizers.Tokenizer.from_file(tokenizer.spec)
+    b = names["bos"]
+    tok.post_processor = (processors.TemplateProcessing(
+        single=f"{b} $A", pair=f"{b} $A {b} $B", special_tokens=[(b, tokenizer.bos_id)])
+        if add_bos else processors.TemplateProcessing(single="$A", pair="$A $B"))
+    tok.save(str(out / "tokenizer.json"))
+  tc = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=model_max_length,
+            **{f"{role}_token": name for role, name in names.items()})
+  (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
 
 
 def _read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
@@ -362,20 +386,23 @@ def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
   so `trainer.load_run(workdir)`, `config.init_from=workdir` and the eval CLIs accept it.
 
   The tokenizer: `tokenizer` if given, else the directory's tokenizer.json (copied into the
-  workdir), else our byte tokenizer when vocab_size is 260. Returns the checkpoint dir.
+  workdir with its tokenizer_config.json, which names the special tokens), else our byte
+  tokenizer when vocab_size is 260. data.seq_len is the model's context length
+  (max_seq_len), the window eval.zeroshot scores with. Returns the checkpoint dir.
   """
   from configs import base
   from train import checkpoint
   cfg, params = import_dir(hf_dir)
-  workdir = pathlib.Path(workdir)
+  hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config = config or base.base_config()
   config.model.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in config.model})
-  if cfg.pos_encoding == "learned":
-    config.data.seq_len = min(int(config.data.seq_len), cfg.max_seq_len)
-  if not tokenizer and (pathlib.Path(hf_dir) / "tokenizer.json").is_file():
+  config.data.seq_len = cfg.max_seq_len  # the model's context length (lower it to fine-tune)
+  if not tokenizer and (hf_dir / "tokenizer.json").is_file():
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the config names the specials
+      if (hf_dir / name).is_file():
+        shutil.copyfile(hf_dir / name, workdir / name)
     tokenizer = str(workdir / "tokenizer.json")
-    shutil.copyfile(pathlib.Path(hf_dir) / "tokenizer.json", tokenizer)
   if not tokenizer:
     if cfg.vocab_size != 260:
       raise ValueError(f"{hf_dir} has no tokenizer.json and vocab_size={cfg.vocab_size} is not "
@@ -394,6 +421,8 @@ def main(argv=None):
   ex.add_argument("--workdir", required=True)
   ex.add_argument("--out", required=True)
   ex.add_argument("--arch", choices=ARCHS, default=None)
+  ex.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
+                  help="BOS behaviour the exported tokenizer carries (as eval.zeroshot --bos)")
   im = sub.add_parser("import")
   im.add_argument("--hf-dir", required=True)
   dest = im.add_mutually_exclusive_group(required=True)
@@ -406,7 +435,7 @@ def main(argv=None):
     run = trainer.load_run(args.workdir)
     params = jax.tree.map(np.asarray, run.params)
     conf = export_dir(run.config.model, params, args.out, arch=args.arch,
-                      tokenizer=run.tokenizer)
+                      tokenizer=run.tokenizer, bos=args.bos)
     print(f"wrote {conf['model_type']} model to {args.out}")
   elif args.workdir:
     print(f"wrote {import_to_run(args.hf_dir, args.workdir, tokenizer=args.tokenizer)}")
@@ -418,4 +447,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)
