@@ -434,9 +434,10 @@ def choice_metrics(items: Sequence[Item], logprob_R: np.ndarray) -> tuple[dict, 
 
 def evaluate_task(task: Task, token_logprobs_fn, encoder: Encoder, *, window: int,
                   batch_size: int, pad_id: int = 0) -> dict:
-  """Scores every (item, choice) and returns the metrics (module doc) with `n`,
-  `predictions` (per item) and, for choice tasks, `majority` (the most frequent label's
-  share). Cloze: acc is "every target token is the greedy one"; no acc_norm."""
+  """Scores every (item, choice) and returns the metrics (module doc) with `n`, per item
+  `predictions` and `loglikelihoods` (one per choice: what lm-eval's loglikelihood returns
+  for the pair) and, for choice tasks, `majority` (the most frequent label's share).
+  Cloze: acc is "every target token is the greedy one"; no acc_norm."""
   requests = []
   for i, item in enumerate(task.items):
     for choice in item.choices:
@@ -452,11 +453,14 @@ def evaluate_task(task: Task, token_logprobs_fn, encoder: Encoder, *, window: in
     out.update(mean_and_stderr("acc", greedy_R))
     out.update(mean_and_stderr("correct_logprob", logprob_R))
     out.update(mean_and_stderr("correct_bpb", -logprob_R / (math.log(2) * np.array(nbytes))))
-    return dict(out, skipped=task.skipped, predictions=greedy_R.tolist())
+    return dict(out, skipped=task.skipped, predictions=greedy_R.tolist(),
+                loglikelihoods=[[float(x)] for x in logprob_R])
   metrics, preds = choice_metrics(task.items, logprob_R)
   labels = np.array([item.label for item in task.items])
+  bounds = np.cumsum([0] + [len(item.choices) for item in task.items])
   return dict(out, **metrics, majority=float(np.mean(labels == np.bincount(labels).argmax())),
-              predictions=preds)
+              predictions=preds,
+              loglikelihoods=[logprob_R[a:b].tolist() for a, b in zip(bounds, bounds[1:])])
 
 
 # ----------------------------------------------------------------------------- the model
@@ -571,6 +575,7 @@ def main(argv=None):
   for task in tasks:
     res = evaluate_run(run, task, batch_size=args.batch_size, window=window, bos=args.bos)
     res.pop("predictions")
+    res.pop("loglikelihoods")
     results.append(res)
     print(json.dumps(res))
   if args.json:
