@@ -342,3 +342,38 @@ def test_scoring_on_a_sharded_mesh_matches_one_device():
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "OK" in out.stdout
+
+
+def test_cli_on_an_imported_run(tmp_path, capsys):
+  """`python -m eval.zeroshot` on a run imported from an HF directory: prints the window (the
+  model's context length, here 48, not data.seq_len) and the BOS mode, writes JSON with the
+  metrics and standard errors; a bad task spec is one ValueError before loading anything."""
+  from eval import hf
+  from model.config import ModelConfig
+  cfg = ModelConfig(vocab_size=260, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2,
+                    head_dim=16, mlp_dim=64, max_seq_len=48, pos_encoding="learned",
+                    norm="layernorm", mlp="gelu", use_bias=True, tie_embeddings=True,
+                    init_std=0.3)
+  params = nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)
+                                          )["params"])
+  hf.export_dir(cfg, jax.tree.map(np.asarray, params), tmp_path / "hf")
+  hf.import_to_run(tmp_path / "hf", tmp_path / "run")
+  import pathlib
+  real = pathlib.Path(__file__).resolve().parents[2] / "shared/data/sst2/dev.tsv"
+  dev = real if real.is_file() else tmp_path / "dev.tsv"
+  if not real.is_file():
+    dev.write_text("sentence\tlabel\ngood fun \t1\nbad , dull \t0\nfine \t1\n")
+  zs.main(["--workdir", str(tmp_path / "run"), "--task", f"sst2:{dev}", "--limit", "3",
+           "--batch-size", "4", "--json", str(tmp_path / "out.json")])
+  out = capsys.readouterr().out
+  assert "scoring with a 48-token window (model context length 48), bos=auto (BOS added: yes)" \
+      in out  # the byte tokenizer follows training: BOS before every document
+  res, = json.loads((tmp_path / "out.json").read_text())
+  assert (res["task"], res["n"], res["window"], res["bos"]) == ("sst2", 3, 48, "auto")
+  assert res["lm_eval_comparable"] and "predictions" not in res
+  for name in ("acc", "acc_norm", "acc_bytes"):
+    assert 0 <= res[name] <= 1 and res[name + "_stderr"] >= 0
+  for name in ("correct_logprob", "correct_bpb", "correct_prob_norm"):
+    assert np.isfinite(res[name]) and res[name + "_stderr"] > 0
+  with pytest.raises(ValueError, match="KIND:PATH"):
+    zs.main(["--workdir", str(tmp_path / "run"), "--task", "squad:x"])
