@@ -190,8 +190,9 @@ def _gpt2_style_tokenizer(path):
 
 def test_special_tokens_are_asked_of_the_tokenizer(tmp_path):
   """A GPT-2 tokenizer.json (only <|endoftext|>) loads with BOS = EOS = that token, PAD
-  falling back to EOS and no MASK; a tokenizer_config.json beside it names roles; the export names them back and
-  carries the BOS behaviour chosen (bos=always adds the tokenizer's own BOS)."""
+  falling back to EOS and no MASK; a tokenizer_config.json beside it names roles; the export
+  names them back and carries the BOS behaviour chosen (bos=always adds the tokenizer's own
+  BOS)."""
   import tokenizers
   from train.data import tokenizer as tok_lib
   raw = _gpt2_style_tokenizer(tmp_path / "tokenizer.json")
