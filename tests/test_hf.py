@@ -49,20 +49,46 @@ def _tokens(cfg, b=2, l=11, seed=0):
   return np.random.default_rng(seed).integers(0, cfg.vocab_size, (b, l)).astype(np.int32)
 
 
-@pytest.mark.parametrize("fields", [GPT2, LLAMA], ids=["gpt2", "llama"])
+# Llama's optional rows: biases everywhere and a tied head (no lm_head tensor).
+LLAMA_BIAS_TIED = {**LLAMA, "use_bias": True, "tie_embeddings": True}
+
+
+@pytest.mark.parametrize("fields", [GPT2, LLAMA, LLAMA_BIAS_TIED],
+                         ids=["gpt2", "llama", "llama-bias-tied"])
 @pytest.mark.parametrize("scan", [True, False])
 def test_state_dict_round_trip(fields, scan):
+  """Every row of the conversion table, both directions: params -> HF -> params is exact
+  (so every leaf is covered), and each HF tensor comes from exactly one row."""
   cfg = ModelConfig(**fields, scan_layers=scan)
   params = _random_params(cfg)
-  sd = hf.to_hf_state_dict(cfg, params, hf.detect_arch(cfg))
+  arch = hf.detect_arch(cfg)
+  sd = hf.to_hf_state_dict(cfg, params, arch)
   back = hf.from_hf_state_dict(cfg, sd)
   jax.tree.map(np.testing.assert_array_equal, params, back)
+  top, layer = hf.conversion_table(cfg, arch)
+  keys = [e.theirs for e in top] + [e.theirs.format(i=i) for i in range(2) for e in layer]
+  assert sorted(keys) == sorted(sd) and len(set(keys)) == len(keys)
+  model_leaves = jax.tree.leaves({k: v for k, v in params.items() if k != "layers"})
+  assert sum(len(e.ours) for e in top) == len(model_leaves)
+  assert sum(len(e.ours) for e in layer) == len(jax.tree.leaves(hf._layers(params, cfg)[0]))
   if cfg.pos_encoding == "learned":  # GPT-2: tied head, fused qkv in Conv1D [in, out] layout
     assert "lm_head.weight" not in sd
     assert sd["transformer.h.0.attn.c_attn.weight"].shape == (32, 3 * 32)
+  elif cfg.tie_embeddings:
+    assert "lm_head.weight" not in sd and sd["model.layers.1.mlp.down_proj.bias"].shape == (32,)
   else:
     assert sd["model.layers.0.self_attn.k_proj.weight"].shape == (2 * 12, 32)
     assert sd["lm_head.weight"].shape == (61, 32)
+
+
+def test_import_names_missing_and_misshapen_tensors():
+  cfg = ModelConfig(**LLAMA)
+  sd = hf.to_hf_state_dict(cfg, _random_params(cfg), "llama")
+  with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
+    hf.from_hf_state_dict(cfg, {k: v for k, v in sd.items() if "1.mlp.up_proj" not in k})
+  sd["model.layers.0.self_attn.k_proj.weight"] = np.zeros((48, 32), np.float32)
+  with pytest.raises(ValueError, match=r"k_proj.weight: shape \(48, 32\), expected \(24, 32\)"):
+    hf.from_hf_state_dict(cfg, sd)
 
 
 def test_directory_round_trip_and_config(tmp_path):
