@@ -252,14 +252,17 @@ def test_special_tokens_are_asked_of_the_tokenizer(tmp_path):
 
 def test_import_to_run_is_loadable(tmp_path):
   """An HF directory becomes a params-only run that trainer.load_run (and so init_from and the
-  eval CLIs) accepts, with the same logits."""
+  eval CLIs) accepts, with the same logits, and keeps the model's context length (300
+  positions, more than the default data.seq_len of 256) as the zero-shot window."""
+  from eval import zeroshot
   from train import trainer
-  cfg = ModelConfig(**{**GPT2, "vocab_size": 260})
+  cfg = ModelConfig(**{**GPT2, "vocab_size": 260, "max_seq_len": 300})
   params = _random_params(cfg)
   hf.export_dir(cfg, params, tmp_path / "hf")
   hf.main(["import", "--hf-dir", str(tmp_path / "hf"), "--workdir", str(tmp_path / "run")])
   run = trainer.load_run(str(tmp_path / "run"))
   assert run.tokenizer.vocab_size == 260 and run.config.model.d_model == 32
+  assert run.config.data.seq_len == zeroshot.context_length(run) == 300
   tokens = _tokens(cfg)
   np.testing.assert_allclose(_ours_logits(ModelConfig.from_config(run.config.model),
                                           jax.tree.map(np.asarray, run.params), tokens),
