@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from train import losses
 from train import mesh as mesh_lib
 from train.state import TrainState
 
@@ -53,13 +54,12 @@ def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: j
 
   z-loss (PaLM) penalises log Z^2 to keep the softmax normaliser near 1 in low precision.
   """
-  logits = logits_BxLxV.astype(jnp.float32)
-  log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
-  target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
-  ce_BxL = log_z_BxL - target_logit_BxL
   w = weights_BxL.astype(jnp.float32)
-  ce_sum = jnp.sum(ce_BxL * w)
-  z_sum = jnp.sum(jnp.square(log_z_BxL) * w) * z_loss
+  ce_sum = jnp.sum(losses.token_nll(logits_BxLxV, targets_BxL) * w)
+  z_sum = jnp.zeros((), jnp.float32)
+  if z_loss:
+    log_z_BxL = jax.nn.logsumexp(logits_BxLxV.astype(jnp.float32), axis=-1)
+    z_sum = jnp.sum(jnp.square(log_z_BxL) * w) * z_loss
   return {"ce_sum": ce_sum, "z_sum": z_sum, "weight_sum": jnp.sum(w)}
 
 
