@@ -277,10 +277,10 @@ def sentence_ll_scorer(token_logprobs_fn, tokenizer, *, seq_len: int, batch_size
   from eval import zeroshot
 
   def score_fn(pairs):
-    requests = [([], tokenizer.encode(s)) for p in pairs for s in (p.sent_more, p.sent_less)]
-    logprob_R, _ = zeroshot.score_requests(token_logprobs_fn, requests, seq_len=seq_len,
-                                           batch_size=batch_size, pad_id=tokenizer.pad_id,
-                                           bos_id=tokenizer.bos_id)
+    requests = [([tokenizer.bos_id], tokenizer.encode(s))
+                for p in pairs for s in (p.sent_more, p.sent_less)]
+    logprob_R, _ = zeroshot.score_requests(token_logprobs_fn, requests, window=seq_len,
+                                           batch_size=batch_size, pad_id=tokenizer.pad_id)
     return logprob_R[0::2], logprob_R[1::2]
   return score_fn
 

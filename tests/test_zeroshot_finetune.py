@@ -45,6 +45,7 @@ def test_finetune_from_run_learns_the_task(tmp_path, capsys):
   base.data.source = f"text:{tmp_path / 'base.txt'}:\\n"
   base.data.val_fraction = 0.2  # inherited by the fine-tune: 80 of its 400 examples
   base.train.steps = 5
+  base.train.warmup_steps = 1
   base.eval.every = base.checkpoint.every = 5
   trainer.train_and_evaluate(base, str(tmp_path / "base"))
 
