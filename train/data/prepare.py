@@ -66,7 +66,7 @@ def _build_shard(args):
       replaced.setdefault(domain, []).append((doc_id, n_bad))
     if len(ids) == 0:
       continue
-    s = split_lib.split_of(domain, doc_id, val_fraction)
+    s = split_lib.split_of(domain, raw, val_fraction)
     by_split[s].append((domains.index(domain), ids, len(raw)))
   store.write_shard(out_dir, k, by_split, domains, meta)
   return k, replaced
@@ -152,8 +152,9 @@ def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
             progress: bool = True) -> dict:
   """Prepare `source` with `tokenizer` into `out_dir` (idempotent, resumable); returns the manifest."""
   out_dir = pathlib.Path(out_dir)
+  val_fraction = split_lib.check_val_fraction(val_fraction)  # here, not inside a worker
   tok = tok_lib.load(tokenizer)
-  settings = _settings(str(source), tok, float(val_fraction))
+  settings = _settings(str(source), tok, val_fraction)
   existing = read_manifest(out_dir)
   if existing is not None:
     check_manifest(existing, out_dir / "manifest.json", source=str(source), tokenizer=tok,
@@ -238,6 +239,8 @@ def _summarize(out_dir, num_shards, settings, domains, replaced, src) -> dict:
     for key in ("docs", "tokens", "utf8_bytes"):
       tot[key] = sum(r[key] for r in tot["domains"].values())
     for d, row in tot["domains"].items():
+      if row["docs"] == 0 and s == "train" and settings["val_fraction"] == 1.0:
+        continue  # evaluation only: every document is held out
       if row["docs"] == 0:
         raise ValueError(
             f"{out_dir}: split {s!r} of domain {d!r} is empty (source {src.spec!r}, val_fraction="
@@ -245,7 +248,7 @@ def _summarize(out_dir, num_shards, settings, domains, replaced, src) -> dict:
             + ("raise --val-fraction / data.val_fraction or add documents (split one file into "
                "many with text:<glob>:<separator>)" if s == "val" else
                "lower val_fraction or add documents"))
-      row["bytes_per_token"] = row["utf8_bytes"] / row["tokens"]
+      row["bytes_per_token"] = row["utf8_bytes"] / row["tokens"] if row["tokens"] else 0.0
   rep = {d: sum(n for _, n in items) for d, items in replaced.items()}
   if rep:
     examples = [i for items in replaced.values() for i, _ in items][:5]

@@ -17,7 +17,10 @@ Specs:
 A `Document` carries raw bytes (files) or text (everything else); prepare hands raw bytes to
 the tokenizer so the byte tokenizer can keep non-UTF-8 bytes. Document order is
 deterministic (sorted globs, file order), which makes the fingerprint (sha256 over the
-ordered documents) comparable across machines.
+ordered documents) comparable across machines. A `doc_id` (path, path:line, ...) names a
+document in messages and the fingerprint only: the train/validation split is keyed on the
+document's content (split.py), so ids that shift (a prepended line, a relative glob) move
+nothing across the split.
 """
 
 from __future__ import annotations

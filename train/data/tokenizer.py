@@ -230,7 +230,7 @@ def _main(argv=None):
 
   def texts():
     for doc in src.documents():
-      if split.split_of(doc.domain, doc.doc_id, args.val_fraction) == "train":
+      if split.split_of(doc.domain, doc.raw(), args.val_fraction) == "train":
         yield doc.text()
 
   tok = train_bpe(texts(), args.vocab_size, args.out)
