@@ -213,7 +213,7 @@ def test_vocab_size_checked_against_model(corpus):
 def test_seq_len_longer_than_corpus(tmp_path):
   (tmp_path / "c").mkdir()
   for i in range(10):
-    (tmp_path / "c" / f"{i}.txt").write_text("tiny")
+    (tmp_path / "c" / f"{i}.txt").write_text(f"tiny {i}")
   src = f"text:{tmp_path}/c/*.txt"
   prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.4, num_workers=1, progress=False)
   with pytest.raises(ValueError, match="fewer than one window of seq_len=4096"):

@@ -219,3 +219,65 @@ def _cfg(source, tokenizer="byte", seq_len=64, val_fraction=0.2):
   import ml_collections
   return ml_collections.ConfigDict(dict(source=source, tokenizer=tokenizer, seq_len=seq_len,
                                         prepared_dir="", val_fraction=val_fraction, num_workers=1))
+
+
+def _read_back(out):
+  _, stores = pipeline.open_prepared(out)
+  return sorted(bytes(st.doc_tokens(i).astype(np.uint8)).decode()
+                for st in stores.values() for i in range(len(st.lengths)))
+
+
+def test_changed_corpus_is_prepared_again(tmp_path):
+  texts = write_corpus(tmp_path / "c", n_docs=60)
+  src = f"text:{tmp_path}/c/*.txt"
+  m1 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       shard_bytes=5_000, progress=False)
+  (tmp_path / "c" / "0003.txt").write_text("an edited document", encoding="utf-8")
+  texts[3] = "an edited document"
+  m2 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       shard_bytes=5_000, progress=False)
+  assert m2["fingerprint"] != m1["fingerprint"]
+  assert m2["fingerprint"] == sources.open_source(src).content_fingerprint()
+  assert _read_back(tmp_path / "p") == sorted(texts)  # the stale shard was rebuilt
+
+
+def test_changed_corpus_stops_training_with_one_line(tmp_path):
+  import ml_collections
+  write_corpus(tmp_path / "c", n_docs=40)
+  src = f"text:{tmp_path}/c/*.txt"
+  data_cfg = ml_collections.ConfigDict(dict(source=src, tokenizer="byte", seq_len=32,
+                                            val_fraction=0.2, num_workers=1))
+  pipeline.load_for_training(data_cfg, tmp_path / "p", global_batch_size=2, seed=0,
+                             progress=False)
+  (tmp_path / "c" / "0100.txt").write_text("a new file in the glob", encoding="utf-8")
+  with pytest.raises(prepare.CorpusChangedError, match="changed since it was prepared") as e:
+    pipeline.load_for_training(data_cfg, tmp_path / "p", global_batch_size=2, seed=0,
+                               progress=False)
+  assert "\n" not in str(e.value) and "python -m train.data.prepare" in str(e.value)
+
+
+def test_touched_but_identical_corpus_is_reused_without_tokenizing(tmp_path):
+  write_corpus(tmp_path / "c", n_docs=40)
+  src = f"text:{tmp_path}/c/*.txt"
+  m1 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       progress=False)
+  shard = store.shard_paths(tmp_path / "p", 0)["train"]
+  written = shard.stat().st_mtime_ns
+  for p in (tmp_path / "c").iterdir():
+    os.utime(p, ns=(time.time_ns(), time.time_ns()))
+  m2 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       progress=False)
+  assert m2["fingerprint"] == m1["fingerprint"] and m2["source_stat"] != m1["source_stat"]
+  assert shard.stat().st_mtime_ns == written
+  assert prepare.read_manifest(tmp_path / "p")["source_stat"] == m2["source_stat"]
+
+
+def test_prepared_data_without_its_source_is_used_as_is(tmp_path):
+  write_corpus(tmp_path / "c", n_docs=40)
+  src = f"text:{tmp_path}/c/*.txt"
+  m1 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       progress=False)
+  for p in (tmp_path / "c").iterdir():
+    p.unlink()
+  assert prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                         progress=False) == m1

@@ -216,15 +216,17 @@ def load_for_training(data_cfg, prepared_dir, *, global_batch_size: int, seed: i
   Prepares `data_cfg.source` with `data_cfg.tokenizer` into `prepared_dir` unless a matching
   manifest is already there (a manifest made with other settings is an error naming both).
   With several processes on a shared filesystem, call this on process 0 first (or `prepare`)
-  and barrier, so the others only read. `model_vocab_size`, if given, must equal the
-  tokenizer's vocab size.
+  and barrier, so the others only read. `model_vocab_size`, if given, must be at least the
+  tokenizer's vocab size (see tokenizer.check_vocab_size). Prepared data whose corpus has
+  changed since is never used silently: it raises prepare.CorpusChangedError saying how to
+  re-prepare (this runs at every start, so a resumed run cannot switch corpora unnoticed).
   """
   tok = tok_lib.load(data_cfg.tokenizer)
   if model_vocab_size is not None:
     tok_lib.check_vocab_size(tok, model_vocab_size)
   manifest = prepare_lib.prepare(
       data_cfg.source, data_cfg.tokenizer, prepared_dir, val_fraction=float(data_cfg.val_fraction),
-      num_workers=(data_cfg.get("num_workers") or None), progress=progress)
+      num_workers=(data_cfg.get("num_workers") or None), progress=progress, if_changed="error")
   train_store = store_lib.SplitStore(prepared_dir, manifest, "train")
   val_store = store_lib.SplitStore(prepared_dir, manifest, "val")
   it = train_iterator(train_store, tok, seq_len=int(data_cfg.seq_len),
