@@ -182,6 +182,17 @@ def test_synthetic_manifest_has_floor(tmp_path):
                       val_fraction=0.2, num_workers=1, progress=False)
   assert m["synthetic"]["entropy_rate_bits_per_byte"] > 0
   assert m["splits"]["train"]["domains"]["markov"]["tokens"] == 101 * m["splits"]["train"]["docs"]
+  # The loader's window length adds the floor a packed model can reach (stored on disk too).
+  from train.data import synthetic
+  src = synthetic.MarkovSource(synthetic.MarkovSpec(docs=50, doc_len=100))
+  for seq_len in (32, 64):
+    m = prepare.prepare("synthetic:markov:docs=50,doc_len=100", "byte", tmp_path / "p",
+                        val_fraction=0.2, num_workers=1, progress=False, seq_len=seq_len)
+  syn = prepare.read_manifest(tmp_path / "p")["synthetic"]
+  assert syn == m["synthetic"] and syn["reachable_floor_seq_len"] == 64
+  assert syn["reachable_floor_bits_per_byte"] == src.reachable_floor(64)[
+      "reachable_floor_bits_per_byte"] > syn["entropy_rate_bits_per_byte"]
+  assert set(syn["reachable_floor_by_seq_len"]) == {"32", "64"}
 
 
 def test_prepare_cli_embedded(tmp_path):

@@ -238,13 +238,35 @@ def _reusable(existing, out_dir, source, src, stat, tok, val_fraction, if_change
   return existing
 
 
+def _with_reachable_floor(manifest: dict, out_dir: pathlib.Path, seq_len: int | None) -> dict:
+  """Adds the synthetic corpus's packed-stream floor for `seq_len` to the manifest (and its
+  file) under "synthetic": `reachable_floor_bits_per_byte` (the latest seq_len's, with
+  `reachable_floor_seq_len`) and `reachable_floor_by_seq_len` {str(seq_len): bits/byte}.
+  Byte tokenizer only (one symbol = one token fixes the packing; see synthetic.py)."""
+  syn = manifest.get("synthetic")
+  if not seq_len or not isinstance(syn, dict) or manifest.get("tokenizer") != "byte":
+    return manifest
+  if syn.get("reachable_floor_seq_len") == int(seq_len):
+    return manifest
+  from train.data import synthetic
+  fields = {f: syn[f] for f in synthetic.MarkovSpec.__dataclass_fields__}
+  floor = synthetic.MarkovSource(synthetic.MarkovSpec(**fields)).reachable_floor(int(seq_len))
+  syn.update(floor)
+  syn.setdefault("reachable_floor_by_seq_len", {})[str(int(seq_len))] = (
+      floor["reachable_floor_bits_per_byte"])
+  _write_manifest(out_dir, manifest)
+  return manifest
+
+
 def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
             num_workers: int | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
-            progress: bool = True, if_changed: str = "reprepare") -> dict:
+            progress: bool = True, if_changed: str = "reprepare",
+            seq_len: int | None = None) -> dict:
   """Prepare `source` with `tokenizer` into `out_dir` (idempotent, resumable); returns the
   manifest. Existing prepared data is reused only if the corpus is unchanged (see
   `corpus_change`); otherwise it is prepared again (`if_changed="reprepare"`) or a
-  CorpusChangedError says why and how to proceed (`"error"`, what training uses)."""
+  CorpusChangedError says why and how to proceed (`"error"`, what training uses).
+  `seq_len` (the loader's window) adds a synthetic corpus's reachable floor for it."""
   if if_changed not in ("reprepare", "error"):
     raise ValueError(f"if_changed must be 'reprepare' or 'error', got {if_changed!r}")
   out_dir = pathlib.Path(out_dir)
@@ -255,7 +277,7 @@ def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
   src, stat = _open_for_check(str(source)) if existing is not None else (None, None)
   reused = _reusable(existing, out_dir, str(source), src, stat, tok, val_fraction, if_changed)
   if reused is not None:
-    return reused
+    return _with_reachable_floor(reused, out_dir, seq_len)
   src = sources_lib.open_source(source)
   stat = src.stat_signature()  # taken before reading: a file edited meanwhile shows next time
   domains = list(src.domains)
@@ -306,7 +328,7 @@ def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
   manifest["source_stat"] = stat
   manifest["prepare_seconds"] = round(time.time() - t0, 3)
   _write_manifest(out_dir, manifest)
-  return manifest
+  return _with_reachable_floor(manifest, out_dir, seq_len)
 
 
 def _summarize(out_dir, num_shards, settings, domains, replaced, src) -> dict:
@@ -347,7 +369,7 @@ def _summarize(out_dir, num_shards, settings, domains, replaced, src) -> dict:
           "tokens_note": "tokens include one EOS per document; bytes are raw UTF-8 bytes"}
 
 
-def _main(argv=None):
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m train.data.prepare", description=__doc__.split("\n")[0])
   p.add_argument("--source", default="embedded")
   p.add_argument("--tokenizer", default="byte")
@@ -363,7 +385,9 @@ def _main(argv=None):
                     if k in m}))
   print(json.dumps({s: {d: r["tokens"] for d, r in v["domains"].items()}
                     for s, v in m["splits"].items()}))
+  return 0
 
 
 if __name__ == "__main__":
-  _main()
+  from train import cli
+  cli.run(main)
