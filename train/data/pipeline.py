@@ -238,7 +238,8 @@ def load_for_training(data_cfg, prepared_dir, *, global_batch_size: int, seed: i
     tok_lib.check_vocab_size(tok, model_vocab_size)
   manifest = prepare_lib.prepare(
       data_cfg.source, data_cfg.tokenizer, prepared_dir, val_fraction=float(data_cfg.val_fraction),
-      num_workers=(data_cfg.get("num_workers") or None), progress=progress, if_changed="error")
+      num_workers=(data_cfg.get("num_workers") or None), progress=progress, if_changed="error",
+      seq_len=int(data_cfg.seq_len))
   train_store = store_lib.SplitStore(prepared_dir, manifest, "train")
   val_store = store_lib.SplitStore(prepared_dir, manifest, "val")
   it = train_iterator(train_store, tok, seq_len=int(data_cfg.seq_len),

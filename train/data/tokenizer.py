@@ -188,11 +188,24 @@ def load(spec: str) -> Tokenizer:
 
 
 def check_vocab_size(tok: Tokenizer, model_vocab_size: int) -> None:
-  """The model's embedding table must match the tokenizer exactly."""
-  if int(model_vocab_size) != tok.vocab_size:
+  """The model's embedding table must hold every tokenizer id; it may be larger.
+
+  A larger table is padding (unused rows, as GPT-2 implementations pad 50257 to 50304 for
+  fast matmuls): the published presets keep their vocab size whatever the tokenizer, so they
+  start with the byte tokenizer; one note is logged. A smaller table cannot embed some ids:
+  an error naming both numbers.
+  """
+  model_vocab_size, have = int(model_vocab_size), int(tok.vocab_size)
+  if model_vocab_size < have:
     raise ValueError(
-        f"tokenizer {tok.spec!r} has vocab_size {tok.vocab_size} but model.vocab_size is "
-        f"{model_vocab_size}; set --config.model.vocab_size={tok.vocab_size}")
+        f"tokenizer {tok.spec!r} has vocab_size {have} but model.vocab_size is "
+        f"{model_vocab_size}, too small to embed every id; set "
+        f"--config.model.vocab_size={have} (or larger: extra rows are padding)")
+  if model_vocab_size > have:
+    import logging
+    logging.warning("model.vocab_size %d > tokenizer %r vocab_size %d: rows %d..%d of the "
+                    "embedding are padding the data never uses", model_vocab_size, tok.spec,
+                    have, have, model_vocab_size - 1)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: str | os.PathLike) -> HFTokenizer:
