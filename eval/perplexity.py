@@ -124,7 +124,8 @@ def main(argv=None) -> int:
   p.add_argument("--json", default=None)
   a = p.parse_args(argv)
   if not os.path.isdir(os.path.join(a.workdir, "checkpoints")):
-    raise FileNotFoundError(f"{a.workdir} has no checkpoints/; train it first (python -m train ...)")
+    raise FileNotFoundError(f"{a.workdir} has no checkpoints/; train it first "
+                            "(python -m train ...)")
   res = evaluate_run(a.workdir, data=a.data, batches=a.batches, batch_size=a.batch_size,
                      step=a.step, val_fraction=a.val_fraction, split=a.split)
   print(format_table(res))

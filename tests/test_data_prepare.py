@@ -292,3 +292,15 @@ def test_prepared_data_without_its_source_is_used_as_is(tmp_path):
     p.unlink()
   assert prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
                          progress=False) == m1
+
+
+def test_evaluation_only_preparation_holds_out_everything(tmp_path):
+  texts = write_corpus(tmp_path / "c", n_docs=30)
+  src = f"text:{tmp_path}/c/*.txt"
+  with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\].*1.5"):
+    prepare.prepare(src, "byte", tmp_path / "bad", val_fraction=1.5, num_workers=2,
+                    progress=False)
+  m = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=1.0, num_workers=2,
+                      shard_bytes=3_000, progress=False)
+  assert m["splits"]["train"]["docs"] == 0 and m["splits"]["val"]["docs"] == len(texts)
+  assert m["splits"]["val"]["utf8_bytes"] == sum(len(t.encode()) for t in texts)

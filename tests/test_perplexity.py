@@ -67,7 +67,8 @@ def test_split_all_scores_every_byte_of_a_single_file(tiny_run, tmp_path):
 def test_cli_errors_are_one_line(tiny_run, tmp_path):
   d, _ = tiny_run
   (tmp_path / "f.txt").write_text("some text")
-  for args, what in ([["--data", f"text:{tmp_path}/f.txt", "--val_fraction", "1.5"], "val_fraction"],
+  bad_fraction = ["--data", f"text:{tmp_path}/f.txt", "--val_fraction", "1.5"]
+  for args, what in ([bad_fraction, "val_fraction"],
                      [["--split", "all"], "--data"],
                      [["--data", f"jsonl:{tmp_path}/missing*.jsonl:text"], "no files match"]):
     p = subprocess.run([sys.executable, "-m", "eval.perplexity", "--workdir", str(d), *args],

@@ -142,7 +142,8 @@ def _domain_sums(eval_step, params, eval_source, domain_index, domain, *, global
   for g, local in enumerate(batches):
     batch = inputs_lib.to_global(local, eval_step.batch_sharding, global_batch_size)
     doc_ids = jax.make_array_from_process_local_data(
-        eval_step.batch_sharding, local["doc_ids"], (global_batch_size,) + local["doc_ids"].shape[1:])
+        eval_step.batch_sharding, local["doc_ids"],
+        (global_batch_size,) + local["doc_ids"].shape[1:])
     out = jax.device_get(eval_step(params, batch, doc_ids, eval_source.token_bytes,
                                    (domain_index, g)))
     sums.add(out)
