@@ -51,7 +51,10 @@ def build_eval_step(config, mesh: Mesh, model: nn.Module, param_shardings: Any, 
     if opts.objective == "mlm":
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(MLM_EVAL_SEED), mask_index[0]),
                                mask_index[1])
-      batch = step_lib.mlm_corrupt(key, batch, mask_id=opts.mask_id, vocab_size=opts.vocab_size,
+      # Random replacements come from the tokenizer's ids (len(token_bytes)), never from the
+      # padding rows of a larger model vocabulary.
+      batch = step_lib.mlm_corrupt(key, batch, mask_id=opts.mask_id,
+                                   vocab_size=min(token_bytes.shape[0], opts.vocab_size),
                                    probability=opts.mlm_probability)
     if opts.compute_dtype != opts.param_dtype:
       params = step_lib.cast_params(params, opts.compute_dtype)
