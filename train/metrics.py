@@ -128,17 +128,14 @@ def _plain(v: Any) -> Any:
 
 
 def read_jsonl(path: str, kind: str | None = "train") -> list[dict]:
-  """Rows of a metrics.jsonl; a step logged twice (a resumed run repeating steps after
-  its last checkpoint) keeps its latest row."""
-  rows: dict[tuple, dict] = {}
-  order = []
+  """Rows of a metrics.jsonl sorted by step (stable: first-seen order within a step); a
+  step logged twice (a resumed run repeating steps after its last checkpoint) keeps its
+  latest row at its first position. Linear in the file: one dict keyed by row identity."""
+  rows: dict[tuple, dict] = {}  # insertion order = first-seen order; values = latest row
   with open(path, encoding="utf-8") as f:
     for line in f:
       row = json.loads(line)
       if kind is not None and row.get("kind") != kind:
         continue
-      key = (row.get("kind"), row["step"], row.get("event"))
-      if key not in rows:
-        order.append(key)
-      rows[key] = row
-  return [rows[k] for k in sorted(order, key=lambda k: (k[1], order.index(k)))]
+      rows[(row.get("kind"), row["step"], row.get("event"))] = row
+  return sorted(rows.values(), key=lambda r: r["step"])

@@ -252,11 +252,24 @@ def load(spec: str) -> Tokenizer:
 
 
 def check_vocab_size(tok: Tokenizer, model_vocab_size: int) -> None:
-  """The model's embedding table must match the tokenizer exactly."""
-  if int(model_vocab_size) != tok.vocab_size:
+  """The model's embedding table must hold every tokenizer id; it may be larger.
+
+  A larger table is padding (unused rows, as GPT-2 implementations pad 50257 to 50304 for
+  fast matmuls): the published presets keep their vocab size whatever the tokenizer, so they
+  start with the byte tokenizer; one note is logged. A smaller table cannot embed some ids:
+  an error naming both numbers.
+  """
+  model_vocab_size, have = int(model_vocab_size), int(tok.vocab_size)
+  if model_vocab_size < have:
     raise ValueError(
-        f"tokenizer {tok.spec!r} has vocab_size {tok.vocab_size} but model.vocab_size is "
-        f"{model_vocab_size}; set --config.model.vocab_size={tok.vocab_size}")
+        f"tokenizer {tok.spec!r} has vocab_size {have} but model.vocab_size is "
+        f"{model_vocab_size}, too small to embed every id; set "
+        f"--config.model.vocab_size={have} (or larger: extra rows are padding)")
+  if model_vocab_size > have:
+    import logging
+    logging.warning("model.vocab_size %d > tokenizer %r vocab_size %d: rows %d..%d of the "
+                    "embedding are padding the data never uses", model_vocab_size, tok.spec,
+                    have, have, model_vocab_size - 1)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: str | os.PathLike) -> HFTokenizer:
@@ -299,12 +312,59 @@ def _main(argv=None):
 
   def texts():
     for doc in src.documents():
-      if split.split_of(doc.domain, doc.doc_id, args.val_fraction) == "train":
+      if split.split_of(doc.domain, doc.raw(), args.val_fraction) == "train":
         yield doc.text()
 
   tok = train_bpe(texts(), args.vocab_size, args.out)
   print(json.dumps({"out": args.out, "vocab_size": tok.vocab_size, "source": args.source}))
 
 
+def token_byte_lengths(tok: Tokenizer):
+  """int32 [vocab_size]: how many bytes of the original text each token id stands for.
+
+  Bits per byte divide the loss of exactly the scored target tokens by exactly their bytes,
+  so a truncated evaluation scores the text it saw. Special tokens (BOS, EOS, PAD, MASK,
+  control pieces) stand for 0 bytes: EOS is predicted and scored but is not text, which
+  matches the manifest (`utf8_bytes` are the documents' raw bytes; `tokens` include one EOS
+  each). Byte tokenizer: 1 per byte id. Byte-level BPE: one character of a token's string is
+  one byte. Other tokenizers: the UTF-8 length of the token's text (SentencePiece: "▁" is
+  one space, byte-fallback pieces one byte), an approximation when a tokenizer normalizes.
+  """
+  import numpy as np
+  if isinstance(tok, ByteTokenizer):
+    out = np.zeros(tok.vocab_size, np.int32)
+    out[:256] = 1
+    return out
+  if isinstance(tok, SentencePieceTokenizer):
+    return _sentencepiece_byte_lengths(tok._sp)  # pylint: disable=protected-access
+  if isinstance(tok, HFTokenizer):
+    return _hf_byte_lengths(tok._tok, tok.vocab_size)  # pylint: disable=protected-access
+  raise TypeError(f"no byte lengths for tokenizer {tok.spec!r} ({type(tok).__name__})")
+
+
+def _hf_byte_lengths(hf_tok, vocab_size: int):
+  import numpy as np
+  from tokenizers import pre_tokenizers
+  alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+  special = {t.content for t in hf_tok.get_added_tokens_decoder().values() if t.special}
+  out = np.zeros(vocab_size, np.int32)
+  for token, i in hf_tok.get_vocab(with_added_tokens=True).items():
+    if token in special or i >= vocab_size:
+      continue
+    out[i] = len(token) if set(token) <= alphabet else len(token.encode("utf-8"))
+  return out
+
+
+def _sentencepiece_byte_lengths(sp):
+  import numpy as np
+  out = np.zeros(sp.get_piece_size(), np.int32)
+  for i in range(len(out)):
+    if sp.is_control(i) or sp.is_unknown(i):
+      continue
+    out[i] = 1 if sp.is_byte(i) else len(sp.id_to_piece(i).replace("\u2581", " ").encode())
+  return out
+
+
 if __name__ == "__main__":
-  _main()
+  from train import cli
+  cli.run(_main)
