@@ -78,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer="byte",       # byte | path to tokenizer.json / SentencePiece model
       seq_len=256,
       prepared_dir="",        # where prepared shards live; empty: a cache under the workdir
-      val_fraction=0.01,      # fraction of documents (by id hash) held out per domain
+      val_fraction=0.01,      # fraction of documents (by content hash) held out per domain
       num_workers=0,
   ))
   c.train = ml_collections.ConfigDict(dict(

@@ -175,6 +175,22 @@ def evaluate(eval_step: Callable, params: Any, eval_source, *, global_batch_size
   return results
 
 
+def summary_line(results: dict[str, dict[str, float]]) -> str:
+  """One log line: the overall loss (and bits per byte), then each domain's with its SE."""
+  def pm(x, se):
+    return f"{x:.4f}±{se:.4f}" if math.isfinite(se) else f"{x:.4f}±n/a"
+
+  a = results.get("all", {})
+  if "mlm_loss" in a:
+    per = ", ".join(f"{d} {pm(r['mlm_loss'], r['mlm_loss_se'])}" for d, r in results.items()
+                    if d != "all")
+    return f"val masked-token loss {pm(a['mlm_loss'], a.get('mlm_loss_se', math.nan))} ({per})"
+  per = ", ".join(f"{d} {pm(r['bpb'], r.get('bpb_se', math.nan))}" for d, r in results.items()
+                  if d != "all" and "bpb" in r)
+  return (f"val loss {pm(a.get('loss', math.nan), a.get('loss_se', math.nan))}, "
+          f"bpb {a.get('bpb', math.nan):.4f} ({per})")
+
+
 def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
   """{"val/<domain>/loss": ...} for logging."""
   return {f"{d}/{k}": v for d, r in results.items() for k, v in r.items()}

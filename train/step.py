@@ -97,7 +97,10 @@ class StepOptions:
   dropout: bool = False
 
   @classmethod
-  def from_config(cls, config, mask_id: int | None = None) -> "StepOptions":
+  def from_config(cls, config, mask_id: int | None = None,
+                  token_vocab_size: int | None = None) -> "StepOptions":
+    """`token_vocab_size`: the tokenizer's; MLM's random replacements stay below it (a model
+    vocabulary padded past the tokenizer's has rows no text uses)."""
     t = config.train
     if t.objective not in OBJECTIVES:
       raise ValueError(
@@ -108,7 +111,8 @@ class StepOptions:
       raise ValueError("objective 'mlm' needs the tokenizer's mask_id.")
     return cls(objective=t.objective, microbatches=int(t.microbatches), z_loss=float(t.z_loss),
                mlm_probability=float(t.mlm_probability), mask_id=int(mask_id or 0),
-               vocab_size=int(config.model.vocab_size), compute_dtype=config.model.dtype,
+               vocab_size=min(int(config.model.vocab_size),
+                              int(token_vocab_size or config.model.vocab_size)), compute_dtype=config.model.dtype,
                param_dtype=config.model.param_dtype, dropout=float(config.model.dropout) > 0)
 
 
@@ -260,11 +264,12 @@ def check_batch(config, mesh: Mesh, rules) -> None:
 
 def build_train_step(config, mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation,
                      schedule: Callable, abstract_state: TrainState,
-                     state_shardings: TrainState, mask_id: int | None = None) -> CompiledStep:
+                     state_shardings: TrainState, mask_id: int | None = None,
+                     token_vocab_size: int | None = None) -> CompiledStep:
   """jax.jit of the step with in/out shardings and the state donated; nothing is run."""
   rules = mesh_lib.axis_rules(config)
   check_batch(config, mesh, rules)
-  opts = StepOptions.from_config(config, mask_id)
+  opts = StepOptions.from_config(config, mask_id, token_vocab_size)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   mb_sharding = batch_sharding if opts.microbatches > 1 else None
   fn = make_train_step(model, tx, schedule, opts, mb_sharding)

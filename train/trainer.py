@@ -295,11 +295,7 @@ class _Run:
         process_index=jax.process_index(), process_count=jax.process_count())
     self.writer.write(step, eval_lib.flat_metrics(results), "eval")
     self.last_eval = results
-    a = results.get("all", {})
-    per = ", ".join(f"{d} {r['bpb']:.3f}±{r['bpb_se']:.3f}" for d, r in results.items()
-                    if d != "all" and "bpb" in r)
-    self.log(f"step {step}: val loss {a.get('loss', float('nan')):.4f}, "
-             f"bpb {a.get('bpb', float('nan')):.4f} ({per})")
+    self.log(f"step {step}: " + eval_lib.summary_line(results))
     self.throughput.reset()   # the evaluation's time is not training time
 
   def save(self, step: int, state) -> None:
@@ -353,7 +349,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   from train.data import tokenizer as tok_lib
   tok = tok_lib.load(config.data.tokenizer)
-  built = build_lib.build(config, mask_id=tok.mask_id)   # validates config vs mesh first
+  # Validates config vs mesh first.
+  built = build_lib.build(config, mask_id=tok.mask_id, token_vocab_size=tok.vocab_size)
   data = load_data(config, workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint, log=log)
   writer = metrics_lib.MetricsWriter(workdir)
