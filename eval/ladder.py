@@ -561,8 +561,8 @@ def _failure(ray, e: Exception) -> str:
 
 def _submit(ray, todo: list[Point], workdir: pathlib.Path, config, opts: dict, hooks) -> dict:
   """{ObjectRef: point}, cooldowns depending on their constant run's task."""
-  task = ray.remote(_train_point_task).options(
-      max_calls=1, max_retries=int(config.ladder.retries), **opts)
+  task = ray.remote(max_calls=1, max_retries=int(config.ladder.retries), **opts)(
+      _train_point_task)
   refs, pending = {}, {}
   for p in todo:
     after = [refs[p.branch_from]] if p.branch_from in refs else []
