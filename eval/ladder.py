@@ -554,9 +554,12 @@ def _runtime_env() -> dict:
 
 
 def _failure(ray, e: Exception) -> str:
-  cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) else e
-  return cli.message(cause) if not isinstance(cause, ray.exceptions.RayError) else (
-      str(cause).strip().splitlines()[0])
+  """One line for a failed point: the exception its task raised, or Ray's own reason (a
+  worker that died more often than ladder.retries, a failed dependency)."""
+  cause = getattr(e, "cause", None)
+  if isinstance(e, ray.exceptions.RayTaskError) and isinstance(cause, Exception):
+    return f"{type(cause).__name__}: {cli.message(cause)}"
+  return str(e).strip().splitlines()[0]
 
 
 def _submit(ray, todo: list[Point], workdir: pathlib.Path, config, opts: dict, hooks) -> dict:

@@ -40,7 +40,8 @@ def cluster(tmp_path_factory):
   # Ray maps 127.0.0.1 to the machine's network address unless told this is a one-machine
   # cluster (the setting is read by this process's ray.init and by every node process).
   env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-  env.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)  # pylint: disable=protected-access
+  constants = ray._private.ray_constants  # pylint: disable=protected-access
+  env.setattr(constants, "ENABLE_RAY_CLUSTER", False)
   c = Cluster(initialize_head=True, head_node_args=dict(NODE, include_dashboard=False))
   c.add_node(**NODE)
   c.wait_for_nodes()
@@ -149,6 +150,32 @@ def test_tiny_ladder_on_ray_survives_a_killed_worker(cluster, tmp_path):
                                address=cluster.address) == []
 
 
+def _raise_in(point_name: str):
+  """Hooks for the Ray tasks: `point_name` raises at its first save."""
+
+  def hooks(point):
+    if point.name != point_name:
+      return None
+    from train import trainer
+
+    def after_save(step):
+      raise RuntimeError(f"disk full at step {step}")
+
+    return trainer.Hooks(after_save=after_save)
+
+  return hooks
+
+
+@pytest.mark.slow
+def test_a_failing_point_is_named_and_the_others_finish(cluster, tmp_path):
+  cfg = ladder_cfg.get_config("tiny_grid")
+  cfg.ladder.steps = (4,)
+  with pytest.raises(ladder.PointsFailed, match=r"^1 point\(s\) failed \(d16l1_s4: "
+                     r"RuntimeError: disk full at step 4\); rerun the same command"):
+    ladder.run_ladder_ray(cfg, tmp_path, address=cluster.address, hooks=_raise_in("d16l1_s4"))
+  assert list(_rows(tmp_path)) == ["d32l1_s4"]    # the other point finished and was recorded
+
+
 def test_resources_no_node_offers_stop_with_a_message(cluster, tmp_path):
   cfg = ladder_cfg.get_config("tiny")
   cfg.ladder.resources = {"CPU": 1, "TPU": 4}
@@ -161,7 +188,8 @@ def test_resources_no_node_offers_stop_with_a_message(cluster, tmp_path):
 
 
 def test_workdir_workers_cannot_see_is_named(cluster, tmp_path):
-  ray.init(address=cluster.address, runtime_env=ladder._runtime_env())  # pylint: disable=protected-access
+  runtime_env = ladder._runtime_env()  # pylint: disable=protected-access
+  ray.init(address=cluster.address, runtime_env=runtime_env)
   try:
     nodes = ladder.wait_for_resources(ray, ladder.ray_options({"CPU": 1}), 5)
     assert len(nodes) == 2
