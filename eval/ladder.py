@@ -203,18 +203,23 @@ def append_row(workdir: pathlib.Path, row: dict) -> None:
     fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _json_lines(path: str):
+  """The records of a JSON-lines file, skipping a line cut short (a worker killed while
+  writing it: the resumed run appends after it)."""
+  with open(path) as f:
+    for line in f:
+      try:
+        yield json.loads(line)
+      except ValueError:
+        continue
+
+
 def _last_train_loss(metrics_path: str, fallback: float) -> float:
   """Mean train loss over the last logging window (less noisy than the last step's)."""
   try:
-    last = None
-    with open(metrics_path) as f:
-      for line in f:
-        rec = json.loads(line)
-        if rec.get("kind") == "train":
-          last = rec
-    v = last.get("loss_mean", fallback) if last else fallback
-    return float(v)
-  except (OSError, ValueError, TypeError):
+    train = [r for r in _json_lines(metrics_path) if r.get("kind") == "train"]
+    return float(train[-1].get("loss_mean", fallback) if train else fallback)
+  except (OSError, TypeError):
     return float(fallback)
 
 

@@ -164,3 +164,12 @@ def test_ladder_points_use_the_device_split_of_python_m_train(tmp_path):
     used.append(_cpu_devices_used(proc.stdout + proc.stderr))
   point = ladder.expand(ladder_cfg.get_config("tiny_grid"))[0]
   assert used[0] == used[1] == {cpu_devices.choose(point.config)}
+
+
+def test_train_loss_skips_a_metrics_line_cut_short_by_a_kill(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"kind": "train", "step": 2, "loss_mean": 3.5}\n{"kind": "tra\n'
+                  '{"kind": "eval", "step": 4}\n{"kind": "train", "step": 4, "loss_mean": 2.5}\n')
+  last_train_loss = ladder._last_train_loss  # pylint: disable=protected-access
+  assert last_train_loss(str(path), math.nan) == 2.5
+  assert math.isnan(last_train_loss(str(tmp_path / "none"), math.nan))
