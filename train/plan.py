@@ -40,17 +40,36 @@ class Chip:
   libtpu_name: str = ""       # prefix libtpu expects in "name:AxB"; "" = no AOT compile
   chip_config: str = "default"
 
+  @property
+  def is_gpu(self) -> bool:
+    return self.ndims == 1
 
+
+# TPU HBM is what XLA lets a program use (its per-chip limit: 15.75 of v5e's 16 GiB, 31.25 of
+# v6e's 32 GiB), not the data-sheet size; GPU HBM is the physical size (see usable_bytes).
 CHIPS = {
     "v4": Chip("v4", 32 * GiB, 275e12, 3, "v4", "megacore"),
-    "v5e": Chip("v5e", 16 * GiB, 197e12, 2, "v5e"),
+    "v5e": Chip("v5e", int(15.75 * GiB), 197e12, 2, "v5e"),
     "v5p": Chip("v5p", 95 * GiB, 459e12, 3, "v5p", "megacore"),
-    "v6e": Chip("v6e", 32 * GiB, 918e12, 2, "v6e"),
+    "v6e": Chip("v6e", int(31.25 * GiB), 918e12, 2, "v6e"),
     # GPUs: analytic estimate only (AOT compilation for GPUs needs the devices).
     "a100": Chip("a100", 80 * GiB, 312e12, 1),
     "h100": Chip("h100", 80 * GiB, 989e12, 1),
     "h200": Chip("h200", 141 * GiB, 989e12, 1),
 }
+
+GPU_MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+GPU_DEFAULT_MEM_FRACTION = 0.75
+
+
+def usable_bytes(chip: Chip) -> int:
+  """Memory a JAX program can use on one chip, what plans are judged against. On GPUs JAX
+  preallocates XLA_PYTHON_CLIENT_MEM_FRACTION (0.75 unless set) of the memory as the pool
+  every array lives in, so a run needs to fit in that fraction, not in the whole HBM."""
+  if not chip.is_gpu:
+    return chip.hbm_bytes
+  fraction = float(os.environ.get(GPU_MEM_FRACTION_ENV) or GPU_DEFAULT_MEM_FRACTION)
+  return int(chip.hbm_bytes * fraction)
 
 REMAT_ORDER = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "full")
 
@@ -311,7 +330,7 @@ def plan(config, topo: Topology, *, mfu: float = 0.5, devices: Sequence[Any] | N
   config = _for_topology(config, topo)
   result: dict[str, Any] = {
       "config": config.get("name", ""), "topology": str(topo), "chip": topo.chip.name,
-      "num_devices": topo.num_devices, "hbm_bytes": topo.chip.hbm_bytes,
+      "num_devices": topo.num_devices, "hbm_bytes": usable_bytes(topo.chip),
       "global_batch": int(config.train.batch_size), "seq_len": int(config.data.seq_len),
       "remat": config.model.remat, "mfu": mfu,
   }
@@ -328,7 +347,7 @@ def plan(config, topo: Topology, *, mfu: float = 0.5, devices: Sequence[Any] | N
     result["analytic_total_bytes"] = _analytic_total(config, result["mesh"])
   total = result["total_bytes"]
   result["fits"] = not result.get("error") and total is not None and (
-      total <= topo.chip.hbm_bytes)
+      total <= usable_bytes(topo.chip))
   model_flops = _model_flops_per_step(config)
   result["model_flops_per_step"] = model_flops
   if model_flops:
@@ -396,7 +415,7 @@ def search_batch(config, topo: Topology, *, mfu: float = 0.5,
   batch_axes = batch_axes if isinstance(batch_axes, tuple) else (batch_axes,)
   shards = math.prod(sizes[a] for a in batch_axes)
   micro = int(config.train.microbatches)
-  hbm = topo.chip.hbm_bytes
+  hbm = usable_bytes(topo.chip)
   tried: list[dict[str, Any]] = []
   plans: dict[int, dict[str, Any]] = {}
 
@@ -507,8 +526,10 @@ def format_plan(p: dict[str, Any]) -> str:
                        ("peak live (XLA)", "peak_bytes"), ("code", "code_bytes")):
       lines.append(f"  {label:<22}{_gib(p[key])}")
   verdict = "fits" if p["fits"] else "DOES NOT FIT"
+  usable = (f"usable ({GPU_MEM_FRACTION_ENV} of the HBM JAX preallocates)"
+            if CHIPS[p["chip"]].is_gpu else "HBM")
   lines.append(f"  {'total':<22}{_gib(p['total_bytes'])} of {_gib(p['hbm_bytes']).strip()} "
-               f"HBM per {p['chip']} chip -> {verdict}")
+               f"{usable} per {p['chip']} chip -> {verdict}")
   if p.get("analytic_total_bytes"):
     ratio = (p["total_bytes"] or 0) / p["analytic_total_bytes"]
     lines.append(f"  {'model.summary estimate':<22}{_gib(p['analytic_total_bytes'])}"
