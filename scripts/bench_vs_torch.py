@@ -91,10 +91,19 @@ def _start(cmd, env):
   while True:
     line = p.stdout.readline()
     if not line:
-      raise SystemExit(f"worker {cmd} exited before READY")
+      raise ChildProcessError(f"worker {cmd[-1]} exited before READY (its error is above)")
     if line.startswith("READY"):
       print("#", line.strip(), flush=True)
       return p
+
+
+def _check_inputs(a):
+  """The peer's interpreter and model file must exist before two workers are started."""
+  if not pathlib.Path(a.torch_python).is_file():
+    raise FileNotFoundError(f"--torch_python {a.torch_python}: no such interpreter; pass a Python "
+                            "with torch installed (e.g. --torch_python .venv/bin/python)")
+  if not pathlib.Path(a.peer).is_file():
+    raise FileNotFoundError(f"--peer {a.peer}: no such file; pass the path of torch_gpt.py")
 
 
 def main():
@@ -112,6 +121,7 @@ def main():
   if a.worker == "torch":
     return worker_torch(a.config, a.peer)
 
+  _check_inputs(a)
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
   me = [str(pathlib.Path(__file__).resolve()), "--config", a.config, "--peer", a.peer]
@@ -147,4 +157,6 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  sys.path.insert(0, str(REPO))
+  from train import cli
+  cli.run(main)

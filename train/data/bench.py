@@ -35,13 +35,15 @@ def measure(data_cfg, prepared_dir, *, global_batch_size, process_count=1, num_t
   return tokens / (time.perf_counter() - t)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m train.data.bench")
   p.add_argument("--source", default="embedded")
   p.add_argument("--tokenizer", default="byte")
   p.add_argument("--dir", default="")
   p.add_argument("--steps", type=int, default=200)
   a = p.parse_args(argv)
+  if a.steps < 1:
+    raise ValueError(f"--steps must be >= 1, got {a.steps}")
   base = ml_collections.ConfigDict(dict(source=a.source, tokenizer=a.tokenizer, val_fraction=0.01))
   prepared = a.dir or str(pipeline.default_prepared_dir(base, f"{tempfile.gettempdir()}/unleash-bench"))
   t = time.perf_counter()
@@ -58,8 +60,9 @@ def main(argv=None):
     rows.append(dict(seq_len=seq_len, global_batch=batch, processes=procs, threads=threads,
                      tokens_per_s_per_process=round(tps)))
     print(json.dumps(rows[-1]), flush=True)
-  return rows
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  from train import cli
+  cli.run(main)
