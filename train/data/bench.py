@@ -2,8 +2,8 @@
 
     python -m train.data.bench [--source embedded] [--tokenizer byte] [--dir DIR] [--steps 200]
 
-Prepares the source if needed (default: a cache dir under /tmp/unleash-bench), then times `next()` on the
-train iterator for a few (seq_len, global batch, threads) settings, after a warm-up, and also
+Prepares the source if needed (default: a cache dir under /tmp/unleash-bench), then times
+`next()` on the train iterator for a few (seq_len, global batch, threads) settings, after a warm-up, and also
 as one of 2 simulated processes (each builds only its half of every global batch). The goal
 on a 2-core machine is >= 1M tokens/s per process. The trainer-side consumption rate (tokens/s
 a training step eats) belongs to the trainer's benchmark (train/bench.py).
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
   if a.steps < 1:
     raise ValueError(f"--steps must be >= 1, got {a.steps}")
   base = ml_collections.ConfigDict(dict(source=a.source, tokenizer=a.tokenizer, val_fraction=0.01))
-  prepared = a.dir or str(pipeline.default_prepared_dir(base, f"{tempfile.gettempdir()}/unleash-bench"))
+  cache_root = f"{tempfile.gettempdir()}/unleash-bench"
+  prepared = a.dir or str(pipeline.default_prepared_dir(base, cache_root))
   t = time.perf_counter()
   m = pipeline.prepare_lib.prepare(a.source, a.tokenizer, prepared, progress=False)
   print(json.dumps({"prepare_or_open_s": round(time.perf_counter() - t, 2),
