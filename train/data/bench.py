@@ -2,11 +2,11 @@
 
     python -m train.data.bench [--source embedded] [--tokenizer byte] [--dir DIR] [--steps 200]
 
-Prepares the source if needed (default: a cache dir under /tmp/unleash-bench), then times
-`next()` on the train iterator for a few (seq_len, global batch, threads) settings, after a
-warm-up, and also as one of 2 simulated processes (each builds only its half of every global batch). The goal
-on a 2-core machine is >= 1M tokens/s per process. The trainer-side consumption rate (tokens/s
-a training step eats) belongs to the trainer's benchmark (train/bench.py).
+Prepares the source if needed (default: a cache dir under /tmp/unleash-bench), then times `next()`
+on the train iterator for a few (seq_len, global batch, threads) settings, after a warm-up, and
+also as one of 2 simulated processes (each builds only its half of every global batch). The goal on
+a 2-core machine is >= 1M tokens/s per process. The trainer-side consumption rate (tokens/s a
+training step eats) belongs to the trainer's benchmark (train/bench.py).
 """
 
 from __future__ import annotations
