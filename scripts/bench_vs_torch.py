@@ -51,12 +51,20 @@ def worker_jax(size: str):
   _serve(lambda: timer.run(1))
 
 
+def _peer_shape(size: str) -> dict:
+  """The peer's config dict for a size it does not define (e.g. tiny), from configs/bench.py."""
+  sys.path.insert(0, str(REPO))
+  from configs import bench as bench_cfg
+  keys = ("vocab", "d_model", "n_layer", "n_head", "seq", "batch")
+  return dict(zip(keys, bench_cfg.SIZES[size]))
+
+
 def worker_torch(size: str, peer: str):
   import numpy as np
   import torch
   sys.path.insert(0, str(pathlib.Path(peer).parent))
   import torch_gpt as tg
-  c = tg.CONFIGS[size]
+  c = tg.CONFIGS.get(size) or _peer_shape(size)
   torch.manual_seed(0)
   model = tg.GPT(c)
   decay = [p for p in model.parameters() if p.dim() >= 2]
