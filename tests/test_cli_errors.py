@@ -40,6 +40,8 @@ CASES = [
      ()),
     ("train-field", ["-m", "train", "--config", "configs/default.py:size=tiny", "--workdir",
                      "{tmp}/run", "--config.model.no_such_field=1"], ()),
+    ("train-positional", ["-m", "train", "--config", "configs/default.py:size=tiny",
+                          "--workdir", "{tmp}/run", "extra"], ()),
     ("train-data", ["-m", "train", "--config", "configs/default.py:size=tiny", "--workdir",
                     "{tmp}/run", "--config.data.source=text:/nonexistent/*.txt"], ()),
     ("perplexity", ["-m", "eval.perplexity", "--workdir", MISSING], ()),
