@@ -173,7 +173,7 @@ def run(config, steps: int = 10, warmup: int = 2, depth_check: bool = False) -> 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   cpu_devices.configure(_CONFIG.value)  # before jax is imported, like `python -m train`
   out = run(_CONFIG.value, _STEPS.value, _WARMUP.value, _DEPTH.value)
   text = json.dumps(out)
@@ -184,4 +184,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from train import cli
+  app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)
