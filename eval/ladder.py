@@ -716,4 +716,4 @@ def _define_flags():
 if __name__ == "__main__":
   from absl import app
   _define_flags()
-  app.run(cli.guarded(main))
+  app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)

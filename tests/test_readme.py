@@ -10,6 +10,7 @@ the README's own first command, and every dependency runs once.
 
 import bz2
 import dataclasses
+import json
 import os
 import pathlib
 import re
@@ -32,9 +33,6 @@ TINY_MODEL = ("--config.model.d_model=32 --config.model.num_layers=1 --config.mo
 TINY_RUN = ("--config.train.steps=2 --config.train.warmup_steps=1 --config.train.batch_size=4 "
             "--config.train.log_every=1 --config.eval.batches=1 --config.checkpoint.every=2")
 TINY = f"{TINY_MODEL} {TINY_RUN}"
-
-GPT2_VOCAB = pytest.mark.xfail(strict=False, reason="the GPT-2 preset's vocabulary (50257) does "
-                               "not match the byte tokenizer (260 ids); the preset owner fixes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +67,21 @@ RULES = [
     # The environment is already installed: the first command's training part, tiny.
     Rule(FIRST, lambda cmd: f"python -m train {cmd.split(' -m train ', 1)[1]} {TINY}"),
     Rule("bash scripts/test.sh", skip="runs the test suite that holds this test"),
-    Rule(GPT2, append(f"{TINY} --config.data.seq_len=64 --config.model.max_seq_len=64"),
-         marks=(GPT2_VOCAB,)),
+    Rule(GPT2, append(f"{TINY} --config.data.seq_len=64 --config.model.max_seq_len=64")),
     Rule("python -m train --config configs/default.py:size=tiny",
          replace(("/tmp/smoke", "runs/smoke"), extra="--config.train.steps=2")),
     Rule("python -m model.summary --config configs/gpt3.py:size=175B"),
     Rule("python -m eval.perplexity --workdir runs/default", append("--batches 1"),
          needs=(FIRST,)),
+    Rule("python -m eval.perplexity --workdir runs/default --data text:notes.txt",
+         needs=(FIRST,)),
     # The tiny ladder (the same WSD scheme, 2 sizes) at 3 budgets: 6 points, enough to fit.
     Rule(LADDER, replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'")),
+    Rule(f"{LADDER} --workdir runs/ladder --executor local",
+         replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'"), needs=(LADDER,)),
+    Rule(f"{LADDER} --workdir /shared/ladder --executor ray",
+         skip="needs a Ray cluster at HEAD:6379 (tests/test_ladder_ray.py runs a local one)"),
+    Rule('pip install -e ".[ray]"', skip="installs packages into the environment"),
     Rule("python -m eval.report --workdir runs/ladder", append("--bootstrap 4 --grid coarse"),
          needs=(LADDER,)),
     Rule("python -m eval.fit chinchilla --csv runs/ladder/results.csv",
@@ -85,10 +89,11 @@ RULES = [
     Rule("python -m eval.fit isoflop --csv FILE", replace(("FILE", "isoflop.csv"))),
     Rule("python -m eval.generate --workdir runs/default", needs=(FIRST,)),
     Rule("python -m eval.zeroshot --workdir runs/default", append("--limit 3"), needs=(FIRST,)),
+    Rule("python -m eval.bias --workdir runs/default", append("--limit 4"), needs=(FIRST,)),
     Rule("python -m train --config configs/default.py --workdir runs/ft", append(TINY),
          needs=(FIRST,)),
-    Rule(EXPORT, needs=(GPT2,), marks=(GPT2_VOCAB,)),
-    Rule("python -m eval.hf import --hf-dir hf_dir", needs=(EXPORT,), marks=(GPT2_VOCAB,)),
+    Rule(EXPORT, needs=(GPT2,)),
+    Rule("python -m eval.hf import --hf-dir hf_dir", needs=(EXPORT,)),
     Rule('pip install -e ".[tpu]"', skip="installs packages into the environment"),
     # Searching batch sizes compiles the TPU step many times (minutes): the analytic plan.
     Rule("python -m train.plan --config configs/gpt3.py:size=1.3B",
@@ -100,7 +105,7 @@ RULES = [
          replace(("--config S", "--config tiny"),
                  extra=f"--rounds 1 --k 1 --torch_python {sys.executable} --peer {PEER}"),
          skip="" if PEER.is_file() else f"{PEER} (the PyTorch peer) is not present"),
-    Rule("bash scripts/gpu_bench.sh", skip="needs an H100/H200 GPU"),
+    Rule("bash scripts/gpu_check.sh", skip="needs a GPU (docs/gpu.md)"),
 ]
 
 
@@ -149,6 +154,16 @@ def _write_inputs(ws: pathlib.Path) -> None:
             ["starts to jog down the road.", "eats soup.", "reads a book.", "sleeps."])] * 2
   lines = [line for ctx, gold, endings in items for line in (ctx, str(gold), *endings)]
   (ws / "hellaswag_val.txt.bz2").write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+  (ws / "hellaswag_val.jsonl").write_text("".join(json.dumps(dict(
+      activity_label=ctx.split(":")[0], ctx_a=ctx.split(": ", 1)[1].rsplit(". ", 1)[0] + ".",
+      ctx_b=ctx.rsplit(". ", 1)[1], ctx=ctx.split(": ", 1)[1], endings=endings, label=gold,
+      split="val", split_type="indomain", source_id="x", ind=i)) + "\n"
+      for i, (ctx, gold, endings) in enumerate(items)))
+  (ws / "notes.txt").write_text("Held-out notes of a user.\n\nA second paragraph of them.\n")
+  (ws / "crows_pairs_anonymized.csv").write_text(
+      ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"
+      + "".join(f'{i},"The poor are lazy {i}.","The rich are lazy {i}.",stereo,socioeconomic,'
+                f'"[[\'socioeconomic\']]",a{i},"[\'a1\']"\n' for i in range(4)))
   (ws / "dev.tsv").write_text("sentence\tlabel\na charming journey\t1\nbleak and dull\t0\n"
                               "a delight\t1\na mess\t0\n")
   (ws / "sst2_train.jsonl").write_text("".join(

@@ -48,10 +48,7 @@ def main(argv):
   cpu_devices.configure(config)  # CPU hosts: 2 data-parallel devices; before jax is imported
   _enable_compilation_cache()
   from train import trainer
-  try:
-    trainer.train_and_evaluate(config, _WORKDIR.value)
-  except trainer.NonFiniteError as e:  # a diverged run, not a bug: one line too
-    raise ValueError(str(e)) from e
+  trainer.train_and_evaluate(config, _WORKDIR.value)   # NonFiniteError is a cli.Error
 
 
 if __name__ == "__main__":

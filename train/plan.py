@@ -564,11 +564,7 @@ def main(argv: Sequence[str]) -> None:
   import jax
   # Planning needs no local accelerator; keep a TPU/GPU runtime from initialising here.
   jax.config.update("jax_platforms", "cpu")
-  try:
-    _run(f)
-  except ValueError as e:   # bad topology, mesh or config: the message says what to change
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  _run(f)
 
 
 def _run(f) -> None:
@@ -618,5 +614,6 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
   from absl import app
+  from train import cli
   _define_flags()
-  app.run(main, argv=_normalise_argv(sys.argv))
+  app.run(cli.guarded(main), argv=_normalise_argv(sys.argv), flags_parser=cli.parse_absl_flags)
