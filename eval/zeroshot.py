@@ -493,13 +493,12 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
 
   from train import mesh as mesh_lib
   sharding = mesh_lib.batch_sharding(mesh, rules)
-  with mesh_lib.mesh_context(mesh, rules):
-    jitted = jax.jit(fn, out_shardings=(sharding, sharding))
+  # Compiled once per batch shape inside the mesh and rules; called without entering them.
+  compiled = mesh_lib.MeshFunction(jax.jit(fn, out_shardings=(sharding, sharding)), mesh, rules)
 
   def run(batch):
     arrays = {k: jax.device_put(v, sharding) for k, v in batch.items()}
-    with mesh_lib.mesh_context(mesh, rules):
-      logprob, hit = jitted(params, arrays)
+    logprob, hit = compiled(params, arrays)
     return np.asarray(logprob), np.asarray(hit)
   return run
 
