@@ -363,7 +363,7 @@ def metric_for(config) -> str:
 
 
 def evaluate_run(run, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict:
-  """Scores `pairs` with a run from train.trainer.load_run, on the run's mesh, with the
+  """Scores `pairs` with a run from train.run.load_run, on the run's mesh, with the
   metric its model calls for."""
   from eval import zeroshot
   from train import mesh as mesh_lib
@@ -426,8 +426,8 @@ def main(argv=None) -> int:
   if not pathlib.Path(args.workdir).is_dir():
     raise FileNotFoundError(f"run directory {args.workdir} does not exist; pass the --workdir "
                             "of a training run")
-  from train import trainer
-  run = trainer.load_run(args.workdir, step=args.step)
+  from train import run as run_lib
+  run = run_lib.load_run(args.workdir, step=args.step)
   result = evaluate_run(run, pairs, batch_size=args.batch_size)
   print(format_report(result))
   if args.json:

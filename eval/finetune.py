@@ -39,8 +39,8 @@ def render_sst2(tsv_path, out_path, *, limit: int = 0) -> int:
 def finetune_config(base_workdir: str, source: str, *, steps: int, learning_rate: float,
                     warmup_steps: int, batch_size: int | None = None):
   """The base run's config with init_from=base, a new data source and a short schedule."""
-  from train import trainer
-  config = trainer.config_from_workdir(base_workdir)
+  from train import run as run_lib
+  config = run_lib.config_from_workdir(base_workdir)
   config.init_from = str(base_workdir)
   config.name = f"{config.name}-finetune"
   config.data.source = source
@@ -69,6 +69,7 @@ def main(argv=None):
   ap.add_argument("--limit-dev", type=int, default=0, help="first N dev examples")
   args = ap.parse_args(argv)
 
+  from train import run as run_lib
   from train import trainer
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -76,13 +77,13 @@ def main(argv=None):
   jsonl = workdir / "sst2_train.jsonl"
   n = render_sst2(args.train, jsonl, limit=args.limit_train)
 
-  before = zeroshot.evaluate_run(trainer.load_run(args.base), dev)
+  before = zeroshot.evaluate_run(run_lib.load_run(args.base), dev)
   print(json.dumps({"before": {k: before[k] for k in ("n", "acc", "majority")}}), flush=True)
   config = finetune_config(args.base, f"jsonl:{jsonl.resolve()}:text", steps=args.steps,
                            learning_rate=args.lr, warmup_steps=args.warmup_steps,
                            batch_size=args.batch_size or None)
   out = trainer.train_and_evaluate(config, str(workdir))
-  after = zeroshot.evaluate_run(trainer.load_run(str(workdir)), dev)
+  after = zeroshot.evaluate_run(run_lib.load_run(str(workdir)), dev)
   report = dict(train_examples=n, steps=args.steps, dev_n=len(dev.items),
                 acc_before=before["acc"], acc_after=after["acc"], majority=before["majority"],
                 finetune_val_loss=out.get("val_loss"))

@@ -316,8 +316,8 @@ def main(argv=None) -> int:
   if args.num_samples < 1:
     raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
 
-  from train import trainer
-  run = trainer.load_run(args.workdir, step=args.step)
+  from train import run as run_lib
+  run = run_lib.load_run(args.workdir, step=args.step)
   tok = run.tokenizer
   prompt_ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
   stop = () if args.no_stop else (tok.eos_id,)

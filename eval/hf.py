@@ -401,7 +401,7 @@ def import_dir(hf_dir, **overrides):
 
 def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
   """Imports a HF directory as a params-only run in `workdir` (train.checkpoint.save_params),
-  so `trainer.load_run(workdir)`, `config.init_from=workdir` and the eval CLIs accept it.
+  so `run_lib.load_run(workdir)`, `config.init_from=workdir` and the eval CLIs accept it.
 
   The tokenizer: `tokenizer` if given, else the directory's tokenizer.json (copied into the
   workdir with its tokenizer_config.json, which names the special tokens), else our byte
@@ -449,8 +449,8 @@ def main(argv=None):
   im.add_argument("--tokenizer", default="", help="tokenizer spec if the HF dir has none")
   args = ap.parse_args(argv)
   if args.cmd == "export":
-    from train import trainer
-    run = trainer.load_run(args.workdir)
+    from train import run as run_lib
+    run = run_lib.load_run(args.workdir)
     params = jax.tree.map(np.asarray, run.params)
     conf = export_dir(run.config.model, params, args.out, arch=args.arch,
                       tokenizer=run.tokenizer, bos=args.bos)

@@ -3,7 +3,7 @@
     python -m eval.perplexity --workdir RUN [--data SOURCE] [--split val|all] [--batches N]
         [--batch_size B] [--val_fraction F] [--step S] [--json OUT]
 
-Loads the run with the trainer's own API (`train.trainer.load_run`: config, params sharded
+Loads the run with the trainer's own API (`train.run.load_run`: config, params sharded
 over the run's mesh, tokenizer) and evaluates with the trainer's eval step and aggregation
 (`train.evaluate`), so these numbers are the ones training reports. `--data` evaluates on
 another source (any `data.source` spec: embedded, text:<glob>, synthetic:markov, ...),
@@ -49,6 +49,7 @@ def evaluate_run(workdir: str, *, data: str | None = None, batches: int | None =
   import jax
   from train import evaluate as eval_lib
   from train import mesh as mesh_lib
+  from train import run as run_lib
   from train import trainer
   from train.data import tokenizer as tok_lib
 
@@ -64,7 +65,7 @@ def evaluate_run(workdir: str, *, data: str | None = None, batches: int | None =
     sources.open_source(data)
     if val_fraction is not None:
       split_lib.check_val_fraction(val_fraction)
-  run = trainer.load_run(workdir, step=step)
+  run = run_lib.load_run(workdir, step=step)
   config = run.config
   tok_lib.check_vocab_size(run.tokenizer, int(config.model.vocab_size))
   gbs = int(batch_size or config.train.batch_size)

@@ -511,7 +511,7 @@ def context_length(run) -> int:
 
 def evaluate_run(run, task: Task, *, batch_size: int = 32, window: int | None = None,
                  bos: str = "auto") -> dict:
-  """Evaluates `task` with a run from train.trainer.load_run, on the run's mesh. `window`
+  """Evaluates `task` with a run from train.run.load_run, on the run's mesh. `window`
   defaults to the model's context length; the result records `window`, `bos` (the mode) and
   `bos_added`, and `lm_eval_comparable` is true only with the comparable settings."""
   from train import mesh as mesh_lib
@@ -564,8 +564,8 @@ def main(argv=None):
   if args.window < 0 or args.batch_size < 1 or args.limit < 0:
     raise ValueError("--window and --limit must be >= 0 and --batch-size >= 1")
   tasks = [load_task(spec, args.limit) for spec in args.task]  # parse errors before loading
-  from train import trainer
-  run = trainer.load_run(args.workdir, step=args.step)
+  from train import run as run_lib
+  run = run_lib.load_run(args.workdir, step=args.step)
   window = args.window or context_length(run)
   print(f"scoring with a {window}-token window (model context length "
         f"{context_length(run)}), bos={args.bos} (BOS added: "

@@ -91,8 +91,8 @@ def train_rows(workdir):
 
 def final_params(workdir):
   import jax
-  from train import trainer
-  run_ = trainer.load_run(str(workdir))
+  from train import run as run_lib
+  run_ = run_lib.load_run(str(workdir))
   return run_.step, jax.tree_util.tree_map(np.asarray, run_.params)
 
 

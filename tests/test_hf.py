@@ -180,14 +180,14 @@ def test_cli_export_from_run_and_import(tmp_path, monkeypatch, capsys):
   import types
   from flax import serialization
   from configs import base
-  from train import trainer
+  from train import run as run_lib
   from train.data import tokenizer as tok_lib
   tok = tok_lib.train_bpe(["plain text for a tiny tokenizer"] * 5, 270, tmp_path / "tok.json")
   config = base.base_config()
   config.model.update(**{**GPT2, "vocab_size": tok.vocab_size})
   cfg = ModelConfig.from_config(config.model)
   params = _random_params(cfg)
-  monkeypatch.setattr(trainer, "load_run", lambda workdir, **kw: types.SimpleNamespace(
+  monkeypatch.setattr(run_lib, "load_run", lambda workdir, **kw: types.SimpleNamespace(
       config=config, params=params, tokenizer=tok))
   hf.main(["export", "--workdir", "RUN", "--out", str(tmp_path / "hf")])
   assert "wrote gpt2 model" in capsys.readouterr().out
@@ -251,16 +251,16 @@ def test_special_tokens_are_asked_of_the_tokenizer(tmp_path):
 
 
 def test_import_to_run_is_loadable(tmp_path):
-  """An HF directory becomes a params-only run that trainer.load_run (and so init_from and the
+  """An HF directory becomes a params-only run that run_lib.load_run (and so init_from and the
   eval CLIs) accepts, with the same logits, and keeps the model's context length (300
   positions, more than the default data.seq_len of 256) as the zero-shot window."""
   from eval import zeroshot
-  from train import trainer
+  from train import run as run_lib
   cfg = ModelConfig(**{**GPT2, "vocab_size": 260, "max_seq_len": 300})
   params = _random_params(cfg)
   hf.export_dir(cfg, params, tmp_path / "hf")
   hf.main(["import", "--hf-dir", str(tmp_path / "hf"), "--workdir", str(tmp_path / "run")])
-  run = trainer.load_run(str(tmp_path / "run"))
+  run = run_lib.load_run(str(tmp_path / "run"))
   assert run.tokenizer.vocab_size == 260 and run.config.model.d_model == 32
   assert run.config.data.seq_len == zeroshot.context_length(run) == 300
   tokens = _tokens(cfg)

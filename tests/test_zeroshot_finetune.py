@@ -9,6 +9,7 @@ import pytest
 
 from configs import default
 from eval import finetune
+from train import run as run_lib
 from train import trainer
 
 # Distinct first letters: a tiny byte model separates them within the step budget (with
@@ -60,4 +61,4 @@ def test_finetune_from_run_learns_the_task(tmp_path, capsys):
   assert report["dev_n"] == 40 and report["train_examples"] == 400
   assert report["acc_after"] >= 0.9 > report["acc_before"]
   # The fine-tuned run kept the base model's shape and is a normal run.
-  assert trainer.config_from_workdir(str(tmp_path / "ft")).init_from == str(tmp_path / "base")
+  assert run_lib.config_from_workdir(str(tmp_path / "ft")).init_from == str(tmp_path / "base")

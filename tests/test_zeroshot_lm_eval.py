@@ -138,7 +138,7 @@ def _randomise_norms(model):
 
 
 def test_gpt2_imported_run_matches_lm_eval(tmp_path):
-  from train import trainer
+  from train import run as run_lib
   hf_dir = tmp_path / "gpt2"
   hf_dir.mkdir()
   vocab = _gpt2_tokenizer_json(hf_dir / "tokenizer.json")
@@ -148,7 +148,7 @@ def test_gpt2_imported_run_matches_lm_eval(tmp_path):
       initializer_range=0.3, bos_token_id=0, eos_token_id=0)))
   model.save_pretrained(hf_dir, safe_serialization=True)
   hf.import_to_run(hf_dir, tmp_path / "run")  # the tokenizer.json alone names no roles
-  run = trainer.load_run(str(tmp_path / "run"))
+  run = run_lib.load_run(str(tmp_path / "run"))
   tok = run.tokenizer
   assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id, tok.adds_bos) == (0, 0, 0, None,
                                                                               False)

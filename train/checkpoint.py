@@ -365,7 +365,7 @@ def _restore_args(target: Any) -> Any:
 
 def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
   """Writes a params-only checkpoint (state={"params": ...} + config) into WORKDIR/checkpoints,
-  so that `init_from=WORKDIR` and `trainer.load_run(WORKDIR)` accept parameters that did not
+  so that `init_from=WORKDIR` and `run_lib.load_run(WORKDIR)` accept parameters that did not
   come from our trainer (e.g. imported from Hugging Face by eval/hf.py). Returns the step dir."""
   directory = run_path(workdir) / CHECKPOINT_DIR
   manager = ocp.CheckpointManager(
