@@ -27,49 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-GiB = 1024 ** 3
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  """One accelerator chip as the planner sees it (one JAX device per chip)."""
-  name: str
-  hbm_bytes: int
-  peak_bf16_flops: float      # dense bf16 FLOP/s per chip
-  ndims: int                  # topology dimensions: 2 (v5e, v6e) or 3 (v4, v5p)
-  libtpu_name: str = ""       # prefix libtpu expects in "name:AxB"; "" = no AOT compile
-  chip_config: str = "default"
-
-  @property
-  def is_gpu(self) -> bool:
-    return self.ndims == 1
-
-
-# TPU HBM is what XLA lets a program use (its per-chip limit: 15.75 of v5e's 16 GiB, 31.25 of
-# v6e's 32 GiB), not the data-sheet size; GPU HBM is the physical size (see usable_bytes).
-CHIPS = {
-    "v4": Chip("v4", 32 * GiB, 275e12, 3, "v4", "megacore"),
-    "v5e": Chip("v5e", int(15.75 * GiB), 197e12, 2, "v5e"),
-    "v5p": Chip("v5p", 95 * GiB, 459e12, 3, "v5p", "megacore"),
-    "v6e": Chip("v6e", int(31.25 * GiB), 918e12, 2, "v6e"),
-    # GPUs: analytic estimate only (AOT compilation for GPUs needs the devices).
-    "a100": Chip("a100", 80 * GiB, 312e12, 1),
-    "h100": Chip("h100", 80 * GiB, 989e12, 1),
-    "h200": Chip("h200", 141 * GiB, 989e12, 1),
-}
-
-GPU_MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
-GPU_DEFAULT_MEM_FRACTION = 0.75
-
-
-def usable_bytes(chip: Chip) -> int:
-  """Memory a JAX program can use on one chip, what plans are judged against. On GPUs JAX
-  preallocates XLA_PYTHON_CLIENT_MEM_FRACTION (0.75 unless set) of the memory as the pool
-  every array lives in, so a run needs to fit in that fraction, not in the whole HBM."""
-  if not chip.is_gpu:
-    return chip.hbm_bytes
-  fraction = float(os.environ.get(GPU_MEM_FRACTION_ENV) or GPU_DEFAULT_MEM_FRACTION)
-  return int(chip.hbm_bytes * fraction)
+from train.hardware import CHIPS, GPU_MEM_FRACTION_ENV, Chip, GiB, usable_bytes  # noqa: F401
 
 REMAT_ORDER = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "full")
 
