@@ -78,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer="byte",       # byte | path to tokenizer.json / SentencePiece model
       seq_len=256,
       prepared_dir="",        # where prepared shards live; empty: a cache under the workdir
-      val_fraction=0.01,      # fraction of documents (by id hash) held out per domain
+      val_fraction=0.01,      # fraction of documents (by content hash) held out per domain
       num_workers=0,
   ))
   c.train = ml_collections.ConfigDict(dict(
@@ -89,8 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
       mlm_probability=0.15,
       optimizer="adamw",      # adamw | adafactor | lion
       learning_rate=1e-3,
-      b1=0.9,
-      b2=0.95,
+      b1=ml_collections.config_dict.placeholder(float),  # unset: the optimizer's default
+      b2=ml_collections.config_dict.placeholder(float),  # (adamw 0.9/0.95, lion 0.9/0.99)
       eps=1e-8,
       weight_decay=0.1,
       decay_embeddings=False,
@@ -103,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
       z_loss=0.0,
       max_nonfinite_steps=10,  # consecutive skipped updates before stopping
       log_every=20,
+      transfer_guard="disallow",  # jax.transfer_guard around the step: disallow | log | allow
   ))
   c.eval = ml_collections.ConfigDict(dict(
       every=250,
@@ -113,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
       keep=3,
       keep_every=0,           # also keep every M-th step (0: off)
       async_save=True,
+      preemption_poll_every=10,  # multi-process: steps between cross-process stop checks
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1, 1),       # (data, fsdp, tensor) within a slice; one entry may be -1

@@ -3,6 +3,11 @@ token-type embeddings, a pooler and the tied masked-LM head. Published sizes: 11
 (HF BertModel without the MLM head: 109,482,240 / 335,141,888).
 
     --config configs/bert.py:size=base|large
+
+With the default byte tokenizer (260 ids) the vocabulary rows past 260 are padding (allowed,
+with one logged note); for the published vocabulary train a BPE to this size
+(`python -m train.data.tokenizer train --vocab-size 30522 --out tok.json`) and pass
+`--config.data.tokenizer=tok.json`.
 """
 
 from configs import base

@@ -16,7 +16,7 @@ def _tiny(c):
   c.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=16,
                  mlp_dim=64, max_seq_len=32)
   c.data.seq_len = 32
-  c.train.update(steps=40, batch_size=8, warmup_steps=4, learning_rate=3e-3, log_every=10)
+  c.train.update(steps=40, batch_size=8, warmup_steps=1, learning_rate=3e-3, log_every=10)
   c.eval.update(every=20, batches=2)
   c.checkpoint.update(every=20, keep=2)
 

@@ -2,6 +2,11 @@
 GELU, tied embeddings, 40478-token BPE vocabulary, context 512.
 
     --config configs/gpt1.py
+
+With the default byte tokenizer (260 ids) the vocabulary rows past 260 are padding (allowed,
+with one logged note); for the published vocabulary train a BPE to this size
+(`python -m train.data.tokenizer train --vocab-size 40478 --out tok.json`) and pass
+`--config.data.tokenizer=tok.json`.
 """
 
 from configs import base

@@ -4,6 +4,11 @@
 
 Published parameter counts (HF checkpoints): 124,439,808 / 354,823,168 / 774,030,080 /
 1,557,611,200, which these shapes reproduce. Vocabulary 50257 (GPT-2 BPE), context 1024.
+
+With the default byte tokenizer (260 ids) the vocabulary rows past 260 are padding (allowed,
+with one logged note); for the published vocabulary train a BPE to this size
+(`python -m train.data.tokenizer train --vocab-size 50257 --out tok.json`) and pass
+`--config.data.tokenizer=tok.json`.
 """
 
 from configs import base

@@ -6,6 +6,11 @@ Batch sizes (0.5M..3.2M tokens, here in sequences) and learning rates are the pa
 Departures from the table, both because its rows are inconsistent: 1.3B lists 24 heads of
 d_head 128 (24*128 != 2048); we keep d_head=128 and use 16 heads. 13B lists d_model 5140 with 40 heads of 128; we use 5120 = 40*128.
 GPT-3's alternating locally-banded sparse attention is not modelled (all layers dense).
+
+With the default byte tokenizer (260 ids) the vocabulary rows past 260 are padding (allowed,
+with one logged note); for the published vocabulary train a BPE to this size
+(`python -m train.data.tokenizer train --vocab-size 50257 --out tok.json`) and pass
+`--config.data.tokenizer=tok.json`.
 """
 
 from configs import base

@@ -21,7 +21,14 @@ ladder fields:
                   [min_steps, max_steps] is skipped for that budget
   decay_fraction  wsd: fraction of each budget spent cooling down
   cooldown        wsd cooldown shape: linear | 1-sqrt
-  parallel        worker processes (points are split by size)
+  parallel        --executor local: worker processes (points are split by size)
+  resources       --executor ray: what one point asks of a node, e.g. {"CPU": 1},
+                  {"GPU": 1}, {"TPU": 4} or {"TPU": 4, "TPU-v6e-8-head": 1} (CPU and GPU
+                  map to num_cpus / num_gpus, any other key to a custom Ray resource)
+  retries         --executor ray: restarts of a point whose worker dies (it resumes from its
+                  checkpoints)
+  schedule_timeout_s  --executor ray: how long to wait for a node that offers `resources`
+                  (an autoscaler may be adding one) before stopping with an error
 """
 
 import ml_collections
@@ -45,7 +52,8 @@ _TINY_SIZES = (
 def _ladder(**kw) -> ml_collections.ConfigDict:
   d = dict(scheme="wsd", sizes=_CPU_SIZES, mlp_ratio=4, steps=(150, 300, 600),
            flop_budgets=(), min_steps=20, max_steps=5000, decay_fraction=0.2,
-           cooldown="linear", parallel=1)
+           cooldown="linear", parallel=1, resources={"CPU": 1}, retries=3,
+           schedule_timeout_s=300.0)
   d.update(kw)
   return ml_collections.ConfigDict(d)
 

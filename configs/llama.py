@@ -3,6 +3,12 @@ biases. `tiny` trains on the CPU with the byte tokenizer; `1B` has TinyLlama-1.1
 (1,100,048,384 params) and `7B` Llama-2-7B's (6,738,415,616; MHA as published).
 
     --config configs/llama.py:size=tiny|small|1B|7B
+
+With the default byte tokenizer (260 ids) the 32000-row vocabularies (small, 1B, 7B) are
+padding past row 260 (allowed, with one logged note); for the published vocabulary train a
+BPE to this size
+(`python -m train.data.tokenizer train --vocab-size 32000 --out tok.json`) and pass
+`--config.data.tokenizer=tok.json`.
 """
 
 from configs import base

@@ -1,10 +1,11 @@
 """Fine-tuning demo: start from a trained run (`config.init_from`), train on SST-2 rendered as
 text, and report SST-2 accuracy before and after.
 
-Each training example becomes one document in the zero-shot prompt format
+Each training example becomes one document in the review format
 ("Review: <sentence>\nSentiment: positive"), written as JSONL and read by the data pipeline's
-`jsonl:<path>:text` source, so the fine-tuned model is scored exactly as the base model was
-(eval/zeroshot.py, label words " negative" / " positive").
+`jsonl:<path>:text` source, and both models are scored on the dev set in that same format
+(eval/zeroshot.py task `sst2_review`, label words " negative" / " positive"), so "before" and
+"after" compare like for like. (The lm-eval-comparable `sst2` task uses a different prompt.)
 
     python -m eval.finetune --base runs/default --workdir runs/sst2 \
         --train ../shared/data/sst2/train.tsv --dev ../shared/data/sst2/dev.tsv --steps 300
@@ -21,23 +22,25 @@ import json
 import pathlib
 
 from eval import zeroshot
+from train import cli
 
 
 def render_sst2(tsv_path, out_path, *, limit: int = 0) -> int:
   """Writes SST-2 examples as JSONL documents {"text": prompt + label word}; returns count."""
-  task = zeroshot.read_sst2(tsv_path)
+  task = zeroshot.read_sst2_review(tsv_path)
   items = task.items[:limit] if limit > 0 else task.items
   with open(out_path, "w", encoding="utf-8") as f:
     for item in items:
-      f.write(json.dumps({"text": item.context + item.choices[item.label]}) + "\n")
+      text = item.context + item.delimiter + item.choices[item.label]
+      f.write(json.dumps({"text": text}) + "\n")
   return len(items)
 
 
 def finetune_config(base_workdir: str, source: str, *, steps: int, learning_rate: float,
                     warmup_steps: int, batch_size: int | None = None):
   """The base run's config with init_from=base, a new data source and a short schedule."""
-  from train import trainer
-  config = trainer.config_from_workdir(base_workdir)
+  from train import run as run_lib
+  config = run_lib.config_from_workdir(base_workdir)
   config.init_from = str(base_workdir)
   config.name = f"{config.name}-finetune"
   config.data.source = source
@@ -66,20 +69,21 @@ def main(argv=None):
   ap.add_argument("--limit-dev", type=int, default=0, help="first N dev examples")
   args = ap.parse_args(argv)
 
+  from train import run as run_lib
   from train import trainer
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  dev = zeroshot.load_task(f"sst2:{args.dev}", args.limit_dev)
+  dev = zeroshot.load_task(f"sst2_review:{args.dev}", args.limit_dev)
   jsonl = workdir / "sst2_train.jsonl"
   n = render_sst2(args.train, jsonl, limit=args.limit_train)
 
-  before = zeroshot.evaluate_run(trainer.load_run(args.base), dev)
+  before = zeroshot.evaluate_run(run_lib.load_run(args.base), dev)
   print(json.dumps({"before": {k: before[k] for k in ("n", "acc", "majority")}}), flush=True)
   config = finetune_config(args.base, f"jsonl:{jsonl.resolve()}:text", steps=args.steps,
                            learning_rate=args.lr, warmup_steps=args.warmup_steps,
                            batch_size=args.batch_size or None)
   out = trainer.train_and_evaluate(config, str(workdir))
-  after = zeroshot.evaluate_run(trainer.load_run(str(workdir)), dev)
+  after = zeroshot.evaluate_run(run_lib.load_run(str(workdir)), dev)
   report = dict(train_examples=n, steps=args.steps, dev_n=len(dev.items),
                 acc_before=before["acc"], acc_after=after["acc"], majority=before["majority"],
                 finetune_val_loss=out.get("val_loss"))
@@ -88,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -9,6 +9,14 @@ cache with segment 0), and each row's positions count from its own first token
 unpadded forward pass. Every row's last prompt token is then in slot P - 1 and all rows decode
 in lockstep at slot P + step.
 
+Past the model's `max_seq_len`: a learned position table has no row for position
+max_seq_len, so the context becomes a sliding window of the last max_seq_len tokens (a longer
+prompt keeps its last max_seq_len tokens). Every token's position changes when the window
+moves, so cached keys are stale: each step past the table re-runs the window through the
+model (no cache), which gives exactly the logits of a fresh forward pass over the window.
+RoPE, sinusoidal and no position encoding have no table: decoding simply continues with the
+cache at positions the model was not trained on.
+
     python -m eval.generate --workdir runs/default --prompt "ROMEO:" --num-samples 2 \
         --max-new-tokens 200 --temperature 0.8 --top-k 40 --seed 1
 """
@@ -56,13 +64,15 @@ def filter_logits(logits_BxV, *, top_k: int = 0, top_p: float = 1.0):
 def sample_tokens(logits_BxV, rng, *, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0):
   """Next tokens [B] int32. temperature == 0 is greedy (argmax); otherwise sample from
-  softmax(filter(logits) / temperature)."""
+  softmax(filter(logits / temperature)). The nucleus is taken from the tempered distribution
+  (as Hugging Face does), so top_p bounds the mass of what is actually sampled."""
   if temperature < 0:
     raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
   if temperature == 0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits_BxV = filter_logits(logits_BxV, top_k=top_k, top_p=top_p)
-  return jax.random.categorical(rng, logits_BxV / temperature, axis=-1).astype(jnp.int32)
+  tempered_BxV = logits_BxV.astype(jnp.float32) / temperature
+  tempered_BxV = filter_logits(tempered_BxV, top_k=top_k, top_p=top_p)
+  return jax.random.categorical(rng, tempered_BxV, axis=-1).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +127,28 @@ class Generator:
     if not self.cfg.causal:
       raise ValueError("generation needs a causal decoder (model.attention_mask=causal)")
     self.model = Transformer(self.cfg, decode=True)
+    self.window_model = Transformer(self.cfg)
     self.params = params
     self.pad_id = int(pad_id)
     self._compiled = {}
+
+  @property
+  def slides(self) -> bool:
+    """Whether the context slides past max_seq_len (a learned table has no later rows)."""
+    return self.cfg.pos_encoding == "learned"
+
+  def context_note(self, prompt_len: int, max_new_tokens: int) -> str | None:
+    """One line saying what happens when a prompt plus its continuation outgrows
+    model.max_seq_len; None when it fits."""
+    longest, table = prompt_len + max_new_tokens - 1, self.cfg.max_seq_len
+    if longest <= table:
+      return None
+    head = (f"prompt ({prompt_len} tokens) + {max_new_tokens} new tokens go past "
+            f"model.max_seq_len={table}")
+    if self.slides:
+      return f"{head}: learned positions, so the context slides (the last {table} tokens)"
+    return (f"{head}: {self.cfg.pos_encoding} positions continue past the longest sequence "
+            "the model was built for")
 
   def _empty_cache(self, batch: int, length: int):
     from model.transformer import init_cache
@@ -131,11 +160,26 @@ class Generator:
         segment_ids_BxL=seg_BxT, mutable=["cache"])
     return logits_BxTxV, mutated["cache"]
 
+  def _window_logits(self, params, all_BxW, pads_B, end):
+    """Next-token logits [B, V] from a fresh forward pass (no cache) over slots
+    [end - max_seq_len, end): positions restart at 0 at the window's first real token, and
+    left padding still inside the window keeps segment 0."""
+    width = self.cfg.max_seq_len
+    start = end - width
+    window_BxL = jax.lax.dynamic_slice_in_dim(all_BxW, start, width, axis=1)
+    slot_BxL = start + jnp.arange(width)[None, :]
+    seg_BxL = (slot_BxL >= pads_B[:, None]).astype(jnp.int32)
+    pos_BxL = jnp.maximum(slot_BxL - jnp.maximum(pads_B, start)[:, None], 0)
+    logits_BxLxV = self.window_model.apply({"params": params}, window_BxL,
+                                           positions_BxL=pos_BxL, segment_ids_BxL=seg_BxL)
+    return logits_BxLxV[:, -1]
+
   def _run(self, params, tokens_BxP, seg_BxP, positions_BxP, pads_B, rng, *, sc: SamplingConfig,
            stream: Callable | None, return_logits: bool):
     b, p = tokens_BxP.shape
     n = sc.max_new_tokens
-    cache = self._empty_cache(b, p + n)
+    table = self.cfg.max_seq_len
+    cache = self._empty_cache(b, min(p + n, table) if self.slides else p + n)
     logits_BxPxV, cache = self._apply(params, cache, tokens_BxP, positions_BxP, seg_BxP)
     stop_S = jnp.asarray(sc.stop_ids if sc.stop_ids else (-1,), jnp.int32)
     v = logits_BxPxV.shape[-1]
@@ -161,11 +205,16 @@ class Generator:
              logits_out, rng)
     state = emit(state, logits_BxPxV[:, -1])
 
-    def cond(state):
+    def more(state):
       step, _, _, done_B, *_ = state
       return (step < n) & ~jnp.all(done_B)
 
-    def body(state):
+    def in_table(state):  # the token to feed (slot p + step - 1) has a position row
+      if not self.slides:
+        return more(state)
+      return more(state) & (p + state[0] - 1 < table)
+
+    def cached_step(state):
       step, cache, tok_B, *rest = state
       slot = p + step - 1  # the cache slot of tok_B
       pos_Bx1 = (slot - pads_B)[:, None]
@@ -173,7 +222,15 @@ class Generator:
                                         jnp.ones_like(pos_Bx1))
       return emit((step, cache, tok_B, *rest), logits_Bx1xV[:, 0])
 
-    step, _, _, done_B, out_BxN, logits_out, _ = jax.lax.while_loop(cond, body, state)
+    def window_step(state):
+      step, out_BxN = state[0], state[4]
+      all_BxW = jnp.concatenate([tokens_BxP, out_BxN], axis=1)
+      return emit(state, self._window_logits(params, all_BxW, pads_B, p + step))
+
+    state = jax.lax.while_loop(in_table, cached_step, state)
+    if self.slides and p + n - 1 > table:
+      state = jax.lax.while_loop(more, window_step, state)
+    _, _, _, done_B, out_BxN, logits_out, _ = state
     return out_BxN, done_B, logits_out
 
   def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
@@ -183,16 +240,14 @@ class Generator:
     return_logits, `logits` [B, max_new_tokens, V] (the logits each token was drawn from).
 
     `stream(step, tokens_B, done_B)` is called on the host as each step's tokens are drawn.
+    With learned positions a prompt longer than max_seq_len keeps its last max_seq_len tokens.
     """
     sampling = dataclasses.replace(sampling, stop_ids=tuple(int(t) for t in sampling.stop_ids))
     sampling.validate()
+    if self.slides:
+      prompts = [list(q)[-self.cfg.max_seq_len:] for q in prompts]
     tokens, seg, positions, pads = left_pad(prompts, self.pad_id)
     b, p = tokens.shape
-    longest = p + sampling.max_new_tokens
-    if self.cfg.pos_encoding == "learned" and longest > self.cfg.max_seq_len:
-      raise ValueError(f"prompt ({p} tokens) + max_new_tokens ({sampling.max_new_tokens}) = "
-                       f"{longest} exceeds the learned position table (model.max_seq_len="
-                       f"{self.cfg.max_seq_len}); shorten the prompt or max_new_tokens")
     key = (b, p, sampling, stream, return_logits)
     if key not in self._compiled:
       self._compiled[key] = jax.jit(functools.partial(
@@ -244,7 +299,7 @@ class TextStreamer:
     self.shown[r] = len(text)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   import argparse
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run directory")
@@ -258,14 +313,19 @@ def main(argv=None):
   ap.add_argument("--no-stop", action="store_true", help="do not stop at the EOS token")
   ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   args = ap.parse_args(argv)
+  if args.num_samples < 1:
+    raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
 
-  from train import trainer
-  run = trainer.load_run(args.workdir, step=args.step)
+  from train import run as run_lib
+  run = run_lib.load_run(args.workdir, step=args.step)
   tok = run.tokenizer
   prompt_ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
   stop = () if args.no_stop else (tok.eos_id,)
   sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, stop)
   gen = Generator(run.config.model, run.params, pad_id=tok.pad_id)
+  note = gen.context_note(len(prompt_ids), args.max_new_tokens)
+  if note:
+    print(f"note: {note}", file=sys.stderr)
   n = args.num_samples
   streamer = TextStreamer(tok, n, stop_ids=stop) if n == 1 else None
   if n == 1:
@@ -278,7 +338,9 @@ def main(argv=None):
     for r, row in enumerate(out["tokens"]):
       row = [t for t in row if t not in stop]
       print(f"--- sample {r} ---\n{args.prompt}{tok.decode(row)}")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  from train import cli
+  cli.run(main)

@@ -3,7 +3,9 @@ directory (config.json + model.safetensors + tokenizer files when the run has th
 such a directory from disk into our parameters. Needs numpy and safetensors only (no torch):
 `transformers` is needed just to *run* the exported model (tests: the `hf` extra).
 
-Weight layouts (ours -> HF, D embed, N heads, K kv heads, H head_dim, F mlp):
+Weights convert through one declarative table per architecture (`conversion_table`: our
+path, HF key, transform, inverse), which generates export, import and the shapes import
+checks. Layouts (ours -> HF, D embed, N heads, K kv heads, H head_dim, F mlp):
   GPT-2  Conv1D weights are [in, out], i.e. our kernels flattened: c_attn = [q | k | v] of
          [D, N*H] each, c_proj = out [N*H, D]; c_fc = wi, mlp.c_proj = wo; wte is tied
          (lm_head.weight is not stored); wpe is the learned position table; ln_1/ln_2/ln_f.
@@ -14,7 +16,7 @@ RoPE: HF Llama applies `rotate_half` (pairs dims i and i + H/2), and so does our
 model/positional.apply_rope, so q/k weights map without permutation. (Meta's original
 checkpoints use interleaved pairs; HF's conversion script permutes them into this layout.)
 
-    python -m eval.hf export --workdir runs/gpt2 --out hf_out [--arch gpt2|llama]
+    python -m eval.hf export --workdir runs/gpt2 --out hf_out [--arch gpt2|llama] [--bos auto]
     python -m eval.hf import --hf-dir hf_out --workdir runs/imported   # then init_from / eval
     python -m eval.hf import --hf-dir hf_out --out params.msgpack
 """
@@ -25,10 +27,14 @@ import dataclasses
 import json
 import pathlib
 import shutil
-from typing import Any
+from typing import Callable
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from train import cli
 
 ARCHS = ("gpt2", "llama")
 
@@ -150,21 +156,121 @@ def model_config_from_hf(hf: dict, **overrides):
 # ----------------------------------------------------------------------------- weights
 
 
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One row of a conversion table: our leaves `ours` ('/'-joined paths, inside a layer's
+  dict for per-layer rows) <-> the HF tensor `theirs` ('{i}': the layer index).
+  `to_hf(*leaves) -> tensor`; `from_hf(tensor, *leaf_shapes) -> leaves`, its inverse. Both
+  directions, and the HF shapes checked on import, come from the same row."""
+  ours: tuple[str, ...]
+  theirs: str
+  to_hf: Callable
+  from_hf: Callable
+
+
+_reshape = lambda t, s: (t.reshape(s),)         # inverse of any flattening below
+_transpose_reshape = lambda t, s: (t.T.reshape(s),)
+_by_rows = lambda a: a.reshape(a.shape[0], -1)  # [D, N, H] -> [D, N*H]
+_by_cols = lambda a: a.reshape(-1, a.shape[-1])  # [N, H, D] -> [N*H, D]
+
+
+def _same(ours: str, theirs: str) -> Entry:
+  return Entry((ours,), theirs, lambda a: a, _reshape)
+
+
+def _fused(ours: tuple[str, ...], theirs: str, flatten, axis: int) -> Entry:
+  """Several leaves flattened by `flatten` and concatenated along `axis` (GPT-2's c_attn)."""
+  def from_hf(t, *shapes):
+    sizes = [int(np.prod(s[axis:])) for s in shapes]
+    parts = np.split(t, np.cumsum(sizes)[:-1], axis=axis)
+    return tuple(p.reshape(s) for p, s in zip(parts, shapes))
+  return Entry(ours, theirs, lambda *a: jnp.concatenate([flatten(x) for x in a], axis), from_hf)
+
+
+def _linear(ours: str, theirs: str, flatten=lambda a: a) -> Entry:
+  """A torch Linear weight [out, in]: our kernel [in..., out...] flattened, transposed."""
+  return Entry((ours,), theirs, lambda a: flatten(a).T, _transpose_reshape)
+
+
+def conversion_table(cfg, arch: str) -> tuple[list[Entry], list[Entry]]:
+  """(model-level rows, per-layer rows) mapping our params to `arch`'s HF tensors."""
+  qkv = ("attn/query", "attn/key", "attn/value")
+  if arch == "gpt2":
+    top = [_same("embed/embedding", "transformer.wte.weight"),
+           _same("pos_embed/embedding", "transformer.wpe.weight"),
+           _same("final_norm/scale", "transformer.ln_f.weight"),
+           _same("final_norm/bias", "transformer.ln_f.bias")]
+    pre = "transformer.h.{i}."
+    layer = [_same("attn_norm/scale", pre + "ln_1.weight"),
+             _same("attn_norm/bias", pre + "ln_1.bias"),
+             _fused(tuple(m + "/kernel" for m in qkv), pre + "attn.c_attn.weight", _by_rows, 1),
+             _fused(tuple(m + "/bias" for m in qkv), pre + "attn.c_attn.bias",
+                    lambda a: a.reshape(-1), 0),
+             Entry(("attn/out/kernel",), pre + "attn.c_proj.weight", _by_cols, _reshape),
+             _same("attn/out/bias", pre + "attn.c_proj.bias"),
+             _same("mlp_norm/scale", pre + "ln_2.weight"),
+             _same("mlp_norm/bias", pre + "ln_2.bias"),
+             _same("mlp/wi/kernel", pre + "mlp.c_fc.weight"),
+             _same("mlp/wi/bias", pre + "mlp.c_fc.bias"),
+             _same("mlp/wo/kernel", pre + "mlp.c_proj.weight"),
+             _same("mlp/wo/bias", pre + "mlp.c_proj.bias")]
+    return top, layer
+  top = [_same("embed/embedding", "model.embed_tokens.weight"),
+         _same("final_norm/scale", "model.norm.weight")]
+  if not cfg.tie_embeddings:
+    top.append(_linear("unembed/kernel", "lm_head.weight"))
+  pre = "model.layers.{i}."
+  projections = [(m, f"self_attn.{p}_proj", _by_rows) for m, p in zip(qkv, "qkv")]
+  projections += [("attn/out", "self_attn.o_proj", _by_cols), ("mlp/wi_0", "mlp.gate_proj",
+                  _by_rows), ("mlp/wi_1", "mlp.up_proj", _by_rows), ("mlp/wo", "mlp.down_proj",
+                  _by_rows)]
+  layer = [_same("attn_norm/scale", pre + "input_layernorm.weight"),
+           _same("mlp_norm/scale", pre + "post_attention_layernorm.weight")]
+  for ours, theirs, flatten in projections:
+    layer.append(_linear(f"{ours}/kernel", f"{pre}{theirs}.weight", flatten))
+    if cfg.use_bias:
+      layer.append(Entry((f"{ours}/bias",), f"{pre}{theirs}.bias", lambda a: a.reshape(-1),
+                         _reshape))
+  return top, layer
+
+
+def _leaf(tree: dict, path: str):
+  for key in path.split("/"):
+    tree = tree[key]
+  return tree
+
+
+def _put(tree: dict, path: str, value) -> None:
+  *parents, last = path.split("/")
+  for key in parents:
+    tree = tree.setdefault(key, {})
+  tree[last] = value
+
+
 def _layers(params: dict, cfg) -> list[dict]:
-  """Per-layer param dicts (numpy) from a scanned ('block', leading layer axis) or unrolled
-  ('block_i') stack."""
+  """Per-layer param dicts from a scanned ('block', leading layer axis) or unrolled
+  ('block_i') stack (arrays or shape structs)."""
   stack = params["layers"]
   if "block" in stack:
-    return [jax.tree.map(lambda a, i=i: np.asarray(a)[i], stack["block"])
-            for i in range(cfg.num_layers)]
-  return [jax.tree.map(np.asarray, stack[f"block_{i}"]) for i in range(cfg.num_layers)]
+    return [jax.tree.map(lambda a, i=i: a[i], stack["block"]) for i in range(cfg.num_layers)]
+  return [stack[f"block_{i}"] for i in range(cfg.num_layers)]
 
 
 def _stack_layers(layers: list[dict], scan: bool) -> dict:
   if not scan:
     return {f"block_{i}": layer for i, layer in enumerate(layers)}
-
   return {"block": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+
+
+def _our_shapes(cfg) -> tuple[dict, dict]:
+  """(model-level shape structs, one layer's shape structs) of our params for `cfg`."""
+  from model.transformer import Transformer
+  shapes = nn.unbox(jax.eval_shape(lambda: Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"])
+  stack = shapes["layers"]
+  one = (jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), stack["block"])
+         if "block" in stack else stack["block_0"])
+  return shapes, one
 
 
 def to_hf_state_dict(cfg, params: dict, arch: str) -> dict[str, np.ndarray]:
@@ -172,128 +278,42 @@ def to_hf_state_dict(cfg, params: dict, arch: str) -> dict[str, np.ndarray]:
   bad = _mismatches(arch, cfg)
   if bad:
     _fail_arch(arch, cfg, bad)
-  d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   f32 = lambda a: np.ascontiguousarray(np.asarray(a, np.float32))
-  sd = {}
-  layers = _layers(params, cfg)
-  if arch == "gpt2":
-    sd["transformer.wte.weight"] = f32(params["embed"]["embedding"])
-    sd["transformer.wpe.weight"] = f32(params["pos_embed"]["embedding"])
-    for i, p in enumerate(layers):
-      pre = f"transformer.h.{i}."
-      a = p["attn"]
-      sd[pre + "ln_1.weight"] = f32(p["attn_norm"]["scale"])
-      sd[pre + "ln_1.bias"] = f32(p["attn_norm"]["bias"])
-      sd[pre + "attn.c_attn.weight"] = f32(np.concatenate(
-          [a[m]["kernel"].reshape(d, n * h) for m in ("query", "key", "value")], axis=1))
-      sd[pre + "attn.c_attn.bias"] = f32(np.concatenate(
-          [a[m]["bias"].reshape(n * h) for m in ("query", "key", "value")]))
-      sd[pre + "attn.c_proj.weight"] = f32(a["out"]["kernel"].reshape(n * h, d))
-      sd[pre + "attn.c_proj.bias"] = f32(a["out"]["bias"])
-      sd[pre + "ln_2.weight"] = f32(p["mlp_norm"]["scale"])
-      sd[pre + "ln_2.bias"] = f32(p["mlp_norm"]["bias"])
-      sd[pre + "mlp.c_fc.weight"] = f32(p["mlp"]["wi"]["kernel"])
-      sd[pre + "mlp.c_fc.bias"] = f32(p["mlp"]["wi"]["bias"])
-      sd[pre + "mlp.c_proj.weight"] = f32(p["mlp"]["wo"]["kernel"])
-      sd[pre + "mlp.c_proj.bias"] = f32(p["mlp"]["wo"]["bias"])
-    sd["transformer.ln_f.weight"] = f32(params["final_norm"]["scale"])
-    sd["transformer.ln_f.bias"] = f32(params["final_norm"]["bias"])
-    return sd
-  sd["model.embed_tokens.weight"] = f32(params["embed"]["embedding"])
-  for i, p in enumerate(layers):
-    pre = f"model.layers.{i}."
-    a, m = p["attn"], p["mlp"]
-    for ours, theirs, heads in (("query", "q_proj", n), ("key", "k_proj", k),
-                                ("value", "v_proj", k)):
-      sd[pre + f"self_attn.{theirs}.weight"] = f32(a[ours]["kernel"].reshape(d, heads * h).T)
-      if cfg.use_bias:
-        sd[pre + f"self_attn.{theirs}.bias"] = f32(a[ours]["bias"].reshape(heads * h))
-    sd[pre + "self_attn.o_proj.weight"] = f32(a["out"]["kernel"].reshape(n * h, d).T)
-    for ours, theirs in (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj")):
-      sd[pre + f"mlp.{theirs}.weight"] = f32(m[ours]["kernel"].T)
-    if cfg.use_bias:
-      sd[pre + "self_attn.o_proj.bias"] = f32(a["out"]["bias"])
-      for ours, theirs in (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj")):
-        sd[pre + f"mlp.{theirs}.bias"] = f32(m[ours]["bias"])
-    sd[pre + "input_layernorm.weight"] = f32(p["attn_norm"]["scale"])
-    sd[pre + "post_attention_layernorm.weight"] = f32(p["mlp_norm"]["scale"])
-  sd["model.norm.weight"] = f32(params["final_norm"]["scale"])
-  if not cfg.tie_embeddings:
-    sd["lm_head.weight"] = f32(params["unembed"]["kernel"].T)
+  params = jax.tree.map(np.asarray, params)
+  top, per_layer = conversion_table(cfg, arch)
+  sd = {e.theirs: f32(e.to_hf(*[_leaf(params, p) for p in e.ours])) for e in top}
+  for i, layer in enumerate(_layers(params, cfg)):
+    sd.update({e.theirs.format(i=i): f32(e.to_hf(*[_leaf(layer, p) for p in e.ours]))
+               for e in per_layer})
   return sd
 
 
 def from_hf_state_dict(cfg, sd: dict[str, np.ndarray]) -> dict:
   """HF tensor dict -> our params (numpy), layer stack laid out per cfg.scan_layers.
   Raises KeyError naming the missing tensor, ValueError on a shape mismatch."""
-  arch = detect_arch(cfg)
-  d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   dt = np.dtype(cfg.param_dtype) if cfg.param_dtype != "bfloat16" else np.float32
+  top, per_layer = conversion_table(cfg, detect_arch(cfg))
+  shapes, layer_shapes = _our_shapes(cfg)
 
-  def get(name, shape):
-    if name not in sd:
-      raise KeyError(f"HF weights lack {name!r} (have e.g. {sorted(sd)[:4]}...)")
-    a = np.asarray(sd[name], np.float32)
-    if a.shape != tuple(shape):
-      raise ValueError(f"HF tensor {name}: shape {a.shape}, expected {tuple(shape)} for the "
-                       "config in config.json")
-    return a.astype(dt)
+  def convert(entry: Entry, key: str, tree: dict, out: dict) -> None:
+    structs = [_leaf(tree, p) for p in entry.ours]
+    want = jax.eval_shape(entry.to_hf, *structs).shape
+    if key not in sd:
+      raise KeyError(f"HF weights lack {key!r} (have e.g. {sorted(sd)[:4]}...)")
+    t = np.asarray(sd[key], np.float32)
+    if t.shape != want:
+      raise ValueError(f"HF tensor {key}: shape {t.shape}, expected {want} for the config in "
+                       "config.json")
+    for path, leaf in zip(entry.ours, entry.from_hf(t, *[s.shape for s in structs])):
+      _put(out, path, np.ascontiguousarray(leaf.astype(dt)))
 
-  layers = []
-  if arch == "gpt2":
-    params = {"embed": {"embedding": get("transformer.wte.weight", (cfg.vocab_size, d))},
-              "pos_embed": {"embedding": get("transformer.wpe.weight", (cfg.max_seq_len, d))},
-              "final_norm": {"scale": get("transformer.ln_f.weight", (d,)),
-                             "bias": get("transformer.ln_f.bias", (d,))}}
-    for i in range(cfg.num_layers):
-      pre = f"transformer.h.{i}."
-      w = get(pre + "attn.c_attn.weight", (d, 3 * n * h))
-      b = get(pre + "attn.c_attn.bias", (3 * n * h,))
-      qkv = {m: {"kernel": w[:, j * n * h:(j + 1) * n * h].reshape(d, n, h),
-                 "bias": b[j * n * h:(j + 1) * n * h].reshape(n, h)}
-             for j, m in enumerate(("query", "key", "value"))}
-      qkv["out"] = {"kernel": get(pre + "attn.c_proj.weight", (n * h, d)).reshape(n, h, d),
-                    "bias": get(pre + "attn.c_proj.bias", (d,))}
-      layers.append({
-          "attn": qkv,
-          "attn_norm": {"scale": get(pre + "ln_1.weight", (d,)),
-                        "bias": get(pre + "ln_1.bias", (d,))},
-          "mlp_norm": {"scale": get(pre + "ln_2.weight", (d,)),
-                       "bias": get(pre + "ln_2.bias", (d,))},
-          "mlp": {"wi": {"kernel": get(pre + "mlp.c_fc.weight", (d, cfg.mlp_dim)),
-                         "bias": get(pre + "mlp.c_fc.bias", (cfg.mlp_dim,))},
-                  "wo": {"kernel": get(pre + "mlp.c_proj.weight", (cfg.mlp_dim, d)),
-                         "bias": get(pre + "mlp.c_proj.bias", (d,))}}})
-  else:
-    params = {"embed": {"embedding": get("model.embed_tokens.weight", (cfg.vocab_size, d))},
-              "final_norm": {"scale": get("model.norm.weight", (d,))}}
-    if not cfg.tie_embeddings:
-      params["unembed"] = {"kernel": get("lm_head.weight", (cfg.vocab_size, d)).T.copy()}
-    for i in range(cfg.num_layers):
-      pre = f"model.layers.{i}."
-      attn = {}
-      for ours, theirs, heads in (("query", "q_proj", n), ("key", "k_proj", k),
-                                  ("value", "v_proj", k)):
-        w = get(pre + f"self_attn.{theirs}.weight", (heads * h, d))
-        attn[ours] = {"kernel": w.T.reshape(d, heads, h)}
-        if cfg.use_bias:
-          attn[ours]["bias"] = get(pre + f"self_attn.{theirs}.bias", (heads * h,)).reshape(
-              heads, h)
-      attn["out"] = {"kernel": get(pre + "self_attn.o_proj.weight", (d, n * h)).T.reshape(
-          n, h, d)}
-      mlp = {}
-      for ours, theirs, shape in (("wi_0", "gate_proj", (cfg.mlp_dim, d)),
-                                  ("wi_1", "up_proj", (cfg.mlp_dim, d)),
-                                  ("wo", "down_proj", (d, cfg.mlp_dim))):
-        mlp[ours] = {"kernel": get(pre + f"mlp.{theirs}.weight", shape).T.copy()}
-        if cfg.use_bias:
-          mlp[ours]["bias"] = get(pre + f"mlp.{theirs}.bias", (shape[0],))
-      if cfg.use_bias:
-        attn["out"]["bias"] = get(pre + "self_attn.o_proj.bias", (d,))
-      layers.append({
-          "attn": attn, "mlp": mlp,
-          "attn_norm": {"scale": get(pre + "input_layernorm.weight", (d,))},
-          "mlp_norm": {"scale": get(pre + "post_attention_layernorm.weight", (d,))}})
+  params = {}
+  for e in top:
+    convert(e, e.theirs, shapes, params)
+  layers = [{} for _ in range(cfg.num_layers)]
+  for i, layer in enumerate(layers):
+    for e in per_layer:
+      convert(e, e.theirs.format(i=i), layer_shapes, layer)
   params["layers"] = _stack_layers(layers, cfg.scan_layers)
   return params
 
@@ -301,9 +321,13 @@ def from_hf_state_dict(cfg, sd: dict[str, np.ndarray]) -> dict:
 # ----------------------------------------------------------------------------- directories
 
 
-def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer=None) -> dict:
+def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer=None,
+               bos: str = "auto") -> dict:
   """Writes config.json, model.safetensors and, when `tokenizer.spec` names a tokenizer.json,
-  tokenizer.json + tokenizer_config.json. Returns the config dict written."""
+  tokenizer.json + tokenizer_config.json. The tokenizer's post-processor is set to add BOS
+  exactly when unleash adds it with `bos` (eval/zeroshot BOS_MODES), so HF tools and
+  lm-evaluation-harness score the export as `eval.zeroshot --bos {bos}` scores the run.
+  Returns the config dict written."""
   from safetensors.numpy import save_file
   from model.config import ModelConfig
   cfg = ModelConfig.from_config(cfg)
@@ -318,13 +342,31 @@ def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer
             metadata={"format": "pt"})
   spec = getattr(tokenizer, "spec", "") or ""
   if spec.endswith(".json") and pathlib.Path(spec).is_file():
-    shutil.copyfile(spec, out / "tokenizer.json")
-    names = {0: "<bos>", 1: "<eos>", 2: "<pad>", 3: "<mask>"}
-    tc = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=cfg.max_seq_len,
-              bos_token=names.get(tokenizer.bos_id), eos_token=names.get(tokenizer.eos_id),
-              pad_token=names.get(tokenizer.pad_id), mask_token=names.get(tokenizer.mask_id))
-    (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
+    export_tokenizer(tokenizer, out, bos=bos, model_max_length=cfg.max_seq_len)
   return conf
+
+
+def export_tokenizer(tokenizer, out_dir, *, bos: str = "auto", model_max_length: int) -> None:
+  """tokenizer.json (post-processor adding BOS as unleash does under `bos`) and a
+  tokenizer_config.json naming the special tokens the tokenizer itself reports."""
+  import tokenizers
+  from tokenizers import processors
+  from eval import zeroshot
+  out = pathlib.Path(out_dir)
+  add_bos = zeroshot.bos_added(tokenizer, bos)
+  names = tokenizer.special_tokens
+  if add_bos == tokenizer.adds_bos:
+    shutil.copyfile(tokenizer.spec, out / "tokenizer.json")
+  else:
+    tok = tokenizers.Tokenizer.from_file(tokenizer.spec)
+    b = names["bos"]
+    tok.post_processor = (processors.TemplateProcessing(
+        single=f"{b} $A", pair=f"{b} $A {b} $B", special_tokens=[(b, tokenizer.bos_id)])
+        if add_bos else processors.TemplateProcessing(single="$A", pair="$A $B"))
+    tok.save(str(out / "tokenizer.json"))
+  tc = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=model_max_length,
+            **{f"{role}_token": name for role, name in names.items()})
+  (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
 
 
 def _read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
@@ -359,23 +401,26 @@ def import_dir(hf_dir, **overrides):
 
 def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
   """Imports a HF directory as a params-only run in `workdir` (train.checkpoint.save_params),
-  so `trainer.load_run(workdir)`, `config.init_from=workdir` and the eval CLIs accept it.
+  so `run_lib.load_run(workdir)`, `config.init_from=workdir` and the eval CLIs accept it.
 
   The tokenizer: `tokenizer` if given, else the directory's tokenizer.json (copied into the
-  workdir), else our byte tokenizer when vocab_size is 260. Returns the checkpoint dir.
+  workdir with its tokenizer_config.json, which names the special tokens), else our byte
+  tokenizer when vocab_size is 260. data.seq_len is the model's context length
+  (max_seq_len), the window eval.zeroshot scores with. Returns the checkpoint dir.
   """
   from configs import base
   from train import checkpoint
   cfg, params = import_dir(hf_dir)
-  workdir = pathlib.Path(workdir)
+  hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config = config or base.base_config()
   config.model.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in config.model})
-  if cfg.pos_encoding == "learned":
-    config.data.seq_len = min(int(config.data.seq_len), cfg.max_seq_len)
-  if not tokenizer and (pathlib.Path(hf_dir) / "tokenizer.json").is_file():
+  config.data.seq_len = cfg.max_seq_len  # the model's context length (lower it to fine-tune)
+  if not tokenizer and (hf_dir / "tokenizer.json").is_file():
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the config names the specials
+      if (hf_dir / name).is_file():
+        shutil.copyfile(hf_dir / name, workdir / name)
     tokenizer = str(workdir / "tokenizer.json")
-    shutil.copyfile(pathlib.Path(hf_dir) / "tokenizer.json", tokenizer)
   if not tokenizer:
     if cfg.vocab_size != 260:
       raise ValueError(f"{hf_dir} has no tokenizer.json and vocab_size={cfg.vocab_size} is not "
@@ -394,6 +439,8 @@ def main(argv=None):
   ex.add_argument("--workdir", required=True)
   ex.add_argument("--out", required=True)
   ex.add_argument("--arch", choices=ARCHS, default=None)
+  ex.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
+                  help="BOS behaviour the exported tokenizer carries (as eval.zeroshot --bos)")
   im = sub.add_parser("import")
   im.add_argument("--hf-dir", required=True)
   dest = im.add_mutually_exclusive_group(required=True)
@@ -402,11 +449,11 @@ def main(argv=None):
   im.add_argument("--tokenizer", default="", help="tokenizer spec if the HF dir has none")
   args = ap.parse_args(argv)
   if args.cmd == "export":
-    from train import trainer
-    run = trainer.load_run(args.workdir)
+    from train import run as run_lib
+    run = run_lib.load_run(args.workdir)
     params = jax.tree.map(np.asarray, run.params)
     conf = export_dir(run.config.model, params, args.out, arch=args.arch,
-                      tokenizer=run.tokenizer)
+                      tokenizer=run.tokenizer, bos=args.bos)
     print(f"wrote {conf['model_type']} model to {args.out}")
   elif args.workdir:
     print(f"wrote {import_to_run(args.hf_dir, args.workdir, tokenizer=args.tokenizer)}")
@@ -418,4 +465,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

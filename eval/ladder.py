@@ -1,12 +1,18 @@
 """Scaling ladders: train a grid of sizes x token budgets (or IsoFLOP grids) and tabulate them.
 
     python -m eval.ladder --config configs/ladder.py:cpu --workdir DIR [--config.ladder.parallel=2]
+    python -m eval.ladder --config ... --workdir SHARED_DIR --executor ray [--ray-address ADDR]
 
 A point is "a config + a workdir" (DIR/points/<name>), trained by the same
 `train.trainer.train_and_evaluate` the CLI uses, so each point resumes from its own
 checkpoints when killed. When a point finishes, one row is appended to DIR/results.csv
 (columns `RESULT_COLUMNS`); points whose name is already there are skipped, so rerunning the
 command after a kill resumes the whole ladder. FLOPs come from `model.summary`.
+
+Executors: `local` runs the points in this process (or `ladder.parallel` worker processes,
+split by size); `ray` makes each point a Ray task (eval/ladder.py's "Ray executor" section)
+with the resources `ladder.resources` asks for, on a cluster whose nodes all see DIR.
+Both split a CPU host into the devices `python -m train` would use (train/cpu_devices.py).
 
 Schemes (config.ladder.scheme):
   grid     every size x every budget (config.ladder.steps) as an independent run.
@@ -23,20 +29,28 @@ import copy
 import csv
 import dataclasses
 import fcntl
+import io
 import json
 import math
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import uuid
+from typing import Callable
 
 import ml_collections
 
+from train import cli
+
+# New columns go at the end: older results.csv files keep their header when appended to.
 RESULT_COLUMNS = ("name", "size", "scheme", "params_total", "params_non_embedding", "d_model",
                   "num_layers", "steps", "batch_size", "seq_len", "tokens", "flops_per_token",
-                  "flops", "budget", "train_loss", "val_loss", "val_bpb", "wall_s")
+                  "flops", "budget", "train_loss", "val_loss", "val_bpb", "wall_s",
+                  "val_loss_se", "seed", "unique_tokens", "flops_6nd")
 
 
 @dataclasses.dataclass
@@ -148,57 +162,105 @@ def expand(config) -> list[Point]:
 
 
 def finished_names(workdir: pathlib.Path) -> set[str]:
-  path = workdir / "results.csv"
+  """Names in DIR/results.csv (any header that has a `name` column, old or new)."""
+  path = pathlib.Path(workdir) / "results.csv"
   if not path.exists():
     return set()
   with open(path, newline="") as f:
-    return {row["name"] for row in csv.DictReader(f)}
+    reader = csv.DictReader(f)
+    if reader.fieldnames and "name" not in reader.fieldnames:
+      raise ValueError(f"{path} has no `name` column (header {reader.fieldnames}): it is not a "
+                       "ladder's results file; use another --workdir or move the file away")
+    return {row["name"] for row in reader}
 
 
 def append_row(workdir: pathlib.Path, row: dict) -> None:
-  """Append under an exclusive lock (parallel workers share the file)."""
+  """Append one row atomically (the whole file is rewritten to a temporary name and renamed,
+  so a reader or a kill never sees half a row), under an exclusive lock for the local
+  executor's parallel workers. An existing file keeps its header: columns it lacks are
+  left out of the row rather than shifting the older rows."""
+  workdir = pathlib.Path(workdir)
   path = workdir / "results.csv"
   with open(workdir / ".results.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-      if new:
-        w.writeheader()
-      w.writerow(row)
+    text = path.read_text() if path.exists() else ""
+    header = next(csv.reader(io.StringIO(text)), None) if text.strip() else None
+    if text and not text.endswith("\n"):
+      text += "\n"
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=header or RESULT_COLUMNS, extrasaction="ignore",
+                       lineterminator="\n")
+    if header is None:
+      text = ""
+      w.writeheader()
+    w.writerow(row)
+    tmp = path.with_name(f".results.csv.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+      f.write(text + out.getvalue())
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
     fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _json_lines(path: str):
+  """The records of a JSON-lines file, skipping a line cut short (a worker killed while
+  writing it: the resumed run appends after it)."""
+  with open(path) as f:
+    for line in f:
+      try:
+        yield json.loads(line)
+      except ValueError:
+        continue
 
 
 def _last_train_loss(metrics_path: str, fallback: float) -> float:
   """Mean train loss over the last logging window (less noisy than the last step's)."""
   try:
-    last = None
-    with open(metrics_path) as f:
-      for line in f:
-        rec = json.loads(line)
-        if rec.get("kind") == "train":
-          last = rec
-    v = last.get("loss_mean", fallback) if last else fallback
-    return float(v)
-  except (OSError, ValueError, TypeError):
+    train = [r for r in _json_lines(metrics_path) if r.get("kind") == "train"]
+    return float(train[-1].get("loss_mean", fallback) if train else fallback)
+  except (OSError, TypeError):
     return float(fallback)
 
 
+def unique_tokens(config) -> int | str:
+  """Tokens of the prepared train split the point could see (the data manifest's
+  splits.train.tokens), or "" when the data is not prepared."""
+  from train.data import prepare as prepare_lib
+  if not config.data.prepared_dir:
+    return ""
+  manifest = prepare_lib.read_manifest(config.data.prepared_dir) or {}
+  return manifest.get("splits", {}).get("train", {}).get("tokens", "")
+
+
+def _val_loss_se(out: dict) -> float | str:
+  """The standard error of the combined validation loss, when the evaluator reports one."""
+  se = (out.get("val") or {}).get("all", {}).get("loss_se")
+  return "" if se is None else float(se)
+
+
 def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
+  """The results.csv row of a finished point.
+
+  `flops` are counted FLOPs (model.summary: matmuls and attention, forward + backward);
+  `flops_6nd` = 6 * N * D with N = params_total (embeddings included) and D = tokens, the
+  convention of the Chinchilla-style allocation formulas, so fits can use either.
+  """
   from model import summary
   c = point.config
   counts = summary.param_counts(c.model)
   tokens = int(c.train.steps) * int(c.train.batch_size) * int(c.data.seq_len)
   fpt = flops_per_token(c)
+  train_loss = _last_train_loss(out.get("metrics_jsonl", ""), out.get("train_loss", math.nan))
   return dict(name=point.name, size=point.size, scheme=scheme, params_total=counts["total"],
               params_non_embedding=counts["non_embedding"], d_model=c.model.d_model,
               num_layers=c.model.num_layers, steps=int(c.train.steps),
               batch_size=int(c.train.batch_size), seq_len=int(c.data.seq_len), tokens=tokens,
               flops_per_token=fpt, flops=fpt * tokens,
-              budget="" if math.isnan(point.budget) else point.budget,
-              train_loss=_last_train_loss(out.get("metrics_jsonl", ""), out.get("train_loss", float("nan"))),
-              val_loss=out.get("val_loss", float("nan")), val_bpb=out.get("val_bpb", float("nan")),
-              wall_s=round(wall_s, 2))
+              budget="" if math.isnan(point.budget) else point.budget, train_loss=train_loss,
+              val_loss=out.get("val_loss", math.nan), val_bpb=out.get("val_bpb", math.nan),
+              wall_s=round(wall_s, 2), val_loss_se=_val_loss_se(out), seed=int(c.seed),
+              unique_tokens=unique_tokens(c), flops_6nd=6.0 * counts["total"] * tokens)
 
 
 # ----------------------------------------------------------------------------- running
@@ -230,22 +292,42 @@ def _branch(point: Point, src: pathlib.Path, dst: pathlib.Path) -> None:
   os.replace(tmp, target)
 
 
-def run_point(point: Point, workdir: pathlib.Path, scheme: str, log=print) -> dict | None:
-  """Train (or resume) one point; returns its results row (None for constant runs)."""
+def _constant_complete(point: Point, workdir: pathlib.Path) -> bool:
+  """A constant run that already kept every checkpoint its cooldowns branch from."""
+  have = _checkpoint_steps(workdir / "points" / point.name)
+  return point.kind == "constant" and all(s in have for s in point.needs_steps)
+
+
+def _record_attempt(pdir: pathlib.Path, event: str, **fields) -> None:
+  """One line per start/end of a point in DIR/points/<name>/attempts.jsonl: which process
+  on which host trained it, how many times it was started, on how many devices."""
+  pdir.mkdir(parents=True, exist_ok=True)
+  rec = dict(event=event, pid=os.getpid(), host=socket.gethostname(), time=time.time(), **fields)
+  with open(pdir / "attempts.jsonl", "a") as f:
+    f.write(json.dumps(rec) + "\n")
+
+
+def run_point(point: Point, workdir: pathlib.Path, scheme: str, log=print,
+              hooks: Callable | None = None) -> dict | None:
+  """Train (or resume) one point; returns its results row (None for constant runs).
+  `hooks(point)` may return trainer.Hooks for this point (fault-injection tests)."""
   from train import trainer
   pdir = workdir / "points" / point.name
-  if point.kind == "constant":
-    have = _checkpoint_steps(pdir)
-    if all(s in have for s in point.needs_steps):
-      return None
+  if _constant_complete(point, workdir):
+    return None
   if point.kind == "cooldown" and not _checkpoint_steps(pdir):
     _branch(point, workdir / "points" / point.branch_from, pdir)
   t0 = time.time()
   log(f"[ladder] {point.name}: {point.kind}, {int(point.config.train.steps)} steps")
-  out = trainer.train_and_evaluate(point.config, os.fspath(pdir))
+  _record_attempt(pdir, "start")
+  kwargs = {"hooks": hooks(point)} if hooks else {}
+  out = trainer.train_and_evaluate(point.config, os.fspath(pdir), **kwargs)
   wall = time.time() - t0
   if out.get("preempted"):
     raise KeyboardInterrupt(f"{point.name} was stopped at step {out['step']}; rerun to resume")
+  import jax
+  _record_attempt(pdir, "end", step=int(out["step"]), devices=jax.device_count(),
+                  platform=jax.devices()[0].platform)
   return result_row(point, out, wall, scheme) if point.record else None
 
 
@@ -257,29 +339,297 @@ def prepare_data(config, workdir: pathlib.Path) -> str:
   return os.fspath(pipeline.default_prepared_dir(config.data, workdir / "data"))
 
 
-def run_ladder(config, workdir, *, worker: tuple[int, int] = (0, 1), log=print) -> list[dict]:
-  """Run every unfinished point (those of this worker's sizes); returns the new rows."""
+def prepare_corpus(config) -> dict:
+  """Prepare config.data into config.data.prepared_dir once, before points run concurrently
+  (the same call the trainer makes; a no-op when the manifest is already there)."""
+  from train.data import prepare as prepare_lib
+  d = config.data
+  return prepare_lib.prepare(d.source, d.tokenizer, d.prepared_dir,
+                             val_fraction=float(d.val_fraction),
+                             num_workers=(d.get("num_workers") or None), progress=False)
+
+
+def unfinished(points: list[Point], workdir: pathlib.Path) -> list[Point]:
+  """The points still to run: not in results.csv, and constant runs only while a cooldown
+  still needs them (and they have not kept every branch checkpoint yet)."""
+  done = finished_names(workdir)
+  todo = []
+  for p in points:
+    if p.record and p.name in done:
+      continue
+    if p.kind == "constant" and (
+        _constant_complete(p, workdir)
+        or all(q.name in done for q in points if q.branch_from == p.name)):
+      continue
+    todo.append(p)
+  return todo
+
+
+def _cost(point: Point) -> float:
+  """FLOPs a point still has to train (a cooldown starts at its branch step)."""
+  c = point.config
+  steps = int(c.train.steps) - (point.branch_step if point.kind == "cooldown" else 0)
+  return flops_per_token(c) * steps * int(c.train.batch_size) * int(c.data.seq_len)
+
+
+class Progress:
+  """A line per finished point with an ETA: the time so far scaled by the FLOPs still to
+  train (constant runs cost several cooldowns, so counting points would mislead)."""
+
+  def __init__(self, points: list[Point], log=print):
+    self.total = sum(_cost(p) for p in points) or 1.0
+    self.count, self.done, self.flops, self.t0, self.log = len(points), 0, 0.0, time.time(), log
+
+  def finished(self, point: Point, row: dict | None) -> None:
+    self.done += 1
+    self.flops += _cost(point)
+    elapsed = time.time() - self.t0
+    eta = elapsed * (self.total - self.flops) / self.flops if self.flops else math.nan
+    loss = f", val_loss {float(row['val_loss']):.4f}" if row else ""
+    self.log(f"[ladder] {self.done}/{self.count} done: {point.name} ({point.kind}{loss}); "
+             f"elapsed {_hms(elapsed)}, ETA {_hms(eta)}")
+
+
+def _hms(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  s = int(round(seconds))
+  return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def run_ladder(config, workdir, *, worker: tuple[int, int] = (0, 1), log=print,
+               hooks: Callable | None = None) -> list[dict]:
+  """Run every unfinished point (those of this worker's sizes) in this process; returns the
+  new rows."""
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   with config.unlocked():
     config.data.prepared_dir = prepare_data(config, workdir)
-  points = expand(config)
   sizes = [s[0] for s in config.ladder.sizes]
   mine = {s for i, s in enumerate(sizes) if i % worker[1] == worker[0]}
-  done = finished_names(workdir)
+  todo = [p for p in unfinished(expand(config), workdir) if p.size in mine]
+  progress = Progress(todo, log)
   rows = []
-  for p in points:
-    if p.size not in mine:
-      continue
-    if p.record and p.name in done:
-      continue
-    if p.kind == "constant" and all(q.name in done for q in points if q.branch_from == p.name):
-      continue
-    row = run_point(p, workdir, config.ladder.scheme, log)
+  for p in todo:
+    row = run_point(p, workdir, config.ladder.scheme, log, hooks)
     if row is not None:
       append_row(workdir, row)
       rows.append(row)
+    progress.finished(p, row)
   return rows
+
+
+# ----------------------------------------------------------------------------- Ray executor
+#
+# The driver (this process) expands the ladder, prepares the corpus once, and submits one Ray
+# task per unfinished point; a cooldown task takes its constant run's result as an argument,
+# so Ray starts it only after that run finished. Each task runs in a fresh worker process
+# (max_calls=1: the CPU device split is set before jax is imported, and accelerator memory is
+# released between points) and returns its row; only the driver writes results.csv. A task
+# whose worker dies is retried (ladder.retries) and resumes from its point's checkpoints.
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class PointsFailed(RuntimeError):
+  """Some points raised (or their workers died more often than ladder.retries)."""
+
+
+def _import_ray():
+  try:
+    import ray
+  except ImportError as e:
+    raise ImportError("--executor ray needs Ray: pip install -e '.[ray]'") from e
+  return ray
+
+
+def ray_options(resources) -> dict:
+  """Ray task options for ladder.resources: CPU and GPU counts become num_cpus / num_gpus,
+  anything else (TPU, an accelerator type, a custom node label) a custom resource."""
+  req = dict(resources.to_dict() if hasattr(resources, "to_dict") else resources)
+  req = {str(k): float(v) for k, v in req.items()}
+  bad = {k: v for k, v in req.items() if not v >= 0}
+  if bad or not any(req.values()):
+    raise ValueError(f"ladder.resources={req}: ask for a positive amount of at least one "
+                     "resource per point, e.g. {'CPU': 1}, {'GPU': 1} or {'TPU': 4}")
+  opts = {"num_cpus": req.pop("CPU", 0.0), "num_gpus": req.pop("GPU", 0.0)}
+  if req:
+    opts["resources"] = req
+  return opts
+
+
+def _request(opts: dict) -> dict:
+  """ray_options back as one {resource: amount} dict (what a node must offer)."""
+  need = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts.get("resources", {})}
+  return {k: v for k, v in need.items() if v}
+
+
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+  """Fail fast on an address nothing listens on (ray.init would retry for minutes)."""
+  if address in ("", "auto", "local"):
+    return
+  host, _, port = address.split("://", 1)[-1].rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"--ray-address={address!r}: use HOST:PORT (the head's GCS port, 6379 by "
+                     "default), ray://HOST:10001, or auto")
+  try:
+    socket.create_connection((host, int(port)), timeout=timeout_s).close()
+  except OSError as e:
+    raise ConnectionError(f"--ray-address={address}: no Ray head answers there "
+                          f"({e.strerror or e}); start one with `ray start --head --port={port}` "
+                          f"on {host}, or fix the address") from None
+
+
+def _offers(node: dict) -> dict:
+  return {k: v for k, v in node["Resources"].items()
+          if not k.startswith("node:") and k not in ("memory", "object_store_memory")}
+
+
+def wait_for_resources(ray, opts: dict, timeout_s: float) -> list[dict]:
+  """The alive nodes that can run a point; waits up to timeout_s for one to join (an
+  autoscaler may be adding it), then raises naming what is missing instead of hanging."""
+  need = _request(opts)
+  deadline = time.time() + timeout_s
+  while True:
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items())]
+    if fits:
+      return fits
+    if time.time() >= deadline:
+      missing = {k: v for k, v in need.items()
+                 if max((n["Resources"].get(k, 0) for n in nodes), default=0) < v}
+      raise ValueError(
+          f"no node of the Ray cluster can run a point: ladder.resources asks for {need} per "
+          f"point and no node has {missing or need} (nodes offer: "
+          f"{[_offers(n) for n in nodes]}); waited {timeout_s:g}s "
+          "(ladder.schedule_timeout_s) for one to join: lower ladder.resources or add such nodes")
+    time.sleep(min(2.0, max(deadline - time.time(), 0.1)))
+
+
+def _probe_workdir(marker: str, token: str) -> tuple[str, bool]:
+  """Runs on a node: (hostname, whether it reads the driver's marker file)."""
+  try:
+    seen = pathlib.Path(marker).read_text() == token
+  except OSError:
+    seen = False
+  return socket.gethostname(), seen
+
+
+def probe_workdir(ray, workdir: pathlib.Path, nodes: list[dict], token: str,
+                  timeout_s: float) -> None:
+  """Raises unless every node in `nodes` reads `token` in workdir/.ladder-probe."""
+  from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+  probe = ray.remote(_probe_workdir)
+  refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+      n["NodeID"], soft=False)).remote(os.fspath(workdir / ".ladder-probe"), token)
+          for n in nodes]
+  try:
+    seen = ray.get(refs, timeout=timeout_s)
+  except ray.exceptions.GetTimeoutError:
+    raise TimeoutError(f"the workdir check on the Ray nodes did not answer in {timeout_s:g}s "
+                       "(ladder.schedule_timeout_s)") from None
+  blind = [f"{n['NodeManagerAddress']} ({host})" for n, (host, ok) in zip(nodes, seen) if not ok]
+  if blind:
+    raise ValueError(f"--workdir {workdir} is not visible from the Ray node(s) {', '.join(blind)}:"
+                     " put it on storage every node mounts at the same path (NFS, Filestore, "
+                     "GCS FUSE; see docs/launch.md)")
+
+
+def check_workdir(ray, workdir: pathlib.Path, nodes: list[dict], timeout_s: float) -> None:
+  """Writes a random token next to results.csv and has every node that may train read it."""
+  token = uuid.uuid4().hex
+  (workdir / ".ladder-probe").write_text(token)
+  probe_workdir(ray, workdir, nodes, token, timeout_s)
+
+
+def _train_point_task(point: Point, workdir: str, scheme: str, hooks, *after) -> dict | None:
+  """One point on a Ray worker, set up as `python -m train` sets up its process. `after`
+  holds the results of the tasks it depends on (Ray resolves them before starting it)."""
+  del after
+  from train import cpu_devices
+  cpu_devices.configure(point.config)   # before jax is imported in this fresh process
+  _quiet_and_cached()
+  return run_point(point, pathlib.Path(workdir), scheme, hooks=hooks)
+
+
+def _runtime_env() -> dict:
+  """Workers import this checkout (the same path on every node, or the package installed)."""
+  path = os.pathsep.join(p for p in (os.fspath(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+  return {"env_vars": {"PYTHONPATH": path}}
+
+
+def _failure(ray, e: Exception) -> str:
+  """One line for a failed point: the exception its task raised, or Ray's own reason (a
+  worker that died more often than ladder.retries, a failed dependency)."""
+  cause = getattr(e, "cause", None)
+  if isinstance(e, ray.exceptions.RayTaskError) and isinstance(cause, Exception):
+    return f"{type(cause).__name__}: {cli.message(cause)}"
+  return str(e).strip().splitlines()[0]
+
+
+def _submit(ray, todo: list[Point], workdir: pathlib.Path, config, opts: dict, hooks) -> dict:
+  """{ObjectRef: point}, cooldowns depending on their constant run's task."""
+  task = ray.remote(max_calls=1, max_retries=int(config.ladder.retries), **opts)(
+      _train_point_task)
+  refs, pending = {}, {}
+  for p in todo:
+    after = [refs[p.branch_from]] if p.branch_from in refs else []
+    refs[p.name] = task.remote(p, os.fspath(workdir), config.ladder.scheme, hooks, *after)
+    pending[refs[p.name]] = p
+  return pending
+
+
+def _collect(ray, pending: dict, workdir: pathlib.Path, log) -> list[dict]:
+  """Rows in finishing order, each appended to results.csv as it arrives."""
+  progress = Progress(list(pending.values()), log)
+  rows, failed = [], []
+  while pending:
+    (ref,), _ = ray.wait(list(pending), num_returns=1)
+    point = pending.pop(ref)
+    try:
+      row = ray.get(ref)
+    except ray.exceptions.RayError as e:
+      failed.append(f"{point.name}: {_failure(ray, e)}")
+      log(f"[ladder] {point.name} failed: {failed[-1]}")
+      continue
+    if row is not None:
+      append_row(workdir, row)
+      rows.append(row)
+    progress.finished(point, row)
+  if failed:
+    raise PointsFailed(f"{len(failed)} point(s) failed ({'; '.join(failed)}); rerun the same "
+                       "command to retry them (finished points are skipped)")
+  return rows
+
+
+def run_ladder_ray(config, workdir, *, address: str = "", log=print,
+                   hooks: Callable | None = None) -> list[dict]:
+  """Run every unfinished point as a Ray task on the cluster at `address` ("" starts a
+  one-machine Ray; "auto" joins the cluster this machine belongs to); returns the new rows."""
+  ray = _import_ray()
+  opts = ray_options(config.ladder.resources)
+  timeout_s = float(config.ladder.schedule_timeout_s)
+  check_address(address)
+  workdir = pathlib.Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  with config.unlocked():
+    config.data.prepared_dir = prepare_data(config, workdir)
+  todo = unfinished(expand(config), workdir)
+  if not todo:
+    return []
+  owner = not ray.is_initialized()
+  if owner:
+    ray.init(address=address or None, runtime_env=_runtime_env(), log_to_driver=True)
+  try:
+    check_workdir(ray, workdir, wait_for_resources(ray, opts, timeout_s), timeout_s)
+    prepare_corpus(config)   # once, here, before the points race to do it
+    return _collect(ray, _submit(ray, todo, workdir, config, opts, hooks), workdir, log)
+  finally:
+    if owner:
+      ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- CLI
 
 
 def _spawn_workers(argv: list[str], n: int) -> int:
@@ -302,29 +652,48 @@ def _quiet_and_cached() -> None:
   jax.config.update("jax_compilation_cache_dir", path)
 
 
-def main(argv) -> None:
-  from absl import flags
-  del argv
+def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
+  """Points in this process, or in ladder.parallel worker processes split by size; each
+  process splits a CPU host into the devices `python -m train` would use."""
+  from train import cpu_devices
+  cpu_devices.configure(config)   # the fields it reads are the same for every point
   _quiet_and_cached()
-  config = flags.FLAGS["config"].value
-  workdir = pathlib.Path(flags.FLAGS["workdir"].value)
-  worker = flags.FLAGS["worker"].value
   if worker:
     i, n = (int(x) for x in worker.split("/"))
     run_ladder(config, workdir, worker=(i, n))
     return
   n = int(config.ladder.parallel)
   if n > 1:
-    # Prepare the data once before the workers race to do it.
-    from train import trainer
-    with config.unlocked():
+    with config.unlocked():   # prepare the data once before the workers race to do it
       config.data.prepared_dir = prepare_data(config, workdir.resolve())
-    trainer.load_data(config, os.fspath(workdir))
+    prepare_corpus(config)
     code = _spawn_workers(sys.argv[1:], n)
     if code:
       sys.exit(code)
   else:
     run_ladder(config, workdir)
+
+
+def main(argv) -> None:
+  from absl import flags
+  del argv
+  config = flags.FLAGS["config"].value
+  workdir = pathlib.Path(flags.FLAGS["workdir"].value)
+  executor = flags.FLAGS["executor"].value
+  if executor == "ray":
+    _quiet_and_cached()
+    import jax
+    jax.config.update("jax_platforms", "cpu")   # the driver only counts FLOPs; workers train
+    # Through the module, not __main__, so Ray pickles its functions by reference.
+    from eval import ladder
+    try:
+      ladder.run_ladder_ray(config, workdir, address=flags.FLAGS["ray-address"].value)
+    except ladder.PointsFailed as e:
+      raise SystemExit(f"error: {e}") from None
+  else:
+    if flags.FLAGS["ray-address"].value:
+      raise ValueError("--ray-address needs --executor ray")
+    _run_local(config, workdir, flags.FLAGS["worker"].value)
   print(f"[ladder] results: {workdir / 'results.csv'} ({len(finished_names(workdir))} rows); "
         f"report: python -m eval.report --workdir {workdir}")
 
@@ -333,7 +702,13 @@ def _define_flags():
   from absl import flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "configs/ladder.py:<name>", lock_config=False)
-  flags.DEFINE_string("workdir", None, "ladder directory (results.csv, points/)")
+  flags.DEFINE_string("workdir", None, "ladder directory (results.csv, points/); with "
+                      "--executor ray a path every node of the cluster sees")
+  flags.DEFINE_enum("executor", "local", ["local", "ray"],
+                    "local: this machine (ladder.parallel processes); ray: one Ray task per point")
+  flags.DEFINE_string("ray-address", "", "Ray cluster to join (HOST:PORT, ray://HOST:PORT or "
+                      "auto); empty starts a one-machine Ray")
+  flags.DEFINE_alias("ray_address", "ray-address")
   flags.DEFINE_string("worker", "", "internal: i/n runs the sizes i, i+n, ... only")
   flags.mark_flags_as_required(["config", "workdir"])
 
@@ -341,4 +716,4 @@ def _define_flags():
 if __name__ == "__main__":
   from absl import app
   _define_flags()
-  app.run(main)
+  app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)

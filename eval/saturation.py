@@ -388,8 +388,8 @@ def head_spectrum_of_run(workdir: str, step: int | None = None) -> dict:
   """head_spectrum of a trained run's LM head at `step` (default: latest checkpoint), loaded
   with the trainer's `load_run`. Imports JAX; the rest of this module does not."""
   import jax
-  from train import trainer
-  run = trainer.load_run(workdir, step=step)
+  from train import run as run_lib
+  run = run_lib.load_run(workdir, step=step)
   params = jax.device_get(run.params)
   spec = head_spectrum(lm_head_matrix(params, bool(run.config.model.tie_embeddings)))
   spec.update(step=int(run.step), d_model=int(run.config.model.d_model),

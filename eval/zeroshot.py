@@ -1,19 +1,40 @@
-"""Zero-shot evaluation by log-likelihood: multiple choice, cloze and label-word classification.
+"""Zero-shot evaluation by log-likelihood: multiple choice, cloze and label-word classification,
+scored the way EleutherAI's lm-evaluation-harness (0.4.x) scores them.
 
-Every task becomes a list of `Item(context, choices, label)`. The model scores each choice as
-the sum of log p(choice tokens | context tokens); the prediction is the best-scoring choice.
-The scorer only needs a `token_logprobs_fn(batch) -> (logprob_BxL, is_argmax_BxL)`, so tests
-can inject a stub with known answers and the real one runs jitted on the training mesh.
+Every task becomes a list of `Item(context, choices, label, delimiter)`; the model scores each
+choice as the sum of log p(delimiter + choice tokens | context tokens). The scorer only needs a
+`token_logprobs_fn(batch) -> (logprob_BxL, is_argmax_BxL)`, so tests can inject a stub with
+known answers and the real one runs jitted on the training mesh.
+
+Comparable with lm-evaluation-harness (same log-likelihood per (context, ending) pair, same
+metrics) with the defaults: `--bos auto` and the window left at the model's context length.
+How a pair becomes tokens, as lm-eval's HF model does: trailing whitespace of the context moves
+to the continuation; context and context+continuation are encoded (with BOS when the mode says
+so) and the continuation is what the longer encoding has past the context's; an empty context
+is the lone BOS token; the window keeps the last `window` tokens.
 
 Task specs (`--task KIND:PATH`):
-  hellaswag:PATH  6-line text format ('<activity_label>: <ctx>', gold 0-3, 4 endings), .bz2 ok
-  sst2:PATH       GLUE TSV with a header holding `sentence` and `label` (0 negative, 1 positive);
-                  scored as the label word after a prompt
-  jsonl:PATH      one JSON object a line: {"context": str, "choices": [str, ...], "label": int}
-  cloze:PATH      last-word prediction: .txt one passage a line, or .jsonl with {"text": str};
-                  correct when every target token is the model's argmax (LAMBADA-style)
+  hellaswag:FILE.jsonl  original HellaSwag rows (ctx_a, ctx_b, activity_label, endings, label)
+                        with lm-eval's preprocessing: comparable. .bz2 ok.
+  hellaswag:FILE.txt    6-line text format ('<activity_label>: <ctx>', gold 0-3, 4 endings):
+                        NOT comparable (ctx_b lowercase, only some [tags] removed). .bz2 ok.
+  sst2:PATH             GLUE TSV (header with `sentence`, `label`), lm-eval's prompt
+                        "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:"
+                        and choices " negative" / " positive": comparable
+  sst2_review:PATH      the same data as "Review: {sentence}\nSentiment:" (the fine-tuning
+                        format of eval/finetune.py): not an lm-eval task
+  jsonl:PATH            {"context": str, "choices": [str, ...], "label": int} a line; choices
+                        follow the context as written (lm-eval with target_delimiter "")
+  cloze:PATH            last-word prediction: .txt one passage a line, or .jsonl with
+                        {"text": str}; correct when every target token is the model's argmax
 
-    python -m eval.zeroshot --workdir runs/default --task hellaswag:PATH --limit 500
+Metrics (lm-eval's names): acc, acc_norm (log-likelihood per character of the choice, without
+the delimiter), acc_bytes (per UTF-8 byte), each with `_stderr`; and continuous metrics of the
+correct answer, which rank small models more reliably than accuracy: correct_logprob (nats),
+correct_bpb (bits per UTF-8 byte of delimiter + choice), correct_prob_norm (its share of the
+probability over the choices), each with `_stderr` (standard error of the mean).
+
+    python -m eval.zeroshot --workdir runs/default --task hellaswag:hellaswag_val.jsonl --limit 500
 """
 
 from __future__ import annotations
@@ -22,33 +43,41 @@ import bz2
 import csv
 import dataclasses
 import json
+import math
 import pathlib
-import sys
+import re
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy import special
 
-# SST-2 rendered as a prompt and two label words. The fine-tuning demo (eval/finetune.py)
-# renders its training text with the same template so "before" and "after" compare like for like.
-SST2_TEMPLATE = "Review: {sentence}\nSentiment:"
-SST2_LABEL_WORDS = (" negative", " positive")
+from train import cli
+
+BOS_MODES = ("auto", "always", "never")
+SST2_PROMPT = "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:"
+SST2_REVIEW_PROMPT = "Review: {sentence}\nSentiment:"
+SST2_CHOICES = ("negative", "positive")
 
 
 @dataclasses.dataclass(frozen=True)
 class Item:
+  """One question: the scored continuation of choice j is `delimiter + choices[j]`."""
   context: str
   choices: tuple[str, ...]
   label: int
+  delimiter: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
   """`kind`: "choice" (pick the most likely choice) or "cloze" (greedy match of choices[0]).
-  `skipped`: input records that could not form an item (a one-word cloze line)."""
+  `skipped`: input records that could not form an item (a one-word cloze line).
+  `comparable`: scored as lm-evaluation-harness scores the task of that name."""
   name: str
   kind: str
   items: list[Item]
   skipped: int = 0
+  comparable: bool = True
 
 
 # ----------------------------------------------------------------------------- parsers
@@ -63,14 +92,73 @@ def _open_text(path):
   return open(path, encoding="utf-8")
 
 
-def read_hellaswag(path) -> Task:
-  """HellaSwag in the 6-line text format (llama.cpp's hellaswag_val_full.txt).
+def _read_lines(path) -> list[str]:
+  try:
+    with _open_text(path) as f:
+      return f.read().split("\n")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert the "
+                     "file to UTF-8") from None
 
-  Context is line 1 as written ('<activity_label>: <ctx>'); each ending is scored after a
-  space, as in the original evaluation.
+
+def _json_rows(path):
+  """(line number, object) for every non-blank line of a JSONL file."""
+  for n, line in enumerate(_read_lines(path), start=1):
+    if line.strip():
+      try:
+        yield n, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); one JSON object a line"
+                         ) from None
+
+
+def _is_jsonl(path) -> bool:
+  name = pathlib.Path(path).name
+  return name.removesuffix(".bz2").endswith((".jsonl", ".json"))
+
+
+def hellaswag_preprocess(text: str) -> str:
+  """lm-eval's HellaSwag cleaning, kept verbatim: it drops every [...] span (WikiHow tags)
+  and then halves double spaces once, so an ending that starts with a tag keeps a leading
+  space (and is scored after two spaces)."""
+  text = text.strip()
+  text = text.replace(" [title]", ". ")
+  text = re.sub("\\[.*?\\]", "", text)
+  return text.replace("  ", " ")
+
+
+def read_hellaswag(path) -> Task:
+  """HellaSwag: original jsonl rows (lm-eval-comparable) or the 6-line text format (not)."""
+  return read_hellaswag_jsonl(path) if _is_jsonl(path) else read_hellaswag_text(path)
+
+
+def read_hellaswag_jsonl(path) -> Task:
+  """HellaSwag's own jsonl (fields ctx_a, ctx_b, activity_label, endings, label), built as
+  lm-eval builds it: query = preprocess(label + ": " + ctx_a + " " + ctx_b.capitalize()),
+  choices = preprocess(ending), each scored after a space."""
+  items = []
+  for n, row in _json_rows(path):
+    try:
+      ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
+      query = hellaswag_preprocess(row["activity_label"] + ": " + ctx)
+      choices = tuple(hellaswag_preprocess(e) for e in row["endings"])
+      label = int(row["label"])
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+      raise ValueError(f"{path}:{n}: expected HellaSwag fields ctx_a, ctx_b, activity_label "
+                       f"(strings), endings (list of strings), label (int): {e!r}") from None
+    if not 0 <= label < len(choices):
+      raise ValueError(f"{path}:{n}: label {label} is not an index into the "
+                       f"{len(choices)} endings")
+    items.append(Item(query, choices, label, " "))
+  return Task("hellaswag", "choice", items)
+
+
+def read_hellaswag_text(path) -> Task:
+  """HellaSwag in the 6-line text format (llama.cpp's hellaswag_val_full.txt). Not
+  lm-eval-comparable: that file keeps ctx_b lowercase where lm-eval capitalises it, strips
+  only some [tags], and has lost the ctx_a/ctx_b boundary. Each ending is scored after a space.
   """
-  with _open_text(path) as f:
-    lines = f.read().split("\n")
+  lines = _read_lines(path)
   while lines and not lines[-1].strip():
     lines.pop()
   if len(lines) % 6:
@@ -82,14 +170,15 @@ def read_hellaswag(path) -> Task:
     if label not in ("0", "1", "2", "3"):
       raise ValueError(f"{path}:{i + 2}: gold label must be 0-3, got {label!r}; is the file in "
                        "the 6-line HellaSwag format?")
-    endings = tuple(" " + e.strip() for e in lines[i + 2:i + 6])
-    items.append(Item(lines[i].strip(), endings, int(label)))
-  return Task("hellaswag", "choice", items)
+    endings = tuple(e.strip() for e in lines[i + 2:i + 6])
+    items.append(Item(lines[i].strip(), endings, int(label), " "))
+  return Task("hellaswag_text", "choice", items, comparable=False)
 
 
-def read_sst2(path, template: str = SST2_TEMPLATE,
-              label_words: Sequence[str] = SST2_LABEL_WORDS) -> Task:
-  """GLUE SST-2 TSV (header `sentence<TAB>label`): classify by scoring the label words."""
+def read_sst2(path, prompt: str = SST2_PROMPT, name: str = "sst2", strip: bool = False) -> Task:
+  """GLUE SST-2 TSV (header `sentence<TAB>label`): classify by scoring " negative" and
+  " positive" after `prompt`, with the sentence as written (GLUE's trailing space kept, as
+  lm-eval does) unless `strip`."""
   with _open_text(path) as f:
     rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
   if not rows or "sentence" not in rows[0] or "label" not in rows[0]:
@@ -103,66 +192,62 @@ def read_sst2(path, template: str = SST2_TEMPLATE,
     try:
       label = int(row[l_col])
     except (IndexError, ValueError):
-      raise ValueError(f"{path}:{n}: label column must be an integer 0..{len(label_words) - 1}, "
-                       f"got row {row!r}") from None
-    if not 0 <= label < len(label_words):
-      raise ValueError(f"{path}:{n}: label {label} out of range for label words {label_words}")
-    items.append(Item(template.format(sentence=row[s_col].strip()), tuple(label_words), label))
-  return Task("sst2", "choice", items)
+      raise ValueError(f"{path}:{n}: label column must be 0 or 1, got row {row!r}") from None
+    if label not in (0, 1):
+      raise ValueError(f"{path}:{n}: label {label} is neither 0 (negative) nor 1 (positive)")
+    sentence = row[s_col].strip() if strip else row[s_col]
+    items.append(Item(prompt.format(sentence=sentence), SST2_CHOICES, label, " "))
+  return Task(name, "choice", items, comparable=prompt == SST2_PROMPT and not strip)
+
+
+def read_sst2_review(path) -> Task:
+  """SST-2 in the fine-tuning format "Review: <sentence>\nSentiment: <label>" (eval/finetune):
+  scores a model fine-tuned on that text as it was trained. Not an lm-eval task."""
+  return read_sst2(path, SST2_REVIEW_PROMPT, "sst2_review", strip=True)
 
 
 def read_jsonl(path) -> Task:
   """JSONL multiple choice: {"context": str, "choices": [str, ...], "label": int} a line."""
   items = []
-  with _open_text(path) as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-        context, choices, label = row["context"], row["choices"], row["label"]
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{n}: expected a JSON object with keys context (str), choices "
-                         f"(list of str) and label (int): {e!r}") from None
-      if (not isinstance(context, str) or not isinstance(choices, list) or not choices
-          or not all(isinstance(c, str) for c in choices)):
-        raise ValueError(f"{path}:{n}: context must be a string and choices a non-empty list "
-                         "of strings")
-      if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
-        raise ValueError(f"{path}:{n}: label must be an int index into choices "
-                         f"(0..{len(choices) - 1}), got {label!r}")
-      items.append(Item(context, tuple(choices), label))
-  return Task(pathlib.Path(path).stem, "choice", items)
+  for n, row in _json_rows(path):
+    try:
+      context, choices, label = row["context"], row["choices"], row["label"]
+    except (KeyError, TypeError) as e:
+      raise ValueError(f"{path}:{n}: expected a JSON object with keys context (str), choices "
+                       f"(list of str) and label (int): {e!r}") from None
+    if (not isinstance(context, str) or not isinstance(choices, list) or not choices
+        or not all(isinstance(c, str) and c for c in choices)):
+      raise ValueError(f"{path}:{n}: context must be a string and choices a non-empty list "
+                       "of non-empty strings")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+      raise ValueError(f"{path}:{n}: label must be an int index into choices "
+                       f"(0..{len(choices) - 1}), got {label!r}")
+    items.append(Item(context, tuple(choices), label))
+  return Task(pathlib.Path(path).name.split(".")[0], "choice", items)
 
 
 def read_cloze(path) -> Task:
-  """Last-word prediction: the target is the passage's last word (with its leading space).
+  """Last-word prediction: the target is the passage's last word, scored after a space.
   Lines of a single word have no context and are skipped (counted in Task.skipped)."""
-  path = pathlib.Path(path)
   items, skipped = [], 0
-  with _open_text(path) as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      if path.suffix == ".jsonl":
-        try:
-          text = json.loads(line)["text"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-          raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' string: {e!r}"
-                           ) from None
-      else:
-        text = line
-      text = text.strip()
-      cut = text.rfind(" ")
-      if cut <= 0:
-        skipped += 1
-        continue
-      items.append(Item(text[:cut], (text[cut:],), 0))
+  rows = (_json_rows(path) if _is_jsonl(path)
+          else ((n, {"text": line}) for n, line in enumerate(_read_lines(path), start=1)
+                if line.strip()))
+  for n, row in rows:
+    text = row.get("text") if isinstance(row, dict) else None
+    if not isinstance(text, str):
+      raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' string")
+    text = text.strip()
+    cut = text.rfind(" ")
+    if cut <= 0:
+      skipped += 1
+      continue
+    items.append(Item(text[:cut], (text[cut + 1:],), 0, " "))
   return Task("cloze", "cloze", items, skipped)
 
 
-READERS = {"hellaswag": read_hellaswag, "sst2": read_sst2, "jsonl": read_jsonl,
-           "cloze": read_cloze}
+READERS = {"hellaswag": read_hellaswag, "sst2": read_sst2, "sst2_review": read_sst2_review,
+           "jsonl": read_jsonl, "cloze": read_cloze}
 
 
 def load_task(spec: str, limit: int = 0) -> Task:
@@ -170,8 +255,10 @@ def load_task(spec: str, limit: int = 0) -> Task:
   kind, sep, path = spec.partition(":")
   if not sep or kind not in READERS or not path:
     raise ValueError(f"task spec {spec!r}: use KIND:PATH with KIND one of {sorted(READERS)}, "
-                     "e.g. hellaswag:data/hellaswag_val.txt")
+                     "e.g. hellaswag:data/hellaswag_val.jsonl")
   task = READERS[kind](path)
+  if not task.items:
+    raise ValueError(f"task {spec!r} has no items; check the file")
   if limit > 0:
     task = dataclasses.replace(task, items=task.items[:limit])
   return task
@@ -180,60 +267,85 @@ def load_task(spec: str, limit: int = 0) -> Task:
 # ----------------------------------------------------------------------------- scoring
 
 
-def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str):
-  """Token ids of context and continuation such that ctx + cont tokenizes the joined text.
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+  """Text -> token ids as the scorer sees them. `encode` adds no special tokens; `bos_id`
+  (None: none) starts every encoded context, as a tokenizer's post-processor would; an
+  empty context is the lone `prefix_id` (lm-eval's prefix token: BOS)."""
+  encode: Callable[[str], Sequence[int]]
+  bos_id: int | None
+  prefix_id: int
 
-  Encoding the joined string keeps merges across the boundary (BPE); when the context's own
-  encoding is not a prefix of it, fall back to encoding the two parts separately.
-  """
-  ctx = list(encode(context))
-  whole = list(encode(context + continuation))
-  if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
-    return ctx, whole[len(ctx):]
-  return ctx, list(encode(continuation))
+  def ids(self, text: str) -> list[int]:
+    return ([] if self.bos_id is None else [self.bos_id]) + list(self.encode(text))
+
+  def pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-eval's HF model builds them (module doc)."""
+    if not context:
+      return [self.prefix_id], list(self.encode(continuation))
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+      context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    ctx = self.ids(context)
+    return ctx, self.ids(context + continuation)[len(ctx):]
 
 
-def request_windows(ctx, cont, seq_len: int, bos_id: int | None = None):
+def bos_added(tok, bos: str) -> bool:
+  """Whether BOS starts each context: `auto` follows the tokenizer's own convention
+  (`tok.adds_bos`, its post-processor), as lm-eval does with HF tokenizers."""
+  if bos not in BOS_MODES:
+    raise ValueError(f"--bos {bos!r}: choose one of {', '.join(BOS_MODES)}")
+  return bos == "always" or (bos == "auto" and bool(tok.adds_bos))
+
+
+def make_encoder(tok, bos: str = "auto") -> Encoder:
+  """The Encoder for tokenizer `tok` and a BOS mode (BOS_MODES)."""
+  add = bos_added(tok, bos)
+  return Encoder(tok.encode, tok.bos_id if add else None, tok.bos_id)
+
+
+def request_windows(ctx, cont, window: int):
   """Splits one (context, continuation) request into model windows.
 
-  Returns [(window_tokens, n_scored)]: each window has at most seq_len + 1 tokens (inputs
-  window[:-1], targets window[1:]) and scores its last n_scored targets. A continuation longer
-  than seq_len spans several windows, each with as much preceding text as fits (like
-  lm-eval-harness' rolling log-likelihood), so nothing is truncated from the scored part.
+  Returns [(window_tokens, n_scored)]: each window has at most window + 1 tokens (inputs
+  window[:-1], targets window[1:]) and scores its last n_scored targets. The context is cut
+  from the left, as lm-eval does. A continuation longer than `window` (where lm-eval would
+  truncate it) spans several windows, each with as much preceding text as fits, so nothing
+  of the scored part is dropped.
   """
   if not cont:
-    raise ValueError("empty continuation: nothing to score")
-  full = ([bos_id] if bos_id is not None else []) + list(ctx) + list(cont)
+    raise ValueError("the continuation adds no tokens to the context: nothing to score")
+  full = list(ctx) + list(cont)
   first = len(full) - len(cont)  # index of the first scored token
   if first == 0:
     raise ValueError("empty context and no BOS token: the first continuation token has "
                      "nothing to be predicted from")
   windows, end = [], len(full)
   while end > first:
-    start = max(first, end - seq_len)
-    windows.append((full[max(0, end - seq_len - 1):end], end - start))
+    start = max(first, end - window)
+    windows.append((full[max(0, end - window - 1):end], end - start))
     end = start
   return windows[::-1]
 
 
-def make_batch(windows, seq_len: int, pad_id: int = 0):
-  """Packs (window_tokens, n_scored) rows, right-padded to seq_len.
+def make_batch(windows, width: int, pad_id: int = 0):
+  """Packs (window_tokens, n_scored) rows, right-padded to `width`.
 
-  Returns numpy arrays [N, seq_len] in the data pipeline's layout: inputs, targets,
+  Returns numpy arrays [N, width] in the data pipeline's layout: inputs, targets,
   segment_ids (1 for the row's tokens, 0 for padding), positions and weights (1 on the
   scored targets, the last n_scored of the row).
   """
   n = len(windows)
-  out = dict(inputs=np.full((n, seq_len), pad_id, np.int32),
-             targets=np.full((n, seq_len), pad_id, np.int32),
-             segment_ids=np.zeros((n, seq_len), np.int32),
-             positions=np.zeros((n, seq_len), np.int32),
-             weights=np.zeros((n, seq_len), np.float32))
+  out = dict(inputs=np.full((n, width), pad_id, np.int32),
+             targets=np.full((n, width), pad_id, np.int32),
+             segment_ids=np.zeros((n, width), np.int32),
+             positions=np.zeros((n, width), np.int32),
+             weights=np.zeros((n, width), np.float32))
   for r, (tokens, n_scored) in enumerate(windows):
     length = len(tokens) - 1
-    if not 0 < n_scored <= length <= seq_len:
-      raise ValueError(f"row {r}: {len(tokens)} tokens scoring {n_scored} do not fit seq_len "
-                       f"{seq_len}")
+    if not 0 < n_scored <= length <= width:
+      raise ValueError(f"row {r}: {len(tokens)} tokens scoring {n_scored} do not fit width "
+                       f"{width}")
     out["inputs"][r, :length] = tokens[:-1]
     out["targets"][r, :length] = tokens[1:]
     out["segment_ids"][r, :length] = 1
@@ -242,34 +354,44 @@ def make_batch(windows, seq_len: int, pad_id: int = 0):
   return out
 
 
-def score_requests(token_logprobs_fn, requests, *, seq_len: int, batch_size: int,
-                   pad_id: int = 0, bos_id: int | None = None):
+def _bucket(length: int, window: int) -> int:
+  """Padded width for rows of up to `length` inputs: a power of two (at least 16, at most
+  the window), so a task compiles a handful of shapes, not one per length."""
+  return min(window, max(16, 1 << (length - 1).bit_length()))
+
+
+def score_requests(token_logprobs_fn, requests, *, window: int, batch_size: int,
+                   pad_id: int = 0):
   """Sum of continuation log-probs and whether the continuation is the greedy one, per
   (context_ids, continuation_ids) request.
 
-  `token_logprobs_fn(batch)` gets a make_batch dict with exactly `batch_size` rows (the last
-  batch is padded with copies of the first row) and returns numpy-convertible
-  (logprob_BxL of the targets, is_argmax_BxL).
+  Rows are batched longest first (similar lengths share a padded width). `token_logprobs_fn
+  (batch)` gets a make_batch dict with exactly `batch_size` rows (the last batch is padded
+  with copies of its first row) and returns numpy-convertible (logprob_BxL of the targets,
+  is_argmax_BxL).
   """
   rows, owner = [], []
   for i, (ctx, cont) in enumerate(requests):
     try:
-      w = request_windows(ctx, cont, seq_len, bos_id)
+      w = request_windows(ctx, cont, window)
     except ValueError as e:
       raise ValueError(f"request {i}: {e}") from None
     rows += w
     owner += [i] * len(w)
-  owner = np.array(owner, np.int64)
+  order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0]))
   logprob_R = np.zeros(len(rows), np.float64)
   hit_R = np.zeros(len(rows), bool)
   for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
-    real = len(chunk)
-    batch = make_batch(chunk + [rows[0]] * (batch_size - real), seq_len, pad_id)
+    idx = order[start:start + batch_size]
+    chunk = [rows[r] for r in idx]
+    width = _bucket(len(chunk[0][0]) - 1, window)
+    batch = make_batch(chunk + [chunk[0]] * (batch_size - len(chunk)), width, pad_id)
     logprob_BxL, argmax_BxL = token_logprobs_fn(batch)
     w_BxL = batch["weights"]
-    logprob_R[start:start + real] = (np.asarray(logprob_BxL, np.float64) * w_BxL).sum(-1)[:real]
-    hit_R[start:start + real] = np.all(np.asarray(argmax_BxL) | (w_BxL == 0), axis=-1)[:real]
+    real = len(chunk)
+    logprob_R[idx] = (np.asarray(logprob_BxL, np.float64) * w_BxL).sum(-1)[:real]
+    hit_R[idx] = np.all(np.asarray(argmax_BxL) | (w_BxL == 0), axis=-1)[:real]
+  owner = np.array(owner, np.int64)
   logprob_N = np.zeros(len(requests), np.float64)
   np.add.at(logprob_N, owner, logprob_R)
   greedy_N = np.ones(len(requests), bool)
@@ -277,38 +399,68 @@ def score_requests(token_logprobs_fn, requests, *, seq_len: int, batch_size: int
   return logprob_N, greedy_N
 
 
-def evaluate_task(task: Task, token_logprobs_fn, encode, *, seq_len: int, batch_size: int,
-                  pad_id: int = 0, bos_id: int | None = None) -> dict:
-  """Scores every (item, choice) and returns the metrics.
+def mean_and_stderr(name: str, values) -> dict:
+  """{name: mean, name_stderr: sample std / sqrt(n)} (lm-eval's `mean_stderr`); the error is
+  None below two values."""
+  v = np.asarray(values, np.float64)
+  err = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+  return {name: float(v.mean()), f"{name}_stderr": err}
 
-  choice: acc (argmax of summed log-prob) and acc_norm (argmax of log-prob per byte of the
-  choice, lm-eval-harness' length normalisation). cloze: acc (target is the greedy
-  continuation) and the mean target log-prob. Also `predictions` (per item) and `n`.
-  """
-  requests, owner = [], []
+
+def choice_metrics(items: Sequence[Item], logprob_R: np.ndarray) -> tuple[dict, list[int]]:
+  """acc / acc_norm / acc_bytes as lm-eval computes them, and the continuous metrics of the
+  correct answer, from the summed log-prob of every (item, choice) in item order."""
+  per = {k: [] for k in ("acc", "acc_norm", "acc_bytes", "correct_logprob", "correct_bpb",
+                         "correct_prob_norm")}
+  preds, r = [], 0
+  for item in items:
+    ll = logprob_R[r:r + len(item.choices)]
+    r += len(item.choices)
+    chars = np.array([float(len(c)) for c in item.choices])
+    nbytes = np.array([float(len(c.encode("utf-8"))) for c in item.choices])
+    preds.append(int(np.argmax(ll)))
+    per["acc"].append(preds[-1] == item.label)
+    per["acc_norm"].append(int(np.argmax(ll / chars)) == item.label)
+    per["acc_bytes"].append(int(np.argmax(ll / nbytes)) == item.label)
+    gold = item.delimiter + item.choices[item.label]
+    per["correct_logprob"].append(ll[item.label])
+    per["correct_bpb"].append(-ll[item.label] / (math.log(2) * len(gold.encode("utf-8"))))
+    per["correct_prob_norm"].append(math.exp(ll[item.label] - special.logsumexp(ll)))
+  out = {}
+  for name, values in per.items():
+    out.update(mean_and_stderr(name, values))
+  return out, preds
+
+
+def evaluate_task(task: Task, token_logprobs_fn, encoder: Encoder, *, window: int,
+                  batch_size: int, pad_id: int = 0) -> dict:
+  """Scores every (item, choice) and returns the metrics (module doc) with `n`, per item
+  `predictions` and `loglikelihoods` (one per choice: what lm-eval's loglikelihood returns
+  for the pair) and, for choice tasks, `majority` (the most frequent label's share).
+  Cloze: acc is "every target token is the greedy one"; no acc_norm."""
+  requests = []
   for i, item in enumerate(task.items):
     for choice in item.choices:
-      requests.append(encode_pair(encode, item.context, choice))
-      owner.append(i)
-  logprob_R, greedy_R = score_requests(token_logprobs_fn, requests, seq_len=seq_len,
-                                       batch_size=batch_size, pad_id=pad_id, bos_id=bos_id)
-  labels = np.array([item.label for item in task.items])
+      try:
+        requests.append(encoder.pair(item.context, item.delimiter + choice))
+      except ValueError as e:
+        raise ValueError(f"{task.name} item {i}: {e}") from None
+  logprob_R, greedy_R = score_requests(token_logprobs_fn, requests, window=window,
+                                       batch_size=batch_size, pad_id=pad_id)
+  out = dict(task=task.name, n=len(task.items), lm_eval_comparable=task.comparable)
   if task.kind == "cloze":
-    return dict(task=task.name, n=len(task.items), acc=float(greedy_R.mean()),
-                mean_logprob=float(logprob_R.mean()), skipped=task.skipped,
-                predictions=greedy_R.tolist())
-  acc_hits, norm_hits, preds, r = [], [], [], 0
-  for item in task.items:
-    k = len(item.choices)
-    ll = logprob_R[r:r + k]
-    nbytes = np.array([max(1, len(c.encode("utf-8"))) for c in item.choices])
-    preds.append(int(np.argmax(ll)))
-    acc_hits.append(preds[-1] == item.label)
-    norm_hits.append(int(np.argmax(ll / nbytes)) == item.label)
-    r += k
-  return dict(task=task.name, n=len(task.items), acc=float(np.mean(acc_hits)),
-              acc_norm=float(np.mean(norm_hits)), predictions=preds,
-              majority=float(np.mean(labels == np.bincount(labels).argmax())))
+    nbytes = [len((it.delimiter + it.choices[0]).encode("utf-8")) for it in task.items]
+    out.update(mean_and_stderr("acc", greedy_R))
+    out.update(mean_and_stderr("correct_logprob", logprob_R))
+    out.update(mean_and_stderr("correct_bpb", -logprob_R / (math.log(2) * np.array(nbytes))))
+    return dict(out, skipped=task.skipped, predictions=greedy_R.tolist(),
+                loglikelihoods=[[float(x)] for x in logprob_R])
+  metrics, preds = choice_metrics(task.items, logprob_R)
+  labels = np.array([item.label for item in task.items])
+  bounds = np.cumsum([0] + [len(item.choices) for item in task.items])
+  return dict(out, **metrics, majority=float(np.mean(labels == np.bincount(labels).argmax())),
+              predictions=preds,
+              loglikelihoods=[logprob_R[a:b].tolist() for a, b in zip(bounds, bounds[1:])])
 
 
 # ----------------------------------------------------------------------------- the model
@@ -325,15 +477,15 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
   import jax.numpy as jnp
   from model.config import ModelConfig
   from model.transformer import Transformer
+  from train import losses
   model = Transformer(ModelConfig.from_config(model_cfg))
 
   def fn(params, batch):
     logits_BxLxV = model.apply({"params": params}, batch["inputs"],
                                positions_BxL=batch["positions"],
                                segment_ids_BxL=batch["segment_ids"])
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-    target_BxL = jnp.take_along_axis(logp_BxLxV, batch["targets"][..., None], axis=-1)[..., 0]
-    return target_BxL, jnp.argmax(logits_BxLxV, axis=-1) == batch["targets"]
+    logprob_BxL = -losses.token_nll(logits_BxLxV, batch["targets"])
+    return logprob_BxL, jnp.argmax(logits_BxLxV, axis=-1) == batch["targets"]
 
   if mesh is None:
     jitted = jax.jit(fn)
@@ -341,28 +493,56 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
 
   from train import mesh as mesh_lib
   sharding = mesh_lib.batch_sharding(mesh, rules)
-  with mesh_lib.mesh_context(mesh, rules):
-    jitted = jax.jit(fn, out_shardings=(sharding, sharding))
+  # Compiled once per batch shape inside the mesh and rules; called without entering them.
+  compiled = mesh_lib.MeshFunction(jax.jit(fn, out_shardings=(sharding, sharding)), mesh, rules)
 
   def run(batch):
     arrays = {k: jax.device_put(v, sharding) for k, v in batch.items()}
-    with mesh_lib.mesh_context(mesh, rules):
-      logprob, hit = jitted(params, arrays)
+    logprob, hit = compiled(params, arrays)
     return np.asarray(logprob), np.asarray(hit)
   return run
 
 
-def evaluate_run(run, task: Task, *, batch_size: int = 32, seq_len: int | None = None) -> dict:
-  """Evaluates `task` with a run from train.trainer.load_run, on the run's mesh."""
+def context_length(run) -> int:
+  """The model's context length (model.max_seq_len: the learned position table, or the
+  max_position_embeddings an HF export declares), the window lm-eval scores with."""
+  return int(run.config.model.max_seq_len)
+
+
+def evaluate_run(run, task: Task, *, batch_size: int = 32, window: int | None = None,
+                 bos: str = "auto") -> dict:
+  """Evaluates `task` with a run from train.run.load_run, on the run's mesh. `window`
+  defaults to the model's context length; the result records `window`, `bos` (the mode) and
+  `bos_added`, and `lm_eval_comparable` is true only with the comparable settings."""
   from train import mesh as mesh_lib
   rules = mesh_lib.axis_rules(run.config)
   dp = mesh_lib.data_parallel_size(run.mesh, rules)
   batch_size = -(-batch_size // dp) * dp
-  seq_len = seq_len or int(run.config.data.seq_len)
+  full = context_length(run)
+  window = window or full
+  if window > full and run.config.model.pos_encoding == "learned":
+    raise ValueError(f"--window {window} exceeds the learned position table ({full}); use at "
+                     f"most {full}")
   fn = make_token_logprobs_fn(run.config.model, run.params, run.mesh, rules)
   tok = run.tokenizer
-  return evaluate_task(task, fn, tok.encode, seq_len=seq_len, batch_size=batch_size,
-                       pad_id=tok.pad_id, bos_id=tok.bos_id)
+  encoder = make_encoder(tok, bos)
+  res = evaluate_task(task, fn, encoder, window=window, batch_size=batch_size, pad_id=tok.pad_id)
+  comparable = res["lm_eval_comparable"] and bos == "auto" and window == full
+  return dict(res, lm_eval_comparable=comparable, window=window, bos=bos,
+              bos_added=encoder.bos_id is not None)
+
+
+def ladder_columns(run, task_specs: Sequence[str], *, limit: int = 0, batch_size: int = 32,
+                   bos: str = "auto") -> dict[str, float]:
+  """Flat `{task}/{metric}` numbers of every task in `task_specs` (KIND:PATH), for one row of
+  a ladder's results.csv (`ladder.tasks`), so scaling fits can use downstream metrics too."""
+  row = {}
+  for spec in task_specs:
+    res = evaluate_run(run, load_task(spec, limit), batch_size=batch_size, bos=bos)
+    for key, value in res.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "window":
+        row[f"{res['task']}/{key}"] = float(value)
+  return row
 
 
 def main(argv=None):
@@ -370,20 +550,31 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run directory")
   ap.add_argument("--task", action="append", required=True,
-                  help="KIND:PATH, KIND in hellaswag|sst2|jsonl|cloze; repeatable")
+                  help=f"KIND:PATH, KIND in {'|'.join(READERS)}; repeatable")
   ap.add_argument("--limit", type=int, default=0, help="first N items per task (0: all)")
   ap.add_argument("--batch-size", type=int, default=32)
-  ap.add_argument("--seq-len", type=int, default=0, help="0: the run's data.seq_len")
+  ap.add_argument("--window", "--seq-len", type=int, default=0,
+                  help="tokens per scoring window (0: the model's context length, as lm-eval)")
+  ap.add_argument("--bos", choices=BOS_MODES, default="auto",
+                  help="BOS before each context: auto = the tokenizer's own post-processor "
+                       "(lm-eval-comparable), always, or never")
   ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ap.add_argument("--json", default="", help="also write the metrics here")
   args = ap.parse_args(argv)
+  if args.window < 0 or args.batch_size < 1 or args.limit < 0:
+    raise ValueError("--window and --limit must be >= 0 and --batch-size >= 1")
   tasks = [load_task(spec, args.limit) for spec in args.task]  # parse errors before loading
-  from train import trainer
-  run = trainer.load_run(args.workdir, step=args.step)
+  from train import run as run_lib
+  run = run_lib.load_run(args.workdir, step=args.step)
+  window = args.window or context_length(run)
+  print(f"scoring with a {window}-token window (model context length "
+        f"{context_length(run)}), bos={args.bos} (BOS added: "
+        f"{'yes' if bos_added(run.tokenizer, args.bos) else 'no'})", flush=True)
   results = []
   for task in tasks:
-    res = evaluate_run(run, task, batch_size=args.batch_size, seq_len=args.seq_len or None)
+    res = evaluate_run(run, task, batch_size=args.batch_size, window=window, bos=args.bos)
     res.pop("predictions")
+    res.pop("loglikelihoods")
     results.append(res)
     print(json.dumps(res))
   if args.json:
@@ -391,4 +582,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -24,6 +24,7 @@ class Linear(nn.Module):
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  out_dtype: Any = None      # accumulate and return in this dtype (e.g. float32 logits)
 
   @nn.compact
   def __call__(self, x):
@@ -39,11 +40,12 @@ class Linear(nn.Module):
     kernel = jnp.asarray(kernel, self.dtype)
     x = jnp.asarray(x, self.dtype)
     contract = (tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in)))
-    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    y = jax.lax.dot_general(x, kernel, (contract, ((), ())),
+                            preferred_element_type=self.out_dtype)
     if self.use_bias:
       bias = self.param(
           "bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                tuple(self.axes[self.num_in:])),
           features, self.param_dtype)
-      y = y + jnp.asarray(bias, self.dtype)
+      y = y + jnp.asarray(bias, self.out_dtype or self.dtype)
     return y

@@ -251,4 +251,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("seq_len", 0, "sequence length (default: config.data.seq_len)")
   flags.DEFINE_integer("num_devices", 1, "devices to fill a -1 in config.mesh.shape")
   flags.mark_flags_as_required(["config"])
-  app.run(_main)
+  from train import cli  # pylint: disable=g-import-not-at-top
+  app.run(cli.guarded(_main), flags_parser=cli.parse_absl_flags)

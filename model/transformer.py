@@ -130,7 +130,8 @@ class Transformer(nn.Module):
       self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_embeddings:
       self.unembed = Linear((cfg.vocab_size,), ("embed", "vocab"), use_bias=False,
-                            init_std=cfg.init_std, dtype=dt, param_dtype=pdt)
+                            init_std=cfg.init_std, dtype=dt, param_dtype=pdt,
+                            out_dtype=jnp.float32)
     if cfg.mlm_head:
       self.mlm_dense = Linear((cfg.d_model,), (None, "embed"), use_bias=cfg.use_bias,
                               init_std=cfg.init_std, dtype=dt, param_dtype=pdt)
@@ -178,7 +179,7 @@ class Transformer(nn.Module):
     if cfg.tie_embeddings:
       logits = self.embed.attend(x_BxLxD)
     else:
-      logits = self.unembed(x_BxLxD).astype(jnp.float32)
+      logits = self.unembed(x_BxLxD)  # accumulated in float32, as the tied path
     if cfg.mlm_head:
       logits = logits + jnp.asarray(self.mlm_bias, jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -51,12 +51,20 @@ def worker_jax(size: str):
   _serve(lambda: timer.run(1))
 
 
+def _peer_shape(size: str) -> dict:
+  """The peer's config dict for a size it does not define (e.g. tiny), from configs/bench.py."""
+  sys.path.insert(0, str(REPO))
+  from configs import bench as bench_cfg
+  keys = ("vocab", "d_model", "n_layer", "n_head", "seq", "batch")
+  return dict(zip(keys, bench_cfg.SIZES[size]))
+
+
 def worker_torch(size: str, peer: str):
   import numpy as np
   import torch
   sys.path.insert(0, str(pathlib.Path(peer).parent))
   import torch_gpt as tg
-  c = tg.CONFIGS[size]
+  c = tg.CONFIGS.get(size) or _peer_shape(size)
   torch.manual_seed(0)
   model = tg.GPT(c)
   decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -91,10 +99,19 @@ def _start(cmd, env):
   while True:
     line = p.stdout.readline()
     if not line:
-      raise SystemExit(f"worker {cmd} exited before READY")
+      raise ChildProcessError(f"worker {cmd[-1]} exited before READY (its error is above)")
     if line.startswith("READY"):
       print("#", line.strip(), flush=True)
       return p
+
+
+def _check_inputs(a):
+  """The peer's interpreter and model file must exist before two workers are started."""
+  if not pathlib.Path(a.torch_python).is_file():
+    raise FileNotFoundError(f"--torch_python {a.torch_python}: no such interpreter; pass a Python "
+                            "with torch installed (e.g. --torch_python .venv/bin/python)")
+  if not pathlib.Path(a.peer).is_file():
+    raise FileNotFoundError(f"--peer {a.peer}: no such file; pass the path of torch_gpt.py")
 
 
 def main():
@@ -112,6 +129,7 @@ def main():
   if a.worker == "torch":
     return worker_torch(a.config, a.peer)
 
+  _check_inputs(a)
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
   me = [str(pathlib.Path(__file__).resolve()), "--config", a.config, "--peer", a.peer]
@@ -147,4 +165,6 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  sys.path.insert(0, str(REPO))
+  from train import cli
+  cli.run(main)

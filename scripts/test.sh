@@ -6,5 +6,5 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,notebooks,data,tpu,hf]"
+.venv/bin/python -m pip install -q -e ".[dev,notebooks,data,tpu,hf,lmeval,ray]"
 exec .venv/bin/python -m pytest -n 2 "$@"

@@ -33,6 +33,15 @@ for key, value in overrides.items():
     node = node[part]
   node[field] = value
 
+if faults.get("restore_io_error"):
+  import orbax.checkpoint as ocp
+  real_restore = ocp.CheckpointManager.restore
+  def flaky_restore(self, step, *a, **kw):
+    if "state" in str(kw.get("args")):
+      raise OSError("[Errno 5] Input/output error (simulated)")
+    return real_restore(self, step, *a, **kw)
+  ocp.CheckpointManager.restore = flaky_restore
+
 def batch_hook(step, batch):
   if step == faults.get("sigterm_at"):
     os.kill(os.getpid(), signal.SIGTERM)
@@ -82,8 +91,8 @@ def train_rows(workdir):
 
 def final_params(workdir):
   import jax
-  from train import trainer
-  run_ = trainer.load_run(str(workdir))
+  from train import run as run_lib
+  run_ = run_lib.load_run(str(workdir))
   return run_.step, jax.tree_util.tree_map(np.asarray, run_.params)
 
 
@@ -147,11 +156,42 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(env, straight):
       f.write_bytes(b"not a checkpoint")
   rc, out = run(env, wd)
   assert rc == 0, out
-  assert f"checkpoints/{STEPS}" in out and "failed to restore" in out, out
+  assert f"checkpoints/{STEPS}" in out and "fails its integrity record" in out, out
   assert f"(step {STEPS - 2})" in out, out
   assert any(p.name.startswith(f"{STEPS}.") for p in (wd / "checkpoints_corrupt").iterdir())
   assert_same_params(final_params(wd)[1], straight["params"])
   assert_same_losses(train_rows(wd), straight["rows"])
+
+
+def test_restore_error_that_is_not_corruption_stops_and_moves_nothing(env, straight):
+  """A transient I/O error (or memory, or a bug) on a checkpoint that passes its integrity
+  record must not set it aside: the run stops with one message and the next run resumes."""
+  wd = env["root"] / "io_error"
+  shutil.copytree(straight["workdir"], wd)
+  rc, out = run(env, wd, faults={"restore_io_error": True})
+  assert rc == 3, out
+  assert "RestoreError" in out and "passed its integrity check" in out, out
+  assert "nothing was moved" in out and "Input/output error" in out, out
+  assert not (wd / "checkpoints_corrupt").exists()
+  assert (wd / "checkpoints" / str(STEPS) / "integrity.json").is_file()
+  rc, out = run(env, wd)
+  assert rc == 0 and f"(step {STEPS})" in out, out
+
+
+def test_extending_a_finished_run_resumes_and_says_how_the_schedule_changes(env, straight):
+  wd = env["root"] / "extend"
+  shutil.copytree(straight["workdir"], wd)
+  rc, out = run(env, wd, **{"train.steps": STEPS + 2})
+  assert rc == 0, out
+  assert f"(step {STEPS})" in out, out
+  assert f"train.steps {STEPS} -> {STEPS + 2}: the run is extended" in out, out
+  assert "cosine schedule is re-stretched" in out, out
+  rows = train_rows(wd)
+  assert sorted(rows)[-2:] == [STEPS + 1, STEPS + 2]
+  from train import metrics
+  events = metrics.read_jsonl(os.path.join(wd, "metrics.jsonl"), kind="event")
+  change = [e for e in events if e.get("event") == "schedule_changed"]
+  assert change and change[-1]["steps_before"] == STEPS and change[-1]["steps_after"] == STEPS + 2
 
 
 def test_resume_with_other_config_lists_differences(env, straight):

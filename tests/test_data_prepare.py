@@ -46,7 +46,7 @@ def test_prepare_counts_and_round_trip(tmp_path):
   assert m["num_shards"] > 3 and m["domains"] == ["text"]
   by_split = {"train": [], "val": []}
   for i, t in enumerate(texts):
-    by_split[split.split_of("text", f"{tmp_path}/c/{i:04d}.txt", 0.2)].append(t)
+    by_split[split.split_of("text", t, 0.2)].append(t)
   for s, docs in by_split.items():
     row = m["splits"][s]["domains"]["text"]
     assert row["docs"] == len(docs) > 0
@@ -182,6 +182,17 @@ def test_synthetic_manifest_has_floor(tmp_path):
                       val_fraction=0.2, num_workers=1, progress=False)
   assert m["synthetic"]["entropy_rate_bits_per_byte"] > 0
   assert m["splits"]["train"]["domains"]["markov"]["tokens"] == 101 * m["splits"]["train"]["docs"]
+  # The loader's window length adds the floor a packed model can reach (stored on disk too).
+  from train.data import synthetic
+  src = synthetic.MarkovSource(synthetic.MarkovSpec(docs=50, doc_len=100))
+  for seq_len in (32, 64):
+    m = prepare.prepare("synthetic:markov:docs=50,doc_len=100", "byte", tmp_path / "p",
+                        val_fraction=0.2, num_workers=1, progress=False, seq_len=seq_len)
+  syn = prepare.read_manifest(tmp_path / "p")["synthetic"]
+  assert syn == m["synthetic"] and syn["reachable_floor_seq_len"] == 64
+  assert syn["reachable_floor_bits_per_byte"] == src.reachable_floor(64)[
+      "reachable_floor_bits_per_byte"] > syn["entropy_rate_bits_per_byte"]
+  assert set(syn["reachable_floor_by_seq_len"]) == {"32", "64"}
 
 
 def test_prepare_cli_embedded(tmp_path):
@@ -219,3 +230,77 @@ def _cfg(source, tokenizer="byte", seq_len=64, val_fraction=0.2):
   import ml_collections
   return ml_collections.ConfigDict(dict(source=source, tokenizer=tokenizer, seq_len=seq_len,
                                         prepared_dir="", val_fraction=val_fraction, num_workers=1))
+
+
+def _read_back(out):
+  _, stores = pipeline.open_prepared(out)
+  return sorted(bytes(st.doc_tokens(i).astype(np.uint8)).decode()
+                for st in stores.values() for i in range(len(st.lengths)))
+
+
+def test_changed_corpus_is_prepared_again(tmp_path):
+  texts = write_corpus(tmp_path / "c", n_docs=60)
+  src = f"text:{tmp_path}/c/*.txt"
+  m1 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       shard_bytes=5_000, progress=False)
+  (tmp_path / "c" / "0003.txt").write_text("an edited document", encoding="utf-8")
+  texts[3] = "an edited document"
+  m2 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       shard_bytes=5_000, progress=False)
+  assert m2["fingerprint"] != m1["fingerprint"]
+  assert m2["fingerprint"] == sources.open_source(src).content_fingerprint()
+  assert _read_back(tmp_path / "p") == sorted(texts)  # the stale shard was rebuilt
+
+
+def test_changed_corpus_stops_training_with_one_line(tmp_path):
+  import ml_collections
+  write_corpus(tmp_path / "c", n_docs=40)
+  src = f"text:{tmp_path}/c/*.txt"
+  data_cfg = ml_collections.ConfigDict(dict(source=src, tokenizer="byte", seq_len=32,
+                                            val_fraction=0.2, num_workers=1))
+  pipeline.load_for_training(data_cfg, tmp_path / "p", global_batch_size=2, seed=0,
+                             progress=False)
+  (tmp_path / "c" / "0100.txt").write_text("a new file in the glob", encoding="utf-8")
+  with pytest.raises(prepare.CorpusChangedError, match="changed since it was prepared") as e:
+    pipeline.load_for_training(data_cfg, tmp_path / "p", global_batch_size=2, seed=0,
+                               progress=False)
+  assert "\n" not in str(e.value) and "python -m train.data.prepare" in str(e.value)
+
+
+def test_touched_but_identical_corpus_is_reused_without_tokenizing(tmp_path):
+  write_corpus(tmp_path / "c", n_docs=40)
+  src = f"text:{tmp_path}/c/*.txt"
+  m1 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       progress=False)
+  shard = store.shard_paths(tmp_path / "p", 0)["train"]
+  written = shard.stat().st_mtime_ns
+  for p in (tmp_path / "c").iterdir():
+    os.utime(p, ns=(time.time_ns(), time.time_ns()))
+  m2 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       progress=False)
+  assert m2["fingerprint"] == m1["fingerprint"] and m2["source_stat"] != m1["source_stat"]
+  assert shard.stat().st_mtime_ns == written
+  assert prepare.read_manifest(tmp_path / "p")["source_stat"] == m2["source_stat"]
+
+
+def test_prepared_data_without_its_source_is_used_as_is(tmp_path):
+  write_corpus(tmp_path / "c", n_docs=40)
+  src = f"text:{tmp_path}/c/*.txt"
+  m1 = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                       progress=False)
+  for p in (tmp_path / "c").iterdir():
+    p.unlink()
+  assert prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.2, num_workers=1,
+                         progress=False) == m1
+
+
+def test_evaluation_only_preparation_holds_out_everything(tmp_path):
+  texts = write_corpus(tmp_path / "c", n_docs=30)
+  src = f"text:{tmp_path}/c/*.txt"
+  with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\].*1.5"):
+    prepare.prepare(src, "byte", tmp_path / "bad", val_fraction=1.5, num_workers=2,
+                    progress=False)
+  m = prepare.prepare(src, "byte", tmp_path / "p", val_fraction=1.0, num_workers=2,
+                      shard_bytes=3_000, progress=False)
+  assert m["splits"]["train"]["docs"] == 0 and m["splits"]["val"]["docs"] == len(texts)
+  assert m["splits"]["val"]["utf8_bytes"] == sum(len(t.encode()) for t in texts)

@@ -23,6 +23,36 @@ def test_split_deterministic_and_fraction():
   assert a != c
   with pytest.raises(ValueError, match="val_fraction"):
     split.split_of("d", "x", 1.5)
+  assert split.split_of("d", "x", 1.0) == "val"  # evaluation only: everything held out
+
+
+def _val_texts(spec, val_fraction, out):
+  """The validation documents prepare writes for `spec` (decoded from the shards)."""
+  from train.data import pipeline, prepare
+  prepare.prepare(spec, "byte", out, val_fraction=val_fraction, num_workers=1, progress=False)
+  _, stores = pipeline.open_prepared(out)
+  val = stores["val"]
+  return {bytes(val.doc_tokens(i).astype(np.uint8)).decode() for i in range(len(val.lengths))}
+
+
+def test_prepending_a_line_moves_no_document_across_the_split(tmp_path):
+  lines = [json.dumps({"text": f"document number {i} " * 3}) for i in range(400)]
+  (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+  before = _val_texts(f"jsonl:{tmp_path}/a.jsonl:text", 0.25, tmp_path / "p1")
+  (tmp_path / "a.jsonl").write_text("\n".join([json.dumps({"text": "a new first line"})] + lines))
+  after = _val_texts(f"jsonl:{tmp_path}/a.jsonl:text", 0.25, tmp_path / "p2")
+  assert 50 < len(before) < 150
+  assert after - {"a new first line"} == before
+
+
+def test_relative_and_absolute_globs_give_the_same_split(tmp_path, monkeypatch):
+  (tmp_path / "d").mkdir()
+  for i in range(60):
+    (tmp_path / "d" / f"{i:03d}.txt").write_text(f"file {i} " * 10)
+  absolute = _val_texts(f"text:{tmp_path}/d/*.txt", 0.3, tmp_path / "p1")
+  monkeypatch.chdir(tmp_path)
+  relative = _val_texts("text:d/*.txt", 0.3, tmp_path / "p2")
+  assert absolute == relative and 5 < len(absolute) < 35
 
 
 def test_embedded_has_two_domains():

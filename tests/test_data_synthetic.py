@@ -59,3 +59,67 @@ def test_source_documents_and_floor():
 def test_bad_options(arg, match):
   with pytest.raises(ValueError, match=match):
     sources.open_source(f"synthetic:markov:{arg}")
+
+
+class _LayoutOnly:
+  """A split store of `docs` equal-length documents: enough for Packer's window layout."""
+
+  def __init__(self, docs, doc_len):
+    self.lengths = np.full(docs, doc_len, np.int64)
+
+
+def _exact_packed_floor_bpb(src, seq_len) -> float:
+  """Brute force: over one period of the packed stream (layout from the real Packer) and
+  every possible document, the joint law of (what the model sees, target); the Bayes-optimal
+  loss is its conditional entropy. Observations: BOS or not, and the piece's inputs so far
+  (positions follow from their count)."""
+  import itertools
+
+  from train.data import pipeline
+  n, k, v = src.spec.doc_len, src.spec.order, src.spec.vocab
+  unit = n + 1
+  period = math.lcm(unit, seq_len)
+  packer = pipeline.Packer(_LayoutOnly(period // unit, n), np.arange(period // unit), seq_len,
+                           type("Tok", (), dict(bos_id=-1, eos_id=-2, pad_id=-3))())
+  docs = []
+  for x in itertools.product(range(v), repeat=n):
+    ctx = 0
+    for sym in x[:k]:
+      ctx = ctx * v + sym
+    prob = src.pi[ctx]
+    for sym in x[k:]:
+      prob *= src.P[ctx, sym]
+      ctx = (ctx * v) % v**k + sym
+    docs.append((x, prob))
+  joint, symbols = {}, 0
+  for _, _, _, o0, o1 in packer._pieces(np.arange(period // seq_len)):
+    for o in range(o0, o1):
+      symbols += o < n
+      for x, prob in docs:
+        ext = ("BOS",) + x + ("EOS",)  # ext[j + 1] is the document's ext[j]
+        obs = (o0 == 0, ext[o0:o + 1])
+        row = joint.setdefault(obs, {})
+        row[ext[o + 1]] = row.get(ext[o + 1], 0.0) + prob
+  nats = 0.0
+  for row in joint.values():
+    total = sum(row.values())
+    nats -= sum(p * math.log(p / total) for p in row.values() if p > 0)
+  return nats / symbols / math.log(2)
+
+
+@pytest.mark.parametrize("order,vocab,doc_len,seq_len", [(1, 2, 3, 3), (2, 3, 4, 3),
+                                                         (1, 3, 4, 7), (2, 2, 5, 4)])
+def test_reachable_floor_matches_exact_enumeration(order, vocab, doc_len, seq_len):
+  src = synthetic.MarkovSource(synthetic.MarkovSpec(order=order, vocab=vocab, doc_len=doc_len,
+                                                    alpha=0.7, seed=4))
+  got = src.reachable_floor(seq_len)["reachable_floor_bits_per_byte"]
+  assert got == pytest.approx(_exact_packed_floor_bpb(src, seq_len), rel=1e-9)
+  assert got > src.entropy_rate() / math.log(2)
+
+
+def test_reachable_floor_approaches_the_entropy_rate_for_long_windows():
+  src = synthetic.MarkovSource(synthetic.MarkovSpec())
+  rate = src.floor()["entropy_rate_bits_per_byte"]
+  floors = [src.reachable_floor(n)["reachable_floor_bits_per_byte"] for n in (32, 128, 1024)]
+  assert floors[0] > floors[1] > floors[2] > rate
+  assert floors[1] / rate - 1 > 0.003  # packing costs more than rounding error at seq 128

@@ -1,6 +1,7 @@
 """Generation: KV-cached decoding reproduces the full forward pass, sampling filters do what
 they say, stop tokens and seeds behave."""
 
+import dataclasses
 import io
 
 import flax.linen as nn
@@ -16,10 +17,10 @@ from model.transformer import Transformer
 PE = ["rope", "learned", "sinusoidal"]
 
 
-def _model(pos_encoding, **kw):
+def _model(pos_encoding, max_seq_len=40, **kw):
   # init_std 0.3: logits of order 1-10, so near-ties do not make the checks vacuous.
   cfg = ModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                    head_dim=8, mlp_dim=64, max_seq_len=40, pos_encoding=pos_encoding,
+                    head_dim=8, mlp_dim=64, max_seq_len=max_seq_len, pos_encoding=pos_encoding,
                     init_std=0.3, **kw)
   params = nn.unbox(Transformer(cfg).init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))
                     ["params"])
@@ -74,6 +75,19 @@ def test_filter_logits_top_k_and_top_p():
   np.testing.assert_allclose(kept[0, 1], np.log(0.5), rtol=1e-6)  # kept logits unchanged
 
 
+def test_top_p_applies_to_the_tempered_distribution():
+  """probs (0.6, 0.3, 0.1) at temperature 0.5 become (0.78, 0.20, 0.02): the 0.7 nucleus of
+  the tempered distribution is token 0 alone, while the raw distribution's holds 0 and 1
+  (token 1 would then be drawn ~20% of the time)."""
+  row = jnp.log(jnp.asarray([0.6, 0.3, 0.1], jnp.float32))[None].repeat(4000, 0)
+  draws = np.asarray(gen.sample_tokens(row, jax.random.key(0), temperature=0.5, top_p=0.7))
+  assert np.bincount(draws, minlength=3).tolist() == [4000, 0, 0]
+  # A nucleus wide enough for two tokens samples them in their tempered ratio (0.8 : 0.2).
+  draws = np.asarray(gen.sample_tokens(row, jax.random.key(0), temperature=0.5, top_p=0.9))
+  np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.8, 0.2, 0.0],
+                             atol=0.025)
+
+
 def test_sampling_edge_cases_and_distribution():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(64, 30)) * 3, jnp.float32)
@@ -123,11 +137,58 @@ def test_generator_stop_tokens_seeds_and_top_k_one():
   assert len({tuple(r) for r in a}) > 1  # samples in one batch differ
 
 
-def test_learned_positions_limit_and_streaming():
+def test_learned_positions_slide_past_the_table():
+  """A 12-row learned table, prompts of 5, 2 and 15 tokens (the last longer than the table),
+  20 new tokens each: every token is drawn from the logits of a fresh forward pass over the
+  last 12 tokens of its row (the window), in the cached phase and in the sliding phase."""
+  table, n = 12, 20
+  cfg, params = _model("learned", max_seq_len=table)
+  g = gen.Generator(cfg, params, pad_id=0)
+  prompts = [[1, 2, 3, 4, 5], [7, 8], list(range(10, 25))]
+  out = g.generate(prompts, gen.SamplingConfig(max_new_tokens=n, temperature=0.0),
+                   return_logits=True)
+  forward = lambda rows: np.asarray(Transformer(cfg).apply({"params": params},
+                                                          jnp.asarray(rows)))
+  got, want, windows = [], [], []
+  # A window shorter than the table is a prefix of the row's first `table` tokens (causal).
+  prefix_logits = forward([(p[-table:] + out["tokens"][r])[:table] for r, p in enumerate(prompts)])
+  for r, p in enumerate(prompts):
+    seq = p + out["tokens"][r]
+    assert len(out["tokens"][r]) == n > table
+    for i in range(n):
+      window = seq[:len(p) + i][-table:]
+      got.append(out["logits"][r, i])
+      want.append(prefix_logits[r, len(window) - 1] if len(window) < table else None)
+      if len(window) == table:
+        windows.append(window)
+  assert len(windows) > 2 * n  # most steps slide
+  slid = iter(forward(windows)[:, -1])
+  want = [next(slid) if w is None else w for w in want]
+  np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4)
+  assert [t for row in out["tokens"] for t in row] == np.argmax(want, -1).tolist()
+  assert "slides" in g.context_note(5, n) and g.context_note(5, table - 4) is None
+
+
+def test_unbounded_positions_continue_past_max_seq_len():
+  """Without a position table (RoPE here) decoding simply continues with the cache: the
+  logits equal the full forward pass over the whole sequence, longer than max_seq_len."""
+  cfg, params = _model("rope", max_seq_len=8)
+  g = gen.Generator(cfg, params, pad_id=0)
+  prompts = [[1, 2, 3], [4]]
+  n = 12
+  out = g.generate(prompts, gen.SamplingConfig(max_new_tokens=n, temperature=0.0),
+                   return_logits=True)
+  for r, p in enumerate(prompts):
+    full = _full_logits(cfg, params, p + out["tokens"][r])
+    np.testing.assert_allclose(out["logits"][r], full[len(p) - 1:len(p) - 1 + n], atol=1e-4)
+  for pe in ["rope", "sinusoidal", "none"]:
+    note = gen.Generator(dataclasses.replace(cfg, pos_encoding=pe), None).context_note(3, n)
+    assert "max_seq_len=8" in note and pe in note and "continue" in note
+
+
+def test_learned_positions_streaming():
   cfg, params = _model("learned")
   g = gen.Generator(cfg, params, pad_id=0)
-  with pytest.raises(ValueError, match="max_seq_len=40"):
-    g.generate([[1] * 30], gen.SamplingConfig(max_new_tokens=11))
   seen = []
   out = g.generate([[1, 2], [3]], gen.SamplingConfig(max_new_tokens=5, temperature=0.0),
                    stream=lambda step, tok, done: seen.append((int(step), np.asarray(tok))))

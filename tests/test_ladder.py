@@ -3,6 +3,11 @@
 import csv
 import json
 import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -62,6 +67,10 @@ def test_tiny_wsd_ladder_resumes_after_a_crash(tmp_path, monkeypatch):
   assert calls == ["d16l1_constant", "d16l1_s10", "d16l1_s20", "d32l1_constant"]
   rows = _rows(tmp_path)
   assert len(rows) == 4
+  manifest = json.loads(next((tmp_path / "data").glob("prepared-*/manifest.json")).read_text())
+  for r in rows:
+    assert r["seed"] == "0" and int(r["unique_tokens"]) == manifest["splits"]["train"]["tokens"]
+    assert float(r["flops_6nd"]) == 6 * int(r["params_total"]) * int(r["tokens"])
   def events(name):
     path = tmp_path / "points" / name / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -96,3 +105,71 @@ def test_tiny_isoflop_ladder_feeds_the_report(tmp_path):
   text = md.read_text()
   assert "LM head: centred effective rank" in text and "IsoFLOP" in text
   assert (md.parent / "training_curves.png").exists()
+
+
+OLD_COLUMNS = ladder.RESULT_COLUMNS[:ladder.RESULT_COLUMNS.index("wall_s") + 1]
+
+
+def test_results_csv_from_before_the_new_columns_is_read_and_appended(tmp_path):
+  """An old file keeps its header and rows; a row appended to it fills the columns it has."""
+  old = ",".join(OLD_COLUMNS) + "\n" + ",".join(["a"] + ["1"] * (len(OLD_COLUMNS) - 1))
+  (tmp_path / "results.csv").write_text(old)     # no final newline (an editor may drop it)
+  row = {c: "2" for c in ladder.RESULT_COLUMNS} | {"name": "b"}
+  ladder.append_row(tmp_path, row)
+  lines = (tmp_path / "results.csv").read_text().splitlines()
+  assert lines[:2] == old.splitlines()
+  assert lines[2] == ",".join(["b"] + ["2"] * (len(OLD_COLUMNS) - 1))
+  assert ladder.finished_names(tmp_path) == {"a", "b"}
+  new = tmp_path / "new"
+  new.mkdir()
+  ladder.append_row(new, row)
+  assert (new / "results.csv").read_text().splitlines()[0] == ",".join(ladder.RESULT_COLUMNS)
+  assert not list(new.glob("*.tmp")) and not list(tmp_path.glob("*.tmp"))
+  (new / "results.csv").write_text("step,loss\n1,2\n")
+  with pytest.raises(ValueError, match="no `name` column"):
+    ladder.finished_names(new)
+
+
+def test_result_row_records_noise_seed_and_both_flop_conventions():
+  point = ladder.expand(ladder_cfg.get_config("tiny"))[1]
+  out = {"val_loss": 4.0, "val_bpb": 5.0, "val": {"all": {"loss": 4.0, "loss_se": 0.25}}}
+  row = ladder.result_row(point, out, 1.0, "wsd")
+  assert row["val_loss_se"] == 0.25 and row["seed"] == 0
+  assert row["flops_6nd"] == 6 * row["params_total"] * row["tokens"]
+  assert row["flops"] == row["flops_per_token"] * row["tokens"] != row["flops_6nd"]
+  assert row["unique_tokens"] == ""               # the data was never prepared
+  row = ladder.result_row(point, {"val_loss": 4.0, "val": {"all": {"loss": 4.0}}}, 1.0, "wsd")
+  assert row["val_loss_se"] == ""
+
+
+def _cpu_devices_used(stdout: str) -> set[int]:
+  return {int(n) for n in re.findall(r"(\d+) cpu device\(s\)", stdout)}
+
+
+@pytest.mark.slow
+def test_ladder_points_use_the_device_split_of_python_m_train(tmp_path):
+  """Both entry points split the CPU host the same way (train/cpu_devices.py)."""
+  from train import cpu_devices
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu_devices.ENV)}
+  common = ["--config", "configs/ladder.py:tiny_grid"]
+  ladder_cmd = ["-m", "eval.ladder", *common, "--config.ladder.steps=(3,)",
+                "--config.ladder.sizes=(('d16l1',16,1,2),)", f"--workdir={tmp_path / 'l'}"]
+  train_cmd = ["-m", "train", *common, "--config.train.steps=3", f"--workdir={tmp_path / 't'}"]
+  used = []
+  for cmd in (ladder_cmd, train_cmd):
+    proc = subprocess.run([sys.executable, *cmd], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    used.append(_cpu_devices_used(proc.stdout + proc.stderr))
+  point = ladder.expand(ladder_cfg.get_config("tiny_grid"))[0]
+  assert used[0] == used[1] == {cpu_devices.choose(point.config)}
+
+
+def test_train_loss_skips_a_metrics_line_cut_short_by_a_kill(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"kind": "train", "step": 2, "loss_mean": 3.5}\n{"kind": "tra\n'
+                  '{"kind": "eval", "step": 4}\n{"kind": "train", "step": 4, "loss_mean": 2.5}\n')
+  last_train_loss = ladder._last_train_loss  # pylint: disable=protected-access
+  assert last_train_loss(str(path), math.nan) == 2.5
+  assert math.isnan(last_train_loss(str(tmp_path / "none"), math.nan))

@@ -106,16 +106,17 @@ def test_weight_decay_only_touches_masked_params():
   np.testing.assert_array_equal(new["embed"]["embedding"], 1.0)
 
 
-@pytest.mark.parametrize("name", optim.OPTIMIZERS)
-def test_each_optimizer_minimises_a_quadratic(name):
+@pytest.mark.parametrize("name,lr", [("adamw", 0.05), ("adafactor", 0.05), ("lion", 0.01)])
+def test_each_optimizer_minimises_a_quadratic(name, lr):
+  """Lion (b2 0.99) takes sign steps of size lr: its rate is several times AdamW's lower."""
   params = {"w": {"kernel": jnp.full((4, 4), 3.0)}}
-  t = _train_cfg(optimizer=name, schedule="constant", warmup_steps=0, learning_rate=0.05,
+  t = _train_cfg(optimizer=name, schedule="constant", warmup_steps=0, learning_rate=lr,
                  steps=100, weight_decay=0.0)
   tx, _ = optim.make_optimizer(t, params)
   loss = lambda p: jnp.sum(jnp.square(p["w"]["kernel"] - 1.0))
   opt = tx.init(params)
   start = float(loss(params))
-  for _ in range(60):
+  for _ in range(60 if name != "lion" else 300):
     updates, opt = tx.update(jax.grad(loss)(params), opt, params)
     params = optax.apply_updates(params, updates)
   assert float(loss(params)) < 0.1 * start
@@ -144,3 +145,36 @@ def test_global_norm_clipping_happens_before_the_optimizer():
 def test_unknown_optimizer_lists_choices():
   with pytest.raises(ValueError, match="config.train.optimizer='sgdx' is unknown.*adamw"):
     optim.make_optimizer(_train_cfg(optimizer="sgdx"), {"w": jnp.zeros(2)})
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_decoupled_weight_decay_is_scaled_by_the_learning_rate(name):
+  """10 zero-gradient steps at lr 0.01 and weight decay 0.1 shrink a matrix by (1 - 1e-3)^10
+  for every optimizer (optax.adafactor's own decay ignores the rate: 0.9^10 = 0.349)."""
+  params = {"dense": {"kernel": jnp.ones((4, 4))}}
+  t = _train_cfg(optimizer=name, schedule="constant", warmup_steps=0, learning_rate=0.01,
+                 weight_decay=0.1, grad_clip=0.0)
+  tx, _ = optim.make_optimizer(t, params)
+  opt = tx.init(params)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  for _ in range(10):
+    updates, opt = tx.update(zeros, opt, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params["dense"]["kernel"], (1 - 1e-3) ** 10, rtol=1e-5)
+
+
+def test_betas_default_per_optimizer_and_config_overrides_them():
+  assert optim.betas(_train_cfg(optimizer="adamw")) == (0.9, 0.95)
+  assert optim.betas(_train_cfg(optimizer="lion")) == (0.9, 0.99)
+  assert optim.betas(_train_cfg(optimizer="lion", b1=0.95, b2=0.98)) == (0.95, 0.98)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(schedule="cosine", steps=100, warmup_steps=100), "warmup_steps=100 does not fit"),
+    (dict(schedule="linear", steps=50, warmup_steps=80), "never decay"),
+    (dict(schedule="constant", steps=50, warmup_steps=51), "does not fit"),
+    (dict(schedule="wsd", steps=100, warmup_steps=90, decay_fraction=0.2), "WSD cooldown"),
+])
+def test_schedule_that_cannot_fit_is_an_error(kw, message):
+  with pytest.raises(ValueError, match=message):
+    optim.make_schedule(_train_cfg(**kw))

@@ -1,11 +1,17 @@
 """eval.perplexity reproduces the trainer's held-out numbers and evaluates other sources."""
 
+import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from configs import ladder as ladder_cfg
 from eval import ladder, perplexity
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +34,9 @@ def test_matches_the_trainers_final_eval(tiny_run):
     assert res["domains"][domain]["bpb"] == pytest.approx(r["bpb"], rel=1e-5)
   prose = res["domains"]["prose"]
   assert prose["ppl"] == pytest.approx(math.exp(prose["loss"]))
-  assert prose["ppl_se"] == pytest.approx(prose["ppl"] * prose["loss_se"])
+  # Two small batches may cover a single document: then there is no SE (NaN), honestly.
+  assert prose["ppl_se"] == pytest.approx(prose["ppl"] * prose["loss_se"], nan_ok=True)
+  assert (prose["docs"] < 2) == math.isnan(prose["loss_se"])
   assert "prose" in perplexity.format_table(res)
 
 
@@ -38,4 +46,34 @@ def test_other_source_and_cli(tiny_run, tmp_path, capsys):
   assert perplexity.main(["--workdir", str(d), "--data", "synthetic:markov:docs=100,doc_len=64",
                           "--val_fraction", "0.2", "--batches", "1", "--json", str(out)]) == 0
   assert "markov" in capsys.readouterr().out and out.exists()
-  assert perplexity.main(["--workdir", str(tmp_path / "nothing")]) == 1
+  with pytest.raises(FileNotFoundError, match="no checkpoints"):
+    perplexity.main(["--workdir", str(tmp_path / "nothing")])
+
+
+def test_split_all_scores_every_byte_of_a_single_file(tiny_run, tmp_path):
+  d, _ = tiny_run
+  text = "".join(f"line {i}: held-out text, ünïcode too\n" for i in range(60))
+  (tmp_path / "held_out.txt").write_text(text, encoding="utf-8")
+  out = tmp_path / "all.json"
+  assert perplexity.main(["--workdir", str(d), "--data", f"text:{tmp_path}/held_out.txt",
+                          "--split", "all", "--json", str(out)]) == 0
+  res = json.loads(out.read_text())
+  assert res["split"] == "all" and res["batches"] == -1
+  r = res["domains"]["text"]
+  assert r["bytes"] == len(text.encode()) and r["tokens"] == len(text.encode()) + 1
+  assert r["docs"] == 1 and math.isnan(r["loss_se"])  # one document: no clustered SE
+
+
+def test_cli_errors_are_one_line(tiny_run, tmp_path):
+  d, _ = tiny_run
+  (tmp_path / "f.txt").write_text("some text")
+  bad_fraction = ["--data", f"text:{tmp_path}/f.txt", "--val_fraction", "1.5"]
+  for args, what in ([bad_fraction, "val_fraction"],
+                     [["--split", "all"], "--data"],
+                     [["--data", f"jsonl:{tmp_path}/missing*.jsonl:text"], "no files match"]):
+    p = subprocess.run([sys.executable, "-m", "eval.perplexity", "--workdir", str(d), *args],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")
+    assert what in p.stderr

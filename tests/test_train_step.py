@@ -10,6 +10,7 @@ import pytest
 from configs import default
 from train import build
 from train import inputs
+from train import optim
 from train import step as step_lib
 
 B, L = 8, 32
@@ -158,3 +159,43 @@ def test_bad_config_values_give_clear_errors(override, message):
   with pytest.raises(ValueError, match=message):
     build.build(c, mesh=None if section == "mesh" else
                 mesh_lib.make_mesh(c, devices=jax.devices()[:1]))
+
+
+def test_logged_lr_is_the_rate_the_optimizer_used_after_skipped_steps():
+  """A skipped (non-finite) update leaves the optimizer's schedule count behind the step
+  counter; the logged lr must follow the optimizer, not the step."""
+  b = _one_device_build(_config(schedule="linear", warmup_steps=4, steps=40))
+  sched = optim.make_schedule(b.config.train)
+  state = b.init_state()
+  bad = _batch()
+  bad["weights"] = np.full_like(bad["weights"], np.nan)
+  for batch in (bad, bad, _batch(), _batch()):
+    before = jax.device_get(state)
+    state, m = b.train_step(state, inputs.to_global(batch, b.train_step.batch_sharding, B))
+    used = float(sched(int(before.step) - int(before.skipped)))
+    assert float(m["lr"]) == pytest.approx(used)
+  # The last step was step 3 with two updates skipped: the optimizer's count was 1.
+  assert int(jax.device_get(state).skipped) == 2
+  assert float(m["lr"]) == pytest.approx(float(sched(1)))
+  assert float(m["lr"]) != pytest.approx(float(sched(3)))
+
+
+def test_untied_bf16_head_returns_float32_accumulated_logits():
+  """The untied head accumulates in float32 like the tied one (no bf16 rounding of logits)."""
+  from model.config import ModelConfig
+  from model.transformer import Transformer
+  cfg = ModelConfig.from_config(dict(_config().model.to_dict(), tie_embeddings=False,
+                                     dtype="bfloat16"))
+  model = Transformer(cfg)
+  tokens = jnp.asarray(_batch()["inputs"])
+  params = model.init(jax.random.key(0), tokens)["params"]
+  logits = model.apply({"params": params}, tokens)
+  hidden = model.apply({"params": params}, tokens, method=Transformer.hidden)
+  kernel = jnp.asarray(params["unembed"]["kernel"].unbox() if hasattr(
+      params["unembed"]["kernel"], "unbox") else params["unembed"]["kernel"], jnp.bfloat16)
+  want = jnp.einsum("bld,dv->blv", hidden.astype(jnp.bfloat16), kernel,
+                    preferred_element_type=jnp.float32)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(logits), np.asarray(want))
+  rounded = np.asarray(want.astype(jnp.bfloat16).astype(jnp.float32))
+  assert not np.array_equal(np.asarray(logits), rounded)

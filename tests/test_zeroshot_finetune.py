@@ -9,6 +9,7 @@ import pytest
 
 from configs import default
 from eval import finetune
+from train import run as run_lib
 from train import trainer
 
 # Distinct first letters: a tiny byte model separates them within the step budget (with
@@ -45,6 +46,7 @@ def test_finetune_from_run_learns_the_task(tmp_path, capsys):
   base.data.source = f"text:{tmp_path / 'base.txt'}:\\n"
   base.data.val_fraction = 0.2  # inherited by the fine-tune: 80 of its 400 examples
   base.train.steps = 5
+  base.train.warmup_steps = 1
   base.eval.every = base.checkpoint.every = 5
   trainer.train_and_evaluate(base, str(tmp_path / "base"))
 
@@ -59,4 +61,4 @@ def test_finetune_from_run_learns_the_task(tmp_path, capsys):
   assert report["dev_n"] == 40 and report["train_examples"] == 400
   assert report["acc_after"] >= 0.9 > report["acc_before"]
   # The fine-tuned run kept the base model's shape and is a normal run.
-  assert trainer.config_from_workdir(str(tmp_path / "ft")).init_from == str(tmp_path / "base")
+  assert run_lib.config_from_workdir(str(tmp_path / "ft")).init_from == str(tmp_path / "base")

@@ -6,12 +6,13 @@ SLURM / Cloud TPU detection (see train/distributed.py).
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from train import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py[:arg]).",
                                           lock_config=True)
@@ -33,7 +34,7 @@ def _enable_compilation_cache() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
   config = _CONFIG.value
@@ -46,15 +47,9 @@ def main(argv):
   from train import cpu_devices
   cpu_devices.configure(config)  # CPU hosts: 2 data-parallel devices; before jax is imported
   _enable_compilation_cache()
-  from train import checkpoint as ckpt_lib
   from train import trainer
-  try:
-    out = trainer.train_and_evaluate(config, _WORKDIR.value)
-  except (trainer.NonFiniteError, ckpt_lib.ConfigMismatchError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  del out
+  trainer.train_and_evaluate(config, _WORKDIR.value)   # NonFiniteError is a cli.Error
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)

@@ -25,14 +25,13 @@ from train import step as step_lib
 class Built:
   config: Any
   mesh: Mesh
-  rules: tuple
   model: nn.Module
   tx: optax.GradientTransformation
-  schedule: Callable
   abstract_state: state_lib.TrainState     # ShapeDtypeStructs (unsharded description)
   state_shardings: state_lib.TrainState    # NamedShardings
   train_step: step_lib.CompiledStep        # callable (state, batch) -> (state, metrics)
-  eval_step: Callable                      # (params, batch) -> per-row sums (see evaluate)
+  eval_step: Callable   # (params, batch, doc_ids, token_bytes, mask_index) -> per-token loss,
+                        # weights, bytes and doc ids (see train/evaluate.py)
 
   def sharded_abstract_state(self) -> state_lib.TrainState:
     """ShapeDtypeStructs carrying their shardings (restore targets, `.lower()` inputs)."""
@@ -57,11 +56,13 @@ def check_sequence_length(config) -> None:
         f"shorten data.seq_len.")
 
 
-def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None) -> Built:
+def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None,
+          token_vocab_size: int | None = None) -> Built:
   """Validates config against the mesh and builds the jitted functions (nothing runs).
 
   `mesh` defaults to `train.mesh.make_mesh(config)` over all devices; pass one built from a
-  TPU topology's devices to plan. `mask_id` (the tokenizer's) is needed for objective mlm.
+  TPU topology's devices to plan. `mask_id` (the tokenizer's) is needed for objective mlm;
+  `token_vocab_size` (the tokenizer's) bounds MLM's random replacement tokens.
   """
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config)
   rules = mesh_lib.axis_rules(config)
@@ -74,7 +75,6 @@ def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None) -> Bu
   tx, schedule = optim.make_optimizer(config.train, boxed["params"])
   abstract, shardings = state_lib.state_shardings(config, mesh, boxed, tx)
   train_step = step_lib.build_train_step(config, mesh, model, tx, schedule, abstract, shardings,
-                                         mask_id=mask_id)
+                                         mask_id=mask_id, token_vocab_size=token_vocab_size)
   eval_step = eval_lib.build_eval_step(config, mesh, model, shardings.params, mask_id=mask_id)
-  return Built(config, mesh, rules, model, tx, schedule, abstract, shardings, train_step,
-               eval_step)
+  return Built(config, mesh, model, tx, abstract, shardings, train_step, eval_step)

@@ -4,14 +4,24 @@ Layout under the workdir:
 
     checkpoints/<step>/state     TrainState (params, optimizer state, step, RNG, counters)
     checkpoints/<step>/config    the resolved config (JSON)
-    checkpoints/<step>/meta      step, wall time, tokens seen, process count (JSON)
-    checkpoints/<step>/data      the input iterator's state, one JSON file per process
-    checkpoints_corrupt/<name>   checkpoints that failed to restore or never finished,
-                                 moved aside (never deleted) and reported
+    checkpoints/<step>/meta      step, wall time, tokens seen, process count and the input
+                                 iterator's GLOBAL position (JSON)
+    checkpoints/<step>/integrity.json
+                                 every file of `state` with its size, written once the save
+                                 has finished: the checkpoint's own integrity record
+    checkpoints_corrupt/<name>   checkpoints that never finished or fail their integrity
+                                 record, moved aside (never deleted) and reported
 
 Saves are asynchronous (the step loop continues while arrays are written); retention keeps
-the last `keep` and every `keep_every`-th step (Orbax preservation policies). Restore walks
-from the newest step down and takes the first one that restores completely.
+the last `keep` and every `keep_every`-th step (Orbax preservation policies).
+
+Restoring is independent of the process count and the mesh: arrays are read straight into
+the shardings of the run that restores them, and the data position is global (the loader
+gives global batch g the same windows whatever the process count, see train/data/pipeline),
+so a run saved by N processes resumes on M. Restore walks from the newest step down. Only a
+checkpoint that never finished or fails its own integrity record is set aside (and the
+previous one tried); any other failure (I/O, memory, a bug) stops with one message and moves
+nothing, so a good checkpoint is never set aside by mistake.
 """
 
 import dataclasses
@@ -23,9 +33,12 @@ from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 from orbax.checkpoint.path import step as step_lib
+
+from train import cli
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -39,41 +52,12 @@ def run_path(workdir: str) -> epath.Path:
 
 # Config fields that may change between a run and its resumption (they do not change what
 # is computed): where/how often things are written, evaluation cadence, process layout.
+# `train.steps` may grow or shrink: the run is extended (or stopped earlier); the trainer logs
+# how the schedule's shape changes with it.
 RESUMABLE_PREFIXES = ("checkpoint.", "eval.", "distributed.", "mesh.", "data.prepared_dir",
                       "data.num_workers", "train.log_every", "train.max_nonfinite_steps",
-                      "name", "init_from")
-
-
-# ------------------------------------------------------------------ per-process JSON item
-
-
-class ProcessJsonHandler(ocp.JsonCheckpointHandler):
-  """Like Orbax's JSON handler, but every process writes its own file (input iterators
-  differ per process, as in Grain's own Orbax handler)."""
-
-  def _filename_for_process(self) -> str:
-    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-
-  async def _save_fn(self, x, directory):
-    (directory / self._filename_for_process()).write_text(json.dumps(x))
-
-  def restore(self, directory, item=None, args=None):
-    path = directory / self._filename_for_process()
-    if not path.exists():
-      raise FileNotFoundError(f"{path} not found (iterator state of this process).")
-    return json.loads(path.read_text())
-
-
-@ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
-@dataclasses.dataclass
-class ProcessJsonSave(ocp.args.CheckpointArgs):
-  item: Any
-
-
-@ocp.args.register_with_handler(ProcessJsonHandler, for_restore=True)
-@dataclasses.dataclass
-class ProcessJsonRestore(ocp.args.CheckpointArgs):
-  item: Any = None
+                      "train.transfer_guard", "train.steps", "name", "init_from")
+INTEGRITY_FILE = "integrity.json"
 
 
 # ------------------------------------------------------------------ config comparison
@@ -111,6 +95,11 @@ class ConfigMismatchError(ValueError):
   pass
 
 
+class RestoreError(cli.Error):
+  """A checkpoint that passed its integrity check could not be restored (I/O, memory, ...).
+  Nothing was moved: fix the cause and rerun."""
+
+
 # ------------------------------------------------------------------ the manager
 
 
@@ -118,7 +107,7 @@ class ConfigMismatchError(ValueError):
 class Restored:
   step: int
   state: Any
-  data_state: Any
+  data_state: dict      # the input iterator's state: global, valid for any process count
   meta: dict
   config: dict
 
@@ -142,11 +131,10 @@ class Checkpointer:
         create=True)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_names=("state", "config", "meta", "data"),
+        item_names=("state", "config", "meta"),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler(),
-                       "data": ProcessJsonHandler()})
+                       "meta": ocp.JsonCheckpointHandler()})
 
   # -- housekeeping ------------------------------------------------------------------
 
@@ -170,27 +158,70 @@ class Checkpointer:
 
   # -- save ----------------------------------------------------------------------------
 
-  def should_save(self, step: int) -> bool:
-    return self.every > 0 and step % self.every == 0
+  def save(self, step: int, state: Any, *, config, data_state: dict, meta: dict) -> bool:
+    """Starts an (async) save of everything needed to resume exactly at `step`.
 
-  def save(self, step: int, state: Any, *, config, data_state: Any, meta: dict) -> bool:
-    """Starts an (async) save of everything needed to resume exactly at `step`."""
+    `data_state` is the input iterator's state; the loader makes it the same on every
+    process (the global batch index), so it is stored once, in `meta`.
+    """
     if step in self.manager.all_steps():
       return False
-    meta = dict(meta, step=int(step), time=time.time(), process_count=jax.process_count())
+    meta = dict(meta, step=int(step), time=time.time(), process_count=jax.process_count(),
+                data_state=dict(data_state))
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(config_to_json(config)),
-        meta=ocp.args.JsonSave(meta),
-        data=ProcessJsonSave(data_state))
-    return self.manager.save(int(step), args=args, force=True)
+        meta=ocp.args.JsonSave(meta))
+    started = self.manager.save(int(step), args=args, force=True)
+    self._seal_finished(below=int(step))  # Orbax finished the previous save before this one
+    return started
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self._seal_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
+
+  # -- integrity -----------------------------------------------------------------------
+
+  def _seal_finished(self, below: int | None = None) -> None:
+    """Writes the integrity record of every finished step that lacks one (process 0)."""
+    if jax.process_index() != 0:
+      return
+    for step in self.manager.all_steps():
+      if below is not None and step >= below:
+        continue
+      record = self._step_dir(step) / INTEGRITY_FILE
+      if record.exists():
+        continue
+      try:
+        files = _file_sizes(self._step_dir(step) / "state")
+      except FileNotFoundError:  # deleted by retention meanwhile
+        continue
+      tmp = record.parent / (INTEGRITY_FILE + ".tmp")
+      tmp.write_text(json.dumps({"step": int(step), "state_files": files}))
+      tmp.rename(record)
+
+  def integrity_problem(self, step: int) -> str | None:
+    """Why `step` fails its own integrity record (a file missing or of another size), or
+    None when it passes or has no record (an older checkpoint: then it is not judged)."""
+    record = self._step_dir(step) / INTEGRITY_FILE
+    if not record.exists():
+      return None
+    try:
+      want = json.loads(record.read_text())["state_files"]
+    except (ValueError, KeyError) as e:
+      return f"has an unreadable integrity record ({e})"
+    have = _file_sizes(self._step_dir(step) / "state")
+    for name, size in want.items():
+      if name not in have:
+        return f"fails its integrity record: state/{name} is missing"
+      if have[name] != size:
+        return (f"fails its integrity record: state/{name} has {have[name]} bytes, "
+                f"{size} were written")
+    return None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -200,50 +231,83 @@ class Checkpointer:
 
   # -- restore -------------------------------------------------------------------------
 
-  def restore_latest(self, abstract_state: Any, *, config=None,
-                     with_data: bool = True) -> Restored | None:
-    """Restores the newest checkpoint that restores completely, or None if there is none.
+  def restore_latest(self, abstract_state: Any, *, config=None) -> Restored | None:
+    """Restores the newest good checkpoint, or None if there is none.
 
-    `abstract_state`: ShapeDtypeStructs with `.sharding` (restored straight into shards).
-    A checkpoint that fails (missing or corrupt files) is reported, moved aside and the
-    previous one tried. A config that differs in fields that matter raises
-    ConfigMismatchError listing them (checked before any array is read).
+    `abstract_state`: ShapeDtypeStructs with `.sharding` (restored straight into shards,
+    whatever mesh or process count saved them). A checkpoint that fails its integrity record
+    (or whose config JSON is unreadable) is reported, moved aside and the previous one
+    tried. A config that differs in fields that matter raises ConfigMismatchError listing
+    them (checked before any array is read). Any other failure raises RestoreError and
+    moves nothing.
     """
     for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        saved_cfg = self.manager.restore(
-            step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-      except Exception as e:  # pylint: disable=broad-except
-        self._move_aside(self._step_dir(step), f"cannot be read ({type(e).__name__}: {e})")
+      problem = self.integrity_problem(step)
+      saved_cfg = None
+      if problem is None:
+        try:
+          saved_cfg = self.manager.restore(
+              step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        except (ValueError, FileNotFoundError) as e:   # JSON missing or not JSON
+          problem = f"has an unreadable config ({type(e).__name__}: {str(e)[:200]})"
+      if problem is not None:
+        self._move_aside(self._step_dir(step), problem)
         self.manager.reload()
         continue
       if config is not None:
-        diff = config_differences(saved_cfg, config_to_json(config))
-        if diff:
-          raise ConfigMismatchError(
-              f"{self.directory} holds a run with a different config; cannot resume it with "
-              f"this one. Differences:\n  " + "\n  ".join(diff) +
-              "\nUse the original config, or a fresh --workdir (or init_from=" +
-              f"{os.fspath(self.workdir)!r} to start a new run from its parameters).")
+        _check_config(saved_cfg, config, self.directory, self.workdir)
       try:
-        items = dict(state=ocp.args.StandardRestore(abstract_state),
-                     meta=ocp.args.JsonRestore())
-        if with_data:
-          items["data"] = ProcessJsonRestore()
-        out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        restored = Restored(step=step, state=out["state"],
-                            data_state=out["data"] if with_data else None,
-                            meta=dict(out["meta"]), config=saved_cfg)
-        _check_restored(restored.state)
-        return restored
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        _check_restored(out["state"])
       except Exception as e:  # pylint: disable=broad-except
-        self._move_aside(self._step_dir(step),
-                         f"failed to restore ({type(e).__name__}: {str(e)[:300]})")
-        self.manager.reload()
+        raise RestoreError(
+            f"{self._step_dir(step)} passed its integrity check but could not be restored "
+            f"({type(e).__name__}: {_one_line(e)}); nothing was moved. Fix the cause (disk, "
+            "memory, a changed model) and rerun to resume from it.") from e
+      meta = dict(out["meta"])
+      return Restored(step=step, state=out["state"], data_state=self._data_state(step, meta),
+                      meta=meta, config=saved_cfg)
     return None
+
+  def _data_state(self, step: int, meta: dict) -> dict:
+    """The iterator state: from meta, or (checkpoints written before it moved there) from
+    any process's file in the old per-process `data` item (they all hold the same state)."""
+    if "data_state" in meta:
+      return dict(meta["data_state"])
+    for path in sorted((self._step_dir(step) / "data").glob("process_*-of-*.json")):
+      return json.loads(path.read_text())
+    raise RestoreError(f"{self._step_dir(step)} holds no input-iterator position; resume it "
+                       "with the code that wrote it, or start a new run with init_from.")
 
   def _step_dir(self, step: int) -> epath.Path:
     return self.directory / str(step)
+
+
+def _check_config(saved: dict, config, directory, workdir) -> None:
+  diff = config_differences(saved, config_to_json(config))
+  if diff:
+    raise ConfigMismatchError(
+        f"{directory} holds a run with a different config; cannot resume it with this one. "
+        "Differences: " + "; ".join(diff) + ". Use the original config, or a fresh --workdir "
+        f"(or init_from={os.fspath(workdir)!r} to start a new run from its parameters).")
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+  return " ".join(str(e).split())[:limit]
+
+
+def _file_sizes(root: epath.Path) -> dict[str, int]:
+  """{relative path: size} of every file under root."""
+  base = os.fspath(root)
+  out = {}
+  for dirpath, _, names in os.walk(base):
+    for name in names:
+      full = os.path.join(dirpath, name)
+      out[os.path.relpath(full, base)] = os.path.getsize(full)
+  if not out and not os.path.isdir(base):
+    raise FileNotFoundError(base)
+  return out
 
 
 def _check_restored(state: Any) -> None:
@@ -263,9 +327,7 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
   directory = run_path(workdir) / CHECKPOINT_DIR
   if not directory.exists():
     raise FileNotFoundError(f"{directory} does not exist: {workdir!r} is not a trained run.")
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+  manager = _read_only_manager(directory, "state", ocp.PyTreeCheckpointHandler())
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -279,6 +341,20 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
     manager.close()
 
 
+def _read_only_manager(directory: epath.Path, item: str, handler) -> ocp.CheckpointManager:
+  """A manager that only reads one item. Orbax logs two warnings for every read-only manager
+  (the option adjustments and "directory is read only"), which say nothing to a user
+  evaluating runs (eval.report opens one per ladder point): they are silenced here."""
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    return ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_names=(item,), item_handlers={item: handler})
+  finally:
+    absl_logging.set_verbosity(previous)
+
+
 def _restore_args(target: Any) -> Any:
   def one(x):
     if isinstance(x, jax.ShapeDtypeStruct) and getattr(x, "sharding", None) is not None:
@@ -289,7 +365,7 @@ def _restore_args(target: Any) -> Any:
 
 def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
   """Writes a params-only checkpoint (state={"params": ...} + config) into WORKDIR/checkpoints,
-  so that `init_from=WORKDIR` and `trainer.load_run(WORKDIR)` accept parameters that did not
+  so that `init_from=WORKDIR` and `run_lib.load_run(WORKDIR)` accept parameters that did not
   come from our trainer (e.g. imported from Hugging Face by eval/hf.py). Returns the step dir."""
   directory = run_path(workdir) / CHECKPOINT_DIR
   manager = ocp.CheckpointManager(
@@ -313,9 +389,7 @@ def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
 def read_config(workdir: str) -> dict:
   """The config stored with a run's latest checkpoint (JSON dict)."""
   directory = run_path(workdir) / CHECKPOINT_DIR
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_names=("config",), item_handlers={"config": ocp.JsonCheckpointHandler()})
+  manager = _read_only_manager(directory, "config", ocp.JsonCheckpointHandler())
   try:
     step = manager.latest_step()
     if step is None:

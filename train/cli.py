@@ -19,9 +19,17 @@ import os
 import sys
 from typing import Callable
 
+
+
+class Error(Exception):
+  """Base for failures the library explains itself (a diverged run, a checkpoint that cannot
+  be restored): the message names the problem and what to do."""
+
+
 # What a user can cause and fix: bad values, missing or unreadable files, absent keys or
-# columns, a missing optional dependency. Anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (ValueError, OSError, KeyError, ImportError, LookupError)
+# columns, a missing optional dependency, and the library's own explained failures. Anything
+# else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (Error, ValueError, OSError, KeyError, ImportError, LookupError)
 
 
 def message(e: BaseException) -> str:
@@ -54,3 +62,22 @@ def guarded(main: Callable) -> Callable:
 def run(main: Callable[[], int | None]) -> None:
   """Calls `main()` and exits with its return code (errors as in `guarded`)."""
   sys.exit(guarded(main)() or 0)
+
+
+def parse_absl_flags(argv: list[str]) -> list[str]:
+  """`flags_parser` for absl's app.run: a bad flag value, or a config file whose get_config
+  raises, is one line (the underlying error, not ml_collections' embedded traceback)."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except AttributeError as e:  # ml_collections: an override of a field the config lacks
+    key = str(e).strip("'\"")
+    named = [a.split("=")[0] for a in argv if a.startswith("--") and key in a.split("=")[0]]
+    _fail(ValueError(f"{' '.join(named) or key}: no such config field '{key}' (the fields "
+                     "are documented in configs/base.py)"))
+  except (flags.Error, *EXPECTED_ERRORS) as e:
+    root = e
+    if "Traceback" in str(e):  # config_flags re-raises get_config's error with its traceback
+      while root.__context__ is not None:
+        root = root.__context__
+    _fail(root if isinstance(root, EXPECTED_ERRORS) else e)

@@ -3,8 +3,19 @@
 Must run before anything touches a JAX backend. Sources, in order:
   - explicit config.distributed (coordinator_address / num_processes / process_id), e.g. for
     CPU hosts or GPU clusters without a scheduler JAX knows;
-  - a scheduler JAX detects by itself: SLURM with several tasks, Cloud TPU with several
-    workers, or JAX_COORDINATOR_ADDRESS set; then initialize() takes no arguments.
+  - a scheduler JAX detects by itself (SLURM with several tasks, Open MPI, Kubernetes
+    indexed jobs, Cloud TPU with several workers); then initialize() takes no arguments.
+
+What jax 0.10.2 does with the environment (jax/_src/distributed.py, jax/_src/clusters/):
+  - JAX_COORDINATOR_ADDRESS only supplies the coordinator's host:port. There is no
+    environment variable for the process count or index: without a detected scheduler (or
+    explicit num_processes / process_id) initialize() fails with "Number of processes must
+    be defined". So JAX_COORDINATOR_ADDRESS alone does not make a multi-process run.
+  - Detection runs whenever any of address, count, index or local device ids is unset, so
+    explicit flags do NOT switch it off: under SLURM on GPUs it still sets
+    local_device_ids = [SLURM_LOCALID], i.e. a one-task-per-node job sees only GPU 0 of each
+    node. Run one task per GPU (all GPUs visible to every task) or set
+    JAX_LOCAL_DEVICE_IDS=0,1,...,7 (docs/launch.md, "SLURM GPU cluster").
 On CPU the cross-process collectives use gloo.
 """
 

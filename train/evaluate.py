@@ -1,12 +1,25 @@
-"""Held-out evaluation: loss and bits-per-byte per domain, with standard errors.
+"""Held-out evaluation: loss and bits-per-byte per domain and overall, with standard errors.
 
-The eval step returns, per row, the summed token loss and the number of target tokens, so
+The eval step returns, per target token, its loss, weight, document id and byte length, so
 the host can (a) aggregate exactly (sum loss / sum tokens) however the rows were sharded and
-(b) estimate a standard error treating rows as the sampling unit (tokens within a row are
-correlated; rows are close to independent windows of the validation text). For a ratio
-mean r = sum(l_i) / sum(w_i) the delta-method SE is
-    sqrt(sum((l_i - r w_i)^2) / (n (n - 1))) / mean(w_i).
-Bits per byte = loss / ln 2 / (bytes per token of the domain), from the data manifest.
+(b) estimate standard errors with documents as clusters. Tokens of one document are
+correlated (a window, and the windows a long document spans, share its topic and style);
+documents are close to independent draws, and a validation split holds few of them, so
+treating rows as independent understates the noise several-fold. For a ratio estimator
+r = sum_c L_c / sum_c W_c over G clusters (documents) the cluster-robust (delta-method) SE is
+    sqrt(G / (G - 1) * sum_c (L_c - r W_c)^2) / sum_c W_c,
+with W = tokens for the loss and W = bytes for bits per byte. A document cut by a truncated
+evaluation (`eval.batches`) is one cluster of the part that was scored.
+
+Bits per byte = (sum of the scored tokens' losses) / ln 2 / (sum of their bytes), the bytes
+from the tokenizer's per-token table (EOS and other specials: 0 bytes, as in the manifest,
+whose `utf8_bytes` are the raw document bytes). So a truncated evaluation divides by the bytes
+it scored, not by an average over the whole split, and tokenizers compare on the same bytes.
+
+Masked-LM runs report the loss over masked tokens only ("mlm_loss"): there is no bits per
+byte for a model that predicts a few masked tokens from both sides. The masks are drawn per
+batch from a key folded with (domain, batch index): different positions in every batch, the
+same ones at every evaluation, so evaluations of one run compare like for like.
 """
 
 import math
@@ -19,92 +32,163 @@ import numpy as np
 from jax.sharding import Mesh
 
 from train import inputs as inputs_lib
+from train import losses
 from train import mesh as mesh_lib
 from train import step as step_lib
+
+MLM_EVAL_SEED = 1234
 
 
 def build_eval_step(config, mesh: Mesh, model: nn.Module, param_shardings: Any, *,
                     mask_id: int | None = None) -> Callable:
-  """jitted (params, batch) -> {"loss_sum": [B], "tokens": [B]}; MLM masks with a fixed key
-  so every evaluation sees the same corruption."""
+  """(params, batch, doc_ids, token_bytes, mask_index) -> per-token arrays [B, L] (global,
+  replicated): "loss" (0 where not scored), "weights", "bytes", "doc_ids"."""
   opts = step_lib.StepOptions.from_config(config, mask_id)
   rules = mesh_lib.axis_rules(config)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  replicated = mesh_lib.replicated(mesh)
 
-  def eval_step(params, batch):
+  def eval_step(params, batch, doc_ids, token_bytes, mask_index):
     if opts.objective == "mlm":
-      batch = step_lib.mlm_corrupt(jax.random.key(1234), batch, mask_id=opts.mask_id,
-                                   vocab_size=opts.vocab_size,
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(MLM_EVAL_SEED), mask_index[0]),
+                               mask_index[1])
+      # Random replacements come from the tokenizer's ids (len(token_bytes)), never from the
+      # padding rows of a larger model vocabulary.
+      batch = step_lib.mlm_corrupt(key, batch, mask_id=opts.mask_id,
+                                   vocab_size=min(token_bytes.shape[0], opts.vocab_size),
                                    probability=opts.mlm_probability)
     if opts.compute_dtype != opts.param_dtype:
       params = step_lib.cast_params(params, opts.compute_dtype)
     logits = step_lib.apply_model(model, params, batch, rng=None, deterministic=True)
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    tgt = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
     w = batch["weights"].astype(jnp.float32)
-    return {"loss_sum": jnp.sum((log_z - tgt) * w, axis=1), "tokens": jnp.sum(w, axis=1)}
+    nbytes = jnp.take(token_bytes, batch["targets"], mode="clip").astype(jnp.float32) * w
+    return {"loss": losses.token_nll(logits, batch["targets"]) * w, "weights": w,
+            "bytes": nbytes, "doc_ids": doc_ids}
 
+  batch_in = {k: batch_sharding for k in step_lib.BATCH_KEYS}
   jitted = jax.jit(eval_step,
-                   in_shardings=(param_shardings, {k: batch_sharding for k in step_lib.BATCH_KEYS}),
-                   out_shardings=mesh_lib.replicated(mesh))
+                   in_shardings=(param_shardings, batch_in, batch_sharding, replicated, replicated),
+                   out_shardings=replicated)
 
-  def run(params, batch):
-    with mesh_lib.mesh_context(mesh, rules):
-      return jitted(params, batch)
+  compiled = mesh_lib.MeshFunction(jitted, mesh, rules)
+
+  def run(params, batch, doc_ids, token_bytes, mask_index):
+    return compiled(params, batch, doc_ids, np.asarray(token_bytes, np.int32),
+                    np.asarray(mask_index, np.int32))
 
   run.batch_sharding = batch_sharding
+  run.objective = opts.objective
   return run
 
 
-def summarize_rows(loss_sum: np.ndarray, tokens: np.ndarray, bytes_per_token: float | None
-                   ) -> dict[str, float]:
-  """Exact mean loss over tokens and its row-level standard error; bpb when bytes known."""
-  keep = tokens > 0
-  l, w = np.asarray(loss_sum, np.float64)[keep], np.asarray(tokens, np.float64)[keep]
-  n = len(w)
-  total_w = float(w.sum())
-  loss = float(l.sum() / total_w) if total_w else float("nan")
-  if n > 1:
-    se = math.sqrt(float(np.sum((l - loss * w) ** 2)) / (n * (n - 1))) / float(w.mean())
-  else:
-    se = float("nan")
-  out = {"loss": loss, "loss_se": se, "tokens": total_w, "rows": n}
-  if bytes_per_token:
-    out["bpb"] = loss / math.log(2) / bytes_per_token
-    out["bpb_se"] = se / math.log(2) / bytes_per_token
+def cluster_se(num_c: np.ndarray, den_c: np.ndarray) -> float:
+  """Cluster-robust SE of sum(num) / sum(den) with one entry per cluster (NaN if < 2)."""
+  num_c, den_c = np.asarray(num_c, np.float64), np.asarray(den_c, np.float64)
+  g, total = len(den_c), float(den_c.sum())
+  if g < 2 or total <= 0:
+    return float("nan")
+  r = float(num_c.sum()) / total
+  return math.sqrt(g / (g - 1) * float(np.sum((num_c - r * den_c) ** 2))) / total
+
+
+def summarize_clusters(loss_c, tokens_c, bytes_c, *, objective: str = "next_token"
+                       ) -> dict[str, float]:
+  """Exact mean loss over tokens, bits per byte over the bytes scored, and their
+  document-clustered SEs, from per-document sums (documents with no scored token dropped)."""
+  loss_c, tokens_c = np.asarray(loss_c, np.float64), np.asarray(tokens_c, np.float64)
+  bytes_c = np.asarray(bytes_c, np.float64)
+  keep = tokens_c > 0
+  loss_c, tokens_c, bytes_c = loss_c[keep], tokens_c[keep], bytes_c[keep]
+  total_w = float(tokens_c.sum())
+  loss = float(loss_c.sum()) / total_w if total_w else float("nan")
+  se = cluster_se(loss_c, tokens_c)
+  if objective == "mlm":
+    return {"mlm_loss": loss, "mlm_loss_se": se, "loss": loss, "loss_se": se,
+            "tokens": total_w, "docs": int(keep.sum())}
+  out = {"loss": loss, "loss_se": se, "tokens": total_w, "bytes": float(bytes_c.sum()),
+         "docs": int(keep.sum())}
+  if out["bytes"] > 0:
+    out["bpb"] = float(loss_c.sum()) / math.log(2) / out["bytes"]
+    out["bpb_se"] = cluster_se(loss_c, bytes_c) / math.log(2)
   return out
+
+
+class _DocSums:
+  """Running per-document sums of loss, tokens and bytes (documents as cluster keys)."""
+
+  def __init__(self):
+    self.parts = []
+
+  def add(self, out: dict) -> None:
+    w = np.asarray(out["weights"]).ravel()
+    m = w > 0
+    self.parts.append((np.asarray(out["doc_ids"]).ravel()[m],
+                       np.asarray(out["loss"], np.float64).ravel()[m], w[m].astype(np.float64),
+                       np.asarray(out["bytes"], np.float64).ravel()[m]))
+
+  def per_doc(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(doc ids, loss, tokens, bytes), one entry per document."""
+    if not self.parts:
+      return (np.zeros(0, np.int64),) + (np.zeros(0),) * 3
+    doc, loss, w, b = (np.concatenate(x) for x in zip(*self.parts))
+    ids, inv = np.unique(doc, return_inverse=True)
+    n = len(ids)
+    return (ids, np.bincount(inv, loss, n), np.bincount(inv, w, n), np.bincount(inv, b, n))
+
+
+def _domain_sums(eval_step, params, eval_source, domain_index, domain, *, global_batch_size,
+                 max_batches, process_index, process_count) -> _DocSums:
+  sums = _DocSums()
+  batches = eval_source.batches(domain, global_batch_size=global_batch_size,
+                                process_index=process_index, process_count=process_count,
+                                max_batches=max_batches)
+  for g, local in enumerate(batches):
+    batch = inputs_lib.to_global(local, eval_step.batch_sharding, global_batch_size)
+    doc_ids = jax.make_array_from_process_local_data(
+        eval_step.batch_sharding, local["doc_ids"],
+        (global_batch_size,) + local["doc_ids"].shape[1:])
+    out = jax.device_get(eval_step(params, batch, doc_ids, eval_source.token_bytes,
+                                   (domain_index, g)))
+    sums.add(out)
+  return sums
 
 
 def evaluate(eval_step: Callable, params: Any, eval_source, *, global_batch_size: int,
              max_batches: int | None, process_index: int = 0, process_count: int = 1
              ) -> dict[str, dict[str, float]]:
-  """{domain: {loss, loss_se, bpb, bpb_se, tokens, rows}} plus "all" (token-weighted loss;
-  bits per byte over the bytes those tokens stand for)."""
-  results = {}
-  total_loss = total_tokens = total_bytes = 0.0
-  for domain in eval_source.domains:
-    sums, toks = [], []
-    for local in eval_source.batches(domain, global_batch_size=global_batch_size,
-                                     process_index=process_index, process_count=process_count,
-                                     max_batches=max_batches):
-      batch = inputs_lib.to_global(local, eval_step.batch_sharding, global_batch_size)
-      out = jax.device_get(eval_step(params, batch))
-      sums.append(out["loss_sum"])
-      toks.append(out["tokens"])
-    if not sums:
+  """{domain: {loss, loss_se, bpb, bpb_se, tokens, bytes, docs}} plus "all" (every scored
+  token of every domain; documents of all domains as clusters). MLM: mlm_loss(_se), no bpb."""
+  objective = getattr(eval_step, "objective", "next_token")
+  results, pooled = {}, []
+  for i, domain in enumerate(eval_source.domains):
+    _, loss_c, tok_c, bytes_c = _domain_sums(
+        eval_step, params, eval_source, i, domain, global_batch_size=global_batch_size,
+        max_batches=max_batches, process_index=process_index,
+        process_count=process_count).per_doc()
+    if not len(tok_c):
       continue
-    bpt = eval_source.bytes_per_token(domain)
-    r = summarize_rows(np.concatenate(sums), np.concatenate(toks), bpt)
-    results[domain] = r
-    total_loss += r["loss"] * r["tokens"]
-    total_tokens += r["tokens"]
-    total_bytes += r["tokens"] * bpt
-  if total_tokens:
-    all_rows = {"loss": total_loss / total_tokens, "tokens": total_tokens,
-                "bpb": total_loss / math.log(2) / total_bytes if total_bytes else float("nan")}
-    results["all"] = all_rows
+    results[domain] = summarize_clusters(loss_c, tok_c, bytes_c, objective=objective)
+    pooled.append((loss_c, tok_c, bytes_c))
+  if pooled:
+    loss_c, tok_c, bytes_c = (np.concatenate(x) for x in zip(*pooled))
+    results["all"] = summarize_clusters(loss_c, tok_c, bytes_c, objective=objective)
   return results
+
+
+def summary_line(results: dict[str, dict[str, float]]) -> str:
+  """One log line: the overall loss (and bits per byte), then each domain's with its SE."""
+  def pm(x, se):
+    return f"{x:.4f}±{se:.4f}" if math.isfinite(se) else f"{x:.4f}±n/a"
+
+  a = results.get("all", {})
+  if "mlm_loss" in a:
+    per = ", ".join(f"{d} {pm(r['mlm_loss'], r['mlm_loss_se'])}" for d, r in results.items()
+                    if d != "all")
+    return f"val masked-token loss {pm(a['mlm_loss'], a.get('mlm_loss_se', math.nan))} ({per})"
+  per = ", ".join(f"{d} {pm(r['bpb'], r.get('bpb_se', math.nan))}" for d, r in results.items()
+                  if d != "all" and "bpb" in r)
+  return (f"val loss {pm(a.get('loss', math.nan), a.get('loss_se', math.nan))}, "
+          f"bpb {a.get('bpb', math.nan):.4f} ({per})")
 
 
 def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:

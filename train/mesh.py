@@ -215,6 +215,33 @@ def mesh_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
     yield
 
 
+class MeshFunction:
+  """A jitted function compiled once per input signature inside the mesh and rules context,
+  then called without entering it.
+
+  The context matters only while tracing (flax applies `nn.with_logical_constraint` only
+  under `jax.set_mesh` and the rules); entering it around every call of a hot loop costs
+  time for nothing. The executable is compiled ahead of time for each new signature (shapes
+  and dtypes of the arguments), so the loop pays for the context once.
+  """
+
+  def __init__(self, jitted, mesh: Mesh, rules: Rules):
+    self.jitted, self.mesh, self.rules = jitted, mesh, rules
+    self._compiled = {}
+
+  def lower(self, *args):
+    with mesh_context(self.mesh, self.rules):
+      return self.jitted.lower(*args)
+
+  def __call__(self, *args):
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
+    fn = self._compiled.get(key)
+    if fn is None:
+      fn = self._compiled[key] = self.lower(*args).compile()
+    return fn(*args)
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -292,11 +319,6 @@ def check_shardings(abstract_tree: Any, shardings: Any) -> None:
 # --------------------------------------------------------------------------- shardings
 
 
-def logical_shardings(logical_specs: Any, mesh: Mesh, rules: Rules) -> Any:
-  """A tree of logical PartitionSpecs (e.g. nn.get_partition_spec(boxed)) -> NamedShardings."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
-
-
 def param_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   """NamedShardings for a tree of boxed (nn.LogicalPartitioned) arrays or ShapeDtypeStructs.
 
@@ -305,7 +327,7 @@ def param_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   replicated. Shapes are checked against the shardings.
   """
   specs = nn.get_partition_spec(boxed_tree)
-  shardings = logical_shardings(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
   check_shardings(nn.unbox(boxed_tree), shardings)
   return shardings
 

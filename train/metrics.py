@@ -3,8 +3,8 @@
 Only process 0 writes. The loop hands over host floats; fetching them from the device one
 step late (so that dispatch never waits on the step just launched) is the loop's job.
 MFU = model FLOPs per token (model.summary's formula) x tokens/s / (peak FLOP/s per device x
-devices). Peaks are dense bf16 numbers from vendor sheets; on CPU there is no sheet, so a
-matmul is timed once at start-up and that measured rate is used (and said so).
+devices). Peaks are dense bf16 numbers from vendor sheets (train/hardware.py); on CPU there is
+no sheet, so a matmul is timed once at start-up and that measured rate is used (and said so).
 """
 
 import json
@@ -16,28 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Dense bf16 peak FLOP/s per chip (TPU) or per GPU (SXM parts), from vendor data sheets.
-PEAK_FLOPS = {
-    "tpu v4": 275e12,
-    "tpu v5 lite": 197e12,   # v5e
-    "tpu v5e": 197e12,
-    "tpu v5p": 459e12,
-    "tpu v5": 459e12,        # v5p reports "TPU v5"
-    "tpu v6 lite": 918e12,   # v6e (Trillium)
-    "tpu v6e": 918e12,
-    "a100": 312e12,
-    "h100": 989e12,
-    "h200": 989e12,
-}
-
-
-def _lookup_peak(device_kind: str) -> float | None:
-  kind = device_kind.lower()
-  # Longest key first so "tpu v5 lite" wins over "tpu v5".
-  for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-    if key in kind:
-      return PEAK_FLOPS[key]
-  return None
+from train import hardware
 
 
 def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
@@ -56,7 +35,8 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
 def peak_flops_per_device(device=None) -> tuple[float, str]:
   """(peak FLOP/s of one device, where the number comes from)."""
   device = device or jax.devices()[0]
-  peak = _lookup_peak(device.device_kind)
+  chip = hardware.chip_for_device_kind(device.device_kind)
+  peak = chip.peak_bf16_flops if chip is not None else None
   if peak is not None:
     return peak, f"{device.device_kind}: {peak / 1e12:.0f} TFLOP/s bf16 dense (data sheet)"
   if device.platform == "cpu":
@@ -128,17 +108,14 @@ def _plain(v: Any) -> Any:
 
 
 def read_jsonl(path: str, kind: str | None = "train") -> list[dict]:
-  """Rows of a metrics.jsonl; a step logged twice (a resumed run repeating steps after
-  its last checkpoint) keeps its latest row."""
-  rows: dict[tuple, dict] = {}
-  order = []
+  """Rows of a metrics.jsonl sorted by step (stable: first-seen order within a step); a
+  step logged twice (a resumed run repeating steps after its last checkpoint) keeps its
+  latest row at its first position. Linear in the file: one dict keyed by row identity."""
+  rows: dict[tuple, dict] = {}  # insertion order = first-seen order; values = latest row
   with open(path, encoding="utf-8") as f:
     for line in f:
       row = json.loads(line)
       if kind is not None and row.get("kind") != kind:
         continue
-      key = (row.get("kind"), row["step"], row.get("event"))
-      if key not in rows:
-        order.append(key)
-      rows[key] = row
-  return [rows[k] for k in sorted(order, key=lambda k: (k[1], order.index(k)))]
+      rows[(row.get("kind"), row["step"], row.get("event"))] = row
+  return sorted(rows.values(), key=lambda r: r["step"])

@@ -27,30 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-GiB = 1024 ** 3
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  """One accelerator chip as the planner sees it (one JAX device per chip)."""
-  name: str
-  hbm_bytes: int
-  peak_bf16_flops: float      # dense bf16 FLOP/s per chip
-  ndims: int                  # topology dimensions: 2 (v5e, v6e) or 3 (v4, v5p)
-  libtpu_name: str = ""       # prefix libtpu expects in "name:AxB"; "" = no AOT compile
-  chip_config: str = "default"
-
-
-CHIPS = {
-    "v4": Chip("v4", 32 * GiB, 275e12, 3, "v4", "megacore"),
-    "v5e": Chip("v5e", 16 * GiB, 197e12, 2, "v5e"),
-    "v5p": Chip("v5p", 95 * GiB, 459e12, 3, "v5p", "megacore"),
-    "v6e": Chip("v6e", 32 * GiB, 918e12, 2, "v6e"),
-    # GPUs: analytic estimate only (AOT compilation for GPUs needs the devices).
-    "a100": Chip("a100", 80 * GiB, 312e12, 1),
-    "h100": Chip("h100", 80 * GiB, 989e12, 1),
-    "h200": Chip("h200", 141 * GiB, 989e12, 1),
-}
+from train.hardware import CHIPS, GPU_MEM_FRACTION_ENV, Chip, GiB, usable_bytes  # noqa: F401
 
 REMAT_ORDER = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "full")
 
@@ -311,7 +288,7 @@ def plan(config, topo: Topology, *, mfu: float = 0.5, devices: Sequence[Any] | N
   config = _for_topology(config, topo)
   result: dict[str, Any] = {
       "config": config.get("name", ""), "topology": str(topo), "chip": topo.chip.name,
-      "num_devices": topo.num_devices, "hbm_bytes": topo.chip.hbm_bytes,
+      "num_devices": topo.num_devices, "hbm_bytes": usable_bytes(topo.chip),
       "global_batch": int(config.train.batch_size), "seq_len": int(config.data.seq_len),
       "remat": config.model.remat, "mfu": mfu,
   }
@@ -328,7 +305,7 @@ def plan(config, topo: Topology, *, mfu: float = 0.5, devices: Sequence[Any] | N
     result["analytic_total_bytes"] = _analytic_total(config, result["mesh"])
   total = result["total_bytes"]
   result["fits"] = not result.get("error") and total is not None and (
-      total <= topo.chip.hbm_bytes)
+      total <= usable_bytes(topo.chip))
   model_flops = _model_flops_per_step(config)
   result["model_flops_per_step"] = model_flops
   if model_flops:
@@ -396,7 +373,7 @@ def search_batch(config, topo: Topology, *, mfu: float = 0.5,
   batch_axes = batch_axes if isinstance(batch_axes, tuple) else (batch_axes,)
   shards = math.prod(sizes[a] for a in batch_axes)
   micro = int(config.train.microbatches)
-  hbm = topo.chip.hbm_bytes
+  hbm = usable_bytes(topo.chip)
   tried: list[dict[str, Any]] = []
   plans: dict[int, dict[str, Any]] = {}
 
@@ -507,8 +484,10 @@ def format_plan(p: dict[str, Any]) -> str:
                        ("peak live (XLA)", "peak_bytes"), ("code", "code_bytes")):
       lines.append(f"  {label:<22}{_gib(p[key])}")
   verdict = "fits" if p["fits"] else "DOES NOT FIT"
+  usable = (f"usable ({GPU_MEM_FRACTION_ENV} of the HBM JAX preallocates)"
+            if CHIPS[p["chip"]].is_gpu else "HBM")
   lines.append(f"  {'total':<22}{_gib(p['total_bytes'])} of {_gib(p['hbm_bytes']).strip()} "
-               f"HBM per {p['chip']} chip -> {verdict}")
+               f"{usable} per {p['chip']} chip -> {verdict}")
   if p.get("analytic_total_bytes"):
     ratio = (p["total_bytes"] or 0) / p["analytic_total_bytes"]
     lines.append(f"  {'model.summary estimate':<22}{_gib(p['analytic_total_bytes'])}"
@@ -543,11 +522,7 @@ def main(argv: Sequence[str]) -> None:
   import jax
   # Planning needs no local accelerator; keep a TPU/GPU runtime from initialising here.
   jax.config.update("jax_platforms", "cpu")
-  try:
-    _run(f)
-  except ValueError as e:   # bad topology, mesh or config: the message says what to change
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  _run(f)
 
 
 def _run(f) -> None:
@@ -597,5 +572,6 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
   from absl import app
+  from train import cli
   _define_flags()
-  app.run(main, argv=_normalise_argv(sys.argv))
+  app.run(cli.guarded(main), argv=_normalise_argv(sys.argv), flags_parser=cli.parse_absl_flags)

@@ -1,8 +1,11 @@
 """SIGTERM / SIGINT: let the current step finish, save, and exit cleanly.
 
-The handler only sets a flag; the loop polls `requested()` after each step. With several
-processes the flag is OR-ed across them (every process must stop at the same step, because
-saving is collective). A second signal falls back to the default action (hard stop).
+The handler only sets a flag; the loop asks `requested(step)` after each step. With several
+processes every process must stop at the same step (saving is collective), so the flag is
+OR-ed across them with an allgather; that collective waits for the devices to finish the
+steps already queued, so it runs only every `poll_every` steps (the same steps on every
+process), not every step: a stop takes effect within `poll_every` steps. A single process
+reads its own flag every step. A second signal falls back to the default action (hard stop).
 """
 
 import signal
@@ -14,7 +17,10 @@ import numpy as np
 
 class PreemptionGuard:
 
-  def __init__(self):
+  def __init__(self, poll_every: int = 10):
+    if int(poll_every) < 1:
+      raise ValueError(f"config.checkpoint.preemption_poll_every={poll_every} must be >= 1.")
+    self.poll_every = int(poll_every)
     self._flag = threading.Event()
     self._previous = {}
     self.signal_name = None
@@ -38,10 +44,13 @@ class PreemptionGuard:
     # A second signal of the same kind stops at once.
     signal.signal(signum, prev if callable(prev) else signal.SIG_DFL)
 
-  def requested(self) -> bool:
+  def requested(self, step: int) -> bool:
+    """Whether to save and stop after `step` (every process gets the same answer)."""
     local = self._flag.is_set()
     if jax.process_count() == 1:
       return local
+    if step % self.poll_every:
+      return False
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.asarray(local, np.int32))
     return bool(np.any(flags))

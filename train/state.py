@@ -138,10 +138,6 @@ def state_from_params(params: Any, config, tx: optax.GradientTransformation,
   return jax.jit(build, in_shardings=(shardings.params,), out_shardings=shardings)(params)
 
 
-def param_norm(params: Any) -> jax.Array:
-  return optax.tree.norm(params)
-
-
 def count_params(params: Any) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from train import losses
 from train import mesh as mesh_lib
 from train.state import TrainState
 
@@ -53,13 +54,12 @@ def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: j
 
   z-loss (PaLM) penalises log Z^2 to keep the softmax normaliser near 1 in low precision.
   """
-  logits = logits_BxLxV.astype(jnp.float32)
-  log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
-  target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
-  ce_BxL = log_z_BxL - target_logit_BxL
   w = weights_BxL.astype(jnp.float32)
-  ce_sum = jnp.sum(ce_BxL * w)
-  z_sum = jnp.sum(jnp.square(log_z_BxL) * w) * z_loss
+  ce_sum = jnp.sum(losses.token_nll(logits_BxLxV, targets_BxL) * w)
+  z_sum = jnp.zeros((), jnp.float32)
+  if z_loss:
+    log_z_BxL = jax.nn.logsumexp(logits_BxLxV.astype(jnp.float32), axis=-1)
+    z_sum = jnp.sum(jnp.square(log_z_BxL) * w) * z_loss
   return {"ce_sum": ce_sum, "z_sum": z_sum, "weight_sum": jnp.sum(w)}
 
 
@@ -71,8 +71,6 @@ def apply_model(model: nn.Module, params: Any, batch: Batch, *, rng: jax.Array |
     kwargs["positions_BxL"] = batch["positions"]
   if "segment_ids" in batch:
     kwargs["segment_ids_BxL"] = batch["segment_ids"]
-  if "token_types" in batch:
-    kwargs["token_types_BxL"] = batch["token_types"]
   rngs = {"dropout": rng} if (rng is not None and not deterministic) else None
   return model.apply({"params": params}, batch["inputs"], deterministic=deterministic,
                      rngs=rngs, **kwargs)
@@ -99,7 +97,10 @@ class StepOptions:
   dropout: bool = False
 
   @classmethod
-  def from_config(cls, config, mask_id: int | None = None) -> "StepOptions":
+  def from_config(cls, config, mask_id: int | None = None,
+                  token_vocab_size: int | None = None) -> "StepOptions":
+    """`token_vocab_size`: the tokenizer's; MLM's random replacements stay below it (a model
+    vocabulary padded past the tokenizer's has rows no text uses)."""
     t = config.train
     if t.objective not in OBJECTIVES:
       raise ValueError(
@@ -110,7 +111,8 @@ class StepOptions:
       raise ValueError("objective 'mlm' needs the tokenizer's mask_id.")
     return cls(objective=t.objective, microbatches=int(t.microbatches), z_loss=float(t.z_loss),
                mlm_probability=float(t.mlm_probability), mask_id=int(mask_id or 0),
-               vocab_size=int(config.model.vocab_size), compute_dtype=config.model.dtype,
+               vocab_size=min(int(config.model.vocab_size),
+                              int(token_vocab_size or config.model.vocab_size)), compute_dtype=config.model.dtype,
                param_dtype=config.model.param_dtype, dropout=float(config.model.dropout) > 0)
 
 
@@ -199,7 +201,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         "z_loss": stats["z_sum"] / denom,
         "grad_norm": grad_norm,
         "param_norm": optax.tree.norm(new_state.params),
-        "lr": jnp.asarray(schedule(state.step), jnp.float32),
+        # The optimizer's schedule counts applied updates only (a skipped step keeps the old
+        # optimizer state), so the rate used now is the schedule at step - skipped.
+        "lr": jnp.asarray(schedule(state.step - state.skipped), jnp.float32),
         "tokens": stats["weight_sum"],
         "skipped": skipped,
         "skipped_total": new_state.skipped,
@@ -220,10 +224,12 @@ class CompiledStep:
   mesh: Mesh
   rules: tuple
 
+  def __post_init__(self):
+    self._run = mesh_lib.MeshFunction(self.step_fn, self.mesh, self.rules)
+
   def __call__(self, state: TrainState, batch: Batch):
-    """Runs one step (tracing, on first call, sees the mesh and the logical axis rules)."""
-    with mesh_lib.mesh_context(self.mesh, self.rules):
-      return self.step_fn(state, batch)
+    """Runs one step (compiled on first call inside the mesh and logical-axis rules)."""
+    return self._run(state, batch)
 
   def abstract_batch(self, config) -> Batch:
     """ShapeDtypeStructs of one global batch, for `.lower()`."""
@@ -234,11 +240,10 @@ class CompiledStep:
 
   def lower(self, config):
     """Lowers (traces) the step for the abstract state and batch: `.compile()` for XLA."""
-    with mesh_lib.mesh_context(self.mesh, self.rules):
-      state = jax.tree_util.tree_map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-          self.abstract_state, self.state_shardings)
-      return self.step_fn.lower(state, self.abstract_batch(config))
+    state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        self.abstract_state, self.state_shardings)
+    return self._run.lower(state, self.abstract_batch(config))
 
 
 def check_batch(config, mesh: Mesh, rules) -> None:
@@ -259,11 +264,12 @@ def check_batch(config, mesh: Mesh, rules) -> None:
 
 def build_train_step(config, mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation,
                      schedule: Callable, abstract_state: TrainState,
-                     state_shardings: TrainState, mask_id: int | None = None) -> CompiledStep:
+                     state_shardings: TrainState, mask_id: int | None = None,
+                     token_vocab_size: int | None = None) -> CompiledStep:
   """jax.jit of the step with in/out shardings and the state donated; nothing is run."""
   rules = mesh_lib.axis_rules(config)
   check_batch(config, mesh, rules)
-  opts = StepOptions.from_config(config, mask_id)
+  opts = StepOptions.from_config(config, mask_id, token_vocab_size)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   mb_sharding = batch_sharding if opts.microbatches > 1 else None
   fn = make_train_step(model, tx, schedule, opts, mb_sharding)

@@ -1,4 +1,4 @@
-"""The training loop: `train_and_evaluate(config, workdir)`, and `load_run(workdir)` for eval/.
+"""The training loop: `train_and_evaluate(config, workdir)` (train/run.py loads runs for eval/).
 
 A run is "a config + a workdir". Rerunning the same pair resumes from the newest good
 checkpoint (exactly: params, optimizer, step, RNG and the data iterator's position).
@@ -12,24 +12,23 @@ import os
 import time
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
 from train import build as build_lib
+from train import cli
 from train import checkpoint as ckpt_lib
 from train import distributed
 from train import evaluate as eval_lib
 from train import inputs as inputs_lib
-from train import mesh as mesh_lib
 from train import metrics as metrics_lib
 from train import plot as plot_lib
 from train import preemption
 from train import state as state_lib
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(cli.Error):
   """Raised after `train.max_nonfinite_steps` consecutive skipped (non-finite) updates."""
 
 
@@ -82,128 +81,220 @@ def _flops_per_token(config) -> float:
     return float("nan")
 
 
+def schedule_change(saved_cfg: dict, config, step: int) -> dict | None:
+  """How the learning-rate schedule changes when a run is resumed with another train.steps
+  (extended or shortened): the rate at the resume step under both, or None if unchanged."""
+  before = int(saved_cfg["train"]["steps"])
+  after = int(config.train.steps)
+  if before == after:
+    return None
+  from train import optim
+  old_cfg = ml_collections.ConfigDict(saved_cfg["train"])
+  lr_before = float(optim.make_schedule(old_cfg)(step))
+  lr_after = float(optim.make_schedule(config.train)(step))
+  return dict(steps_before=before, steps_after=after, schedule=config.train.schedule,
+              lr_before=lr_before, lr_after=lr_after)
+
+
 def _restore_or_init(config, built: build_lib.Built, ckpt: ckpt_lib.Checkpointer, train_iter,
-                     log) -> tuple[state_lib.TrainState, int, bool]:
-  """(state, start step, resumed?) from this workdir's checkpoints, init_from, or fresh."""
+                     log) -> tuple[state_lib.TrainState, int, dict | None]:
+  """(state, start step, the restored checkpoint's meta or None) from this workdir's
+  checkpoints, init_from, or fresh."""
   restored = ckpt.restore_latest(built.sharded_abstract_state(), config=config)
   if restored is not None:
     train_iter.set_state(restored.data_state)
-    log(f"resumed from {ckpt.directory}/{restored.step} (step {restored.step})")
-    return restored.state, restored.step, True
+    saved_procs = restored.meta.get("process_count", jax.process_count())
+    log(f"resumed from {ckpt.directory}/{restored.step} (step {restored.step}"
+        + (f", saved by {saved_procs} process(es)" if saved_procs != jax.process_count()
+           else "") + ")")
+    change = schedule_change(restored.config, config, restored.step)
+    if change is not None:
+      shape = ("unchanged (constant)" if change["schedule"] == "constant" else
+               f"re-stretched: lr at step {restored.step} was {change['lr_before']:.3g}, now "
+               f"{change['lr_after']:.3g}")
+      log(f"train.steps {change['steps_before']} -> {change['steps_after']}: the run is "
+          f"{'extended' if change['steps_after'] > change['steps_before'] else 'shortened'}; "
+          f"the {change['schedule']} schedule is {shape}")
+    return restored.state, restored.step, dict(restored.meta, schedule_change=change)
   if config.init_from:
     params, src_step = ckpt_lib.restore_params(config.init_from,
                                                built.sharded_abstract_state().params)
     log(f"initialised parameters from {config.init_from} (its step {src_step}); "
         "fresh optimizer state")
-    return state_lib.state_from_params(params, config, built.tx, built.state_shardings), 0, False
-  return built.init_state(), 0, False
+    return state_lib.state_from_params(params, config, built.tx, built.state_shardings), 0, None
+  return built.init_state(), 0, None
 
 
 # ------------------------------------------------------------------ the loop
 
 
-class _Loop:
-  """The per-run mutable bits of the loop, so that each piece stays a short method."""
+def itstime(step: int, every: int, total: int, *, last: bool = False) -> bool:
+  """Cadence: every `every` steps (0 = never), and at the final step if `last`."""
+  return (every > 0 and step % every == 0) or (last and step == total)
 
-  def __init__(self, config, workdir, built, data, ckpt, writer, log, hooks, start):
-    self.config, self.workdir, self.built, self.data = config, workdir, built, data
-    self.ckpt, self.writer, self.log, self.hooks = ckpt, writer, log, hooks or Hooks()
-    self.total = int(config.train.steps)
-    self.batch_size = int(config.train.batch_size)
-    self.tokens_per_step = self.batch_size * int(config.data.seq_len)
-    self.log_every = max(int(config.train.log_every), 1)
-    self.max_nonfinite = int(config.train.max_nonfinite_steps)
+
+class Throughput:
+  """The timing window behind step time, tokens/s and MFU. The first step after start (it
+  compiles) and anything that is not training (evaluation) are kept out of the window."""
+
+  def __init__(self, config, mesh):
+    self.tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
     self.flops_per_token = _flops_per_token(config)
     self.peak, self.peak_source = metrics_lib.peak_flops_per_device()
     # CPU "devices" (train/cpu_devices.py) share the cores the matmul peak was measured on.
-    cpu = built.mesh.devices.flat[0].platform == "cpu"
-    self.num_devices = 1 if cpu else built.mesh.devices.size
-    self.pending = None
+    self.num_devices = 1 if mesh.devices.flat[0].platform == "cpu" else mesh.devices.size
     self.start_time = time.perf_counter()
-    self.window_time = self.window_step = None
-    self.window_losses = []
-    self.last_train = {}
-    self.last_eval = {}
-    self.last_saved = start
-    self.last_eval_step = None
+    self.window = None   # (time, step) where the current window opened
+
+  def reset(self) -> None:
+    self.window = None
+
+  def first_step_seconds(self) -> float | None:
+    """Seconds from start to the first fetched step (compilation included), once."""
+    if self.start_time is None:
+      return None
+    seconds, self.start_time = time.perf_counter() - self.start_time, None
+    return seconds
+
+  def tick(self, step: int) -> dict | None:
+    """Opens the window at the first fetched step; else closes it at `step` and returns the
+    rates over it (then reopens it)."""
+    now = time.perf_counter()
+    if self.window is None:
+      self.window = (now, step)
+      return None
+    (t0, s0), self.window = self.window, (now, step)
+    step_time = (now - t0) / (step - s0) if step > s0 else float("nan")
+    tps = self.tokens_per_step / step_time if step_time > 0 else float("nan")
+    return dict(step_time_s=step_time, tokens_per_s=tps,
+                mfu=self.flops_per_token * tps / (self.peak * self.num_devices))
+
+
+class Monitor:
+  """Receives each step's metrics one step late (so dispatch never waits on the step just
+  launched): progress bar, the non-finite stop, and the logged train rows."""
+
+  def __init__(self, config, writer, throughput: Throughput, ckpt, log, start: int):
+    self.writer, self.throughput, self.ckpt, self.log = writer, throughput, ckpt, log
+    self.total = int(config.train.steps)
+    self.log_every = max(int(config.train.log_every), 1)
+    self.max_nonfinite = int(config.train.max_nonfinite_steps)
+    self.losses, self.last_train = [], {}
     self.bar = None
     if jax.process_index() == 0:
       from tqdm import tqdm
       self.bar = tqdm(total=self.total, initial=start, unit="step", dynamic_ncols=True,
                       desc=config.name)
 
-  # -- metrics ---------------------------------------------------------------------
-
-  def consume(self) -> None:
-    """Fetches the pending step's metrics (one step late), logs them, checks finiteness."""
-    if self.pending is None:
-      return
-    step, m = self.pending
-    self.pending = None
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    now = time.perf_counter()
-    if self.window_time is None:
-      # First step after start or an eval: its time includes compilation, so the timing
-      # window starts after it.
-      if self.start_time is not None:
-        self.writer.event(step, "first_step", seconds=now - self.start_time)
-        self.start_time = None
-      self.window_time, self.window_step = now, step
+  def record(self, step: int, device_metrics) -> None:
+    m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    first = self.throughput.first_step_seconds()
+    if first is not None:
+      self.writer.event(step, "first_step", seconds=first)
+    rates = self.throughput.tick(step)
     if m["skipped"]:
       self.writer.event(step, "nonfinite_update_skipped", loss=m["loss"],
                         grad_norm=m["grad_norm"], streak=m["nonfinite_streak"])
       self.log(f"step {step}: non-finite loss/gradient; update skipped "
                f"({int(m['nonfinite_streak'])} in a row, {int(m['skipped_total'])} in total)")
     else:
-      self.window_losses.append(m["loss"])
+      self.losses.append(m["loss"])
     if self.bar is not None:
       self.bar.update(1)
       self.bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
-    if step % self.log_every == 0 or step == self.total:
-      self._log_train(step, m, now)
+    if itstime(step, self.log_every, self.total, last=True):
+      self._write(step, m, rates)
     if self.max_nonfinite > 0 and m["nonfinite_streak"] >= self.max_nonfinite:
       self.ckpt.wait()
-      good = self.ckpt.latest_step()
       raise NonFiniteError(
           f"{int(m['nonfinite_streak'])} consecutive steps (up to step {step}) had a non-finite "
           f"loss or gradient; stopping (train.max_nonfinite_steps={self.max_nonfinite}). "
-          f"The last good checkpoint is {self.ckpt.directory}/{good}; lower the learning rate, "
-          "check the data, or enable z_loss before resuming.")
+          f"The last good checkpoint is {self.ckpt.directory}/{self.ckpt.latest_step()}; lower "
+          "the learning rate, check the data, or enable z_loss before resuming.")
 
-  def _log_train(self, step, m, now) -> None:
-    n = step - self.window_step
-    step_time = (now - self.window_time) / n if n > 0 else float("nan")
-    self.window_time, self.window_step = now, step
-    tps = self.tokens_per_step / step_time if step_time > 0 else float("nan")
-    mfu = self.flops_per_token * tps / (self.peak * self.num_devices)
-    row = dict(m, loss_mean=float(np.mean(self.window_losses)) if self.window_losses
-               else float("nan"), step_time_s=step_time, tokens_per_s=tps, mfu=mfu,
-               tokens_seen=step * self.tokens_per_step)
-    self.window_losses = []
+  def _write(self, step: int, m: dict, rates: dict | None) -> None:
+    nan = float("nan")
+    rates = rates or dict(step_time_s=nan, tokens_per_s=nan, mfu=nan)
+    row = dict(m, loss_mean=float(np.mean(self.losses)) if self.losses else nan, **rates,
+               tokens_seen=step * self.throughput.tokens_per_step)
+    self.losses = []
     self.last_train = row
     self.writer.write(step, row, "train")
 
-  # -- evaluation and checkpoints ----------------------------------------------------
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
 
-  def evaluate(self, step: int, state) -> dict:
+
+@dataclasses.dataclass
+class Action:
+  """Something done every `every` steps (and at the last step / on a stop when asked):
+  checkpoint saves and evaluations are actions; tests add their own."""
+  name: str
+  every: int
+  fn: Callable[[int, Any], None]          # (step, state)
+  at_last: bool = True
+  on_stop: bool = False
+
+  def due(self, step: int, total: int, stop: bool) -> bool:
+    return itstime(step, self.every, total, last=self.at_last) or (stop and self.on_stop)
+
+
+def train_loop(built: build_lib.Built, state, batches, start: int, total: int,
+               monitor: Monitor, actions: list[Action], guard: preemption.PreemptionGuard,
+               transfer_guard: str = "disallow"):
+  """Steps start+1..total; returns (state, step reached, stopped by a signal?).
+
+  `batches(step)` gives the global batch for the update that makes `step`. A step's metrics
+  are recorded after the next step is dispatched, and before any action runs. The step
+  itself runs under `jax.transfer_guard(transfer_guard)`: an implicit host transfer inside
+  the hot loop is an error (config.train.transfer_guard) rather than a silent slowdown.
+  """
+  pending = None
+  for step in range(start + 1, total + 1):
+    batch = batches(step)
+    with jax.transfer_guard(transfer_guard):
+      state, metrics = built.train_step(state, batch)
+    if pending is not None:
+      monitor.record(*pending)
+    pending = (step, metrics)
+    stop = guard.requested(step)
+    due = [a for a in actions if a.due(step, total, stop)]
+    if due:
+      monitor.record(*pending)
+      pending = None
+      for action in due:
+        action.fn(step, state)
+    if stop:
+      return state, step, True
+  if pending is not None:
+    monitor.record(*pending)
+  return state, max(start, total), False
+
+
+class _Run:
+  """What the actions share: the last evaluation and save, for the summary."""
+
+  def __init__(self, config, built, data, ckpt, writer, log, hooks, throughput, start):
+    self.config, self.built, self.data, self.ckpt = config, built, data, ckpt
+    self.writer, self.log, self.hooks, self.throughput = writer, log, hooks, throughput
+    self.tokens_per_step = throughput.tokens_per_step
+    self.last_eval, self.last_eval_step, self.last_saved = {}, None, start
+
+  def evaluate(self, step: int, state) -> None:
     self.last_eval_step = step
     if int(self.config.eval.batches) == 0:   # 0: evaluation off (benchmarks, tests)
-      return {}
+      return
+    batches = int(self.config.eval.batches)
     results = eval_lib.evaluate(
         self.built.eval_step, state.params, self.data.eval_source,
-        global_batch_size=self.batch_size,
-        max_batches=None if int(self.config.eval.batches) < 0 else int(self.config.eval.batches),
+        global_batch_size=int(self.config.train.batch_size),
+        max_batches=None if batches < 0 else batches,
         process_index=jax.process_index(), process_count=jax.process_count())
     self.writer.write(step, eval_lib.flat_metrics(results), "eval")
-    self.last_eval, self.last_eval_step = results, step
-    a = results.get("all", {})
-    per = ", ".join(f"{d} {r['bpb']:.3f}±{r['bpb_se']:.3f}" for d, r in results.items()
-                    if d != "all" and "bpb" in r)
-    self.log(f"step {step}: val loss {a.get('loss', float('nan')):.4f}, "
-             f"bpb {a.get('bpb', float('nan')):.4f} ({per})")
-    # The eval's own time must not count as the next steps' time.
-    self.window_time = None
-    return results
+    self.last_eval = results
+    self.log(f"step {step}: " + eval_lib.summary_line(results))
+    self.throughput.reset()   # the evaluation's time is not training time
 
   def save(self, step: int, state) -> None:
     if step == self.last_saved and step in self.ckpt.all_steps():
@@ -214,56 +305,33 @@ class _Loop:
     if self.hooks.after_save is not None:
       self.hooks.after_save(step)
 
-  # -- the loop ----------------------------------------------------------------------
+  def actions(self) -> list[Action]:
+    return [Action("save", self.ckpt.every, self.save, on_stop=True),
+            Action("eval", int(self.config.eval.every), self.evaluate)]
 
-  def run(self, state, start: int, guard: preemption.PreemptionGuard):
-    """Runs steps start..total-1; returns (state, step reached, preempted?)."""
-    built, every_eval = self.built, int(self.config.eval.every)
-    sharding = built.train_step.batch_sharding
-    transfer_guard = self.config.train.get("transfer_guard", "disallow")
-    step = start
-    while step < self.total:
-      local = next(self.data.train_iter)
-      if self.hooks.batch is not None:
-        local = self.hooks.batch(step, local)
-      batch = inputs_lib.to_global(local, sharding, self.batch_size)
-      with jax.transfer_guard(transfer_guard):
-        state, metrics = built.train_step(state, batch)
-      self.consume()
-      step += 1
-      self.pending = (step, metrics)
-      stop = guard.requested()
-      if self.ckpt.should_save(step) or step == self.total or stop:
-        self.consume()
-        self.save(step, state)
-      if every_eval > 0 and step % every_eval == 0 and step != self.total:
-        self.consume()
-        self.evaluate(step, state)
-      if stop:
-        self.consume()
-        self.log(f"{guard.signal_name or 'stop'} received: saved step {step}; exiting cleanly.")
-        return state, step, True
-    self.consume()
-    return state, step, False
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
+  def batches(self, step: int):
+    local = next(self.data.train_iter)
+    if self.hooks.batch is not None:
+      local = self.hooks.batch(step - 1, local)
+    return inputs_lib.to_global(local, self.built.train_step.batch_sharding,
+                                int(self.config.train.batch_size))
 
 
-def _summary(workdir, ckpt, writer, plot_path, loop: _Loop, step, preempted, wall) -> dict:
-  a = loop.last_eval.get("all", {})
-  out = {
+def _summary(workdir, ckpt, writer, plot_path, run: _Run, monitor: Monitor, step, preempted,
+             wall) -> dict:
+  a = run.last_eval.get("all", {})
+  train = monitor.last_train
+  return {
       "workdir": os.fspath(workdir), "step": step, "preempted": preempted,
-      "train_loss": loop.last_train.get("loss", float("nan")),
+      "train_loss": train.get("loss", float("nan")),
       "val_loss": a.get("loss", float("nan")), "val_bpb": a.get("bpb", float("nan")),
-      "val": loop.last_eval, "tokens_seen": step * loop.tokens_per_step, "wall_s": wall,
+      "val": run.last_eval, "tokens_seen": step * run.tokens_per_step, "wall_s": wall,
       "checkpoints": os.fspath(ckpt.directory), "metrics_jsonl": writer.jsonl_path,
-      "tensorboard": writer.tb_dir, "loss_plot": plot_path, "peak_flops_source": loop.peak_source,
-      "mfu": loop.last_train.get("mfu", float("nan")),
-      "tokens_per_s": loop.last_train.get("tokens_per_s", float("nan")),
+      "tensorboard": writer.tb_dir, "loss_plot": plot_path,
+      "peak_flops_source": run.throughput.peak_source,
+      "mfu": train.get("mfu", float("nan")),
+      "tokens_per_s": train.get("tokens_per_s", float("nan")),
   }
-  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -279,33 +347,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   from train.data import tokenizer as tok_lib
   tok = tok_lib.load(config.data.tokenizer)
-  built = build_lib.build(config, mask_id=tok.mask_id)   # validates config vs mesh first
+  # Validates config vs mesh first.
+  built = build_lib.build(config, mask_id=tok.mask_id, token_vocab_size=tok.vocab_size)
   data = load_data(config, workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint, log=log)
   writer = metrics_lib.MetricsWriter(workdir)
+  total = int(config.train.steps)
   try:
     state, start, resumed = _restore_or_init(config, built, ckpt, data.train_iter, log)
-    loop = _Loop(config, workdir, built, data, ckpt, writer, log, hooks, start)
+    throughput = Throughput(config, built.mesh)
+    run = _Run(config, built, data, ckpt, writer, log, hooks or Hooks(), throughput, start)
+    if resumed is not None:
+      writer.event(start, "resume", saved_process_count=resumed.get("process_count"),
+                   process_count=jax.process_count())
+      if resumed["schedule_change"] is not None:
+        writer.event(start, "schedule_changed", **resumed["schedule_change"])
     n_params = state_lib.count_params(built.abstract_state.params)
-    if resumed:
-      writer.event(start, "resume")
     log(f"{config.name}: {n_params / 1e6:.2f}M params, mesh {dict(built.mesh.shape)}, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"{jax.process_count()} process(es), steps {start}->{loop.total}; "
-        f"MFU peak: {loop.peak_source}")
-    with preemption.PreemptionGuard() as guard:
+        f"{jax.process_count()} process(es), steps {start}->{total}; "
+        f"MFU peak: {throughput.peak_source}")
+    monitor = Monitor(config, writer, throughput, ckpt, log, start)
+    with preemption.PreemptionGuard(config.checkpoint.preemption_poll_every) as guard:
       try:
-        state, step, preempted = loop.run(state, start, guard)
+        state, step, preempted = train_loop(built, state, run.batches, start, total, monitor,
+                                            run.actions(), guard, config.train.transfer_guard)
       finally:
-        loop.close()
-    if not preempted and loop.last_eval_step != step:
-      loop.evaluate(step, state)
+        monitor.close()
+    if preempted:
+      log(f"{guard.signal_name or 'stop'} received: saved step {step}; exiting cleanly.")
+    elif run.last_eval_step != step:
+      run.evaluate(step, state)
     ckpt.wait()
   finally:
     writer.close()
     ckpt.close()
   plot_path = plot_lib.loss_plot(workdir) if jax.process_index() == 0 else None
-  out = _summary(workdir, ckpt, writer, plot_path, loop, step, preempted, time.time() - t0)
+  out = _summary(workdir, ckpt, writer, plot_path, run, monitor, step, preempted,
+                 time.time() - t0)
   _print_summary(out, log)
   return out
 
@@ -321,50 +400,3 @@ def _print_summary(out: dict, log) -> None:
   if not math.isnan(out["val_loss"]):
     log(f"  final validation loss {out['val_loss']:.4f} nats/token, "
         f"bits-per-byte {out['val_bpb']:.4f}")
-
-
-# ------------------------------------------------------------------ loading for eval/
-
-
-@dataclasses.dataclass
-class Run:
-  """A trained run, ready for evaluation: see eval/perplexity, generate, zeroshot, hf."""
-  config: ml_collections.ConfigDict
-  params: Any            # fp32, sharded on `mesh`
-  tokenizer: Any
-  mesh: jax.sharding.Mesh
-  model: Any             # Transformer(decode=False)
-  step: int
-  workdir: str
-
-
-def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config stored with the run's latest checkpoint."""
-  return ml_collections.ConfigDict(ckpt_lib.read_config(workdir))
-
-
-def load_run(workdir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None
-             ) -> Run:
-  """Config + params + tokenizer + mesh of a run (params only; no optimizer state).
-
-  The mesh defaults to the run's own `config.mesh`, or pure data parallel over the devices
-  present if that layout does not fit them.
-  """
-  config = config_from_workdir(workdir)
-  if mesh is None:
-    try:
-      mesh = mesh_lib.make_mesh(config)
-    except ValueError:
-      config.mesh.shape = (-1, 1, 1)
-      config.mesh.dcn_shape = (1, 1, 1)
-      mesh = mesh_lib.make_mesh(config)
-  model = state_lib.make_model(config)
-  boxed = state_lib.abstract_variables(config, model, mesh)
-  shardings = mesh_lib.param_shardings(boxed["params"], mesh, mesh_lib.axis_rules(config))
-  abstract = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.unbox(boxed["params"]), shardings)
-  params, got = ckpt_lib.restore_params(workdir, abstract, step)
-  from train.data import tokenizer as tok_lib
-  return Run(config, params, tok_lib.load(config.data.tokenizer), mesh, model, got,
-             os.fspath(workdir))

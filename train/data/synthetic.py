@@ -11,6 +11,23 @@ Closed form (nats): entropy rate h = sum_s pi(s) H(P(.|s)), pi the stationary di
 contexts. Because one symbol is one byte, the floor in bits per byte is h / ln 2 for ANY
 lossless tokenizer: the eval harness compares its irreducible-loss estimate against
 `floor()["entropy_rate_bits_per_byte"]` (also stored in the prepared manifest).
+
+The entropy rate is not reachable by a model fed packed windows (train/data/pipeline.py):
+the first `order` symbols of a piece lack their context (document starts, and pieces
+continued across a window cut, whose context sits in the previous window), and the EOS target
+costs loss where the model cannot know the remaining length (a continued piece: no BOS, so
+its offset in the document is unknown). `reachable_floor(seq_len)` is the expected loss of the
+Bayes-optimal predictor that sees exactly what the model sees (the piece's inputs, BOS or
+not, positions within the piece), averaged over the targets of the packed stream, in bits per
+byte of the scored bytes (EOS: 0 bytes). With the byte tokenizer every document has
+doc_len + 1 targets, so the cut pattern repeats every lcm(doc_len + 1, seq_len) targets
+whatever the document order; the floor is that period's average. Per target, with c the
+symbols of the document visible before it (c < order: only a block's marginal is known):
+  symbol:   H(X_{c+1} | X_1..X_c) (stationary blocks; = h for c >= order)
+            - log(1 - q(p)) in a continued piece at piece position p
+  EOS:      0 after BOS (the position tells the length), -log q(p) in a continued piece
+where q(p) = P(EOS at p | no EOS before p) over the continued pieces of the period (the
+optimal hazard: the content of a stationary chain carries no information about the offset).
 """
 
 from __future__ import annotations
@@ -87,6 +104,43 @@ class MarkovSource:
     """h in nats per symbol."""
     row_h = -(self.P * np.log(self.P)).sum(1)
     return float((self.pi * row_h).sum())
+
+  def block_conditional_entropies(self) -> np.ndarray:
+    """[order + 1] nats: H(X_{c+1} | X_1..X_c) of the stationary chain for c = 0..order."""
+    v, k = self.spec.vocab, self.spec.order
+    blocks = self.pi.reshape((v,) * k)  # context digits, most significant first
+    ent = [0.0]
+    for m in range(1, k + 1):
+      p = blocks.sum(axis=tuple(range(m, k))).ravel()
+      p = p[p > 0]
+      ent.append(float(-(p * np.log(p)).sum()))
+    return np.array([ent[c + 1] - ent[c] for c in range(k)] + [self.entropy_rate()])
+
+  def reachable_floor(self, seq_len: int) -> dict:
+    """The packed-stream floor (see module doc) for windows of `seq_len` targets."""
+    n, k = self.spec.doc_len, self.spec.order
+    unit, seq_len = n + 1, int(seq_len)
+    s = np.arange(math.lcm(unit, seq_len), dtype=np.int64)
+    o = s % unit                                          # pair index within the document
+    o0 = np.maximum((s // seq_len) * seq_len - (s - o), 0)  # first pair of the piece
+    bos = o0 == 0
+    c = np.where(bos, o, o - o0 + 1)                      # document symbols visible
+    p = o - o0                                            # position within the piece
+    is_eos = o == n
+    cont_starts = (np.arange(0, len(s), seq_len) % unit)
+    remaining = n - cont_starts[cont_starts != 0]         # piece position of EOS
+    at = np.bincount(remaining, minlength=seq_len).astype(np.float64)
+    at_or_after = np.cumsum(at[::-1])[::-1]  # pieces still running at each piece position
+    hazard = np.divide(at, at_or_after, out=np.zeros(len(at)), where=at_or_after > 0)[:seq_len]
+    h_cond = self.block_conditional_entropies()[np.minimum(c, k)]
+    with np.errstate(divide="ignore"):
+      cont_sym = -np.log1p(-hazard[np.minimum(p, seq_len - 1)])
+      cont_eos = -np.log(hazard[np.minimum(p, seq_len - 1)])
+    loss = np.where(is_eos, np.where(bos, 0.0, cont_eos), h_cond + np.where(bos, 0.0, cont_sym))
+    nats = float(loss.sum())
+    symbols = int((~is_eos).sum())
+    return {"reachable_floor_bits_per_byte": nats / symbols / math.log(2),
+            "reachable_floor_nats_per_target": nats / len(s), "reachable_floor_seq_len": seq_len}
 
   def floor(self) -> dict:
     h = self.entropy_rate()
