@@ -274,7 +274,8 @@ class ChinchillaFit:
                 objective=self.objective, n_points=self.n_points, a=self.a, b=self.b,
                 converged=self.converged, n_starts=self.n_starts, n_converged=self.n_converged,
                 n_at_optimum=self.n_at_optimum, n_final=self.n_final, optimum_rtol=OPTIMUM_RTOL,
-                grad_norm=self.grad_norm, verified=self.verified, reduction=self.reduction,
+                grad_norm=self.grad_norm if np.isfinite(self.grad_norm) else None,
+                verified=self.verified, reduction=self.reduction,
                 huber_delta=self.huber_delta if np.isfinite(self.huber_delta) else None,
                 method=self.method)
 
@@ -815,7 +816,7 @@ class IsoFlopFit:
         n_budgets=len(self.budgets), dropped=self.dropped, method=self.method,
         window=self.window,
         budgets=[dict(budget=float(c), N=float(n), D=float(d), loss=float(l), in_range=bool(r),
-                      log_N_se=float(s))
+                      log_N_se=float(s) if np.isfinite(s) else None)
                  for c, n, d, l, r, s in zip(self.budgets, self.n_opt, self.d_opt, self.loss_opt,
                                              self.in_range, self._se())])
 
@@ -825,11 +826,14 @@ class IsoFlopFit:
 
 def _window_rows(x, L, center, window_dex, window_k):
   """Rows of one budget used for its parabola: within window_dex decades of `center` (ln N),
-  or the window_k nearest to it."""
+  widened to the 3 nearest sizes when the grid is too coarse for that, or the window_k
+  nearest to it."""
   dist = np.abs(x - center)
+  nearest = np.argsort(dist, kind="stable")
   if window_k:
-    return np.argsort(dist, kind="stable")[:window_k]
-  return np.flatnonzero(dist <= window_dex * math.log(10) + 1e-9)
+    return nearest[:window_k]
+  rows = np.flatnonzero(dist <= window_dex * math.log(10) + 1e-9)
+  return rows if len(np.unique(x[rows])) >= 3 else nearest[:3]
 
 
 def _parabola(x, L):
