@@ -141,16 +141,25 @@ def _num(v) -> float:
     return float("nan")
 
 
-def find_true_floor_bpb(workdir: pathlib.Path) -> float | None:
-  """The synthetic corpus's entropy rate (bits/byte) from a prepared manifest under DIR."""
+def find_true_floor_bpb(workdir: pathlib.Path, seq_len: int | None = None) -> float | None:
+  """The floor (bits/byte) a model fed the synthetic corpus can reach, from a prepared
+  manifest under DIR: the reachable floor for `seq_len` (packed windows lose context at
+  document starts and window edges; train/data/synthetic.py), else the latest one recorded,
+  else the corpus's entropy rate (not reachable under packing: a lower bound)."""
   for path in list(pathlib.Path(workdir).glob("**/manifest.json"))[:50]:
     try:
       m = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
       continue
     syn = m.get("synthetic") if isinstance(m, dict) else None
-    if isinstance(syn, dict) and "entropy_rate_bits_per_byte" in syn:
-      return float(syn["entropy_rate_bits_per_byte"])
+    if not isinstance(syn, dict):
+      continue
+    by_len = syn.get("reachable_floor_by_seq_len") or {}
+    if seq_len is not None and str(int(seq_len)) in by_len:
+      return float(by_len[str(int(seq_len))])
+    for key in ("reachable_floor_bits_per_byte", "entropy_rate_bits_per_byte"):
+      if key in syn:
+        return float(syn[key])
   return None
 
 
@@ -385,7 +394,9 @@ def _fit_isoflop(a: ScalingAnalysis) -> None:
 
 def _entropy_floor(a: ScalingAnalysis) -> None:
   floor = a.opts.true_floor_bpb
-  a.floor_bpb = floor if floor is not None else find_true_floor_bpb(a.workdir)
+  seq_lens = a.df["seq_len"].unique() if "seq_len" in a.df.columns else []
+  a.floor_bpb = floor if floor is not None else find_true_floor_bpb(
+      a.workdir, int(seq_lens[0]) if len(seq_lens) == 1 else None)
   if a.floor_bpb is None or "val_bpb" not in a.df.columns or len(a.df) < 6:
     return
   bpb = a.df["val_bpb"].to_numpy(float)
