@@ -12,10 +12,6 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MISSING = "/nonexistent/unleash-run"
 
-
-
-# Entry points whose main does not go through train/cli.py yet (they print a traceback).
-
 # (id, argv after `python`, marks). {tmp} is a fresh temporary directory; {bad_csv} a CSV whose
 # loss column holds text.
 CASES = [
