@@ -2,7 +2,7 @@
 
     python -m eval.coord_check --config configs/default.py:size=tiny --widths 64,128,256,512 \
         [--depths 2,4,8] [--parametrization sp|mup|completep] [--steps 10] [--lr 1e-2] \
-        --json OUT.json [--plot OUT.png]
+        [--base-width 32] --json OUT.json [--plot OUT.png]
 
 Each width (at the config's depth) and each depth (at the first width) trains `--steps`
 steps from the same seed on the same synthetic batches (arithmetic token sequences modulo
@@ -12,8 +12,8 @@ one, mean |x| is recorded (model/transformer.py `record_size`) for the embedding
 each layer's attention and MLP outputs and residual stream, and the logits.
 
 Width scaling keeps the head count and the d_model : mlp_dim ratio, so head_dim grows with
-width. Under mup/completep the base is `model.base_width` (`base_depth`) when set, else the
-first width (depth). The JSON holds every record and, at the last step, the log-log slope of
+width. Under mup/completep the base is --base-width, else `model.base_width` (`base_depth`)
+when set, else the first width (depth). The JSON holds every record and, at the last step, the log-log slope of
 each quantity against width (and depth) under `slopes`, their largest magnitude under
 `max_abs_slope`, and the slopes at every step under `slopes_by_step`. A working muP gives
 slopes near 0; under sp the logits (and hidden outputs at a large LR) grow with width.
@@ -101,8 +101,10 @@ def _flatten_records(tree) -> dict[str, float]:
   return out
 
 
-def train_and_record(cfg: ModelConfig, train_cfg, batches) -> list[dict[str, float]]:
-  """Records at steps 0..len(batches)-1 (record, then update, on each batch)."""
+def train_and_record(cfg: ModelConfig, train_cfg, batches, seeds: int = 1
+                     ) -> list[dict[str, float]]:
+  """Records at steps 0..len(batches)-1 (record, then update, on each batch), averaged over
+  `seeds` initialisations (one compiled step serves them all)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -111,8 +113,8 @@ def train_and_record(cfg: ModelConfig, train_cfg, batches) -> list[dict[str, flo
   from train import optim
 
   model = Transformer(cfg)
-  params = nn.unbox(model.init(jax.random.key(0), jnp.asarray(batches[0][0]))["params"])
-  tx, _ = optim.make_optimizer(train_cfg, params, cfg)
+  init = jax.jit(lambda key: nn.unbox(model.init(key, jnp.asarray(batches[0][0]))["params"]))
+  tx, _ = optim.make_optimizer(train_cfg, init(jax.random.key(0)), cfg)
 
   def loss_fn(p, x, y):
     logits, state = model.apply({"params": p}, x, mutable=[RECORDED])
@@ -125,13 +127,16 @@ def train_and_record(cfg: ModelConfig, train_cfg, batches) -> list[dict[str, flo
     updates, opt_state = tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state, records
 
-  opt_state, history = tx.init(params), []
-  for i, (x, y) in enumerate(batches):
-    new_params, new_opt, records = step(params, opt_state, x, y)
-    history.append(_flatten_records(jax.device_get(records)))
-    if i < len(batches) - 1:
-      params, opt_state = new_params, new_opt
-  return history
+  per_seed = []
+  for seed in range(seeds):
+    params = init(jax.random.key(seed))
+    opt_state, history = tx.init(params), []
+    for x, y in batches:
+      params, opt_state, records = step(params, opt_state, x, y)
+      history.append(_flatten_records(jax.device_get(records)))
+    per_seed.append(history)
+  return [{k: float(np.mean([h[i][k] for h in per_seed])) for k in per_seed[0][i]}
+          for i in range(len(batches))]
 
 
 def log_log_slopes(xs: Sequence[int], runs: Sequence[list[dict]], step: int) -> dict:
@@ -151,7 +156,8 @@ def _train_config(config, lr: float, steps: int):
 
 def coord_check(config, widths: Sequence[int], depths: Sequence[int] = (),
                 parametrization: str | None = None, steps: int = 10, lr: float = 1e-2,
-                batch_size: int | None = None, seq_len: int | None = None) -> dict:
+                batch_size: int | None = None, seq_len: int | None = None,
+                base_width: int | None = None, seeds: int = 1) -> dict:
   """Runs the check (see the module docstring); returns the JSON-ready result."""
   if len(widths) < 2 and len(depths) < 2:
     raise ValueError("--widths needs at least two widths to fit a slope (e.g. 64,128,256)")
@@ -161,11 +167,14 @@ def coord_check(config, widths: Sequence[int], depths: Sequence[int] = (),
   batches = synthetic_batches(base.vocab_size, steps, batch_size, seq_len)
   train_cfg = _train_config(config, lr, steps)
   depth_for_width = base.num_layers
+  if base_width:
+    base = base.replace(base_width=base_width)
   bases = dict(parametrization=parametrization, base_width=widths[0],
                base_depth=depths[0] if depths else depth_for_width)
   out = dict(parametrization=parametrization or base.parametrization, steps=steps, lr=lr,
              widths=list(widths), depths=list(depths), batch_size=batch_size, seq_len=seq_len,
-             records={"width": {}, "depth": {}}, slopes={}, slopes_by_step={})
+             seeds=seeds, records={"width": {}, "depth": {}}, slopes={},
+             slopes_by_step={})
   sweeps = [("width", widths, lambda w: model_at(base, width=w, **bases))]
   if depths:
     sweeps.append(("depth", depths,
@@ -173,7 +182,7 @@ def coord_check(config, widths: Sequence[int], depths: Sequence[int] = (),
   for axis, values, make in sweeps:
     if len(values) < 2:
       continue
-    runs = [train_and_record(make(v), train_cfg, batches) for v in values]
+    runs = [train_and_record(make(v), train_cfg, batches, seeds) for v in values]
     out["records"][axis] = {str(v): r for v, r in zip(values, runs)}
     out["slopes"][axis] = log_log_slopes(values, runs, steps)
     out["slopes_by_step"][axis] = [log_log_slopes(values, runs, s) for s in range(steps + 1)]
@@ -227,8 +236,11 @@ def _parser() -> argparse.ArgumentParser:
                  help="default: the config's model.parametrization")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--lr", type=float, default=1e-2)
+  p.add_argument("--seeds", type=int, default=1, help="initialisations averaged per width")
   p.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
   p.add_argument("--seq-len", type=int, default=None, help="default: data.seq_len")
+  p.add_argument("--base-width", type=int, default=None,
+                 help="mup base width (default: model.base_width, else the first width)")
   p.add_argument("--json", required=True, help="output JSON path")
   p.add_argument("--plot", default=None, help="optional PNG path")
   return p
@@ -240,7 +252,7 @@ def main(argv=None) -> int:
     raise ValueError(f"--steps={args.steps}: train at least one step")
   result = coord_check(load_config(args.config), args.widths, args.depths,
                        args.parametrization, args.steps, args.lr, args.batch_size,
-                       args.seq_len)
+                       args.seq_len, args.base_width, args.seeds)
   with open(args.json, "w") as f:
     json.dump(result, f, indent=1)
   if args.plot:
