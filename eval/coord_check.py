@@ -5,9 +5,12 @@
         [--base-width 32] --json OUT.json [--plot OUT.png]
 
 Each width (at the config's depth) and each depth (at the first width) trains `--steps`
-steps from the same seed on the same synthetic batches (arithmetic token sequences modulo
-the vocabulary, so no corpus is needed) at one fixed, fairly large learning rate with a
-constant schedule, no clipping and no weight decay. Before every update and after the last
+steps on one fixed synthetic batch (arithmetic token sequences modulo the vocabulary, so no
+corpus is needed) at one fixed, fairly large learning rate with a constant schedule, no
+clipping and no weight decay, from `--seeds` initialisations whose records are averaged.
+The batch is small (1 x 16 tokens by default) on purpose: muP's width-independence is the
+limit of width >> tokens per update (Adam's update of a matrix has rank <= tokens); with 256
+tokens the widths 64..256 still show an O(sqrt(tokens / width)) drift, with 16 they do not. Before every update and after the last
 one, mean |x| is recorded (model/transformer.py `record_size`) for the embedding output,
 each layer's attention and MLP outputs and residual stream, and the logits.
 
@@ -65,16 +68,13 @@ def model_at(cfg: ModelConfig, *, width: int | None = None, depth: int | None = 
   return cfg.replace(**changes)
 
 
-def synthetic_batches(vocab: int, steps: int, batch: int, seq_len: int, seed: int = 0):
-  """steps + 1 (inputs, targets) pairs of arithmetic sequences mod vocab (a learnable task)."""
+def synthetic_batch(vocab: int, batch: int, seq_len: int, seed: int = 0):
+  """(inputs, targets) of arithmetic sequences mod vocab (a learnable task)."""
   rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(steps + 1):
-    start = rng.integers(0, vocab, (batch, 1))
-    stride = rng.integers(1, 8, (batch, 1))
-    x = ((start + stride * np.arange(seq_len + 1)[None]) % vocab).astype(np.int32)
-    out.append((x[:, :-1], x[:, 1:]))
-  return out
+  start = rng.integers(0, vocab, (batch, 1))
+  stride = rng.integers(1, 8, (batch, 1))
+  x = ((start + stride * np.arange(seq_len + 1)[None]) % vocab).astype(np.int32)
+  return x[:, :-1], x[:, 1:]
 
 
 def _flatten_records(tree) -> dict[str, float]:
@@ -156,15 +156,16 @@ def _train_config(config, lr: float, steps: int):
 
 def coord_check(config, widths: Sequence[int], depths: Sequence[int] = (),
                 parametrization: str | None = None, steps: int = 10, lr: float = 1e-2,
-                batch_size: int | None = None, seq_len: int | None = None,
-                base_width: int | None = None, seeds: int = 1) -> dict:
+                batch_size: int = 1, seq_len: int = 16, base_width: int | None = None,
+                seeds: int = 8) -> dict:
   """Runs the check (see the module docstring); returns the JSON-ready result."""
   if len(widths) < 2 and len(depths) < 2:
     raise ValueError("--widths needs at least two widths to fit a slope (e.g. 64,128,256)")
   base = ModelConfig.from_config(config.model)
-  batch_size = batch_size or int(config.train.batch_size)
-  seq_len = seq_len or int(config.data.seq_len)
-  batches = synthetic_batches(base.vocab_size, steps, batch_size, seq_len)
+  if base.pos_encoding == "learned" and seq_len > base.max_seq_len:
+    raise ValueError(f"--seq-len={seq_len} exceeds model.max_seq_len={base.max_seq_len} "
+                     "(the learned position table); use a shorter --seq-len")
+  batches = [synthetic_batch(base.vocab_size, batch_size, seq_len)] * (steps + 1)
   train_cfg = _train_config(config, lr, steps)
   depth_for_width = base.num_layers
   if base_width:
@@ -236,9 +237,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="default: the config's model.parametrization")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--lr", type=float, default=1e-2)
-  p.add_argument("--seeds", type=int, default=1, help="initialisations averaged per width")
-  p.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
-  p.add_argument("--seq-len", type=int, default=None, help="default: data.seq_len")
+  p.add_argument("--seeds", type=int, default=8, help="initialisations averaged per width")
+  p.add_argument("--batch-size", type=int, default=1, help="sequences in the fixed batch")
+  p.add_argument("--seq-len", type=int, default=16, help="tokens per sequence")
   p.add_argument("--base-width", type=int, default=None,
                  help="mup base width (default: model.base_width, else the first width)")
   p.add_argument("--json", required=True, help="output JSON path")

@@ -8,23 +8,25 @@ import pytest
 from configs import default
 from eval import coord_check
 
-WIDTHS = (64, 128, 256)
-# Few tokens per batch: muP's width-independence is a statement about width >> batch tokens
-# (the gradient's rank); 32 tokens put these small widths in that regime.
-KW = dict(steps=3, lr=1e-2, batch_size=2, seq_len=16)
+WIDTHS = (64, 128, 256)   # above the tiny model (width 32), the muP base
+# One fixed batch of 1 x 16 tokens (the default); 16 initialisations averaged per width (one
+# compile serves them all) keep the seed-to-seed noise in the slopes below ~0.03.
+KW = dict(steps=6, lr=1e-2, seeds=16)
 
 
 @pytest.fixture(scope="module")
 def results():
   c = default.get_config("size=tiny")
+  c.model.base_width = 32
   return {p: coord_check.coord_check(c, WIDTHS, (), p, **KW) for p in ("mup", "sp")}
 
 
 def test_mup_activations_do_not_grow_with_width(results):
   r = results["mup"]
-  for step in range(1, KW["steps"] + 1):
-    slopes = r["slopes_by_step"]["width"][step]
-    assert max(abs(s) for s in slopes.values()) < 0.1, (step, slopes)
+  assert max(abs(s) for s in r["slopes"]["width"].values()) < 0.1, r["slopes"]
+  for step in range(1, KW["steps"] + 1):   # every step after the first update, with a
+    slopes = r["slopes_by_step"]["width"][step]       # margin for the per-layer noise
+    assert max(abs(s) for s in slopes.values()) < 0.15, (step, slopes)
   assert r["max_abs_slope"] == max(abs(s) for s in r["slopes"]["width"].values())
   assert {"embed_out", "attn_out/0", "mlp_out/1", "residual/1", "logits"} <= set(
       r["slopes"]["width"])
@@ -39,7 +41,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
   out, png = tmp_path / "cc.json", tmp_path / "cc.png"
   code = coord_check.main(["--config", "configs/default.py:size=tiny", "--widths", "32,64",
                            "--depths", "1,2", "--parametrization", "completep", "--steps", "1",
-                           "--batch-size", "2", "--seq-len", "8", "--json", str(out),
+                           "--seeds", "1", "--seq-len", "8", "--json", str(out),
                            "--plot", str(png)])
   assert code == 0 and png.stat().st_size > 0
   r = json.loads(out.read_text())
