@@ -10,16 +10,18 @@ corpus is needed) at one fixed, fairly large learning rate with a constant sched
 clipping and no weight decay, from `--seeds` initialisations whose records are averaged.
 The batch is small (1 x 16 tokens by default) on purpose: muP's width-independence is the
 limit of width >> tokens per update (Adam's update of a matrix has rank <= tokens); with 256
-tokens the widths 64..256 still show an O(sqrt(tokens / width)) drift, with 16 they do not. Before every update and after the last
-one, mean |x| is recorded (model/transformer.py `record_size`) for the embedding output,
-each layer's attention and MLP outputs and residual stream, and the logits.
+tokens the widths 64..256 still show an O(sqrt(tokens / width)) drift, with 16 they do not.
+Before every update and after the last one, mean |x| is recorded (model/transformer.py
+`record_size`) for the embedding output, each layer's attention and MLP outputs and residual
+stream, and the logits.
 
 Width scaling keeps the head count and the d_model : mlp_dim ratio, so head_dim grows with
 width. Under mup/completep the base is --base-width, else `model.base_width` (`base_depth`)
-when set, else the first width (depth). The JSON holds every record and, at the last step, the log-log slope of
-each quantity against width (and depth) under `slopes`, their largest magnitude under
-`max_abs_slope`, and the slopes at every step under `slopes_by_step`. A working muP gives
-slopes near 0; under sp the logits (and hidden outputs at a large LR) grow with width.
+when set, else the first width (depth). The JSON holds every record and, at the last step,
+the log-log slope of each quantity against width (and depth) under `slopes`, their largest
+magnitude under `max_abs_slope`, and the slopes at every step under `slopes_by_step`. A
+working muP gives slopes near 0; under sp the logits (and hidden outputs at a large LR) grow
+with width.
 """
 
 from __future__ import annotations

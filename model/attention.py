@@ -51,8 +51,8 @@ class Attention(nn.Module):
     out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, ("batch", "length", "heads", "head_dim"))
     out_BxLxNxH = nn.Dropout(cfg.dropout)(out_BxLxNxH, deterministic=deterministic)
     return Linear((cfg.d_model,), ("heads", "head_dim", "embed"), num_in=2,
-                  use_bias=cfg.use_bias, init_std=parametrization.residual_out_init_std(cfg), dtype=dt, param_dtype=pdt,
-                  name="out")(out_BxLxNxH)
+                  use_bias=cfg.use_bias, init_std=parametrization.residual_out_init_std(cfg),
+                  dtype=dt, param_dtype=pdt, name="out")(out_BxLxNxH)
 
   def _update_cache(self, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
     """Writes the new keys/values at cache_index; returns the full cache to attend over."""

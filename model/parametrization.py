@@ -4,17 +4,21 @@ width and depth: standard (sp), muP (width) and CompleteP (width and depth).
 A model is described relative to a tuned base: m_d = d_model / base_width and, for CompleteP,
 m_L = num_layers / base_depth, with residual exponent alpha (`completep_alpha`, 1 or 0.5).
 At m_d = m_L = 1 every multiplier below is exactly 1, so mup/completep reproduce the sp run.
-sigma = init_std, eta = train.learning_rate, eps = train.eps, lambda = train.weight_decay;
-lambda is AdamW's decoupled decay (multiplied by the group's learning rate).
+sigma = init_std, eta = train.learning_rate, eps = train.eps, lam = train.weight_decay
+(AdamW's decoupled decay, multiplied by the group's learning rate).
 
-| group (optimizer label)   | init std            | Adam LR               | Adam eps          | decay  |
-|---------------------------|---------------------|-----------------------|-------------------|--------|
-| embedding (tok/pos/type)  | sigma               | eta                   | eps/m_d           | lambda |
-| hidden (block matrices)   | sigma/sqrt(m_d) (1) | eta/m_d * m_L^(a-1)   | eps/m_d * m_L^-a  | lambda*m_d |
-| block_vector (norms, bias)| 1 / 0               | eta * m_L^(a-1)       | eps/m_d * m_L^-a  | none   |
-| head_matrix (mlm, pooler) | sigma/sqrt(m_d)     | eta/m_d               | eps/m_d           | lambda*m_d |
-| vector (final norm, ...)  | 1 / 0               | eta                   | eps/m_d           | none   |
-| unembed (untied head)     | sigma               | eta                   | eps/m_d           | lambda |
+| group        | init std       | Adam LR            | Adam eps         | decay   |
+|--------------|----------------|--------------------|------------------|---------|
+| embedding    | sigma          | eta                | eps/m_d          | lam     |
+| hidden       | sigma/vm_d (1) | eta/m_d * m_L^(a-1)| eps/m_d * m_L^-a | lam*m_d |
+| block_vector | 1 / 0          | eta * m_L^(a-1)    | eps/m_d * m_L^-a | none    |
+| head_matrix  | sigma/vm_d     | eta/m_d            | eps/m_d          | lam*m_d |
+| vector       | 1 / 0          | eta                | eps/m_d          | none    |
+| unembed      | sigma          | eta                | eps/m_d          | lam     |
+embedding: token/position/type tables; hidden: attention and MLP matrices in the blocks;
+block_vector: norms and biases in the blocks; head_matrix: mlm_dense, pooler_dense; vector:
+final/embed/mlm norms and head biases; unembed: the untied output head. vm_d = sqrt(m_d);
+lam = weight decay, applied only where train/optim.py `decay_mask` allows.
 
 Forward: embedding output x 1 (muP's tunable alpha_input, width-independent, left at 1);
 logits x 1/m_d (alpha_output / m_d); attention scores x 1/sqrt(h) * sqrt(h_base / h), i.e.
