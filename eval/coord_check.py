@@ -12,8 +12,9 @@ The batch is small (1 x 16 tokens by default) on purpose: muP's width-independen
 limit of width >> tokens per update (Adam's update of a matrix has rank <= tokens); with 256
 tokens the widths 64..256 still show an O(sqrt(tokens / width)) drift, with 16 they do not.
 Before every update and after the last one, mean |x| is recorded (model/transformer.py
-`record_size`) for the embedding output, each layer's attention and MLP outputs and residual
-stream, and the logits.
+`record_size`) for the embedding output, each layer's attention and MLP outputs (before
+CompleteP's branch multiplier) and residual stream, and the logits. Depth slopes use only the
+layer averages, the last residual stream, the embeddings and the logits.
 
 Width scaling keeps the head count and the d_model : mlp_dim ratio, so head_dim grows with
 width. Under mup/completep the base is --base-width, else `model.base_width` (`base_depth`)
@@ -141,9 +142,13 @@ def train_and_record(cfg: ModelConfig, train_cfg, batches, seeds: int = 1
           for i in range(len(batches))]
 
 
-def log_log_slopes(xs: Sequence[int], runs: Sequence[list[dict]], step: int) -> dict:
-  """Least-squares slope of log mean|x| against log x, per quantity present in every run."""
+def log_log_slopes(xs: Sequence[int], runs: Sequence[list[dict]], step: int,
+                   per_layer: bool = True) -> dict:
+  """Least-squares slope of log mean|x| against log x, per quantity present in every run
+  (`per_layer=False`: only the layer averages, the last residual, embeddings and logits)."""
   names = set.intersection(*(set(r[step]) for r in runs))
+  if not per_layer:
+    names = {n for n in names if "/" not in n}
   logx = np.log(np.asarray(xs, np.float64))
   return {n: float(np.polyfit(logx, np.log([r[step][n] for r in runs]), 1)[0])
           for n in sorted(names)}
@@ -187,8 +192,11 @@ def coord_check(config, widths: Sequence[int], depths: Sequence[int] = (),
       continue
     runs = [train_and_record(make(v), train_cfg, batches, seeds) for v in values]
     out["records"][axis] = {str(v): r for v, r in zip(values, runs)}
-    out["slopes"][axis] = log_log_slopes(values, runs, steps)
-    out["slopes_by_step"][axis] = [log_log_slopes(values, runs, s) for s in range(steps + 1)]
+    # Layer i of a deeper stack sits at another relative depth: only aggregates compare.
+    per_layer = axis == "width"
+    out["slopes"][axis] = log_log_slopes(values, runs, steps, per_layer)
+    out["slopes_by_step"][axis] = [log_log_slopes(values, runs, s, per_layer)
+                                   for s in range(steps + 1)]
   out["max_abs_slope"] = max(abs(s) for by_q in out["slopes"].values() for s in by_q.values())
   return out
 

@@ -46,6 +46,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
   assert code == 0 and png.stat().st_size > 0
   r = json.loads(out.read_text())
   assert set(r["slopes"]) == {"width", "depth"}
+  assert "attn_out/0" in r["slopes"]["width"] and "attn_out/0" not in r["slopes"]["depth"]
   assert np.isfinite(r["max_abs_slope"])
   assert len(r["records"]["depth"]["2"]) == 2          # steps 0 and 1
   assert "max_abs_slope" in capsys.readouterr().out
