@@ -62,6 +62,12 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       dtype="float32",         # compute dtype
       param_dtype="float32",   # master weights
       init_std=0.02,
+      parametrization="sp",    # sp | mup | completep; see model/parametrization.py
+      base_width=0,            # mup/completep: d_model the hyperparameters were tuned at
+      base_depth=0,            # completep: num_layers the hyperparameters were tuned at
+      base_head_dim=0,         # mup attention 1/head_dim rule: the base's head_dim
+                               # (0: head_dim * base_width / d_model, i.e. fixed head count)
+      completep_alpha=1.0,     # completep residual branches scaled by depth^-alpha, (0, 1]
   ))
   m.update(overrides)
   return m

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from model import attention_ops
+from model import parametrization
 from model import positional
 from model.config import ModelConfig
 from model.linear import Linear
@@ -25,8 +26,8 @@ class Attention(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     proj = lambda heads, axis, name: Linear(
-        (heads, h), ("embed", axis, "head_dim"), use_bias=cfg.use_bias, init_std=cfg.init_std,
-        dtype=dt, param_dtype=pdt, name=name)
+        (heads, h), ("embed", axis, "head_dim"), use_bias=cfg.use_bias,
+        init_std=parametrization.hidden_init_std(cfg), dtype=dt, param_dtype=pdt, name=name)
     q_BxLxNxH = proj(n, "heads", "query")(x_BxLxD)
     k_BxLxKxH = proj(k, "kv_heads", "key")(x_BxLxD)
     v_BxLxKxH = proj(k, "kv_heads", "value")(x_BxLxD)
@@ -45,13 +46,13 @@ class Attention(nn.Module):
 
     out_BxLxNxH = attention_ops.dot_product_attention(
         q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, causal=cfg.causal, q_segment_ids_BxT=q_seg,
-        kv_segment_ids_BxS=kv_seg, q_offset=q_offset, impl=cfg.attention_impl)
+        kv_segment_ids_BxS=kv_seg, q_offset=q_offset, impl=cfg.attention_impl,
+        scale=parametrization.attention_scale(cfg))
     out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, ("batch", "length", "heads", "head_dim"))
     out_BxLxNxH = nn.Dropout(cfg.dropout)(out_BxLxNxH, deterministic=deterministic)
-    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
     return Linear((cfg.d_model,), ("heads", "head_dim", "embed"), num_in=2,
-                  use_bias=cfg.use_bias, init_std=out_std, dtype=dt, param_dtype=pdt,
-                  name="out")(out_BxLxNxH)
+                  use_bias=cfg.use_bias, init_std=parametrization.residual_out_init_std(cfg),
+                  dtype=dt, param_dtype=pdt, name="out")(out_BxLxNxH)
 
   def _update_cache(self, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
     """Writes the new keys/values at cache_index; returns the full cache to attend over."""

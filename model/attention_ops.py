@@ -135,8 +135,10 @@ def resolve_impl(impl: str, *, causal: bool, q_len: int, kv_len: int, q_offset=0
 
 def dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, causal: bool,
                           q_segment_ids_BxT=None, kv_segment_ids_BxS=None, q_offset=0,
-                          impl: str = "xla"):
-  """softmax(q k^T / sqrt(H) + mask) v with grouped kv heads; returns [B, T, N, H].
+                          impl: str = "xla", scale: float | None = None):
+  """softmax(q k^T * scale + mask) v with grouped kv heads; returns [B, T, N, H].
+
+  `scale`: None is 1/sqrt(H); muP passes its 1/H rule (model/parametrization.py).
 
   `causal`: query at absolute index q_offset + t sees keys s <= q_offset + t.
   `impl`: "xla" (einsum + float32 softmax; any backend), "cudnn" (jax.nn.dot_product_attention,
@@ -149,7 +151,8 @@ def dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, causal: bool,
   n, k = q_BxTxNxH.shape[2], k_BxSxKxH.shape[2]
   if n % k:
     raise ValueError(f"query heads {n} not divisible by kv heads {k}")
-  scale = 1.0 / float(q_BxTxNxH.shape[-1]) ** 0.5
+  if scale is None:
+    scale = 1.0 / float(q_BxTxNxH.shape[-1]) ** 0.5
   t, s = q_BxTxNxH.shape[1], k_BxSxKxH.shape[1]
   impl = resolve_impl(impl, causal=causal, q_len=t, kv_len=s, q_offset=q_offset)
   if impl == "blocked":

@@ -20,6 +20,9 @@ NORM_POSITIONS = ("pre", "post")
 # Activation checkpointing policies (see model/transformer.py REMAT_POLICIES).
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
+# How init, multipliers and per-group optimizer settings scale with width/depth
+# (model/parametrization.py holds the rules).
+PARAMETRIZATIONS = ("sp", "mup", "completep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,11 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   init_std: float = 0.02
+  parametrization: str = "sp"
+  base_width: int = 0
+  base_depth: int = 0
+  base_head_dim: int = 0
+  completep_alpha: float = 1.0
 
   @property
   def causal(self) -> bool:
@@ -103,7 +111,7 @@ class ModelConfig:
     enums = dict(pos_encoding=POS_ENCODINGS, attention_mask=ATTENTION_MASKS,
                  attention_impl=ATTENTION_IMPLS, mlp=MLPS, norm=NORMS,
                  norm_position=NORM_POSITIONS, remat=REMAT_POLICIES, dtype=DTYPES,
-                 param_dtype=DTYPES)
+                 param_dtype=DTYPES, parametrization=PARAMETRIZATIONS)
     for f, valid in enums.items():
       v = getattr(self, f)
       if v not in valid:
@@ -129,6 +137,29 @@ class ModelConfig:
     for f in ("norm_eps", "init_std", "rope_theta"):
       if not getattr(self, f) > 0:
         fail(f, f"must be > 0, got {getattr(self, f)}")
+    self._validate_parametrization(fail)
     if self.mlm_head and self.causal:
       fail("mlm_head", "a masked-LM head needs attention_mask='bidirectional' (an encoder); "
            "set model.attention_mask=bidirectional or model.mlm_head=False")
+
+  def _validate_parametrization(self, fail) -> None:
+    """muP needs the width its hyperparameters were tuned at; CompleteP also the depth and a
+    residual exponent alpha in (0, 1] (1: CompleteP, 0.5: the sqrt-depth variant)."""
+    for f in ("base_width", "base_depth", "base_head_dim"):
+      v = getattr(self, f)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        fail(f, f"must be an integer >= 0 (0: unset), got {v!r}")
+    if self.parametrization == "sp":
+      return
+    if self.base_width == 0:
+      fail("base_width", f"parametrization={self.parametrization} scales hyperparameters from "
+           f"a tuned base model; set --config.model.base_width=<d_model of that base> (e.g. "
+           f"{self.d_model} to keep this model's own settings)")
+    if self.parametrization == "completep":
+      if self.base_depth == 0:
+        fail("base_depth", "parametrization=completep scales with depth from a tuned base; set "
+             f"--config.model.base_depth=<num_layers of that base> (e.g. {self.num_layers})")
+      alpha = self.completep_alpha
+      if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+        fail("completep_alpha", f"must lie in (0, 1] (1: CompleteP, 0.5: 1/sqrt(depth) "
+             f"residual branches), got {alpha!r}")

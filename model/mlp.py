@@ -4,6 +4,7 @@
 from flax import linen as nn
 import jax.numpy as jnp
 
+from model import parametrization
 from model.config import ModelConfig
 from model.linear import Linear
 
@@ -15,7 +16,7 @@ class Mlp(nn.Module):
   def __call__(self, x_BxLxD, deterministic: bool = True):
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    dense = lambda feats, axes, name, std=cfg.init_std: Linear(
+    dense = lambda feats, axes, name, std=parametrization.hidden_init_std(cfg): Linear(
         (feats,), axes, use_bias=cfg.use_bias, init_std=std, dtype=dt, param_dtype=pdt,
         name=name)
     if cfg.mlp == "gelu":
@@ -27,5 +28,5 @@ class Mlp(nn.Module):
     h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
     h_BxLxF = nn.Dropout(cfg.dropout)(h_BxLxF, deterministic=deterministic)
     # Residual-branch output: GPT-2's 1/sqrt(2 * num_layers) init scaling.
-    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
-    return dense(cfg.d_model, ("mlp", "embed"), "wo", out_std)(h_BxLxF)
+    return dense(cfg.d_model, ("mlp", "embed"), "wo",
+                 parametrization.residual_out_init_std(cfg))(h_BxLxF)

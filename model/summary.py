@@ -99,16 +99,17 @@ def flops_per_token_train(cfg, seq_len: int) -> float:
 
 def _optimizer_state_elems(shapes: Sequence[tuple[int, ...]], optimizer: str) -> float:
   """Float32 elements of optimizer state: adamw 2 per param (mu, nu); lion 1 (momentum);
-  adafactor factored second moments (rows + cols for >= 2-d params, full for vectors)."""
+  adafactor factored second moments (rows + cols for >= 2-d params, full for vectors); muon
+  at most adamw's (1 momentum for its matrices, 2 moments for the rest: counted as 2)."""
   total = sum(math.prod(s) for s in shapes)
-  if optimizer == "adamw":
+  if optimizer in ("adamw", "muon"):
     return 2.0 * total
   if optimizer == "lion":
     return 1.0 * total
   if optimizer == "adafactor":
     return float(sum((math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1]) if len(s) >= 2
                      else math.prod(s) for s in shapes))
-  raise ValueError(f"optimizer {optimizer!r}: choose adamw|adafactor|lion")
+  raise ValueError(f"optimizer {optimizer!r}: choose adamw|adafactor|lion|muon")
 
 
 def _activation_elems_per_token_layer(cfg: ModelConfig, seq_len: int, remat: str,

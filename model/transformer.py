@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from model import attention_ops
+from model import parametrization
 from model import positional
 from model.attention import Attention
 from model.config import ModelConfig
@@ -27,6 +28,16 @@ REMAT_POLICIES = {
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 ACTIVATION_AXES = ("batch", "length", "embed")
+# Collection of the activation sizes (mean |x|) that eval/coord_check.py reads; recorded only
+# when a caller makes it mutable (apply(..., mutable=[RECORDED])), else nothing is computed.
+RECORDED = "intermediates"
+
+
+def record_size(module: nn.Module, name: str, x) -> None:
+  """Sows mean |x| (a float32 scalar) into RECORDED when that collection is mutable (and not
+  while initialising, so `init` returns the same collections as before)."""
+  if module.is_mutable_collection(RECORDED) and not module.is_initializing():
+    module.sow(RECORDED, name, jnp.mean(jnp.abs(x.astype(jnp.float32))))
 
 
 def _norm(cfg: ModelConfig, name: str) -> Norm:
@@ -35,7 +46,8 @@ def _norm(cfg: ModelConfig, name: str) -> Norm:
 
 
 class Block(nn.Module):
-  """One layer. pre: x + f(norm(x)); post (BERT, GPT-1): norm(x + f(x)).
+  """One layer. pre: x + r f(norm(x)); post (BERT, GPT-1): norm(x + r f(x)), with r the
+  CompleteP branch multiplier (1 unless parametrization=completep).
   Returns (x, None) so it can be the body of nn.scan."""
   cfg: ModelConfig
   decode: bool = False
@@ -44,19 +56,28 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
     cfg = self.cfg
-    drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
     attn = Attention(cfg, self.decode, name="attn")
     mlp = Mlp(cfg, name="mlp")
+    branch_mult = parametrization.residual_multiplier(cfg)
+
+    def branch(name, y):
+      record_size(self, name, y)
+      y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
+      return y if branch_mult == 1.0 else y * branch_mult
+
     if cfg.norm_position == "pre":
       y = attn(_norm(cfg, "attn_norm")(x_BxLxD), positions_BxL, segment_ids_BxL,
                self.deterministic)
-      x_BxLxD = x_BxLxD + drop(y)
-      x_BxLxD = x_BxLxD + drop(mlp(_norm(cfg, "mlp_norm")(x_BxLxD), self.deterministic))
+      x_BxLxD = x_BxLxD + branch("attn_out", y)
+      y = mlp(_norm(cfg, "mlp_norm")(x_BxLxD), self.deterministic)
+      x_BxLxD = x_BxLxD + branch("mlp_out", y)
     else:
       y = attn(x_BxLxD, positions_BxL, segment_ids_BxL, self.deterministic)
-      x_BxLxD = _norm(cfg, "attn_norm")(x_BxLxD + drop(y))
-      x_BxLxD = _norm(cfg, "mlp_norm")(x_BxLxD + drop(mlp(x_BxLxD, self.deterministic)))
+      x_BxLxD = _norm(cfg, "attn_norm")(x_BxLxD + branch("attn_out", y))
+      y = mlp(x_BxLxD, self.deterministic)
+      x_BxLxD = _norm(cfg, "mlp_norm")(x_BxLxD + branch("mlp_out", y))
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_AXES)
+    record_size(self, "residual", x_BxLxD)
     return x_BxLxD, None
 
 
@@ -92,7 +113,7 @@ class LayerStack(nn.Module):
                            prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       stack = nn.scan(
-          block_cls, variable_axes={"params": 0, "cache": 0},
+          block_cls, variable_axes={"params": 0, "cache": 0, RECORDED: 0},
           split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
           unroll=scan_unroll(cfg),
@@ -132,16 +153,17 @@ class Transformer(nn.Module):
       self.unembed = Linear((cfg.vocab_size,), ("embed", "vocab"), use_bias=False,
                             init_std=cfg.init_std, dtype=dt, param_dtype=pdt,
                             out_dtype=jnp.float32)
+    hidden_std = parametrization.hidden_init_std(cfg)
     if cfg.mlm_head:
       self.mlm_dense = Linear((cfg.d_model,), (None, "embed"), use_bias=cfg.use_bias,
-                              init_std=cfg.init_std, dtype=dt, param_dtype=pdt)
+                              init_std=hidden_std, dtype=dt, param_dtype=pdt)
       self.mlm_norm = _norm(cfg, "mlm_norm")
       self.mlm_bias = self.param("mlm_bias",
                                  nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                                  (cfg.vocab_size,), pdt)
     if cfg.pooler:
       self.pooler_dense = Linear((cfg.d_model,), (None, "embed"), use_bias=cfg.use_bias,
-                                 init_std=cfg.init_std, dtype=dt, param_dtype=pdt)
+                                 init_std=hidden_std, dtype=dt, param_dtype=pdt)
 
   def hidden(self, tokens_BxL, *, positions_BxL=None, segment_ids_BxL=None,
              token_types_BxL=None, deterministic=True):
@@ -165,14 +187,15 @@ class Transformer(nn.Module):
       x_BxLxD = self.embed_norm(x_BxLxD)
     x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_AXES)
+    record_size(self, "embed_out", x_BxLxD)
     x_BxLxD = self.layers(x_BxLxD, positions_BxL, segment_ids_BxL, deterministic)
     if cfg.norm_position == "pre":
       x_BxLxD = self.final_norm(x_BxLxD)
     return x_BxLxD
 
   def logits_from_hidden(self, x_BxLxD):
-    """Output layer: MLM head (encoders with mlm_head), tied embedding or untied unembed.
-    Returns float32 [B, L, V]."""
+    """Output layer: MLM head (encoders with mlm_head), tied embedding or untied unembed,
+    times muP's output multiplier 1/m_d (1 under sp). Returns float32 [B, L, V]."""
     cfg = self.cfg
     if cfg.mlm_head:
       x_BxLxD = self.mlm_norm(nn.gelu(self.mlm_dense(x_BxLxD), approximate=True))
@@ -180,6 +203,9 @@ class Transformer(nn.Module):
       logits = self.embed.attend(x_BxLxD)
     else:
       logits = self.unembed(x_BxLxD)  # accumulated in float32, as the tied path
+    logit_mult = parametrization.logit_multiplier(cfg)
+    if logit_mult != 1.0:
+      logits = logits * logit_mult
     if cfg.mlm_head:
       logits = logits + jnp.asarray(self.mlm_bias, jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
@@ -207,7 +233,9 @@ class Transformer(nn.Module):
                           deterministic=deterministic)
     if self.cfg.pooler and self.is_initializing():
       self._pool(x_BxLxD)  # create the pooler's params
-    return self.logits_from_hidden(x_BxLxD)
+    logits = self.logits_from_hidden(x_BxLxD)
+    record_size(self, "logits", logits)
+    return logits
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int):

@@ -72,7 +72,7 @@ def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None,
   check_sequence_length(config)
   model = state_lib.make_model(config)
   boxed = state_lib.abstract_variables(config, model, mesh)
-  tx, schedule = optim.make_optimizer(config.train, boxed["params"])
+  tx, schedule = optim.make_optimizer(config.train, boxed["params"], config.model)
   abstract, shardings = state_lib.state_shardings(config, mesh, boxed, tx)
   train_step = step_lib.build_train_step(config, mesh, model, tx, schedule, abstract, shardings,
                                          mask_id=mask_id, token_vocab_size=token_vocab_size)

@@ -3,8 +3,16 @@
 One function per concern: `make_schedule` (warmup then cosine / linear / constant / WSD),
 `decay_mask` (which parameters get weight decay), `make_optimizer` (the Optax chain with
 global-norm clipping). The step only sees the resulting `optax.GradientTransformation`.
+
+Under `model.parametrization` mup/completep the optimizer is one Optax transform per
+parameter group (`optax.multi_transform`), each with the group's learning-rate, epsilon and
+weight-decay multipliers from model/parametrization.py; the model itself is not forked.
+`optimizer=muon` orthogonalizes the hidden matrices' updates (optax.contrib.scale_by_muon,
+per layer of a scanned stack) and leaves embeddings, the LM head and vectors to AdamW;
+`param_table` says which parameter gets what.
 """
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -12,7 +20,10 @@ import jax.numpy as jnp
 import optax
 from flax.core import meta
 
-OPTIMIZERS = ("adamw", "adafactor", "lion")
+from model import parametrization as par
+from model.config import ModelConfig
+
+OPTIMIZERS = ("adamw", "adafactor", "lion", "muon")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 COOLDOWNS = ("linear", "1-sqrt")
 
@@ -133,7 +144,17 @@ def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
 
 # (b1, b2) when config.train.b1 / b2 are left unset: each optimizer's published defaults
 # (AdamW as in GPT-3 / Llama; Lion as in Chen et al. 2023, whose LR is 3-10x lower than AdamW's).
-DEFAULT_BETAS = {"adamw": (0.9, 0.95), "lion": (0.9, 0.99), "adafactor": (None, None)}
+# Muon: b1 is its momentum (0.95 as in Jordan's Muon), b2 its AdamW branch's second moment;
+# that branch's b1 is MUON_ADAM_B1.
+DEFAULT_BETAS = {"adamw": (0.9, 0.95), "lion": (0.9, 0.99), "adafactor": (None, None),
+                 "muon": (0.95, 0.95)}
+MUON_ADAM_B1 = 0.9
+# Muon's orthogonalized update has unit singular values; scaled by MUON_RMS x
+# sqrt(max(fan_in, fan_out)) its RMS matches AdamW's (Liu et al. 2025, arXiv 2502.16982), so
+# one train.learning_rate serves both branches. Under mup/completep the scale is
+# MUON_RMS x sqrt(base_width) x sqrt(fan_out / fan_in) instead (width-independent spectral
+# size, Bernstein et al.'s condition), equal to the former for square matrices at base width.
+MUON_RMS = 0.2
 
 
 def betas(train_cfg) -> tuple[float | None, float | None]:
@@ -157,24 +178,177 @@ def _adafactor(schedule, weight_decay: float, mask) -> optax.GradientTransformat
   return optax.chain(*parts)
 
 
-def make_optimizer(train_cfg, params: Any) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(train_cfg, params: Any, model_cfg: Any = None
+                   ) -> tuple[optax.GradientTransformation, Callable]:
   """The Optax chain for `config.train` and the schedule it uses (for logging the lr).
 
-  `params` (boxed, abstract or real) only supplies the tree for the weight-decay mask.
+  `params` (boxed, abstract or real) only supplies the tree for the weight-decay mask and
+  the parameter groups. `model_cfg` (`config.model` or a ModelConfig; None means sp) picks
+  the parametrization whose per-group multipliers apply.
   """
   name = train_cfg.optimizer
   if name not in OPTIMIZERS:
     raise ValueError(f"config.train.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
+  mcfg = _model_config(model_cfg)
+  check_optimizer_settings(train_cfg, mcfg)
   schedule = make_schedule(train_cfg)
-  mask = decay_mask(params, train_cfg.decay_embeddings)
-  wd = float(train_cfg.weight_decay)
-  b1, b2 = betas(train_cfg)
-  if name == "adamw":
-    tx = optax.adamw(schedule, b1=b1, b2=b2, eps=train_cfg.eps, weight_decay=wd, mask=mask)
-  elif name == "lion":
-    tx = optax.lion(schedule, b1=b1, b2=b2, weight_decay=wd, mask=mask)
+  if name == "muon" or mcfg.parametrization != "sp":
+    tx = _per_group_optimizer(train_cfg, schedule, mcfg)
   else:
-    tx = _adafactor(schedule, wd, mask)
+    tx = _single_optimizer(name, train_cfg, schedule, decay_mask(params,
+                                                                 train_cfg.decay_embeddings))
   if train_cfg.grad_clip and train_cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(float(train_cfg.grad_clip)), tx)
   return tx, schedule
+
+
+def _model_config(model_cfg) -> ModelConfig:
+  if model_cfg is None:
+    return ModelConfig()
+  return model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_config(model_cfg)
+
+
+def check_optimizer_settings(train_cfg, mcfg: ModelConfig) -> None:
+  """Combinations that would silently train something else are errors naming the field."""
+  name = train_cfg.optimizer
+  if name == "adafactor" and mcfg.parametrization != "sp":
+    raise ValueError(
+        f"config.train.optimizer=adafactor with model.parametrization="
+        f"{mcfg.parametrization}: Adafactor's relative step sizes override the per-group "
+        f"learning rates; use adamw, lion or muon, or model.parametrization=sp.")
+  if name == "muon":
+    b1, b2 = betas(train_cfg)
+    for field, v in (("b1", b1), ("b2", b2)):
+      if not 0.0 <= v < 1.0:
+        raise ValueError(f"config.train.{field}={v} is not a moment decay in [0, 1) (muon: b1 "
+                         f"is its momentum, b2 its AdamW branch's second moment).")
+
+
+def _single_optimizer(name, train_cfg, schedule, mask) -> optax.GradientTransformation:
+  """One optimizer for every parameter (sp), the chain the trainer always used."""
+  wd = float(train_cfg.weight_decay)
+  b1, b2 = betas(train_cfg)
+  if name == "adamw":
+    return optax.adamw(schedule, b1=b1, b2=b2, eps=train_cfg.eps, weight_decay=wd, mask=mask)
+  if name == "lion":
+    return optax.lion(schedule, b1=b1, b2=b2, weight_decay=wd, mask=mask)
+  return _adafactor(schedule, wd, mask)
+
+
+def _scaled(schedule: Callable, mult: float) -> Callable:
+  """schedule x mult (the schedule itself when mult is 1, so the arithmetic is unchanged)."""
+  return schedule if mult == 1.0 else (lambda count: schedule(count) * mult)
+
+
+def group_labels(params: Any) -> Any:
+  """A tree of model/parametrization.py GROUPS labels, shaped like the unboxed params."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: par.param_group(path_names(path)),
+                                          meta.unbox(params))
+
+
+def _per_group_optimizer(train_cfg, schedule, mcfg: ModelConfig) -> optax.GradientTransformation:
+  """One transform per parameter group with the parametrization's multipliers."""
+  name = train_cfg.optimizer
+  muon = name == "muon"
+  rules = par.group_rules(mcfg, muon=muon)
+  mask = lambda p: decay_mask(p, train_cfg.decay_embeddings)
+  b1, b2 = betas(train_cfg)
+  transforms = {}
+  for group, rule in rules.items():
+    lr = _scaled(schedule, rule.lr)
+    wd = float(train_cfg.weight_decay) * rule.weight_decay
+    if muon and group in par.MATRIX_GROUPS:
+      transforms[group] = _muon_matrices(b1, wd, mask, lr, mcfg)
+    elif muon or name == "adamw":
+      transforms[group] = optax.adamw(lr, b1=MUON_ADAM_B1 if muon else b1, b2=b2,
+                                      eps=train_cfg.eps * rule.eps, weight_decay=wd, mask=mask)
+    else:
+      transforms[group] = optax.lion(lr, b1=b1, b2=b2, weight_decay=wd, mask=mask)
+  return optax.multi_transform(transforms, group_labels)
+
+
+def muon_dimension_numbers(updates: Any) -> Any:
+  """MuonDimensionNumbers per kernel: leading axes (the scanned `layers` axis) are batch
+  axes, so each layer's matrix is orthogonalized on its own; a [D, N, H] query kernel is
+  the D x (N*H) matrix and a [N, H, D] attention-out kernel the (N*H) x D one."""
+
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: _dimension_numbers(path_names(path), jnp.ndim(leaf)), updates)
+
+
+def _dimension_numbers(names: tuple[str, ...], ndim: int):
+  n_in, n_out = par.kernel_fan_dims(names)
+  lead = ndim - n_in - n_out
+  return optax.contrib.MuonDimensionNumbers(
+      reduction_axis=tuple(range(lead, lead + n_in)),
+      output_axis=tuple(range(lead + n_in, lead + n_in + n_out)))
+
+
+def fans(shape: tuple[int, ...], dim_nums) -> tuple[int, int]:
+  """(fan_in, fan_out) of one orthogonalized matrix of a kernel."""
+  return (math.prod(shape[a] for a in dim_nums.reduction_axis),
+          math.prod(shape[a] for a in dim_nums.output_axis))
+
+
+def muon_update_scale(shape: tuple[int, ...], dim_nums, mcfg: ModelConfig) -> float:
+  """Factor on a Muon update (see MUON_RMS)."""
+  fan_in, fan_out = fans(shape, dim_nums)
+  if mcfg.parametrization == "sp":
+    return MUON_RMS * math.sqrt(max(fan_in, fan_out))
+  return MUON_RMS * math.sqrt(mcfg.base_width) * math.sqrt(fan_out / fan_in)
+
+
+def _muon_matrices(momentum, wd, mask, lr, mcfg) -> optax.GradientTransformation:
+  """Muon for the matrix groups: Nesterov momentum, Newton-Schulz orthogonalization per
+  matrix, the shape scale, decoupled weight decay, learning rate. optax.contrib.muon's own
+  AdamW branch takes one unmasked weight decay, hence this chain of its parts."""
+  is_dims = lambda x: isinstance(x, optax.contrib.MuonDimensionNumbers)
+
+  def scale_by_shape(updates, params=None):
+    del params
+    return jax.tree.map(lambda u, d: u * muon_update_scale(u.shape, d, mcfg), updates,
+                        muon_dimension_numbers(updates), is_leaf=is_dims)
+
+  return optax.chain(
+      optax.contrib.scale_by_muon(beta=momentum, nesterov=True,
+                                  weight_dimension_numbers=muon_dimension_numbers),
+      optax.stateless(scale_by_shape),
+      optax.add_decayed_weights(wd, mask),
+      optax.scale_by_learning_rate(lr))
+
+
+def param_table(train_cfg, params: Any, model_cfg: Any = None) -> list[dict]:
+  """One row per parameter: path, shape, group, which optimizer updates it, the matrix
+  Muon orthogonalizes (layers x fan_in x fan_out) and the group's multipliers. The trainer
+  prints `format_param_table` of it at start-up."""
+  mcfg = _model_config(model_cfg)
+  muon = train_cfg.optimizer == "muon"
+  rules = par.group_rules(mcfg, muon=muon)
+  rows = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(meta.unbox(params)):
+    names = path_names(path)
+    group = par.param_group(names)
+    row = dict(path="/".join(n for n in names if n != "params"), shape=tuple(leaf.shape),
+               group=group, optimizer=train_cfg.optimizer, matrix="", lr_mult=rules[group].lr,
+               eps_mult=rules[group].eps, wd_mult=rules[group].weight_decay)
+    if muon and group in par.MATRIX_GROUPS:
+      dims = _dimension_numbers(names, len(leaf.shape))
+      fan_in, fan_out = fans(tuple(leaf.shape), dims)
+      batch = math.prod(leaf.shape) // (fan_in * fan_out)
+      row["matrix"] = f"{batch}x{fan_in}x{fan_out}"
+      row["update_scale"] = muon_update_scale(tuple(leaf.shape), dims, mcfg)
+    elif muon:
+      row["optimizer"] = "adamw"
+    rows.append(row)
+  return rows
+
+
+def format_param_table(rows: list[dict]) -> str:
+  """`param_table` as aligned text lines."""
+  head = ("parameter", "shape", "group", "optimizer", "matrix", "lr x", "eps x", "wd x")
+  lines = [(r["path"], "x".join(map(str, r["shape"])), r["group"], r["optimizer"],
+            r["matrix"] or "-", f"{r['lr_mult']:.4g}", f"{r['eps_mult']:.4g}",
+            f"{r['wd_mult']:.4g}") for r in rows]
+  widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+  return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
+                   for line in [head, *lines])
