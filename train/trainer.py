@@ -367,6 +367,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es), steps {start}->{total}; "
         f"MFU peak: {throughput.peak_source}")
+    if config.train.optimizer == "muon" or config.model.parametrization != "sp":
+      from train import optim
+      log(optim.format_param_table(optim.param_table(config.train, built.abstract_state.params,
+                                                     config.model)))
     monitor = Monitor(config, writer, throughput, ckpt, log, start)
     with preemption.PreemptionGuard(config.checkpoint.preemption_poll_every) as guard:
       try:
