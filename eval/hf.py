@@ -343,6 +343,8 @@ def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer
   spec = getattr(tokenizer, "spec", "") or ""
   if spec.endswith(".json") and pathlib.Path(spec).is_file():
     export_tokenizer(tokenizer, out, bos=bos, model_max_length=cfg.max_seq_len)
+  elif spec == "byte":   # no tokenizer.json exists for it: say which one the weights expect
+    (out / BYTE_MARKER).write_text(json.dumps({"tokenizer": "byte"}) + "\n")
   return conf
 
 
@@ -399,13 +401,18 @@ def import_dir(hf_dir, **overrides):
   return cfg, from_hf_state_dict(cfg, sd)
 
 
+# Written by export for a run that used unleash's byte tokenizer (which has no tokenizer.json):
+# import then loads the byte tokenizer, whose 260 ids a padded model vocabulary covers.
+BYTE_MARKER = "unleash_tokenizer.json"
+
+
 def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
   """Imports a HF directory as a params-only run in `workdir` (train.checkpoint.save_params),
   so `run_lib.load_run(workdir)`, `config.init_from=workdir` and the eval CLIs accept it.
 
   The tokenizer: `tokenizer` if given, else the directory's tokenizer.json (copied into the
   workdir with its tokenizer_config.json, which names the special tokens), else our byte
-  tokenizer when vocab_size is 260. data.seq_len is the model's context length
+  tokenizer when vocab_size is 260 or the export says so (BYTE_MARKER). data.seq_len is the model's context length
   (max_seq_len), the window eval.zeroshot scores with. Returns the checkpoint dir.
   """
   from configs import base
@@ -422,7 +429,8 @@ def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
         shutil.copyfile(hf_dir / name, workdir / name)
     tokenizer = str(workdir / "tokenizer.json")
   if not tokenizer:
-    if cfg.vocab_size != 260:
+    exported_byte = (hf_dir / BYTE_MARKER).is_file()
+    if cfg.vocab_size != 260 and not exported_byte:
       raise ValueError(f"{hf_dir} has no tokenizer.json and vocab_size={cfg.vocab_size} is not "
                        "the byte tokenizer's 260; pass tokenizer= (--tokenizer) a tokenizer.json")
     tokenizer = "byte"

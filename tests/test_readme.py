@@ -166,9 +166,9 @@ def _write_inputs(ws: pathlib.Path) -> None:
                 f'"[[\'socioeconomic\']]",a{i},"[\'a1\']"\n' for i in range(4)))
   (ws / "dev.tsv").write_text("sentence\tlabel\na charming journey\t1\nbleak and dull\t0\n"
                               "a delight\t1\na mess\t0\n")
-  (ws / "sst2_train.jsonl").write_text("".join(
-      f'{{"text": "Review: {s}\\nSentiment: {w}"}}\n'
-      for s, w in [("lovely", "positive"), ("awful", "negative")] * 20))
+  (ws / "sst2_train.jsonl").write_text("".join(   # distinct reviews: the split hashes content
+      f'{{"text": "Review: {s} {i}\\nSentiment: {w}"}}\n'
+      for i, (s, w) in enumerate([("lovely", "positive"), ("awful", "negative")] * 250)))
   # IsoFLOP grid from a known law L = 1.7 + 400/N^0.34 + 410/D^0.28, D = C / (6 N).
   rows = ["N,C,L"]
   for c in (1e15, 1e16, 1e17):

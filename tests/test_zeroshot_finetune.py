@@ -19,11 +19,13 @@ NEG = ["awful", "terrible", "dull", "bad", "crude"]
 
 
 def _tsv(path, n, seed):
+  """Rows "<word><0-5 '!'>": distinct texts, because the train/validation split hashes content
+  (identical rows land on the same side, so 10 texts could leave a word out of training)."""
   rng = random.Random(seed)
   rows = ["sentence\tlabel"]
   for i in range(n):
     label = i % 2
-    rows.append(f"{rng.choice(POS if label else NEG)} \t{label}")
+    rows.append(f"{rng.choice(POS if label else NEG)}{'!' * rng.randrange(6)} \t{label}")
   path.write_text("\n".join(rows) + "\n")
 
 
