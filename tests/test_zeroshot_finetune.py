@@ -18,14 +18,17 @@ POS = ["great", "wonderful", "superb", "lovely", "happy"]
 NEG = ["awful", "terrible", "dull", "bad", "crude"]
 
 
+# Neutral words after the sentiment word make the rows distinct texts: the train/validation
+# split hashes content, so 10 identical-row texts could leave a word out of training.
+FILLERS = ["film", "plot", "cast", "ending", "music", "story", "pace", "script"]
+
+
 def _tsv(path, n, seed):
-  """Rows "<word><0-5 '!'>": distinct texts, because the train/validation split hashes content
-  (identical rows land on the same side, so 10 texts could leave a word out of training)."""
   rng = random.Random(seed)
   rows = ["sentence\tlabel"]
   for i in range(n):
     label = i % 2
-    rows.append(f"{rng.choice(POS if label else NEG)}{'!' * rng.randrange(6)} \t{label}")
+    rows.append(f"{rng.choice(POS if label else NEG)} {rng.choice(FILLERS)} \t{label}")
   path.write_text("\n".join(rows) + "\n")
 
 
@@ -56,7 +59,7 @@ def test_finetune_from_run_learns_the_task(tmp_path, capsys):
   _tsv(tmp_path / "dev.tsv", 40, seed=1)
   finetune.main(["--base", str(tmp_path / "base"), "--workdir", str(tmp_path / "ft"),
                  "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"),
-                 "--steps", "150", "--lr", "3e-3", "--warmup-steps", "5"])
+                 "--steps", "300", "--lr", "3e-3", "--warmup-steps", "5"])
   out = capsys.readouterr().out
   assert f"initialised parameters from {tmp_path / 'base'}" in out
   report = json.loads((tmp_path / "ft" / "finetune_report.json").read_text())
