@@ -27,6 +27,7 @@ CASES = [
     ("train-data", ["-m", "train", "--config", "configs/default.py:size=tiny", "--workdir",
                     "{tmp}/run", "--config.data.source=text:/nonexistent/*.txt"], ()),
     ("perplexity", ["-m", "eval.perplexity", "--workdir", MISSING], ()),
+    ("perplexity-flags", ["-m", "eval.perplexity", "--batches", "many"], ()),
     ("generate", ["-m", "eval.generate", "--workdir", MISSING, "--prompt", "hi"], ()),
     ("generate-samples", ["-m", "eval.generate", "--workdir", MISSING, "--prompt", "hi",
                           "--num-samples", "0"], ()),

@@ -14,6 +14,8 @@ the fix, never a traceback. `UNLEASH_DEBUG=1` re-raises instead (the full traceb
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -59,9 +61,27 @@ def guarded(main: Callable) -> Callable:
   return wrapper
 
 
+@contextlib.contextmanager
+def _argparse_errors_raise():
+  """argparse reports a bad flag as two lines (usage, then "prog: error: ...") and exit 2;
+  inside an entry point it raises instead, so the flag error is one line like every other."""
+  def error(parser, message):
+    raise ValueError(f"{parser.prog}: {message} (see {parser.prog} --help)")
+
+  previous = argparse.ArgumentParser.error
+  argparse.ArgumentParser.error = error
+  try:
+    yield
+  finally:
+    argparse.ArgumentParser.error = previous
+
+
 def run(main: Callable[[], int | None]) -> None:
-  """Calls `main()` and exits with its return code (errors as in `guarded`)."""
-  sys.exit(guarded(main)() or 0)
+  """Calls `main()` and exits with its return code (errors, bad flags included, as in
+  `guarded`)."""
+  with _argparse_errors_raise():
+    code = guarded(main)()
+  sys.exit(code or 0)
 
 
 def parse_absl_flags(argv: list[str]) -> list[str]:
