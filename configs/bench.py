@@ -20,23 +20,55 @@ SIZES = {
 def get_config(arg: str = "S"):
   size = (arg or "S").strip()
   if size.startswith("size="):
-    size = size[len("size="):]
+    size = size[len("size=") :]
   if size not in SIZES:
-    raise ValueError(f"configs/bench.py: unknown size {size!r}; choose one of "
-                     f"{'|'.join(SIZES)} (e.g. configs/bench.py:S)")
+    raise ValueError(
+        f"configs/bench.py: unknown size {size!r}; choose one of "
+        f"{'|'.join(SIZES)} (e.g. configs/bench.py:S)"
+    )
   vocab, d, layers, heads, seq, batch = SIZES[size]
   c = base.base_config()
   c.name = f"bench_{size}"
-  c.model.update(dict(
-      vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads, num_kv_heads=heads,
-      head_dim=d // heads, mlp_dim=4 * d, max_seq_len=seq, pos_encoding="learned",
-      attention_mask="causal", mlp="gelu", norm="layernorm", norm_position="pre",
-      norm_eps=1e-5, use_bias=True, tie_embeddings=True, dropout=0.0,
-      dtype="float32", param_dtype="float32", init_std=0.02))
+  c.model.update(
+      dict(
+          vocab_size=vocab,
+          d_model=d,
+          num_layers=layers,
+          num_heads=heads,
+          num_kv_heads=heads,
+          head_dim=d // heads,
+          mlp_dim=4 * d,
+          max_seq_len=seq,
+          pos_encoding="learned",
+          attention_mask="causal",
+          mlp="gelu",
+          norm="layernorm",
+          norm_position="pre",
+          norm_eps=1e-5,
+          use_bias=True,
+          tie_embeddings=True,
+          dropout=0.0,
+          dtype="float32",
+          param_dtype="float32",
+          init_std=0.02,
+      )
+  )
   c.data.seq_len = seq
-  c.train.update(dict(
-      batch_size=batch, learning_rate=3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-      decay_embeddings=True, schedule="constant", warmup_steps=0, grad_clip=1.0, z_loss=0.0,
-      steps=20))
+  c.train.update(
+      dict(
+          batch_size=batch,
+          learning_rate=3e-4,
+          b1=0.9,
+          b2=0.95,
+          eps=1e-8,
+          weight_decay=0.1,
+          decay_embeddings=True,
+          schedule="constant",
+          warmup_steps=0,
+          grad_clip=1.0,
+          z_loss=0.0,
+          steps=20,
+      )
+  )
   c.eval.batches = 0
   return c

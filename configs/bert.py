@@ -24,12 +24,30 @@ def get_config(arg: str = ""):
   c = base.base_config()
   c.name = f"bert-{args['size']}"
   c.model = base.model_config(
-      vocab_size=30522, d_model=d, num_layers=layers, num_heads=heads, num_kv_heads=heads,
-      head_dim=d // heads, mlp_dim=4 * d, max_seq_len=512, pos_encoding="learned",
-      attention_mask="bidirectional", mlp="gelu", norm="layernorm", norm_position="post",
-      norm_eps=1e-12, use_bias=True, tie_embeddings=True, dropout=0.1, mlm_head=True,
-      embed_norm=True, type_vocab_size=2, pooler=True, dtype="bfloat16",
-      param_dtype="float32")
+      vocab_size=30522,
+      d_model=d,
+      num_layers=layers,
+      num_heads=heads,
+      num_kv_heads=heads,
+      head_dim=d // heads,
+      mlp_dim=4 * d,
+      max_seq_len=512,
+      pos_encoding="learned",
+      attention_mask="bidirectional",
+      mlp="gelu",
+      norm="layernorm",
+      norm_position="post",
+      norm_eps=1e-12,
+      use_bias=True,
+      tie_embeddings=True,
+      dropout=0.1,
+      mlm_head=True,
+      embed_norm=True,
+      type_vocab_size=2,
+      pooler=True,
+      dtype="bfloat16",
+      param_dtype="float32",
+  )
   c.data.seq_len = 512
   c.train.objective = "mlm"
   c.train.mlm_probability = 0.15

@@ -30,12 +30,26 @@ def get_config(arg: str = ""):
   c = base.base_config()
   c.name = f"gpt2-{args['size']}"
   c.model = base.model_config(
-      vocab_size=50257, d_model=d, num_layers=layers, num_heads=heads, num_kv_heads=heads,
-      head_dim=d // heads, mlp_dim=4 * d, max_seq_len=1024, pos_encoding="learned",
-      mlp="gelu", norm="layernorm", norm_position="pre", use_bias=True, tie_embeddings=True,
-      dropout=0.0, dtype="bfloat16", param_dtype="float32")
+      vocab_size=50257,
+      d_model=d,
+      num_layers=layers,
+      num_heads=heads,
+      num_kv_heads=heads,
+      head_dim=d // heads,
+      mlp_dim=4 * d,
+      max_seq_len=1024,
+      pos_encoding="learned",
+      mlp="gelu",
+      norm="layernorm",
+      norm_position="pre",
+      use_bias=True,
+      tie_embeddings=True,
+      dropout=0.0,
+      dtype="bfloat16",
+      param_dtype="float32",
+  )
   c.data.seq_len = 1024
-  c.train.batch_size = 512          # 0.5M tokens per step
+  c.train.batch_size = 512  # 0.5M tokens per step
   c.train.learning_rate = lr
   c.train.warmup_steps = 2000
   c.train.steps = 100_000

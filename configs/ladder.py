@@ -50,10 +50,21 @@ _TINY_SIZES = (
 
 
 def _ladder(**kw) -> ml_collections.ConfigDict:
-  d = dict(scheme="wsd", sizes=_CPU_SIZES, mlp_ratio=4, steps=(150, 300, 600),
-           flop_budgets=(), min_steps=20, max_steps=5000, decay_fraction=0.2,
-           cooldown="linear", parallel=1, resources={"CPU": 1}, retries=3,
-           schedule_timeout_s=300.0)
+  d = dict(
+      scheme="wsd",
+      sizes=_CPU_SIZES,
+      mlp_ratio=4,
+      steps=(150, 300, 600),
+      flop_budgets=(),
+      min_steps=20,
+      max_steps=5000,
+      decay_fraction=0.2,
+      cooldown="linear",
+      parallel=1,
+      resources={"CPU": 1},
+      retries=3,
+      schedule_timeout_s=300.0,
+  )
   d.update(kw)
   return ml_collections.ConfigDict(d)
 
@@ -69,7 +80,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.train.warmup_steps = 30
   c.train.min_lr_ratio = 0.0
   c.train.log_every = 10
-  c.eval.every = 0          # evaluate once, at the end of each point
+  c.eval.every = 0  # evaluate once, at the end of each point
   c.eval.batches = 8
   c.checkpoint.every = 100  # killed points resume from here
   c.checkpoint.keep = 2
@@ -80,8 +91,9 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   elif name == "cpu_grid":
     c.ladder = _ladder(scheme="grid")
   elif name == "cpu_isoflop":
-    c.ladder = _ladder(scheme="isoflop", flop_budgets=(3e11, 1e12, 3e12), steps=(),
-                       min_steps=50, max_steps=1500)
+    c.ladder = _ladder(
+        scheme="isoflop", flop_budgets=(3e11, 1e12, 3e12), steps=(), min_steps=50, max_steps=1500
+    )
   elif name.startswith("tiny"):
     c.data.seq_len = 32
     c.model.max_seq_len = 32
@@ -96,12 +108,22 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     elif name == "tiny_grid":
       c.ladder = _ladder(scheme="grid", sizes=_TINY_SIZES[:2], steps=(6, 12))
     elif name == "tiny_isoflop":
-      c.ladder = _ladder(scheme="isoflop", sizes=_TINY_SIZES, steps=(), flop_budgets=(2e8, 4e8),
-                         min_steps=3, max_steps=80)
+      c.ladder = _ladder(
+          scheme="isoflop",
+          sizes=_TINY_SIZES,
+          steps=(),
+          flop_budgets=(2e8, 4e8),
+          min_steps=3,
+          max_steps=80,
+      )
     else:
-      raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
-                       "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop")
+      raise ValueError(
+          f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
+          "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
+      )
   else:
-    raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
-                     "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop")
+    raise ValueError(
+        f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
+        "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
+    )
   return c

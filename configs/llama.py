@@ -17,14 +17,62 @@ from model.config import ModelConfig
 
 # size: dict of model overrides + (seq_len, batch_size, learning_rate)
 SIZES = {
-    "tiny": (dict(vocab_size=260, d_model=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                  head_dim=64, mlp_dim=688), 256, 16, 1e-3),
-    "small": (dict(vocab_size=32000, d_model=768, num_layers=12, num_heads=12, num_kv_heads=4,
-                   head_dim=64, mlp_dim=2048), 2048, 256, 6e-4),
-    "1B": (dict(vocab_size=32000, d_model=2048, num_layers=22, num_heads=32, num_kv_heads=4,
-                head_dim=64, mlp_dim=5632), 2048, 512, 4e-4),
-    "7B": (dict(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
-                head_dim=128, mlp_dim=11008), 4096, 1024, 3e-4),
+    "tiny": (
+        dict(
+            vocab_size=260,
+            d_model=256,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=64,
+            mlp_dim=688,
+        ),
+        256,
+        16,
+        1e-3,
+    ),
+    "small": (
+        dict(
+            vocab_size=32000,
+            d_model=768,
+            num_layers=12,
+            num_heads=12,
+            num_kv_heads=4,
+            head_dim=64,
+            mlp_dim=2048,
+        ),
+        2048,
+        256,
+        6e-4,
+    ),
+    "1B": (
+        dict(
+            vocab_size=32000,
+            d_model=2048,
+            num_layers=22,
+            num_heads=32,
+            num_kv_heads=4,
+            head_dim=64,
+            mlp_dim=5632,
+        ),
+        2048,
+        512,
+        4e-4,
+    ),
+    "7B": (
+        dict(
+            vocab_size=32000,
+            d_model=4096,
+            num_layers=32,
+            num_heads=32,
+            num_kv_heads=32,
+            head_dim=128,
+            mlp_dim=11008,
+        ),
+        4096,
+        1024,
+        3e-4,
+    ),
 }
 
 
@@ -35,10 +83,21 @@ def get_config(arg: str = ""):
   c = base.base_config()
   c.name = f"llama-{args['size']}"
   c.model = base.model_config(
-      max_seq_len=seq_len, pos_encoding="rope", rope_theta=10_000.0, mlp="swiglu",
-      norm="rmsnorm", norm_position="pre", norm_eps=1e-5, use_bias=False,
-      tie_embeddings=False, dropout=0.0, dtype="float32" if tiny else "bfloat16",
-      param_dtype="float32", remat="none" if tiny else "full", **shape)
+      max_seq_len=seq_len,
+      pos_encoding="rope",
+      rope_theta=10_000.0,
+      mlp="swiglu",
+      norm="rmsnorm",
+      norm_position="pre",
+      norm_eps=1e-5,
+      use_bias=False,
+      tie_embeddings=False,
+      dropout=0.0,
+      dtype="float32" if tiny else "bfloat16",
+      param_dtype="float32",
+      remat="none" if tiny else "full",
+      **shape,
+  )
   c.data.seq_len = seq_len
   c.train.batch_size = batch
   c.train.learning_rate = lr

@@ -8,8 +8,10 @@ def parse(arg: str, allowed: dict[str, str], preset: str) -> dict[str, str]:
   out = dict(allowed)
   for item in filter(None, (s.strip() for s in (arg or "").split(","))):
     if "=" not in item:
-      raise ValueError(f"{preset}: bad argument {item!r}; use k=v, e.g. "
-                       f"{preset}.py:{next(iter(allowed))}=...")
+      raise ValueError(
+          f"{preset}: bad argument {item!r}; use k=v, e.g. "
+          f"{preset}.py:{next(iter(allowed))}=..."
+      )
     key, value = (s.strip() for s in item.split("=", 1))
     if key not in allowed:
       raise ValueError(f"{preset}: unknown argument {key!r}; valid: {sorted(allowed)}")
@@ -19,6 +21,8 @@ def parse(arg: str, allowed: dict[str, str], preset: str) -> dict[str, str]:
 
 def pick_size(sizes: dict, size: str, preset: str):
   if size not in sizes:
-    raise ValueError(f"{preset}: unknown size {size!r}; valid sizes: {'|'.join(sizes)} "
-                     f"(e.g. --config configs/{preset}.py:size={next(iter(sizes))})")
+    raise ValueError(
+        f"{preset}: unknown size {size!r}; valid sizes: {'|'.join(sizes)} "
+        f"(e.g. --config configs/{preset}.py:size={next(iter(sizes))})"
+    )
   return sizes[size]

@@ -54,15 +54,15 @@ import numpy as np
 
 REQUIRED_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 DIRECTIONS = ("stereo", "antistereo")
-TIE_DECIMALS = 3        # the reference code rounds sentence scores to 3 decimals
+TIE_DECIMALS = 3  # the reference code rounds sentence scores to 3 decimals
 CONFIDENCE = 0.95
 INTERVAL_METHOD = "wilson"
 
 METRICS = {
     "pll": "pseudo-log-likelihood of the unmodified tokens, each masked in turn (masked LM; "
-           "the paper's metric)",
+    "the paper's metric)",
     "sentence_ll": "full-sentence log-likelihood, sum of log p of every token after BOS "
-                   "(causal LM; not the paper's metric)",
+    "(causal LM; not the paper's metric)",
 }
 
 CAVEATS = (
@@ -83,6 +83,7 @@ CAVEATS = (
 class Pair:
   """One CrowS-Pairs row; `record` is its 1-based record number in the file (not the line:
   a quoted field may span lines)."""
+
   sent_more: str
   sent_less: str
   direction: str
@@ -101,24 +102,31 @@ def read_crows_pairs(path, limit: int = 0) -> list[Pair]:
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"CrowS-Pairs file {path} does not exist; pass the path of "
-                            "crows_pairs_anonymized.csv (github.com/nyu-mll/crows-pairs, data/)")
+    raise FileNotFoundError(
+        f"CrowS-Pairs file {path} does not exist; pass the path of "
+        "crows_pairs_anonymized.csv (github.com/nyu-mll/crows-pairs, data/)"
+    )
   try:
     with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheet exports
       rows = list(csv.DictReader(f))
       header = rows[0].keys() if rows else None
   except UnicodeDecodeError as e:
-    raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the CSV as "
-                     "UTF-8") from None
+    raise ValueError(
+        f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the CSV as " "UTF-8"
+    ) from None
   except csv.Error as e:
     raise ValueError(f"{path}: malformed CSV ({e}); expected the CrowS-Pairs CSV") from None
   if not rows:
-    raise ValueError(f"{path}: no pairs (empty file or header only); expected a CSV with "
-                     f"columns {', '.join(REQUIRED_COLUMNS)}")
+    raise ValueError(
+        f"{path}: no pairs (empty file or header only); expected a CSV with "
+        f"columns {', '.join(REQUIRED_COLUMNS)}"
+    )
   missing = [c for c in REQUIRED_COLUMNS if c not in header]
   if missing:
-    raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; a CrowS-Pairs CSV has "
-                     f"{', '.join(REQUIRED_COLUMNS)} (found {', '.join(map(str, header))})")
+    raise ValueError(
+        f"{path}: missing column(s) {', '.join(missing)}; a CrowS-Pairs CSV has "
+        f"{', '.join(REQUIRED_COLUMNS)} (found {', '.join(map(str, header))})"
+    )
   rows = rows[:limit] if limit > 0 else rows
   return [_pair(path, n, row) for n, row in enumerate(rows, start=1)]
 
@@ -127,13 +135,22 @@ def _pair(path, record: int, row: dict) -> Pair:
   values = {c: row[c] for c in REQUIRED_COLUMNS}
   empty = [c for c, v in values.items() if not (v or "").strip()]
   if empty:
-    raise ValueError(f"{path}: record {record} has empty {', '.join(empty)}; every pair needs "
-                     "both sentences, a direction and a bias type")
+    raise ValueError(
+        f"{path}: record {record} has empty {', '.join(empty)}; every pair needs "
+        "both sentences, a direction and a bias type"
+    )
   if values["stereo_antistereo"] not in DIRECTIONS:
-    raise ValueError(f"{path}: record {record}: stereo_antistereo must be stereo or antistereo, "
-                     f"got {values['stereo_antistereo']!r}")
-  return Pair(values["sent_more"], values["sent_less"], values["stereo_antistereo"],
-              values["bias_type"].strip(), record)
+    raise ValueError(
+        f"{path}: record {record}: stereo_antistereo must be stereo or antistereo, "
+        f"got {values['stereo_antistereo']!r}"
+    )
+  return Pair(
+      values["sent_more"],
+      values["sent_less"],
+      values["stereo_antistereo"],
+      values["bias_type"].strip(),
+      record,
+  )
 
 
 # ----------------------------------------------------------------------------- encodability
@@ -145,8 +162,9 @@ def _canonical(text: str) -> str:
   return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
-def check_encodable(pairs: Sequence[Pair], tokenizer, *, max_tokens: int | None = None
-                    ) -> tuple[list[Pair], dict[str, int]]:
+def check_encodable(
+    pairs: Sequence[Pair], tokenizer, *, max_tokens: int | None = None
+) -> tuple[list[Pair], dict[str, int]]:
   """Pairs the tokenizer represents faithfully, and the number skipped per reason.
 
   Reasons: "identical_encoding" (both sentences give the same ids: the words that differ were
@@ -159,8 +177,10 @@ def check_encodable(pairs: Sequence[Pair], tokenizer, *, max_tokens: int | None 
     ids = [tokenizer.encode(s) for s in (pair.sent_more, pair.sent_less)]
     if ids[0] == ids[1]:
       skipped["identical_encoding"] += 1
-    elif any(_canonical(tokenizer.decode(i)) != _canonical(s)
-             for i, s in zip(ids, (pair.sent_more, pair.sent_less))):
+    elif any(
+        _canonical(tokenizer.decode(i)) != _canonical(s)
+        for i, s in zip(ids, (pair.sent_more, pair.sent_less))
+    ):
       skipped["no_round_trip"] += 1
     elif max_tokens is not None and max(map(len, ids)) + 2 > max_tokens:
       skipped["too_long"] += 1
@@ -169,27 +189,33 @@ def check_encodable(pairs: Sequence[Pair], tokenizer, *, max_tokens: int | None 
   if not kept:
     fixes = []
     if skipped["identical_encoding"] or skipped["no_round_trip"]:
-      fixes.append("the tokenizer cannot encode this text faithfully: use a run with the byte "
-                   "or a byte-level BPE tokenizer")
+      fixes.append(
+          "the tokenizer cannot encode this text faithfully: use a run with the byte "
+          "or a byte-level BPE tokenizer"
+      )
     if skipped["too_long"]:
-      fixes.append(f"sentences exceed the sequence length {max_tokens}: use a masked LM "
-                   "trained with a longer data.seq_len")
-    raise ValueError(f"none of the {len(pairs)} pairs can be scored with tokenizer "
-                     f"{getattr(tokenizer, 'spec', tokenizer)!r} ({_skip_text(skipped)}); "
-                     + "; ".join(fixes))
+      fixes.append(
+          f"sentences exceed the sequence length {max_tokens}: use a masked LM "
+          "trained with a longer data.seq_len"
+      )
+    raise ValueError(
+        f"none of the {len(pairs)} pairs can be scored with tokenizer "
+        f"{getattr(tokenizer, 'spec', tokenizer)!r} ({_skip_text(skipped)}); " + "; ".join(fixes)
+    )
   return kept, dict(skipped)
 
 
 def _skip_text(skipped: dict[str, int]) -> str:
-  return ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(skipped.items())
-                   ) or "none skipped"
+  return (
+      ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(skipped.items()))
+      or "none skipped"
+  )
 
 
 # ----------------------------------------------------------------------------- scoring
 
 
-def unmodified_positions(ids_a: Sequence[int], ids_b: Sequence[int]
-                         ) -> tuple[list[int], list[int]]:
+def unmodified_positions(ids_a: Sequence[int], ids_b: Sequence[int]) -> tuple[list[int], list[int]]:
   """Positions of the tokens two framed sequences share, aligned (difflib "equal" blocks, as
   the reference code's get_span), excluding the first and last (BOS/EOS) positions.
 
@@ -203,8 +229,9 @@ def unmodified_positions(ids_a: Sequence[int], ids_b: Sequence[int]
     if op == "equal":
       pos_a += range(a0, a1)
       pos_b += range(b0, b1)
-  inner = [(a, b) for a, b in zip(pos_a, pos_b)
-           if 0 < a < len(ids_a) - 1 and 0 < b < len(ids_b) - 1]
+  inner = [
+      (a, b) for a, b in zip(pos_a, pos_b) if 0 < a < len(ids_a) - 1 and 0 < b < len(ids_b) - 1
+  ]
   return [a for a, _ in inner], [b for _, b in inner]
 
 
@@ -212,26 +239,30 @@ def masked_batch(rows, seq_len: int, *, pad_id: int, mask_id: int) -> dict:
   """Rows (token_ids, masked_position) as a batch [N, seq_len]: inputs with that position
   replaced by mask_id, targets the original ids, weights 1 at the masked position only."""
   n = len(rows)
-  out = dict(inputs=np.full((n, seq_len), pad_id, np.int32),
-             targets=np.full((n, seq_len), pad_id, np.int32),
-             segment_ids=np.zeros((n, seq_len), np.int32),
-             positions=np.zeros((n, seq_len), np.int32),
-             weights=np.zeros((n, seq_len), np.float32))
+  out = dict(
+      inputs=np.full((n, seq_len), pad_id, np.int32),
+      targets=np.full((n, seq_len), pad_id, np.int32),
+      segment_ids=np.zeros((n, seq_len), np.int32),
+      positions=np.zeros((n, seq_len), np.int32),
+      weights=np.zeros((n, seq_len), np.float32),
+  )
   for r, (ids, pos) in enumerate(rows):
     if not 0 <= pos < len(ids) <= seq_len:
-      raise ValueError(f"row {r}: {len(ids)} tokens masking position {pos} do not fit seq_len "
-                       f"{seq_len}")
-    out["inputs"][r, :len(ids)] = ids
+      raise ValueError(
+          f"row {r}: {len(ids)} tokens masking position {pos} do not fit seq_len " f"{seq_len}"
+      )
+    out["inputs"][r, : len(ids)] = ids
     out["inputs"][r, pos] = mask_id
-    out["targets"][r, :len(ids)] = ids
-    out["segment_ids"][r, :len(ids)] = 1
-    out["positions"][r, :len(ids)] = np.arange(len(ids))
+    out["targets"][r, : len(ids)] = ids
+    out["segment_ids"][r, : len(ids)] = 1
+    out["positions"][r, : len(ids)] = np.arange(len(ids))
     out["weights"][r, pos] = 1.0
   return out
 
 
-def masked_logprobs(token_logprobs_fn, rows, *, seq_len: int, batch_size: int, pad_id: int,
-                    mask_id: int) -> np.ndarray:
+def masked_logprobs(
+    token_logprobs_fn, rows, *, seq_len: int, batch_size: int, pad_id: int, mask_id: int
+) -> np.ndarray:
   """log p(original token | sequence with it masked) per (token_ids, position) row.
 
   `token_logprobs_fn` is eval.zeroshot's: given inputs and (unshifted) targets it returns the
@@ -239,12 +270,13 @@ def masked_logprobs(token_logprobs_fn, rows, *, seq_len: int, batch_size: int, p
   """
   logprob_R = np.zeros(len(rows), np.float64)
   for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
-    batch = masked_batch(chunk + [chunk[0]] * (batch_size - len(chunk)), seq_len,
-                         pad_id=pad_id, mask_id=mask_id)
+    chunk = rows[start : start + batch_size]
+    batch = masked_batch(
+        chunk + [chunk[0]] * (batch_size - len(chunk)), seq_len, pad_id=pad_id, mask_id=mask_id
+    )
     logprob_BxL, _ = token_logprobs_fn(batch)
     per_row = (np.asarray(logprob_BxL, np.float64) * batch["weights"]).sum(-1)
-    logprob_R[start:start + len(chunk)] = per_row[:len(chunk)]
+    logprob_R[start : start + len(chunk)] = per_row[: len(chunk)]
   return logprob_R
 
 
@@ -264,10 +296,20 @@ def pll_scorer(token_logprobs_fn, tokenizer, *, seq_len: int, batch_size: int):
     if rows:
       # One compiled shape, no wider than the longest sentence needs (multiple of 8).
       width = min(seq_len, -(-max(len(ids) for ids, _ in rows) // 8) * 8)
-      np.add.at(scores, np.array(owner), masked_logprobs(
-          token_logprobs_fn, rows, seq_len=width, batch_size=batch_size,
-          pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id))
+      np.add.at(
+          scores,
+          np.array(owner),
+          masked_logprobs(
+              token_logprobs_fn,
+              rows,
+              seq_len=width,
+              batch_size=batch_size,
+              pad_id=tokenizer.pad_id,
+              mask_id=tokenizer.mask_id,
+          ),
+      )
     return scores[0::2], scores[1::2]
+
   return score_fn
 
 
@@ -277,11 +319,14 @@ def sentence_ll_scorer(token_logprobs_fn, tokenizer, *, seq_len: int, batch_size
   from eval import zeroshot
 
   def score_fn(pairs):
-    requests = [([tokenizer.bos_id], tokenizer.encode(s))
-                for p in pairs for s in (p.sent_more, p.sent_less)]
-    logprob_R, _ = zeroshot.score_requests(token_logprobs_fn, requests, window=seq_len,
-                                           batch_size=batch_size, pad_id=tokenizer.pad_id)
+    requests = [
+        ([tokenizer.bos_id], tokenizer.encode(s)) for p in pairs for s in (p.sent_more, p.sent_less)
+    ]
+    logprob_R, _ = zeroshot.score_requests(
+        token_logprobs_fn, requests, window=seq_len, batch_size=batch_size, pad_id=tokenizer.pad_id
+    )
     return logprob_R[0::2], logprob_R[1::2]
+
   return score_fn
 
 
@@ -292,14 +337,22 @@ def share_with_interval(k: int, n: int, confidence: float = CONFIDENCE) -> dict:
   """k of n as a percentage, its Wilson interval and the two-sided binomial test p-value
   against 50% (scipy.stats.binomtest)."""
   from scipy import stats
+
   test = stats.binomtest(k, n, 0.5)
   ci = test.proportion_ci(confidence_level=confidence, method=INTERVAL_METHOD)
-  return dict(n=n, preferred=k, pct=100.0 * k / n, ci_low=100.0 * ci.low,
-              ci_high=100.0 * ci.high, p_vs_50=float(test.pvalue))
+  return dict(
+      n=n,
+      preferred=k,
+      pct=100.0 * k / n,
+      ci_low=100.0 * ci.low,
+      ci_high=100.0 * ci.high,
+      p_vs_50=float(test.pvalue),
+  )
 
 
-def bias_scores(pairs: Sequence[Pair], score_more_N, score_less_N,
-                confidence: float = CONFIDENCE) -> dict:
+def bias_scores(
+    pairs: Sequence[Pair], score_more_N, score_less_N, confidence: float = CONFIDENCE
+) -> dict:
   """Per bias type, for all pairs, and for the stereo and antistereo rows: the share of pairs
   where round(score(sent_more), 3) > round(score(sent_less), 3), with the tie count."""
   more = np.round(np.asarray(score_more_N, np.float64), TIE_DECIMALS)
@@ -317,16 +370,23 @@ def bias_scores(pairs: Sequence[Pair], score_more_N, score_less_N,
 
   types = np.array([p.bias_type for p in pairs])
   directions = np.array([p.direction for p in pairs])
-  by_type = {t: group(types == t) for t in sorted(set(types.tolist()),
-                                                  key=lambda t: (-(types == t).sum(), t))}
+  by_type = {
+      t: group(types == t)
+      for t in sorted(set(types.tolist()), key=lambda t: (-(types == t).sum(), t))
+  }
   by_direction = {d: group(directions == d) for d in DIRECTIONS if (directions == d).any()}
-  return dict(overall=group(np.ones(len(pairs), bool)), by_type=by_type,
-              by_direction=by_direction)
+  return dict(overall=group(np.ones(len(pairs), bool)), by_type=by_type, by_direction=by_direction)
 
 
-def evaluate_pairs(pairs: Sequence[Pair], score_fn: Callable, *, metric: str,
-                   skipped: dict[str, int] | None = None, n_read: int | None = None,
-                   confidence: float = CONFIDENCE) -> dict:
+def evaluate_pairs(
+    pairs: Sequence[Pair],
+    score_fn: Callable,
+    *,
+    metric: str,
+    skipped: dict[str, int] | None = None,
+    n_read: int | None = None,
+    confidence: float = CONFIDENCE,
+) -> dict:
   """Scores `pairs` with `score_fn(pairs) -> (score_more_N, score_less_N)` (higher = the model
   prefers that sentence) and returns the report: metric, caveats, counts, bias scores and the
   per-pair scores."""
@@ -335,14 +395,28 @@ def evaluate_pairs(pairs: Sequence[Pair], score_fn: Callable, *, metric: str,
   if not pairs:
     raise ValueError("no pairs to score")
   more, less = score_fn(pairs)
-  result = dict(metric=metric, metric_description=METRICS[metric], caveats=list(CAVEATS),
-                n_read=n_read if n_read is not None else len(pairs), n_scored=len(pairs),
-                skipped=dict(skipped or {}), confidence=confidence,
-                interval=INTERVAL_METHOD, tie_decimals=TIE_DECIMALS)
+  result = dict(
+      metric=metric,
+      metric_description=METRICS[metric],
+      caveats=list(CAVEATS),
+      n_read=n_read if n_read is not None else len(pairs),
+      n_scored=len(pairs),
+      skipped=dict(skipped or {}),
+      confidence=confidence,
+      interval=INTERVAL_METHOD,
+      tie_decimals=TIE_DECIMALS,
+  )
   result.update(bias_scores(pairs, more, less, confidence))
-  result["pairs"] = [dict(record=p.record, bias_type=p.bias_type, direction=p.direction,
-                          score_more=float(m), score_less=float(s))
-                     for p, m, s in zip(pairs, more, less)]
+  result["pairs"] = [
+      dict(
+          record=p.record,
+          bias_type=p.bias_type,
+          direction=p.direction,
+          score_more=float(m),
+          score_less=float(s),
+      )
+      for p, m, s in zip(pairs, more, less)
+  ]
   return result
 
 
@@ -350,16 +424,18 @@ def evaluate_pairs(pairs: Sequence[Pair], score_fn: Callable, *, metric: str,
 
 
 def metric_for(config) -> str:
-  """"pll" for a masked LM, "sentence_ll" for a causal LM; ValueError for an encoder that was
+  """ "pll" for a masked LM, "sentence_ll" for a causal LM; ValueError for an encoder that was
   not trained to predict tokens."""
   model = config.model
   if model.attention_mask == "causal":
     return "sentence_ll"
   if config.train.get("objective") == "mlm" or model.get("mlm_head"):
     return "pll"
-  raise ValueError("a bidirectional model trained without the MLM objective gives no token "
-                   "probabilities to score; use a causal LM or a masked-LM (train.objective=mlm) "
-                   "run")
+  raise ValueError(
+      "a bidirectional model trained without the MLM objective gives no token "
+      "probabilities to score; use a causal LM or a masked-LM (train.objective=mlm) "
+      "run"
+  )
 
 
 def evaluate_run(run, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict:
@@ -367,10 +443,12 @@ def evaluate_run(run, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict:
   metric its model calls for."""
   from eval import zeroshot
   from train import mesh as mesh_lib
+
   metric = metric_for(run.config)
   seq_len = int(run.config.data.seq_len)
-  kept, skipped = check_encodable(pairs, run.tokenizer,
-                                  max_tokens=seq_len if metric == "pll" else None)
+  kept, skipped = check_encodable(
+      pairs, run.tokenizer, max_tokens=seq_len if metric == "pll" else None
+  )
   rules = mesh_lib.axis_rules(run.config)
   dp = mesh_lib.data_parallel_size(run.mesh, rules)
   batch_size = -(-batch_size // dp) * dp
@@ -386,24 +464,32 @@ def evaluate_run(run, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict:
 
 
 def _row(name: str, g: dict) -> str:
-  return (f"{name:<22}{g['n']:>6}{g['pct']:>10.1f}%   [{g['ci_low']:5.1f}, {g['ci_high']:5.1f}]"
-          f"{g['ties']:>7}{g['p_vs_50']:>10.3g}")
+  return (
+      f"{name:<22}{g['n']:>6}{g['pct']:>10.1f}%   [{g['ci_low']:5.1f}, {g['ci_high']:5.1f}]"
+      f"{g['ties']:>7}{g['p_vs_50']:>10.3g}"
+  )
 
 
 def format_report(result: dict) -> str:
   """The printed report: header (what was measured, caveats, counts), then the table."""
   pct = round(100 * result["confidence"])
-  lines = ["CrowS-Pairs social-bias probe (Nangia et al. 2020): share of pairs where the model "
-           "prefers the more stereotyping sentence",
-           f"metric: {result['metric']}: {result['metric_description']}"]
+  lines = [
+      "CrowS-Pairs social-bias probe (Nangia et al. 2020): share of pairs where the model "
+      "prefers the more stereotyping sentence",
+      f"metric: {result['metric']}: {result['metric_description']}",
+  ]
   lines += [f"caveat: {c}" for c in result["caveats"]]
-  lines.append(f"pairs: {result['n_read']} read, {result['n_scored']} scored, "
-               f"{result['n_read'] - result['n_scored']} skipped"
-               + (f" ({_skip_text(result['skipped'])})" if result["skipped"] else ""))
+  lines.append(
+      f"pairs: {result['n_read']} read, {result['n_scored']} scored, "
+      f"{result['n_read'] - result['n_scored']} skipped"
+      + (f" ({_skip_text(result['skipped'])})" if result["skipped"] else "")
+  )
   if "workdir" in result:
     lines.append(f"run: {result['workdir']} step {result['step']}")
-  lines.append(f"{'bias type':<22}{'n':>6}{'stereo %':>11}   {pct}% CI ({result['interval']})"
-               f"{'ties':>6}{'p(50%)':>10}")
+  lines.append(
+      f"{'bias type':<22}{'n':>6}{'stereo %':>11}   {pct}% CI ({result['interval']})"
+      f"{'ties':>6}{'p(50%)':>10}"
+  )
   lines += [_row(t, g) for t, g in result["by_type"].items()]
   lines.append(_row("all pairs", result["overall"]))
   lines += [_row(f"{d} rows", g) for d, g in result["by_direction"].items()]
@@ -412,6 +498,7 @@ def format_report(result: dict) -> str:
 
 def main(argv=None) -> int:
   import argparse
+
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run directory")
   ap.add_argument("--data", required=True, help="crows_pairs_anonymized.csv (CrowS-Pairs)")
@@ -424,9 +511,11 @@ def main(argv=None) -> int:
     raise ValueError("--limit must be >= 0 and --batch-size > 0")
   pairs = read_crows_pairs(args.data, args.limit)  # data errors before loading the model
   if not pathlib.Path(args.workdir).is_dir():
-    raise FileNotFoundError(f"run directory {args.workdir} does not exist; pass the --workdir "
-                            "of a training run")
+    raise FileNotFoundError(
+        f"run directory {args.workdir} does not exist; pass the --workdir " "of a training run"
+    )
   from train import run as run_lib
+
   run = run_lib.load_run(args.workdir, step=args.step)
   result = evaluate_run(run, pairs, batch_size=args.batch_size)
   print(format_report(result))
@@ -437,4 +526,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   from train import cli
+
   cli.run(main)

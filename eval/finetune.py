@@ -36,10 +36,18 @@ def render_sst2(tsv_path, out_path, *, limit: int = 0) -> int:
   return len(items)
 
 
-def finetune_config(base_workdir: str, source: str, *, steps: int, learning_rate: float,
-                    warmup_steps: int, batch_size: int | None = None):
+def finetune_config(
+    base_workdir: str,
+    source: str,
+    *,
+    steps: int,
+    learning_rate: float,
+    warmup_steps: int,
+    batch_size: int | None = None,
+):
   """The base run's config with init_from=base, a new data source and a short schedule."""
   from train import run as run_lib
+
   config = run_lib.config_from_workdir(base_workdir)
   config.init_from = str(base_workdir)
   config.name = f"{config.name}-finetune"
@@ -71,6 +79,7 @@ def main(argv=None):
 
   from train import run as run_lib
   from train import trainer
+
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   dev = zeroshot.load_task(f"sst2_review:{args.dev}", args.limit_dev)
@@ -79,14 +88,25 @@ def main(argv=None):
 
   before = zeroshot.evaluate_run(run_lib.load_run(args.base), dev)
   print(json.dumps({"before": {k: before[k] for k in ("n", "acc", "majority")}}), flush=True)
-  config = finetune_config(args.base, f"jsonl:{jsonl.resolve()}:text", steps=args.steps,
-                           learning_rate=args.lr, warmup_steps=args.warmup_steps,
-                           batch_size=args.batch_size or None)
+  config = finetune_config(
+      args.base,
+      f"jsonl:{jsonl.resolve()}:text",
+      steps=args.steps,
+      learning_rate=args.lr,
+      warmup_steps=args.warmup_steps,
+      batch_size=args.batch_size or None,
+  )
   out = trainer.train_and_evaluate(config, str(workdir))
   after = zeroshot.evaluate_run(run_lib.load_run(str(workdir)), dev)
-  report = dict(train_examples=n, steps=args.steps, dev_n=len(dev.items),
-                acc_before=before["acc"], acc_after=after["acc"], majority=before["majority"],
-                finetune_val_loss=out.get("val_loss"))
+  report = dict(
+      train_examples=n,
+      steps=args.steps,
+      dev_n=len(dev.items),
+      acc_before=before["acc"],
+      acc_after=after["acc"],
+      majority=before["majority"],
+      finetune_val_loss=out.get("val_loss"),
+  )
   (workdir / "finetune_report.json").write_text(json.dumps(report, indent=2) + "\n")
   print(json.dumps(report))
 

@@ -59,12 +59,20 @@ from train import cli
 HUBER_DELTA = 1e-3
 # The grid of Hoffmann et al. / Besiroglu et al.: 6 * 6 * 5 * 5 * 5 = 4500 starts.
 FULL_GRID = dict(
-    a=np.arange(0.0, 25.1, 5.0), b=np.arange(0.0, 25.1, 5.0), e=np.arange(-1.0, 1.01, 0.5),
-    alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5))
+    a=np.arange(0.0, 25.1, 5.0),
+    b=np.arange(0.0, 25.1, 5.0),
+    e=np.arange(-1.0, 1.01, 0.5),
+    alpha=np.arange(0.0, 2.01, 0.5),
+    beta=np.arange(0.0, 2.01, 0.5),
+)
 # A coarse grid (3^5 = 243 starts) for tests, bootstraps and quick looks.
 COARSE_GRID = dict(
-    a=np.array([0.0, 10.0, 20.0]), b=np.array([0.0, 10.0, 20.0]), e=np.array([-1.0, 0.0, 1.0]),
-    alpha=np.array([0.0, 0.5, 1.0]), beta=np.array([0.0, 0.5, 1.0]))
+    a=np.array([0.0, 10.0, 20.0]),
+    b=np.array([0.0, 10.0, 20.0]),
+    e=np.array([-1.0, 0.0, 1.0]),
+    alpha=np.array([0.0, 0.5, 1.0]),
+    beta=np.array([0.0, 0.5, 1.0]),
+)
 INTERVAL_LEVEL = 0.95
 # A start "reached the optimum" when its objective is within this relative distance of the best.
 OPTIMUM_RTOL = 1e-6
@@ -90,7 +98,7 @@ def lse_huber_objective(theta, logx_KxN, logl_N, delta=HUBER_DELTA, reduction="s
   """
   k = logx_KxN.shape[0]
   u_MxN = np.empty((k + 1, logx_KxN.shape[1]))
-  np.multiply(theta[k + 1:, None], logx_KxN, out=u_MxN[:k])
+  np.multiply(theta[k + 1 :, None], logx_KxN, out=u_MxN[:k])
   np.subtract(theta[:k, None], u_MxN[:k], out=u_MxN[:k])
   u_MxN[k] = theta[k]
   m_N = u_MxN.max(axis=0)
@@ -103,8 +111,8 @@ def lse_huber_objective(theta, logx_KxN, logl_N, delta=HUBER_DELTA, reduction="s
   f = float(np.dot(g_N, r_N - 0.5 * g_N))
   gw_MxN = w_MxN * (g_N / s_N)
   grad = np.empty_like(theta)
-  grad[:k + 1] = gw_MxN.sum(axis=1)
-  grad[k + 1:] = -np.einsum("kn,kn->k", gw_MxN[:k], logx_KxN)
+  grad[: k + 1] = gw_MxN.sum(axis=1)
+  grad[k + 1 :] = -np.einsum("kn,kn->k", gw_MxN[:k], logx_KxN)
   if reduction == "mean":
     n = logl_N.shape[0]
     return f / n, grad / n
@@ -126,7 +134,7 @@ def grid_starts(grid: dict, k: int) -> np.ndarray:
 def objective_scale(n: int, delta: float) -> float:
   """Factor that makes the summed Huber objective O(1): 1 / (n delta^2), or 1 / (n 1e-4) for
   least squares (delta = inf; log residuals of ~1%)."""
-  d2 = delta ** 2 if np.isfinite(delta) else 1e-4
+  d2 = delta**2 if np.isfinite(delta) else 1e-4
   return 1.0 / (n * d2)
 
 
@@ -134,14 +142,14 @@ def objective_scale(n: int, delta: float) -> float:
 class _Best:
   theta: np.ndarray
   objective: float
-  converged: bool          # the best start's optimizer flag
+  converged: bool  # the best start's optimizer flag
   nit: int
   n_starts: int
-  n_converged: int         # optimizer flags (kept for comparison; n_at_optimum is the measure)
-  endpoints: np.ndarray    # finite end points, sorted by objective (for bootstrap starts)
-  n_at_optimum: int = 1    # final runs whose objective is within OPTIMUM_RTOL of the best
-  grad_norm: float = 0.0   # max |gradient| of the rescaled objective at the best fit
-  n_final: int = 1         # runs taken to convergence (all starts, or the polished ones)
+  n_converged: int  # optimizer flags (kept for comparison; n_at_optimum is the measure)
+  endpoints: np.ndarray  # finite end points, sorted by objective (for bootstrap starts)
+  n_at_optimum: int = 1  # final runs whose objective is within OPTIMUM_RTOL of the best
+  grad_norm: float = 0.0  # max |gradient| of the rescaled objective at the best fit
+  n_final: int = 1  # runs taken to convergence (all starts, or the polished ones)
 
 
 # Box for theta = (a_1..a_K, e, alpha_1..alpha_K): E >= e^-10 (4.5e-5) and exponents in
@@ -172,17 +180,22 @@ def _lbfgs_runs(fn, starts_SxP, options) -> list:
   # scipy's bundled OpenBLAS spins up threads for the tiny L-BFGS-B matrices: ~10x slower.
   with threadpoolctl.threadpool_limits(1), np.errstate(over="ignore", invalid="ignore"):
     for x0 in starts_SxP:
-      x0 = np.clip(x0, [b[0] if b[0] is not None else -np.inf for b in bounds],
-                   [b[1] if b[1] is not None else np.inf for b in bounds])
-      r = scipy.optimize.minimize(fn, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                  options=options)
+      x0 = np.clip(
+          x0,
+          [b[0] if b[0] is not None else -np.inf for b in bounds],
+          [b[1] if b[1] is not None else np.inf for b in bounds],
+      )
+      r = scipy.optimize.minimize(
+          fn, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options
+      )
       if np.isfinite(r.fun) and np.all(np.isfinite(r.x)):
         results.append(r)
   return sorted(results, key=lambda r: r.fun)
 
 
-def _multistart_lbfgs(logx_KxN, logl_N, starts_SxP, delta, reduction, tolerances="scaled",
-                      polish: int = 32) -> _Best:
+def _multistart_lbfgs(
+    logx_KxN, logl_N, starts_SxP, delta, reduction, tolerances="scaled", polish: int = 32
+) -> _Best:
   """L-BFGS-B from every start; keep the lowest objective.
 
   With tolerances="scaled" the objective is multiplied by objective_scale (O(1) at the fit)
@@ -212,13 +225,25 @@ def _multistart_lbfgs(logx_KxN, logl_N, starts_SxP, delta, reduction, tolerances
   best = results[0]
   f_all = np.array([r.fun for r in results])
   at_opt = (f_all - best.fun) <= OPTIMUM_RTOL * abs(best.fun)
-  grad = _projected_grad(best.x, lse_huber_objective(best.x, logx_KxN, logl_N, delta)[1],
-                         theta_bounds(logx_KxN.shape[0])) * objective_scale(len(logl_N), delta)
+  grad = _projected_grad(
+      best.x,
+      lse_huber_objective(best.x, logx_KxN, logl_N, delta)[1],
+      theta_bounds(logx_KxN.shape[0]),
+  ) * objective_scale(len(logl_N), delta)
   if n_converged is None:
     n_converged = sum(bool(r.success) for r in results)
-  return _Best(best.x.copy(), float(best.fun / scale), bool(best.success), int(best.nit),
-               len(starts_SxP), n_converged, np.array([r.x for r in results[:64]]),
-               int(at_opt.sum()), float(np.max(np.abs(grad))), len(results))
+  return _Best(
+      best.x.copy(),
+      float(best.fun / scale),
+      bool(best.success),
+      int(best.nit),
+      len(starts_SxP),
+      n_converged,
+      np.array([r.x for r in results[:64]]),
+      int(at_opt.sum()),
+      float(np.max(np.abs(grad))),
+      len(results),
+  )
 
 
 # ----------------------------------------------------------------------------- Chinchilla
@@ -227,6 +252,7 @@ def _multistart_lbfgs(logx_KxN, logl_N, starts_SxP, delta, reduction, tolerances
 @dataclasses.dataclass
 class ChinchillaFit:
   """L(N, D) = E + A/N^alpha + B/D^beta."""
+
   E: float
   A: float
   B: float
@@ -243,7 +269,7 @@ class ChinchillaFit:
   grad_norm: float = float("nan")
   huber_delta: float = HUBER_DELTA
   method: str = "lbfgs"
-  n_final: int = 0   # starts run to convergence (n_at_optimum counts among these)
+  n_final: int = 0  # starts run to convergence (n_at_optimum counts among these)
 
   @property
   def a(self) -> float:
@@ -257,12 +283,13 @@ class ChinchillaFit:
 
   def loss(self, N, D):
     N, D = np.asarray(N, float), np.asarray(D, float)
-    return self.E + self.A * N ** -self.alpha + self.B * D ** -self.beta
+    return self.E + self.A * N**-self.alpha + self.B * D**-self.beta
 
   def optimal(self, C, flops_per_param_token: float = 6.0):
     """Compute-optimal (N, D, loss) under C = k N D (Hoffmann et al. eq. 4)."""
-    return optimal_allocation(np.array([self.E, self.A, self.B, self.alpha, self.beta]), C,
-                              flops_per_param_token)
+    return optimal_allocation(
+        np.array([self.E, self.A, self.B, self.alpha, self.beta]), C, flops_per_param_token
+    )
 
   @property
   def verified(self) -> bool:
@@ -270,14 +297,28 @@ class ChinchillaFit:
     return bool(self.grad_norm <= GRAD_TOL and self.n_at_optimum >= 2)
 
   def to_dict(self) -> dict:
-    return dict(E=self.E, A=self.A, B=self.B, alpha=self.alpha, beta=self.beta,
-                objective=self.objective, n_points=self.n_points, a=self.a, b=self.b,
-                converged=self.converged, n_starts=self.n_starts, n_converged=self.n_converged,
-                n_at_optimum=self.n_at_optimum, n_final=self.n_final, optimum_rtol=OPTIMUM_RTOL,
-                grad_norm=self.grad_norm if np.isfinite(self.grad_norm) else None,
-                verified=self.verified, reduction=self.reduction,
-                huber_delta=self.huber_delta if np.isfinite(self.huber_delta) else None,
-                method=self.method)
+    return dict(
+        E=self.E,
+        A=self.A,
+        B=self.B,
+        alpha=self.alpha,
+        beta=self.beta,
+        objective=self.objective,
+        n_points=self.n_points,
+        a=self.a,
+        b=self.b,
+        converged=self.converged,
+        n_starts=self.n_starts,
+        n_converged=self.n_converged,
+        n_at_optimum=self.n_at_optimum,
+        n_final=self.n_final,
+        optimum_rtol=OPTIMUM_RTOL,
+        grad_norm=self.grad_norm if np.isfinite(self.grad_norm) else None,
+        verified=self.verified,
+        reduction=self.reduction,
+        huber_delta=self.huber_delta if np.isfinite(self.huber_delta) else None,
+        method=self.method,
+    )
 
   @classmethod
   def from_theta(cls, theta, **kw):
@@ -319,8 +360,10 @@ def _check_positive(name, x):
     raise ValueError(f"{name} must be one-dimensional, got shape {x.shape}")
   bad = ~np.isfinite(x) | (x <= 0)
   if bad.any():
-    raise ValueError(f"{name} has {int(bad.sum())} non-positive or non-finite values (first at "
-                     f"row {int(np.argmax(bad))}); drop those rows before fitting")
+    raise ValueError(
+        f"{name} has {int(bad.sum())} non-positive or non-finite values (first at "
+        f"row {int(np.argmax(bad))}); drop those rows before fitting"
+    )
   return x
 
 
@@ -331,8 +374,10 @@ def _checked_nd_l(N, D, L):
   if len(L) < 5:
     raise ValueError(f"Chinchilla fit has 5 parameters and needs >= 5 runs, got {len(L)}")
   if len(np.unique(N)) < 2 or len(np.unique(D)) < 2:
-    raise ValueError(f"Chinchilla fit needs >= 2 distinct N and D values, got "
-                     f"{len(np.unique(N))} and {len(np.unique(D))}")
+    raise ValueError(
+        f"Chinchilla fit needs >= 2 distinct N and D values, got "
+        f"{len(np.unique(N))} and {len(np.unique(D))}"
+    )
   return N, D, L
 
 
@@ -345,8 +390,17 @@ def _grid(grid, N, D, L):
   return grid_starts(g, 2)
 
 
-def fit_chinchilla(N, D, L, *, grid: dict | str = "full", starts=None, delta: float = HUBER_DELTA,
-                   reduction: str = "sum", tolerances: str = "scaled") -> ChinchillaFit:
+def fit_chinchilla(
+    N,
+    D,
+    L,
+    *,
+    grid: dict | str = "full",
+    starts=None,
+    delta: float = HUBER_DELTA,
+    reduction: str = "sum",
+    tolerances: str = "scaled",
+) -> ChinchillaFit:
   """Hoffmann et al. approach 3 with the Besiroglu et al. (2024) corrections.
 
   Args:
@@ -369,10 +423,19 @@ def fit_chinchilla(N, D, L, *, grid: dict | str = "full", starts=None, delta: fl
   else:
     objective = best.objective
   return ChinchillaFit.from_theta(
-      best.theta, objective=objective, n_points=len(L), converged=best.converged,
-      n_starts=best.n_starts, n_converged=best.n_converged, reduction=reduction,
-      endpoints=best.endpoints, n_at_optimum=best.n_at_optimum, grad_norm=best.grad_norm,
-      huber_delta=delta, n_final=best.n_final)
+      best.theta,
+      objective=objective,
+      n_points=len(L),
+      converged=best.converged,
+      n_starts=best.n_starts,
+      n_converged=best.n_converged,
+      reduction=reduction,
+      endpoints=best.endpoints,
+      n_at_optimum=best.n_at_optimum,
+      grad_norm=best.grad_norm,
+      huber_delta=delta,
+      n_final=best.n_final,
+  )
 
 
 def distinct_endpoints(endpoints: np.ndarray, k: int, tol: float = 1e-3) -> np.ndarray:
@@ -386,8 +449,14 @@ def distinct_endpoints(endpoints: np.ndarray, k: int, tol: float = 1e-3) -> np.n
 
 
 # Four coarse-grid points spread over the plausible basins (a, b, e, alpha, beta), for refits.
-REFIT_GRID = np.array([[10.0, 10.0, 0.0, 0.5, 0.5], [20.0, 20.0, 0.0, 1.0, 1.0],
-                       [10.0, 20.0, 0.0, 0.5, 1.0], [20.0, 10.0, 0.0, 1.0, 0.5]])
+REFIT_GRID = np.array(
+    [
+        [10.0, 10.0, 0.0, 0.5, 0.5],
+        [20.0, 20.0, 0.0, 1.0, 1.0],
+        [10.0, 20.0, 0.0, 0.5, 1.0],
+        [20.0, 10.0, 0.0, 1.0, 0.5],
+    ]
+)
 
 
 def refit_starts(fit: ChinchillaFit) -> np.ndarray:
@@ -429,9 +498,19 @@ def _resample_index(n: int, rng, groups=None, clusters=None) -> np.ndarray:
   return np.concatenate(idx)
 
 
-def bootstrap_chinchilla(N, D, L, fit: ChinchillaFit, n_boot: int, *, seed: int = 0,
-                         starts: str = "best", delta: float | None = None, clusters=None,
-                         tolerances: str = "scaled") -> np.ndarray:
+def bootstrap_chinchilla(
+    N,
+    D,
+    L,
+    fit: ChinchillaFit,
+    n_boot: int,
+    *,
+    seed: int = 0,
+    starts: str = "best",
+    delta: float | None = None,
+    clusters=None,
+    tolerances: str = "scaled",
+) -> np.ndarray:
   """Refit on resampled runs; returns [n_boot', 5] rows (E, A, B, alpha, beta).
 
   starts="best" restarts each resample from `refit_starts(fit)` (pooled optimum, its distinct
@@ -463,26 +542,41 @@ def derived_quantities(params_Bx5, budget=None, flops_per_param_token=6.0) -> di
   `budget`) from parameter rows."""
   p = np.atleast_2d(np.asarray(params_Bx5, float))
   with np.errstate(all="ignore"):
-    cols = dict(E=p[:, 0], A=p[:, 1], B=p[:, 2], alpha=p[:, 3], beta=p[:, 4],
-                a=p[:, 4] / (p[:, 3] + p[:, 4]), b=p[:, 3] / (p[:, 3] + p[:, 4]))
+    cols = dict(
+        E=p[:, 0],
+        A=p[:, 1],
+        B=p[:, 2],
+        alpha=p[:, 3],
+        beta=p[:, 4],
+        a=p[:, 4] / (p[:, 3] + p[:, 4]),
+        b=p[:, 3] / (p[:, 3] + p[:, 4]),
+    )
   if budget is not None:
     cols["loss_opt"] = optimal_allocation(p, budget, flops_per_param_token)[2]
   return cols
 
 
-def chinchilla_intervals(samples_Bx5, level=INTERVAL_LEVEL, budget=None,
-                         flops_per_param_token=6.0) -> dict:
+def chinchilla_intervals(
+    samples_Bx5, level=INTERVAL_LEVEL, budget=None, flops_per_param_token=6.0
+) -> dict:
   """Percentile intervals of every quantity from bootstrap parameter rows."""
   cols = derived_quantities(samples_Bx5, budget, flops_per_param_token)
   return {k: [float(x) for x in percentile_interval(v, level)] for k, v in cols.items()}
 
 
-def chinchilla_optimal_with_intervals(fit: ChinchillaFit, C, samples_Bx5=None,
-                                      flops_per_param_token=6.0, level=INTERVAL_LEVEL) -> dict:
+def chinchilla_optimal_with_intervals(
+    fit: ChinchillaFit, C, samples_Bx5=None, flops_per_param_token=6.0, level=INTERVAL_LEVEL
+) -> dict:
   """Compute-optimal N, D and loss at budget C, with bootstrap percentile intervals."""
   n, d, l = fit.optimal(C, flops_per_param_token)
-  out = dict(budget=float(C), N=float(n), D=float(d), loss=float(l),
-             tokens_per_param=float(d / n), flops_per_param_token=float(flops_per_param_token))
+  out = dict(
+      budget=float(C),
+      N=float(n),
+      D=float(d),
+      loss=float(l),
+      tokens_per_param=float(d / n),
+      flops_per_param_token=float(flops_per_param_token),
+  )
   if samples_Bx5 is not None and len(samples_Bx5):
     opt = optimal_allocation(samples_Bx5, C, flops_per_param_token)
     for j, k in enumerate(["N", "D", "loss"]):
@@ -495,8 +589,15 @@ def chinchilla_optimal_with_intervals(fit: ChinchillaFit, C, samples_Bx5=None,
 # Scan coordinate of each profiled quantity: log for scales, the value for exponents; and how
 # far a scan goes before the interval is declared to reach a bound (not identified).
 _LOG_SCAN = ("E", "A", "B", "loss_opt")
-_SCAN_LIMITS = dict(E=math.log(1e4), A=math.log(1e4), B=math.log(1e4), loss_opt=math.log(1e2),
-                    alpha=(1e-3, 3.0), beta=(1e-3, 3.0), a=(1e-3, 1 - 1e-3))
+_SCAN_LIMITS = dict(
+    E=math.log(1e4),
+    A=math.log(1e4),
+    B=math.log(1e4),
+    loss_opt=math.log(1e2),
+    alpha=(1e-3, 3.0),
+    beta=(1e-3, 3.0),
+    a=(1e-3, 1 - 1e-3),
+)
 
 
 def _constrained_theta(name, v, free, budget, k):
@@ -527,7 +628,7 @@ def _free_of(name, theta):
   t = list(theta)
   if name in ("A", "B", "E", "alpha", "beta"):
     pos = dict(A=0, B=1, E=2, alpha=3, beta=4)[name]
-    return np.array(t[:pos] + t[pos + 1:])
+    return np.array(t[:pos] + t[pos + 1 :])
   if name == "a":
     return np.array(t[:4])
   return np.array([t[0], t[1], t[3], t[4]])
@@ -555,8 +656,13 @@ class _Profile:
   def ratio(self, v) -> float:
     near = min(self.solved, key=lambda u: abs(u - v))
     with threadpoolctl.threadpool_limits(1), np.errstate(all="ignore"):
-      r = scipy.optimize.minimize(self._objective, self.solved[near], args=(v,),
-                                  method="L-BFGS-B", options=dict(ftol=1e-13, gtol=1e-9))
+      r = scipy.optimize.minimize(
+          self._objective,
+          self.solved[near],
+          args=(v,),
+          method="L-BFGS-B",
+          options=dict(ftol=1e-13, gtol=1e-9),
+      )
     self.solved[v] = r.x
     return max(float(2 * r.fun / self.scale / self.rss_hat), 1.0)
 
@@ -580,14 +686,27 @@ def _profile_side(prof: _Profile, v_hat, direction, thresholds, limit) -> list:
       out.append((limit, True))
       continue
     fn = lambda hh: prof.ratio(v_hat + direction * hh) - thr
-    hit = scipy.optimize.brentq(fn, last, abs(v - v_hat), xtol=1e-4, rtol=1e-4) if fn(last) < 0 \
+    hit = (
+        scipy.optimize.brentq(fn, last, abs(v - v_hat), xtol=1e-4, rtol=1e-4)
+        if fn(last) < 0
         else last
+    )
     out.append((v_hat + direction * hit, False))
   return out
 
 
-def profile_chinchilla(N, D, L, *, levels=(0.8, 0.95), budget=None, flops_per_param_token=6.0,
-                       grid="coarse", quantities=None, fit: ChinchillaFit | None = None):
+def profile_chinchilla(
+    N,
+    D,
+    L,
+    *,
+    levels=(0.8, 0.95),
+    budget=None,
+    flops_per_param_token=6.0,
+    grid="coarse",
+    quantities=None,
+    fit: ChinchillaFit | None = None,
+):
   """Least-squares fit of log L (Gaussian likelihood, unknown variance) and profile-likelihood
   intervals for every quantity.
 
@@ -633,12 +752,12 @@ def _vpnls_inner(exps, N, D, L):
   Columns are rescaled to unit norm for conditioning."""
   alpha, beta = exps
   with np.errstate(all="ignore"):
-    X = np.stack([np.ones_like(N), N ** -alpha, D ** -beta], axis=1)
+    X = np.stack([np.ones_like(N), N**-alpha, D**-beta], axis=1)
   norms = np.linalg.norm(X, axis=0)
   if not np.all(np.isfinite(norms)) or np.any(norms == 0):
     return np.full(3, np.nan), np.inf
   coef, rnorm = scipy.optimize.nnls(X / norms, L)
-  return coef / norms, float(rnorm ** 2)
+  return coef / norms, float(rnorm**2)
 
 
 def fit_vpnls(N, D, L) -> ChinchillaFit:
@@ -651,14 +770,29 @@ def fit_vpnls(N, D, L) -> ChinchillaFit:
   rss = lambda e: _vpnls_inner(e, N, D, L)[1]
   best = min(itertools.product(grid, grid), key=rss)
   with threadpoolctl.threadpool_limits(1):
-    r = scipy.optimize.minimize(rss, np.array(best), method="L-BFGS-B",
-                                bounds=[(1e-3, 3.0), (1e-3, 3.0)], options=dict(ftol=1e-14))
+    r = scipy.optimize.minimize(
+        rss,
+        np.array(best),
+        method="L-BFGS-B",
+        bounds=[(1e-3, 3.0), (1e-3, 3.0)],
+        options=dict(ftol=1e-14),
+    )
   (E, A, B), value = _vpnls_inner(r.x, N, D, L)
   if not np.isfinite(value) or min(A, B) <= 0:
     raise ValueError("VPNLS: no fit with positive A and B (the table shows no decrease in N or D)")
-  return ChinchillaFit(E=float(max(E, 1e-12)), A=float(A), B=float(B), alpha=float(r.x[0]),
-                       beta=float(r.x[1]), objective=value, n_points=len(L), method="vpnls",
-                       n_starts=len(grid) ** 2, n_at_optimum=1, huber_delta=np.inf)
+  return ChinchillaFit(
+      E=float(max(E, 1e-12)),
+      A=float(A),
+      B=float(B),
+      alpha=float(r.x[0]),
+      beta=float(r.x[1]),
+      objective=value,
+      n_points=len(L),
+      method="vpnls",
+      n_starts=len(grid) ** 2,
+      n_at_optimum=1,
+      huber_delta=np.inf,
+  )
 
 
 # ----------------------------------------------------------------------------- power laws
@@ -667,6 +801,7 @@ def fit_vpnls(N, D, L) -> ChinchillaFit:
 @dataclasses.dataclass
 class PowerLawFit:
   """L(x) = E + A x^-alpha (x is N for L(N), C for the frontier, where alpha is gamma)."""
+
   E: float
   A: float
   alpha: float
@@ -679,17 +814,31 @@ class PowerLawFit:
     return self.E + self.A * np.asarray(x, float) ** -self.alpha
 
   def to_dict(self):
-    return dict(E=self.E, A=self.A, alpha=self.alpha, objective=self.objective,
-                n_points=self.n_points, converged=self.converged)
+    return dict(
+        E=self.E,
+        A=self.A,
+        alpha=self.alpha,
+        objective=self.objective,
+        n_points=self.n_points,
+        converged=self.converged,
+    )
 
 
 # Starts for the scaled problem (x / geometric mean): a = log A', e = log E, alpha.
-POWER_GRID = dict(a=np.array([-2.5, 0.0, 2.5]), e=np.array([-1.0, 0.0, 0.5, 1.0]),
-                  alpha=np.array([0.1, 0.5, 1.5]))
+POWER_GRID = dict(
+    a=np.array([-2.5, 0.0, 2.5]), e=np.array([-1.0, 0.0, 0.5, 1.0]), alpha=np.array([0.1, 0.5, 1.5])
+)
 
 
-def fit_power_law(x, L, *, fix_E: float | None = None, delta: float = HUBER_DELTA,
-                  grid: dict | None = None, starts=None) -> PowerLawFit:
+def fit_power_law(
+    x,
+    L,
+    *,
+    fix_E: float | None = None,
+    delta: float = HUBER_DELTA,
+    grid: dict | None = None,
+    starts=None,
+) -> PowerLawFit:
   """Fit L = E + A x^-alpha (Huber on log residuals, summed; L-BFGS-B multi-start).
 
   x is rescaled by its geometric mean inside the fit so that one start grid serves N ~ 1e6
@@ -715,13 +864,20 @@ def fit_power_law(x, L, *, fix_E: float | None = None, delta: float = HUBER_DELT
     alpha_neg, a = np.polyfit(logx[0], y, 1)
     alpha, e = -alpha_neg, math.log(fix_E) if fix_E > 0 else -np.inf
     resid = np.log(fix_E + np.exp(a - alpha * logx[0])) - logl
-    best = _Best(np.array([a, e, alpha]), float(0.5 * np.sum(resid ** 2)), True, 0, 1, 1,
-                 np.zeros((0, 3)))
+    best = _Best(
+        np.array([a, e, alpha]), float(0.5 * np.sum(resid**2)), True, 0, 1, 1, np.zeros((0, 3))
+    )
   with np.errstate(over="ignore"):
-    A = np.exp(a) * x_ref ** alpha
-  return PowerLawFit(E=float(np.exp(e)) if np.isfinite(e) else 0.0, A=float(A),
-                     alpha=float(alpha), objective=best.objective, n_points=len(L),
-                     converged=best.converged, endpoints=best.endpoints)
+    A = np.exp(a) * x_ref**alpha
+  return PowerLawFit(
+      E=float(np.exp(e)) if np.isfinite(e) else 0.0,
+      A=float(A),
+      alpha=float(alpha),
+      objective=best.objective,
+      n_points=len(L),
+      converged=best.converged,
+      endpoints=best.endpoints,
+  )
 
 
 def pareto_frontier(C, L) -> np.ndarray:
@@ -752,8 +908,9 @@ def bootstrap_power_law(x, L, n_boot, *, seed=0, frontier=False, **kw) -> np.nda
     # Restart each resample from the full fit's distinct minima plus a thin grid. The x
     # scaling moves with the resample, so these are starting hints, not exact minima.
     full = fn(x, L, **kw)
-    kw = dict(kw, starts=np.r_[distinct_endpoints(full.endpoints, 4),
-                               grid_starts(POWER_GRID, 1)[::6]])
+    kw = dict(
+        kw, starts=np.r_[distinct_endpoints(full.endpoints, 4), grid_starts(POWER_GRID, 1)[::6]]
+    )
   for _ in range(n_boot):
     i = rng.integers(0, len(L), len(L))
     try:
@@ -786,12 +943,13 @@ def snap_budgets(C, tol_dex: float = 0.05) -> np.ndarray:
 @dataclasses.dataclass
 class IsoFlopFit:
   """Approach 2: per-budget minima and the power laws N* = k_N C^a, D* = k_D C^b."""
+
   budgets: np.ndarray
   n_opt: np.ndarray
   d_opt: np.ndarray
   loss_opt: np.ndarray
-  parabolas: np.ndarray      # [n_budgets, 3] coefficients of L vs ln N (x^2, x, 1)
-  in_range: np.ndarray       # minimum inside the window's sizes (always, for used budgets)
+  parabolas: np.ndarray  # [n_budgets, 3] coefficients of L vs ln N (x^2, x, 1)
+  in_range: np.ndarray  # minimum inside the window's sizes (always, for used budgets)
   a: float
   k_n: float
   b: float
@@ -799,26 +957,43 @@ class IsoFlopFit:
   a_interval: list | None = None
   b_interval: list | None = None
   dropped: list = dataclasses.field(default_factory=list)
-  log_n_se: np.ndarray | None = None   # standard error of ln N* per budget
-  windows: np.ndarray | None = None    # [n_budgets, 2] N range each parabola was fitted on
+  log_n_se: np.ndarray | None = None  # standard error of ln N* per budget
+  windows: np.ndarray | None = None  # [n_budgets, 2] N range each parabola was fitted on
   method: str = "parabola"
   window: str = "0.5 dex"
 
   def optimal(self, C):
     C = np.asarray(C, float)
     with np.errstate(over="ignore"):
-      return self.k_n * C ** self.a, self.k_d * C ** self.b
+      return self.k_n * C**self.a, self.k_d * C**self.b
 
   def to_dict(self):
     return dict(
-        a=self.a, b=self.b, k_n=self.k_n, k_d=self.k_d, a_interval=self.a_interval,
-        b_interval=self.b_interval, intervals=dict(a=self.a_interval, b=self.b_interval),
-        n_budgets=len(self.budgets), dropped=self.dropped, method=self.method,
+        a=self.a,
+        b=self.b,
+        k_n=self.k_n,
+        k_d=self.k_d,
+        a_interval=self.a_interval,
+        b_interval=self.b_interval,
+        intervals=dict(a=self.a_interval, b=self.b_interval),
+        n_budgets=len(self.budgets),
+        dropped=self.dropped,
+        method=self.method,
         window=self.window,
-        budgets=[dict(budget=float(c), N=float(n), D=float(d), loss=float(l), in_range=bool(r),
-                      log_N_se=float(s) if np.isfinite(s) else None)
-                 for c, n, d, l, r, s in zip(self.budgets, self.n_opt, self.d_opt, self.loss_opt,
-                                             self.in_range, self._se())])
+        budgets=[
+            dict(
+                budget=float(c),
+                N=float(n),
+                D=float(d),
+                loss=float(l),
+                in_range=bool(r),
+                log_N_se=float(s) if np.isfinite(s) else None,
+            )
+            for c, n, d, l, r, s in zip(
+                self.budgets, self.n_opt, self.d_opt, self.loss_opt, self.in_range, self._se()
+            )
+        ],
+    )
 
   def _se(self):
     return self.log_n_se if self.log_n_se is not None else np.full(len(self.budgets), np.nan)
@@ -838,7 +1013,7 @@ def _window_rows(x, L, center, window_dex, window_k):
 
 def _parabola(x, L):
   """OLS of L on (x^2, x, 1); returns coefficients, residual sum of squares and (X'X)^-1."""
-  X = np.stack([x ** 2, x, np.ones_like(x)], axis=1)
+  X = np.stack([x**2, x, np.ones_like(x)], axis=1)
   coef, *_ = np.linalg.lstsq(X, L, rcond=None)
   rss = float(np.sum((L - X @ coef) ** 2))
   return coef, rss, np.linalg.pinv(X.T @ X)
@@ -854,8 +1029,9 @@ def _budget_minimum(x, L, window_dex, window_k) -> dict:
   i_best = int(np.argmin(L))
   if x[i_best] in (x[0], x[-1]):
     side = "smallest" if x[i_best] == x[0] else "largest"
-    return dict(reason=f"does not bracket a minimum: its {side} size has the lowest loss",
-                unbracketed=True)
+    return dict(
+        reason=f"does not bracket a minimum: its {side} size has the lowest loss", unbracketed=True
+    )
   center = x[i_best]
   for _ in range(2):
     rows = _window_rows(x, L, center, window_dex, window_k)
@@ -867,17 +1043,24 @@ def _budget_minimum(x, L, window_dex, window_k) -> dict:
     x_opt = -coef[1] / (2 * coef[0])
     lo, hi = x[rows].min(), x[rows].max()
     if not lo <= x_opt <= hi:
-      return dict(reason="edge minimum: the parabola's minimum lies outside its window's sizes",
-                  edge=True)
+      return dict(
+          reason="edge minimum: the parabola's minimum lies outside its window's sizes", edge=True
+      )
     center = x_opt
-  return dict(x_opt=x_opt, coef=coef, rss=rss, dof=len(rows) - 3, xtx_inv=xtx_inv,
-              window=(math.exp(lo), math.exp(hi)))
+  return dict(
+      x_opt=x_opt,
+      coef=coef,
+      rss=rss,
+      dof=len(rows) - 3,
+      xtx_inv=xtx_inv,
+      window=(math.exp(lo), math.exp(hi)),
+  )
 
 
 def _x_opt_variance(m, sigma2) -> float:
   """Delta-method variance of x* = -c1 / (2 c0) from the parabola's coefficient covariance."""
   c0, c1, _ = m["coef"]
-  grad = np.array([c1 / (2 * c0 ** 2), -1 / (2 * c0), 0.0])
+  grad = np.array([c1 / (2 * c0**2), -1 / (2 * c0), 0.0])
   return float(grad @ (sigma2 * m["xtx_inv"]) @ grad)
 
 
@@ -900,8 +1083,17 @@ def _isoflop_minima(N, C, L, budgets, D, flops_per_param_token, window_dex=0.5, 
   for m in found:
     var = _x_opt_variance(m, sigma2) if np.isfinite(sigma2) else np.nan
     n_opt = math.exp(m["x_opt"])
-    rows.append((m["budget"], n_opt, m["budget"] / (m["k"] * n_opt),
-                 float(np.polyval(m["coef"], m["x_opt"])), m["coef"], var, m["window"]))
+    rows.append(
+        (
+            m["budget"],
+            n_opt,
+            m["budget"] / (m["k"] * n_opt),
+            float(np.polyval(m["coef"], m["x_opt"])),
+            m["coef"],
+            var,
+            m["window"],
+        )
+    )
   return rows, dropped
 
 
@@ -929,14 +1121,27 @@ def _usable_or_raise(rows, dropped, what="IsoFLOP fit"):
   if len(rows) >= 2:
     return
   reasons = "; ".join(f"budget {d['budget']:.3g}: {d['reason']}" for d in dropped) or "none"
-  raise ValueError(f"{what} needs >= 2 budgets with a bracketed minimum (>= 3 sizes around it), "
-                   f"usable: {len(rows)} ({reasons})")
+  raise ValueError(
+      f"{what} needs >= 2 budgets with a bracketed minimum (>= 3 sizes around it), "
+      f"usable: {len(rows)} ({reasons})"
+  )
 
 
-def fit_isoflop(N, C, L, *, budgets=None, D=None, flops_per_param_token: float = 6.0,
-                snap_tol_dex: float = 0.05, n_boot: int = 0, seed: int = 0,
-                level: float = INTERVAL_LEVEL, window_dex: float = 0.5,
-                window_k: int | None = None) -> IsoFlopFit:
+def fit_isoflop(
+    N,
+    C,
+    L,
+    *,
+    budgets=None,
+    D=None,
+    flops_per_param_token: float = 6.0,
+    snap_tol_dex: float = 0.05,
+    n_boot: int = 0,
+    seed: int = 0,
+    level: float = INTERVAL_LEVEL,
+    window_dex: float = 0.5,
+    window_k: int | None = None,
+) -> IsoFlopFit:
   """Approach 2. budgets: per-run budget labels (else snapped from C). D (optional) gives each
   budget's FLOPs per (param*token) so that D* = C / (k N*); without it k = 6.
 
@@ -951,8 +1156,10 @@ def fit_isoflop(N, C, L, *, budgets=None, D=None, flops_per_param_token: float =
   D = None if D is None else _check_positive("D", D)
   budgets = snap_budgets(C, snap_tol_dex) if budgets is None else _check_positive("budget", budgets)
   if len(np.unique(budgets)) < 2:
-    raise ValueError(f"IsoFLOP fit needs >= 2 FLOP budgets, the table has "
-                     f"{len(np.unique(budgets))} (budget {budgets[0]:.3g})")
+    raise ValueError(
+        f"IsoFLOP fit needs >= 2 FLOP budgets, the table has "
+        f"{len(np.unique(budgets))} (budget {budgets[0]:.3g})"
+    )
   win = dict(window_dex=window_dex, window_k=window_k)
   rows, dropped = _isoflop_minima(N, C, L, budgets, D, flops_per_param_token, **win)
   _usable_or_raise(rows, dropped)
@@ -964,9 +1171,24 @@ def fit_isoflop(N, C, L, *, budgets=None, D=None, flops_per_param_token: float =
     if len(ab):
       a_int = [float(x) for x in percentile_interval(ab[:, 0], level)]
       b_int = [float(x) for x in percentile_interval(ab[:, 1], level)]
-  return IsoFlopFit(cs, ns, ds, ls, ps, np.ones(len(cs), bool), a, k_n, b, k_d, a_int, b_int,
-                    dropped, np.sqrt(var), wins,
-                    window=f"{window_k} nearest sizes" if window_k else f"{window_dex:g} dex")
+  return IsoFlopFit(
+      cs,
+      ns,
+      ds,
+      ls,
+      ps,
+      np.ones(len(cs), bool),
+      a,
+      k_n,
+      b,
+      k_d,
+      a_int,
+      b_int,
+      dropped,
+      np.sqrt(var),
+      wins,
+      window=f"{window_k} nearest sizes" if window_k else f"{window_dex:g} dex",
+  )
 
 
 def _bootstrap_isoflop(N, C, L, budgets, D, k, n_boot, seed, win) -> np.ndarray:
@@ -986,16 +1208,32 @@ def _bootstrap_isoflop(N, C, L, budgets, D, k, n_boot, seed, win) -> np.ndarray:
   return np.array(ab).reshape(-1, 2)
 
 
-def isoflop_vpnls(N, C, L, *, budgets=None, D=None, flops_per_param_token=6.0, n_boot=0, seed=0,
-                  level=INTERVAL_LEVEL, snap_tol_dex=0.05) -> dict:
+def isoflop_vpnls(
+    N,
+    C,
+    L,
+    *,
+    budgets=None,
+    D=None,
+    flops_per_param_token=6.0,
+    n_boot=0,
+    seed=0,
+    level=INTERVAL_LEVEL,
+    snap_tol_dex=0.05,
+) -> dict:
   """The VPNLS cross-check on an IsoFLOP table: a = beta/(alpha+beta) from fit_vpnls, with a
   bootstrap interval (runs resampled within budgets). Same keys as IsoFlopFit.to_dict."""
   N, C, L = (_check_positive(n, x) for n, x in (("N", N), ("C", C), ("loss", L)))
   D = C / (flops_per_param_token * N) if D is None else _check_positive("D", D)
   budgets = snap_budgets(C, snap_tol_dex) if budgets is None else _check_positive("budget", budgets)
   law = fit_vpnls(N, D, L)
-  out = dict(law.to_dict(), method="vpnls", n_budgets=int(len(np.unique(budgets))),
-             a_interval=None, b_interval=None)
+  out = dict(
+      law.to_dict(),
+      method="vpnls",
+      n_budgets=int(len(np.unique(budgets))),
+      a_interval=None,
+      b_interval=None,
+  )
   if n_boot > 0:
     rng = np.random.default_rng(seed)
     ab = []
@@ -1021,8 +1259,14 @@ CHINCHILLA_LAW = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 SELFTEST_BUDGETS = (1e18, 1e19, 1e20, 1e21, 1e22)
 
 
-def simulate_isoflop(rng, law: dict = CHINCHILLA_LAW, budgets=SELFTEST_BUDGETS, sizes: int = 7,
-                     span_dex: float = 0.75, noise: float = 0.01):
+def simulate_isoflop(
+    rng,
+    law: dict = CHINCHILLA_LAW,
+    budgets=SELFTEST_BUDGETS,
+    sizes: int = 7,
+    span_dex: float = 0.75,
+    noise: float = 0.01,
+):
   """One Chinchilla-like design: per budget, `sizes` models log-spaced +-span_dex decades
   around the compute-optimal N (jittered by up to a quarter step, as real ladders are), loss
   from `law` times log-normal noise of sd `noise` (about the run-to-run scatter of small
@@ -1034,7 +1278,7 @@ def simulate_isoflop(rng, law: dict = CHINCHILLA_LAW, budgets=SELFTEST_BUDGETS, 
     n_opt = truth.optimal(c)[0]
     shift = rng.uniform(-step / 4, step / 4)
     for f in np.linspace(-span_dex, span_dex, sizes) + shift:
-      n = n_opt * 10 ** f
+      n = n_opt * 10**f
       rows.append((n, c / (6 * n), c))
   N, D, C = (np.array(v) for v in zip(*rows))
   L = truth.loss(N, D) * np.exp(rng.normal(0, noise, len(N)))
@@ -1068,12 +1312,22 @@ def _selftest_one(job) -> dict:
     law = fit_chinchilla(N, D, L, starts=starts)
     samples = bootstrap_chinchilla(N, D, L, law, n_boot, seed=seed)
     ivs = {lv: chinchilla_intervals(samples, lv, budget) for lv in levels}
-  return {lv: {q: bool(iv[q][0] <= truth[q][0] <= iv[q][1]) for q in QUANTITIES}
-          for lv, iv in ivs.items()}
+  return {
+      lv: {q: bool(iv[q][0] <= truth[q][0] <= iv[q][1]) for q in QUANTITIES}
+      for lv, iv in ivs.items()
+  }
 
 
-def selftest(sims: int = 200, *, seed: int = 0, n_boot: int = 60, uncertainty: str = "bootstrap",
-             levels=(0.8, 0.95), noise: float = 0.01, workers: int = 1) -> dict:
+def selftest(
+    sims: int = 200,
+    *,
+    seed: int = 0,
+    n_boot: int = 60,
+    uncertainty: str = "bootstrap",
+    levels=(0.8, 0.95),
+    noise: float = 0.01,
+    workers: int = 1,
+) -> dict:
   """Empirical coverage of the nominal intervals on `sims` simulated designs (simulate_isoflop)
   from a known law: for a calibrated method, the 95% intervals hold the truth ~95% of the
   time. loss_opt is the loss at the compute-optimal point of 10x the largest budget."""
@@ -1087,19 +1341,29 @@ def selftest(sims: int = 200, *, seed: int = 0, n_boot: int = 60, uncertainty: s
       hits = list(pool.map(_selftest_one, jobs))
   else:
     hits = [_selftest_one(j) for j in jobs]
-  coverage = {str(lv): {q: float(np.mean([h[lv][q] for h in hits])) for q in QUANTITIES}
-              for lv in levels}
-  return dict(sims=sims, coverage=coverage, uncertainty=uncertainty, n_boot=n_boot, noise=noise,
-              law=CHINCHILLA_LAW, budgets=list(SELFTEST_BUDGETS),
-              loss_opt_budget=10 * max(SELFTEST_BUDGETS))
+  coverage = {
+      str(lv): {q: float(np.mean([h[lv][q] for h in hits])) for q in QUANTITIES} for lv in levels
+  }
+  return dict(
+      sims=sims,
+      coverage=coverage,
+      uncertainty=uncertainty,
+      n_boot=n_boot,
+      noise=noise,
+      law=CHINCHILLA_LAW,
+      budgets=list(SELFTEST_BUDGETS),
+      loss_opt_budget=10 * max(SELFTEST_BUDGETS),
+  )
 
 
 def format_coverage(result: dict) -> str:
   levels = list(result["coverage"])
-  lines = [f"coverage over {result['sims']} simulated designs ({result['uncertainty']}"
-           + (f", {result['n_boot']} resamples" if result["uncertainty"] == "bootstrap" else "")
-           + f", noise {result['noise']:g}):",
-           "quantity  " + "  ".join(f"nominal {float(lv):.0%}" for lv in levels)]
+  lines = [
+      f"coverage over {result['sims']} simulated designs ({result['uncertainty']}"
+      + (f", {result['n_boot']} resamples" if result["uncertainty"] == "bootstrap" else "")
+      + f", noise {result['noise']:g}):",
+      "quantity  " + "  ".join(f"nominal {float(lv):.0%}" for lv in levels),
+  ]
   for q in QUANTITIES:
     lines.append(f"{q:9} " + "  ".join(f"{result['coverage'][lv][q]:12.1%}" for lv in levels))
   return "\n".join(lines)
@@ -1108,8 +1372,13 @@ def format_coverage(result: dict) -> str:
 # ----------------------------------------------------------------------------- tables + CLI
 
 
-def load_table(csv: str, cols: Sequence[str], drop_top_loss: int = 0, loss_col: str | None = None,
-               drop_invalid: bool = False) -> pd.DataFrame:
+def load_table(
+    csv: str,
+    cols: Sequence[str],
+    drop_top_loss: int = 0,
+    loss_col: str | None = None,
+    drop_invalid: bool = False,
+) -> pd.DataFrame:
   """Read a CSV and check the columns used. Missing columns, and missing, non-numeric or
   non-positive values, raise ValueError naming them (drop_invalid=True drops those rows
   instead, with a note). drop_top_loss drops the K highest-loss rows (unstable small runs)."""
@@ -1123,11 +1392,16 @@ def load_table(csv: str, cols: Sequence[str], drop_top_loss: int = 0, loss_col: 
   sub = df[list(cols)].apply(pd.to_numeric, errors="coerce")
   bad = ~(np.isfinite(sub) & (sub > 0))
   if bad.any().any():
-    where = ", ".join(f"{c} ({int(bad[c].sum())} rows, first row {int(np.argmax(bad[c]))})"
-                      for c in cols if bad[c].any())
+    where = ", ".join(
+        f"{c} ({int(bad[c].sum())} rows, first row {int(np.argmax(bad[c]))})"
+        for c in cols
+        if bad[c].any()
+    )
     if not drop_invalid:
-      raise ValueError(f"{csv}: missing, non-numeric or non-positive values in {where}; "
-                       "fix or remove those rows (or pass --drop-invalid)")
+      raise ValueError(
+          f"{csv}: missing, non-numeric or non-positive values in {where}; "
+          "fix or remove those rows (or pass --drop-invalid)"
+      )
     warnings.warn(f"{csv}: dropping rows with missing or non-positive values in {where}")
   df = df[~bad.any(axis=1)].reset_index(drop=True)
   if drop_top_loss:
@@ -1152,11 +1426,14 @@ def fit_range_mask(N, C, *, min_n=None, max_n=None, min_c=None, max_c=None) -> n
 
 
 def _in_range(df, N, C, args):
-  keep = fit_range_mask(N, C, min_n=args.min_n, max_n=args.max_n, min_c=args.min_c,
-                        max_c=args.max_c)
+  keep = fit_range_mask(
+      N, C, min_n=args.min_n, max_n=args.max_n, min_c=args.min_c, max_c=args.max_c
+  )
   if keep.sum() == 0:
-    raise ValueError(f"no rows inside the fit range (--min-n/--max-n/--min-c/--max-c); N spans "
-                     f"{N.min():.3g}..{N.max():.3g}, C spans {C.min():.3g}..{C.max():.3g}")
+    raise ValueError(
+        f"no rows inside the fit range (--min-n/--max-n/--min-c/--max-c); N spans "
+        f"{N.min():.3g}..{N.max():.3g}, C spans {C.min():.3g}..{C.max():.3g}"
+    )
   return keep
 
 
@@ -1166,8 +1443,11 @@ def _chinchilla_cli(args) -> dict:
   cols = [args.n_col, args.d_col or args.c_col, args.loss_col]
   df = load_table(args.csv, cols, args.drop_top_loss, args.loss_col, args.drop_invalid)
   N = df[args.n_col].to_numpy(float)
-  D = (df[args.d_col].to_numpy(float) if args.d_col
-       else df[args.c_col].to_numpy(float) / (args.flops_per_param_token * N))
+  D = (
+      df[args.d_col].to_numpy(float)
+      if args.d_col
+      else df[args.c_col].to_numpy(float) / (args.flops_per_param_token * N)
+  )
   C = args.flops_per_param_token * N * D
   keep = _in_range(df, N, C, args)
   df, N, D = df[keep].reset_index(drop=True), N[keep], D[keep]
@@ -1176,8 +1456,9 @@ def _chinchilla_cli(args) -> dict:
   k = args.flops_per_param_token
   samples = None
   if args.uncertainty == "profile":
-    law, ivs, unbounded = profile_chinchilla(N, D, L, levels=(INTERVAL_LEVEL,), budget=budget0,
-                                             flops_per_param_token=k, grid=args.grid)
+    law, ivs, unbounded = profile_chinchilla(
+        N, D, L, levels=(INTERVAL_LEVEL,), budget=budget0, flops_per_param_token=k, grid=args.grid
+    )
     out = law.to_dict()
     out["intervals"] = ivs[INTERVAL_LEVEL]
     out["profile"] = dict(level=INTERVAL_LEVEL, unbounded=unbounded, loss_opt_budget=budget0)
@@ -1186,16 +1467,31 @@ def _chinchilla_cli(args) -> dict:
     out = law.to_dict()
     if args.bootstrap:
       clusters = cluster_labels(df, args.bootstrap_by, args.n_col)
-      samples = bootstrap_chinchilla(N, D, L, law, args.bootstrap, seed=args.seed,
-                                     starts=args.bootstrap_starts, clusters=clusters)
+      samples = bootstrap_chinchilla(
+          N,
+          D,
+          L,
+          law,
+          args.bootstrap,
+          seed=args.seed,
+          starts=args.bootstrap_starts,
+          clusters=clusters,
+      )
       out["intervals"] = chinchilla_intervals(samples, budget=budget0, flops_per_param_token=k)
-      out["bootstrap"] = dict(n=len(samples), level=INTERVAL_LEVEL, starts=args.bootstrap_starts,
-                              by=args.bootstrap_by, samples=samples.tolist(), columns=list(PARAMS))
+      out["bootstrap"] = dict(
+          n=len(samples),
+          level=INTERVAL_LEVEL,
+          starts=args.bootstrap_starts,
+          by=args.bootstrap_by,
+          samples=samples.tolist(),
+          columns=list(PARAMS),
+      )
   out["flops_per_param_token"] = k
   out["n_points"] = len(L)
   if args.budget:
-    out["predictions"] = [chinchilla_optimal_with_intervals(law, c, samples, k)
-                          for c in args.budget]
+    out["predictions"] = [
+        chinchilla_optimal_with_intervals(law, c, samples, k) for c in args.budget
+    ]
   return out
 
 
@@ -1205,9 +1501,13 @@ def _isoflop_cli(args) -> dict:
   keep = _in_range(df, df[args.n_col].to_numpy(float), df[args.c_col].to_numpy(float), args)
   df = df[keep].reset_index(drop=True)
   col = lambda c: df[c].to_numpy(float) if c else None
-  kw = dict(budgets=col(args.budget_col), D=col(args.d_col),
-            flops_per_param_token=args.flops_per_param_token, n_boot=args.bootstrap,
-            seed=args.seed)
+  kw = dict(
+      budgets=col(args.budget_col),
+      D=col(args.d_col),
+      flops_per_param_token=args.flops_per_param_token,
+      n_boot=args.bootstrap,
+      seed=args.seed,
+  )
   N, C, L = col(args.n_col), col(args.c_col), col(args.loss_col)
   if args.method == "vpnls":
     out = isoflop_vpnls(N, C, L, **kw)
@@ -1222,8 +1522,9 @@ def _isoflop_cli(args) -> dict:
 
 def _powerlaw_cli(args, frontier: bool) -> dict:
   xcol = args.c_col if frontier else args.x_col
-  df = load_table(args.csv, [xcol, args.loss_col], args.drop_top_loss, args.loss_col,
-                  args.drop_invalid)
+  df = load_table(
+      args.csv, [xcol, args.loss_col], args.drop_top_loss, args.loss_col, args.drop_invalid
+  )
   x, L = df[xcol].to_numpy(float), df[args.loss_col].to_numpy(float)
   fn = fit_frontier if frontier else fit_power_law
   fit = fn(x, L, delta=args.huber_delta)
@@ -1232,10 +1533,13 @@ def _powerlaw_cli(args, frontier: bool) -> dict:
     out["gamma"] = out["alpha"]
   samples = None
   if args.bootstrap:
-    samples = bootstrap_power_law(x, L, args.bootstrap, seed=args.seed, frontier=frontier,
-                                  delta=args.huber_delta)
-    out["intervals"] = {k: [float(v) for v in percentile_interval(samples[:, j])]
-                        for j, k in enumerate(["E", "A", "alpha"])}
+    samples = bootstrap_power_law(
+        x, L, args.bootstrap, seed=args.seed, frontier=frontier, delta=args.huber_delta
+    )
+    out["intervals"] = {
+        k: [float(v) for v in percentile_interval(samples[:, j])]
+        for j, k in enumerate(["E", "A", "alpha"])
+    }
     out["bootstrap"] = dict(n=len(samples), samples=samples.tolist(), columns=["E", "A", "alpha"])
   if args.budget:
     out["predictions"] = [power_prediction(fit, c, samples) for c in args.budget]
@@ -1258,12 +1562,18 @@ def predict_from_json(fit_json: dict, budgets: Sequence[float]) -> list[dict]:
   if "bootstrap" in fit_json:
     samples = np.asarray(fit_json["bootstrap"]["samples"], float)
   if "k_n" in fit_json:
-    return [dict(budget=c, N=fit_json["k_n"] * c ** fit_json["a"],
-                 D=fit_json["k_d"] * c ** fit_json["b"]) for c in budgets]
+    return [
+        dict(
+            budget=c, N=fit_json["k_n"] * c ** fit_json["a"], D=fit_json["k_d"] * c ** fit_json["b"]
+        )
+        for c in budgets
+    ]
   if "beta" in fit_json:
-    fit = ChinchillaFit(*(fit_json[k] for k in PARAMS),
-                        objective=fit_json.get("objective", np.nan),
-                        n_points=fit_json.get("n_points", 0))
+    fit = ChinchillaFit(
+        *(fit_json[k] for k in PARAMS),
+        objective=fit_json.get("objective", np.nan),
+        n_points=fit_json.get("n_points", 0),
+    )
     k = fit_json.get("flops_per_param_token", 6.0)
     return [chinchilla_optimal_with_intervals(fit, c, samples, k) for c in budgets]
   if "alpha" in fit_json:
@@ -1276,23 +1586,49 @@ def _common(q, loss=True):
   q.add_argument("--csv", required=True)
   if loss:
     q.add_argument("--loss-col", required=True)
-  q.add_argument("--drop-top-loss", type=int, default=0, metavar="K",
-                 help="drop the K highest-loss rows before fitting")
-  q.add_argument("--drop-invalid", action="store_true",
-                 help="drop rows with missing or non-positive values instead of failing")
-  q.add_argument("--bootstrap", type=int, default=0, metavar="B",
-                 help="bootstrap resamples of runs for percentile intervals")
+  q.add_argument(
+      "--drop-top-loss",
+      type=int,
+      default=0,
+      metavar="K",
+      help="drop the K highest-loss rows before fitting",
+  )
+  q.add_argument(
+      "--drop-invalid",
+      action="store_true",
+      help="drop rows with missing or non-positive values instead of failing",
+  )
+  q.add_argument(
+      "--bootstrap",
+      type=int,
+      default=0,
+      metavar="B",
+      help="bootstrap resamples of runs for percentile intervals",
+  )
   q.add_argument("--seed", type=int, default=0)
-  q.add_argument("--huber-delta", type=float, default=HUBER_DELTA,
-                 help="Huber threshold on log residuals (default 1e-3)")
-  q.add_argument("--budget", type=float, action="append", default=[],
-                 help="FLOP budget to predict the compute-optimal point for (repeatable)")
+  q.add_argument(
+      "--huber-delta",
+      type=float,
+      default=HUBER_DELTA,
+      help="Huber threshold on log residuals (default 1e-3)",
+  )
+  q.add_argument(
+      "--budget",
+      type=float,
+      action="append",
+      default=[],
+      help="FLOP budget to predict the compute-optimal point for (repeatable)",
+  )
   q.add_argument("--json", help="write the fit here (default: stdout)")
 
 
 def _fit_range(q):
-  for flag, what in (("--min-n", "smallest N"), ("--max-n", "largest N"),
-                     ("--min-c", "smallest FLOPs"), ("--max-c", "largest FLOPs")):
+  for flag, what in (
+      ("--min-n", "smallest N"),
+      ("--max-n", "largest N"),
+      ("--min-c", "smallest FLOPs"),
+      ("--max-c", "largest FLOPs"),
+  ):
     q.add_argument(flag, type=float, default=None, help=f"fit range: {what} kept")
 
 
@@ -1307,17 +1643,33 @@ def _parser() -> argparse.ArgumentParser:
   q.add_argument("--d-col")
   q.add_argument("--c-col", help="FLOPs column; D = C / (k N), k = --flops-per-param-token")
   q.add_argument("--flops-per-param-token", type=float, default=6.0)
-  q.add_argument("--grid", default="full", choices=["full", "coarse"],
-                 help="start grid: full = 4500 starts (default), coarse = 243")
-  q.add_argument("--uncertainty", default="bootstrap", choices=["bootstrap", "profile"],
-                 help="bootstrap refits (with --bootstrap B) or profile-likelihood intervals of "
-                      "a least-squares fit")
-  q.add_argument("--bootstrap-by", default="point", choices=["point", "size", "run"],
-                 help="resample points, sizes (rows sharing N) or runs (rows sharing `run`, "
-                      "else `size`: WSD branches of one run)")
-  q.add_argument("--bootstrap-starts", default="best", choices=["best", "coarse", "full"],
-                 help="starts for each resample: the pooled optimum, its distinct end points "
-                      "and 4 grid points (default), or a whole grid")
+  q.add_argument(
+      "--grid",
+      default="full",
+      choices=["full", "coarse"],
+      help="start grid: full = 4500 starts (default), coarse = 243",
+  )
+  q.add_argument(
+      "--uncertainty",
+      default="bootstrap",
+      choices=["bootstrap", "profile"],
+      help="bootstrap refits (with --bootstrap B) or profile-likelihood intervals of "
+      "a least-squares fit",
+  )
+  q.add_argument(
+      "--bootstrap-by",
+      default="point",
+      choices=["point", "size", "run"],
+      help="resample points, sizes (rows sharing N) or runs (rows sharing `run`, "
+      "else `size`: WSD branches of one run)",
+  )
+  q.add_argument(
+      "--bootstrap-starts",
+      default="best",
+      choices=["best", "coarse", "full"],
+      help="starts for each resample: the pooled optimum, its distinct end points "
+      "and 4 grid points (default), or a whole grid",
+  )
 
   q = sub.add_parser("isoflop", help="approach 2: parabolas in log N per FLOP budget")
   _common(q)
@@ -1327,12 +1679,24 @@ def _parser() -> argparse.ArgumentParser:
   q.add_argument("--budget-col", help="budget label per run (default: snapped from C)")
   q.add_argument("--d-col", help="tokens column, to derive FLOPs per param-token per budget")
   q.add_argument("--flops-per-param-token", type=float, default=6.0)
-  q.add_argument("--method", default="parabola", choices=["parabola", "vpnls"],
-                 help="windowed parabolas (default) or VPNLS on the whole surface (cross-check)")
-  q.add_argument("--window-dex", type=float, default=0.5,
-                 help="parabola window: sizes within this many decades of the minimum")
-  q.add_argument("--window-k", type=int, default=None,
-                 help="parabola window: the K sizes nearest the minimum (overrides --window-dex)")
+  q.add_argument(
+      "--method",
+      default="parabola",
+      choices=["parabola", "vpnls"],
+      help="windowed parabolas (default) or VPNLS on the whole surface (cross-check)",
+  )
+  q.add_argument(
+      "--window-dex",
+      type=float,
+      default=0.5,
+      help="parabola window: sizes within this many decades of the minimum",
+  )
+  q.add_argument(
+      "--window-k",
+      type=int,
+      default=None,
+      help="parabola window: the K sizes nearest the minimum (overrides --window-dex)",
+  )
 
   q = sub.add_parser("powerlaw", help="L(x) = E + A x^-alpha (e.g. x = N)")
   _common(q)
@@ -1372,8 +1736,14 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"  # one line each
   if args.cmd == "selftest":
-    result = selftest(args.sims, seed=args.seed, n_boot=args.bootstrap,
-                      uncertainty=args.uncertainty, noise=args.noise, workers=args.workers)
+    result = selftest(
+        args.sims,
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        uncertainty=args.uncertainty,
+        noise=args.noise,
+        workers=args.workers,
+    )
     print(format_coverage(result))
     if args.json:
       with open(args.json, "w") as f:

@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -61,8 +60,7 @@ def filter_logits(logits_BxV, *, top_k: int = 0, top_p: float = 1.0):
   return logits_BxV
 
 
-def sample_tokens(logits_BxV, rng, *, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0):
+def sample_tokens(logits_BxV, rng, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
   """Next tokens [B] int32. temperature == 0 is greedy (argmax); otherwise sample from
   softmax(filter(logits / temperature)). The nucleus is taken from the tempered distribution
   (as Hugging Face does), so top_p bounds the mass of what is actually sampled."""
@@ -78,9 +76,9 @@ def sample_tokens(logits_BxV, rng, *, temperature: float = 1.0, top_k: int = 0,
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   max_new_tokens: int = 64
-  temperature: float = 1.0   # 0: greedy
-  top_k: int = 0             # 0: off
-  top_p: float = 1.0         # 1: off
+  temperature: float = 1.0  # 0: greedy
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0  # 1: off
   stop_ids: tuple[int, ...] = ()  # a row stops after emitting one of these (it is kept)
 
   def validate(self):
@@ -107,8 +105,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
   seg = np.zeros((b, width), np.int32)
   pads = np.array([width - len(p) for p in prompts], np.int32)
   for r, p in enumerate(prompts):
-    tokens[r, pads[r]:] = p
-    seg[r, pads[r]:] = 1
+    tokens[r, pads[r] :] = p
+    seg[r, pads[r] :] = 1
   positions = np.maximum(np.arange(width)[None, :] - pads[:, None], 0).astype(np.int32)
   return tokens, seg, positions, pads
 
@@ -123,6 +121,7 @@ class Generator:
   def __init__(self, model_cfg, params: Any, *, pad_id: int = 0):
     from model.config import ModelConfig
     from model.transformer import Transformer
+
     self.cfg = ModelConfig.from_config(model_cfg)
     if not self.cfg.causal:
       raise ValueError("generation needs a causal decoder (model.attention_mask=causal)")
@@ -143,21 +142,30 @@ class Generator:
     longest, table = prompt_len + max_new_tokens - 1, self.cfg.max_seq_len
     if longest <= table:
       return None
-    head = (f"prompt ({prompt_len} tokens) + {max_new_tokens} new tokens go past "
-            f"model.max_seq_len={table}")
+    head = (
+        f"prompt ({prompt_len} tokens) + {max_new_tokens} new tokens go past "
+        f"model.max_seq_len={table}"
+    )
     if self.slides:
       return f"{head}: learned positions, so the context slides (the last {table} tokens)"
-    return (f"{head}: {self.cfg.pos_encoding} positions continue past the longest sequence "
-            "the model was built for")
+    return (
+        f"{head}: {self.cfg.pos_encoding} positions continue past the longest sequence "
+        "the model was built for"
+    )
 
   def _empty_cache(self, batch: int, length: int):
     from model.transformer import init_cache
+
     return init_cache(self.cfg, batch, length)
 
   def _apply(self, params, cache, tokens_BxT, positions_BxT, seg_BxT):
     logits_BxTxV, mutated = self.model.apply(
-        {"params": params, "cache": cache}, tokens_BxT, positions_BxL=positions_BxT,
-        segment_ids_BxL=seg_BxT, mutable=["cache"])
+        {"params": params, "cache": cache},
+        tokens_BxT,
+        positions_BxL=positions_BxT,
+        segment_ids_BxL=seg_BxT,
+        mutable=["cache"],
+    )
     return logits_BxTxV, mutated["cache"]
 
   def _window_logits(self, params, all_BxW, pads_B, end):
@@ -170,12 +178,24 @@ class Generator:
     slot_BxL = start + jnp.arange(width)[None, :]
     seg_BxL = (slot_BxL >= pads_B[:, None]).astype(jnp.int32)
     pos_BxL = jnp.maximum(slot_BxL - jnp.maximum(pads_B, start)[:, None], 0)
-    logits_BxLxV = self.window_model.apply({"params": params}, window_BxL,
-                                           positions_BxL=pos_BxL, segment_ids_BxL=seg_BxL)
+    logits_BxLxV = self.window_model.apply(
+        {"params": params}, window_BxL, positions_BxL=pos_BxL, segment_ids_BxL=seg_BxL
+    )
     return logits_BxLxV[:, -1]
 
-  def _run(self, params, tokens_BxP, seg_BxP, positions_BxP, pads_B, rng, *, sc: SamplingConfig,
-           stream: Callable | None, return_logits: bool):
+  def _run(
+      self,
+      params,
+      tokens_BxP,
+      seg_BxP,
+      positions_BxP,
+      pads_B,
+      rng,
+      *,
+      sc: SamplingConfig,
+      stream: Callable | None,
+      return_logits: bool,
+  ):
     b, p = tokens_BxP.shape
     n = sc.max_new_tokens
     table = self.cfg.max_seq_len
@@ -188,8 +208,9 @@ class Generator:
       """Samples from logits_BxV and records the token at out[:, step]."""
       step, cache, _, done_B, out_BxN, logits_out, rng = state
       rng, key = jax.random.split(rng)
-      tok_B = sample_tokens(logits_BxV, key, temperature=sc.temperature, top_k=sc.top_k,
-                            top_p=sc.top_p)
+      tok_B = sample_tokens(
+          logits_BxV, key, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p
+      )
       tok_B = jnp.where(done_B, self.pad_id, tok_B)
       out_BxN = out_BxN.at[:, step].set(tok_B)
       if return_logits:
@@ -201,8 +222,15 @@ class Generator:
 
     out_BxN = jnp.full((b, n), self.pad_id, jnp.int32)
     logits_out = jnp.zeros((b, n, v) if return_logits else (1, 1, 1), jnp.float32)
-    state = (jnp.int32(0), cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool), out_BxN,
-             logits_out, rng)
+    state = (
+        jnp.int32(0),
+        cache,
+        jnp.zeros((b,), jnp.int32),
+        jnp.zeros((b,), bool),
+        out_BxN,
+        logits_out,
+        rng,
+    )
     state = emit(state, logits_BxPxV[:, -1])
 
     def more(state):
@@ -218,8 +246,9 @@ class Generator:
       step, cache, tok_B, *rest = state
       slot = p + step - 1  # the cache slot of tok_B
       pos_Bx1 = (slot - pads_B)[:, None]
-      logits_Bx1xV, cache = self._apply(params, cache, tok_B[:, None], pos_Bx1,
-                                        jnp.ones_like(pos_Bx1))
+      logits_Bx1xV, cache = self._apply(
+          params, cache, tok_B[:, None], pos_Bx1, jnp.ones_like(pos_Bx1)
+      )
       return emit((step, cache, tok_B, *rest), logits_Bx1xV[:, 0])
 
     def window_step(state):
@@ -233,8 +262,14 @@ class Generator:
     _, _, _, done_B, out_BxN, logits_out, _ = state
     return out_BxN, done_B, logits_out
 
-  def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-               seed: int = 0, stream: Callable | None = None, return_logits: bool = False):
+  def generate(
+      self,
+      prompts: Sequence[Sequence[int]],
+      sampling: SamplingConfig,
+      seed: int = 0,
+      stream: Callable | None = None,
+      return_logits: bool = False,
+  ):
     """Continues each prompt (token ids). Returns a dict with `tokens` (list of lists: the
     new tokens of each row, cut after its first stop token), `stopped` [B] bool and, with
     return_logits, `logits` [B, max_new_tokens, V] (the logits each token was drawn from).
@@ -245,22 +280,24 @@ class Generator:
     sampling = dataclasses.replace(sampling, stop_ids=tuple(int(t) for t in sampling.stop_ids))
     sampling.validate()
     if self.slides:
-      prompts = [list(q)[-self.cfg.max_seq_len:] for q in prompts]
+      prompts = [list(q)[-self.cfg.max_seq_len :] for q in prompts]
     tokens, seg, positions, pads = left_pad(prompts, self.pad_id)
     b, p = tokens.shape
     key = (b, p, sampling, stream, return_logits)
     if key not in self._compiled:
-      self._compiled[key] = jax.jit(functools.partial(
-          self._run, sc=sampling, stream=stream, return_logits=return_logits))
+      self._compiled[key] = jax.jit(
+          functools.partial(self._run, sc=sampling, stream=stream, return_logits=return_logits)
+      )
     out_BxN, done_B, logits = self._compiled[key](
-        self.params, tokens, seg, positions, pads, jax.random.key(seed))
+        self.params, tokens, seg, positions, pads, jax.random.key(seed)
+    )
     out_BxN, done_B = np.asarray(out_BxN), np.asarray(done_B)
     rows = []
     for r in range(b):
       row = out_BxN[r].tolist()
       for i, t in enumerate(row):
         if t in sampling.stop_ids:
-          row = row[:i + 1]
+          row = row[: i + 1]
           break
       rows.append(row)
     out = dict(tokens=rows, stopped=done_B)
@@ -294,13 +331,14 @@ class TextStreamer:
     text = self.tok.decode(self.ids[r])
     if text.endswith("\ufffd"):  # an incomplete character: wait for its other bytes
       return
-    self.out.write(text[self.shown[r]:])
+    self.out.write(text[self.shown[r] :])
     self.out.flush()
     self.shown[r] = len(text)
 
 
 def main(argv=None) -> int:
   import argparse
+
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run directory")
   ap.add_argument("--prompt", required=True)
@@ -317,6 +355,7 @@ def main(argv=None) -> int:
     raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
 
   from train import run as run_lib
+
   run = run_lib.load_run(args.workdir, step=args.step)
   tok = run.tokenizer
   prompt_ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
@@ -343,4 +382,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   from train import cli
+
   cli.run(main)

@@ -53,21 +53,38 @@ def detect_arch(cfg) -> str:
   for a in ARCHS:
     if not reasons[a]:
       return a
-  raise ValueError("model config matches neither GPT-2 nor Llama: " + " | ".join(
-      f"{a}: {', '.join(r)}" for a, r in reasons.items()))
+  raise ValueError(
+      "model config matches neither GPT-2 nor Llama: "
+      + " | ".join(f"{a}: {', '.join(r)}" for a, r in reasons.items())
+  )
 
 
 def _mismatches(arch: str, cfg) -> list[str]:
   """What keeps `cfg` from being exactly `arch` (empty when it fits)."""
-  want = dict(attention_mask="causal", norm_position="pre", mlm_head=False, embed_norm=False,
-              type_vocab_size=0, pooler=False)
+  want = dict(
+      attention_mask="causal",
+      norm_position="pre",
+      mlm_head=False,
+      embed_norm=False,
+      type_vocab_size=0,
+      pooler=False,
+  )
   if arch == "gpt2":
-    want.update(pos_encoding="learned", norm="layernorm", mlp="gelu", use_bias=True,
-                tie_embeddings=True, num_kv_heads=cfg.num_heads)
+    want.update(
+        pos_encoding="learned",
+        norm="layernorm",
+        mlp="gelu",
+        use_bias=True,
+        tie_embeddings=True,
+        num_kv_heads=cfg.num_heads,
+    )
   else:
     want.update(pos_encoding="rope", norm="rmsnorm", mlp="swiglu")
-  out = [f"model.{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in want.items()
-         if getattr(cfg, k) != v]
+  out = [
+      f"model.{k}={getattr(cfg, k)!r} (needs {v!r})"
+      for k, v in want.items()
+      if getattr(cfg, k) != v
+  ]
   if arch == "gpt2" and cfg.num_heads * cfg.head_dim != cfg.d_model:
     out.append(f"num_heads*head_dim={cfg.num_heads * cfg.head_dim} != d_model={cfg.d_model}")
   return out
@@ -80,48 +97,90 @@ def hf_config(cfg, arch: str, tokenizer=None) -> dict:
     _fail_arch(arch, cfg, bad)
   special = {}
   if tokenizer is not None:
-    special = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                   pad_token_id=tokenizer.pad_id)
+    special = dict(
+        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id
+    )
   if arch == "gpt2":
-    return dict(architectures=["GPT2LMHeadModel"], model_type="gpt2",
-                vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model,
-                n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.mlp_dim,
-                activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
-                initializer_range=cfg.init_std, resid_pdrop=0.0, embd_pdrop=0.0,
-                attn_pdrop=0.0, scale_attn_weights=True, tie_word_embeddings=True,
-                torch_dtype=cfg.param_dtype, **special)
-  return dict(architectures=["LlamaForCausalLM"], model_type="llama",
-              vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
-              intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.num_layers,
-              num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-              head_dim=cfg.head_dim, hidden_act="silu", max_position_embeddings=cfg.max_seq_len,
-              rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-              rope_parameters=dict(rope_type="default", rope_theta=cfg.rope_theta),
-              attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias,
-              tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
-              attention_dropout=0.0, torch_dtype=cfg.param_dtype, **special)
+    return dict(
+        architectures=["GPT2LMHeadModel"],
+        model_type="gpt2",
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.max_seq_len,
+        n_embd=cfg.d_model,
+        n_layer=cfg.num_layers,
+        n_head=cfg.num_heads,
+        n_inner=cfg.mlp_dim,
+        activation_function="gelu_new",
+        layer_norm_epsilon=cfg.norm_eps,
+        initializer_range=cfg.init_std,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        scale_attn_weights=True,
+        tie_word_embeddings=True,
+        torch_dtype=cfg.param_dtype,
+        **special,
+    )
+  return dict(
+      architectures=["LlamaForCausalLM"],
+      model_type="llama",
+      vocab_size=cfg.vocab_size,
+      hidden_size=cfg.d_model,
+      intermediate_size=cfg.mlp_dim,
+      num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads,
+      num_key_value_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim,
+      hidden_act="silu",
+      max_position_embeddings=cfg.max_seq_len,
+      rms_norm_eps=cfg.norm_eps,
+      rope_theta=cfg.rope_theta,
+      rope_parameters=dict(rope_type="default", rope_theta=cfg.rope_theta),
+      attention_bias=cfg.use_bias,
+      mlp_bias=cfg.use_bias,
+      tie_word_embeddings=cfg.tie_embeddings,
+      initializer_range=cfg.init_std,
+      attention_dropout=0.0,
+      torch_dtype=cfg.param_dtype,
+      **special,
+  )
 
 
 def model_config_from_hf(hf: dict, **overrides):
   """Our ModelConfig for a GPT-2 or Llama config.json dict; ValueError for what we cannot
   represent exactly (other activations, RoPE scaling, ...)."""
   from model.config import ModelConfig
+
   mtype = hf.get("model_type")
   if mtype == "gpt2":
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
-      raise ValueError(f"GPT-2 activation_function={act!r}: only the tanh GELU (gelu_new) "
-                       "matches our mlp='gelu'")
+      raise ValueError(
+          f"GPT-2 activation_function={act!r}: only the tanh GELU (gelu_new) "
+          "matches our mlp='gelu'"
+      )
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-      raise ValueError("GPT-2 scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are "
-                       "not supported")
+      raise ValueError(
+          "GPT-2 scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are " "not supported"
+      )
     d, n = hf["n_embd"], hf["n_head"]
-    fields = dict(vocab_size=hf["vocab_size"], d_model=d, num_layers=hf["n_layer"],
-                  num_heads=n, num_kv_heads=n, head_dim=d // n,
-                  mlp_dim=hf.get("n_inner") or 4 * d, max_seq_len=hf["n_positions"],
-                  pos_encoding="learned", norm="layernorm", mlp="gelu", use_bias=True,
-                  tie_embeddings=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                  init_std=hf.get("initializer_range", 0.02))
+    fields = dict(
+        vocab_size=hf["vocab_size"],
+        d_model=d,
+        num_layers=hf["n_layer"],
+        num_heads=n,
+        num_kv_heads=n,
+        head_dim=d // n,
+        mlp_dim=hf.get("n_inner") or 4 * d,
+        max_seq_len=hf["n_positions"],
+        pos_encoding="learned",
+        norm="layernorm",
+        mlp="gelu",
+        use_bias=True,
+        tie_embeddings=True,
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        init_std=hf.get("initializer_range", 0.02),
+    )
   elif mtype == "llama":
     if hf.get("hidden_act", "silu") != "silu":
       raise ValueError(f"Llama hidden_act={hf['hidden_act']!r}: only silu (SwiGLU) is supported")
@@ -130,23 +189,31 @@ def model_config_from_hf(hf: dict, **overrides):
       rope.update(hf["rope_scaling"])
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
-      raise ValueError(f"Llama rope_type={rope_type!r}: only unscaled RoPE ('default') is "
-                       "supported")
+      raise ValueError(
+          f"Llama rope_type={rope_type!r}: only unscaled RoPE ('default') is " "supported"
+      )
     theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
     if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
       raise ValueError("Llama with attention_bias != mlp_bias is not supported (one use_bias)")
     n = hf["num_attention_heads"]
-    fields = dict(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-                  num_layers=hf["num_hidden_layers"], num_heads=n,
-                  num_kv_heads=hf.get("num_key_value_heads") or n,
-                  head_dim=hf.get("head_dim") or hf["hidden_size"] // n,
-                  mlp_dim=hf["intermediate_size"],
-                  max_seq_len=hf.get("max_position_embeddings", 2048), pos_encoding="rope",
-                  rope_theta=float(theta), norm="rmsnorm", mlp="swiglu",
-                  use_bias=bool(hf.get("attention_bias", False)),
-                  tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                  norm_eps=hf.get("rms_norm_eps", 1e-6),
-                  init_std=hf.get("initializer_range", 0.02))
+    fields = dict(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=n,
+        num_kv_heads=hf.get("num_key_value_heads") or n,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // n,
+        mlp_dim=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        pos_encoding="rope",
+        rope_theta=float(theta),
+        norm="rmsnorm",
+        mlp="swiglu",
+        use_bias=bool(hf.get("attention_bias", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        init_std=hf.get("initializer_range", 0.02),
+    )
   else:
     raise ValueError(f"config.json model_type={mtype!r}: supported are 'gpt2' and 'llama'")
   fields.update(overrides)
@@ -162,13 +229,14 @@ class Entry:
   dict for per-layer rows) <-> the HF tensor `theirs` ('{i}': the layer index).
   `to_hf(*leaves) -> tensor`; `from_hf(tensor, *leaf_shapes) -> leaves`, its inverse. Both
   directions, and the HF shapes checked on import, come from the same row."""
+
   ours: tuple[str, ...]
   theirs: str
   to_hf: Callable
   from_hf: Callable
 
 
-_reshape = lambda t, s: (t.reshape(s),)         # inverse of any flattening below
+_reshape = lambda t, s: (t.reshape(s),)  # inverse of any flattening below
 _transpose_reshape = lambda t, s: (t.T.reshape(s),)
 _by_rows = lambda a: a.reshape(a.shape[0], -1)  # [D, N, H] -> [D, N*H]
 _by_cols = lambda a: a.reshape(-1, a.shape[-1])  # [N, H, D] -> [N*H, D]
@@ -180,10 +248,12 @@ def _same(ours: str, theirs: str) -> Entry:
 
 def _fused(ours: tuple[str, ...], theirs: str, flatten, axis: int) -> Entry:
   """Several leaves flattened by `flatten` and concatenated along `axis` (GPT-2's c_attn)."""
+
   def from_hf(t, *shapes):
     sizes = [int(np.prod(s[axis:])) for s in shapes]
     parts = np.split(t, np.cumsum(sizes)[:-1], axis=axis)
     return tuple(p.reshape(s) for p, s in zip(parts, shapes))
+
   return Entry(ours, theirs, lambda *a: jnp.concatenate([flatten(x) for x in a], axis), from_hf)
 
 
@@ -196,41 +266,54 @@ def conversion_table(cfg, arch: str) -> tuple[list[Entry], list[Entry]]:
   """(model-level rows, per-layer rows) mapping our params to `arch`'s HF tensors."""
   qkv = ("attn/query", "attn/key", "attn/value")
   if arch == "gpt2":
-    top = [_same("embed/embedding", "transformer.wte.weight"),
-           _same("pos_embed/embedding", "transformer.wpe.weight"),
-           _same("final_norm/scale", "transformer.ln_f.weight"),
-           _same("final_norm/bias", "transformer.ln_f.bias")]
+    top = [
+        _same("embed/embedding", "transformer.wte.weight"),
+        _same("pos_embed/embedding", "transformer.wpe.weight"),
+        _same("final_norm/scale", "transformer.ln_f.weight"),
+        _same("final_norm/bias", "transformer.ln_f.bias"),
+    ]
     pre = "transformer.h.{i}."
-    layer = [_same("attn_norm/scale", pre + "ln_1.weight"),
-             _same("attn_norm/bias", pre + "ln_1.bias"),
-             _fused(tuple(m + "/kernel" for m in qkv), pre + "attn.c_attn.weight", _by_rows, 1),
-             _fused(tuple(m + "/bias" for m in qkv), pre + "attn.c_attn.bias",
-                    lambda a: a.reshape(-1), 0),
-             Entry(("attn/out/kernel",), pre + "attn.c_proj.weight", _by_cols, _reshape),
-             _same("attn/out/bias", pre + "attn.c_proj.bias"),
-             _same("mlp_norm/scale", pre + "ln_2.weight"),
-             _same("mlp_norm/bias", pre + "ln_2.bias"),
-             _same("mlp/wi/kernel", pre + "mlp.c_fc.weight"),
-             _same("mlp/wi/bias", pre + "mlp.c_fc.bias"),
-             _same("mlp/wo/kernel", pre + "mlp.c_proj.weight"),
-             _same("mlp/wo/bias", pre + "mlp.c_proj.bias")]
+    layer = [
+        _same("attn_norm/scale", pre + "ln_1.weight"),
+        _same("attn_norm/bias", pre + "ln_1.bias"),
+        _fused(tuple(m + "/kernel" for m in qkv), pre + "attn.c_attn.weight", _by_rows, 1),
+        _fused(
+            tuple(m + "/bias" for m in qkv), pre + "attn.c_attn.bias", lambda a: a.reshape(-1), 0
+        ),
+        Entry(("attn/out/kernel",), pre + "attn.c_proj.weight", _by_cols, _reshape),
+        _same("attn/out/bias", pre + "attn.c_proj.bias"),
+        _same("mlp_norm/scale", pre + "ln_2.weight"),
+        _same("mlp_norm/bias", pre + "ln_2.bias"),
+        _same("mlp/wi/kernel", pre + "mlp.c_fc.weight"),
+        _same("mlp/wi/bias", pre + "mlp.c_fc.bias"),
+        _same("mlp/wo/kernel", pre + "mlp.c_proj.weight"),
+        _same("mlp/wo/bias", pre + "mlp.c_proj.bias"),
+    ]
     return top, layer
-  top = [_same("embed/embedding", "model.embed_tokens.weight"),
-         _same("final_norm/scale", "model.norm.weight")]
+  top = [
+      _same("embed/embedding", "model.embed_tokens.weight"),
+      _same("final_norm/scale", "model.norm.weight"),
+  ]
   if not cfg.tie_embeddings:
     top.append(_linear("unembed/kernel", "lm_head.weight"))
   pre = "model.layers.{i}."
   projections = [(m, f"self_attn.{p}_proj", _by_rows) for m, p in zip(qkv, "qkv")]
-  projections += [("attn/out", "self_attn.o_proj", _by_cols), ("mlp/wi_0", "mlp.gate_proj",
-                  _by_rows), ("mlp/wi_1", "mlp.up_proj", _by_rows), ("mlp/wo", "mlp.down_proj",
-                  _by_rows)]
-  layer = [_same("attn_norm/scale", pre + "input_layernorm.weight"),
-           _same("mlp_norm/scale", pre + "post_attention_layernorm.weight")]
+  projections += [
+      ("attn/out", "self_attn.o_proj", _by_cols),
+      ("mlp/wi_0", "mlp.gate_proj", _by_rows),
+      ("mlp/wi_1", "mlp.up_proj", _by_rows),
+      ("mlp/wo", "mlp.down_proj", _by_rows),
+  ]
+  layer = [
+      _same("attn_norm/scale", pre + "input_layernorm.weight"),
+      _same("mlp_norm/scale", pre + "post_attention_layernorm.weight"),
+  ]
   for ours, theirs, flatten in projections:
     layer.append(_linear(f"{ours}/kernel", f"{pre}{theirs}.weight", flatten))
     if cfg.use_bias:
-      layer.append(Entry((f"{ours}/bias",), f"{pre}{theirs}.bias", lambda a: a.reshape(-1),
-                         _reshape))
+      layer.append(
+          Entry((f"{ours}/bias",), f"{pre}{theirs}.bias", lambda a: a.reshape(-1), _reshape)
+      )
   return top, layer
 
 
@@ -265,11 +348,18 @@ def _stack_layers(layers: list[dict], scan: bool) -> dict:
 def _our_shapes(cfg) -> tuple[dict, dict]:
   """(model-level shape structs, one layer's shape structs) of our params for `cfg`."""
   from model.transformer import Transformer
-  shapes = nn.unbox(jax.eval_shape(lambda: Transformer(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"])
+
+  shapes = nn.unbox(
+      jax.eval_shape(
+          lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+      )["params"]
+  )
   stack = shapes["layers"]
-  one = (jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), stack["block"])
-         if "block" in stack else stack["block_0"])
+  one = (
+      jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), stack["block"])
+      if "block" in stack
+      else stack["block_0"]
+  )
   return shapes, one
 
 
@@ -283,8 +373,9 @@ def to_hf_state_dict(cfg, params: dict, arch: str) -> dict[str, np.ndarray]:
   top, per_layer = conversion_table(cfg, arch)
   sd = {e.theirs: f32(e.to_hf(*[_leaf(params, p) for p in e.ours])) for e in top}
   for i, layer in enumerate(_layers(params, cfg)):
-    sd.update({e.theirs.format(i=i): f32(e.to_hf(*[_leaf(layer, p) for p in e.ours]))
-               for e in per_layer})
+    sd.update(
+        {e.theirs.format(i=i): f32(e.to_hf(*[_leaf(layer, p) for p in e.ours])) for e in per_layer}
+    )
   return sd
 
 
@@ -302,8 +393,9 @@ def from_hf_state_dict(cfg, sd: dict[str, np.ndarray]) -> dict:
       raise KeyError(f"HF weights lack {key!r} (have e.g. {sorted(sd)[:4]}...)")
     t = np.asarray(sd[key], np.float32)
     if t.shape != want:
-      raise ValueError(f"HF tensor {key}: shape {t.shape}, expected {want} for the config in "
-                       "config.json")
+      raise ValueError(
+          f"HF tensor {key}: shape {t.shape}, expected {want} for the config in " "config.json"
+      )
     for path, leaf in zip(entry.ours, entry.from_hf(t, *[s.shape for s in structs])):
       _put(out, path, np.ascontiguousarray(leaf.astype(dt)))
 
@@ -321,8 +413,9 @@ def from_hf_state_dict(cfg, sd: dict[str, np.ndarray]) -> dict:
 # ----------------------------------------------------------------------------- directories
 
 
-def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer=None,
-               bos: str = "auto") -> dict:
+def export_dir(
+    cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer=None, bos: str = "auto"
+) -> dict:
   """Writes config.json, model.safetensors and, when `tokenizer.spec` names a tokenizer.json,
   tokenizer.json + tokenizer_config.json. The tokenizer's post-processor is set to add BOS
   exactly when unleash adds it with `bos` (eval/zeroshot BOS_MODES), so HF tools and
@@ -330,6 +423,7 @@ def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer
   Returns the config dict written."""
   from safetensors.numpy import save_file
   from model.config import ModelConfig
+
   cfg = ModelConfig.from_config(cfg)
   arch = arch or detect_arch(cfg)
   if arch not in ARCHS:
@@ -338,12 +432,13 @@ def export_dir(cfg, params: dict, out_dir, *, arch: str | None = None, tokenizer
   out.mkdir(parents=True, exist_ok=True)
   conf = hf_config(cfg, arch, tokenizer)
   (out / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
-  save_file(to_hf_state_dict(cfg, params, arch), str(out / "model.safetensors"),
-            metadata={"format": "pt"})
+  save_file(
+      to_hf_state_dict(cfg, params, arch), str(out / "model.safetensors"), metadata={"format": "pt"}
+  )
   spec = getattr(tokenizer, "spec", "") or ""
   if spec.endswith(".json") and pathlib.Path(spec).is_file():
     export_tokenizer(tokenizer, out, bos=bos, model_max_length=cfg.max_seq_len)
-  elif spec == "byte":   # no tokenizer.json exists for it: say which one the weights expect
+  elif spec == "byte":  # no tokenizer.json exists for it: say which one the weights expect
     (out / BYTE_MARKER).write_text(json.dumps({"tokenizer": "byte"}) + "\n")
   return conf
 
@@ -354,6 +449,7 @@ def export_tokenizer(tokenizer, out_dir, *, bos: str = "auto", model_max_length:
   import tokenizers
   from tokenizers import processors
   from eval import zeroshot
+
   out = pathlib.Path(out_dir)
   add_bos = zeroshot.bos_added(tokenizer, bos)
   names = tokenizer.special_tokens
@@ -362,17 +458,25 @@ def export_tokenizer(tokenizer, out_dir, *, bos: str = "auto", model_max_length:
   else:
     tok = tokenizers.Tokenizer.from_file(tokenizer.spec)
     b = names["bos"]
-    tok.post_processor = (processors.TemplateProcessing(
-        single=f"{b} $A", pair=f"{b} $A {b} $B", special_tokens=[(b, tokenizer.bos_id)])
-        if add_bos else processors.TemplateProcessing(single="$A", pair="$A $B"))
+    tok.post_processor = (
+        processors.TemplateProcessing(
+            single=f"{b} $A", pair=f"{b} $A {b} $B", special_tokens=[(b, tokenizer.bos_id)]
+        )
+        if add_bos
+        else processors.TemplateProcessing(single="$A", pair="$A $B")
+    )
     tok.save(str(out / "tokenizer.json"))
-  tc = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=model_max_length,
-            **{f"{role}_token": name for role, name in names.items()})
+  tc = dict(
+      tokenizer_class="PreTrainedTokenizerFast",
+      model_max_length=model_max_length,
+      **{f"{role}_token": name for role, name in names.items()},
+  )
   (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
 
 
 def _read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
   from safetensors.numpy import load_file
+
   single = hf_dir / "model.safetensors"
   if single.is_file():
     return load_file(str(single))
@@ -383,8 +487,10 @@ def _read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
     for f in files:
       sd.update(load_file(str(hf_dir / f)))
     return sd
-  raise FileNotFoundError(f"{hf_dir}: no model.safetensors (or .index.json); save the HF "
-                          "model with safe_serialization=True")
+  raise FileNotFoundError(
+      f"{hf_dir}: no model.safetensors (or .index.json); save the HF "
+      "model with safe_serialization=True"
+  )
 
 
 def import_dir(hf_dir, **overrides):
@@ -393,8 +499,10 @@ def import_dir(hf_dir, **overrides):
   hf_dir = pathlib.Path(hf_dir)
   conf_path = hf_dir / "config.json"
   if not conf_path.is_file():
-    raise FileNotFoundError(f"{conf_path} not found; pass a directory written by "
-                            "save_pretrained or `python -m eval.hf export`")
+    raise FileNotFoundError(
+        f"{conf_path} not found; pass a directory written by "
+        "save_pretrained or `python -m eval.hf export`"
+    )
   cfg = model_config_from_hf(json.loads(conf_path.read_text()), **overrides)
   sd = _read_safetensors(hf_dir)
   # Bf16/fp16 checkpoints load as float32 master weights.
@@ -417,6 +525,7 @@ def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
   """
   from configs import base
   from train import checkpoint
+
   cfg, params = import_dir(hf_dir)
   hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -431,8 +540,10 @@ def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
   if not tokenizer:
     exported_byte = (hf_dir / BYTE_MARKER).is_file()
     if cfg.vocab_size != 260 and not exported_byte:
-      raise ValueError(f"{hf_dir} has no tokenizer.json and vocab_size={cfg.vocab_size} is not "
-                       "the byte tokenizer's 260; pass tokenizer= (--tokenizer) a tokenizer.json")
+      raise ValueError(
+          f"{hf_dir} has no tokenizer.json and vocab_size={cfg.vocab_size} is not "
+          "the byte tokenizer's 260; pass tokenizer= (--tokenizer) a tokenizer.json"
+      )
     tokenizer = "byte"
   config.data.tokenizer = tokenizer
   config.name = f"hf-{pathlib.Path(hf_dir).name}"
@@ -441,14 +552,19 @@ def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
 
 def main(argv=None):
   import argparse
+
   ap = argparse.ArgumentParser(description="Export a run to / import from a HF directory.")
   sub = ap.add_subparsers(dest="cmd", required=True)
   ex = sub.add_parser("export")
   ex.add_argument("--workdir", required=True)
   ex.add_argument("--out", required=True)
   ex.add_argument("--arch", choices=ARCHS, default=None)
-  ex.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
-                  help="BOS behaviour the exported tokenizer carries (as eval.zeroshot --bos)")
+  ex.add_argument(
+      "--bos",
+      choices=("auto", "always", "never"),
+      default="auto",
+      help="BOS behaviour the exported tokenizer carries (as eval.zeroshot --bos)",
+  )
   im = sub.add_parser("import")
   im.add_argument("--hf-dir", required=True)
   dest = im.add_mutually_exclusive_group(required=True)
@@ -458,15 +574,18 @@ def main(argv=None):
   args = ap.parse_args(argv)
   if args.cmd == "export":
     from train import run as run_lib
+
     run = run_lib.load_run(args.workdir)
     params = jax.tree.map(np.asarray, run.params)
-    conf = export_dir(run.config.model, params, args.out, arch=args.arch,
-                      tokenizer=run.tokenizer, bos=args.bos)
+    conf = export_dir(
+        run.config.model, params, args.out, arch=args.arch, tokenizer=run.tokenizer, bos=args.bos
+    )
     print(f"wrote {conf['model_type']} model to {args.out}")
   elif args.workdir:
     print(f"wrote {import_to_run(args.hf_dir, args.workdir, tokenizer=args.tokenizer)}")
   else:
     from flax import serialization
+
     cfg, params = import_dir(args.hf_dir)
     pathlib.Path(args.out).write_bytes(serialization.msgpack_serialize(params))
     print(json.dumps(dataclasses.asdict(cfg)))

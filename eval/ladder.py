@@ -47,23 +47,44 @@ import ml_collections
 from train import cli
 
 # New columns go at the end: older results.csv files keep their header when appended to.
-RESULT_COLUMNS = ("name", "size", "scheme", "params_total", "params_non_embedding", "d_model",
-                  "num_layers", "steps", "batch_size", "seq_len", "tokens", "flops_per_token",
-                  "flops", "budget", "train_loss", "val_loss", "val_bpb", "wall_s",
-                  "val_loss_se", "seed", "unique_tokens", "flops_6nd")
+RESULT_COLUMNS = (
+    "name",
+    "size",
+    "scheme",
+    "params_total",
+    "params_non_embedding",
+    "d_model",
+    "num_layers",
+    "steps",
+    "batch_size",
+    "seq_len",
+    "tokens",
+    "flops_per_token",
+    "flops",
+    "budget",
+    "train_loss",
+    "val_loss",
+    "val_bpb",
+    "wall_s",
+    "val_loss_se",
+    "seed",
+    "unique_tokens",
+    "flops_6nd",
+)
 
 
 @dataclasses.dataclass
 class Point:
   """One training run of the ladder."""
+
   name: str
   size: str
-  config: ml_collections.ConfigDict      # the full training config (no `ladder` section)
-  kind: str = "run"                      # run | constant | cooldown
-  budget: float = float("nan")           # the FLOP budget (isoflop) it belongs to
-  branch_from: str | None = None         # cooldown: the constant run it branches from
-  branch_step: int = 0                   # cooldown: the step it branches at
-  needs_steps: tuple = ()                # constant: steps whose checkpoints must survive
+  config: ml_collections.ConfigDict  # the full training config (no `ladder` section)
+  kind: str = "run"  # run | constant | cooldown
+  budget: float = float("nan")  # the FLOP budget (isoflop) it belongs to
+  branch_from: str | None = None  # cooldown: the constant run it branches from
+  branch_step: int = 0  # cooldown: the step it branches at
+  needs_steps: tuple = ()  # constant: steps whose checkpoints must survive
 
   @property
   def record(self) -> bool:
@@ -81,8 +102,9 @@ def _train_config(config, size, mlp_ratio, name) -> ml_collections.ConfigDict:
     del c["ladder"]
   size_name, d_model, num_layers, num_heads = size
   if d_model % num_heads:
-    raise ValueError(f"ladder size {size_name}: d_model={d_model} is not divisible by "
-                     f"num_heads={num_heads}")
+    raise ValueError(
+        f"ladder size {size_name}: d_model={d_model} is not divisible by " f"num_heads={num_heads}"
+    )
   c.model.d_model = int(d_model)
   c.model.num_layers = int(num_layers)
   c.model.num_heads = c.model.num_kv_heads = int(num_heads)
@@ -94,6 +116,7 @@ def _train_config(config, size, mlp_ratio, name) -> ml_collections.ConfigDict:
 
 def flops_per_token(config) -> float:
   from model import summary
+
   return float(summary.flops_per_token_train(config.model, int(config.data.seq_len)))
 
 
@@ -129,32 +152,43 @@ def expand(config) -> list[Point]:
     elif scheme == "wsd":
       starts = sorted({branch_step(int(s), lad.decay_fraction) for s in lad.steps})
       if starts[0] <= int(config.train.warmup_steps):
-        raise ValueError(f"ladder.steps={tuple(lad.steps)}: the smallest cooldown starts at step "
-                         f"{starts[0]}, inside the {config.train.warmup_steps}-step warmup; use "
-                         "larger budgets or a shorter train.warmup_steps")
+        raise ValueError(
+            f"ladder.steps={tuple(lad.steps)}: the smallest cooldown starts at step "
+            f"{starts[0]}, inside the {config.train.warmup_steps}-step warmup; use "
+            "larger budgets or a shorter train.warmup_steps"
+        )
       const = _train_config(config, size, lad.mlp_ratio, f"{size_name}_constant")
       const.train.schedule = "constant"
       const.train.steps = starts[-1]
       every = math.gcd(*starts)
       const.checkpoint.every = every
-      const.checkpoint.keep_every = every   # keep every branch point
+      const.checkpoint.keep_every = every  # keep every branch point
       const.checkpoint.keep = 2
-      const.eval.batches = 0                # its rows come from the cooldowns
-      points.append(Point(const.name, size_name, const, kind="constant",
-                          needs_steps=tuple(starts)))
+      const.eval.batches = 0  # its rows come from the cooldowns
+      points.append(Point(const.name, size_name, const, kind="constant", needs_steps=tuple(starts)))
       for steps in lad.steps:
         c = _train_config(config, size, lad.mlp_ratio, f"{size_name}_s{steps}")
         c.train.schedule = "wsd"
         c.train.steps = int(steps)
         c.train.decay_fraction = float(lad.decay_fraction)
         c.train.cooldown = lad.cooldown
-        points.append(Point(c.name, size_name, c, kind="cooldown", branch_from=const.name,
-                            branch_step=branch_step(int(steps), lad.decay_fraction)))
+        points.append(
+            Point(
+                c.name,
+                size_name,
+                c,
+                kind="cooldown",
+                branch_from=const.name,
+                branch_step=branch_step(int(steps), lad.decay_fraction),
+            )
+        )
     else:
       raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop or wsd")
   if not any(p.record for p in points):
-    raise ValueError("the ladder has no points: check ladder.steps / ladder.flop_budgets and "
-                     "ladder.min_steps / max_steps")
+    raise ValueError(
+        "the ladder has no points: check ladder.steps / ladder.flop_budgets and "
+        "ladder.min_steps / max_steps"
+    )
   return points
 
 
@@ -169,8 +203,10 @@ def finished_names(workdir: pathlib.Path) -> set[str]:
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
     if reader.fieldnames and "name" not in reader.fieldnames:
-      raise ValueError(f"{path} has no `name` column (header {reader.fieldnames}): it is not a "
-                       "ladder's results file; use another --workdir or move the file away")
+      raise ValueError(
+          f"{path} has no `name` column (header {reader.fieldnames}): it is not a "
+          "ladder's results file; use another --workdir or move the file away"
+      )
     return {row["name"] for row in reader}
 
 
@@ -188,8 +224,9 @@ def append_row(workdir: pathlib.Path, row: dict) -> None:
     if text and not text.endswith("\n"):
       text += "\n"
     out = io.StringIO()
-    w = csv.DictWriter(out, fieldnames=header or RESULT_COLUMNS, extrasaction="ignore",
-                       lineterminator="\n")
+    w = csv.DictWriter(
+        out, fieldnames=header or RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n"
+    )
     if header is None:
       text = ""
       w.writeheader()
@@ -227,6 +264,7 @@ def unique_tokens(config) -> int | str:
   """Tokens of the prepared train split the point could see (the data manifest's
   splits.train.tokens), or "" when the data is not prepared."""
   from train.data import prepare as prepare_lib
+
   if not config.data.prepared_dir:
     return ""
   manifest = prepare_lib.read_manifest(config.data.prepared_dir) or {}
@@ -247,20 +285,36 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
   convention of the Chinchilla-style allocation formulas, so fits can use either.
   """
   from model import summary
+
   c = point.config
   counts = summary.param_counts(c.model)
   tokens = int(c.train.steps) * int(c.train.batch_size) * int(c.data.seq_len)
   fpt = flops_per_token(c)
   train_loss = _last_train_loss(out.get("metrics_jsonl", ""), out.get("train_loss", math.nan))
-  return dict(name=point.name, size=point.size, scheme=scheme, params_total=counts["total"],
-              params_non_embedding=counts["non_embedding"], d_model=c.model.d_model,
-              num_layers=c.model.num_layers, steps=int(c.train.steps),
-              batch_size=int(c.train.batch_size), seq_len=int(c.data.seq_len), tokens=tokens,
-              flops_per_token=fpt, flops=fpt * tokens,
-              budget="" if math.isnan(point.budget) else point.budget, train_loss=train_loss,
-              val_loss=out.get("val_loss", math.nan), val_bpb=out.get("val_bpb", math.nan),
-              wall_s=round(wall_s, 2), val_loss_se=_val_loss_se(out), seed=int(c.seed),
-              unique_tokens=unique_tokens(c), flops_6nd=6.0 * counts["total"] * tokens)
+  return dict(
+      name=point.name,
+      size=point.size,
+      scheme=scheme,
+      params_total=counts["total"],
+      params_non_embedding=counts["non_embedding"],
+      d_model=c.model.d_model,
+      num_layers=c.model.num_layers,
+      steps=int(c.train.steps),
+      batch_size=int(c.train.batch_size),
+      seq_len=int(c.data.seq_len),
+      tokens=tokens,
+      flops_per_token=fpt,
+      flops=fpt * tokens,
+      budget="" if math.isnan(point.budget) else point.budget,
+      train_loss=train_loss,
+      val_loss=out.get("val_loss", math.nan),
+      val_bpb=out.get("val_bpb", math.nan),
+      wall_s=round(wall_s, 2),
+      val_loss_se=_val_loss_se(out),
+      seed=int(c.seed),
+      unique_tokens=unique_tokens(c),
+      flops_6nd=6.0 * counts["total"] * tokens,
+  )
 
 
 # ----------------------------------------------------------------------------- running
@@ -279,10 +333,13 @@ def _branch(point: Point, src: pathlib.Path, dst: pathlib.Path) -> None:
   stored config replaced by the cooldown's (same model/data/optimizer; the schedule differs
   only after the branch step, which is what makes the resume exact)."""
   from train import checkpoint as ckpt_lib
+
   step_dir = src / "checkpoints" / str(point.branch_step)
   if not step_dir.is_dir():
-    raise FileNotFoundError(f"{step_dir} missing: the constant run {point.branch_from} did not "
-                            "keep its checkpoint at the branch step; delete its workdir and rerun")
+    raise FileNotFoundError(
+        f"{step_dir} missing: the constant run {point.branch_from} did not "
+        "keep its checkpoint at the branch step; delete its workdir and rerun"
+    )
   target = dst / "checkpoints" / str(point.branch_step)
   tmp = target.with_name(target.name + ".branching")
   if tmp.exists():
@@ -307,11 +364,13 @@ def _record_attempt(pdir: pathlib.Path, event: str, **fields) -> None:
     f.write(json.dumps(rec) + "\n")
 
 
-def run_point(point: Point, workdir: pathlib.Path, scheme: str, log=print,
-              hooks: Callable | None = None) -> dict | None:
+def run_point(
+    point: Point, workdir: pathlib.Path, scheme: str, log=print, hooks: Callable | None = None
+) -> dict | None:
   """Train (or resume) one point; returns its results row (None for constant runs).
   `hooks(point)` may return trainer.Hooks for this point (fault-injection tests)."""
   from train import trainer
+
   pdir = workdir / "points" / point.name
   if _constant_complete(point, workdir):
     return None
@@ -326,14 +385,21 @@ def run_point(point: Point, workdir: pathlib.Path, scheme: str, log=print,
   if out.get("preempted"):
     raise KeyboardInterrupt(f"{point.name} was stopped at step {out['step']}; rerun to resume")
   import jax
-  _record_attempt(pdir, "end", step=int(out["step"]), devices=jax.device_count(),
-                  platform=jax.devices()[0].platform)
+
+  _record_attempt(
+      pdir,
+      "end",
+      step=int(out["step"]),
+      devices=jax.device_count(),
+      platform=jax.devices()[0].platform,
+  )
   return result_row(point, out, wall, scheme) if point.record else None
 
 
 def prepare_data(config, workdir: pathlib.Path) -> str:
   """One prepared copy of the corpus for every point (DIR/data/prepared-*)."""
   from train.data import pipeline
+
   if config.data.prepared_dir:
     return config.data.prepared_dir
   return os.fspath(pipeline.default_prepared_dir(config.data, workdir / "data"))
@@ -343,10 +409,16 @@ def prepare_corpus(config) -> dict:
   """Prepare config.data into config.data.prepared_dir once, before points run concurrently
   (the same call the trainer makes; a no-op when the manifest is already there)."""
   from train.data import prepare as prepare_lib
+
   d = config.data
-  return prepare_lib.prepare(d.source, d.tokenizer, d.prepared_dir,
-                             val_fraction=float(d.val_fraction),
-                             num_workers=(d.get("num_workers") or None), progress=False)
+  return prepare_lib.prepare(
+      d.source,
+      d.tokenizer,
+      d.prepared_dir,
+      val_fraction=float(d.val_fraction),
+      num_workers=(d.get("num_workers") or None),
+      progress=False,
+  )
 
 
 def unfinished(points: list[Point], workdir: pathlib.Path) -> list[Point]:
@@ -359,7 +431,8 @@ def unfinished(points: list[Point], workdir: pathlib.Path) -> list[Point]:
       continue
     if p.kind == "constant" and (
         _constant_complete(p, workdir)
-        or all(q.name in done for q in points if q.branch_from == p.name)):
+        or all(q.name in done for q in points if q.branch_from == p.name)
+    ):
       continue
     todo.append(p)
   return todo
@@ -386,8 +459,10 @@ class Progress:
     elapsed = time.time() - self.t0
     eta = elapsed * (self.total - self.flops) / self.flops if self.flops else math.nan
     loss = f", val_loss {float(row['val_loss']):.4f}" if row else ""
-    self.log(f"[ladder] {self.done}/{self.count} done: {point.name} ({point.kind}{loss}); "
-             f"elapsed {_hms(elapsed)}, ETA {_hms(eta)}")
+    self.log(
+        f"[ladder] {self.done}/{self.count} done: {point.name} ({point.kind}{loss}); "
+        f"elapsed {_hms(elapsed)}, ETA {_hms(eta)}"
+    )
 
 
 def _hms(seconds: float) -> str:
@@ -397,8 +472,9 @@ def _hms(seconds: float) -> str:
   return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def run_ladder(config, workdir, *, worker: tuple[int, int] = (0, 1), log=print,
-               hooks: Callable | None = None) -> list[dict]:
+def run_ladder(
+    config, workdir, *, worker: tuple[int, int] = (0, 1), log=print, hooks: Callable | None = None
+) -> list[dict]:
   """Run every unfinished point (those of this worker's sizes) in this process; returns the
   new rows."""
   workdir = pathlib.Path(workdir).resolve()
@@ -450,8 +526,10 @@ def ray_options(resources) -> dict:
   req = {str(k): float(v) for k, v in req.items()}
   bad = {k: v for k, v in req.items() if not v >= 0}
   if bad or not any(req.values()):
-    raise ValueError(f"ladder.resources={req}: ask for a positive amount of at least one "
-                     "resource per point, e.g. {'CPU': 1}, {'GPU': 1} or {'TPU': 4}")
+    raise ValueError(
+        f"ladder.resources={req}: ask for a positive amount of at least one "
+        "resource per point, e.g. {'CPU': 1}, {'GPU': 1} or {'TPU': 4}"
+    )
   opts = {"num_cpus": req.pop("CPU", 0.0), "num_gpus": req.pop("GPU", 0.0)}
   if req:
     opts["resources"] = req
@@ -470,19 +548,26 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
     return
   host, _, port = address.split("://", 1)[-1].rpartition(":")
   if not host or not port.isdigit():
-    raise ValueError(f"--ray-address={address!r}: use HOST:PORT (the head's GCS port, 6379 by "
-                     "default), ray://HOST:10001, or auto")
+    raise ValueError(
+        f"--ray-address={address!r}: use HOST:PORT (the head's GCS port, 6379 by "
+        "default), ray://HOST:10001, or auto"
+    )
   try:
     socket.create_connection((host, int(port)), timeout=timeout_s).close()
   except OSError as e:
-    raise ConnectionError(f"--ray-address={address}: no Ray head answers there "
-                          f"({e.strerror or e}); start one with `ray start --head --port={port}` "
-                          f"on {host}, or fix the address") from None
+    raise ConnectionError(
+        f"--ray-address={address}: no Ray head answers there "
+        f"({e.strerror or e}); start one with `ray start --head --port={port}` "
+        f"on {host}, or fix the address"
+    ) from None
 
 
 def _offers(node: dict) -> dict:
-  return {k: v for k, v in node["Resources"].items()
-          if not k.startswith("node:") and k not in ("memory", "object_store_memory")}
+  return {
+      k: v
+      for k, v in node["Resources"].items()
+      if not k.startswith("node:") and k not in ("memory", "object_store_memory")
+  }
 
 
 def wait_for_resources(ray, opts: dict, timeout_s: float) -> list[dict]:
@@ -496,13 +581,17 @@ def wait_for_resources(ray, opts: dict, timeout_s: float) -> list[dict]:
     if fits:
       return fits
     if time.time() >= deadline:
-      missing = {k: v for k, v in need.items()
-                 if max((n["Resources"].get(k, 0) for n in nodes), default=0) < v}
+      missing = {
+          k: v
+          for k, v in need.items()
+          if max((n["Resources"].get(k, 0) for n in nodes), default=0) < v
+      }
       raise ValueError(
           f"no node of the Ray cluster can run a point: ladder.resources asks for {need} per "
           f"point and no node has {missing or need} (nodes offer: "
           f"{[_offers(n) for n in nodes]}); waited {timeout_s:g}s "
-          "(ladder.schedule_timeout_s) for one to join: lower ladder.resources or add such nodes")
+          "(ladder.schedule_timeout_s) for one to join: lower ladder.resources or add such nodes"
+      )
     time.sleep(min(2.0, max(deadline - time.time(), 0.1)))
 
 
@@ -515,24 +604,33 @@ def _probe_workdir(marker: str, token: str) -> tuple[str, bool]:
   return socket.gethostname(), seen
 
 
-def probe_workdir(ray, workdir: pathlib.Path, nodes: list[dict], token: str,
-                  timeout_s: float) -> None:
+def probe_workdir(
+    ray, workdir: pathlib.Path, nodes: list[dict], token: str, timeout_s: float
+) -> None:
   """Raises unless every node in `nodes` reads `token` in workdir/.ladder-probe."""
   from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
   probe = ray.remote(_probe_workdir)
-  refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-      n["NodeID"], soft=False)).remote(os.fspath(workdir / ".ladder-probe"), token)
-          for n in nodes]
+  refs = [
+      probe.options(
+          num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+      ).remote(os.fspath(workdir / ".ladder-probe"), token)
+      for n in nodes
+  ]
   try:
     seen = ray.get(refs, timeout=timeout_s)
   except ray.exceptions.GetTimeoutError:
-    raise TimeoutError(f"the workdir check on the Ray nodes did not answer in {timeout_s:g}s "
-                       "(ladder.schedule_timeout_s)") from None
+    raise TimeoutError(
+        f"the workdir check on the Ray nodes did not answer in {timeout_s:g}s "
+        "(ladder.schedule_timeout_s)"
+    ) from None
   blind = [f"{n['NodeManagerAddress']} ({host})" for n, (host, ok) in zip(nodes, seen) if not ok]
   if blind:
-    raise ValueError(f"--workdir {workdir} is not visible from the Ray node(s) {', '.join(blind)}:"
-                     " put it on storage every node mounts at the same path (NFS, Filestore, "
-                     "GCS FUSE; see docs/launch.md)")
+    raise ValueError(
+        f"--workdir {workdir} is not visible from the Ray node(s) {', '.join(blind)}:"
+        " put it on storage every node mounts at the same path (NFS, Filestore, "
+        "GCS FUSE; see docs/launch.md)"
+    )
 
 
 def check_workdir(ray, workdir: pathlib.Path, nodes: list[dict], timeout_s: float) -> None:
@@ -547,7 +645,8 @@ def _train_point_task(point: Point, workdir: str, scheme: str, hooks, *after) ->
   holds the results of the tasks it depends on (Ray resolves them before starting it)."""
   del after
   from train import cpu_devices
-  cpu_devices.configure(point.config)   # before jax is imported in this fresh process
+
+  cpu_devices.configure(point.config)  # before jax is imported in this fresh process
   _quiet_and_cached()
   return run_point(point, pathlib.Path(workdir), scheme, hooks=hooks)
 
@@ -569,8 +668,7 @@ def _failure(ray, e: Exception) -> str:
 
 def _submit(ray, todo: list[Point], workdir: pathlib.Path, config, opts: dict, hooks) -> dict:
   """{ObjectRef: point}, cooldowns depending on their constant run's task."""
-  task = ray.remote(max_calls=1, max_retries=int(config.ladder.retries), **opts)(
-      _train_point_task)
+  task = ray.remote(max_calls=1, max_retries=int(config.ladder.retries), **opts)(_train_point_task)
   refs, pending = {}, {}
   for p in todo:
     after = [refs[p.branch_from]] if p.branch_from in refs else []
@@ -597,13 +695,16 @@ def _collect(ray, pending: dict, workdir: pathlib.Path, log) -> list[dict]:
       rows.append(row)
     progress.finished(point, row)
   if failed:
-    raise PointsFailed(f"{len(failed)} point(s) failed ({'; '.join(failed)}); rerun the same "
-                       "command to retry them (finished points are skipped)")
+    raise PointsFailed(
+        f"{len(failed)} point(s) failed ({'; '.join(failed)}); rerun the same "
+        "command to retry them (finished points are skipped)"
+    )
   return rows
 
 
-def run_ladder_ray(config, workdir, *, address: str = "", log=print,
-                   hooks: Callable | None = None) -> list[dict]:
+def run_ladder_ray(
+    config, workdir, *, address: str = "", log=print, hooks: Callable | None = None
+) -> list[dict]:
   """Run every unfinished point as a Ray task on the cluster at `address` ("" starts a
   one-machine Ray; "auto" joins the cluster this machine belongs to); returns the new rows."""
   ray = _import_ray()
@@ -622,7 +723,7 @@ def run_ladder_ray(config, workdir, *, address: str = "", log=print,
     ray.init(address=address or None, runtime_env=_runtime_env(), log_to_driver=True)
   try:
     check_workdir(ray, workdir, wait_for_resources(ray, opts, timeout_s), timeout_s)
-    prepare_corpus(config)   # once, here, before the points race to do it
+    prepare_corpus(config)  # once, here, before the points race to do it
     return _collect(ray, _submit(ray, todo, workdir, config, opts, hooks), workdir, log)
   finally:
     if owner:
@@ -634,8 +735,10 @@ def run_ladder_ray(config, workdir, *, address: str = "", log=print,
 
 def _spawn_workers(argv: list[str], n: int) -> int:
   """Run n copies of this command, each on the sizes i, i+n, ... ; returns the worst exit code."""
-  procs = [subprocess.Popen([sys.executable, "-m", "eval.ladder", *argv, f"--worker={i}/{n}"])
-           for i in range(n)]
+  procs = [
+      subprocess.Popen([sys.executable, "-m", "eval.ladder", *argv, f"--worker={i}/{n}"])
+      for i in range(n)
+  ]
   return max(p.wait() for p in procs)
 
 
@@ -644,11 +747,14 @@ def _quiet_and_cached() -> None:
   points of one size share shapes, so later points skip most compilation)."""
   from absl import flags
   from absl import logging
+
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   import jax
+
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-      os.path.expanduser("~"), ".cache", "unleash", "jax")
+      os.path.expanduser("~"), ".cache", "unleash", "jax"
+  )
   jax.config.update("jax_compilation_cache_dir", path)
 
 
@@ -656,7 +762,8 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
   """Points in this process, or in ladder.parallel worker processes split by size; each
   process splits a CPU host into the devices `python -m train` would use."""
   from train import cpu_devices
-  cpu_devices.configure(config)   # the fields it reads are the same for every point
+
+  cpu_devices.configure(config)  # the fields it reads are the same for every point
   _quiet_and_cached()
   if worker:
     i, n = (int(x) for x in worker.split("/"))
@@ -664,7 +771,7 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
     return
   n = int(config.ladder.parallel)
   if n > 1:
-    with config.unlocked():   # prepare the data once before the workers race to do it
+    with config.unlocked():  # prepare the data once before the workers race to do it
       config.data.prepared_dir = prepare_data(config, workdir.resolve())
     prepare_corpus(config)
     code = _spawn_workers(sys.argv[1:], n)
@@ -676,6 +783,7 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
 
 def main(argv) -> None:
   from absl import flags
+
   del argv
   config = flags.FLAGS["config"].value
   workdir = pathlib.Path(flags.FLAGS["workdir"].value)
@@ -683,9 +791,11 @@ def main(argv) -> None:
   if executor == "ray":
     _quiet_and_cached()
     import jax
-    jax.config.update("jax_platforms", "cpu")   # the driver only counts FLOPs; workers train
+
+    jax.config.update("jax_platforms", "cpu")  # the driver only counts FLOPs; workers train
     # Through the module, not __main__, so Ray pickles its functions by reference.
     from eval import ladder
+
     try:
       ladder.run_ladder_ray(config, workdir, address=flags.FLAGS["ray-address"].value)
     except ladder.PointsFailed as e:
@@ -694,20 +804,34 @@ def main(argv) -> None:
     if flags.FLAGS["ray-address"].value:
       raise ValueError("--ray-address needs --executor ray")
     _run_local(config, workdir, flags.FLAGS["worker"].value)
-  print(f"[ladder] results: {workdir / 'results.csv'} ({len(finished_names(workdir))} rows); "
-        f"report: python -m eval.report --workdir {workdir}")
+  print(
+      f"[ladder] results: {workdir / 'results.csv'} ({len(finished_names(workdir))} rows); "
+      f"report: python -m eval.report --workdir {workdir}"
+  )
 
 
 def _define_flags():
   from absl import flags
   from ml_collections import config_flags
+
   config_flags.DEFINE_config_file("config", None, "configs/ladder.py:<name>", lock_config=False)
-  flags.DEFINE_string("workdir", None, "ladder directory (results.csv, points/); with "
-                      "--executor ray a path every node of the cluster sees")
-  flags.DEFINE_enum("executor", "local", ["local", "ray"],
-                    "local: this machine (ladder.parallel processes); ray: one Ray task per point")
-  flags.DEFINE_string("ray-address", "", "Ray cluster to join (HOST:PORT, ray://HOST:PORT or "
-                      "auto); empty starts a one-machine Ray")
+  flags.DEFINE_string(
+      "workdir",
+      None,
+      "ladder directory (results.csv, points/); with "
+      "--executor ray a path every node of the cluster sees",
+  )
+  flags.DEFINE_enum(
+      "executor",
+      "local",
+      ["local", "ray"],
+      "local: this machine (ladder.parallel processes); ray: one Ray task per point",
+  )
+  flags.DEFINE_string(
+      "ray-address",
+      "",
+      "Ray cluster to join (HOST:PORT, ray://HOST:PORT or " "auto); empty starts a one-machine Ray",
+  )
   flags.DEFINE_alias("ray_address", "ray-address")
   flags.DEFINE_string("worker", "", "internal: i/n runs the sizes i, i+n, ... only")
   flags.mark_flags_as_required(["config", "workdir"])
@@ -715,5 +839,6 @@ def _define_flags():
 
 if __name__ == "__main__":
   from absl import app
+
   _define_flags()
   app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)

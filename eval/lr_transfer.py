@@ -29,22 +29,26 @@ def point_name(parametrization: str, width: int, lr_exponent: int) -> str:
   return f"{parametrization}_w{width}_lr2^{lr_exponent}"
 
 
-def lr_sweep_points(config, widths: Sequence[int], lr_exponents: Sequence[int],
-                    parametrizations: Sequence[str] = ("sp", "mup")) -> list[tuple[str, dict,
-                                                                                   object]]:
+def lr_sweep_points(
+    config,
+    widths: Sequence[int],
+    lr_exponents: Sequence[int],
+    parametrizations: Sequence[str] = ("sp", "mup"),
+) -> list[tuple[str, dict, object]]:
   """[(name, {parametrization, width, lr_exponent, learning_rate}, config)] for the grid."""
   base = ModelConfig.from_config(config.model)
   points = []
   for par in parametrizations:
     for width in widths:
-      model = coord_check.model_at(base, width=width, parametrization=par,
-                                   base_width=min(widths), base_depth=base.num_layers)
+      model = coord_check.model_at(
+          base, width=width, parametrization=par, base_width=min(widths), base_depth=base.num_layers
+      )
       for k in lr_exponents:
         c = config.copy_and_resolve_references()
         c.model.update(model.to_dict())
-        c.train.learning_rate = 2.0 ** k
+        c.train.learning_rate = 2.0**k
         c.name = point_name(par, width, k)
-        meta = dict(parametrization=par, width=width, lr_exponent=k, learning_rate=2.0 ** k)
+        meta = dict(parametrization=par, width=width, lr_exponent=k, learning_rate=2.0**k)
         points.append((c.name, meta, c))
   return points
 
@@ -56,18 +60,24 @@ def best_lr_shift(rows: Sequence[dict]) -> dict:
   for par in sorted({r["parametrization"] for r in rows}):
     best = {}
     for width in sorted({r["width"] for r in rows if r["parametrization"] == par}):
-      mine = [r for r in rows if r["parametrization"] == par and r["width"] == width
-              and math.isfinite(r["val_loss"])]
+      mine = [
+          r
+          for r in rows
+          if r["parametrization"] == par and r["width"] == width and math.isfinite(r["val_loss"])
+      ]
       if mine:
         best[width] = min(mine, key=lambda r: r["val_loss"])["lr_exponent"]
-    out[par] = dict(best_lr_exponent=best,
-                    shift_grid_steps=(max(best.values()) - min(best.values())) if best else None)
+    out[par] = dict(
+        best_lr_exponent=best,
+        shift_grid_steps=(max(best.values()) - min(best.values())) if best else None,
+    )
   return out
 
 
 def run_point(name: str, config, workdir: str) -> dict:
   """Trains one point (or reads its finished result) and returns its final metrics."""
   from train import trainer
+
   run_dir = os.path.join(workdir, name)
   done = os.path.join(run_dir, "lr_transfer_result.json")
   if os.path.exists(done):
@@ -85,17 +95,24 @@ def run_point(name: str, config, workdir: str) -> dict:
 
 def plot(rows: Sequence[dict], path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   pars = sorted({r["parametrization"] for r in rows})
-  fig, axes = plt.subplots(1, len(pars), figsize=(4.5 * len(pars), 3.5), squeeze=False,
-                           sharey=True)
+  fig, axes = plt.subplots(1, len(pars), figsize=(4.5 * len(pars), 3.5), squeeze=False, sharey=True)
   for ax, par in zip(axes[0], pars):
     for width in sorted({r["width"] for r in rows}):
-      mine = sorted((r for r in rows if r["parametrization"] == par and r["width"] == width),
-                    key=lambda r: r["lr_exponent"])
-      ax.plot([r["learning_rate"] for r in mine], [r["val_loss"] for r in mine], marker="o",
-              label=f"width {width}")
+      mine = sorted(
+          (r for r in rows if r["parametrization"] == par and r["width"] == width),
+          key=lambda r: r["lr_exponent"],
+      )
+      ax.plot(
+          [r["learning_rate"] for r in mine],
+          [r["val_loss"] for r in mine],
+          marker="o",
+          label=f"width {width}",
+      )
     ax.set(xscale="log", xlabel="learning rate", title=par)
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("final validation loss")
@@ -112,8 +129,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m eval.lr_transfer",
-                              description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m eval.lr_transfer", description=__doc__.split("\n")[0])
   p.add_argument("--config", required=True)
   p.add_argument("--widths", type=_ints, required=True)
   p.add_argument("--lr-exponents", type=_ints, required=True, help="k of 2^k, e.g. -10,-9,-8")
@@ -130,8 +146,9 @@ def main(argv=None) -> int:
   config.checkpoint.update(every=args.steps, keep=1)
   config.data.prepared_dir = os.path.join(os.path.abspath(args.workdir), "_data")
   rows = []
-  for name, meta, c in lr_sweep_points(config, args.widths, args.lr_exponents,
-                                       args.parametrizations.split(",")):
+  for name, meta, c in lr_sweep_points(
+      config, args.widths, args.lr_exponents, args.parametrizations.split(",")
+  ):
     rows.append(dict(meta, name=name, **run_point(name, c, args.workdir)))
     print(json.dumps(rows[-1]), flush=True)
   result = dict(rows=rows, best=best_lr_shift(rows), steps=args.steps, config=args.config)
@@ -145,4 +162,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   from train import cli
+
   cli.run(main)

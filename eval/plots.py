@@ -35,8 +35,15 @@ def _colors(values):
   return {v: cmap(i / max(len(uniq) - 1, 1)) for i, v in enumerate(uniq)}
 
 
-def loss_vs_compute(C, L, N, frontier: fitlib.PowerLawFit | None = None, floor: float | None = None,
-                    predictions: list[dict] | None = None, ylabel="validation loss"):
+def loss_vs_compute(
+    C,
+    L,
+    N,
+    frontier: fitlib.PowerLawFit | None = None,
+    floor: float | None = None,
+    predictions: list[dict] | None = None,
+    ylabel="validation loss",
+):
   """Every run as a point coloured by size; the Pareto frontier and its fitted power law."""
   C, L, N = (np.asarray(v, float) for v in (C, L, N))
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -50,14 +57,24 @@ def loss_vs_compute(C, L, N, frontier: fitlib.PowerLawFit | None = None, floor: 
   if frontier is not None:
     cmax = max(C.max(), max((p["budget"] for p in predictions or []), default=0))
     cs = np.geomspace(C.min(), cmax, 200)
-    ax.plot(cs, frontier.loss(cs), "k--", lw=1.2,
-            label=f"L*(C) = {frontier.E:.3f} + {frontier.A:.3g} C^-{frontier.alpha:.3f}")
+    ax.plot(
+        cs,
+        frontier.loss(cs),
+        "k--",
+        lw=1.2,
+        label=f"L*(C) = {frontier.E:.3f} + {frontier.A:.3g} C^-{frontier.alpha:.3f}",
+    )
   for p in predictions or []:
     ax.plot([p["budget"]], [p["loss"]], "rs", ms=6)
     if "loss_interval" in p:
       lo, hi = p["loss_interval"]
-      ax.errorbar([p["budget"]], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]],
-                  color="r", capsize=3)
+      ax.errorbar(
+          [p["budget"]],
+          [p["loss"]],
+          yerr=[[p["loss"] - lo], [hi - p["loss"]]],
+          color="r",
+          capsize=3,
+      )
   if floor is not None:
     ax.axhline(floor, color="gray", ls=":", label=f"true floor {floor:.3f}")
   ax.set_xscale("log")
@@ -122,8 +139,14 @@ def residuals(N, D, L, law):
   return fig
 
 
-def saturation_panel(rungs: dict, exps: dict, head: np.ndarray | None, x_head,
-                     backtest: list[dict], head_note: str | None = None):
+def saturation_panel(
+    rungs: dict,
+    exps: dict,
+    head: np.ndarray | None,
+    x_head,
+    backtest: list[dict],
+    head_note: str | None = None,
+):
   """Four panels: loss drop per doubling between rungs, local exponents, headroom (or why it
   is withheld), and the backtest's errors on the held-out runs with prediction intervals."""
   fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
@@ -144,8 +167,16 @@ def saturation_panel(rungs: dict, exps: dict, head: np.ndarray | None, x_head,
   else:
     ax.set_xscale("log")
     ax.set_title("headroom: withheld")
-    ax.text(0.5, 0.5, head_note or "E not fitted", ha="center", va="center", wrap=True,
-            fontsize=7, transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.5,
+        head_note or "E not fitted",
+        ha="center",
+        va="center",
+        wrap=True,
+        fontsize=7,
+        transform=ax.transAxes,
+    )
   ax.set_ylim(bottom=0)
   ax.set_xlabel("N")
   _backtest_axis(axes[3], backtest)
@@ -162,8 +193,7 @@ def _backtest_axis(ax, rows):
     err = np.array([r["rel_error"] for r in rows]) * 100
     lo = np.array([(r["predicted"] - r["interval"][1]) / r["loss"] for r in rows]) * 100
     hi = np.array([(r["predicted"] - r["interval"][0]) / r["loss"] for r in rows]) * 100
-    ax.errorbar(n, err, yerr=[np.maximum(err - lo, 0), np.maximum(hi - err, 0)], fmt="o",
-                capsize=3)
+    ax.errorbar(n, err, yerr=[np.maximum(err - lo, 0), np.maximum(hi - err, 0)], fmt="o", capsize=3)
   ax.set_xscale("log")
   ax.axhline(0, color="k", lw=0.8)
   ax.set_title("backtest: error on held-out runs (%)")

@@ -30,27 +30,33 @@ from eval import plots
 from eval import saturation as sat
 from train import cli
 
-LOSS_KEYS = ("loss_mean", "train_loss", "loss")   # loss_mean: the trainer's logging-window mean
-TOKEN_KEYS = ("tokens_seen", "train/tokens")      # cumulative (the trainer's `tokens` is per step)
+LOSS_KEYS = ("loss_mean", "train_loss", "loss")  # loss_mean: the trainer's logging-window mean
+TOKEN_KEYS = ("tokens_seen", "train/tokens")  # cumulative (the trainer's `tokens` is per step)
 LR_KEYS = ("lr", "learning_rate")
 SENSITIVITY_DELTAS = (1e-4, 1e-3, 1e-2, 1e-1)
 # Interval ratios hi/lo beyond which a parameter counts as not identified by the data.
-SCALE_SPAN = 100.0      # E, A, B: two orders of magnitude
-EXPONENT_SPAN = 10.0    # alpha, beta
+SCALE_SPAN = 100.0  # E, A, B: two orders of magnitude
+EXPONENT_SPAN = 10.0  # alpha, beta
 EXPONENT_BOUNDS = (0.02, 2.5)
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_results(workdir: pathlib.Path, n_col: str, loss_col: str, flops_col: str = "flops",
-                 drop_invalid: bool = True) -> pd.DataFrame:
+def read_results(
+    workdir: pathlib.Path,
+    n_col: str,
+    loss_col: str,
+    flops_col: str = "flops",
+    drop_invalid: bool = True,
+) -> pd.DataFrame:
   """DIR/results.csv with the columns the fits need; rows with a missing or non-positive
   value (a diverged point) are dropped with a warning, or raise with drop_invalid=False."""
   path = pathlib.Path(workdir) / "results.csv"
   if not path.exists():
     raise FileNotFoundError(
-        f"{path} not found: run a ladder into {workdir} first (python -m eval.ladder)")
+        f"{path} not found: run a ladder into {workdir} first (python -m eval.ladder)"
+    )
   df = pd.read_csv(path)
   need = [n_col, "tokens", flops_col, loss_col]
   missing = [c for c in need if c not in df.columns]
@@ -63,8 +69,10 @@ def read_results(workdir: pathlib.Path, n_col: str, loss_col: str, flops_col: st
   if bad.any():
     where = ", ".join(c for c in need if (~(np.isfinite(vals[c]) & (vals[c] > 0))).any())
     if not drop_invalid:
-      raise ValueError(f"{path}: {int(bad.sum())} row(s) with missing or non-positive values in "
-                       f"{where}; fix or remove them")
+      raise ValueError(
+          f"{path}: {int(bad.sum())} row(s) with missing or non-positive values in "
+          f"{where}; fix or remove them"
+      )
     warnings.warn(f"dropping {int(bad.sum())} row(s) with missing or non-positive {where}")
   df = df[~bad].reset_index(drop=True)
   df[need] = df[need].astype(float)
@@ -100,8 +108,11 @@ def read_curves(workdir: pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray
         by_x[point[0]] = point[1:]  # a resumed run repeats steps: keep the latest
     if len(by_x) >= 2:
       xs = np.array(sorted(by_x))
-      curves[path.parent.name] = (xs, np.array([by_x[x][0] for x in xs]),
-                                  np.array([by_x[x][1] for x in xs]))
+      curves[path.parent.name] = (
+          xs,
+          np.array([by_x[x][0] for x in xs]),
+          np.array([by_x[x][1] for x in xs]),
+      )
   return curves
 
 
@@ -175,30 +186,47 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
   """(item, what this table does) for the choices that change a fitted law (Li et al. 2025,
   "(Mis)fitting scaling laws"): how N is counted, the FLOP formula, the schedule per token
   budget, the tokenizer, repetition, seeds and noise."""
-  n_what = {"params_total": "all parameters (embeddings included)",
-            "params_non_embedding": "parameters without embeddings"}.get(
-                n_col, f"column `{n_col}` (whether embeddings count is not recorded)")
+  n_what = {
+      "params_total": "all parameters (embeddings included)",
+      "params_non_embedding": "parameters without embeddings",
+  }.get(n_col, f"column `{n_col}` (whether embeddings count is not recorded)")
   k = _median_ratio(df, flops_col, [n_col, "tokens"])
   if flops_col == "flops_6nd":
     c_what = "6ND (`flops_6nd`)"
   else:
-    c_what = (f"`{flops_col}`" + (" (counted per token by model.summary, attention included)"
-                                  if "flops_per_token" in df.columns else ""))
+    c_what = f"`{flops_col}`" + (
+        " (counted per token by model.summary, attention included)"
+        if "flops_per_token" in df.columns
+        else ""
+    )
   c_what += f"; median C / (N D) = {k:.3g}"
   if flops_col != "flops_6nd" and "flops_6nd" in df.columns:
     c_what += f" (counted / 6ND = {_median_ratio(df, flops_col, ['flops_6nd']):.3f})"
   schemes = sorted(set(df["scheme"].astype(str))) if "scheme" in df.columns else []
-  sched = {"wsd": "WSD: one constant-LR run per size, a cooldown branched for each token budget "
-                  "(each D ends its own schedule)",
-           "grid": "independent runs, the schedule set to each run's D",
-           "isoflop": "independent runs, the schedule set to each run's D"}
-  s_what = "; ".join(sched.get(s, s) for s in schemes) if schemes else \
-      "not recorded: check that each run's LR schedule ends at its own D"
-  items = [("N (parameters)", n_what), ("FLOP formula", c_what), ("Schedule per D", s_what),
-           ("Tokenizer", f"`{df['tokenizer'].iloc[0]}`" if "tokenizer" in df.columns
-            else "not recorded in results.csv (byte-level unless the ladder config says "
-                 "otherwise)"),
-           ("Loss", f"`{loss_col}`")]
+  sched = {
+      "wsd": "WSD: one constant-LR run per size, a cooldown branched for each token budget "
+      "(each D ends its own schedule)",
+      "grid": "independent runs, the schedule set to each run's D",
+      "isoflop": "independent runs, the schedule set to each run's D",
+  }
+  s_what = (
+      "; ".join(sched.get(s, s) for s in schemes)
+      if schemes
+      else "not recorded: check that each run's LR schedule ends at its own D"
+  )
+  items = [
+      ("N (parameters)", n_what),
+      ("FLOP formula", c_what),
+      ("Schedule per D", s_what),
+      (
+          "Tokenizer",
+          f"`{df['tokenizer'].iloc[0]}`"
+          if "tokenizer" in df.columns
+          else "not recorded in results.csv (byte-level unless the ladder config says "
+          "otherwise)",
+      ),
+      ("Loss", f"`{loss_col}`"),
+  ]
   if "unique_tokens" in df.columns:
     ep = df["tokens"].to_numpy(float) / pd.to_numeric(df["unique_tokens"], errors="coerce")
     items.append(("Data repetition", f"up to {np.nanmax(ep):.2f} epochs (tokens / unique_tokens)"))
@@ -206,8 +234,9 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
     items.append(("Seeds", f"{df['seed'].nunique()} distinct"))
   if "val_loss_se" in df.columns:
     se = pd.to_numeric(df["val_loss_se"], errors="coerce")
-    items.append(("Evaluation noise", f"median s.e. of the loss {np.nanmedian(se):.2g} "
-                                      "(`val_loss_se`)"))
+    items.append(
+        ("Evaluation noise", f"median s.e. of the loss {np.nanmedian(se):.2g} " "(`val_loss_se`)")
+    )
   return items
 
 
@@ -231,14 +260,20 @@ def not_identified(name: str, value: float, interval) -> str | None:
 
 
 # What each derived result needs from approach 3.
-NEEDS = dict(allocation=("A", "B", "alpha", "beta"), headroom=("E",),
-             extrapolated_loss=("E", "A", "B", "alpha", "beta"))
+NEEDS = dict(
+    allocation=("A", "B", "alpha", "beta"),
+    headroom=("E",),
+    extrapolated_loss=("E", "A", "B", "alpha", "beta"),
+)
 
 
 def withheld_reason(unidentified: dict, what: str) -> str | None:
   bad = [k for k in NEEDS[what] if unidentified.get(k)]
-  return None if not bad else (f"withheld: depends on {', '.join(bad)}, which the data do not "
-                               "identify")
+  return (
+      None
+      if not bad
+      else (f"withheld: depends on {', '.join(bad)}, which the data do not " "identify")
+  )
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -247,6 +282,7 @@ def withheld_reason(unidentified: dict, what: str) -> str | None:
 @dataclasses.dataclass
 class ReportOptions:
   """What `analyze` does; the CLI flags of eval.report."""
+
   loss_col: str = "val_loss"
   n_col: str = "params_total"
   flops_col: str = "flops"
@@ -267,6 +303,7 @@ class ReportOptions:
 @dataclasses.dataclass
 class ScalingAnalysis:
   """Every number of a scaling report, computed once; rendering only formats it."""
+
   workdir: pathlib.Path
   opts: ReportOptions
   df: pd.DataFrame
@@ -274,11 +311,11 @@ class ScalingAnalysis:
   D: np.ndarray
   C: np.ndarray
   L: np.ndarray
-  labels: np.ndarray                 # FLOP budget per row (budget column, else snapped C)
+  labels: np.ndarray  # FLOP budget per row (budget column, else snapped C)
   labels_given: bool
-  k: float                           # C / (N D) of the table: the allocation's FLOP convention
+  k: float  # C / (N D) of the table: the allocation's FLOP convention
   conventions: list = dataclasses.field(default_factory=list)
-  notes: dict = dataclasses.field(default_factory=dict)       # section -> why not fitted
+  notes: dict = dataclasses.field(default_factory=dict)  # section -> why not fitted
   law: fitlib.ChinchillaFit | None = None
   samples: np.ndarray | None = None
   intervals: dict = dataclasses.field(default_factory=dict)
@@ -292,7 +329,7 @@ class ScalingAnalysis:
   floor_bpb: float | None = None
   fitted_E_bpb: float | None = None
   allocation: list = dataclasses.field(default_factory=list)
-  withheld: dict = dataclasses.field(default_factory=dict)   # result -> reason
+  withheld: dict = dataclasses.field(default_factory=dict)  # result -> reason
   sensitivity: list = dataclasses.field(default_factory=list)
   backtest: dict = dataclasses.field(default_factory=dict)
   saturation: dict = dataclasses.field(default_factory=dict)
@@ -303,22 +340,37 @@ class ScalingAnalysis:
 def _load(workdir, opts: ReportOptions) -> ScalingAnalysis:
   df = read_results(workdir, opts.n_col, opts.loss_col, opts.flops_col)
   N, D, C = (df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col))
-  keep = fitlib.fit_range_mask(N, C, min_n=opts.min_n, max_n=opts.max_n, min_c=opts.min_c,
-                               max_c=opts.max_c)
+  keep = fitlib.fit_range_mask(
+      N, C, min_n=opts.min_n, max_n=opts.max_n, min_c=opts.min_c, max_c=opts.max_c
+  )
   if not keep.any():
-    raise ValueError(f"no rows inside the fit range; N spans {N.min():.3g}..{N.max():.3g}, "
-                     f"C spans {C.min():.3g}..{C.max():.3g}")
+    raise ValueError(
+        f"no rows inside the fit range; N spans {N.min():.3g}..{N.max():.3g}, "
+        f"C spans {C.min():.3g}..{C.max():.3g}"
+    )
   df = df[keep].reset_index(drop=True)
-  N, D, C, L = (df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col,
-                                                 opts.loss_col))
+  N, D, C, L = (
+      df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col, opts.loss_col)
+  )
   labels, given = fitlib.snap_budgets(C), False
   if "budget" in df.columns:
     b = pd.to_numeric(df["budget"], errors="coerce").to_numpy(float)
     if np.all(np.isfinite(b) & (b > 0)):
       labels, given = b, True
   k = float(np.median(C / (N * D)))
-  return ScalingAnalysis(pathlib.Path(workdir), opts, df, N, D, C, L, labels, given, k,
-                         conventions(df, opts.n_col, opts.flops_col, opts.loss_col))
+  return ScalingAnalysis(
+      pathlib.Path(workdir),
+      opts,
+      df,
+      N,
+      D,
+      C,
+      L,
+      labels,
+      given,
+      k,
+      conventions(df, opts.n_col, opts.flops_col, opts.loss_col),
+  )
 
 
 def _clusters(a: ScalingAnalysis):
@@ -328,15 +380,18 @@ def _clusters(a: ScalingAnalysis):
 def _fit_approach3(a: ScalingAnalysis) -> None:
   N, D, L = a.N, a.D, a.L
   if len(L) < 8 or len(np.unique(N)) < 3 or len(np.unique(D)) < 2:
-    a.notes["chinchilla"] = (f"needs >= 8 runs with >= 3 sizes and >= 2 token counts (have "
-                             f"{len(L)} runs, {len(np.unique(N))} sizes, {len(np.unique(D))} "
-                             "token counts)")
+    a.notes["chinchilla"] = (
+        f"needs >= 8 runs with >= 3 sizes and >= 2 token counts (have "
+        f"{len(L)} runs, {len(np.unique(N))} sizes, {len(np.unique(D))} "
+        "token counts)"
+    )
     return
   a.law = fitlib.fit_chinchilla(N, D, L, grid=a.opts.grid, delta=a.opts.huber_delta)
   budget = _extrapolation_budget(a)
   if a.opts.bootstrap:
-    a.samples = fitlib.bootstrap_chinchilla(N, D, L, a.law, a.opts.bootstrap, seed=a.opts.seed,
-                                            clusters=_clusters(a))
+    a.samples = fitlib.bootstrap_chinchilla(
+        N, D, L, a.law, a.opts.bootstrap, seed=a.opts.seed, clusters=_clusters(a)
+    )
     if len(a.samples):
       a.intervals = fitlib.chinchilla_intervals(a.samples, budget=budget, flops_per_param_token=a.k)
   for name in fitlib.PARAMS:
@@ -357,17 +412,29 @@ def _fit_frontier(a: ScalingAnalysis) -> None:
   try:
     a.frontier = fitlib.fit_frontier(a.C, a.L, delta=a.opts.huber_delta)
     if a.opts.bootstrap:
-      a.fsamples = fitlib.bootstrap_power_law(a.C, a.L, a.opts.bootstrap, frontier=True,
-                                              delta=a.opts.huber_delta)
+      a.fsamples = fitlib.bootstrap_power_law(
+          a.C, a.L, a.opts.bootstrap, frontier=True, delta=a.opts.huber_delta
+      )
       if len(a.fsamples):
-        a.frontier_intervals = {k: [float(v) for v in fitlib.percentile_interval(a.fsamples[:, j])]
-                                for j, k in enumerate(["E", "A", "gamma"])}
-    bad = {k: not_identified(name, v, a.frontier_intervals.get(k)) for k, name, v in (
-        ("E", "E", a.frontier.E), ("A", "A", a.frontier.A), ("gamma", "alpha", a.frontier.alpha))}
+        a.frontier_intervals = {
+            k: [float(v) for v in fitlib.percentile_interval(a.fsamples[:, j])]
+            for j, k in enumerate(["E", "A", "gamma"])
+        }
+    bad = {
+        k: not_identified(name, v, a.frontier_intervals.get(k))
+        for k, name, v in (
+            ("E", "E", a.frontier.E),
+            ("A", "A", a.frontier.A),
+            ("gamma", "alpha", a.frontier.alpha),
+        )
+    }
     bad = {k: v for k, v in bad.items() if v}
     if bad:
-      a.withheld["frontier_loss"] = ("withheld: the frontier's " + ", ".join(
-          f"{k} ({v})" for k, v in bad.items()) + " is not identified")
+      a.withheld["frontier_loss"] = (
+          "withheld: the frontier's "
+          + ", ".join(f"{k} ({v})" for k, v in bad.items())
+          + " is not identified"
+      )
   except (ValueError, RuntimeError) as e:
     a.notes["frontier"] = str(e)
 
@@ -384,19 +451,31 @@ def _fit_isoflop(a: ScalingAnalysis) -> None:
   try:
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
-      a.iso = fitlib.fit_isoflop(a.N, a.C, a.L, budgets=a.labels if a.labels_given else None,
-                                 D=a.D, n_boot=a.opts.bootstrap, seed=a.opts.seed)
+      a.iso = fitlib.fit_isoflop(
+          a.N,
+          a.C,
+          a.L,
+          budgets=a.labels if a.labels_given else None,
+          D=a.D,
+          n_boot=a.opts.bootstrap,
+          seed=a.opts.seed,
+      )
     a.iso_warnings = [str(w.message) for w in caught]
   except ValueError as e:
-    a.notes["isoflop"] = (f"{e}. Approach 2 needs runs sharing a FLOP budget with sizes on both "
-                          "sides of its optimum: use an IsoFLOP ladder")
+    a.notes["isoflop"] = (
+        f"{e}. Approach 2 needs runs sharing a FLOP budget with sizes on both "
+        "sides of its optimum: use an IsoFLOP ladder"
+    )
 
 
 def _entropy_floor(a: ScalingAnalysis) -> None:
   floor = a.opts.true_floor_bpb
   seq_lens = a.df["seq_len"].unique() if "seq_len" in a.df.columns else []
-  a.floor_bpb = floor if floor is not None else find_true_floor_bpb(
-      a.workdir, int(seq_lens[0]) if len(seq_lens) == 1 else None)
+  a.floor_bpb = (
+      floor
+      if floor is not None
+      else find_true_floor_bpb(a.workdir, int(seq_lens[0]) if len(seq_lens) == 1 else None)
+  )
   if a.floor_bpb is None or "val_bpb" not in a.df.columns or len(a.df) < 6:
     return
   bpb = a.df["val_bpb"].to_numpy(float)
@@ -425,8 +504,9 @@ def _allocation(a: ScalingAnalysis) -> None:
 
 
 def _refit(a: ScalingAnalysis, mask, delta):
-  return fitlib.fit_chinchilla(a.N[mask], a.D[mask], a.L[mask], starts=fitlib.refit_starts(a.law),
-                               delta=delta)
+  return fitlib.fit_chinchilla(
+      a.N[mask], a.D[mask], a.L[mask], starts=fitlib.refit_starts(a.law), delta=delta
+  )
 
 
 def _sensitivity(a: ScalingAnalysis) -> None:
@@ -443,8 +523,14 @@ def _sensitivity(a: ScalingAnalysis) -> None:
     row = dict(variant=name, n_points=int(mask.sum()))
     try:
       f = a.law if (mask.all() and delta == a.opts.huber_delta) else _refit(a, mask, delta)
-      row.update(E=f.E, alpha=f.alpha, beta=f.beta, a=f.a,
-                 loss_opt=float(f.optimal(budget, a.k)[2]), budget=budget)
+      row.update(
+          E=f.E,
+          alpha=f.alpha,
+          beta=f.beta,
+          a=f.a,
+          loss_opt=float(f.optimal(budget, a.k)[2]),
+          budget=budget,
+      )
     except (ValueError, RuntimeError) as e:
       row["error"] = str(e)
     a.sensitivity.append(row)
@@ -459,46 +545,81 @@ def holdout_mask(C, labels, labels_given: bool, fraction: float = 0.2) -> np.nda
   return C >= np.sort(C)[-n]
 
 
-def backtest(N, D, L, test, *, n_boot=50, delta=fitlib.HUBER_DELTA, seed=0, level=0.95,
-             k=6.0, loss_se=None) -> dict:
+def backtest(
+    N, D, L, test, *, n_boot=50, delta=fitlib.HUBER_DELTA, seed=0, level=0.95, k=6.0, loss_se=None
+) -> dict:
   """Fit approach 3 on the rows not in `test` (the smaller budgets), predict the held-out
   rows with prediction intervals (bootstrap parameter draws times resampled log residuals of
   the fit, plus each held-out row's own evaluation noise when `loss_se` gives it), and say
   for each whether the truth fell inside."""
   train = ~test
   if train.sum() < 8 or len(np.unique(N[train])) < 3 or len(np.unique(D[train])) < 2:
-    return dict(note=f"not run: the {int(train.sum())} rows below the held-out budget cannot "
-                     "support an approach-3 fit (needs >= 8 runs, >= 3 sizes, >= 2 token counts)")
+    return dict(
+        note=f"not run: the {int(train.sum())} rows below the held-out budget cannot "
+        "support an approach-3 fit (needs >= 8 runs, >= 3 sizes, >= 2 token counts)"
+    )
   law = fitlib.fit_chinchilla(N[train], D[train], L[train], grid="quick", delta=delta)
   resid = np.log(L[train]) - np.log(law.loss(N[train], D[train]))
   rng = np.random.default_rng(seed)
-  params = (fitlib.bootstrap_chinchilla(N[train], D[train], L[train], law, n_boot, seed=seed)
-            if n_boot else law.params[None])
+  params = (
+      fitlib.bootstrap_chinchilla(N[train], D[train], L[train], law, n_boot, seed=seed)
+      if n_boot
+      else law.params[None]
+  )
   rows = []
   se = np.zeros(len(L)) if loss_se is None else np.nan_to_num(np.asarray(loss_se, float))
   for n, d, l, e in zip(N[test], D[test], L[test], se[test]):
     with np.errstate(all="ignore"):
       mean = params[:, 0] + params[:, 1] * n ** -params[:, 3] + params[:, 2] * d ** -params[:, 4]
-    draws = np.repeat(mean, 200 // len(mean) + 1)[:max(200, len(mean))]
+    draws = np.repeat(mean, 200 // len(mean) + 1)[: max(200, len(mean))]
     draws = draws * np.exp(rng.choice(resid, len(draws))) + rng.normal(0, e, len(draws))
     lo, hi = (float(x) for x in fitlib.percentile_interval(draws, level))
     pred = float(law.loss(n, d))
-    rows.append(dict(N=float(n), D=float(d), C=float(k * n * d), loss=float(l), predicted=pred,
-                     rel_error=(pred - l) / l, interval=[lo, hi], inside=bool(lo <= l <= hi)))
+    rows.append(
+        dict(
+            N=float(n),
+            D=float(d),
+            C=float(k * n * d),
+            loss=float(l),
+            predicted=pred,
+            rel_error=(pred - l) / l,
+            interval=[lo, hi],
+            inside=bool(lo <= l <= hi),
+        )
+    )
   errs = np.array([r["rel_error"] for r in rows])
-  return dict(rows=rows, n_train=int(train.sum()), level=level, n_boot=int(n_boot),
-              mean_abs_rel_error=float(np.mean(np.abs(errs))),
-              n_inside=int(sum(r["inside"] for r in rows)), law=law.to_dict())
+  return dict(
+      rows=rows,
+      n_train=int(train.sum()),
+      level=level,
+      n_boot=int(n_boot),
+      mean_abs_rel_error=float(np.mean(np.abs(errs))),
+      n_inside=int(sum(r["inside"] for r in rows)),
+      law=law.to_dict(),
+  )
 
 
 def _backtest(a: ScalingAnalysis) -> None:
   test = holdout_mask(a.C, a.labels, a.labels_given)
-  se = (pd.to_numeric(a.df["val_loss_se"], errors="coerce").to_numpy(float)
-        if "val_loss_se" in a.df.columns and a.opts.loss_col == "val_loss" else None)
-  a.backtest = backtest(a.N, a.D, a.L, test, n_boot=min(a.opts.bootstrap, 50),
-                        delta=a.opts.huber_delta, seed=a.opts.seed, k=a.k, loss_se=se)
-  a.backtest["held_out"] = ("the largest FLOP budget" if a.labels_given else
-                            f"the {int(test.sum())} largest-compute rows")
+  se = (
+      pd.to_numeric(a.df["val_loss_se"], errors="coerce").to_numpy(float)
+      if "val_loss_se" in a.df.columns and a.opts.loss_col == "val_loss"
+      else None
+  )
+  a.backtest = backtest(
+      a.N,
+      a.D,
+      a.L,
+      test,
+      n_boot=min(a.opts.bootstrap, 50),
+      delta=a.opts.huber_delta,
+      seed=a.opts.seed,
+      k=a.k,
+      loss_se=se,
+  )
+  a.backtest["held_out"] = (
+      "the largest FLOP budget" if a.labels_given else f"the {int(test.sum())} largest-compute rows"
+  )
 
 
 def _trend_clusters(a: ScalingAnalysis):
@@ -508,14 +629,21 @@ def _trend_clusters(a: ScalingAnalysis):
 
 def _saturation(a: ScalingAnalysis) -> None:
   N, D, L, law = a.N, a.D, a.L, a.law
-  per_size = (pd.DataFrame(dict(N=N, D=D, L=L)).sort_values("L").drop_duplicates("N")
-              .sort_values("N"))
+  per_size = (
+      pd.DataFrame(dict(N=N, D=D, L=L)).sort_values("L").drop_duplicates("N").sort_values("N")
+  )
   E = law.E if law is not None else (a.frontier.E if a.frontier is not None else 0.0)
   floor = (law.E + law.B * per_size.D.to_numpy() ** -law.beta) if law is not None else E
   rr = sat.rung_returns(per_size.N, per_size.L)
   ex = sat.local_exponents(per_size.N, per_size.L, floor)
-  s = dict(per_size=per_size, rr=rr, ex=ex, E=E, headroom=sat.headroom(per_size.L.to_numpy(), E),
-           exponent_trend=sat.exponent_trend(ex["exponent"]))
+  s = dict(
+      per_size=per_size,
+      rr=rr,
+      ex=ex,
+      E=E,
+      headroom=sat.headroom(per_size.L.to_numpy(), E),
+      exponent_trend=sat.exponent_trend(ex["exponent"]),
+  )
   if law is not None:
     big = per_size.iloc[-1]
     s["doubling_returns"] = sat.doubling_returns(law, big.N, big.D, a.samples)
@@ -525,8 +653,10 @@ def _saturation(a: ScalingAnalysis) -> None:
   else:
     s["leave_one_rung_out"] = sat.leave_one_rung_out(N, D, L)
     s["trend_break"] = sat.trend_break(N, L, E, clusters=_trend_clusters(a))
-  s["plateau"] = {name: sat.plateau(t, l, lr=lr if np.isfinite(lr).any() else None)
-                  for name, (t, l, lr) in sorted(a.curves.items())}
+  s["plateau"] = {
+      name: sat.plateau(t, l, lr=lr if np.isfinite(lr).any() else None)
+      for name, (t, l, lr) in sorted(a.curves.items())
+  }
   a.saturation = s
 
 
@@ -561,19 +691,29 @@ def _fmt_int(v, interval=None, fmt="{:.4g}"):
 
 def _md_header(a: ScalingAnalysis) -> list[str]:
   N, D, C = a.N, a.D, a.C
-  lines = [f"# Scaling report: {a.workdir}", "",
-           f"{len(a.df)} runs, {len(np.unique(N))} sizes ({a.opts.n_col} {N.min():.3g} .. "
-           f"{N.max():.3g}), tokens {D.min():.3g} .. {D.max():.3g}, compute {C.min():.3g} .. "
-           f"{C.max():.3g} FLOPs. Loss column: `{a.opts.loss_col}`.", "",
-           "## Conventions", ""]
+  lines = [
+      f"# Scaling report: {a.workdir}",
+      "",
+      f"{len(a.df)} runs, {len(np.unique(N))} sizes ({a.opts.n_col} {N.min():.3g} .. "
+      f"{N.max():.3g}), tokens {D.min():.3g} .. {D.max():.3g}, compute {C.min():.3g} .. "
+      f"{C.max():.3g} FLOPs. Loss column: `{a.opts.loss_col}`.",
+      "",
+      "## Conventions",
+      "",
+  ]
   lines += [f"- [x] **{item}**: {what}" for item, what in a.conventions]
   lines += ["", "## What the data support", ""]
   if a.law is None:
     lines.append(f"- Approach 3 not fitted: {a.notes.get('chinchilla')}.")
   elif not a.unidentified:
-    lines.append("- Every approach-3 parameter is identified"
-                 + (" (no interval reaches a bound or spans orders of magnitude)."
-                    if a.intervals else " (point estimates only: run with --bootstrap to check)."))
+    lines.append(
+        "- Every approach-3 parameter is identified"
+        + (
+            " (no interval reaches a bound or spans orders of magnitude)."
+            if a.intervals
+            else " (point estimates only: run with --bootstrap to check)."
+        )
+    )
   for name, why in a.unidentified.items():
     lines.append(f"- **{name} is not identified**: {why}.")
   for what, why in a.withheld.items():
@@ -586,50 +726,81 @@ def _md_approach3(a: ScalingAnalysis) -> list[str]:
   if law is None:
     return [f"Chinchilla (approach 3): not fitted: {a.notes.get('chinchilla')}.", ""]
   n_boot = len(a.samples) if a.samples is not None else 0
-  lines = ["### Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta", "",
-           f"Huber (delta {law.huber_delta:g}) on log residuals summed over {law.n_points} runs, "
-           f"L-BFGS-B on the rescaled objective from {law.n_starts} starts: {law.n_at_optimum} of "
-           f"the {law.n_final} run to convergence reached the optimum (objective within "
-           f"{fitlib.OPTIMUM_RTOL:g} relative), gradient norm {law.grad_norm:.1e}"
-           + ("" if law.verified else " (**not verified**: fewer than 2 starts agree or the "
-                                       "gradient is not small)") + ". Brackets: "
-           f"{int(fitlib.INTERVAL_LEVEL * 100)}% bootstrap intervals"
-           + (f" ({n_boot} resamples by {a.opts.bootstrap_by})." if n_boot
-              else " (none: --bootstrap 0)."), "",
-           "| parameter | value | identified |", "|---|---|---|"]
+  lines = [
+      "### Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta",
+      "",
+      f"Huber (delta {law.huber_delta:g}) on log residuals summed over {law.n_points} runs, "
+      f"L-BFGS-B on the rescaled objective from {law.n_starts} starts: {law.n_at_optimum} of "
+      f"the {law.n_final} run to convergence reached the optimum (objective within "
+      f"{fitlib.OPTIMUM_RTOL:g} relative), gradient norm {law.grad_norm:.1e}"
+      + (
+          ""
+          if law.verified
+          else " (**not verified**: fewer than 2 starts agree or the " "gradient is not small)"
+      )
+      + ". Brackets: "
+      f"{int(fitlib.INTERVAL_LEVEL * 100)}% bootstrap intervals"
+      + (
+          f" ({n_boot} resamples by {a.opts.bootstrap_by})."
+          if n_boot
+          else " (none: --bootstrap 0)."
+      ),
+      "",
+      "| parameter | value | identified |",
+      "|---|---|---|",
+  ]
   for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
     why = a.unidentified.get(k)
-    lines.append(f"| {k} | {_fmt_int(getattr(law, k), iv.get(k))} | "
-                 f"{'**no**: ' + why if why else 'yes'} |")
-  lines += ["", f"Compute-optimal scaling: N_opt ~ C^{law.a:.3f}, D_opt ~ C^{law.b:.3f} "
-            f"({'parameters' if law.a > law.b else 'tokens'} should grow faster with compute)."
-            + _floor_note(a), ""]
+    lines.append(
+        f"| {k} | {_fmt_int(getattr(law, k), iv.get(k))} | "
+        f"{'**no**: ' + why if why else 'yes'} |"
+    )
+  lines += [
+      "",
+      f"Compute-optimal scaling: N_opt ~ C^{law.a:.3f}, D_opt ~ C^{law.b:.3f} "
+      f"({'parameters' if law.a > law.b else 'tokens'} should grow faster with compute)."
+      + _floor_note(a),
+      "",
+  ]
   return lines
 
 
 def _floor_note(a: ScalingAnalysis) -> str:
   if a.floor_bpb is None or not a.opts.loss_col.endswith("bpb") or a.law is None:
     return ""
-  return (f" True entropy floor of the synthetic corpus: {a.floor_bpb:.4f} bits/byte; "
-          f"fitted E = {_fmt_int(a.law.E, a.intervals.get('E'))}.")
+  return (
+      f" True entropy floor of the synthetic corpus: {a.floor_bpb:.4f} bits/byte; "
+      f"fitted E = {_fmt_int(a.law.E, a.intervals.get('E'))}."
+  )
 
 
 def _md_other_fits(a: ScalingAnalysis) -> list[str]:
   lines = []
   if a.frontier is not None:
     fiv = a.frontier_intervals
-    lines += ["### Compute frontier: L*(C) = E + A C^-gamma (fitted to the Pareto-optimal runs)",
-              "", f"E = {_fmt_int(a.frontier.E, fiv.get('E'))}, A = "
-              f"{_fmt_int(a.frontier.A, fiv.get('A'))}, gamma = "
-              f"{_fmt_int(a.frontier.alpha, fiv.get('gamma'), '{:.4f}')}."
-              + (f" Extrapolated frontier losses are {a.withheld['frontier_loss']}."
-                 if "frontier_loss" in a.withheld else ""), ""]
+    lines += [
+        "### Compute frontier: L*(C) = E + A C^-gamma (fitted to the Pareto-optimal runs)",
+        "",
+        f"E = {_fmt_int(a.frontier.E, fiv.get('E'))}, A = "
+        f"{_fmt_int(a.frontier.A, fiv.get('A'))}, gamma = "
+        f"{_fmt_int(a.frontier.alpha, fiv.get('gamma'), '{:.4f}')}."
+        + (
+            f" Extrapolated frontier losses are {a.withheld['frontier_loss']}."
+            if "frontier_loss" in a.withheld
+            else ""
+        ),
+        "",
+    ]
   else:
     lines += [f"Compute frontier: not fitted: {a.notes.get('frontier')}", ""]
   if a.size_law is not None:
     s = a.size_law
-    lines += ["### L(N) = E + A N^-alpha (best run per size)", "",
-              f"E = {s.E:.4g}, A = {s.A:.4g}, alpha = {s.alpha:.4f}.", ""]
+    lines += [
+        "### L(N) = E + A N^-alpha (best run per size)",
+        "",
+        f"E = {s.E:.4g}, A = {s.A:.4g}, alpha = {s.alpha:.4f}.",
+        "",
+    ]
   else:
     lines += [f"L(N): not fitted: {a.notes.get('size_law')}", ""]
   return lines + _md_isoflop(a) + _md_entropy(a)
@@ -639,15 +810,25 @@ def _md_isoflop(a: ScalingAnalysis) -> list[str]:
   iso = a.iso
   if iso is None:
     return [f"IsoFLOP (approach 2): not fitted: {a.notes.get('isoflop')}.", ""]
-  lines = [f"### IsoFLOP approach 2: parabola in log N per budget (window {iso.window} around "
-           "each minimum)", "",
-           "| budget C | N* | s.e. of ln N* | D* | loss at N* |", "|---|---|---|---|---|"]
+  lines = [
+      f"### IsoFLOP approach 2: parabola in log N per budget (window {iso.window} around "
+      "each minimum)",
+      "",
+      "| budget C | N* | s.e. of ln N* | D* | loss at N* |",
+      "|---|---|---|---|---|",
+  ]
   for c, n, s, d, l in zip(iso.budgets, iso.n_opt, iso._se(), iso.d_opt, iso.loss_opt):
     lines.append(f"| {c:.3g} | {n:.3g} | {s:.3f} | {d:.3g} | {l:.4f} |")
-  lines += ["", f"N*(C) ~ C^{_fmt_int(iso.a, iso.a_interval, '{:.3f}')}, "
-            f"D*(C) ~ C^{_fmt_int(iso.b, iso.b_interval, '{:.3f}')}."
-            + (f" Approach 3 says a = {_fmt_int(a.law.a, a.intervals.get('a'), '{:.3f}')}."
-               if a.law is not None else "")]
+  lines += [
+      "",
+      f"N*(C) ~ C^{_fmt_int(iso.a, iso.a_interval, '{:.3f}')}, "
+      f"D*(C) ~ C^{_fmt_int(iso.b, iso.b_interval, '{:.3f}')}."
+      + (
+          f" Approach 3 says a = {_fmt_int(a.law.a, a.intervals.get('a'), '{:.3f}')}."
+          if a.law is not None
+          else ""
+      ),
+  ]
   lines += [f"- budget {d['budget']:.3g} left out: {d['reason']}" for d in iso.dropped]
   lines += [f"- warning: {w}" for w in a.iso_warnings]
   return lines + [""]
@@ -658,8 +839,10 @@ def _md_entropy(a: ScalingAnalysis) -> list[str]:
     return []
   note = f"True entropy floor of the synthetic corpus: **{a.floor_bpb:.4f} bits/byte**."
   if a.fitted_E_bpb is not None:
-    note += (f" Fitted E on val_bpb: **{a.fitted_E_bpb:.4f} bits/byte** "
-             f"({(a.fitted_E_bpb - a.floor_bpb) / a.floor_bpb * 100:+.1f}% from the floor).")
+    note += (
+        f" Fitted E on val_bpb: **{a.fitted_E_bpb:.4f} bits/byte** "
+        f"({(a.fitted_E_bpb - a.floor_bpb) / a.floor_bpb * 100:+.1f}% from the floor)."
+    )
   elif "fitted_E_bpb" in a.notes:
     note += f" (E on val_bpb not fitted: {a.notes['fitted_E_bpb']})"
   return ["### Entropy floor", "", note, ""]
@@ -669,17 +852,26 @@ def _md_sensitivity(a: ScalingAnalysis) -> list[str]:
   if not a.sensitivity:
     return []
   budget = a.sensitivity[0].get("budget", _extrapolation_budget(a))
-  lines = ["## Sensitivity of approach 3", "",
-           f"| variant | runs | E | alpha | beta | a | loss at the optimum of C = {budget:.3g} |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+      "## Sensitivity of approach 3",
+      "",
+      f"| variant | runs | E | alpha | beta | a | loss at the optimum of C = {budget:.3g} |",
+      "|---|---|---|---|---|---|---|",
+  ]
   for r in a.sensitivity:
     if "error" in r:
       lines.append(f"| {r['variant']} | {r['n_points']} | not fitted: {r['error']} | | | | |")
       continue
-    lines.append(f"| {r['variant']} | {r['n_points']} | {r['E']:.4g} | {r['alpha']:.3f} | "
-                 f"{r['beta']:.3f} | {r['a']:.3f} | {r['loss_opt']:.4f} |")
-  return lines + ["", "A conclusion that moves more than its interval across these rows rests "
-                  "on a modelling choice, not on the data.", ""]
+    lines.append(
+        f"| {r['variant']} | {r['n_points']} | {r['E']:.4g} | {r['alpha']:.3f} | "
+        f"{r['beta']:.3f} | {r['a']:.3f} | {r['loss_opt']:.4f} |"
+    )
+  return lines + [
+      "",
+      "A conclusion that moves more than its interval across these rows rests "
+      "on a modelling choice, not on the data.",
+      "",
+  ]
 
 
 def _md_backtest(a: ScalingAnalysis) -> list[str]:
@@ -687,53 +879,84 @@ def _md_backtest(a: ScalingAnalysis) -> list[str]:
   lines = ["## Backtest: predict the largest budget from the smaller ones", ""]
   if "rows" not in bt:
     return lines + [f"Backtest {bt.get('note', 'not run')}.", ""]
-  lines += [f"Approach 3 fitted on {bt['n_train']} runs without {bt['held_out']}, which it then "
-            f"predicts ({int(bt['level'] * 100)}% prediction intervals: {bt['n_boot']} bootstrap "
-            "refits times resampled residuals).", "",
-            "| N | D | loss | predicted | interval | error | inside |",
-            "|---|---|---|---|---|---|---|"]
+  lines += [
+      f"Approach 3 fitted on {bt['n_train']} runs without {bt['held_out']}, which it then "
+      f"predicts ({int(bt['level'] * 100)}% prediction intervals: {bt['n_boot']} bootstrap "
+      "refits times resampled residuals).",
+      "",
+      "| N | D | loss | predicted | interval | error | inside |",
+      "|---|---|---|---|---|---|---|",
+  ]
   for r in bt["rows"]:
-    lines.append(f"| {r['N']:.3g} | {r['D']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} | "
-                 f"[{r['interval'][0]:.4f}, {r['interval'][1]:.4f}] | {r['rel_error'] * 100:+.2f}% "
-                 f"| {'yes' if r['inside'] else '**no**'} |")
-  lines += ["", f"Mean |error| {bt['mean_abs_rel_error'] * 100:.2f}%; the truth fell inside "
-            f"{bt['n_inside']} of {len(bt['rows'])} intervals. This is the honest extrapolation "
-            "error of this ladder.", ""]
+    lines.append(
+        f"| {r['N']:.3g} | {r['D']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} | "
+        f"[{r['interval'][0]:.4f}, {r['interval'][1]:.4f}] | {r['rel_error'] * 100:+.2f}% "
+        f"| {'yes' if r['inside'] else '**no**'} |"
+    )
+  lines += [
+      "",
+      f"Mean |error| {bt['mean_abs_rel_error'] * 100:.2f}%; the truth fell inside "
+      f"{bt['n_inside']} of {len(bt['rows'])} intervals. This is the honest extrapolation "
+      "error of this ladder.",
+      "",
+  ]
   return lines
 
 
 def _md_allocation(a: ScalingAnalysis) -> list[str]:
-  lines = ["## Compute-optimal allocation", "",
-           f"Approach 3 allocates with C = k N D, k = {a.k:.3g}: the ratio C / (N D) of this "
-           f"table's FLOP column `{a.opts.flops_col}`, so budgets and runs share one "
-           "convention.", ""]
+  lines = [
+      "## Compute-optimal allocation",
+      "",
+      f"Approach 3 allocates with C = k N D, k = {a.k:.3g}: the ratio C / (N D) of this "
+      f"table's FLOP column `{a.opts.flops_col}`, so budgets and runs share one "
+      "convention.",
+      "",
+  ]
   for what in ("allocation", "extrapolated_loss"):
     if what in a.withheld:
       lines.append(f"- {what.replace('_', ' ').capitalize()} from approach 3 {a.withheld[what]}.")
-  lines += ["", "| budget C | N_opt (approach 3) | D_opt (approach 3) | loss (approach 3) | "
-            "tokens/param | N* (approach 2) | D* (approach 2) | frontier L*(C) |",
-            "|---|---|---|---|---|---|---|---|"]
+  lines += [
+      "",
+      "| budget C | N_opt (approach 3) | D_opt (approach 3) | loss (approach 3) | "
+      "tokens/param | N* (approach 2) | D* (approach 2) | frontier L*(C) |",
+      "|---|---|---|---|---|---|---|---|",
+  ]
   for row in a.allocation:
     cells = [f"{row['budget']:.3g}"]
     p = row.get("approach3")
     if p is None or "allocation" in a.withheld:
       cells += ["withheld" if p else "-"] * 2 + [
-          "withheld" if p and "extrapolated_loss" in a.withheld else
-          (_fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}") if p else "-"), "-"]
+          "withheld"
+          if p and "extrapolated_loss" in a.withheld
+          else (_fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}") if p else "-"),
+          "-",
+      ]
     else:
-      cells += [_fmt_int(p["N"], p.get("N_interval"), "{:.3g}"),
-                _fmt_int(p["D"], p.get("D_interval"), "{:.3g}"),
-                "withheld" if "extrapolated_loss" in a.withheld
-                else _fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}"),
-                f"{p['tokens_per_param']:.1f}"]
+      cells += [
+          _fmt_int(p["N"], p.get("N_interval"), "{:.3g}"),
+          _fmt_int(p["D"], p.get("D_interval"), "{:.3g}"),
+          "withheld"
+          if "extrapolated_loss" in a.withheld
+          else _fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}"),
+          f"{p['tokens_per_param']:.1f}",
+      ]
     q = row.get("approach2")
     cells += [f"{q['N']:.3g}", f"{q['D']:.3g}"] if q else ["-", "-"]
     f = row.get("frontier")
-    cells.append("-" if not f else "withheld" if "frontier_loss" in a.withheld
-                 else _fmt_int(f["loss"], f.get("loss_interval"), "{:.4f}"))
+    cells.append(
+        "-"
+        if not f
+        else "withheld"
+        if "frontier_loss" in a.withheld
+        else _fmt_int(f["loss"], f.get("loss_interval"), "{:.4f}")
+    )
     lines.append("| " + " | ".join(cells) + " |")
-  return lines + ["", "Budgets above the largest run are extrapolations; trust them only as far "
-                  "as the backtest above allows.", ""]
+  return lines + [
+      "",
+      "Budgets above the largest run are extrapolations; trust them only as far "
+      "as the backtest above allows.",
+      "",
+  ]
 
 
 def _md_saturation(a: ScalingAnalysis) -> list[str]:
@@ -741,27 +964,38 @@ def _md_saturation(a: ScalingAnalysis) -> list[str]:
   lines = ["## Saturation", ""]
   dr = s.get("doubling_returns")
   if dr:
-    lines.append(f"- At the largest size (N = {dr['N']:.3g}, D = {dr['D']:.3g}) the fitted law "
-                 f"says doubling N lowers the loss by "
-                 f"{_fmt_int(dr['per_doubling_N'], dr.get('per_doubling_N_interval'))} and "
-                 "doubling D by "
-                 f"{_fmt_int(dr['per_doubling_D'], dr.get('per_doubling_D_interval'))}"
-                 f": {'parameters' if dr['per_doubling_N'] > dr['per_doubling_D'] else 'tokens'} "
-                 "are the better buy.")
-  lines.append("- Loss drop per doubling of N between rungs (best run per size): "
-               + ", ".join(f"{v:.4f}" for v in s["rr"]["per_doubling"]) + ".")
-  lines.append(("- Local exponents -dlog(L-F)/dlog N (F = E + B/D^beta at each rung's D): "
-                if a.law is not None
-                else f"- Local exponents -dlog(L-E)/dlog N (E = {s['E']:.4g}): ")
-               + ", ".join(f"{v:.3f}" for v in s["ex"]["exponent"])
-               + f". {s['exponent_trend']['verdict']}.")
+    lines.append(
+        f"- At the largest size (N = {dr['N']:.3g}, D = {dr['D']:.3g}) the fitted law "
+        f"says doubling N lowers the loss by "
+        f"{_fmt_int(dr['per_doubling_N'], dr.get('per_doubling_N_interval'))} and "
+        "doubling D by "
+        f"{_fmt_int(dr['per_doubling_D'], dr.get('per_doubling_D_interval'))}"
+        f": {'parameters' if dr['per_doubling_N'] > dr['per_doubling_D'] else 'tokens'} "
+        "are the better buy."
+    )
+  lines.append(
+      "- Loss drop per doubling of N between rungs (best run per size): "
+      + ", ".join(f"{v:.4f}" for v in s["rr"]["per_doubling"])
+      + "."
+  )
+  lines.append(
+      (
+          "- Local exponents -dlog(L-F)/dlog N (F = E + B/D^beta at each rung's D): "
+          if a.law is not None
+          else f"- Local exponents -dlog(L-E)/dlog N (E = {s['E']:.4g}): "
+      )
+      + ", ".join(f"{v:.3f}" for v in s["ex"]["exponent"])
+      + f". {s['exponent_trend']['verdict']}."
+  )
   hr = s["headroom"][-1]
   if "headroom" in a.withheld:
     lines.append(f"- Headroom (L-E)/L at the largest size: {a.withheld['headroom']}.")
   else:
-    lines.append(f"- Headroom (L-E)/L at the largest size: {hr * 100:.1f}% of the loss is still "
-                 "reducible by scale" + (" (close to the floor: scaling is nearly exhausted)."
-                                         if hr < 0.05 else "."))
+    lines.append(
+        f"- Headroom (L-E)/L at the largest size: {hr * 100:.1f}% of the loss is still "
+        "reducible by scale"
+        + (" (close to the floor: scaling is nearly exhausted)." if hr < 0.05 else ".")
+    )
   lines.append(f"- Trend-break test: {s['trend_break']['verdict']}.")
   return lines + _md_spectra_and_curves(a) + [""]
 
@@ -769,19 +1003,28 @@ def _md_saturation(a: ScalingAnalysis) -> list[str]:
 def _md_spectra_and_curves(a: ScalingAnalysis) -> list[str]:
   lines = []
   if a.spectra:
-    lines += ["", "LM-head spectra (latest checkpoint of each point; tied embedding or "
-              "unembed):", ""]
-    lines += [f"- {name} (d_model {spec['d_model']}, step {spec['step']}): {sat.head_verdict(spec)}"
-              for name, spec in sorted(a.spectra.items())]
+    lines += [
+        "",
+        "LM-head spectra (latest checkpoint of each point; tied embedding or " "unembed):",
+        "",
+    ]
+    lines += [
+        f"- {name} (d_model {spec['d_model']}, step {spec['step']}): {sat.head_verdict(spec)}"
+        for name, spec in sorted(a.spectra.items())
+    ]
   plat = a.saturation.get("plateau", {})
   if plat:
     n_plat = sum(p["plateau"] for p in plat.values())
     n_rise = sum(p["late_rise"] for p in plat.values())
     n_imp = sum(p.get("improving", False) for p in plat.values())
-    lines += ["", f"Training curves (slope of loss vs log2 tokens over the last 20% of each run's "
-              f"stable phase; a WSD cooldown, found from the logged LR, is left out): {n_imp} of "
-              f"{len(plat)} still improving, {n_plat} have plateaued, {n_rise} rise late, the rest "
-              "are inconclusive.", ""]
+    lines += [
+        "",
+        f"Training curves (slope of loss vs log2 tokens over the last 20% of each run's "
+        f"stable phase; a WSD cooldown, found from the logged LR, is left out): {n_imp} of "
+        f"{len(plat)} still improving, {n_plat} have plateaued, {n_rise} rise late, the rest "
+        "are inconclusive.",
+        "",
+    ]
     lines += [f"- {name}: {p['verdict']}" for name, p in plat.items()]
   return lines
 
@@ -798,16 +1041,25 @@ def render_markdown(a: ScalingAnalysis, figures=()) -> str:
 
 def analysis_facts(a: ScalingAnalysis) -> dict:
   """The JSON form of the analysis (report.json)."""
-  facts = dict(n_runs=len(a.df), loss_col=a.opts.loss_col, n_col=a.opts.n_col,
-               flops_col=a.opts.flops_col, flops_per_param_token=a.k,
-               conventions=[dict(item=i, value=v) for i, v in a.conventions],
-               not_fitted=a.notes, unidentified=a.unidentified, withheld=a.withheld)
+  facts = dict(
+      n_runs=len(a.df),
+      loss_col=a.opts.loss_col,
+      n_col=a.opts.n_col,
+      flops_col=a.opts.flops_col,
+      flops_per_param_token=a.k,
+      conventions=[dict(item=i, value=v) for i, v in a.conventions],
+      not_fitted=a.notes,
+      unidentified=a.unidentified,
+      withheld=a.withheld,
+  )
   if a.law is not None:
-    facts["chinchilla"] = dict(a.law.to_dict(), intervals=a.intervals,
-                               bootstrap_by=a.opts.bootstrap_by)
+    facts["chinchilla"] = dict(
+        a.law.to_dict(), intervals=a.intervals, bootstrap_by=a.opts.bootstrap_by
+    )
   if a.frontier is not None:
-    facts["frontier"] = dict(a.frontier.to_dict(), gamma=a.frontier.alpha,
-                             intervals=a.frontier_intervals)
+    facts["frontier"] = dict(
+        a.frontier.to_dict(), gamma=a.frontier.alpha, intervals=a.frontier_intervals
+    )
   if a.size_law is not None:
     facts["size_law"] = a.size_law.to_dict()
   if a.iso is not None:
@@ -816,19 +1068,29 @@ def analysis_facts(a: ScalingAnalysis) -> dict:
     facts["true_floor_bpb"] = a.floor_bpb
   if a.fitted_E_bpb is not None:
     facts["fitted_E_bpb"] = a.fitted_E_bpb
-  facts.update(allocation=a.allocation, sensitivity=a.sensitivity, backtest=a.backtest,
-               saturation=_saturation_facts(a))
+  facts.update(
+      allocation=a.allocation,
+      sensitivity=a.sensitivity,
+      backtest=a.backtest,
+      saturation=_saturation_facts(a),
+  )
   return facts
 
 
 def _saturation_facts(a: ScalingAnalysis) -> dict:
   s = a.saturation
   rr = s["rr"]
-  out = dict(rung_returns=[dict(x_lo=float(x), x_hi=float(y), per_doubling=float(z))
-                           for x, y, z in zip(rr["x_lo"], rr["x_hi"], rr["per_doubling"])],
-             local_exponents=[float(x) for x in s["ex"]["exponent"]],
-             exponent_trend=s["exponent_trend"], headroom=[float(x) for x in s["headroom"]],
-             leave_one_rung_out=s["leave_one_rung_out"], trend_break=s["trend_break"])
+  out = dict(
+      rung_returns=[
+          dict(x_lo=float(x), x_hi=float(y), per_doubling=float(z))
+          for x, y, z in zip(rr["x_lo"], rr["x_hi"], rr["per_doubling"])
+      ],
+      local_exponents=[float(x) for x in s["ex"]["exponent"]],
+      exponent_trend=s["exponent_trend"],
+      headroom=[float(x) for x in s["headroom"]],
+      leave_one_rung_out=s["leave_one_rung_out"],
+      trend_break=s["trend_break"],
+  )
   for k in ("doubling_returns", "plateau"):
     if s.get(k):
       out[k] = s[k]
@@ -839,20 +1101,31 @@ def _saturation_facts(a: ScalingAnalysis) -> dict:
 
 def render_plots(a: ScalingAnalysis, out: pathlib.Path) -> list[pathlib.Path]:
   """Figures of the analysis; a figure whose numbers are withheld is marked in its title."""
-  preds = [dict(r["frontier"], budget=r["budget"]) for r in a.allocation
-           if "frontier" in r and "frontier_loss" not in a.withheld]
-  figs = plots.save(plots.loss_vs_compute(a.C, a.L, a.N, a.frontier, predictions=preds),
-                    out / "loss_vs_compute")
+  preds = [
+      dict(r["frontier"], budget=r["budget"])
+      for r in a.allocation
+      if "frontier" in r and "frontier_loss" not in a.withheld
+  ]
+  figs = plots.save(
+      plots.loss_vs_compute(a.C, a.L, a.N, a.frontier, predictions=preds), out / "loss_vs_compute"
+  )
   if a.iso is not None:
     figs += plots.save(plots.isoflop_curves(a.N, a.L, a.labels, a.iso), out / "isoflop")
   if a.law is not None:
     figs += plots.save(plots.residuals(a.N, a.D, a.L, a.law), out / "residuals")
   s = a.saturation
   head = None if "headroom" in a.withheld else s["headroom"]
-  figs += plots.save(plots.saturation_panel(s["rr"], s["ex"], head, s["per_size"].N.to_numpy(),
-                                            a.backtest.get("rows", []),
-                                            head_note=a.withheld.get("headroom")),
-                     out / "saturation")
+  figs += plots.save(
+      plots.saturation_panel(
+          s["rr"],
+          s["ex"],
+          head,
+          s["per_size"].N.to_numpy(),
+          a.backtest.get("rows", []),
+          head_note=a.withheld.get("headroom"),
+      ),
+      out / "saturation",
+  )
   if a.curves:
     figs += plots.save(plots.training_curves(a.curves), out / "training_curves")
   return figs
@@ -889,28 +1162,52 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--loss-col", default="val_loss")
   p.add_argument("--n-col", default="params_total", help="params_total or params_non_embedding")
-  p.add_argument("--flops-col", default="flops",
-                 help="FLOP column (flops: counted; flops_6nd: 6ND); the allocation uses it too")
+  p.add_argument(
+      "--flops-col",
+      default="flops",
+      help="FLOP column (flops: counted; flops_6nd: 6ND); the allocation uses it too",
+  )
   p.add_argument("--bootstrap", type=int, default=100)
   p.add_argument("--bootstrap-by", default="point", choices=["point", "size", "run"])
   p.add_argument("--huber-delta", type=float, default=fitlib.HUBER_DELTA)
   for flag in ("--min-n", "--max-n", "--min-c", "--max-c"):
     p.add_argument(flag, type=float, default=None, help="fit range (inclusive)")
-  p.add_argument("--budget", type=float, action="append", default=None,
-                 help="FLOP budget(s) for the allocation table (default: largest run x1, x10, "
-                      "x100)")
+  p.add_argument(
+      "--budget",
+      type=float,
+      action="append",
+      default=None,
+      help="FLOP budget(s) for the allocation table (default: largest run x1, x10, " "x100)",
+  )
   p.add_argument("--true-floor-bpb", type=float, default=None)
   p.add_argument("--grid", default="full", choices=["full", "coarse", "quick"])
   p.add_argument("--out", default=None, help="output folder (default DIR/report)")
-  p.add_argument("--no-head-spectrum", action="store_true",
-                 help="skip loading each point's checkpoint for the LM-head spectrum")
+  p.add_argument(
+      "--no-head-spectrum",
+      action="store_true",
+      help="skip loading each point's checkpoint for the LM-head spectrum",
+  )
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
-  md = make_report(a.workdir, out_dir=a.out, loss_col=a.loss_col, n_col=a.n_col,
-                   flops_col=a.flops_col, bootstrap=a.bootstrap, bootstrap_by=a.bootstrap_by,
-                   huber_delta=a.huber_delta, min_n=a.min_n, max_n=a.max_n, min_c=a.min_c,
-                   max_c=a.max_c, budgets=a.budget, true_floor_bpb=a.true_floor_bpb, grid=a.grid,
-                   head_spectrum=not a.no_head_spectrum, seed=a.seed)
+  md = make_report(
+      a.workdir,
+      out_dir=a.out,
+      loss_col=a.loss_col,
+      n_col=a.n_col,
+      flops_col=a.flops_col,
+      bootstrap=a.bootstrap,
+      bootstrap_by=a.bootstrap_by,
+      huber_delta=a.huber_delta,
+      min_n=a.min_n,
+      max_n=a.max_n,
+      min_c=a.min_c,
+      max_c=a.max_c,
+      budgets=a.budget,
+      true_floor_bpb=a.true_floor_bpb,
+      grid=a.grid,
+      head_spectrum=not a.no_head_spectrum,
+      seed=a.seed,
+  )
   print(md)
   return 0
 

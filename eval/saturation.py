@@ -29,26 +29,38 @@ import scipy.stats
 
 from eval import fit as fitlib
 
-
 # ----------------------------------------------------------------------------- returns
 
 
-def doubling_returns(law: fitlib.ChinchillaFit, N: float, D: float,
-                     samples_Bx5: np.ndarray | None = None, level=fitlib.INTERVAL_LEVEL) -> dict:
+def doubling_returns(
+    law: fitlib.ChinchillaFit,
+    N: float,
+    D: float,
+    samples_Bx5: np.ndarray | None = None,
+    level=fitlib.INTERVAL_LEVEL,
+) -> dict:
   """Loss removed by doubling N (at fixed D) and by doubling D (at fixed N), at (N, D).
 
   From L = E + A N^-alpha + B D^-beta: dN = A N^-alpha (1 - 2^-alpha), likewise dD.
   Percentile intervals come from bootstrap parameter samples (E, A, B, alpha, beta rows).
   """
+
   def returns(E, A, B, alpha, beta):
-    dn = A * N ** -alpha * (1 - 2.0 ** -alpha)
-    dd = B * D ** -beta * (1 - 2.0 ** -beta)
+    dn = A * N**-alpha * (1 - 2.0**-alpha)
+    dd = B * D**-beta * (1 - 2.0**-beta)
     return dn, dd
+
   dn, dd = returns(law.E, law.A, law.B, law.alpha, law.beta)
   loss = float(law.loss(N, D))
-  out = dict(N=float(N), D=float(D), loss=loss, per_doubling_N=float(dn),
-             per_doubling_D=float(dd), rel_per_doubling_N=float(dn / loss),
-             rel_per_doubling_D=float(dd / loss))
+  out = dict(
+      N=float(N),
+      D=float(D),
+      loss=loss,
+      per_doubling_N=float(dn),
+      per_doubling_D=float(dd),
+      rel_per_doubling_N=float(dn / loss),
+      rel_per_doubling_D=float(dd / loss),
+  )
   if samples_Bx5 is not None and len(samples_Bx5):
     s = np.asarray(samples_Bx5, float)
     dns, dds = returns(*(s[:, j] for j in range(5)))
@@ -98,27 +110,38 @@ def exponent_trend(exponents) -> dict:
   k = np.asarray(exponents, float)
   k = k[np.isfinite(k)]
   if len(k) < 3:
-    return dict(slope=float("nan"), p_value=float("nan"), falling=False,
-                verdict="too few rungs to judge the exponent's trend")
+    return dict(
+        slope=float("nan"),
+        p_value=float("nan"),
+        falling=False,
+        verdict="too few rungs to judge the exponent's trend",
+    )
   r = scipy.stats.linregress(np.arange(len(k)), k)
   falling = bool(r.slope < 0 and r.pvalue < 0.05)
-  verdict = ("the local exponent falls up the ladder (returns diminish faster than one power "
-             f"law predicts; p = {r.pvalue:.3f})" if falling else
-             f"no significant trend in the local exponent (p = {r.pvalue:.2f}): no evidence "
-             "against a single power law")
+  verdict = (
+      "the local exponent falls up the ladder (returns diminish faster than one power "
+      f"law predicts; p = {r.pvalue:.3f})"
+      if falling
+      else f"no significant trend in the local exponent (p = {r.pvalue:.2f}): no evidence "
+      "against a single power law"
+  )
   return dict(slope=float(r.slope), p_value=float(r.pvalue), falling=falling, verdict=verdict)
 
 
 # ----------------------------------------------------------------------------- extrapolation
 
-Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], Callable[[np.ndarray, np.ndarray], np.ndarray]]
+Fitter = Callable[
+    [np.ndarray, np.ndarray, np.ndarray], Callable[[np.ndarray, np.ndarray], np.ndarray]
+]
 
 
 def chinchilla_fitter(grid="quick", starts=None) -> Fitter:
   """fit_chinchilla as a Fitter; `starts` (e.g. a pooled fit's best end points) replaces the
   grid for cheap refits such as leave-one-rung-out."""
+
   def fitter(N, D, L):
     return fitlib.fit_chinchilla(N, D, L, grid=grid, starts=starts).loss
+
   return fitter
 
 
@@ -151,9 +174,15 @@ def leave_one_rung_out(N, D, L, fitter: Fitter | None = None) -> list[dict]:
       out.append(dict(rung=float(r), error=str(e)))
       continue
     rel = (pred - L[held]) / L[held]
-    out.append(dict(rung=float(r), n_points=int(held.sum()),
-                    mean_rel_error=float(np.mean(rel)), max_abs_rel_error=float(np.max(np.abs(rel))),
-                    kind="extrapolation" if r in (rungs[0], rungs[-1]) else "interpolation"))
+    out.append(
+        dict(
+            rung=float(r),
+            n_points=int(held.sum()),
+            mean_rel_error=float(np.mean(rel)),
+            max_abs_rel_error=float(np.max(np.abs(rel))),
+            kind="extrapolation" if r in (rungs[0], rungs[-1]) else "interpolation",
+        )
+    )
   return out
 
 
@@ -167,8 +196,15 @@ def _cluster_means(x, y, clusters):
   return xm[order], ym[order], np.bincount(inv)[order]
 
 
-def trend_break(N, L, floor=0.0, n_large: int | None = None, level: float = 0.99,
-                min_rel: float = 0.005, clusters=None) -> dict:
+def trend_break(
+    N,
+    L,
+    floor=0.0,
+    n_large: int | None = None,
+    level: float = 0.99,
+    min_rel: float = 0.005,
+    clusters=None,
+) -> dict:
   """Do the small sizes follow the law of the large ones?
 
   The reducible loss L - F (F: the floor, E or per row E + B/D^beta, ideally from a fit that
@@ -189,16 +225,19 @@ def trend_break(N, L, floor=0.0, n_large: int | None = None, level: float = 0.99
   N, L, F, clusters = N[ok], L[ok], F[ok], clusters[ok]
   rungs = np.unique(N)
   if len(rungs) < 4:
-    return dict(verdict=f"need >= 4 sizes above the floor for a trend-break test, have {len(rungs)}",
-                break_detected=False)
+    return dict(
+        verdict=f"need >= 4 sizes above the floor for a trend-break test, have {len(rungs)}",
+        break_detected=False,
+    )
   n_large = min(n_large or len(rungs) - 2, len(rungs) - 1)
   n_large = max(n_large, 3)
   large = N >= rungs[-n_large]
   xl, yl, _ = _cluster_means(np.log(N[large]), np.log(L[large] - F[large]), clusters[large])
   xs, ys, _ = _cluster_means(np.log(N[~large]), np.log(L[~large] - F[~large]), clusters[~large])
   if len(xl) < 3 or len(xs) < 1:
-    return dict(verdict="too few clusters on each side for a trend-break test",
-                break_detected=False)
+    return dict(
+        verdict="too few clusters on each side for a trend-break test", break_detected=False
+    )
   slope, icpt = np.polyfit(xl, yl, 1)
   dof = len(xl) - 2
   s = max(float(np.sqrt(np.sum((yl - icpt - slope * xl) ** 2) / dof)), 1e-4)
@@ -213,19 +252,37 @@ def trend_break(N, L, floor=0.0, n_large: int | None = None, level: float = 0.99
   rel = float(np.mean((L[~large] - L_pred) / L_pred))
   brk = abs(t) > t_crit and abs(rel) > min_rel
   direction = "above (worse than)" if rel > 0 else "below (better than)"
-  verdict = (f"trend break: the {len(rungs) - n_large} smallest sizes sit {direction} the law of "
-             f"the {n_large} largest by {abs(rel) * 100:.1f}% (t = {t:.1f}, {dof} dof, noise "
-             "clustered by size); do not pool them into the fit"
-             if brk else
-             f"no trend break: the small sizes lie on the law of the {n_large} largest "
-             f"(mean deviation {rel * 100:+.2f}%, t = {t:.1f}, {dof} dof, noise clustered by size)")
-  return dict(n_large=n_large, local_alpha_large=float(-slope), mean_log_residual_small=mean_res,
-              mean_rel_deviation_small=rel, t=float(t), t_critical=t_crit, dof=dof,
-              n_clusters=len(xl) + len(xs), break_detected=bool(brk), verdict=verdict)
+  verdict = (
+      f"trend break: the {len(rungs) - n_large} smallest sizes sit {direction} the law of "
+      f"the {n_large} largest by {abs(rel) * 100:.1f}% (t = {t:.1f}, {dof} dof, noise "
+      "clustered by size); do not pool them into the fit"
+      if brk
+      else f"no trend break: the small sizes lie on the law of the {n_large} largest "
+      f"(mean deviation {rel * 100:+.2f}%, t = {t:.1f}, {dof} dof, noise clustered by size)"
+  )
+  return dict(
+      n_large=n_large,
+      local_alpha_large=float(-slope),
+      mean_log_residual_small=mean_res,
+      mean_rel_deviation_small=rel,
+      t=float(t),
+      t_critical=t_crit,
+      dof=dof,
+      n_clusters=len(xl) + len(xs),
+      break_detected=bool(brk),
+      verdict=verdict,
+  )
 
 
-def trend_break_test(N, D, L, n_large: int | None = None, level: float = 0.99, clusters=None,
-                     fitter: Callable | None = None) -> dict:
+def trend_break_test(
+    N,
+    D,
+    L,
+    n_large: int | None = None,
+    level: float = 0.99,
+    clusters=None,
+    fitter: Callable | None = None,
+) -> dict:
   """trend_break with the floor E + B/D^beta fitted on the large sizes only: a floor fitted
   on all rows has already bent towards the small ones and hides the break it is to test.
   fitter(N, D, L) -> ChinchillaFit (default: fit_chinchilla on the coarse grid); when the
@@ -239,7 +296,7 @@ def trend_break_test(N, D, L, n_large: int | None = None, level: float = 0.99, c
   fitter = fitter or (lambda n, d, l: fitlib.fit_chinchilla(n, d, l, grid="quick"))
   try:
     law = fitter(N[large], D[large], L[large])
-    floor, note = law.E + law.B * D ** -law.beta, "floor E + B/D^beta fitted on the large sizes"
+    floor, note = law.E + law.B * D**-law.beta, "floor E + B/D^beta fitted on the large sizes"
   except (ValueError, RuntimeError) as e:
     floor, note = 0.0, f"floor 0 (the large sizes do not support a fit: {e})"
   out = trend_break(N, L, floor, n_large, level, clusters=clusters)
@@ -268,8 +325,9 @@ def stable_phase_end(lr, rel_drop: float = 0.01, min_stable: float = 0.25) -> in
   return end if end - i_peak >= max(2, min_stable * len(lr)) else None
 
 
-def plateau(tokens, loss, tail: float = 0.2, z_threshold: float = 2.0,
-            min_rel_gain: float = 0.005, lr=None) -> dict:
+def plateau(
+    tokens, loss, tail: float = 0.2, z_threshold: float = 2.0, min_rel_gain: float = 0.005, lr=None
+) -> dict:
   """Is a training curve still improving?
 
   Judged on the stable phase: with `lr` (the schedule per logged point) a WSD curve's
@@ -292,8 +350,13 @@ def plateau(tokens, loss, tail: float = 0.2, z_threshold: float = 2.0,
     phase = f"the stable phase (cooldown from {t[end]:.3g} tokens left out)"
     t, l = t[:end], l[:end]
   if len(t) < 10:
-    return dict(verdict=f"too few points ({len(t)}) to judge the curve", plateau=False,
-                late_rise=False, improving=False, phase=phase)
+    return dict(
+        verdict=f"too few points ({len(t)}) to judge the curve",
+        plateau=False,
+        late_rise=False,
+        improving=False,
+        phase=phase,
+    )
   start = int(len(t) * (1 - tail))
   x, y = np.log2(t[start:]), l[start:]
   r = scipy.stats.linregress(x, y)
@@ -304,23 +367,36 @@ def plateau(tokens, loss, tail: float = 0.2, z_threshold: float = 2.0,
   improving = gain > z_threshold * se and gain > useful
   flat = not improving and gain + z_threshold * se < useful
   prior_best = float(np.min(_smooth(l[:start], 5))) if start >= 5 else float("inf")
-  tail_level = float(np.mean(y[-max(3, len(y) // 4):]))
+  tail_level = float(np.mean(y[-max(3, len(y) // 4) :]))
   late_rise = bool(r.slope > z_threshold * se or tail_level > prior_best + 3 * noise + 1e-12)
   where = f"over the last {int(tail * 100)}% of {phase}"
   if late_rise:
     verdict = "loss rises late in training (instability or over-training): inspect LR/data"
   elif improving:
-    verdict = (f"still improving: {gain:.4f} loss per doubling of tokens (+-{se:.4f}) "
-               f"{where}; more tokens would help")
+    verdict = (
+        f"still improving: {gain:.4f} loss per doubling of tokens (+-{se:.4f}) "
+        f"{where}; more tokens would help"
+    )
   elif flat:
-    verdict = (f"plateau: {gain:+.4f} (+-{se:.4f}) loss per doubling of tokens {where}, "
-               f"below {useful:.4f} even at the upper bound")
+    verdict = (
+        f"plateau: {gain:+.4f} (+-{se:.4f}) loss per doubling of tokens {where}, "
+        f"below {useful:.4f} even at the upper bound"
+    )
   else:
-    verdict = (f"inconclusive: {gain:+.4f} +- {se:.4f} per doubling {where} (too few or "
-               "too noisy points; log more often)")
-  return dict(slope_per_doubling=float(r.slope), slope_se=se, noise=noise,
-              improving=bool(improving), plateau=bool(flat), late_rise=late_rise, phase=phase,
-              verdict=verdict)
+    verdict = (
+        f"inconclusive: {gain:+.4f} +- {se:.4f} per doubling {where} (too few or "
+        "too noisy points; log more often)"
+    )
+  return dict(
+      slope_per_doubling=float(r.slope),
+      slope_se=se,
+      noise=noise,
+      improving=bool(improving),
+      plateau=bool(flat),
+      late_rise=late_rise,
+      phase=phase,
+      verdict=verdict,
+  )
 
 
 def _smooth(y, k):
@@ -339,9 +415,13 @@ def _spectrum(W: np.ndarray) -> dict:
   ent = float(-(p * np.log(p)).sum())
   full = min(W.shape)
   eff = math.exp(ent)
-  return dict(stable_rank=float((s ** 2).sum() / s[0] ** 2),
-              sv_entropy=ent / math.log(full) if full > 1 else 0.0, effective_rank=eff,
-              effective_rank_fraction=eff / full, top_singular_share=float(s[0] ** 2 / (s ** 2).sum()))
+  return dict(
+      stable_rank=float((s**2).sum() / s[0] ** 2),
+      sv_entropy=ent / math.log(full) if full > 1 else 0.0,
+      effective_rank=eff,
+      effective_rank_fraction=eff / full,
+      top_singular_share=float(s[0] ** 2 / (s**2).sum()),
+  )
 
 
 def head_spectrum(W) -> dict:
@@ -358,7 +438,7 @@ def head_spectrum(W) -> dict:
   W = np.asarray(W, dtype=np.float64)
   if W.ndim != 2:
     raise ValueError(f"head_spectrum wants a 2-D matrix, got shape {W.shape}")
-  Wv = W if W.shape[0] >= W.shape[1] else W.T   # rows = vocabulary
+  Wv = W if W.shape[0] >= W.shape[1] else W.T  # rows = vocabulary
   out = dict(shape=list(W.shape), **_spectrum(Wv))
   out.update({f"centered_{k}": v for k, v in _spectrum(Wv - Wv.mean(axis=0)).items()})
   return out
@@ -369,11 +449,15 @@ def head_verdict(spec: dict, low_fraction: float = 0.5) -> str:
   `low_fraction` of the available dimensions (a rule of thumb, stated in the text)."""
   frac = spec.get("centered_effective_rank_fraction", spec["effective_rank_fraction"])
   full = min(spec["shape"])
-  text = (f"LM head: centred effective rank {frac * full:.0f} of {full} "
-          f"(stable rank {spec.get('centered_stable_rank', spec['stable_rank']):.1f})")
+  text = (
+      f"LM head: centred effective rank {frac * full:.0f} of {full} "
+      f"(stable rank {spec.get('centered_stable_rank', spec['stable_rank']):.1f})"
+  )
   if frac < low_fraction:
-    return text + (f" -- under {low_fraction:.0%} of the width is used: a low-rank head "
-                   "(softmax-bottleneck signature) may limit this size")
+    return text + (
+        f" -- under {low_fraction:.0%} of the width is used: a low-rank head "
+        "(softmax-bottleneck signature) may limit this size"
+    )
   return text + " -- the spectrum is spread out (no sign of a softmax bottleneck)"
 
 
@@ -389,9 +473,13 @@ def head_spectrum_of_run(workdir: str, step: int | None = None) -> dict:
   with the trainer's `load_run`. Imports JAX; the rest of this module does not."""
   import jax
   from train import run as run_lib
+
   run = run_lib.load_run(workdir, step=step)
   params = jax.device_get(run.params)
   spec = head_spectrum(lm_head_matrix(params, bool(run.config.model.tie_embeddings)))
-  spec.update(step=int(run.step), d_model=int(run.config.model.d_model),
-              vocab_size=int(run.config.model.vocab_size))
+  spec.update(
+      step=int(run.step),
+      d_model=int(run.config.model.d_model),
+      vocab_size=int(run.config.model.vocab_size),
+  )
   return spec

@@ -62,6 +62,7 @@ SST2_CHOICES = ("negative", "positive")
 @dataclasses.dataclass(frozen=True)
 class Item:
   """One question: the scored continuation of choice j is `delimiter + choices[j]`."""
+
   context: str
   choices: tuple[str, ...]
   label: int
@@ -73,6 +74,7 @@ class Task:
   """`kind`: "choice" (pick the most likely choice) or "cloze" (greedy match of choices[0]).
   `skipped`: input records that could not form an item (a one-word cloze line).
   `comparable`: scored as lm-evaluation-harness scores the task of that name."""
+
   name: str
   kind: str
   items: list[Item]
@@ -97,8 +99,9 @@ def _read_lines(path) -> list[str]:
     with _open_text(path) as f:
       return f.read().split("\n")
   except UnicodeDecodeError as e:
-    raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert the "
-                     "file to UTF-8") from None
+    raise ValueError(
+        f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert the " "file to UTF-8"
+    ) from None
 
 
 def _json_rows(path):
@@ -108,8 +111,7 @@ def _json_rows(path):
       try:
         yield n, json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); one JSON object a line"
-                         ) from None
+        raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); one JSON object a line") from None
 
 
 def _is_jsonl(path) -> bool:
@@ -144,11 +146,14 @@ def read_hellaswag_jsonl(path) -> Task:
       choices = tuple(hellaswag_preprocess(e) for e in row["endings"])
       label = int(row["label"])
     except (KeyError, TypeError, AttributeError, ValueError) as e:
-      raise ValueError(f"{path}:{n}: expected HellaSwag fields ctx_a, ctx_b, activity_label "
-                       f"(strings), endings (list of strings), label (int): {e!r}") from None
+      raise ValueError(
+          f"{path}:{n}: expected HellaSwag fields ctx_a, ctx_b, activity_label "
+          f"(strings), endings (list of strings), label (int): {e!r}"
+      ) from None
     if not 0 <= label < len(choices):
-      raise ValueError(f"{path}:{n}: label {label} is not an index into the "
-                       f"{len(choices)} endings")
+      raise ValueError(
+          f"{path}:{n}: label {label} is not an index into the " f"{len(choices)} endings"
+      )
     items.append(Item(query, choices, label, " "))
   return Task("hellaswag", "choice", items)
 
@@ -162,15 +167,19 @@ def read_hellaswag_text(path) -> Task:
   while lines and not lines[-1].strip():
     lines.pop()
   if len(lines) % 6:
-    raise ValueError(f"{path}: {len(lines)} lines is not a multiple of 6; the HellaSwag text "
-                     "format is context, gold label (0-3), then 4 endings per item")
+    raise ValueError(
+        f"{path}: {len(lines)} lines is not a multiple of 6; the HellaSwag text "
+        "format is context, gold label (0-3), then 4 endings per item"
+    )
   items = []
   for i in range(0, len(lines), 6):
     label = lines[i + 1].strip()
     if label not in ("0", "1", "2", "3"):
-      raise ValueError(f"{path}:{i + 2}: gold label must be 0-3, got {label!r}; is the file in "
-                       "the 6-line HellaSwag format?")
-    endings = tuple(e.strip() for e in lines[i + 2:i + 6])
+      raise ValueError(
+          f"{path}:{i + 2}: gold label must be 0-3, got {label!r}; is the file in "
+          "the 6-line HellaSwag format?"
+      )
+    endings = tuple(e.strip() for e in lines[i + 2 : i + 6])
     items.append(Item(lines[i].strip(), endings, int(label), " "))
   return Task("hellaswag_text", "choice", items, comparable=False)
 
@@ -182,8 +191,10 @@ def read_sst2(path, prompt: str = SST2_PROMPT, name: str = "sst2", strip: bool =
   with _open_text(path) as f:
     rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
   if not rows or "sentence" not in rows[0] or "label" not in rows[0]:
-    raise ValueError(f"{path}: expected a GLUE TSV whose header has 'sentence' and 'label' "
-                     f"columns, got header {rows[0] if rows else 'none (empty file)'}")
+    raise ValueError(
+        f"{path}: expected a GLUE TSV whose header has 'sentence' and 'label' "
+        f"columns, got header {rows[0] if rows else 'none (empty file)'}"
+    )
   s_col, l_col = rows[0].index("sentence"), rows[0].index("label")
   items = []
   for n, row in enumerate(rows[1:], start=2):
@@ -213,15 +224,25 @@ def read_jsonl(path) -> Task:
     try:
       context, choices, label = row["context"], row["choices"], row["label"]
     except (KeyError, TypeError) as e:
-      raise ValueError(f"{path}:{n}: expected a JSON object with keys context (str), choices "
-                       f"(list of str) and label (int): {e!r}") from None
-    if (not isinstance(context, str) or not isinstance(choices, list) or not choices
-        or not all(isinstance(c, str) and c for c in choices)):
-      raise ValueError(f"{path}:{n}: context must be a string and choices a non-empty list "
-                       "of non-empty strings")
+      raise ValueError(
+          f"{path}:{n}: expected a JSON object with keys context (str), choices "
+          f"(list of str) and label (int): {e!r}"
+      ) from None
+    if (
+        not isinstance(context, str)
+        or not isinstance(choices, list)
+        or not choices
+        or not all(isinstance(c, str) and c for c in choices)
+    ):
+      raise ValueError(
+          f"{path}:{n}: context must be a string and choices a non-empty list "
+          "of non-empty strings"
+      )
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
-      raise ValueError(f"{path}:{n}: label must be an int index into choices "
-                       f"(0..{len(choices) - 1}), got {label!r}")
+      raise ValueError(
+          f"{path}:{n}: label must be an int index into choices "
+          f"(0..{len(choices) - 1}), got {label!r}"
+      )
     items.append(Item(context, tuple(choices), label))
   return Task(pathlib.Path(path).name.split(".")[0], "choice", items)
 
@@ -230,9 +251,13 @@ def read_cloze(path) -> Task:
   """Last-word prediction: the target is the passage's last word, scored after a space.
   Lines of a single word have no context and are skipped (counted in Task.skipped)."""
   items, skipped = [], 0
-  rows = (_json_rows(path) if _is_jsonl(path)
-          else ((n, {"text": line}) for n, line in enumerate(_read_lines(path), start=1)
-                if line.strip()))
+  rows = (
+      _json_rows(path)
+      if _is_jsonl(path)
+      else (
+          (n, {"text": line}) for n, line in enumerate(_read_lines(path), start=1) if line.strip()
+      )
+  )
   for n, row in rows:
     text = row.get("text") if isinstance(row, dict) else None
     if not isinstance(text, str):
@@ -242,20 +267,27 @@ def read_cloze(path) -> Task:
     if cut <= 0:
       skipped += 1
       continue
-    items.append(Item(text[:cut], (text[cut + 1:],), 0, " "))
+    items.append(Item(text[:cut], (text[cut + 1 :],), 0, " "))
   return Task("cloze", "cloze", items, skipped)
 
 
-READERS = {"hellaswag": read_hellaswag, "sst2": read_sst2, "sst2_review": read_sst2_review,
-           "jsonl": read_jsonl, "cloze": read_cloze}
+READERS = {
+    "hellaswag": read_hellaswag,
+    "sst2": read_sst2,
+    "sst2_review": read_sst2_review,
+    "jsonl": read_jsonl,
+    "cloze": read_cloze,
+}
 
 
 def load_task(spec: str, limit: int = 0) -> Task:
   """`spec` is KIND:PATH with KIND in READERS; `limit` > 0 keeps the first `limit` items."""
   kind, sep, path = spec.partition(":")
   if not sep or kind not in READERS or not path:
-    raise ValueError(f"task spec {spec!r}: use KIND:PATH with KIND one of {sorted(READERS)}, "
-                     "e.g. hellaswag:data/hellaswag_val.jsonl")
+    raise ValueError(
+        f"task spec {spec!r}: use KIND:PATH with KIND one of {sorted(READERS)}, "
+        "e.g. hellaswag:data/hellaswag_val.jsonl"
+    )
   task = READERS[kind](path)
   if not task.items:
     raise ValueError(f"task {spec!r} has no items; check the file")
@@ -272,6 +304,7 @@ class Encoder:
   """Text -> token ids as the scorer sees them. `encode` adds no special tokens; `bos_id`
   (None: none) starts every encoded context, as a tokenizer's post-processor would; an
   empty context is the lone `prefix_id` (lm-eval's prefix token: BOS)."""
+
   encode: Callable[[str], Sequence[int]]
   bos_id: int | None
   prefix_id: int
@@ -287,7 +320,7 @@ class Encoder:
     if n_spaces:
       context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     ctx = self.ids(context)
-    return ctx, self.ids(context + continuation)[len(ctx):]
+    return ctx, self.ids(context + continuation)[len(ctx) :]
 
 
 def bos_added(tok, bos: str) -> bool:
@@ -318,12 +351,14 @@ def request_windows(ctx, cont, window: int):
   full = list(ctx) + list(cont)
   first = len(full) - len(cont)  # index of the first scored token
   if first == 0:
-    raise ValueError("empty context and no BOS token: the first continuation token has "
-                     "nothing to be predicted from")
+    raise ValueError(
+        "empty context and no BOS token: the first continuation token has "
+        "nothing to be predicted from"
+    )
   windows, end = [], len(full)
   while end > first:
     start = max(first, end - window)
-    windows.append((full[max(0, end - window - 1):end], end - start))
+    windows.append((full[max(0, end - window - 1) : end], end - start))
     end = start
   return windows[::-1]
 
@@ -336,21 +371,24 @@ def make_batch(windows, width: int, pad_id: int = 0):
   scored targets, the last n_scored of the row).
   """
   n = len(windows)
-  out = dict(inputs=np.full((n, width), pad_id, np.int32),
-             targets=np.full((n, width), pad_id, np.int32),
-             segment_ids=np.zeros((n, width), np.int32),
-             positions=np.zeros((n, width), np.int32),
-             weights=np.zeros((n, width), np.float32))
+  out = dict(
+      inputs=np.full((n, width), pad_id, np.int32),
+      targets=np.full((n, width), pad_id, np.int32),
+      segment_ids=np.zeros((n, width), np.int32),
+      positions=np.zeros((n, width), np.int32),
+      weights=np.zeros((n, width), np.float32),
+  )
   for r, (tokens, n_scored) in enumerate(windows):
     length = len(tokens) - 1
     if not 0 < n_scored <= length <= width:
-      raise ValueError(f"row {r}: {len(tokens)} tokens scoring {n_scored} do not fit width "
-                       f"{width}")
+      raise ValueError(
+          f"row {r}: {len(tokens)} tokens scoring {n_scored} do not fit width " f"{width}"
+      )
     out["inputs"][r, :length] = tokens[:-1]
     out["targets"][r, :length] = tokens[1:]
     out["segment_ids"][r, :length] = 1
     out["positions"][r, :length] = np.arange(length)
-    out["weights"][r, length - n_scored:length] = 1.0
+    out["weights"][r, length - n_scored : length] = 1.0
   return out
 
 
@@ -360,8 +398,7 @@ def _bucket(length: int, window: int) -> int:
   return min(window, max(16, 1 << (length - 1).bit_length()))
 
 
-def score_requests(token_logprobs_fn, requests, *, window: int, batch_size: int,
-                   pad_id: int = 0):
+def score_requests(token_logprobs_fn, requests, *, window: int, batch_size: int, pad_id: int = 0):
   """Sum of continuation log-probs and whether the continuation is the greedy one, per
   (context_ids, continuation_ids) request.
 
@@ -382,7 +419,7 @@ def score_requests(token_logprobs_fn, requests, *, window: int, batch_size: int,
   logprob_R = np.zeros(len(rows), np.float64)
   hit_R = np.zeros(len(rows), bool)
   for start in range(0, len(rows), batch_size):
-    idx = order[start:start + batch_size]
+    idx = order[start : start + batch_size]
     chunk = [rows[r] for r in idx]
     width = _bucket(len(chunk[0][0]) - 1, window)
     batch = make_batch(chunk + [chunk[0]] * (batch_size - len(chunk)), width, pad_id)
@@ -410,11 +447,20 @@ def mean_and_stderr(name: str, values) -> dict:
 def choice_metrics(items: Sequence[Item], logprob_R: np.ndarray) -> tuple[dict, list[int]]:
   """acc / acc_norm / acc_bytes as lm-eval computes them, and the continuous metrics of the
   correct answer, from the summed log-prob of every (item, choice) in item order."""
-  per = {k: [] for k in ("acc", "acc_norm", "acc_bytes", "correct_logprob", "correct_bpb",
-                         "correct_prob_norm")}
+  per = {
+      k: []
+      for k in (
+          "acc",
+          "acc_norm",
+          "acc_bytes",
+          "correct_logprob",
+          "correct_bpb",
+          "correct_prob_norm",
+      )
+  }
   preds, r = [], 0
   for item in items:
-    ll = logprob_R[r:r + len(item.choices)]
+    ll = logprob_R[r : r + len(item.choices)]
     r += len(item.choices)
     chars = np.array([float(len(c)) for c in item.choices])
     nbytes = np.array([float(len(c.encode("utf-8"))) for c in item.choices])
@@ -432,8 +478,15 @@ def choice_metrics(items: Sequence[Item], logprob_R: np.ndarray) -> tuple[dict, 
   return out, preds
 
 
-def evaluate_task(task: Task, token_logprobs_fn, encoder: Encoder, *, window: int,
-                  batch_size: int, pad_id: int = 0) -> dict:
+def evaluate_task(
+    task: Task,
+    token_logprobs_fn,
+    encoder: Encoder,
+    *,
+    window: int,
+    batch_size: int,
+    pad_id: int = 0,
+) -> dict:
   """Scores every (item, choice) and returns the metrics (module doc) with `n`, per item
   `predictions` and `loglikelihoods` (one per choice: what lm-eval's loglikelihood returns
   for the pair) and, for choice tasks, `majority` (the most frequent label's share).
@@ -445,22 +498,31 @@ def evaluate_task(task: Task, token_logprobs_fn, encoder: Encoder, *, window: in
         requests.append(encoder.pair(item.context, item.delimiter + choice))
       except ValueError as e:
         raise ValueError(f"{task.name} item {i}: {e}") from None
-  logprob_R, greedy_R = score_requests(token_logprobs_fn, requests, window=window,
-                                       batch_size=batch_size, pad_id=pad_id)
+  logprob_R, greedy_R = score_requests(
+      token_logprobs_fn, requests, window=window, batch_size=batch_size, pad_id=pad_id
+  )
   out = dict(task=task.name, n=len(task.items), lm_eval_comparable=task.comparable)
   if task.kind == "cloze":
     nbytes = [len((it.delimiter + it.choices[0]).encode("utf-8")) for it in task.items]
     out.update(mean_and_stderr("acc", greedy_R))
     out.update(mean_and_stderr("correct_logprob", logprob_R))
     out.update(mean_and_stderr("correct_bpb", -logprob_R / (math.log(2) * np.array(nbytes))))
-    return dict(out, skipped=task.skipped, predictions=greedy_R.tolist(),
-                loglikelihoods=[[float(x)] for x in logprob_R])
+    return dict(
+        out,
+        skipped=task.skipped,
+        predictions=greedy_R.tolist(),
+        loglikelihoods=[[float(x)] for x in logprob_R],
+    )
   metrics, preds = choice_metrics(task.items, logprob_R)
   labels = np.array([item.label for item in task.items])
   bounds = np.cumsum([0] + [len(item.choices) for item in task.items])
-  return dict(out, **metrics, majority=float(np.mean(labels == np.bincount(labels).argmax())),
-              predictions=preds,
-              loglikelihoods=[logprob_R[a:b].tolist() for a, b in zip(bounds, bounds[1:])])
+  return dict(
+      out,
+      **metrics,
+      majority=float(np.mean(labels == np.bincount(labels).argmax())),
+      predictions=preds,
+      loglikelihoods=[logprob_R[a:b].tolist() for a, b in zip(bounds, bounds[1:])],
+  )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -478,12 +540,16 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
   from model.config import ModelConfig
   from model.transformer import Transformer
   from train import losses
+
   model = Transformer(ModelConfig.from_config(model_cfg))
 
   def fn(params, batch):
-    logits_BxLxV = model.apply({"params": params}, batch["inputs"],
-                               positions_BxL=batch["positions"],
-                               segment_ids_BxL=batch["segment_ids"])
+    logits_BxLxV = model.apply(
+        {"params": params},
+        batch["inputs"],
+        positions_BxL=batch["positions"],
+        segment_ids_BxL=batch["segment_ids"],
+    )
     logprob_BxL = -losses.token_nll(logits_BxLxV, batch["targets"])
     return logprob_BxL, jnp.argmax(logits_BxLxV, axis=-1) == batch["targets"]
 
@@ -492,6 +558,7 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
     return lambda batch: jitted(params, batch)
 
   from train import mesh as mesh_lib
+
   sharding = mesh_lib.batch_sharding(mesh, rules)
   # Compiled once per batch shape inside the mesh and rules; called without entering them.
   compiled = mesh_lib.MeshFunction(jax.jit(fn, out_shardings=(sharding, sharding)), mesh, rules)
@@ -500,6 +567,7 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
     arrays = {k: jax.device_put(v, sharding) for k, v in batch.items()}
     logprob, hit = compiled(params, arrays)
     return np.asarray(logprob), np.asarray(hit)
+
   return run
 
 
@@ -509,31 +577,40 @@ def context_length(run) -> int:
   return int(run.config.model.max_seq_len)
 
 
-def evaluate_run(run, task: Task, *, batch_size: int = 32, window: int | None = None,
-                 bos: str = "auto") -> dict:
+def evaluate_run(
+    run, task: Task, *, batch_size: int = 32, window: int | None = None, bos: str = "auto"
+) -> dict:
   """Evaluates `task` with a run from train.run.load_run, on the run's mesh. `window`
   defaults to the model's context length; the result records `window`, `bos` (the mode) and
   `bos_added`, and `lm_eval_comparable` is true only with the comparable settings."""
   from train import mesh as mesh_lib
+
   rules = mesh_lib.axis_rules(run.config)
   dp = mesh_lib.data_parallel_size(run.mesh, rules)
   batch_size = -(-batch_size // dp) * dp
   full = context_length(run)
   window = window or full
   if window > full and run.config.model.pos_encoding == "learned":
-    raise ValueError(f"--window {window} exceeds the learned position table ({full}); use at "
-                     f"most {full}")
+    raise ValueError(
+        f"--window {window} exceeds the learned position table ({full}); use at " f"most {full}"
+    )
   fn = make_token_logprobs_fn(run.config.model, run.params, run.mesh, rules)
   tok = run.tokenizer
   encoder = make_encoder(tok, bos)
   res = evaluate_task(task, fn, encoder, window=window, batch_size=batch_size, pad_id=tok.pad_id)
   comparable = res["lm_eval_comparable"] and bos == "auto" and window == full
-  return dict(res, lm_eval_comparable=comparable, window=window, bos=bos,
-              bos_added=encoder.bos_id is not None)
+  return dict(
+      res,
+      lm_eval_comparable=comparable,
+      window=window,
+      bos=bos,
+      bos_added=encoder.bos_id is not None,
+  )
 
 
-def ladder_columns(run, task_specs: Sequence[str], *, limit: int = 0, batch_size: int = 32,
-                   bos: str = "auto") -> dict[str, float]:
+def ladder_columns(
+    run, task_specs: Sequence[str], *, limit: int = 0, batch_size: int = 32, bos: str = "auto"
+) -> dict[str, float]:
   """Flat `{task}/{metric}` numbers of every task in `task_specs` (KIND:PATH), for one row of
   a ladder's results.csv (`ladder.tasks`), so scaling fits can use downstream metrics too."""
   row = {}
@@ -547,17 +624,31 @@ def ladder_columns(run, task_specs: Sequence[str], *, limit: int = 0, batch_size
 
 def main(argv=None):
   import argparse
+
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run directory")
-  ap.add_argument("--task", action="append", required=True,
-                  help=f"KIND:PATH, KIND in {'|'.join(READERS)}; repeatable")
+  ap.add_argument(
+      "--task",
+      action="append",
+      required=True,
+      help=f"KIND:PATH, KIND in {'|'.join(READERS)}; repeatable",
+  )
   ap.add_argument("--limit", type=int, default=0, help="first N items per task (0: all)")
   ap.add_argument("--batch-size", type=int, default=32)
-  ap.add_argument("--window", "--seq-len", type=int, default=0,
-                  help="tokens per scoring window (0: the model's context length, as lm-eval)")
-  ap.add_argument("--bos", choices=BOS_MODES, default="auto",
-                  help="BOS before each context: auto = the tokenizer's own post-processor "
-                       "(lm-eval-comparable), always, or never")
+  ap.add_argument(
+      "--window",
+      "--seq-len",
+      type=int,
+      default=0,
+      help="tokens per scoring window (0: the model's context length, as lm-eval)",
+  )
+  ap.add_argument(
+      "--bos",
+      choices=BOS_MODES,
+      default="auto",
+      help="BOS before each context: auto = the tokenizer's own post-processor "
+      "(lm-eval-comparable), always, or never",
+  )
   ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ap.add_argument("--json", default="", help="also write the metrics here")
   args = ap.parse_args(argv)
@@ -565,11 +656,15 @@ def main(argv=None):
     raise ValueError("--window and --limit must be >= 0 and --batch-size >= 1")
   tasks = [load_task(spec, args.limit) for spec in args.task]  # parse errors before loading
   from train import run as run_lib
+
   run = run_lib.load_run(args.workdir, step=args.step)
   window = args.window or context_length(run)
-  print(f"scoring with a {window}-token window (model context length "
-        f"{context_length(run)}), bos={args.bos} (BOS added: "
-        f"{'yes' if bos_added(run.tokenizer, args.bos) else 'no'})", flush=True)
+  print(
+      f"scoring with a {window}-token window (model context length "
+      f"{context_length(run)}), bos={args.bos} (BOS added: "
+      f"{'yes' if bos_added(run.tokenizer, args.bos) else 'no'})",
+      flush=True,
+  )
   results = []
   for task in tasks:
     res = evaluate_run(run, task, batch_size=args.batch_size, window=window, bos=args.bos)

@@ -17,6 +17,7 @@ class Attention(nn.Module):
   [B, S_max, K, H], cached_segment [B, S_max] and cache_index (next write slot). The first
   (init) call sizes the cache from its input length; later calls append their T tokens and
   attend causally over everything written so far."""
+
   cfg: ModelConfig
   decode: bool = False
 
@@ -26,8 +27,14 @@ class Attention(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     proj = lambda heads, axis, name: Linear(
-        (heads, h), ("embed", axis, "head_dim"), use_bias=cfg.use_bias,
-        init_std=parametrization.hidden_init_std(cfg), dtype=dt, param_dtype=pdt, name=name)
+        (heads, h),
+        ("embed", axis, "head_dim"),
+        use_bias=cfg.use_bias,
+        init_std=parametrization.hidden_init_std(cfg),
+        dtype=dt,
+        param_dtype=pdt,
+        name=name,
+    )
     q_BxLxNxH = proj(n, "heads", "query")(x_BxLxD)
     k_BxLxKxH = proj(k, "kv_heads", "key")(x_BxLxD)
     v_BxLxKxH = proj(k, "kv_heads", "value")(x_BxLxD)
@@ -42,17 +49,32 @@ class Attention(nn.Module):
     q_seg, kv_seg = segment_ids_BxL, segment_ids_BxL
     if self.decode:
       k_BxLxKxH, v_BxLxKxH, kv_seg, q_offset, q_seg = self._update_cache(
-          k_BxLxKxH, v_BxLxKxH, segment_ids_BxL)
+          k_BxLxKxH, v_BxLxKxH, segment_ids_BxL
+      )
 
     out_BxLxNxH = attention_ops.dot_product_attention(
-        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, causal=cfg.causal, q_segment_ids_BxT=q_seg,
-        kv_segment_ids_BxS=kv_seg, q_offset=q_offset, impl=cfg.attention_impl,
-        scale=parametrization.attention_scale(cfg))
+        q_BxLxNxH,
+        k_BxLxKxH,
+        v_BxLxKxH,
+        causal=cfg.causal,
+        q_segment_ids_BxT=q_seg,
+        kv_segment_ids_BxS=kv_seg,
+        q_offset=q_offset,
+        impl=cfg.attention_impl,
+        scale=parametrization.attention_scale(cfg),
+    )
     out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, ("batch", "length", "heads", "head_dim"))
     out_BxLxNxH = nn.Dropout(cfg.dropout)(out_BxLxNxH, deterministic=deterministic)
-    return Linear((cfg.d_model,), ("heads", "head_dim", "embed"), num_in=2,
-                  use_bias=cfg.use_bias, init_std=parametrization.residual_out_init_std(cfg),
-                  dtype=dt, param_dtype=pdt, name="out")(out_BxLxNxH)
+    return Linear(
+        (cfg.d_model,),
+        ("heads", "head_dim", "embed"),
+        num_in=2,
+        use_bias=cfg.use_bias,
+        init_std=parametrization.residual_out_init_std(cfg),
+        dtype=dt,
+        param_dtype=pdt,
+        name="out",
+    )(out_BxLxNxH)
 
   def _update_cache(self, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
     """Writes the new keys/values at cache_index; returns the full cache to attend over."""
@@ -67,12 +89,13 @@ class Attention(nn.Module):
     if initializing:  # the init call only sizes the cache; attend over the input itself
       return k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, 0, segment_ids_BxT
     idx = ci.value
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k_BxTxKxH.astype(ck.value.dtype),
-                                            (0, idx, 0, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v_BxTxKxH.astype(cv.value.dtype),
-                                            (0, idx, 0, 0))
-    cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids_BxT.astype(jnp.int32),
-                                            (0, idx))
+    ck.value = jax.lax.dynamic_update_slice(
+        ck.value, k_BxTxKxH.astype(ck.value.dtype), (0, idx, 0, 0)
+    )
+    cv.value = jax.lax.dynamic_update_slice(
+        cv.value, v_BxTxKxH.astype(cv.value.dtype), (0, idx, 0, 0)
+    )
+    cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids_BxT.astype(jnp.int32), (0, idx))
     ci.value = idx + t
     # Slots after idx + t are still zero with segment 0: the segment mask hides them even
     # when the attention is not causal.

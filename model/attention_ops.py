@@ -15,8 +15,15 @@ import jax.numpy as jnp
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attention_mask(*, causal: bool, q_len: int, kv_len: int, q_offset=0,
-                   q_segment_ids_BxT=None, kv_segment_ids_BxS=None):
+def attention_mask(
+    *,
+    causal: bool,
+    q_len: int,
+    kv_len: int,
+    q_offset=0,
+    q_segment_ids_BxT=None,
+    kv_segment_ids_BxS=None,
+):
   """Boolean mask [B or 1, T, S], True where query t may attend to key s.
 
   Query t sits at absolute index `q_offset + t` (q_offset > 0 while decoding with a cache).
@@ -41,8 +48,10 @@ def _xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, scale):
   b, t, n, h = q_BxTxNxH.shape
   k = k_BxSxKxH.shape[2]
   q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h)
-  logits_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
-                                preferred_element_type=jnp.float32) * scale
+  logits_BxKxGxTxS = (
+      jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
+      * scale
+  )
   if mask_BxTxS is not None:
     logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, _MASK_VALUE)
   probs = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
@@ -53,12 +62,14 @@ def _xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, scale):
 def _cudnn_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, scale):
   """jax.nn.dot_product_attention's cuDNN flash kernel (GPU, bf16/fp16 only)."""
   mask = None if mask_BxTxS is None else mask_BxTxS[:, None]  # B,1,T,S
-  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, scale=scale,
-                                      implementation="cudnn")
+  return jax.nn.dot_product_attention(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, scale=scale, implementation="cudnn"
+  )
 
 
-def _blocked_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale, block,
-                              q_segment_ids_BxT=None, kv_segment_ids_BxS=None):
+def _blocked_causal_attention(
+    q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale, block, q_segment_ids_BxT=None, kv_segment_ids_BxS=None
+):
   """Causal self-attention that never computes the masked upper-triangular key blocks.
 
   The T queries are cut into blocks of `block` rows; query block i attends to the key prefix
@@ -74,14 +85,19 @@ def _blocked_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale, block,
   for i in range(t // block):
     lo, hi = i * block, (i + 1) * block
     q_blk = q_BxTxKxGxH[:, lo:hi]
-    logits_BxKxGxCxP = jnp.einsum("bckgh,bpkh->bkgcp", q_blk, k_BxSxKxH[:, :hi],
-                                  preferred_element_type=jnp.float32) * scale
+    logits_BxKxGxCxP = (
+        jnp.einsum(
+            "bckgh,bpkh->bkgcp", q_blk, k_BxSxKxH[:, :hi], preferred_element_type=jnp.float32
+        )
+        * scale
+    )
     mask_CxP = jnp.arange(hi)[None, :] <= (lo + jnp.arange(block))[:, None]
     mask_1xCxP = mask_CxP[None]
     if q_segment_ids_BxT is not None:
       q_seg, kv_seg = q_segment_ids_BxT[:, lo:hi], kv_segment_ids_BxS[:, :hi]
-      mask_1xCxP = (mask_1xCxP & (q_seg[:, :, None] == kv_seg[:, None, :])
-                    & (kv_seg != 0)[:, None, :])
+      mask_1xCxP = (
+          mask_1xCxP & (q_seg[:, :, None] == kv_seg[:, None, :]) & (kv_seg != 0)[:, None, :]
+      )
     logits_BxKxGxCxP = jnp.where(mask_1xCxP[:, None, None], logits_BxKxGxCxP, _MASK_VALUE)
     probs = jax.nn.softmax(logits_BxKxGxCxP, axis=-1).astype(v_BxSxKxH.dtype)
     outs.append(jnp.einsum("bkgcp,bpkh->bckgh", probs, v_BxSxKxH[:, :hi]))
@@ -133,9 +149,18 @@ def resolve_impl(impl: str, *, causal: bool, q_len: int, kv_len: int, q_offset=0
   return impl
 
 
-def dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, causal: bool,
-                          q_segment_ids_BxT=None, kv_segment_ids_BxS=None, q_offset=0,
-                          impl: str = "xla", scale: float | None = None):
+def dot_product_attention(
+    q_BxTxNxH,
+    k_BxSxKxH,
+    v_BxSxKxH,
+    *,
+    causal: bool,
+    q_segment_ids_BxT=None,
+    kv_segment_ids_BxS=None,
+    q_offset=0,
+    impl: str = "xla",
+    scale: float | None = None,
+):
   """softmax(q k^T * scale + mask) v with grouped kv heads; returns [B, T, N, H].
 
   `scale`: None is 1/sqrt(H); muP passes its 1/H rule (model/parametrization.py).
@@ -158,22 +183,45 @@ def dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, causal: bool,
   if impl == "blocked":
     if (q_segment_ids_BxT is None) != (kv_segment_ids_BxS is None):
       raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
-    return _blocked_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale,
-                                     blocked_block_size(t), q_segment_ids_BxT,
-                                     kv_segment_ids_BxS)
+    return _blocked_causal_attention(
+        q_BxTxNxH,
+        k_BxSxKxH,
+        v_BxSxKxH,
+        scale,
+        blocked_block_size(t),
+        q_segment_ids_BxT,
+        kv_segment_ids_BxS,
+    )
   if impl == "cudnn" and causal and isinstance(q_offset, int) and q_offset == 0 and t == s:
     # cuDNN's own causal masking (flash attention skips the masked tiles); only segments,
     # if any, go in as an explicit mask.
     mask = None
     if q_segment_ids_BxT is not None:
-      mask = attention_mask(causal=False, q_len=t, kv_len=s, q_segment_ids_BxT=q_segment_ids_BxT,
-                            kv_segment_ids_BxS=kv_segment_ids_BxS)[:, None]
-    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, scale=scale,
-                                        is_causal=True, implementation="cudnn")
+      mask = attention_mask(
+          causal=False,
+          q_len=t,
+          kv_len=s,
+          q_segment_ids_BxT=q_segment_ids_BxT,
+          kv_segment_ids_BxS=kv_segment_ids_BxS,
+      )[:, None]
+    return jax.nn.dot_product_attention(
+        q_BxTxNxH,
+        k_BxSxKxH,
+        v_BxSxKxH,
+        mask=mask,
+        scale=scale,
+        is_causal=True,
+        implementation="cudnn",
+    )
   need_mask = causal or q_segment_ids_BxT is not None
   mask = None
   if need_mask:
-    mask = attention_mask(causal=causal, q_len=q_BxTxNxH.shape[1], kv_len=k_BxSxKxH.shape[1],
-                          q_offset=q_offset, q_segment_ids_BxT=q_segment_ids_BxT,
-                          kv_segment_ids_BxS=kv_segment_ids_BxS)
+    mask = attention_mask(
+        causal=causal,
+        q_len=q_BxTxNxH.shape[1],
+        kv_len=k_BxSxKxH.shape[1],
+        q_offset=q_offset,
+        q_segment_ids_BxT=q_segment_ids_BxT,
+        kv_segment_ids_BxS=kv_segment_ids_BxS,
+    )
   return _IMPLS[impl](q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, scale)

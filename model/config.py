@@ -28,6 +28,7 @@ PARAMETRIZATIONS = ("sp", "mup", "completep")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Shapes and architecture choices of a transformer LM (defaults: configs/base.py)."""
+
   vocab_size: int = 260
   d_model: int = 256
   num_layers: int = 4
@@ -86,7 +87,8 @@ class ModelConfig:
     if unknown:
       raise ValueError(
           f"model: unknown key(s) {unknown}; valid keys are {sorted(names)} "
-          "(see configs/base.py model_config)")
+          "(see configs/base.py model_config)"
+      )
     out = cls(**values)
     out.validate()
     return out
@@ -103,35 +105,62 @@ class ModelConfig:
     def fail(field, msg):
       raise ValueError(f"model.{field}: {msg}")
 
-    for f in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-              "mlp_dim", "max_seq_len"):
+    for f in (
+        "vocab_size",
+        "d_model",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "mlp_dim",
+        "max_seq_len",
+    ):
       v = getattr(self, f)
       if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         fail(f, f"must be a positive integer, got {v!r}; set --config.model.{f}=<int > 0>")
-    enums = dict(pos_encoding=POS_ENCODINGS, attention_mask=ATTENTION_MASKS,
-                 attention_impl=ATTENTION_IMPLS, mlp=MLPS, norm=NORMS,
-                 norm_position=NORM_POSITIONS, remat=REMAT_POLICIES, dtype=DTYPES,
-                 param_dtype=DTYPES, parametrization=PARAMETRIZATIONS)
+    enums = dict(
+        pos_encoding=POS_ENCODINGS,
+        attention_mask=ATTENTION_MASKS,
+        attention_impl=ATTENTION_IMPLS,
+        mlp=MLPS,
+        norm=NORMS,
+        norm_position=NORM_POSITIONS,
+        remat=REMAT_POLICIES,
+        dtype=DTYPES,
+        param_dtype=DTYPES,
+        parametrization=PARAMETRIZATIONS,
+    )
     for f, valid in enums.items():
       v = getattr(self, f)
       if v not in valid:
         fail(f, f"unknown value {v!r}; choose one of {'|'.join(valid)}")
     if self.num_heads % self.num_kv_heads:
-      fail("num_kv_heads",
-           f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}; "
-           f"use a divisor of num_heads (num_heads for MHA, 1 for MQA), e.g. "
-           f"{[k for k in range(1, self.num_heads + 1) if self.num_heads % k == 0]}")
+      fail(
+          "num_kv_heads",
+          f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}; "
+          f"use a divisor of num_heads (num_heads for MHA, 1 for MQA), e.g. "
+          f"{[k for k in range(1, self.num_heads + 1) if self.num_heads % k == 0]}",
+      )
     if self.pos_encoding == "rope" and self.head_dim % 2:
-      fail("head_dim", f"rope rotates pairs of dimensions and needs an even head_dim, got "
-           f"{self.head_dim}; use an even head_dim or another pos_encoding")
+      fail(
+          "head_dim",
+          f"rope rotates pairs of dimensions and needs an even head_dim, got "
+          f"{self.head_dim}; use an even head_dim or another pos_encoding",
+      )
     if self.pos_encoding == "sinusoidal" and self.d_model % 2:
       fail("d_model", f"sinusoidal positions need an even d_model, got {self.d_model}")
     if not 0.0 <= self.dropout < 1.0:
       fail("dropout", f"must be in [0, 1), got {self.dropout}")
-    if isinstance(self.scan_unroll, bool) or not isinstance(self.scan_unroll, int) or (
-        self.scan_unroll < -1):
-      fail("scan_unroll", f"must be an integer >= -1 (-1 auto, 0 fully unrolled, k layers per "
-           f"loop iteration), got {self.scan_unroll!r}")
+    if (
+        isinstance(self.scan_unroll, bool)
+        or not isinstance(self.scan_unroll, int)
+        or (self.scan_unroll < -1)
+    ):
+      fail(
+          "scan_unroll",
+          f"must be an integer >= -1 (-1 auto, 0 fully unrolled, k layers per "
+          f"loop iteration), got {self.scan_unroll!r}",
+      )
     if self.type_vocab_size < 0:
       fail("type_vocab_size", f"must be >= 0 (0 disables token types), got {self.type_vocab_size}")
     for f in ("norm_eps", "init_std", "rope_theta"):
@@ -139,8 +168,11 @@ class ModelConfig:
         fail(f, f"must be > 0, got {getattr(self, f)}")
     self._validate_parametrization(fail)
     if self.mlm_head and self.causal:
-      fail("mlm_head", "a masked-LM head needs attention_mask='bidirectional' (an encoder); "
-           "set model.attention_mask=bidirectional or model.mlm_head=False")
+      fail(
+          "mlm_head",
+          "a masked-LM head needs attention_mask='bidirectional' (an encoder); "
+          "set model.attention_mask=bidirectional or model.mlm_head=False",
+      )
 
   def _validate_parametrization(self, fail) -> None:
     """muP needs the width its hyperparameters were tuned at; CompleteP also the depth and a
@@ -152,14 +184,23 @@ class ModelConfig:
     if self.parametrization == "sp":
       return
     if self.base_width == 0:
-      fail("base_width", f"parametrization={self.parametrization} scales hyperparameters from "
-           f"a tuned base model; set --config.model.base_width=<d_model of that base> (e.g. "
-           f"{self.d_model} to keep this model's own settings)")
+      fail(
+          "base_width",
+          f"parametrization={self.parametrization} scales hyperparameters from "
+          f"a tuned base model; set --config.model.base_width=<d_model of that base> (e.g. "
+          f"{self.d_model} to keep this model's own settings)",
+      )
     if self.parametrization == "completep":
       if self.base_depth == 0:
-        fail("base_depth", "parametrization=completep scales with depth from a tuned base; set "
-             f"--config.model.base_depth=<num_layers of that base> (e.g. {self.num_layers})")
+        fail(
+            "base_depth",
+            "parametrization=completep scales with depth from a tuned base; set "
+            f"--config.model.base_depth=<num_layers of that base> (e.g. {self.num_layers})",
+        )
       alpha = self.completep_alpha
       if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-        fail("completep_alpha", f"must lie in (0, 1] (1: CompleteP, 0.5: 1/sqrt(depth) "
-             f"residual branches), got {alpha!r}")
+        fail(
+            "completep_alpha",
+            f"must lie in (0, 1] (1: CompleteP, 0.5: 1/sqrt(depth) "
+            f"residual branches), got {alpha!r}",
+        )

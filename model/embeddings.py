@@ -9,6 +9,7 @@ from flax import linen as nn
 
 class Embed(nn.Module):
   """table[num, features] with logical `axes`; __call__ looks ids up, attend(x) = x @ table^T."""
+
   num: int
   features: int
   axes: Sequence[str | None] = ("vocab", "embed")
@@ -18,9 +19,11 @@ class Embed(nn.Module):
 
   def setup(self):
     self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
-                                                  tuple(self.axes)),
-        (self.num, self.features), self.param_dtype)
+        "embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(self.init_std), tuple(self.axes)),
+        (self.num, self.features),
+        self.param_dtype,
+    )
 
   def __call__(self, ids):
     return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
@@ -28,5 +31,6 @@ class Embed(nn.Module):
   def attend(self, x_BxLxD):
     """Logits [B, L, num] in float32 against the table (tied output layer)."""
     table = jnp.asarray(self.embedding, self.dtype)
-    return jnp.einsum("bld,vd->blv", x_BxLxD.astype(self.dtype), table,
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+        "bld,vd->blv", x_BxLxD.astype(self.dtype), table, preferred_element_type=jnp.float32
+    )

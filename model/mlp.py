@@ -17,8 +17,8 @@ class Mlp(nn.Module):
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     dense = lambda feats, axes, name, std=parametrization.hidden_init_std(cfg): Linear(
-        (feats,), axes, use_bias=cfg.use_bias, init_std=std, dtype=dt, param_dtype=pdt,
-        name=name)
+        (feats,), axes, use_bias=cfg.use_bias, init_std=std, dtype=dt, param_dtype=pdt, name=name
+    )
     if cfg.mlp == "gelu":
       h_BxLxF = nn.gelu(dense(cfg.mlp_dim, ("embed", "mlp"), "wi")(x_BxLxD), approximate=True)
     else:
@@ -28,5 +28,6 @@ class Mlp(nn.Module):
     h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
     h_BxLxF = nn.Dropout(cfg.dropout)(h_BxLxF, deterministic=deterministic)
     # Residual-branch output: GPT-2's 1/sqrt(2 * num_layers) init scaling.
-    return dense(cfg.d_model, ("mlp", "embed"), "wo",
-                 parametrization.residual_out_init_std(cfg))(h_BxLxF)
+    return dense(cfg.d_model, ("mlp", "embed"), "wo", parametrization.residual_out_init_std(cfg))(
+        h_BxLxF
+    )

@@ -56,6 +56,7 @@ _HEAD_MATRIX_MODULES = ("mlm_dense", "pooler_dense")
 @dataclasses.dataclass(frozen=True)
 class GroupRule:
   """Multipliers of the optimizer's base learning rate, epsilon and weight decay."""
+
   lr: float = 1.0
   eps: float = 1.0
   weight_decay: float = 1.0
@@ -133,7 +134,7 @@ def group_rules(cfg: ModelConfig, muon: bool = False) -> dict[str, GroupRule]:
   """Per-group multipliers (see the module table). `muon`: the matrix groups are Muon's,
   whose width scaling is in the update's shape factor, so their LR keeps only m_L^(a-1)."""
   m_d, m_l, a = width_multiplier(cfg), depth_multiplier(cfg), depth_alpha(cfg)
-  depth_lr, depth_eps = m_l ** (a - 1.0), m_l ** -a
+  depth_lr, depth_eps = m_l ** (a - 1.0), m_l**-a
   rules = {
       "embedding": GroupRule(1.0, 1.0 / m_d, 1.0),
       "hidden": GroupRule(depth_lr / m_d, depth_eps / m_d, m_d),

@@ -77,8 +77,14 @@ def flops_per_token_forward(cfg, seq_len: int) -> dict[str, float]:
   per sequence) are not counted.
   """
   cfg = _as_cfg(cfg)
-  d, n, k, h, m, v = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
-                      cfg.vocab_size)
+  d, n, k, h, m, v = (
+      cfg.d_model,
+      cfg.num_heads,
+      cfg.num_kv_heads,
+      cfg.head_dim,
+      cfg.mlp_dim,
+      cfg.vocab_size,
+  )
   causal_factor = 0.5 if cfg.causal else 1.0
   parts = {
       "qkv": 2.0 * d * h * (n + 2 * k),
@@ -107,13 +113,18 @@ def _optimizer_state_elems(shapes: Sequence[tuple[int, ...]], optimizer: str) ->
   if optimizer == "lion":
     return 1.0 * total
   if optimizer == "adafactor":
-    return float(sum((math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1]) if len(s) >= 2
-                     else math.prod(s) for s in shapes))
+    return float(
+        sum(
+            (math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1]) if len(s) >= 2 else math.prod(s)
+            for s in shapes
+        )
+    )
   raise ValueError(f"optimizer {optimizer!r}: choose adamw|adafactor|lion|muon")
 
 
-def _activation_elems_per_token_layer(cfg: ModelConfig, seq_len: int, remat: str,
-                                      tensor: int) -> tuple[float, float]:
+def _activation_elems_per_token_layer(
+    cfg: ModelConfig, seq_len: int, remat: str, tensor: int
+) -> tuple[float, float]:
   """(compute-dtype elements, float32 elements) kept per token per layer for the backward pass.
 
   none: every matmul/nonlinearity input; dots_saveable: only matmul outputs (incl. the score
@@ -131,13 +142,20 @@ def _activation_elems_per_token_layer(cfg: ModelConfig, seq_len: int, remat: str
     return 2 * d + qkv + (n_mlp - 1) * m / tensor, 0.0
   if remat == "full":
     return float(d), 0.0
-  raise ValueError(f"remat {remat!r}: choose none|full|dots_saveable|"
-                   "dots_with_no_batch_dims_saveable")
+  raise ValueError(
+      f"remat {remat!r}: choose none|full|dots_saveable|" "dots_with_no_batch_dims_saveable"
+  )
 
 
-def memory_per_device(cfg, *, batch_size: int, seq_len: int,
-                      mesh_shape: Sequence[int] = (1, 1, 1), remat: str | None = None,
-                      optimizer: str = "adamw") -> dict[str, float]:
+def memory_per_device(
+    cfg,
+    *,
+    batch_size: int,
+    seq_len: int,
+    mesh_shape: Sequence[int] = (1, 1, 1),
+    remat: str | None = None,
+    optimizer: str = "adamw",
+) -> dict[str, float]:
   """Estimated bytes per device while training, for a (data, fsdp, tensor) mesh.
 
   params/grads: param_dtype, sharded over fsdp x tensor (replicated over data).
@@ -150,8 +168,10 @@ def memory_per_device(cfg, *, batch_size: int, seq_len: int,
   cfg = _as_cfg(cfg)
   remat = cfg.remat if remat is None else remat
   if len(mesh_shape) != 3 or any(int(a) < 1 for a in mesh_shape):
-    raise ValueError(f"mesh_shape must be 3 positive ints (data, fsdp, tensor), got "
-                     f"{tuple(mesh_shape)}; resolve -1 first")
+    raise ValueError(
+        f"mesh_shape must be 3 positive ints (data, fsdp, tensor), got "
+        f"{tuple(mesh_shape)}; resolve -1 first"
+    )
   data, fsdp, tensor = (int(a) for a in mesh_shape)
   shapes = list(param_shapes(cfg).values())
   total = sum(math.prod(s) for s in shapes)
@@ -174,14 +194,21 @@ def memory_per_device(cfg, *, batch_size: int, seq_len: int,
   return out
 
 
-def summarize(cfg, seq_len: int, batch_size: int, *, mesh_shape: Sequence[int] = (1, 1, 1),
-              optimizer: str = "adamw") -> dict[str, Any]:
+def summarize(
+    cfg,
+    seq_len: int,
+    batch_size: int,
+    *,
+    mesh_shape: Sequence[int] = (1, 1, 1),
+    optimizer: str = "adamw",
+) -> dict[str, Any]:
   """Everything above in one JSON-able dict."""
   cfg = _as_cfg(cfg)
   counts = param_counts(cfg)
   per_token = flops_per_token_train(cfg, seq_len)
-  mem = memory_per_device(cfg, batch_size=batch_size, seq_len=seq_len, mesh_shape=mesh_shape,
-                          optimizer=optimizer)
+  mem = memory_per_device(
+      cfg, batch_size=batch_size, seq_len=seq_len, mesh_shape=mesh_shape, optimizer=optimizer
+  )
   return {
       "params_total": counts["total"],
       "params_non_embedding": counts["non_embedding"],
@@ -220,6 +247,7 @@ def format_table(s: dict[str, Any]) -> str:
 
 def _main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   del argv
   f = flags.FLAGS
   config = f.config
@@ -229,12 +257,17 @@ def _main(argv):
   if -1 in mesh:
     known = math.prod(a for a in mesh if a != -1)
     if f.num_devices % known:
-      raise ValueError(f"--num_devices={f.num_devices} not divisible by the fixed mesh axes "
-                       f"{tuple(mesh)}")
+      raise ValueError(
+          f"--num_devices={f.num_devices} not divisible by the fixed mesh axes " f"{tuple(mesh)}"
+      )
     mesh[mesh.index(-1)] = f.num_devices // known
-  s = summarize(config.model, f.seq_len or config.data.seq_len,
-                f.batch_size or config.train.batch_size, mesh_shape=mesh,
-                optimizer=config.train.optimizer)
+  s = summarize(
+      config.model,
+      f.seq_len or config.data.seq_len,
+      f.batch_size or config.train.batch_size,
+      mesh_shape=mesh,
+      optimizer=config.train.optimizer,
+  )
   s["name"] = config.name
   print(f"{config.name}")
   print(format_table(s))
@@ -246,6 +279,7 @@ def _main(argv):
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   config_flags.DEFINE_config_file("config", None, "preset file[:arg]", lock_config=False)
   flags.DEFINE_string("json", None, "write the summary as JSON here")
   flags.DEFINE_integer("batch_size", 0, "global batch (default: config.train.batch_size)")
@@ -253,4 +287,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_devices", 1, "devices to fill a -1 in config.mesh.shape")
   flags.mark_flags_as_required(["config"])
   from train import cli  # pylint: disable=g-import-not-at-top
+
   app.run(cli.guarded(_main), flags_parser=cli.parse_absl_flags)

@@ -4,8 +4,6 @@ Everything is chosen by `ModelConfig`: decoder (GPT, Llama) and encoder (BERT) a
 the same module. Params carry logical axis names; the caller maps them to a mesh.
 """
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -24,8 +22,7 @@ from model.norms import Norm
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable":
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 ACTIVATION_AXES = ("batch", "length", "embed")
 # Collection of the activation sizes (mean |x|) that eval/coord_check.py reads; recorded only
@@ -41,14 +38,21 @@ def record_size(module: nn.Module, name: str, x) -> None:
 
 
 def _norm(cfg: ModelConfig, name: str) -> Norm:
-  return Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, jnp.dtype(cfg.dtype),
-              jnp.dtype(cfg.param_dtype), name=name)
+  return Norm(
+      cfg.norm,
+      cfg.norm_eps,
+      cfg.use_bias,
+      jnp.dtype(cfg.dtype),
+      jnp.dtype(cfg.param_dtype),
+      name=name,
+  )
 
 
 class Block(nn.Module):
   """One layer. pre: x + r f(norm(x)); post (BERT, GPT-1): norm(x + r f(x)), with r the
   CompleteP branch multiplier (1 unless parametrization=completep).
   Returns (x, None) so it can be the body of nn.scan."""
+
   cfg: ModelConfig
   decode: bool = False
   deterministic: bool = True
@@ -66,8 +70,7 @@ class Block(nn.Module):
       return y if branch_mult == 1.0 else y * branch_mult
 
     if cfg.norm_position == "pre":
-      y = attn(_norm(cfg, "attn_norm")(x_BxLxD), positions_BxL, segment_ids_BxL,
-               self.deterministic)
+      y = attn(_norm(cfg, "attn_norm")(x_BxLxD), positions_BxL, segment_ids_BxL, self.deterministic)
       x_BxLxD = x_BxLxD + branch("attn_out", y)
       y = mlp(_norm(cfg, "mlp_norm")(x_BxLxD), self.deterministic)
       x_BxLxD = x_BxLxD + branch("mlp_out", y)
@@ -101,6 +104,7 @@ class LayerStack(nn.Module):
   """num_layers Blocks. scan_layers=True: one nn.scan over stacked params (leading 'layers'
   axis), so compile time does not grow with depth (unless `scan_unroll` unrolls the loop);
   False: block_0..block_{n-1} unrolled."""
+
   cfg: ModelConfig
   decode: bool = False
 
@@ -109,27 +113,32 @@ class LayerStack(nn.Module):
     cfg = self.cfg
     block_cls = Block
     if cfg.remat != "none":
-      block_cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
-                           prevent_cse=not cfg.scan_layers)
+      block_cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       stack = nn.scan(
-          block_cls, variable_axes={"params": 0, "cache": 0, RECORDED: 0},
+          block_cls,
+          variable_axes={"params": 0, "cache": 0, RECORDED: 0},
           split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          in_axes=(nn.broadcast, nn.broadcast),
+          length=cfg.num_layers,
           unroll=scan_unroll(cfg),
-          metadata_params={nn.PARTITION_NAME: "layers"})
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       x_BxLxD, _ = stack(cfg, self.decode, deterministic, name="block")(
-          x_BxLxD, positions_BxL, segment_ids_BxL)
+          x_BxLxD, positions_BxL, segment_ids_BxL
+      )
     else:
       for i in range(cfg.num_layers):
         x_BxLxD, _ = block_cls(cfg, self.decode, deterministic, name=f"block_{i}")(
-            x_BxLxD, positions_BxL, segment_ids_BxL)
+            x_BxLxD, positions_BxL, segment_ids_BxL
+        )
     return x_BxLxD
 
 
 class Transformer(nn.Module):
   """Transformer LM. See __call__ for the inputs; `hidden`/`pooled` give the features for
   classification heads (call with `method=Transformer.hidden`)."""
+
   cfg: ModelConfig
   decode: bool = False
 
@@ -138,11 +147,11 @@ class Transformer(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.embed = Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std, dt, pdt)
     if cfg.pos_encoding == "learned":
-      self.pos_embed = Embed(cfg.max_seq_len, cfg.d_model, (None, "embed"), cfg.init_std, dt,
-                             pdt)
+      self.pos_embed = Embed(cfg.max_seq_len, cfg.d_model, (None, "embed"), cfg.init_std, dt, pdt)
     if cfg.type_vocab_size:
-      self.type_embed = Embed(cfg.type_vocab_size, cfg.d_model, (None, "embed"), cfg.init_std,
-                              dt, pdt)
+      self.type_embed = Embed(
+          cfg.type_vocab_size, cfg.d_model, (None, "embed"), cfg.init_std, dt, pdt
+      )
     if cfg.embed_norm:
       self.embed_norm = _norm(cfg, "embed_norm")
     self.embed_dropout = nn.Dropout(cfg.dropout)
@@ -150,29 +159,59 @@ class Transformer(nn.Module):
     if cfg.norm_position == "pre":
       self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_embeddings:
-      self.unembed = Linear((cfg.vocab_size,), ("embed", "vocab"), use_bias=False,
-                            init_std=cfg.init_std, dtype=dt, param_dtype=pdt,
-                            out_dtype=jnp.float32)
+      self.unembed = Linear(
+          (cfg.vocab_size,),
+          ("embed", "vocab"),
+          use_bias=False,
+          init_std=cfg.init_std,
+          dtype=dt,
+          param_dtype=pdt,
+          out_dtype=jnp.float32,
+      )
     hidden_std = parametrization.hidden_init_std(cfg)
     if cfg.mlm_head:
-      self.mlm_dense = Linear((cfg.d_model,), (None, "embed"), use_bias=cfg.use_bias,
-                              init_std=hidden_std, dtype=dt, param_dtype=pdt)
+      self.mlm_dense = Linear(
+          (cfg.d_model,),
+          (None, "embed"),
+          use_bias=cfg.use_bias,
+          init_std=hidden_std,
+          dtype=dt,
+          param_dtype=pdt,
+      )
       self.mlm_norm = _norm(cfg, "mlm_norm")
-      self.mlm_bias = self.param("mlm_bias",
-                                 nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                                 (cfg.vocab_size,), pdt)
+      self.mlm_bias = self.param(
+          "mlm_bias",
+          nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+          (cfg.vocab_size,),
+          pdt,
+      )
     if cfg.pooler:
-      self.pooler_dense = Linear((cfg.d_model,), (None, "embed"), use_bias=cfg.use_bias,
-                                 init_std=hidden_std, dtype=dt, param_dtype=pdt)
+      self.pooler_dense = Linear(
+          (cfg.d_model,),
+          (None, "embed"),
+          use_bias=cfg.use_bias,
+          init_std=hidden_std,
+          dtype=dt,
+          param_dtype=pdt,
+      )
 
-  def hidden(self, tokens_BxL, *, positions_BxL=None, segment_ids_BxL=None,
-             token_types_BxL=None, deterministic=True):
+  def hidden(
+      self,
+      tokens_BxL,
+      *,
+      positions_BxL=None,
+      segment_ids_BxL=None,
+      token_types_BxL=None,
+      deterministic=True,
+  ):
     """Final hidden states [B, L, D] in cfg.dtype (after the final norm for pre-norm)."""
     cfg = self.cfg
     if positions_BxL is None:
       if self.decode and not self.is_initializing():
-        raise ValueError("decode=True needs explicit positions_BxL (absolute positions of the "
-                         "new tokens, e.g. cache length + arange(T))")
+        raise ValueError(
+            "decode=True needs explicit positions_BxL (absolute positions of the "
+            "new tokens, e.g. cache length + arange(T))"
+        )
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
     x_BxLxD = self.embed(tokens_BxL)
     if cfg.pos_encoding == "learned":
@@ -219,8 +258,15 @@ class Transformer(nn.Module):
   def _pool(self, x_BxLxD):
     return jnp.tanh(self.pooler_dense(x_BxLxD[:, 0]))
 
-  def __call__(self, tokens_BxL, *, positions_BxL=None, segment_ids_BxL=None,
-               token_types_BxL=None, deterministic=True):
+  def __call__(
+      self,
+      tokens_BxL,
+      *,
+      positions_BxL=None,
+      segment_ids_BxL=None,
+      token_types_BxL=None,
+      deterministic=True,
+  ):
     """tokens [B, L] int -> logits [B, L, V] float32.
 
     positions_BxL: default arange(L); packed data passes per-document positions; required
@@ -228,9 +274,13 @@ class Transformer(nn.Module):
       a segment. token_types_BxL: BERT segment A/B ids (type_vocab_size > 0).
     deterministic=False enables dropout (needs rngs={'dropout': key}).
     """
-    x_BxLxD = self.hidden(tokens_BxL, positions_BxL=positions_BxL,
-                          segment_ids_BxL=segment_ids_BxL, token_types_BxL=token_types_BxL,
-                          deterministic=deterministic)
+    x_BxLxD = self.hidden(
+        tokens_BxL,
+        positions_BxL=positions_BxL,
+        segment_ids_BxL=segment_ids_BxL,
+        token_types_BxL=token_types_BxL,
+        deterministic=deterministic,
+    )
     if self.cfg.pooler and self.is_initializing():
       self._pool(x_BxLxD)  # create the pooler's params
     logits = self.logits_from_hidden(x_BxLxD)
@@ -242,6 +292,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int):
   """An empty KV cache for `Transformer(cfg, decode=True)`: zeros shaped by an abstract init
   (no weights are initialised). Holds max_len tokens per row; cache_index starts at 0."""
   dec = Transformer(cfg, decode=True)
-  shapes = jax.eval_shape(dec.init, jax.random.PRNGKey(0),
-                          jnp.zeros((batch_size, max_len), jnp.int32))["cache"]
+  shapes = jax.eval_shape(
+      dec.init, jax.random.PRNGKey(0), jnp.zeros((batch_size, max_len), jnp.int32)
+  )["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -41,13 +41,18 @@ def worker_jax(size: str):
   sys.path.insert(0, str(REPO))
   from configs import bench as bench_cfg
   from train import cpu_devices
+
   config = bench_cfg.get_config(size)
   n = cpu_devices.configure(config)  # the same device split as python -m train
   from train import bench
+
   timer = bench.StepTimer(config)
   timer.run(2)
-  print(f"READY ours devices={n or 'preset'} attention={config.model.attention_impl} "
-        f"compile_s={timer.compile_s:.1f}", flush=True)
+  print(
+      f"READY ours devices={n or 'preset'} attention={config.model.attention_impl} "
+      f"compile_s={timer.compile_s:.1f}",
+      flush=True,
+  )
   _serve(lambda: timer.run(1))
 
 
@@ -55,6 +60,7 @@ def _peer_shape(size: str) -> dict:
   """The peer's config dict for a size it does not define (e.g. tiny), from configs/bench.py."""
   sys.path.insert(0, str(REPO))
   from configs import bench as bench_cfg
+
   keys = ("vocab", "d_model", "n_layer", "n_head", "seq", "batch")
   return dict(zip(keys, bench_cfg.SIZES[size]))
 
@@ -62,19 +68,25 @@ def _peer_shape(size: str) -> dict:
 def worker_torch(size: str, peer: str):
   import numpy as np
   import torch
+
   sys.path.insert(0, str(pathlib.Path(peer).parent))
   import torch_gpt as tg
+
   c = tg.CONFIGS.get(size) or _peer_shape(size)
   torch.manual_seed(0)
   model = tg.GPT(c)
   decay = [p for p in model.parameters() if p.dim() >= 2]
   other = [p for p in model.parameters() if p.dim() < 2]
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                           {"params": other, "weight_decay": 0.0}],
-                          lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+  opt = torch.optim.AdamW(
+      [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+      lr=3e-4,
+      betas=(0.9, 0.95),
+      eps=1e-8,
+  )
   rng = np.random.default_rng(0)
-  data = [torch.from_numpy(rng.integers(0, c["vocab"], (c["batch"], c["seq"] + 1)))
-          for _ in range(4)]
+  data = [
+      torch.from_numpy(rng.integers(0, c["vocab"], (c["batch"], c["seq"] + 1))) for _ in range(4)
+  ]
   data = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in data]
   i = [0]
 
@@ -94,8 +106,9 @@ def worker_torch(size: str, peer: str):
 
 
 def _start(cmd, env):
-  p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                       bufsize=1, env=env, cwd=REPO)
+  p = subprocess.Popen(
+      cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env, cwd=REPO
+  )
   while True:
     line = p.stdout.readline()
     if not line:
@@ -108,8 +121,10 @@ def _start(cmd, env):
 def _check_inputs(a):
   """The peer's interpreter and model file must exist before two workers are started."""
   if not pathlib.Path(a.torch_python).is_file():
-    raise FileNotFoundError(f"--torch_python {a.torch_python}: no such interpreter; pass a Python "
-                            "with torch installed (e.g. --torch_python .venv/bin/python)")
+    raise FileNotFoundError(
+        f"--torch_python {a.torch_python}: no such interpreter; pass a Python "
+        "with torch installed (e.g. --torch_python .venv/bin/python)"
+    )
   if not pathlib.Path(a.peer).is_file():
     raise FileNotFoundError(f"--peer {a.peer}: no such file; pass the path of torch_gpt.py")
 
@@ -133,8 +148,10 @@ def main():
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
   me = [str(pathlib.Path(__file__).resolve()), "--config", a.config, "--peer", a.peer]
-  procs = {"torch": _start([a.torch_python] + me + ["--worker", "torch"], env),
-           "ours": _start([sys.executable] + me + ["--worker", "jax"], env)}
+  procs = {
+      "torch": _start([a.torch_python] + me + ["--worker", "torch"], env),
+      "ours": _start([sys.executable] + me + ["--worker", "jax"], env),
+  }
   times = {n: [] for n in procs}
   load0 = os.getloadavg()
   order = ["torch", "ours"]
@@ -147,18 +164,25 @@ def main():
     p.stdin.write("quit\n")
     p.stdin.flush()
     p.wait()
-  res = {"config": a.config, "rounds": a.rounds, "k": a.k,
-         "load_before": [round(x, 2) for x in load0],
-         "load_after": [round(x, 2) for x in os.getloadavg()]}
+  res = {
+      "config": a.config,
+      "rounds": a.rounds,
+      "k": a.k,
+      "load_before": [round(x, 2) for x in load0],
+      "load_after": [round(x, 2) for x in os.getloadavg()],
+  }
   for name, ts in times.items():
     walls = sorted(t[0] for t in ts)
-    res[name] = {"step_ms_median": round(statistics.median(walls) * 1e3, 1),
-                 "step_ms_min": round(walls[0] * 1e3, 1),
-                 "step_ms_max": round(walls[-1] * 1e3, 1),
-                 "cpu_ms_median": round(statistics.median(t[1] for t in ts) * 1e3, 1),
-                 "steps": len(ts)}
-  res["speedup_ours_vs_torch"] = round(res["torch"]["step_ms_median"] /
-                                       res["ours"]["step_ms_median"], 3)
+    res[name] = {
+        "step_ms_median": round(statistics.median(walls) * 1e3, 1),
+        "step_ms_min": round(walls[0] * 1e3, 1),
+        "step_ms_max": round(walls[-1] * 1e3, 1),
+        "cpu_ms_median": round(statistics.median(t[1] for t in ts) * 1e3, 1),
+        "steps": len(ts),
+    }
+  res["speedup_ours_vs_torch"] = round(
+      res["torch"]["step_ms_median"] / res["ours"]["step_ms_median"], 3
+  )
   print(json.dumps(res))
   if a.json:
     pathlib.Path(a.json).write_text(json.dumps(res) + "\n")
@@ -167,4 +191,5 @@ def main():
 if __name__ == "__main__":
   sys.path.insert(0, str(REPO))
   from train import cli
+
   cli.run(main)

@@ -36,12 +36,22 @@ REDUCED = {"tiny": [("none", 4), ("full", 4)]}
 
 def config_for(size: str, remat: str, batch: int, reduced: bool):
   from configs import gpt3
+
   c = gpt3.get_config("size=125M" if reduced else f"size={size}")
   c.model.update(dtype="bfloat16", param_dtype="float32", remat=remat)
   c.train.batch_size = batch
   if reduced:  # the same preset shrunk to seconds on a CPU, XLA attention
-    c.model.update(num_layers=2, d_model=64, num_heads=2, num_kv_heads=2, head_dim=32,
-                   mlp_dim=256, vocab_size=512, max_seq_len=128, attention_impl="xla")
+    c.model.update(
+        num_layers=2,
+        d_model=64,
+        num_heads=2,
+        num_kv_heads=2,
+        head_dim=32,
+        mlp_dim=256,
+        vocab_size=512,
+        max_seq_len=128,
+        attention_impl="xla",
+    )
     c.data.seq_len = 128
   else:
     c.model.attention_impl = "cudnn"
@@ -57,6 +67,7 @@ def _is_oom(e: BaseException) -> bool:
 def run_candidate(size, remat, batch, steps, reduced) -> dict:
   import jax
   from train import bench
+
   config = config_for(size, remat, batch, reduced)
   row = dict(size=size, remat=remat, batch=batch, xla_flags=os.environ.get("XLA_FLAGS", ""))
   t0 = time.perf_counter()
@@ -76,9 +87,11 @@ def _line(r: dict) -> str:
   head = f"{r['size']:>5} remat={r['remat']:<14} batch={r['batch']:<3}"
   if r["status"] != "ok":
     return f"{head} {r['status']}: {r.get('error', '')[:160]}"
-  return (f"{head} MFU {100 * r['mfu']:5.1f}%  {r['tokens_per_s']:>10.0f} tok/s  "
-          f"step {r['step_ms_median']:8.1f} ms  compile {r['compile_s']:5.1f} s  "
-          f"peak mem {r.get('device_peak_bytes', 0) / 2**30:6.1f} GiB")
+  return (
+      f"{head} MFU {100 * r['mfu']:5.1f}%  {r['tokens_per_s']:>10.0f} tok/s  "
+      f"step {r['step_ms_median']:8.1f} ms  compile {r['compile_s']:5.1f} s  "
+      f"peak mem {r.get('device_peak_bytes', 0) / 2**30:6.1f} GiB"
+  )
 
 
 def main(argv=None) -> int:
@@ -87,15 +100,20 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--json-dir", default=os.environ.get("OUT_DIR", "/tmp/gpu_bench"))
   ap.add_argument("--reduced", action="store_true", help="tiny shapes on any backend")
-  ap.add_argument("--budget-s", type=float, default=1e9,
-                  help="stop starting candidates after this many seconds")
+  ap.add_argument(
+      "--budget-s", type=float, default=1e9, help="stop starting candidates after this many seconds"
+  )
   a = ap.parse_args(argv)
   table = REDUCED if a.reduced else {s: CANDIDATES[s] for s in a.sizes.split(",")}
   out_dir = pathlib.Path(a.json_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   import jax
-  print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}, jax {jax.__version__}, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+
+  print(
+      f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+      f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+      flush=True,
+  )
   t0, rows = time.perf_counter(), []
   for size, cands in table.items():
     for remat, batch in cands:

@@ -7,4 +7,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev,notebooks,data,tpu,hf,lmeval,ray]"
-exec .venv/bin/python -m pytest -n 2 "$@"
+# Formatting (pyink: 2-space indent, 100 columns) and lint (ruff) are part of the test.
+.venv/bin/pyink --check --quiet .
+.venv/bin/ruff check --quiet .
+# loadfile: a test file's module fixtures (compiled models, prepared data) are built once.
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -39,9 +39,11 @@ def test_blocked_matches_xla_forward_and_gradients(with_segments):
 
   def loss(impl):
     def f(q, k, v):
-      out = ao.dot_product_attention(q, k, v, causal=True, q_segment_ids_BxT=seg,
-                                     kv_segment_ids_BxS=seg, impl=impl)
+      out = ao.dot_product_attention(
+          q, k, v, causal=True, q_segment_ids_BxT=seg, kv_segment_ids_BxS=seg, impl=impl
+      )
       return jnp.sum(out * g), out
+
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
 
   assert ao.resolve_impl("blocked", causal=True, q_len=256, kv_len=256) == "blocked"
@@ -58,8 +60,9 @@ def test_blocked_is_really_blocked():
   q, k, v, _ = _qkv(t=512)
   flops = {}
   for impl in ("xla", "blocked"):
-    f = jax.jit(lambda q, k, v, impl=impl: ao.dot_product_attention(q, k, v, causal=True,
-                                                                     impl=impl))
+    f = jax.jit(
+        lambda q, k, v, impl=impl: ao.dot_product_attention(q, k, v, causal=True, impl=impl)
+    )
     flops[impl] = f.lower(q, k, v).compile().cost_analysis()["flops"]
   assert flops["blocked"] < 0.65 * flops["xla"]  # 8 blocks of 64: 36/64 of the scores
 
@@ -85,8 +88,17 @@ def test_blocked_fallback_is_exact_for_bidirectional():
 
 
 def _tiny(**kw):
-  return ModelConfig(vocab_size=50, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2,
-                     head_dim=8, mlp_dim=64, max_seq_len=128, **kw)
+  return ModelConfig(
+      vocab_size=50,
+      d_model=32,
+      num_layers=3,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      max_seq_len=128,
+      **kw,
+  )
 
 
 def test_model_blocked_and_unrolled_match_reference():
@@ -102,9 +114,9 @@ def test_model_blocked_and_unrolled_match_reference():
 
   def loss(cfg):
     def f(p):
-      logits = Transformer(cfg).apply({"params": p}, toks, positions_BxL=pos,
-                                      segment_ids_BxL=seg)
+      logits = Transformer(cfg).apply({"params": p}, toks, positions_BxL=pos, segment_ids_BxL=seg)
       return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+
     return jax.jit(jax.value_and_grad(f, has_aux=True))
 
   (_, logits_r), g_r = loss(ref_cfg)(params)

@@ -14,11 +14,33 @@ from configs import default as default_cfg
 from train import cpu_devices
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-KEYS = {"config", "backend", "devices", "mesh", "attention_impl", "batch_size", "seq_len",
-        "steps", "step_ms_median", "step_ms_min", "step_ms_max", "step_ms_iqr", "tokens_per_s",
-        "model_flops_per_token", "model_gflops_per_s", "peak_gflops_per_s", "peak_source",
-        "mfu", "compile_s", "first_step_s", "final_loss", "host_peak_rss_bytes",
-        "compile_s_12_layers", "compile_s_48_layers", "compile_ratio_48_vs_12"}
+KEYS = {
+    "config",
+    "backend",
+    "devices",
+    "mesh",
+    "attention_impl",
+    "batch_size",
+    "seq_len",
+    "steps",
+    "step_ms_median",
+    "step_ms_min",
+    "step_ms_max",
+    "step_ms_iqr",
+    "tokens_per_s",
+    "model_flops_per_token",
+    "model_gflops_per_s",
+    "peak_gflops_per_s",
+    "peak_source",
+    "mfu",
+    "compile_s",
+    "first_step_s",
+    "final_loss",
+    "host_peak_rss_bytes",
+    "compile_s_12_layers",
+    "compile_s_48_layers",
+    "compile_ratio_48_vs_12",
+}
 
 
 def test_bench_cli_runs_and_writes_json(tmp_path):
@@ -27,10 +49,27 @@ def test_bench_cli_runs_and_writes_json(tmp_path):
   env.pop("XLA_FLAGS", None)
   env.pop(cpu_devices.ENV, None)
   r = subprocess.run(
-      [sys.executable, "-m", "train.bench", "--config", "configs/bench.py:tiny", "--steps", "2",
-       "--warmup", "1", "--json", str(out), "--compile_depth_check",
-       "--config.train.batch_size=4"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+      [
+          sys.executable,
+          "-m",
+          "train.bench",
+          "--config",
+          "configs/bench.py:tiny",
+          "--steps",
+          "2",
+          "--warmup",
+          "1",
+          "--json",
+          str(out),
+          "--compile_depth_check",
+          "--config.train.batch_size=4",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert r.returncode == 0, r.stdout + r.stderr
   printed = json.loads(r.stdout.strip().splitlines()[-1])
   written = json.loads(out.read_text())
@@ -42,12 +81,16 @@ def test_bench_cli_runs_and_writes_json(tmp_path):
   assert written["devices"] == 2 and written["mesh"]["data"] == 2
   assert written["step_ms_min"] <= written["step_ms_median"] <= written["step_ms_max"]
   tokens = 4 * 32
-  assert written["tokens_per_s"] == pytest.approx(tokens / written["step_ms_median"] * 1e3,
-                                                  rel=1e-2)
+  assert written["tokens_per_s"] == pytest.approx(
+      tokens / written["step_ms_median"] * 1e3, rel=1e-2
+  )
   gflops = written["model_flops_per_token"] * written["tokens_per_s"] / 1e9
   assert written["model_gflops_per_s"] == pytest.approx(gflops, rel=1e-2)
-  assert 0 < written["mfu"] == pytest.approx(
-      written["model_gflops_per_s"] / written["peak_gflops_per_s"], rel=1e-2)
+  assert (
+      0
+      < written["mfu"]
+      == pytest.approx(written["model_gflops_per_s"] / written["peak_gflops_per_s"], rel=1e-2)
+  )
   assert written["compile_s_12_layers"] > 0 and written["compile_s_48_layers"] > 0
   assert 3.0 < written["final_loss"] < 6.0  # ln(64) = 4.16 for random tokens
 
@@ -62,7 +105,11 @@ def test_bench_configs_match_the_torch_peer():
     assert (c.data.seq_len, c.train.batch_size) == (seq, batch)
     assert m.mlp_dim == 4 * d and m.head_dim * heads == d and m.tie_embeddings
     assert (m.dtype, m.param_dtype, m.norm_position, m.pos_encoding) == (
-        "float32", "float32", "pre", "learned")
+        "float32",
+        "float32",
+        "pre",
+        "learned",
+    )
   with pytest.raises(ValueError, match="unknown size"):
     bench_cfg.get_config("XL")
 
@@ -76,12 +123,12 @@ def test_cpu_devices_choice(monkeypatch):
   assert cpu_devices.choose(c, cpu_count=1) == 1
   odd = bench_cfg.get_config("S")
   odd.train.batch_size = 15
-  assert cpu_devices.choose(odd, cpu_count=2) == 1           # batch would not split
+  assert cpu_devices.choose(odd, cpu_count=2) == 1  # batch would not split
   fsdp = default_cfg.get_config()
   fsdp.mesh.shape = (1, -1, 1)
-  assert cpu_devices.choose(fsdp, cpu_count=2) == 1          # not the plain data mesh
+  assert cpu_devices.choose(fsdp, cpu_count=2) == 1  # not the plain data mesh
   multi = bench_cfg.get_config("S")
   multi.distributed.enabled = True
-  assert cpu_devices.choose(multi, cpu_count=2) == 1         # one device per process
+  assert cpu_devices.choose(multi, cpu_count=2) == 1  # one device per process
   monkeypatch.setenv(cpu_devices.ENV, "1")
-  assert cpu_devices.choose(c, cpu_count=2) == 1             # opt out
+  assert cpu_devices.choose(c, cpu_count=2) == 1  # opt out

@@ -39,30 +39,38 @@ def _wilson(k, n, z=Z95):
 
 def test_reader_keeps_a_quoted_field_spanning_lines(tmp_path):
   path = tmp_path / "cp.csv"
-  path.write_text(HEADER
-                  + '0,"He said, ""poor"" people.",He said rich people.,stereo,socioeconomic,[]\n'
-                  + '1,Bob was poor.,"Bob was white\n.",antistereo,race-color,"[[\'x\'],\n[]]"\n'
-                  + "2,A old man.,A young man.,stereo,age,[]\n", encoding="utf-8")
+  path.write_text(
+      HEADER
+      + '0,"He said, ""poor"" people.",He said rich people.,stereo,socioeconomic,[]\n'
+      + '1,Bob was poor.,"Bob was white\n.",antistereo,race-color,"[[\'x\'],\n[]]"\n'
+      + "2,A old man.,A young man.,stereo,age,[]\n",
+      encoding="utf-8",
+  )
   pairs = bias.read_crows_pairs(path)
   assert [p.record for p in pairs] == [1, 2, 3]
-  assert pairs[0] == bias.Pair('He said, "poor" people.', "He said rich people.", "stereo",
-                               "socioeconomic", 1)
+  assert pairs[0] == bias.Pair(
+      'He said, "poor" people.', "He said rich people.", "stereo", "socioeconomic", 1
+  )
   assert pairs[1].sent_less == "Bob was white\n." and pairs[1].direction == "antistereo"
   assert pairs[2].bias_type == "age"
   assert [p.record for p in bias.read_crows_pairs(path, limit=2)] == [1, 2]
   # A byte-order mark (spreadsheet exports) must not rename the first column.
-  path.write_text("\ufeffsent_more,sent_less,stereo_antistereo,bias_type\na,b,stereo,age\n",
-                  encoding="utf-8")
+  path.write_text(
+      "\ufeffsent_more,sent_less,stereo_antistereo,bias_type\na,b,stereo,age\n", encoding="utf-8"
+  )
   assert bias.read_crows_pairs(path) == [bias.Pair("a", "b", "stereo", "age", 1)]
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", "no pairs"),
-    (HEADER, "no pairs"),
-    ("sent_more,sent_less,bias_type\na,b,age\n", "missing column.*stereo_antistereo"),
-    (HEADER + "0,a,b,both,age,[]\n", "record 1: stereo_antistereo must be"),
-    (HEADER + "0,a,,stereo,age,[]\n", "record 1 has empty sent_less"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "no pairs"),
+        (HEADER, "no pairs"),
+        ("sent_more,sent_less,bias_type\na,b,age\n", "missing column.*stereo_antistereo"),
+        (HEADER + "0,a,b,both,age,[]\n", "record 1: stereo_antistereo must be"),
+        (HEADER + "0,a,,stereo,age,[]\n", "record 1 has empty sent_less"),
+    ],
+)
 def test_reader_rejects_bad_files(tmp_path, text, match):
   path = tmp_path / "bad.csv"
   path.write_text(text, encoding="utf-8")
@@ -87,18 +95,22 @@ def _pair(more, less, direction, bias_type, record=0):
 
 
 # A scorer that always prefers the sentence starting with "A" (both or neither: a tie).
-PREFERS_A = lambda pairs: (np.array([float(p.sent_more.startswith("A")) for p in pairs]),
-                           np.array([float(p.sent_less.startswith("A")) for p in pairs]))
+PREFERS_A = lambda pairs: (
+    np.array([float(p.sent_more.startswith("A")) for p in pairs]),
+    np.array([float(p.sent_less.startswith("A")) for p in pairs]),
+)
 
 KNOWN = [
-    _pair("A he", "B she", "stereo", "gender"),          # preferred
-    _pair("B he", "A she", "stereo", "gender"),          # not
-    _pair("A she", "B he", "antistereo", "gender"),      # preferred: sent_more wins, any direction
-    _pair("A x", "A y", "stereo", "gender"),             # tie: counted, not preferred
-    _pair("A old", "B young", "stereo", "age"),          # preferred
-    _pair("A young", "B old", "antistereo", "age"),      # preferred
-    _pair("B young", "A old", "antistereo", "age"),      # not
-] + [_pair("B us", "A them", "stereo", "religion")] * 5  # none preferred
+    _pair("A he", "B she", "stereo", "gender"),  # preferred
+    _pair("B he", "A she", "stereo", "gender"),  # not
+    _pair("A she", "B he", "antistereo", "gender"),  # preferred: sent_more wins, any direction
+    _pair("A x", "A y", "stereo", "gender"),  # tie: counted, not preferred
+    _pair("A old", "B young", "stereo", "age"),  # preferred
+    _pair("A young", "B old", "antistereo", "age"),  # preferred
+    _pair("B young", "A old", "antistereo", "age"),  # not
+] + [
+    _pair("B us", "A them", "stereo", "religion")
+] * 5  # none preferred
 
 
 def test_always_prefers_a_gives_the_hand_counted_shares_and_intervals():
@@ -110,14 +122,16 @@ def test_always_prefers_a_gives_the_hand_counted_shares_and_intervals():
     assert (g["n"], g["preferred"], g["ties"]) == (n, k, ties)
     assert g["pct"] == pytest.approx(100 * k / n)
     assert (g["ci_low"], g["ci_high"]) == pytest.approx(_wilson(k, n), abs=1e-9)
-  assert res["by_type"]["religion"]["p_vs_50"] == pytest.approx(2 / 2 ** 5)  # 0 of 5, two-sided
+  assert res["by_type"]["religion"]["p_vs_50"] == pytest.approx(2 / 2**5)  # 0 of 5, two-sided
   overall = res["overall"]
   assert (overall["n"], overall["preferred"], overall["ties"]) == (12, 4, 1)
   # two-sided exact p of 4 of 12: outcomes 0..4 and 8..12 are as or less likely
   assert overall["p_vs_50"] == pytest.approx(2 * (1 + 12 + 66 + 220 + 495) / 4096)
   assert (res["by_direction"]["stereo"]["n"], res["by_direction"]["stereo"]["preferred"]) == (9, 2)
-  assert (res["by_direction"]["antistereo"]["n"],
-          res["by_direction"]["antistereo"]["preferred"]) == (3, 2)
+  assert (
+      res["by_direction"]["antistereo"]["n"],
+      res["by_direction"]["antistereo"]["preferred"],
+  ) == (3, 2)
   assert [p["score_more"] > p["score_less"] for p in res["pairs"][:3]] == [True, False, True]
   report = bias.format_report(res)
   assert "sentence_ll" in report and "not the paper's metric" in report
@@ -140,6 +154,7 @@ def test_scores_are_compared_at_three_decimals():
 
 class _LossyTokenizer:
   """Like a SentencePiece model without byte fallback: anything outside a-z and space is <unk>."""
+
   spec = "lossy"
 
   def encode(self, text):
@@ -150,10 +165,12 @@ class _LossyTokenizer:
 
 
 def test_unencodable_pairs_are_skipped_and_counted():
-  pairs = [_pair("the cat", "the dog", "stereo", "age"),
-           _pair("\u00c9 is poor", "\u00d6 is poor", "stereo", "nationality"),  # both <unk> is poor
-           _pair("the Cat", "the Dog", "stereo", "age"),                      # <unk>at, <unk>og
-           _pair("a very long sentence", "a short one", "stereo", "age")]
+  pairs = [
+      _pair("the cat", "the dog", "stereo", "age"),
+      _pair("\u00c9 is poor", "\u00d6 is poor", "stereo", "nationality"),  # both <unk> is poor
+      _pair("the Cat", "the Dog", "stereo", "age"),  # <unk>at, <unk>og
+      _pair("a very long sentence", "a short one", "stereo", "age"),
+  ]
   kept, skipped = bias.check_encodable(pairs, _LossyTokenizer(), max_tokens=15)
   assert kept == pairs[:1]
   assert skipped == {"identical_encoding": 1, "no_round_trip": 1, "too_long": 1}
@@ -170,15 +187,22 @@ def test_a_sentencepiece_model_that_maps_text_to_unk_is_detected(tmp_path):
   spm = pytest.importorskip("sentencepiece")
   import io
   from train.data import tokenizer as tok_lib
+
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(["a bad cab", "a dab cab bad"] * 20),
-                                 model_writer=model, vocab_size=12, hard_vocab_limit=False,
-                                 minloglevel=2)
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(["a bad cab", "a dab cab bad"] * 20),
+      model_writer=model,
+      vocab_size=12,
+      hard_vocab_limit=False,
+      minloglevel=2,
+  )
   (tmp_path / "sp.model").write_bytes(model.getvalue())
   tok = tok_lib.load(str(tmp_path / "sp.model"))
-  pairs = [_pair("a bad cab", "a dab cab", "stereo", "age"),
-           _pair("X is bad", "Y is bad", "stereo", "race-color"),               # both "? ?? bad"
-           _pair("Jamal was poor", "Jake was poor", "stereo", "race-color")]
+  pairs = [
+      _pair("a bad cab", "a dab cab", "stereo", "age"),
+      _pair("X is bad", "Y is bad", "stereo", "race-color"),  # both "? ?? bad"
+      _pair("Jamal was poor", "Jake was poor", "stereo", "race-color"),
+  ]
   kept, skipped = bias.check_encodable(pairs, tok)
   assert kept == pairs[:1] and skipped == {"identical_encoding": 1, "no_round_trip": 1}
 
@@ -194,8 +218,10 @@ def test_unmodified_positions_align_shared_tokens_without_framing():
   a, b = _framed("the cat sat"), _framed("the dog sat")
   assert bias.unmodified_positions(a, b) == ([1, 2, 3, 4, 8, 9, 10, 11],) * 2
   a, b = _framed("the woman sat"), _framed("the man sat")  # "man" is shared, "wo" inserted
-  assert bias.unmodified_positions(a, b) == ([1, 2, 3, 4, *range(7, 14)],
-                                             [1, 2, 3, 4, *range(5, 12)])
+  assert bias.unmodified_positions(a, b) == (
+      [1, 2, 3, 4, *range(7, 14)],
+      [1, 2, 3, 4, *range(5, 12)],
+  )
   # Over 200 tokens difflib's autojunk would drop the lone shared space between two edits.
   base = "the person who lives next door helps everyone in the street with the shopping; " * 3
   a, b = _framed(base + "XX YY said so."), _framed(base + "QQ ZZ said so.")
@@ -207,17 +233,29 @@ def test_unmodified_positions_align_shared_tokens_without_framing():
 
 
 def _tiny(**kw):
-  cfg = ModelConfig(vocab_size=260, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2,
-                    head_dim=16, mlp_dim=64, max_seq_len=32, init_std=0.3, **kw)
+  cfg = ModelConfig(
+      vocab_size=260,
+      d_model=32,
+      num_layers=1,
+      num_heads=2,
+      num_kv_heads=2,
+      head_dim=16,
+      mlp_dim=64,
+      max_seq_len=32,
+      init_std=0.3,
+      **kw,
+  )
   model = Transformer(cfg)
   params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
   logp = jax.jit(lambda ids: jax.nn.log_softmax(model.apply({"params": params}, ids)[0]))
   return cfg, params, lambda ids: np.asarray(logp(jnp.asarray([ids])))
 
 
-PAIRS = [_pair("the cat sat", "the dog sat", "stereo", "age"),
-         _pair("the woman sat", "the man sat", "antistereo", "gender"),
-         _pair("poor people", "rich people", "stereo", "socioeconomic")]
+PAIRS = [
+    _pair("the cat sat", "the dog sat", "stereo", "age"),
+    _pair("the woman sat", "the man sat", "antistereo", "gender"),
+    _pair("poor people", "rich people", "stereo", "socioeconomic"),
+]
 
 
 def _naive_pll(logp, pair):
@@ -240,9 +278,9 @@ def test_a_masked_lm_run_is_scored_by_pll_matching_a_naive_masking_loop():
   from configs import default
   from train import mesh as mesh_lib
   from train import run as run_lib
+
   config = default.get_config("size=tiny")
-  config.model.update(attention_mask="bidirectional", mlm_head=True, num_layers=1,
-                      init_std=0.3)
+  config.model.update(attention_mask="bidirectional", mlm_head=True, num_layers=1, init_std=0.3)
   config.train.objective = "mlm"
   cfg, params, logp = _tiny(attention_mask="bidirectional", mlm_head=True)
   assert cfg == ModelConfig.from_config(config.model)
@@ -273,6 +311,7 @@ def test_sentence_log_likelihood_matches_direct_computation():
 
 def test_metric_follows_the_model():
   from configs import default
+
   config = default.get_config("size=tiny")
   assert bias.metric_for(config) == "sentence_ll"
   config.model.attention_mask = "bidirectional"
@@ -299,11 +338,13 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
   err = _cli_error(["--workdir", str(tmp_path / "absent"), "--data", str(good)], capsys)
   assert "run directory" in err and "does not exist" in err
   (tmp_path / "empty.csv").write_text("")
-  assert "no pairs" in _cli_error(["--workdir", str(tmp_path), "--data",
-                                   str(tmp_path / "empty.csv")], capsys)
+  assert "no pairs" in _cli_error(
+      ["--workdir", str(tmp_path), "--data", str(tmp_path / "empty.csv")], capsys
+  )
   (tmp_path / "cols.csv").write_text("sent_more,sent_less\na,b\n")
-  assert "missing column" in _cli_error(["--workdir", str(tmp_path), "--data",
-                                         str(tmp_path / "cols.csv")], capsys)
+  assert "missing column" in _cli_error(
+      ["--workdir", str(tmp_path), "--data", str(tmp_path / "cols.csv")], capsys
+  )
 
 
 @pytest.mark.slow
@@ -311,6 +352,7 @@ def test_cli_on_a_tiny_run_and_the_real_file(tmp_path, shared_data):
   """4 steps of the tiny default config, then `python -m eval.bias` on the first 20 pairs."""
   from configs import default
   from train import trainer
+
   data = shared_data / "bias" / "crows_pairs" / "crows_pairs_anonymized.csv"
   if not data.is_file():
     pytest.skip(f"{data} not present")
@@ -320,10 +362,26 @@ def test_cli_on_a_tiny_run_and_the_real_file(tmp_path, shared_data):
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
   out_json = tmp_path / "bias.json"
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-m", "eval.bias", "--workdir", str(tmp_path / "run"),
-                         "--data", str(data), "--limit", "20", "--json", str(out_json)],
-                        cwd=repo, env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"),
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "eval.bias",
+          "--workdir",
+          str(tmp_path / "run"),
+          "--data",
+          str(data),
+          "--limit",
+          "20",
+          "--json",
+          str(out_json),
+      ],
+      cwd=repo,
+      env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "metric: sentence_ll" in proc.stdout and "Blodgett" in proc.stdout
   assert "20 read, 20 scored, 0 skipped" in proc.stdout
@@ -331,7 +389,8 @@ def test_cli_on_a_tiny_run_and_the_real_file(tmp_path, shared_data):
   first20 = bias.read_crows_pairs(data, limit=20)
   assert res["n_scored"] == 20 and res["step"] == 4
   assert {t: g["n"] for t, g in res["by_type"].items()} == {
-      t: sum(p.bias_type == t for p in first20) for t in {p.bias_type for p in first20}}
+      t: sum(p.bias_type == t for p in first20) for t in {p.bias_type for p in first20}
+  }
   more = np.round([p["score_more"] for p in res["pairs"]], 3)
   less = np.round([p["score_less"] for p in res["pairs"]], 3)
   assert np.all(np.isfinite(more)) and np.all(more < 0)

@@ -66,38 +66,57 @@ print("RESULT " + json.dumps({k: out[k] for k in ("step", "preempted", "val_loss
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   root = tmp_path_factory.mktemp("ckpt")
-  e = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "xla"),
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=str(REPO))
+  e = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=str(root / "xla"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+      PYTHONPATH=str(REPO),
+  )
   e.pop("XLA_FLAGS", None)
   return {"env": e, "root": root, "prepared": str(root / "prepared")}
 
 
 def run(env, workdir, faults=None, **overrides):
-  base = {"train.steps": STEPS, "train.log_every": 1, "checkpoint.every": 2,
-          "checkpoint.keep": 10, "eval.every": 0, "eval.batches": 1,
-          "data.prepared_dir": env["prepared"]}
+  base = {
+      "train.steps": STEPS,
+      "train.log_every": 1,
+      "checkpoint.every": 2,
+      "checkpoint.keep": 10,
+      "eval.every": 0,
+      "eval.batches": 1,
+      "data.prepared_dir": env["prepared"],
+  }
   base.update(overrides)
-  p = subprocess.run([sys.executable, "-c", RUNNER, str(workdir), json.dumps(base),
-                      json.dumps(faults or {})], env=env["env"], cwd=REPO,
-                     capture_output=True, text=True, timeout=600)
+  p = subprocess.run(
+      [sys.executable, "-c", RUNNER, str(workdir), json.dumps(base), json.dumps(faults or {})],
+      env=env["env"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   return p.returncode, p.stdout + p.stderr
 
 
 def train_rows(workdir):
   from train import metrics
+
   return {r["step"]: r for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
 
 
 def final_params(workdir):
   import jax
   from train import run as run_lib
+
   run_ = run_lib.load_run(str(workdir))
   return run_.step, jax.tree_util.tree_map(np.asarray, run_.params)
 
 
 def assert_same_params(a, b):
   import jax
+
   leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
@@ -107,7 +126,7 @@ def assert_same_params(a, b):
 def assert_same_losses(a, b):
   assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
   for s in a:
-    assert a[s]["loss"] == b[s]["loss"], s          # bitwise (JSON floats round-trip)
+    assert a[s]["loss"] == b[s]["loss"], s  # bitwise (JSON floats round-trip)
     assert a[s]["grad_norm"] == b[s]["grad_norm"], s
 
 
@@ -123,7 +142,7 @@ def straight(env):
 
 def test_sigterm_then_resume_is_bitwise_identical(env, straight):
   wd = env["root"] / "sigterm"
-  rc, out = run(env, wd, faults={"sigterm_at": 3})   # signal during step 4's input
+  rc, out = run(env, wd, faults={"sigterm_at": 3})  # signal during step 4's input
   assert rc == 0, out
   assert '"preempted": true' in out and "SIGTERM received: saved step 4" in out, out
   rc, out = run(env, wd)
@@ -142,8 +161,9 @@ def test_sigkill_during_async_save_resumes_from_last_complete(env, straight):
   rc, out = run(env, wd)
   assert rc == 0, out
   assert "unfinished save" in out and "(step 4)" in out, out
-  assert any(p.name.startswith("6.orbax-checkpoint-tmp")
-             for p in (wd / "checkpoints_corrupt").iterdir())
+  assert any(
+      p.name.startswith("6.orbax-checkpoint-tmp") for p in (wd / "checkpoints_corrupt").iterdir()
+  )
   assert_same_params(final_params(wd)[1], straight["params"])
   assert_same_losses(train_rows(wd), straight["rows"])
 
@@ -189,6 +209,7 @@ def test_extending_a_finished_run_resumes_and_says_how_the_schedule_changes(env,
   rows = train_rows(wd)
   assert sorted(rows)[-2:] == [STEPS + 1, STEPS + 2]
   from train import metrics
+
   events = metrics.read_jsonl(os.path.join(wd, "metrics.jsonl"), kind="event")
   change = [e for e in events if e.get("event") == "schedule_changed"]
   assert change and change[-1]["steps_before"] == STEPS and change[-1]["steps_after"] == STEPS + 2
@@ -208,7 +229,7 @@ def test_nan_batch_is_skipped_and_training_continues(env):
   rc, out = run(env, wd, faults={"nan_steps": [3]})
   assert rc == 0, out
   rows = train_rows(wd)
-  assert rows[4]["skipped"] == 1 and rows[4]["skipped_total"] == 1   # step 3 -> logged as 4
+  assert rows[4]["skipped"] == 1 and rows[4]["skipped_total"] == 1  # step 3 -> logged as 4
   assert rows[STEPS]["skipped_total"] == 1 and np.isfinite(rows[STEPS]["loss"])
   assert rows[5]["nonfinite_streak"] == 0
 
@@ -221,16 +242,18 @@ def test_consecutive_nonfinite_steps_stop_with_good_checkpoint(env):
   step, params = final_params(wd)
   assert step == 2
   import jax
+
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 
 def test_init_from_loads_parameters_with_fresh_optimizer(env, straight):
   wd = env["root"] / "finetune"
-  rc, out = run(env, wd, **{"init_from": str(straight["workdir"]), "train.steps": 2,
-                            "checkpoint.every": 0})
+  rc, out = run(
+      env, wd, **{"init_from": str(straight["workdir"]), "train.steps": 2, "checkpoint.every": 0}
+  )
   assert rc == 0, out
   assert "initialised parameters from" in out, out
   rows = train_rows(wd)
   fresh_first = straight["rows"][1]["loss"]
   assert rows[1]["loss"] < fresh_first - 0.3, (rows[1]["loss"], fresh_first)
-  assert rows[1]["lr"] == 0.0   # warmup restarts: a fresh optimizer and schedule
+  assert rows[1]["lr"] == 0.0  # warmup restarts: a fresh optimizer and schedule

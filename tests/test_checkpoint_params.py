@@ -16,7 +16,8 @@ def test_save_params_then_load_run(tmp_path, monkeypatch):
   boxed = state_lib.abstract_variables(config, state_lib.make_model(config), mesh)
   rng = np.random.default_rng(0)
   params = jax.tree_util.tree_map(
-      lambda a: rng.normal(size=a.shape).astype(a.dtype), state_lib.nn.unbox(boxed["params"]))
+      lambda a: rng.normal(size=a.shape).astype(a.dtype), state_lib.nn.unbox(boxed["params"])
+  )
   # Relative workdirs, as users type them (`--workdir runs/x`), work for saving and loading.
   monkeypatch.chdir(tmp_path)
   checkpoint.save_params("run", params, config, step=7)
@@ -28,6 +29,7 @@ def test_save_params_then_load_run(tmp_path, monkeypatch):
 
 def test_load_run_of_a_missing_run_says_so(tmp_path):
   import pytest
+
   with pytest.raises(FileNotFoundError, match="not a trained run|no finished checkpoint"):
     run_lib.load_run(str(tmp_path / "nothing"))
 
@@ -36,11 +38,13 @@ def test_loading_a_run_logs_no_orbax_warnings(tmp_path, caplog):
   """eval.report loads every ladder point: Orbax's read-only-manager warnings (two per load)
   told the user nothing and filled the report's output."""
   import logging
+
   config = default.get_config("size=tiny")
   mesh = mesh_lib.make_mesh(config, devices=jax.devices()[:1])
   boxed = state_lib.abstract_variables(config, state_lib.make_model(config), mesh)
-  params = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype),
-                                  state_lib.nn.unbox(boxed["params"]))
+  params = jax.tree_util.tree_map(
+      lambda a: np.zeros(a.shape, a.dtype), state_lib.nn.unbox(boxed["params"])
+  )
   checkpoint.save_params(str(tmp_path / "run"), params, config, step=1)
   with caplog.at_level(logging.INFO):
     run_lib.load_run(str(tmp_path / "run"))

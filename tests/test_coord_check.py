@@ -8,7 +8,7 @@ import pytest
 from configs import default
 from eval import coord_check
 
-WIDTHS = (64, 128, 256)   # above the tiny model (width 32), the muP base
+WIDTHS = (64, 128, 256)  # above the tiny model (width 32), the muP base
 # One fixed batch of 1 x 16 tokens (the default); 16 initialisations averaged per width (one
 # compile serves them all) keep the seed-to-seed noise in the slopes below ~0.03.
 KW = dict(steps=6, lr=1e-2, seeds=16)
@@ -24,12 +24,13 @@ def results():
 def test_mup_activations_do_not_grow_with_width(results):
   r = results["mup"]
   assert max(abs(s) for s in r["slopes"]["width"].values()) < 0.1, r["slopes"]
-  for step in range(1, KW["steps"] + 1):   # every step after the first update, with a
-    slopes = r["slopes_by_step"]["width"][step]       # margin for the per-layer noise
+  for step in range(1, KW["steps"] + 1):  # every step after the first update, with a
+    slopes = r["slopes_by_step"]["width"][step]  # margin for the per-layer noise
     assert max(abs(s) for s in slopes.values()) < 0.15, (step, slopes)
   assert r["max_abs_slope"] == max(abs(s) for s in r["slopes"]["width"].values())
   assert {"embed_out", "attn_out/0", "mlp_out/1", "residual/1", "logits"} <= set(
-      r["slopes"]["width"])
+      r["slopes"]["width"]
+  )
 
 
 def test_sp_logits_grow_with_width_the_negative_control(results):
@@ -39,16 +40,34 @@ def test_sp_logits_grow_with_width_the_negative_control(results):
 
 def test_cli_writes_json_and_plot(tmp_path, capsys):
   out, png = tmp_path / "cc.json", tmp_path / "cc.png"
-  code = coord_check.main(["--config", "configs/default.py:size=tiny", "--widths", "32,64",
-                           "--depths", "1,2", "--parametrization", "completep", "--steps", "1",
-                           "--seeds", "1", "--seq-len", "8", "--json", str(out),
-                           "--plot", str(png)])
+  code = coord_check.main(
+      [
+          "--config",
+          "configs/default.py:size=tiny",
+          "--widths",
+          "32,64",
+          "--depths",
+          "1,2",
+          "--parametrization",
+          "completep",
+          "--steps",
+          "1",
+          "--seeds",
+          "1",
+          "--seq-len",
+          "8",
+          "--json",
+          str(out),
+          "--plot",
+          str(png),
+      ]
+  )
   assert code == 0 and png.stat().st_size > 0
   r = json.loads(out.read_text())
   assert set(r["slopes"]) == {"width", "depth"}
   assert "attn_out/0" in r["slopes"]["width"] and "attn_out/0" not in r["slopes"]["depth"]
   assert np.isfinite(r["max_abs_slope"])
-  assert len(r["records"]["depth"]["2"]) == 2          # steps 0 and 1
+  assert len(r["records"]["depth"]["2"]) == 2  # steps 0 and 1
   assert "max_abs_slope" in capsys.readouterr().out
 
 
@@ -59,18 +78,32 @@ def test_bad_widths_are_a_clear_error():
 
 def test_lr_sweep_points_and_best_lr_shift():
   from eval import lr_transfer
-  points = lr_transfer.lr_sweep_points(default.get_config("size=tiny"), (32, 64), (-9, -8),
-                                       ("sp", "mup"))
+
+  points = lr_transfer.lr_sweep_points(
+      default.get_config("size=tiny"), (32, 64), (-9, -8), ("sp", "mup")
+  )
   assert len(points) == 8
   name, meta, c = points[-1]
-  assert name == "mup_w64_lr2^-8" and c.train.learning_rate == 2.0 ** -8
+  assert name == "mup_w64_lr2^-8" and c.train.learning_rate == 2.0**-8
   assert (c.model.d_model, c.model.head_dim, c.model.mlp_dim, c.model.base_width) == (
-      64, 32, 128, 32)
-  rows = [dict(parametrization=p, width=w, lr_exponent=k, val_loss=loss)
-          for p, w, k, loss in [("sp", 32, -9, 2.0), ("sp", 32, -8, 1.9), ("sp", 64, -9, 1.8),
-                                ("sp", 64, -8, float("nan")), ("mup", 32, -9, 2.0),
-                                ("mup", 32, -8, 1.9), ("mup", 64, -9, 1.9),
-                                ("mup", 64, -8, 1.7)]]
+      64,
+      32,
+      128,
+      32,
+  )
+  rows = [
+      dict(parametrization=p, width=w, lr_exponent=k, val_loss=loss)
+      for p, w, k, loss in [
+          ("sp", 32, -9, 2.0),
+          ("sp", 32, -8, 1.9),
+          ("sp", 64, -9, 1.8),
+          ("sp", 64, -8, float("nan")),
+          ("mup", 32, -9, 2.0),
+          ("mup", 32, -8, 1.9),
+          ("mup", 64, -9, 1.9),
+          ("mup", 64, -8, 1.7),
+      ]
+  ]
   best = lr_transfer.best_lr_shift(rows)
   assert best["sp"] == dict(best_lr_exponent={32: -8, 64: -9}, shift_grid_steps=1)
   assert best["mup"] == dict(best_lr_exponent={32: -8, 64: -8}, shift_grid_steps=0)

@@ -18,8 +18,16 @@ SEQ_LEN = 64
 
 
 def cfg(source, seq_len=SEQ_LEN, val_fraction=0.2):
-  return ml_collections.ConfigDict(dict(source=source, tokenizer="byte", seq_len=seq_len,
-                                        prepared_dir="", val_fraction=val_fraction, num_workers=1))
+  return ml_collections.ConfigDict(
+      dict(
+          source=source,
+          tokenizer="byte",
+          seq_len=seq_len,
+          prepared_dir="",
+          val_fraction=val_fraction,
+          num_workers=1,
+      )
+  )
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +42,9 @@ def corpus(tmp_path_factory):
     text = "".join(rng.choice(list("abcdefgh é🎉\n"), size=n))
     (d / f"{i:04d}.txt").write_text(text, encoding="utf-8")
   source = f"text:{d}/*.txt"
-  prepare.prepare(source, "byte", root / "p", val_fraction=0.2, num_workers=1,
-                  shard_bytes=3000, progress=False)
+  prepare.prepare(
+      source, "byte", root / "p", val_fraction=0.2, num_workers=1, shard_bytes=3000, progress=False
+  )
   return source, root / "p"
 
 
@@ -108,17 +117,21 @@ def test_train_rows_are_a_shuffled_epoch_of_windows(corpus):
   epoch = packer.build(np.arange(w))["targets"].astype(np.int32)
   assert sorted(rows[:w]) == sorted(map(bytes, epoch))
   assert rows[:w] != list(map(bytes, epoch))  # shuffled, not stream order
-  assert sorted(rows[w:2 * w]) == sorted(map(bytes, epoch))  # epoch 2: all windows again,
-  assert rows[w:2 * w] != rows[:w]                           # in a new order
+  assert sorted(rows[w : 2 * w]) == sorted(map(bytes, epoch))  # epoch 2: all windows again,
+  assert rows[w : 2 * w] != rows[:w]  # in a new order
   # Another seed, another order.
   other = load(corpus, global_batch_size=4, seed=1)
-  assert not np.array_equal(next(other.train_iter)["inputs"], next(load(corpus, global_batch_size=4).train_iter)["inputs"])
+  assert not np.array_equal(
+      next(other.train_iter)["inputs"], next(load(corpus, global_batch_size=4).train_iter)["inputs"]
+  )
 
 
 def test_per_process_parts_concatenate_to_global_batch(corpus):
   full = load(corpus, global_batch_size=8).train_iter
-  parts = [load(corpus, global_batch_size=8, process_index=p, process_count=2).train_iter
-           for p in range(2)]
+  parts = [
+      load(corpus, global_batch_size=8, process_index=p, process_count=2).train_iter
+      for p in range(2)
+  ]
   for _ in range(5):
     g = next(full)
     a, b = next(parts[0]), next(parts[1])
@@ -169,6 +182,7 @@ np.savez({str(tmp_path / "out.npz")!r}, **out)
 def test_orbax_checkpoint_of_iterator_state(corpus, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   import grain
+
   it = load(corpus).train_iter
   next(it)
   with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
@@ -218,5 +232,10 @@ def test_seq_len_longer_than_corpus(tmp_path):
   src = f"text:{tmp_path}/c/*.txt"
   prepare.prepare(src, "byte", tmp_path / "p", val_fraction=0.4, num_workers=1, progress=False)
   with pytest.raises(ValueError, match="fewer than one window of seq_len=4096"):
-    pipeline.load_for_training(cfg(src, seq_len=4096, val_fraction=0.4), tmp_path / "p", global_batch_size=2,
-                               seed=0, progress=False)
+    pipeline.load_for_training(
+        cfg(src, seq_len=4096, val_fraction=0.4),
+        tmp_path / "p",
+        global_batch_size=2,
+        seed=0,
+        progress=False,
+    )

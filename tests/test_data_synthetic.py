@@ -34,7 +34,7 @@ def test_entropy_rate_matches_samples(order, vocab, alpha):
   n_ctx = vocab**order
   ctx = np.zeros((seqs.shape[0], seqs.shape[1] - order), np.int64)
   for j in range(order):
-    ctx = ctx * vocab + seqs[:, j:seqs.shape[1] - order + j]
+    ctx = ctx * vocab + seqs[:, j : seqs.shape[1] - order + j]
   counts = np.bincount((ctx * vocab + seqs[:, order:]).ravel(), minlength=n_ctx * vocab)
   counts = counts.reshape(n_ctx, vocab).astype(float)
   p_joint = counts / counts.sum()
@@ -51,11 +51,13 @@ def test_source_documents_and_floor():
   assert [d.text() for d in src.documents()] == [d.text() for d in docs]  # deterministic
   floor = src.info["synthetic"]
   assert floor["entropy_rate_bits_per_byte"] == pytest.approx(
-      floor["entropy_rate_nats_per_symbol"] / math.log(2))
+      floor["entropy_rate_nats_per_symbol"] / math.log(2)
+  )
 
 
-@pytest.mark.parametrize("arg,match", [("vocab=100", "vocab"), ("colour=3", "colour"),
-                                       ("order=0", "order")])
+@pytest.mark.parametrize(
+    "arg,match", [("vocab=100", "vocab"), ("colour=3", "colour"), ("order=0", "order")]
+)
 def test_bad_options(arg, match):
   with pytest.raises(ValueError, match=match):
     sources.open_source(f"synthetic:markov:{arg}")
@@ -76,11 +78,16 @@ def _exact_packed_floor_bpb(src, seq_len) -> float:
   import itertools
 
   from train.data import pipeline
+
   n, k, v = src.spec.doc_len, src.spec.order, src.spec.vocab
   unit = n + 1
   period = math.lcm(unit, seq_len)
-  packer = pipeline.Packer(_LayoutOnly(period // unit, n), np.arange(period // unit), seq_len,
-                           type("Tok", (), dict(bos_id=-1, eos_id=-2, pad_id=-3))())
+  packer = pipeline.Packer(
+      _LayoutOnly(period // unit, n),
+      np.arange(period // unit),
+      seq_len,
+      type("Tok", (), dict(bos_id=-1, eos_id=-2, pad_id=-3))(),
+  )
   docs = []
   for x in itertools.product(range(v), repeat=n):
     ctx = 0
@@ -97,7 +104,7 @@ def _exact_packed_floor_bpb(src, seq_len) -> float:
       symbols += o < n
       for x, prob in docs:
         ext = ("BOS",) + x + ("EOS",)  # ext[j + 1] is the document's ext[j]
-        obs = (o0 == 0, ext[o0:o + 1])
+        obs = (o0 == 0, ext[o0 : o + 1])
         row = joint.setdefault(obs, {})
         row[ext[o + 1]] = row.get(ext[o + 1], 0.0) + prob
   nats = 0.0
@@ -107,11 +114,13 @@ def _exact_packed_floor_bpb(src, seq_len) -> float:
   return nats / symbols / math.log(2)
 
 
-@pytest.mark.parametrize("order,vocab,doc_len,seq_len", [(1, 2, 3, 3), (2, 3, 4, 3),
-                                                         (1, 3, 4, 7), (2, 2, 5, 4)])
+@pytest.mark.parametrize(
+    "order,vocab,doc_len,seq_len", [(1, 2, 3, 3), (2, 3, 4, 3), (1, 3, 4, 7), (2, 2, 5, 4)]
+)
 def test_reachable_floor_matches_exact_enumeration(order, vocab, doc_len, seq_len):
-  src = synthetic.MarkovSource(synthetic.MarkovSpec(order=order, vocab=vocab, doc_len=doc_len,
-                                                    alpha=0.7, seed=4))
+  src = synthetic.MarkovSource(
+      synthetic.MarkovSpec(order=order, vocab=vocab, doc_len=doc_len, alpha=0.7, seed=4)
+  )
   got = src.reachable_floor(seq_len)["reachable_floor_bits_per_byte"]
   assert got == pytest.approx(_exact_packed_floor_bpb(src, seq_len), rel=1e-9)
   assert got > src.entropy_rate() / math.log(2)

@@ -33,7 +33,13 @@ def bpe(tmp_path_factory):
 
 def test_byte_round_trip_and_ids():
   tok = tok_lib.load("byte")
-  assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id) == (260, 256, 257, 258, 259)
+  assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id) == (
+      260,
+      256,
+      257,
+      258,
+      259,
+  )
   rng = np.random.default_rng(0)
   for _ in range(50):
     s = random_unicode(rng, int(rng.integers(0, 200)))
@@ -57,8 +63,15 @@ def test_bpe_round_trip_unseen_unicode(bpe):
   assert [bpe.bos_id, bpe.eos_id, bpe.pad_id, bpe.mask_id] == [0, 1, 2, 3]
   rng = np.random.default_rng(1)
   texts = [random_unicode(rng, int(rng.integers(0, 300))) for _ in range(50)]
-  texts += ["", " leading space", "trailing  \n\n", "日本語のテキスト 🎉🚀", "<eos> <bos><pad><mask> literal",
-            "\u0301combining first", "tabs\tand\r\nCRLF"]
+  texts += [
+      "",
+      " leading space",
+      "trailing  \n\n",
+      "日本語のテキスト 🎉🚀",
+      "<eos> <bos><pad><mask> literal",
+      "\u0301combining first",
+      "tabs\tand\r\nCRLF",
+  ]
   for s in texts:
     ids = bpe.encode(s)
     assert bpe.decode(ids) == s, repr(s)
@@ -104,14 +117,24 @@ def test_sentencepiece_if_available(tmp_path):
   text = tmp_path / "c.txt"
   text.write_text("".join(CORPUS))
   spm.SentencePieceTrainer.train(
-      input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=500, byte_fallback=True,
-      normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-      user_defined_symbols=["<mask>"], pad_id=3, minloglevel=2)
+      input=str(text),
+      model_prefix=str(tmp_path / "sp"),
+      vocab_size=500,
+      byte_fallback=True,
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      add_dummy_prefix=False,
+      user_defined_symbols=["<mask>"],
+      pad_id=3,
+      minloglevel=2,
+  )
   tok = tok_lib.load(str(tmp_path / "sp.model"))
   assert tok.vocab_size == 500
   assert len({tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id}) == 4
   rng = np.random.default_rng(2)
-  for s in ["the quick fox", " two  spaces ", "日本語 🎉"] + [random_unicode(rng, 50) for _ in range(10)]:
+  for s in ["the quick fox", " two  spaces ", "日本語 🎉"] + [
+      random_unicode(rng, 50) for _ in range(10)
+  ]:
     assert tok.decode(tok.encode(s)) == s, repr(s)
 
 
@@ -120,8 +143,19 @@ def test_train_cli(tmp_path):
   src.mkdir()
   for i, t in enumerate(CORPUS[:8]):
     (src / f"{i}.txt").write_text(t)
-  tok_lib._main(["train", "--source", f"text:{src}/*.txt", "--vocab-size", "300",
-                 "--val-fraction", "0", "--out", str(tmp_path / "t.json")])
+  tok_lib._main(
+      [
+          "train",
+          "--source",
+          f"text:{src}/*.txt",
+          "--vocab-size",
+          "300",
+          "--val-fraction",
+          "0",
+          "--out",
+          str(tmp_path / "t.json"),
+      ]
+  )
   tok = tok_lib.load(str(tmp_path / "t.json"))
   assert tok.vocab_size == 300 and tok.decode(tok.encode("zebra ü")) == "zebra ü"
 

@@ -20,23 +20,35 @@ def _eval_source(tmp_path, texts, seq_len):
   (tmp_path / "c").mkdir()
   for i, t in enumerate(texts):
     (tmp_path / "c" / f"{i:03d}.txt").write_text(t)
-  prepare.prepare(f"text:{tmp_path}/c/*.txt", "byte", tmp_path / "p", val_fraction=1.0,
-                  num_workers=1, progress=False)
+  prepare.prepare(
+      f"text:{tmp_path}/c/*.txt",
+      "byte",
+      tmp_path / "p",
+      val_fraction=1.0,
+      num_workers=1,
+      progress=False,
+  )
   manifest, stores = pipeline.open_prepared(tmp_path / "p")
   from train.data import tokenizer as tok_lib
+
   return pipeline.EvalSource(stores["val"], manifest, tok_lib.load("byte"), seq_len), manifest
 
 
 class _TokenValueLoss:
   """A stand-in eval step whose loss of a target token is (token % 7 + 1) / 10: the
   aggregation can then be computed by hand."""
+
   objective = "next_token"
   batch_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
   def __call__(self, params, batch, doc_ids, token_bytes, mask_index):
     t, w = np.asarray(batch["targets"]), np.asarray(batch["weights"])
-    return {"loss": (t % 7 + 1) / 10 * w, "weights": w, "bytes": token_bytes[t] * w,
-            "doc_ids": np.asarray(doc_ids)}
+    return {
+        "loss": (t % 7 + 1) / 10 * w,
+        "weights": w,
+        "bytes": token_bytes[t] * w,
+        "doc_ids": np.asarray(doc_ids),
+    }
 
 
 def _hand_loss(text: str) -> tuple[float, int, int]:
@@ -78,8 +90,9 @@ def test_bpb_on_truncated_eval_equals_the_hand_count(tmp_path):
   hand_bytes = int((scored < 256).sum())  # byte tokens; EOS stands for no byte
   got = res["text"]
   assert got["tokens"] == len(scored) and got["bytes"] == hand_bytes
-  assert got["bpb"] == pytest.approx(got["loss"] * got["tokens"] / math.log(2) / hand_bytes,
-                                     rel=1e-6)
+  assert got["bpb"] == pytest.approx(
+      got["loss"] * got["tokens"] / math.log(2) / hand_bytes, rel=1e-6
+  )
   split_average = got["loss"] / math.log(2) / pipeline.bytes_per_token(manifest, "text")
   assert abs(got["bpb"] / split_average - 1) > 0.05
   # Over every batch the bytes scored are the manifest's bytes (EOS = 0 bytes there too).
@@ -105,6 +118,8 @@ def test_mlm_masks_differ_per_batch_and_repeat_across_evaluations(tmp_path):
   assert (masks[0] != masks[1]).any()  # another batch, other positions
   first = eval_lib.evaluate(built.eval_step, params, es, global_batch_size=4, max_batches=None)
   again = eval_lib.evaluate(built.eval_step, params, es, global_batch_size=4, max_batches=None)
-  assert (first["text"]["loss"], first["text"]["tokens"]) == (again["text"]["loss"],
-                                                                again["text"]["tokens"])
+  assert (first["text"]["loss"], first["text"]["tokens"]) == (
+      again["text"]["loss"],
+      again["text"]["tokens"],
+  )
   assert "bpb" not in first["text"] and first["text"]["mlm_loss"] == first["text"]["loss"]

@@ -25,7 +25,7 @@ def _isoflop_points(noise=0.002, seed=0, jitter=0.0):
   for C in [1e18, 1e19, 1e20, 1e21]:
     n_opt, _, _ = TRUE.optimal(C)
     for f in np.linspace(-0.8, 0.8, 9):
-      N = n_opt * 10 ** f
+      N = n_opt * 10**f
       c = C * np.exp(rng.normal(0, jitter))
       rows.append((N, c / (6 * N), c, C, TRUE.loss(N, C / (6 * N)) * np.exp(rng.normal(0, noise))))
   return (np.array(v) for v in zip(*rows))
@@ -41,8 +41,10 @@ def test_objective_gradient_matches_finite_differences():
     for i in range(5):
       e = np.zeros(5)
       e[i] = 1e-6
-      num[i] = (fit.lse_huber_objective(theta + e, logx, np.log(L), 1e-3, reduction)[0]
-                - fit.lse_huber_objective(theta - e, logx, np.log(L), 1e-3, reduction)[0]) / 2e-6
+      num[i] = (
+          fit.lse_huber_objective(theta + e, logx, np.log(L), 1e-3, reduction)[0]
+          - fit.lse_huber_objective(theta - e, logx, np.log(L), 1e-3, reduction)[0]
+      ) / 2e-6
     np.testing.assert_allclose(g, num, rtol=1e-4, atol=1e-9)
   # Huber: quadratic inside delta, linear outside.
   f_sum = fit.lse_huber_objective(theta, logx, np.log(L), 1e-3, "sum")[0]
@@ -86,7 +88,7 @@ def test_mean_objective_stops_early_where_summed_does_not():
 def test_full_grid_is_the_published_grid():
   starts = fit.grid_starts(fit.FULL_GRID, 2)
   assert starts.shape == (4500, 5)
-  assert sorted(set(starts[:, 3])) == [0.0, 0.5, 1.0, 1.5, 2.0]   # alpha
+  assert sorted(set(starts[:, 3])) == [0.0, 0.5, 1.0, 1.5, 2.0]  # alpha
   assert sorted(set(starts[:, 2])) == [-1.0, -0.5, 0.0, 0.5, 1.0]  # e
   assert sorted(set(starts[:, 0])) == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]  # a
 
@@ -98,8 +100,12 @@ def test_chinchilla_cli_d_col_and_c_col_agree(tmp_path):
   out_d, out_c = tmp_path / "d.json", tmp_path / "c.json"
   base = ["chinchilla", "--csv", str(csv), "--n-col", "n", "--loss-col", "loss", "--grid", "coarse"]
   assert fit.main(base + ["--d-col", "d", "--json", str(out_d)]) == 0
-  assert fit.main(base + ["--c-col", "c", "--bootstrap", "8", "--budget", "1e21",
-                          "--json", str(out_c)]) == 0
+  assert (
+      fit.main(
+          base + ["--c-col", "c", "--bootstrap", "8", "--budget", "1e21", "--json", str(out_c)]
+      )
+      == 0
+  )
   jd, jc = json.loads(out_d.read_text()), json.loads(out_c.read_text())
   for k in ("E", "A", "B", "alpha", "beta", "objective", "n_points", "a", "b"):
     assert k in jc
@@ -122,8 +128,9 @@ def test_cli_errors_name_the_column_and_drop_top_loss(tmp_path):
   csv = tmp_path / "runs.csv"
   pd.DataFrame(dict(n=N, d=D, loss=L)).to_csv(csv, index=False)
   with pytest.raises(ValueError, match="no column.*'tokens'"):
-    fit.main(["chinchilla", "--csv", str(csv), "--n-col", "n", "--d-col", "tokens",
-              "--loss-col", "loss"])
+    fit.main(
+        ["chinchilla", "--csv", str(csv), "--n-col", "n", "--d-col", "tokens", "--loss-col", "loss"]
+    )
   df = fit.load_table(str(csv), ["n", "d", "loss"], drop_top_loss=3, loss_col="loss")
   assert len(df) == 9 and df["loss"].max() == pytest.approx(np.sort(L)[-4])
   with pytest.raises(ValueError, match="non-positive"):
@@ -144,8 +151,28 @@ def test_isoflop_recovers_exponents_with_snapped_budgets(tmp_path):
   csv = tmp_path / "iso.csv"
   pd.DataFrame(dict(n=N, c=C, b=budget, loss=L)).to_csv(csv, index=False)
   out = tmp_path / "iso.json"
-  assert fit.main(["isoflop", "--csv", str(csv), "--n-col", "n", "--c-col", "c", "--budget-col", "b",
-                   "--loss-col", "loss", "--budget", "1e22", "--json", str(out)]) == 0
+  assert (
+      fit.main(
+          [
+              "isoflop",
+              "--csv",
+              str(csv),
+              "--n-col",
+              "n",
+              "--c-col",
+              "c",
+              "--budget-col",
+              "b",
+              "--loss-col",
+              "loss",
+              "--budget",
+              "1e22",
+              "--json",
+              str(out),
+          ]
+      )
+      == 0
+  )
   j = json.loads(out.read_text())
   assert j["a"] == pytest.approx(TRUE.a, abs=0.02) and j["n_budgets"] == 4
   assert len(j["a_interval"]) == 2 and j["predictions"][0]["budget"] == 1e22
@@ -161,12 +188,12 @@ def test_snap_budgets_groups_nearby_flops():
 def test_power_law_and_frontier_recover_known_exponents():
   rng = np.random.default_rng(0)
   x = np.geomspace(1e6, 1e9, 10)
-  L = (2.0 + 50 * x ** -0.3) * np.exp(rng.normal(0, 0.001, 10))
+  L = (2.0 + 50 * x**-0.3) * np.exp(rng.normal(0, 0.001, 10))
   p = fit.fit_power_law(x, L)
   assert p.E == pytest.approx(2.0, rel=0.02) and p.alpha == pytest.approx(0.3, abs=0.03)
   # Frontier: dominated runs (above the envelope) are ignored.
   C = np.geomspace(1e15, 1e20, 12)
-  Lc = 1.5 + 300 * C ** -0.12
+  Lc = 1.5 + 300 * C**-0.12
   C_all = np.r_[C, C[3:6]]
   L_all = np.r_[Lc, Lc[3:6] + 0.3]
   assert len(fit.pareto_frontier(C_all, L_all)) == 12

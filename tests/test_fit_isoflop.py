@@ -9,8 +9,7 @@ from eval import fit
 
 # alpha < beta makes each IsoFLOP curve asymmetric in log N: a parabola over a wide grid then
 # puts its minimum in the wrong place, differently at each budget.
-SKEWED = fit.ChinchillaFit(E=1.7, A=400.0, B=400.0, alpha=0.2, beta=0.6, objective=0.0,
-                           n_points=0)
+SKEWED = fit.ChinchillaFit(E=1.7, A=400.0, B=400.0, alpha=0.2, beta=0.6, objective=0.0, n_points=0)
 
 
 def _wide_grid(seed, law=SKEWED, noise=0.002, half_span_dex=1.5):
@@ -19,7 +18,7 @@ def _wide_grid(seed, law=SKEWED, noise=0.002, half_span_dex=1.5):
   optimum at the middle budgets, off-centre at the smallest and largest."""
   budgets = np.geomspace(1e18, 1e21, 4)
   opts = [law.optimal(c)[0] for c in budgets]
-  sizes = np.geomspace(opts[0] / 10 ** 0.75, opts[-1] * 10 ** 0.75, 16)
+  sizes = np.geomspace(opts[0] / 10**0.75, opts[-1] * 10**0.75, 16)
   rng = np.random.default_rng(seed)
   rows = []
   for c, n_opt in zip(budgets, opts):
@@ -82,8 +81,8 @@ def test_no_nan_or_overflow_when_resampling_flat_budgets(seed):
   rows = []
   for c, curv in zip([1e15, 1e16, 1e17, 1e18, 1e19], [0.02, 0.0, 0.02, 0.0, 0.02]):
     for x in np.linspace(-1, 1, 7):
-      n = 1e6 * (c / 1e15) ** 0.5 * 10 ** x
-      rows.append((n, c, 2.0 + curv * x ** 2 + rng.normal(0, 0.002)))
+      n = 1e6 * (c / 1e15) ** 0.5 * 10**x
+      rows.append((n, c, 2.0 + curv * x**2 + rng.normal(0, 0.002)))
   N, C, L = (np.array(v) for v in zip(*rows))
   with warnings.catch_warnings():
     warnings.simplefilter("error")

@@ -79,8 +79,9 @@ def test_cluster_bootstrap_resamples_whole_clusters():
 
 def test_profile_likelihood_intervals_hold_the_truth_and_nest():
   N, D, L = _table()
-  law, ivs, unbounded = fit.profile_chinchilla(N, D, L, levels=(0.8, 0.95), budget=1e23,
-                                               quantities=("E", "alpha", "a", "loss_opt"))
+  law, ivs, unbounded = fit.profile_chinchilla(
+      N, D, L, levels=(0.8, 0.95), budget=1e23, quantities=("E", "alpha", "a", "loss_opt")
+  )
   assert not unbounded
   for k in ("E", "alpha", "a"):
     lo80, hi80 = ivs[0.8][k]
@@ -96,7 +97,7 @@ def test_profile_reports_an_unbounded_floor():
   rng = np.random.default_rng(0)
   N = np.repeat(np.geomspace(1e5, 1e6, 4), 3)
   D = np.tile(np.geomspace(1e6, 1e7, 3), 4)
-  L = (0.1 + 400 * N ** -0.34 + 400 * D ** -0.28) * np.exp(rng.normal(0, 0.01, 12))
+  L = (0.1 + 400 * N**-0.34 + 400 * D**-0.28) * np.exp(rng.normal(0, 0.01, 12))
   _, _, unbounded = fit.profile_chinchilla(N, D, L, quantities=("E",))
   assert "E" in unbounded
 

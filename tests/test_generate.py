@@ -19,11 +19,22 @@ PE = ["rope", "learned", "sinusoidal"]
 
 def _model(pos_encoding, max_seq_len=40, **kw):
   # init_std 0.3: logits of order 1-10, so near-ties do not make the checks vacuous.
-  cfg = ModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                    head_dim=8, mlp_dim=64, max_seq_len=max_seq_len, pos_encoding=pos_encoding,
-                    init_std=0.3, **kw)
-  params = nn.unbox(Transformer(cfg).init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))
-                    ["params"])
+  cfg = ModelConfig(
+      vocab_size=50,
+      d_model=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      max_seq_len=max_seq_len,
+      pos_encoding=pos_encoding,
+      init_std=0.3,
+      **kw,
+  )
+  params = nn.unbox(
+      Transformer(cfg).init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+  )
   return cfg, params
 
 
@@ -40,13 +51,14 @@ def test_cached_decoding_matches_full_forward_every_position(pos_encoding):
   g = gen.Generator(cfg, params, pad_id=0)
   prompts = [[1, 2, 3, 4, 5, 6], [7, 8], [9]]
   n = 8
-  out = g.generate(prompts, gen.SamplingConfig(max_new_tokens=n, temperature=0.0),
-                   return_logits=True)
+  out = g.generate(
+      prompts, gen.SamplingConfig(max_new_tokens=n, temperature=0.0), return_logits=True
+  )
   for r, p in enumerate(prompts):
     assert len(out["tokens"][r]) == n
     full = _full_logits(cfg, params, p + out["tokens"][r])
-    np.testing.assert_allclose(out["logits"][r], full[len(p) - 1:len(p) - 1 + n], atol=1e-4)
-    assert out["tokens"][r] == np.argmax(full[len(p) - 1:len(p) - 1 + n], -1).tolist()
+    np.testing.assert_allclose(out["logits"][r], full[len(p) - 1 : len(p) - 1 + n], atol=1e-4)
+    assert out["tokens"][r] == np.argmax(full[len(p) - 1 : len(p) - 1 + n], -1).tolist()
 
   # Every position, prompt included: prefill 3 tokens, then one token per call.
   tokens = np.array([[5, 9, 3, 17, 2, 41, 8, 8, 30]], np.int32)
@@ -84,8 +96,7 @@ def test_top_p_applies_to_the_tempered_distribution():
   assert np.bincount(draws, minlength=3).tolist() == [4000, 0, 0]
   # A nucleus wide enough for two tokens samples them in their tempered ratio (0.8 : 0.2).
   draws = np.asarray(gen.sample_tokens(row, jax.random.key(0), temperature=0.5, top_p=0.9))
-  np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.8, 0.2, 0.0],
-                             atol=0.025)
+  np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.8, 0.2, 0.0], atol=0.025)
 
 
 def test_sampling_edge_cases_and_distribution():
@@ -104,7 +115,7 @@ def test_sampling_edge_cases_and_distribution():
   draws = np.asarray(gen.sample_tokens(row, jax.random.key(1), temperature=1.0))
   np.testing.assert_allclose(np.bincount(draws, minlength=3) / 20000, probs, atol=0.015)
   sharp = np.asarray(gen.sample_tokens(row, jax.random.key(1), temperature=0.5))
-  expected = probs ** 2 / (probs ** 2).sum()
+  expected = probs**2 / (probs**2).sum()
   np.testing.assert_allclose(np.bincount(sharp, minlength=3) / 20000, expected, atol=0.015)
   with pytest.raises(ValueError, match="temperature"):
     gen.SamplingConfig(temperature=-1.0).validate()
@@ -117,13 +128,11 @@ def test_generator_stop_tokens_seeds_and_top_k_one():
   g = gen.Generator(cfg, params, pad_id=0)
   prompts = [[3, 4, 5], [6], [7, 8]]
   greedy = g.generate(prompts, gen.SamplingConfig(max_new_tokens=6, temperature=0.0))
-  k1 = g.generate(prompts, gen.SamplingConfig(max_new_tokens=6, temperature=2.0, top_k=1),
-                  seed=5)
+  k1 = g.generate(prompts, gen.SamplingConfig(max_new_tokens=6, temperature=2.0, top_k=1), seed=5)
   assert k1["tokens"] == greedy["tokens"]
   # Stop on row 0's third greedy token (unless an earlier token of that row is the same).
   stop = greedy["tokens"][0][2]
-  out = g.generate(prompts, gen.SamplingConfig(max_new_tokens=6, temperature=0.0,
-                                               stop_ids=(stop,)))
+  out = g.generate(prompts, gen.SamplingConfig(max_new_tokens=6, temperature=0.0, stop_ids=(stop,)))
   for r, row in enumerate(greedy["tokens"]):
     cut = row.index(stop) + 1 if stop in row else len(row)
     assert out["tokens"][r] == row[:cut]
@@ -145,10 +154,10 @@ def test_learned_positions_slide_past_the_table():
   cfg, params = _model("learned", max_seq_len=table)
   g = gen.Generator(cfg, params, pad_id=0)
   prompts = [[1, 2, 3, 4, 5], [7, 8], list(range(10, 25))]
-  out = g.generate(prompts, gen.SamplingConfig(max_new_tokens=n, temperature=0.0),
-                   return_logits=True)
-  forward = lambda rows: np.asarray(Transformer(cfg).apply({"params": params},
-                                                          jnp.asarray(rows)))
+  out = g.generate(
+      prompts, gen.SamplingConfig(max_new_tokens=n, temperature=0.0), return_logits=True
+  )
+  forward = lambda rows: np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(rows)))
   got, want, windows = [], [], []
   # A window shorter than the table is a prefix of the row's first `table` tokens (causal).
   prefix_logits = forward([(p[-table:] + out["tokens"][r])[:table] for r, p in enumerate(prompts)])
@@ -156,7 +165,7 @@ def test_learned_positions_slide_past_the_table():
     seq = p + out["tokens"][r]
     assert len(out["tokens"][r]) == n > table
     for i in range(n):
-      window = seq[:len(p) + i][-table:]
+      window = seq[: len(p) + i][-table:]
       got.append(out["logits"][r, i])
       want.append(prefix_logits[r, len(window) - 1] if len(window) < table else None)
       if len(window) == table:
@@ -176,11 +185,12 @@ def test_unbounded_positions_continue_past_max_seq_len():
   g = gen.Generator(cfg, params, pad_id=0)
   prompts = [[1, 2, 3], [4]]
   n = 12
-  out = g.generate(prompts, gen.SamplingConfig(max_new_tokens=n, temperature=0.0),
-                   return_logits=True)
+  out = g.generate(
+      prompts, gen.SamplingConfig(max_new_tokens=n, temperature=0.0), return_logits=True
+  )
   for r, p in enumerate(prompts):
     full = _full_logits(cfg, params, p + out["tokens"][r])
-    np.testing.assert_allclose(out["logits"][r], full[len(p) - 1:len(p) - 1 + n], atol=1e-4)
+    np.testing.assert_allclose(out["logits"][r], full[len(p) - 1 : len(p) - 1 + n], atol=1e-4)
   for pe in ["rope", "sinusoidal", "none"]:
     note = gen.Generator(dataclasses.replace(cfg, pos_encoding=pe), None).context_note(3, n)
     assert "max_seq_len=8" in note and pe in note and "continue" in note
@@ -190,13 +200,17 @@ def test_learned_positions_streaming():
   cfg, params = _model("learned")
   g = gen.Generator(cfg, params, pad_id=0)
   seen = []
-  out = g.generate([[1, 2], [3]], gen.SamplingConfig(max_new_tokens=5, temperature=0.0),
-                   stream=lambda step, tok, done: seen.append((int(step), np.asarray(tok))))
+  out = g.generate(
+      [[1, 2], [3]],
+      gen.SamplingConfig(max_new_tokens=5, temperature=0.0),
+      stream=lambda step, tok, done: seen.append((int(step), np.asarray(tok))),
+  )
   assert [s for s, _ in seen] == list(range(5))
   assert np.stack([t for _, t in seen], 1).tolist() == out["tokens"]
 
 
 class _Bytes:
+
   def decode(self, ids):
     return bytes(ids).decode("utf-8", errors="replace")
 

@@ -19,11 +19,13 @@ from train import mesh as mesh_lib
 
 B, L = 8, 32
 # (loss, grad_norm) per step, as float.hex() so the comparison is exact.
-GOLDEN = [('0x1.6382200000000p+2', '0x1.c0f2200000000p-1'),
-          ('0x1.6428020000000p+2', '0x1.a93ca40000000p-1'),
-          ('0x1.63f1f20000000p+2', '0x1.798a260000000p-1'),
-          ('0x1.6300260000000p+2', '0x1.3596260000000p-1'),
-          ('0x1.6412320000000p+2', '0x1.2bde2c0000000p-1')]
+GOLDEN = [
+    ("0x1.6382200000000p+2", "0x1.c0f2200000000p-1"),
+    ("0x1.6428020000000p+2", "0x1.a93ca40000000p-1"),
+    ("0x1.63f1f20000000p+2", "0x1.798a260000000p-1"),
+    ("0x1.6300260000000p+2", "0x1.3596260000000p-1"),
+    ("0x1.6412320000000p+2", "0x1.2bde2c0000000p-1"),
+]
 
 
 def _batch(step):
@@ -31,8 +33,13 @@ def _batch(step):
   toks = rng.integers(0, 256, (B, L + 1)).astype(np.int32)
   seg = np.where(np.arange(L) < 13, 1, 2).astype(np.int32)[None].repeat(B, 0)
   pos = np.concatenate([np.arange(13), np.arange(L - 13)])[None].repeat(B, 0).astype(np.int32)
-  return {"inputs": toks[:, :-1], "targets": toks[:, 1:], "segment_ids": seg, "positions": pos,
-          "weights": np.ones((B, L), np.float32)}
+  return {
+      "inputs": toks[:, :-1],
+      "targets": toks[:, 1:],
+      "segment_ids": seg,
+      "positions": pos,
+      "weights": np.ones((B, L), np.float32),
+  }
 
 
 def _run():

@@ -60,10 +60,12 @@ def test_cudnn_attention_matches_xla_forward_and_gradients(packed):
     out = attention_ops.dot_product_attention(q, kk, v, impl=impl, **kw)
     return jnp.sum(out.astype(jnp.float32) * cot), out
 
-  (_, ref), g_ref = jax.jit(jax.value_and_grad(lambda *a: loss("xla", *a), (0, 1, 2),
-                                                has_aux=True))(q, kk, v)
-  (_, out), g_out = jax.jit(jax.value_and_grad(lambda *a: loss("cudnn", *a), (0, 1, 2),
-                                                has_aux=True))(q, kk, v)
+  (_, ref), g_ref = jax.jit(
+      jax.value_and_grad(lambda *a: loss("xla", *a), (0, 1, 2), has_aux=True)
+  )(q, kk, v)
+  (_, out), g_out = jax.jit(
+      jax.value_and_grad(lambda *a: loss("cudnn", *a), (0, 1, 2), has_aux=True)
+  )(q, kk, v)
   assert np.all(np.isfinite(np.asarray(out, np.float32)))
   assert _rel_err(out, ref) < 1e-2
   for name, a, r in zip("qkv", g_out, g_ref):
@@ -71,11 +73,22 @@ def test_cudnn_attention_matches_xla_forward_and_gradients(packed):
 
 
 def _train(workdir, platform, *extra):
-  args = [sys.executable, "-m", "train", "--config", "configs/default.py:size=tiny",
-          "--workdir", str(workdir), "--config.data.source=synthetic:markov:docs=400",
-          f"--config.data.prepared_dir={workdir.parent / 'prepared'}",
-          "--config.train.steps=20", "--config.train.log_every=1", "--config.eval.batches=0",
-          "--config.checkpoint.every=0", *extra]
+  args = [
+      sys.executable,
+      "-m",
+      "train",
+      "--config",
+      "configs/default.py:size=tiny",
+      "--workdir",
+      str(workdir),
+      "--config.data.source=synthetic:markov:docs=400",
+      f"--config.data.prepared_dir={workdir.parent / 'prepared'}",
+      "--config.train.steps=20",
+      "--config.train.log_every=1",
+      "--config.eval.batches=0",
+      "--config.checkpoint.every=0",
+      *extra,
+  ]
   path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
   env = dict(os.environ, JAX_PLATFORMS=platform, PYTHONPATH=path)
   p = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -86,10 +99,14 @@ def _train(workdir, platform, *extra):
 
 def test_bf16_training_on_gpu_tracks_cpu_fp32(tmp_path):
   cpu = _train(tmp_path / "cpu", "cpu")
-  gpu = _train(tmp_path / "gpu", "cuda", "--config.model.dtype=bfloat16",
-               "--config.model.attention_impl=cudnn")
+  gpu = _train(
+      tmp_path / "gpu",
+      "cuda",
+      "--config.model.dtype=bfloat16",
+      "--config.model.attention_impl=cudnn",
+  )
   assert sorted(cpu) == sorted(gpu) == list(range(1, 21))
   rel = np.array([abs(gpu[s] - cpu[s]) / cpu[s] for s in sorted(cpu)])
   print("per-step |bf16 GPU - fp32 CPU| / fp32:", np.round(rel, 5).tolist())
   assert rel.max() < BF16_LOSS_RTOL, rel
-  assert cpu[20] < cpu[1] - 0.5 and gpu[20] < gpu[1] - 0.5   # both runs learn
+  assert cpu[20] < cpu[1] - 0.5 and gpu[20] < gpu[1] - 0.5  # both runs learn

@@ -19,25 +19,58 @@ from eval import hf
 from model.config import ModelConfig
 from model.transformer import Transformer
 
-GPT2 = dict(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=8,
-            mlp_dim=48, max_seq_len=24, pos_encoding="learned", norm="layernorm", mlp="gelu",
-            use_bias=True, tie_embeddings=True)
+GPT2 = dict(
+    vocab_size=61,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=8,
+    mlp_dim=48,
+    max_seq_len=24,
+    pos_encoding="learned",
+    norm="layernorm",
+    mlp="gelu",
+    use_bias=True,
+    tie_embeddings=True,
+)
 # GQA (4 query heads over 2 kv heads), head_dim * heads != d_model, untied head, custom theta.
-LLAMA = dict(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=12,
-             mlp_dim=40, max_seq_len=24, pos_encoding="rope", rope_theta=500.0, norm="rmsnorm",
-             mlp="swiglu", use_bias=False, tie_embeddings=False, norm_eps=1e-6)
+LLAMA = dict(
+    vocab_size=61,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=12,
+    mlp_dim=40,
+    max_seq_len=24,
+    pos_encoding="rope",
+    rope_theta=500.0,
+    norm="rmsnorm",
+    mlp="swiglu",
+    use_bias=False,
+    tie_embeddings=False,
+    norm_eps=1e-6,
+)
 TOL = 1e-4
 
 
 def _random_params(cfg, seed=0):
   """Our params with every leaf random (norm scales/biases too): N(0, 0.3), scales around 1.
   Shapes from jax.eval_shape, values from numpy: no compilation."""
-  shapes = nn.unbox(jax.eval_shape(
-      lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"])
+  shapes = nn.unbox(
+      jax.eval_shape(
+          lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+      )["params"]
+  )
   rng = np.random.default_rng(seed)
   flat = jax.tree_util.tree_flatten_with_path(shapes)
-  leaves = [(0.3 * rng.standard_normal(x.shape) + ("scale" in jax.tree_util.keystr(path)))
-            .astype(np.float32) for path, x in flat[0]]
+  leaves = [
+      (0.3 * rng.standard_normal(x.shape) + ("scale" in jax.tree_util.keystr(path))).astype(
+          np.float32
+      )
+      for path, x in flat[0]
+  ]
   return jax.tree.unflatten(flat[1], leaves)
 
 
@@ -53,8 +86,9 @@ def _tokens(cfg, b=2, l=11, seed=0):
 LLAMA_BIAS_TIED = {**LLAMA, "use_bias": True, "tie_embeddings": True}
 
 
-@pytest.mark.parametrize("fields", [GPT2, LLAMA, LLAMA_BIAS_TIED],
-                         ids=["gpt2", "llama", "llama-bias-tied"])
+@pytest.mark.parametrize(
+    "fields", [GPT2, LLAMA, LLAMA_BIAS_TIED], ids=["gpt2", "llama", "llama-bias-tied"]
+)
 @pytest.mark.parametrize("scan", [True, False])
 def test_state_dict_round_trip(fields, scan):
   """Every row of the conversion table, both directions: params -> HF -> params is exact
@@ -107,9 +141,17 @@ def test_unsupported_configs_are_named():
   with pytest.raises(ValueError, match="mlp"):
     hf.hf_config(ModelConfig(**GPT2), "llama")
   with pytest.raises(ValueError, match="rope_type='linear'"):
-    hf.model_config_from_hf(dict(model_type="llama", vocab_size=8, hidden_size=8,
-                                 intermediate_size=8, num_hidden_layers=1,
-                                 num_attention_heads=2, rope_scaling={"rope_type": "linear"}))
+    hf.model_config_from_hf(
+        dict(
+            model_type="llama",
+            vocab_size=8,
+            hidden_size=8,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            rope_scaling={"rope_type": "linear"},
+        )
+    )
   with pytest.raises(ValueError, match="model_type='bert'"):
     hf.model_config_from_hf(dict(model_type="bert"))
 
@@ -122,17 +164,34 @@ def _hf_model(fields):
   transformers = pytest.importorskip("transformers", reason="parity needs the `hf` extra")
   torch.manual_seed(0)
   if fields["pos_encoding"] == "learned":
-    conf = transformers.GPT2Config(vocab_size=61, n_positions=24, n_embd=32, n_layer=2,
-                                   n_head=4, n_inner=48, resid_pdrop=0.0, embd_pdrop=0.0,
-                                   attn_pdrop=0.0, initializer_range=0.3)
+    conf = transformers.GPT2Config(
+        vocab_size=61,
+        n_positions=24,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_inner=48,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=0.3,
+    )
     model = transformers.GPT2LMHeadModel(conf)
   else:
-    conf = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=40,
-                                    num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, head_dim=12,
-                                    max_position_embeddings=24, rms_norm_eps=1e-6,
-                                    rope_parameters=dict(rope_type="default", rope_theta=500.0),
-                                    tie_word_embeddings=False, initializer_range=0.3)
+    conf = transformers.LlamaConfig(
+        vocab_size=61,
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        max_position_embeddings=24,
+        rms_norm_eps=1e-6,
+        rope_parameters=dict(rope_type="default", rope_theta=500.0),
+        tie_word_embeddings=False,
+        initializer_range=0.3,
+    )
     model = transformers.LlamaForCausalLM(conf)
   with torch.no_grad():  # norms start at 1/0: randomise them too
     for name, p in model.named_parameters():
@@ -182,13 +241,17 @@ def test_cli_export_from_run_and_import(tmp_path, monkeypatch, capsys):
   from configs import base
   from train import run as run_lib
   from train.data import tokenizer as tok_lib
+
   tok = tok_lib.train_bpe(["plain text for a tiny tokenizer"] * 5, 270, tmp_path / "tok.json")
   config = base.base_config()
   config.model.update(**{**GPT2, "vocab_size": tok.vocab_size})
   cfg = ModelConfig.from_config(config.model)
   params = _random_params(cfg)
-  monkeypatch.setattr(run_lib, "load_run", lambda workdir, **kw: types.SimpleNamespace(
-      config=config, params=params, tokenizer=tok))
+  monkeypatch.setattr(
+      run_lib,
+      "load_run",
+      lambda workdir, **kw: types.SimpleNamespace(config=config, params=params, tokenizer=tok),
+  )
   hf.main(["export", "--workdir", "RUN", "--out", str(tmp_path / "hf")])
   assert "wrote gpt2 model" in capsys.readouterr().out
   conf = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -205,10 +268,15 @@ def _gpt2_style_tokenizer(path):
   """Byte-level BPE with GPT-2's one special token, added last (id 257 here, not 0)."""
   import tokenizers
   from tokenizers import models, pre_tokenizers, trainers
+
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.train_from_iterator(["ab ab"] * 4, trainer=trainers.BpeTrainer(
-      vocab_size=257, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.train_from_iterator(
+      ["ab ab"] * 4,
+      trainer=trainers.BpeTrainer(
+          vocab_size=257, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+      ),
+  )
   tok.add_special_tokens(["<|endoftext|>"])
   tok.save(str(path))
   return tok
@@ -221,12 +289,18 @@ def test_special_tokens_are_asked_of_the_tokenizer(tmp_path):
   BOS)."""
   import tokenizers
   from train.data import tokenizer as tok_lib
+
   raw = _gpt2_style_tokenizer(tmp_path / "tokenizer.json")
   eot = raw.token_to_id("<|endoftext|>")
   assert eot == 257
   tok = tok_lib.load(str(tmp_path / "tokenizer.json"))
-  assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id, tok.adds_bos) == (eot, eot, eot,
-                                                                              None, False)
+  assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id, tok.adds_bos) == (
+      eot,
+      eot,
+      eot,
+      None,
+      False,
+  )
   cfg = ModelConfig(**{**GPT2, "vocab_size": tok.vocab_size})
   hf.export_dir(cfg, _random_params(cfg), tmp_path / "hf", tokenizer=tok, bos="always")
   tc = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
@@ -243,9 +317,15 @@ def test_special_tokens_are_asked_of_the_tokenizer(tmp_path):
   two.save(str(tmp_path / "two" / "tokenizer.json"))
   with pytest.raises(ValueError, match=r"cannot tell its bos and eos token.*tokenizer_config"):
     tok_lib.load(str(tmp_path / "two" / "tokenizer.json"))
-  (tmp_path / "two" / "tokenizer_config.json").write_text(json.dumps(
-      {"bos_token": {"content": "<|endoftext|>"}, "eos_token": "<|endoftext|>",
-       "pad_token": "<|pad|>"}))
+  (tmp_path / "two" / "tokenizer_config.json").write_text(
+      json.dumps(
+          {
+              "bos_token": {"content": "<|endoftext|>"},
+              "eos_token": "<|endoftext|>",
+              "pad_token": "<|pad|>",
+          }
+      )
+  )
   named = tok_lib.load(str(tmp_path / "two" / "tokenizer.json"))
   assert (named.bos_id, named.eos_id, named.pad_id) == (257, 257, 258)
 
@@ -256,6 +336,7 @@ def test_import_to_run_is_loadable(tmp_path):
   positions, more than the default data.seq_len of 256) as the zero-shot window."""
   from eval import zeroshot
   from train import run as run_lib
+
   cfg = ModelConfig(**{**GPT2, "vocab_size": 260, "max_seq_len": 300})
   params = _random_params(cfg)
   hf.export_dir(cfg, params, tmp_path / "hf")
@@ -264,6 +345,10 @@ def test_import_to_run_is_loadable(tmp_path):
   assert run.tokenizer.vocab_size == 260 and run.config.model.d_model == 32
   assert run.config.data.seq_len == zeroshot.context_length(run) == 300
   tokens = _tokens(cfg)
-  np.testing.assert_allclose(_ours_logits(ModelConfig.from_config(run.config.model),
-                                          jax.tree.map(np.asarray, run.params), tokens),
-                             _ours_logits(cfg, params, tokens), atol=1e-6)
+  np.testing.assert_allclose(
+      _ours_logits(
+          ModelConfig.from_config(run.config.model), jax.tree.map(np.asarray, run.params), tokens
+      ),
+      _ours_logits(cfg, params, tokens),
+      atol=1e-6,
+  )

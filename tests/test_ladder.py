@@ -22,6 +22,7 @@ def _rows(d):
 
 def test_expand_schemes_and_flops():
   from model import summary
+
   pts = ladder.expand(ladder_cfg.get_config("tiny"))
   assert [p.kind for p in pts] == ["constant", "cooldown", "cooldown"] * 2
   const, cool = pts[0], pts[2]
@@ -45,14 +46,17 @@ def test_expand_schemes_and_flops():
 def test_tiny_wsd_ladder_resumes_after_a_crash(tmp_path, monkeypatch):
   """A point that dies after its first checkpoint resumes from it; finished points are skipped."""
   from train import trainer
+
   real = trainer.train_and_evaluate
   calls = []
 
   def crashing(config, workdir, hooks=None):
     calls.append(config.name)
     if config.name == "d32l1_constant":
+
       def boom(step):
         raise RuntimeError(f"killed after saving step {step}")
+
       return real(config, workdir, hooks=trainer.Hooks(after_save=boom))
     return real(config, workdir)
 
@@ -71,9 +75,11 @@ def test_tiny_wsd_ladder_resumes_after_a_crash(tmp_path, monkeypatch):
   for r in rows:
     assert r["seed"] == "0" and int(r["unique_tokens"]) == manifest["splits"]["train"]["tokens"]
     assert float(r["flops_6nd"]) == 6 * int(r["params_total"]) * int(r["tokens"])
+
   def events(name):
     path = tmp_path / "points" / name / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
   const = events("d32l1_constant")
   resumes = [e["step"] for e in const if e.get("event") == "resume"]
   assert resumes == [8]  # crashed after saving step 8, resumed there, went on to 16
@@ -95,6 +101,7 @@ def test_tiny_wsd_ladder_resumes_after_a_crash(tmp_path, monkeypatch):
 def test_tiny_isoflop_ladder_feeds_the_report(tmp_path):
   """End to end: IsoFLOP points -> results.csv (with budgets) -> report with LM-head spectra."""
   from eval import report
+
   rows = ladder.run_ladder(ladder_cfg.get_config("tiny_isoflop"), tmp_path)
   assert len(rows) == 6 and {float(r["budget"]) for r in rows} == {2e8, 4e8}
   for r in rows:  # the realised FLOPs sit close to the budget (integer steps)
@@ -107,13 +114,13 @@ def test_tiny_isoflop_ladder_feeds_the_report(tmp_path):
   assert (md.parent / "training_curves.png").exists()
 
 
-OLD_COLUMNS = ladder.RESULT_COLUMNS[:ladder.RESULT_COLUMNS.index("wall_s") + 1]
+OLD_COLUMNS = ladder.RESULT_COLUMNS[: ladder.RESULT_COLUMNS.index("wall_s") + 1]
 
 
 def test_results_csv_from_before_the_new_columns_is_read_and_appended(tmp_path):
   """An old file keeps its header and rows; a row appended to it fills the columns it has."""
   old = ",".join(OLD_COLUMNS) + "\n" + ",".join(["a"] + ["1"] * (len(OLD_COLUMNS) - 1))
-  (tmp_path / "results.csv").write_text(old)     # no final newline (an editor may drop it)
+  (tmp_path / "results.csv").write_text(old)  # no final newline (an editor may drop it)
   row = {c: "2" for c in ladder.RESULT_COLUMNS} | {"name": "b"}
   ladder.append_row(tmp_path, row)
   lines = (tmp_path / "results.csv").read_text().splitlines()
@@ -137,7 +144,7 @@ def test_result_row_records_noise_seed_and_both_flop_conventions():
   assert row["val_loss_se"] == 0.25 and row["seed"] == 0
   assert row["flops_6nd"] == 6 * row["params_total"] * row["tokens"]
   assert row["flops"] == row["flops_per_token"] * row["tokens"] != row["flops_6nd"]
-  assert row["unique_tokens"] == ""               # the data was never prepared
+  assert row["unique_tokens"] == ""  # the data was never prepared
   row = ladder.result_row(point, {"val_loss": 4.0, "val": {"all": {"loss": 4.0}}}, 1.0, "wsd")
   assert row["val_loss_se"] == ""
 
@@ -150,16 +157,24 @@ def _cpu_devices_used(stdout: str) -> set[int]:
 def test_ladder_points_use_the_device_split_of_python_m_train(tmp_path):
   """Both entry points split the CPU host the same way (train/cpu_devices.py)."""
   from train import cpu_devices
+
   repo = pathlib.Path(__file__).resolve().parents[1]
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu_devices.ENV)}
   common = ["--config", "configs/ladder.py:tiny_grid"]
-  ladder_cmd = ["-m", "eval.ladder", *common, "--config.ladder.steps=(3,)",
-                "--config.ladder.sizes=(('d16l1',16,1,2),)", f"--workdir={tmp_path / 'l'}"]
+  ladder_cmd = [
+      "-m",
+      "eval.ladder",
+      *common,
+      "--config.ladder.steps=(3,)",
+      "--config.ladder.sizes=(('d16l1',16,1,2),)",
+      f"--workdir={tmp_path / 'l'}",
+  ]
   train_cmd = ["-m", "train", *common, "--config.train.steps=3", f"--workdir={tmp_path / 't'}"]
   used = []
   for cmd in (ladder_cmd, train_cmd):
-    proc = subprocess.run([sys.executable, *cmd], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, *cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     used.append(_cpu_devices_used(proc.stdout + proc.stderr))
   point = ladder.expand(ladder_cfg.get_config("tiny_grid"))[0]
@@ -168,8 +183,10 @@ def test_ladder_points_use_the_device_split_of_python_m_train(tmp_path):
 
 def test_train_loss_skips_a_metrics_line_cut_short_by_a_kill(tmp_path):
   path = tmp_path / "metrics.jsonl"
-  path.write_text('{"kind": "train", "step": 2, "loss_mean": 3.5}\n{"kind": "tra\n'
-                  '{"kind": "eval", "step": 4}\n{"kind": "train", "step": 4, "loss_mean": 2.5}\n')
+  path.write_text(
+      '{"kind": "train", "step": 2, "loss_mean": 3.5}\n{"kind": "tra\n'
+      '{"kind": "eval", "step": 4}\n{"kind": "train", "step": 4, "loss_mean": 2.5}\n'
+  )
   last_train_loss = ladder._last_train_loss  # pylint: disable=protected-access
   assert last_train_loss(str(path), math.nan) == 2.5
   assert math.isnan(last_train_loss(str(tmp_path / "none"), math.nan))

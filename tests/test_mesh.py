@@ -23,13 +23,16 @@ def test_fill_shape_fills_one_axis():
   assert mesh_lib.fill_shape((2, 2, 2), 8) == (2, 2, 2)
 
 
-@pytest.mark.parametrize("shape, needles", [
-    ((-1, -1, 1), ["(-1, -1, 1)", "2 entries equal to -1"]),
-    ((3, 1, 1), ["uses 3 devices", "8 are available"]),
-    ((-1, 3, 1), ["use 3 devices", "8 devices"]),
-    ((1, 1), ["2 entries", "'data', 'fsdp', 'tensor'"]),
-    ((0, -1, 1), ["must be >= 1", "got 0"]),
-])
+@pytest.mark.parametrize(
+    "shape, needles",
+    [
+        ((-1, -1, 1), ["(-1, -1, 1)", "2 entries equal to -1"]),
+        ((3, 1, 1), ["uses 3 devices", "8 are available"]),
+        ((-1, 3, 1), ["use 3 devices", "8 devices"]),
+        ((1, 1), ["2 entries", "'data', 'fsdp', 'tensor'"]),
+        ((0, -1, 1), ["must be >= 1", "got 0"]),
+    ],
+)
 def test_bad_shapes_name_the_numbers(shape, needles):
   with pytest.raises(ValueError) as err:
     mesh_lib.fill_shape(shape, 8)
@@ -56,16 +59,16 @@ def test_model_check_names_heads_vocab_and_batch():
   assert "model.num_heads=4" in msg and "tensor=8" in msg
   assert "model.vocab_size=260" in msg
   with pytest.raises(ValueError, match=r"train.batch_size=6 .*data=4 x fsdp=1"):
-    mesh_lib.check_model_on_mesh(cfg.model, {"data": 4, "fsdp": 1, "tensor": 2}, rules,
-                                 batch_size=6)
+    mesh_lib.check_model_on_mesh(
+        cfg.model, {"data": 4, "fsdp": 1, "tensor": 2}, rules, batch_size=6
+    )
   # GQA with fewer kv heads than the tensor split.
   cfg.model.num_kv_heads = 1
   with pytest.raises(ValueError, match="model.num_kv_heads=1"):
     mesh_lib.check_model_on_mesh(cfg.model, {"data": 2, "fsdp": 1, "tensor": 4}, rules)
   # A fitting mesh passes.
   cfg.model.num_kv_heads = 4
-  mesh_lib.check_model_on_mesh(cfg.model, {"data": 2, "fsdp": 2, "tensor": 2}, rules,
-                               batch_size=16)
+  mesh_lib.check_model_on_mesh(cfg.model, {"data": 2, "fsdp": 2, "tensor": 2}, rules, batch_size=16)
 
 
 def test_axis_rules_normalise_lists_and_reject_unknown_axes():
@@ -139,11 +142,17 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def eight_devices():
   env = dict(os.environ, PYTHONPATH=REPO)
-  proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_SCRIPT], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, "-c", _EIGHT_DEVICE_SCRIPT],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT"):])
+  return json.loads(line[len("RESULT") :])
 
 
 def test_make_mesh_on_eight_cpu_devices(eight_devices):

@@ -12,15 +12,27 @@ def _write(path, rows):
 
 def test_resumed_steps_keep_latest_row_in_step_order(tmp_path):
   p = tmp_path / "m.jsonl"
-  _write(p, [{"step": 1, "kind": "train", "loss": 3.0}, {"step": 2, "kind": "train", "loss": 2.0},
-             {"step": 2, "kind": "event", "event": "resume"},
-             {"step": 2, "kind": "train", "loss": 2.5}, {"step": 3, "kind": "train", "loss": 1.0},
-             {"step": 2, "kind": "eval", "loss": 9.0}])
+  _write(
+      p,
+      [
+          {"step": 1, "kind": "train", "loss": 3.0},
+          {"step": 2, "kind": "train", "loss": 2.0},
+          {"step": 2, "kind": "event", "event": "resume"},
+          {"step": 2, "kind": "train", "loss": 2.5},
+          {"step": 3, "kind": "train", "loss": 1.0},
+          {"step": 2, "kind": "eval", "loss": 9.0},
+      ],
+  )
   rows = metrics.read_jsonl(str(p))
   assert [(r["step"], r["loss"]) for r in rows] == [(1, 3.0), (2, 2.5), (3, 1.0)]
   every = metrics.read_jsonl(str(p), None)
   assert [(r["step"], r["kind"]) for r in every] == [
-      (1, "train"), (2, "train"), (2, "event"), (2, "eval"), (3, "train")]
+      (1, "train"),
+      (2, "train"),
+      (2, "event"),
+      (2, "eval"),
+      (3, "train"),
+  ]
 
 
 def test_30k_rows_read_in_linear_time(tmp_path):

@@ -15,8 +15,16 @@ from model.config import ModelConfig
 from model.transformer import Transformer, init_cache
 
 B, L = 2, 8
-TINY = dict(vocab_size=50, d_model=32, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=8,
-            mlp_dim=64, max_seq_len=16)
+TINY = dict(
+    vocab_size=50,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    max_seq_len=16,
+)
 
 
 def tiny(**kw):
@@ -31,8 +39,10 @@ def tokens(seed=0, shape=(B, L), vocab=50):
 def _jitted(cfg):
   """One compiled init and apply per config: eager Flax is slow on a loaded 2-core box."""
   model = Transformer(cfg)
-  return (jax.jit(model.init),
-          jax.jit(model.apply, static_argnames=("deterministic", "method", "mutable")))
+  return (
+      jax.jit(model.init),
+      jax.jit(model.apply, static_argnames=("deterministic", "method", "mutable")),
+  )
 
 
 def init(cfg, toks=None):
@@ -51,12 +61,11 @@ def test_causal_future_tokens_never_change_past_logits(pos):
   toks = tokens()
   toks = jnp.tile(toks[:1], (L - 1, 1))
   # Row t has every token after t changed; one batched call checks all cut points.
-  changed = jnp.where(jnp.arange(L)[None, :] > jnp.arange(L - 1)[:, None], (toks + 7) % 50,
-                      toks)
+  changed = jnp.where(jnp.arange(L)[None, :] > jnp.arange(L - 1)[:, None], (toks + 7) % 50, toks)
   base, out = apply(cfg, params, toks), apply(cfg, params, changed)
   for t in range(L - 1):
-    np.testing.assert_allclose(out[t, :t + 1], base[t, :t + 1], atol=1e-6)
-    assert not np.allclose(out[t, t + 1:], base[t, t + 1:], atol=1e-4)
+    np.testing.assert_allclose(out[t, : t + 1], base[t, : t + 1], atol=1e-6)
+    assert not np.allclose(out[t, t + 1 :], base[t, t + 1 :], atol=1e-4)
 
 
 def test_bidirectional_future_tokens_change_past_logits():
@@ -75,10 +84,8 @@ def test_segments_isolate_packed_documents(mask):
   pad = lambda x, n: jnp.concatenate([x, jnp.zeros((n,), jnp.int32)])
   # Row 0: a and b packed + 1 pad; rows 1, 2: each document alone, padded (one compile).
   toks = jnp.stack([pad(jnp.concatenate([doc_a, doc_b]), 1), pad(doc_a, 5), pad(doc_b, 4)])
-  segs = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0],
-                    [1, 1, 1, 1, 0, 0, 0, 0]])
-  pos = jnp.array([[0, 1, 2, 0, 1, 2, 3, 0], [0, 1, 2, 0, 0, 0, 0, 0],
-                   [0, 1, 2, 3, 0, 0, 0, 0]])
+  segs = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]])
+  pos = jnp.array([[0, 1, 2, 0, 1, 2, 3, 0], [0, 1, 2, 0, 0, 0, 0, 0], [0, 1, 2, 3, 0, 0, 0, 0]])
   out = apply(cfg, params, toks, positions_BxL=pos, segment_ids_BxL=segs)
   np.testing.assert_allclose(out[0, :3], out[1, :3], atol=1e-5)
   np.testing.assert_allclose(out[0, 3:7], out[2, :4], atol=1e-5)
@@ -96,7 +103,9 @@ def test_gqa_with_repeated_kv_weights_equals_mha():
     blk = p_gqa["layers"]["block"]["attn"][name]
     # kv head j serves query heads 2j, 2j+1: repeat along the kv-head axis.
     p_mha["layers"]["block"]["attn"][name] = {
-        "kernel": jnp.repeat(blk["kernel"], 2, axis=2), "bias": jnp.repeat(blk["bias"], 2, axis=1)}
+        "kernel": jnp.repeat(blk["kernel"], 2, axis=2),
+        "bias": jnp.repeat(blk["bias"], 2, axis=1),
+    }
   toks = tokens()
   np.testing.assert_allclose(apply(gqa, p_gqa, toks), apply(mha, p_mha, toks), atol=1e-5)
   mqa = dataclasses.replace(gqa, num_kv_heads=1)
@@ -106,8 +115,9 @@ def test_gqa_with_repeated_kv_weights_equals_mha():
 def test_rope_scores_depend_only_on_relative_position():
   q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 1, 16))
   k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 16))
-  score = lambda i, j: jnp.sum(positional.apply_rope(q, jnp.array([[i]])) *
-                               positional.apply_rope(k, jnp.array([[j]])))
+  score = lambda i, j: jnp.sum(
+      positional.apply_rope(q, jnp.array([[i]])) * positional.apply_rope(k, jnp.array([[j]]))
+  )
   np.testing.assert_allclose(score(5, 2), score(103, 100), rtol=1e-4)
   np.testing.assert_allclose(score(0, 0), jnp.sum(q * k), rtol=1e-5)
   assert not np.isclose(score(5, 2), score(5, 4), rtol=1e-3)
@@ -115,8 +125,9 @@ def test_rope_scores_depend_only_on_relative_position():
   cfg = tiny(pos_encoding="rope")
   params, toks = init(cfg), tokens()
   shifted = jnp.broadcast_to(jnp.arange(L) + 37, (B, L))
-  np.testing.assert_allclose(apply(cfg, params, toks),
-                             apply(cfg, params, toks, positions_BxL=shifted), atol=1e-4)
+  np.testing.assert_allclose(
+      apply(cfg, params, toks), apply(cfg, params, toks, positions_BxL=shifted), atol=1e-4
+  )
 
 
 def test_scan_and_unrolled_stacks_agree():
@@ -127,17 +138,21 @@ def test_scan_and_unrolled_stacks_agree():
   p_unrolled = init(unrolled)
   assert set(p_unrolled["layers"]) == {"block_0", "block_1"}
   restacked = dict(p_scan)
-  restacked["layers"] = {f"block_{i}": jax.tree.map(lambda x: x[i], p_scan["layers"]["block"])
-                         for i in range(scan.num_layers)}
+  restacked["layers"] = {
+      f"block_{i}": jax.tree.map(lambda x: x[i], p_scan["layers"]["block"])
+      for i in range(scan.num_layers)
+  }
   assert jax.tree.structure(restacked) == jax.tree.structure(p_unrolled)
   toks = tokens()
-  np.testing.assert_allclose(apply(scan, p_scan, toks), apply(unrolled, restacked, toks),
-                             atol=1e-5)
+  np.testing.assert_allclose(apply(scan, p_scan, toks), apply(unrolled, restacked, toks), atol=1e-5)
   loss = lambda p, c: jnp.mean(Transformer(c).apply({"params": p}, toks) ** 2)
   g_scan = jax.jit(jax.grad(loss), static_argnums=1)(p_scan, scan)
   g_unr = jax.jit(jax.grad(loss), static_argnums=1)(restacked, unrolled)
-  np.testing.assert_allclose(g_scan["layers"]["block"]["mlp"]["wo"]["kernel"][1],
-                             g_unr["layers"]["block_1"]["mlp"]["wo"]["kernel"], atol=1e-5)
+  np.testing.assert_allclose(
+      g_scan["layers"]["block"]["mlp"]["wo"]["kernel"][1],
+      g_unr["layers"]["block_1"]["mlp"]["wo"]["kernel"],
+      atol=1e-5,
+  )
 
 
 def test_tied_and_untied_output_shapes():
@@ -166,11 +181,28 @@ def test_dtype_policy_bf16_compute_fp32_params():
   assert not np.array_equal(logits, ref)
 
 
-@pytest.mark.parametrize("kw", [
-    {}, dict(pos_encoding="rope", mlp="swiglu", norm="rmsnorm", use_bias=False,
-             tie_embeddings=False, num_kv_heads=2),
-    dict(attention_mask="bidirectional", norm_position="post", mlm_head=True, embed_norm=True,
-         type_vocab_size=2, pooler=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        dict(
+            pos_encoding="rope",
+            mlp="swiglu",
+            norm="rmsnorm",
+            use_bias=False,
+            tie_embeddings=False,
+            num_kv_heads=2,
+        ),
+        dict(
+            attention_mask="bidirectional",
+            norm_position="post",
+            mlm_head=True,
+            embed_norm=True,
+            type_vocab_size=2,
+            pooler=True,
+        ),
+    ],
+)
 def test_every_param_has_logical_axis_names(kw):
   cfg = tiny(**kw)
   boxed = jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), tokens())["params"]
@@ -188,6 +220,7 @@ def test_every_param_has_logical_axis_names(kw):
 def test_logical_rules_leave_activation_embed_unsharded():
   """Flax applies rules in order and skips mesh axes already used by an earlier dim."""
   from configs.base import DEFAULT_AXIS_RULES
+
   rules = DEFAULT_AXIS_RULES
   act = nn.logical_to_mesh_axes(("batch", "length", "embed"), rules)
   assert tuple(act) == (("data", "fsdp"), None, None)
@@ -206,13 +239,16 @@ def test_kv_cache_decoding_matches_full_forward(pos, kv):
   assert cache["layers"]["block"]["attn"]["cached_key"].shape == (2, B, 12, kv, 8)
   prefill = 4
   pos_ = jnp.broadcast_to(jnp.arange(prefill), (B, prefill))
-  step = jax.jit(lambda c, t, p: dec.apply({"params": params, "cache": c}, t, positions_BxL=p,
-                                           mutable=["cache"]))
+  step = jax.jit(
+      lambda c, t, p: dec.apply(
+          {"params": params, "cache": c}, t, positions_BxL=p, mutable=["cache"]
+      )
+  )
   out, upd = step(cache, toks[:, :prefill], pos_)
   np.testing.assert_allclose(out, full[:, :prefill], atol=1e-5)
   cache = upd["cache"]
   for t in range(prefill, 10):
-    out, upd = step(cache, toks[:, t:t + 1], jnp.full((B, 1), t))
+    out, upd = step(cache, toks[:, t : t + 1], jnp.full((B, 1), t))
     cache = upd["cache"]
     np.testing.assert_allclose(out[:, 0], full[:, t], atol=1e-5)
   assert int(jax.tree.leaves(cache["layers"]["block"]["attn"]["cache_index"])[0][0]) == 10
@@ -237,24 +273,34 @@ def test_dropout_is_random_only_when_not_deterministic():
 
 
 def test_bert_style_encoder_hidden_pooled_and_token_types():
-  cfg = tiny(attention_mask="bidirectional", norm_position="post", mlm_head=True,
-             embed_norm=True, type_vocab_size=2, pooler=True)
+  cfg = tiny(
+      attention_mask="bidirectional",
+      norm_position="post",
+      mlm_head=True,
+      embed_norm=True,
+      type_vocab_size=2,
+      pooler=True,
+  )
   params, toks = init(cfg), tokens()
-  assert {"pooler_dense", "mlm_dense", "mlm_norm", "mlm_bias", "type_embed",
-          "embed_norm"} <= set(params) and "final_norm" not in params
+  assert {"pooler_dense", "mlm_dense", "mlm_norm", "mlm_bias", "type_embed", "embed_norm"} <= set(
+      params
+  ) and "final_norm" not in params
   pooled = apply(cfg, params, toks, method=Transformer.pooled)
   assert pooled.shape == (B, 32) and np.all(np.abs(pooled) <= 1)
   types = jnp.ones_like(toks)
-  assert not np.allclose(apply(cfg, params, toks, token_types_BxL=types),
-                         apply(cfg, params, toks, token_types_BxL=jnp.zeros_like(toks)))
+  assert not np.allclose(
+      apply(cfg, params, toks, token_types_BxL=types),
+      apply(cfg, params, toks, token_types_BxL=jnp.zeros_like(toks)),
+  )
 
 
 def test_attention_ops_fully_masked_rows_are_finite_and_impl_checked():
   q = jnp.ones((1, 2, 2, 4))
   kv = jnp.ones((1, 2, 1, 4))
   seg = jnp.array([[0, 1]])
-  out = attention_ops.dot_product_attention(q, kv, kv, causal=True, q_segment_ids_BxT=seg,
-                                            kv_segment_ids_BxS=seg)
+  out = attention_ops.dot_product_attention(
+      q, kv, kv, causal=True, q_segment_ids_BxT=seg, kv_segment_ids_BxS=seg
+  )
   assert np.all(np.isfinite(out))
   with pytest.raises(ValueError, match="impl"):
     attention_ops.dot_product_attention(q, kv, kv, causal=True, impl="nope")

@@ -7,7 +7,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import linen as nn
 
@@ -24,8 +23,9 @@ B, L = 8, 32
 BASE = dict(parametrization="sp")
 AT_BASE = {  # tiny's own width/depth as the base: every multiplier is 1
     "mup": dict(parametrization="mup", base_width=32),
-    "completep-0.5": dict(parametrization="completep", base_width=32, base_depth=2,
-                          completep_alpha=0.5),
+    "completep-0.5": dict(
+        parametrization="completep", base_width=32, base_depth=2, completep_alpha=0.5
+    ),
 }
 
 
@@ -41,9 +41,13 @@ def _batch(seed):
   rng = np.random.default_rng(seed)
   start = rng.integers(0, 200, (B, 1))
   x = ((start + rng.integers(1, 5, (B, 1)) * np.arange(L + 1)[None]) % 250).astype(np.int32)
-  return {"inputs": x[:, :-1], "targets": x[:, 1:], "segment_ids": np.ones((B, L), np.int32),
-          "positions": np.broadcast_to(np.arange(L), (B, L)).astype(np.int32),
-          "weights": np.ones((B, L), np.float32)}
+  return {
+      "inputs": x[:, :-1],
+      "targets": x[:, 1:],
+      "segment_ids": np.ones((B, L), np.int32),
+      "positions": np.broadcast_to(np.arange(L), (B, L)).astype(np.int32),
+      "weights": np.ones((B, L), np.float32),
+  }
 
 
 def _losses(c, steps=4):
@@ -69,8 +73,17 @@ def test_at_the_base_shape_every_parametrization_reproduces_sp_bitwise(name, sp_
 
 
 def _model(**kw):
-  base = dict(vocab_size=64, d_model=128, num_layers=4, num_heads=2, num_kv_heads=2,
-              head_dim=64, mlp_dim=512, max_seq_len=16, tie_embeddings=False)
+  base = dict(
+      vocab_size=64,
+      d_model=128,
+      num_layers=4,
+      num_heads=2,
+      num_kv_heads=2,
+      head_dim=64,
+      mlp_dim=512,
+      max_seq_len=16,
+      tie_embeddings=False,
+  )
   return ModelConfig.from_config({**base, **kw})
 
 
@@ -78,14 +91,14 @@ def test_group_rules_follow_the_table():
   cfg = _model(parametrization="completep", base_width=32, base_depth=1, completep_alpha=0.5)
   m_d, m_l, a = 4.0, 4.0, 0.5
   rules = par.group_rules(cfg)
-  assert rules["hidden"] == par.GroupRule(m_l ** (a - 1) / m_d, m_l ** -a / m_d, m_d)
-  assert rules["block_vector"] == par.GroupRule(m_l ** (a - 1), m_l ** -a / m_d, 1.0)
+  assert rules["hidden"] == par.GroupRule(m_l ** (a - 1) / m_d, m_l**-a / m_d, m_d)
+  assert rules["block_vector"] == par.GroupRule(m_l ** (a - 1), m_l**-a / m_d, 1.0)
   for g in ("embedding", "vector", "unembed"):
     assert rules[g] == par.GroupRule(1.0, 1 / m_d, 1.0)
-  assert par.residual_multiplier(cfg) == m_l ** -a
+  assert par.residual_multiplier(cfg) == m_l**-a
   assert par.logit_multiplier(cfg) == 1 / m_d
   # muP's 1/head_dim: head_dim 64 from a base of 16 (fixed head count) scales by 1/2 more
-  assert par.attention_scale(cfg) == pytest.approx(1 / 64 ** 0.5 * (16 / 64) ** 0.5)
+  assert par.attention_scale(cfg) == pytest.approx(1 / 64**0.5 * (16 / 64) ** 0.5)
   mup = _model(parametrization="mup", base_width=32)
   assert par.residual_multiplier(mup) == 1.0 and par.depth_multiplier(mup) == 1.0
   muon = par.group_rules(cfg, muon=True)
@@ -94,16 +107,19 @@ def test_group_rules_follow_the_table():
 
 def test_init_std_per_group_on_the_real_model():
   cfg = _model(parametrization="mup", base_width=32)
-  params = nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
-                    ["params"])
+  params = nn.unbox(
+      Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  )
   block = params["layers"]["block"]
   assert np.std(params["embed"]["embedding"]) == pytest.approx(0.02, rel=0.05)
   assert np.std(params["unembed"]["kernel"]) == pytest.approx(0.02, rel=0.05)
   assert np.std(block["mlp"]["wi"]["kernel"]) == pytest.approx(0.02 / 2, rel=0.05)
   assert np.std(block["attn"]["query"]["kernel"]) == pytest.approx(0.02 / 2, rel=0.05)
-  assert np.std(block["mlp"]["wo"]["kernel"]) == pytest.approx(0.02 / 2 / 8 ** 0.5, rel=0.05)
-  labels = {"/".join(optim.path_names(p)): g for p, g in
-            jax.tree_util.tree_leaves_with_path(optim.group_labels(params))}
+  assert np.std(block["mlp"]["wo"]["kernel"]) == pytest.approx(0.02 / 2 / 8**0.5, rel=0.05)
+  labels = {
+      "/".join(optim.path_names(p)): g
+      for p, g in jax.tree_util.tree_leaves_with_path(optim.group_labels(params))
+  }
   assert labels["embed/embedding"] == "embedding"
   assert labels["unembed/kernel"] == "unembed"
   assert labels["final_norm/scale"] == "vector"
@@ -115,29 +131,37 @@ def test_per_group_learning_rates_reach_the_updates():
   """One Adam step moves each parameter by lr x its group's multiplier (Adam's first step
   is sign(g) up to eps), so the group tables really are applied."""
   cfg = _model(parametrization="mup", base_width=32, num_layers=1, mlp_dim=128)
-  params = nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
-                    ["params"])
+  params = nn.unbox(
+      Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  )
   t = _config().train
-  t.update(schedule="constant", warmup_steps=0, learning_rate=0.01, weight_decay=0.0,
-           grad_clip=0.0)
+  t.update(schedule="constant", warmup_steps=0, learning_rate=0.01, weight_decay=0.0, grad_clip=0.0)
   tx, _ = optim.make_optimizer(t, params, cfg)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
-  np.testing.assert_allclose(updates["layers"]["block"]["mlp"]["wi"]["kernel"], -0.01 / 4,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      updates["layers"]["block"]["mlp"]["wi"]["kernel"], -0.01 / 4, rtol=1e-5
+  )
   np.testing.assert_allclose(updates["embed"]["embedding"], -0.01, rtol=1e-5)
   np.testing.assert_allclose(updates["layers"]["block"]["mlp_norm"]["scale"], -0.01, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model,field", [
-    (dict(parametrization="mup"), "model.base_width"),
-    (dict(parametrization="completep", base_width=32), "model.base_depth"),
-    (dict(parametrization="completep", base_width=32, base_depth=2, completep_alpha=0.0),
-     "model.completep_alpha"),
-    (dict(parametrization="completep", base_width=32, base_depth=2, completep_alpha=1.5),
-     "model.completep_alpha"),
-    (dict(parametrization="mupp"), "model.parametrization"),
-])
+@pytest.mark.parametrize(
+    "model,field",
+    [
+        (dict(parametrization="mup"), "model.base_width"),
+        (dict(parametrization="completep", base_width=32), "model.base_depth"),
+        (
+            dict(parametrization="completep", base_width=32, base_depth=2, completep_alpha=0.0),
+            "model.completep_alpha",
+        ),
+        (
+            dict(parametrization="completep", base_width=32, base_depth=2, completep_alpha=1.5),
+            "model.completep_alpha",
+        ),
+        (dict(parametrization="mupp"), "model.parametrization"),
+    ],
+)
 def test_bad_parametrization_configs_name_the_field(model, field):
   with pytest.raises(ValueError, match=field):
     _model(**model)
@@ -155,33 +179,56 @@ def test_optimizer_that_ignores_the_group_rules_is_an_error():
 
 def test_cli_reports_a_bad_parametrization_in_one_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "train", "--config", "configs/default.py:size=tiny",
-       "--config.model.parametrization=mup", "--workdir", str(tmp_path / "run")],
-      capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "train",
+          "--config",
+          "configs/default.py:size=tiny",
+          "--config.model.parametrization=mup",
+          "--workdir",
+          str(tmp_path / "run"),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode != 0
   lines = proc.stderr.strip().splitlines()
-  assert lines[-1].startswith("error: model.base_width") and "Traceback" not in proc.stderr, \
-      proc.stderr[-2000:]
+  assert (
+      lines[-1].startswith("error: model.base_width") and "Traceback" not in proc.stderr
+  ), proc.stderr[-2000:]
 
 
 # --- Muon ---------------------------------------------------------------------------------
 
+
 def _abstract_params(**model):
   c = _config(**model)
   from train import state
+
   m = mesh_lib.make_mesh(c, devices=jax.devices()[:1])
   return state.abstract_variables(c, state.make_model(c), m)["params"]
 
 
 def test_muon_gets_the_block_matrices_and_adamw_the_rest():
-  rows = optim.param_table(_config(optimizer="muon").train,
-                           _abstract_params(tie_embeddings=False), _config().model)
+  rows = optim.param_table(
+      _config(optimizer="muon").train, _abstract_params(tie_embeddings=False), _config().model
+  )
   by_path = {r["path"]: r for r in rows}
   muon = {p for p, r in by_path.items() if r["optimizer"] == "muon"}
-  assert muon == {f"layers/block/{m}/kernel" for m in
-                  ("attn/query", "attn/key", "attn/value", "attn/out", "mlp/wi", "mlp/wo")}
-  for p in ("embed/embedding", "pos_embed/embedding", "unembed/kernel", "final_norm/scale",
-            "layers/block/attn/query/bias", "layers/block/mlp_norm/scale"):
+  assert muon == {
+      f"layers/block/{m}/kernel"
+      for m in ("attn/query", "attn/key", "attn/value", "attn/out", "mlp/wi", "mlp/wo")
+  }
+  for p in (
+      "embed/embedding",
+      "pos_embed/embedding",
+      "unembed/kernel",
+      "final_norm/scale",
+      "layers/block/attn/query/bias",
+      "layers/block/mlp_norm/scale",
+  ):
     assert by_path[p]["optimizer"] == "adamw", p
   # stacked kernels are orthogonalized per layer as the (fan_in x fan_out) matrix
   assert by_path["layers/block/attn/query/kernel"]["matrix"] == "2x32x32"
@@ -198,8 +245,7 @@ def test_muon_update_of_a_stacked_kernel_has_unit_singular_values_per_layer():
   g[1] *= 1000.0
   params = {"params": {"layers": {"block": {"attn": {"query": {"kernel": jnp.zeros_like(g)}}}}}}
   t = _config(optimizer="muon").train
-  t.update(schedule="constant", warmup_steps=0, learning_rate=1.0, weight_decay=0.0,
-           grad_clip=0.0)
+  t.update(schedule="constant", warmup_steps=0, learning_rate=1.0, weight_decay=0.0, grad_clip=0.0)
   tx, _ = optim.make_optimizer(t, params)
   grads = jax.tree.map(lambda _: jnp.asarray(g), params)
   updates, _ = tx.update(grads, tx.init(params), params)

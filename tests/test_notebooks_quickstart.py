@@ -16,10 +16,15 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv("QUICKSTART_WORKDIR", str(tmp_path / "run"))
   monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
   nb = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
-  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-  text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.get("outputs", []))
+  nbclient.NotebookClient(
+      nb,
+      timeout=600,
+      kernel_name="python3",
+      resources={"metadata": {"path": str(REPO / "notebooks")}},
+  ).execute()
+  text = "\n".join(
+      o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+  )
   assert "val loss" in text and "handmade:" in text
   images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
   assert images, "the loss plot was not drawn"

@@ -1,6 +1,5 @@
 """notebooks/scaling_laws.ipynb executes headless (nbclient, kernel python3 from .venv)."""
 
-import os
 import pathlib
 
 import pytest
@@ -15,9 +14,12 @@ def test_scaling_laws_notebook_runs(monkeypatch):
   monkeypatch.setenv("SCALING_NB_GRID", "coarse")
   monkeypatch.setenv("MPLBACKEND", "Agg")
   nb = nbformat.read(NB, as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                   resources={"metadata": {"path": str(NB.parent)}})
+  client = nbclient.NotebookClient(
+      nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NB.parent)}}
+  )
   client.execute()
-  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+  outputs = "".join(
+      o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+  )
   assert "N_opt" in outputs and "summed objective" in outputs
   assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))

@@ -17,6 +17,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   from train import trainer
+
   d = tmp_path_factory.mktemp("run")
   cfg = ladder_cfg.get_config("tiny_grid")
   point = ladder.expand(cfg)[0]
@@ -43,8 +44,23 @@ def test_matches_the_trainers_final_eval(tiny_run):
 def test_other_source_and_cli(tiny_run, tmp_path, capsys):
   d, _ = tiny_run
   out = tmp_path / "ppl.json"
-  assert perplexity.main(["--workdir", str(d), "--data", "synthetic:markov:docs=100,doc_len=64",
-                          "--val_fraction", "0.2", "--batches", "1", "--json", str(out)]) == 0
+  assert (
+      perplexity.main(
+          [
+              "--workdir",
+              str(d),
+              "--data",
+              "synthetic:markov:docs=100,doc_len=64",
+              "--val_fraction",
+              "0.2",
+              "--batches",
+              "1",
+              "--json",
+              str(out),
+          ]
+      )
+      == 0
+  )
   assert "markov" in capsys.readouterr().out and out.exists()
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
     perplexity.main(["--workdir", str(tmp_path / "nothing")])
@@ -55,8 +71,21 @@ def test_split_all_scores_every_byte_of_a_single_file(tiny_run, tmp_path):
   text = "".join(f"line {i}: held-out text, ünïcode too\n" for i in range(60))
   (tmp_path / "held_out.txt").write_text(text, encoding="utf-8")
   out = tmp_path / "all.json"
-  assert perplexity.main(["--workdir", str(d), "--data", f"text:{tmp_path}/held_out.txt",
-                          "--split", "all", "--json", str(out)]) == 0
+  assert (
+      perplexity.main(
+          [
+              "--workdir",
+              str(d),
+              "--data",
+              f"text:{tmp_path}/held_out.txt",
+              "--split",
+              "all",
+              "--json",
+              str(out),
+          ]
+      )
+      == 0
+  )
   res = json.loads(out.read_text())
   assert res["split"] == "all" and res["batches"] == -1
   r = res["domains"]["text"]
@@ -68,11 +97,18 @@ def test_cli_errors_are_one_line(tiny_run, tmp_path):
   d, _ = tiny_run
   (tmp_path / "f.txt").write_text("some text")
   bad_fraction = ["--data", f"text:{tmp_path}/f.txt", "--val_fraction", "1.5"]
-  for args, what in ([bad_fraction, "val_fraction"],
-                     [["--split", "all"], "--data"],
-                     [["--data", f"jsonl:{tmp_path}/missing*.jsonl:text"], "no files match"]):
-    p = subprocess.run([sys.executable, "-m", "eval.perplexity", "--workdir", str(d), *args],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
+  for args, what in (
+      [bad_fraction, "val_fraction"],
+      [["--split", "all"], "--data"],
+      [["--data", f"jsonl:{tmp_path}/missing*.jsonl:text"], "no files match"],
+  ):
+    p = subprocess.run(
+        [sys.executable, "-m", "eval.perplexity", "--workdir", str(d), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")

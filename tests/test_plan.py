@@ -13,8 +13,10 @@ from train import plan as plan_lib
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(
-    not HAVE_LIBTPU, reason='libtpu is not installed (pip install -e ".[tpu]"); TPU '
-    "topologies cannot be compiled for without it")
+    not HAVE_LIBTPU,
+    reason='libtpu is not installed (pip install -e ".[tpu]"); TPU '
+    "topologies cannot be compiled for without it",
+)
 
 # XLA's per-device total (max(peak, args + outputs - donated + temps) + code) against
 # model.summary's estimate: between 0.4x and 2.5x. The estimate leaves out XLA's
@@ -31,23 +33,34 @@ def small_config():
   """~6.6M parameters: big enough that weights and optimizer state dominate XLA's fixed
   overheads (code, semaphores), small enough to compile in seconds."""
   c = base_config()
-  c.model.update(vocab_size=512, d_model=512, num_layers=2, num_heads=8, num_kv_heads=8,
-                 head_dim=64, mlp_dim=2048, max_seq_len=128)
+  c.model.update(
+      vocab_size=512,
+      d_model=512,
+      num_layers=2,
+      num_heads=8,
+      num_kv_heads=8,
+      head_dim=64,
+      mlp_dim=2048,
+      max_seq_len=128,
+  )
   c.data.seq_len = 128
   c.train.batch_size = 8
-  c.mesh.shape = (1, -1, 1)   # FSDP over the 4 chips: state sharded 4 ways
+  c.mesh.shape = (1, -1, 1)  # FSDP over the 4 chips: state sharded 4 ways
   return c
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("v5e", "is not a topology"),
-    ("tpu:2x2", "unknown chip 'tpu'"),
-    ("v5e:2x2x2", "v5e topologies have 2 dimension(s), got 3"),
-    ("v5p:4x4", "v5p topologies have 3 dimension(s), got 2"),
-    ("v4:2xtwo", "is not sizes joined by 'x'"),
-    ("v5e:0x2", "every size must be >= 1"),
-    ("v5e:3x3", "both sizes must be even"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("v5e", "is not a topology"),
+        ("tpu:2x2", "unknown chip 'tpu'"),
+        ("v5e:2x2x2", "v5e topologies have 2 dimension(s), got 3"),
+        ("v5p:4x4", "v5p topologies have 3 dimension(s), got 2"),
+        ("v4:2xtwo", "is not sizes joined by 'x'"),
+        ("v5e:0x2", "every size must be >= 1"),
+        ("v5e:3x3", "both sizes must be even"),
+    ],
+)
 def test_bad_topology_strings_are_clear_errors(text, needle):
   with pytest.raises(ValueError) as err:
     plan_lib.parse_topology(text)
@@ -57,19 +70,21 @@ def test_bad_topology_strings_are_clear_errors(text, needle):
 
 def test_parse_topology_counts_devices():
   topo = plan_lib.parse_topology("v5p:4x4x4", num_slices=2)
-  assert topo.num_devices == 128 and topo.chip.hbm_bytes == 95 * 2 ** 30
+  assert topo.num_devices == 128 and topo.chip.hbm_bytes == 95 * 2**30
   assert plan_lib.parse_topology("V5E:4x4").chips_per_slice == 16
 
 
 def test_gpu_target_falls_back_to_the_analytic_estimate_and_says_so():
   from model import summary
+
   c = small_config()
   p = plan_lib.plan(c, plan_lib.parse_topology("h100:8"))
   assert p["method"] == "analytic"
   assert "analytic estimate" in p["reason"] and "GPU" in p["reason"]
   assert p["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
-  expected = summary.memory_per_device(c.model, batch_size=8, seq_len=128,
-                                       mesh_shape=(1, 8, 1), optimizer="adamw")
+  expected = summary.memory_per_device(
+      c.model, batch_size=8, seq_len=128, mesh_shape=(1, 8, 1), optimizer="adamw"
+  )
   assert p["total_bytes"] == int(expected["total_bytes"])
   assert p["fits"] and "ANALYTIC ESTIMATE" in plan_lib.format_plan(p)
 
@@ -78,11 +93,13 @@ def test_gpu_target_falls_back_to_the_analytic_estimate_and_says_so():
 @needs_libtpu
 def test_small_config_on_v5e_2x2_matches_the_analytic_estimate():
   from model import summary
+
   c = small_config()
   p = plan_lib.plan(c, plan_lib.parse_topology("v5e:2x2"))
   assert p["method"] == "xla" and p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
-  est = summary.memory_per_device(c.model, batch_size=8, seq_len=128, mesh_shape=(1, 4, 1),
-                                  optimizer="adamw")
+  est = summary.memory_per_device(
+      c.model, batch_size=8, seq_len=128, mesh_shape=(1, 4, 1), optimizer="adamw"
+  )
   # The state (params + Adam's two moments, fp32, sharded 4 ways) is exact arithmetic.
   state = est["params_bytes"] + est["optimizer_bytes"]
   assert abs(p["argument_bytes"] - state) / state < STATE_TOLERANCE, (p["argument_bytes"], state)
@@ -102,7 +119,7 @@ def test_config_that_cannot_fit_reports_does_not_fit():
   c.model.update(d_model=8192, mlp_dim=32768, num_heads=64, num_kv_heads=64, head_dim=128)
   p = plan_lib.plan(c, plan_lib.parse_topology("v5e:2x2"))
   assert p["fits"] is False
-  assert p["total_bytes"] > 16 * 2 ** 30
+  assert p["total_bytes"] > 16 * 2**30
   assert "DOES NOT FIT" in plan_lib.format_plan(p)
 
 
@@ -117,10 +134,13 @@ def test_multi_slice_mesh_puts_data_across_slices():
   assert slices == [[0] * 4, [1] * 4]
   # An explicit DCN layout that does not match the slices is an error naming both.
   c.mesh.dcn_shape = (4, 1, 1)
-  with pytest.raises(ValueError, match=r"dcn_shape=\(4, 1, 1\) needs 4 TPU slices but the devices come from 2"):
+  with pytest.raises(
+      ValueError, match=r"dcn_shape=\(4, 1, 1\) needs 4 TPU slices but the devices come from 2"
+  ):
     plan_lib._mesh_for(plan_lib._for_topology(c, topo), topo, devices)
   # Slices with no DCN layout at all, through make_mesh directly.
   from train import mesh as mesh_lib
+
   c.mesh.dcn_shape = (1, 1, 1)
   with pytest.raises(ValueError, match=r"come from 2 TPU slices.*dcn_shape=\(2, 1, 1\)"):
     mesh_lib.make_mesh(c, devices)
@@ -129,7 +149,7 @@ def test_multi_slice_mesh_puts_data_across_slices():
 def test_bad_libtpu_topology_is_a_clear_error():
   if not HAVE_LIBTPU:
     pytest.skip("libtpu is not installed")
-  topo = plan_lib.Topology(plan_lib.CHIPS["v5e"], (3, 3))   # bypasses parse_topology
+  topo = plan_lib.Topology(plan_lib.CHIPS["v5e"], (3, 3))  # bypasses parse_topology
   with pytest.raises(ValueError, match="libtpu rejected topology 'v5e:3x3'"):
     plan_lib.topology_devices(topo)
 
@@ -138,11 +158,24 @@ def test_cli_reports_a_bad_topology_without_a_traceback():
   import os
   import subprocess
   import sys
+
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
-      [sys.executable, "-m", "train.plan", "--config", "configs/default.py",
-       "--topology", "v5e:4x4x4"], cwd=repo, capture_output=True, text=True, timeout=120,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      [
+          sys.executable,
+          "-m",
+          "train.plan",
+          "--config",
+          "configs/default.py",
+          "--topology",
+          "v5e:4x4x4",
+      ],
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode == 1
   assert "error: --topology='v5e:4x4x4': v5e topologies have 2 dimension(s)" in proc.stderr
   assert "Traceback" not in proc.stderr
@@ -150,12 +183,14 @@ def test_cli_reports_a_bad_topology_without_a_traceback():
 
 def test_batch_search_finds_the_largest_fitting_batch_analytically():
   from model import summary
+
   c = small_config()
   topo = plan_lib.parse_topology("v5e:2x2")
   p = plan_lib.search_batch(c, topo, force_analytic=True)
   n = p["search"]["max_per_device_batch"]
   assert n > 1 and p["fits"] and p["global_batch"] == 4 * n
-  mem = lambda b: summary.memory_per_device(c.model, batch_size=4 * b, seq_len=128,
-                                            mesh_shape=(1, 4, 1))["total_bytes"]
+  mem = lambda b: summary.memory_per_device(
+      c.model, batch_size=4 * b, seq_len=128, mesh_shape=(1, 4, 1)
+  )["total_bytes"]
   assert mem(n) <= topo.chip.hbm_bytes < mem(n + 1)
-  assert len(p["search"]["tried"]) <= 6   # the linear guess lands close
+  assert len(p["search"]["tried"]) <= 6  # the linear guess lands close

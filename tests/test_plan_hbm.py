@@ -12,6 +12,7 @@ def test_tpu_hbm_is_what_xla_allows():
 
 def test_gpu_plans_fit_in_the_preallocated_fraction(monkeypatch):
   from configs import default
+
   monkeypatch.delenv(plan_lib.GPU_MEM_FRACTION_ENV, raising=False)
   h100 = plan_lib.CHIPS["h100"]
   assert plan_lib.usable_bytes(h100) == 0.75 * 80 * plan_lib.GiB

@@ -19,6 +19,7 @@ def test_single_process_sees_the_signal_at_the_next_step():
 
 def test_several_processes_poll_collectively_every_n_steps(monkeypatch):
   from jax.experimental import multihost_utils
+
   calls = []
 
   def allgather(x):
@@ -29,7 +30,7 @@ def test_several_processes_poll_collectively_every_n_steps(monkeypatch):
   monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
   with preemption.PreemptionGuard(poll_every=5) as guard:
     answers = [guard.requested(s) for s in range(1, 12)]
-    assert calls == [0, 0] and not any(answers)          # collectives at steps 5 and 10 only
+    assert calls == [0, 0] and not any(answers)  # collectives at steps 5 and 10 only
     guard._flag.set()  # pylint: disable=protected-access
     assert not guard.requested(12) and guard.requested(15)
   assert calls == [0, 0, 1]

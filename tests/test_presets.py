@@ -48,8 +48,15 @@ def test_the_list_covers_every_size_in_configs():
 def shrink(config) -> ml_collections.ConfigDict:
   m = config.model
   gqa = m.num_kv_heads < m.num_heads
-  m.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1 if gqa else 2, head_dim=16,
-           mlp_dim=64, max_seq_len=SEQ)
+  m.update(
+      d_model=32,
+      num_layers=1,
+      num_heads=2,
+      num_kv_heads=1 if gqa else 2,
+      head_dim=16,
+      mlp_dim=64,
+      max_seq_len=SEQ,
+  )
   config.data.update(seq_len=SEQ, num_workers=1)
   config.train.batch_size = BATCH
   return config
@@ -58,11 +65,22 @@ def shrink(config) -> ml_collections.ConfigDict:
 @pytest.fixture(scope="module")
 def local_batch(tmp_path_factory):
   """One batch of the real loader (byte tokenizer, ids < 260) for every data-fed preset."""
-  data_cfg = ml_collections.ConfigDict(dict(
-      source="synthetic:markov:docs=40,doc_len=64", tokenizer="byte", seq_len=SEQ,
-      val_fraction=0.1, num_workers=1))
-  data = pipeline.load_for_training(data_cfg, tmp_path_factory.mktemp("presets") / "p",
-                                    global_batch_size=BATCH, seed=0, progress=False)
+  data_cfg = ml_collections.ConfigDict(
+      dict(
+          source="synthetic:markov:docs=40,doc_len=64",
+          tokenizer="byte",
+          seq_len=SEQ,
+          val_fraction=0.1,
+          num_workers=1,
+      )
+  )
+  data = pipeline.load_for_training(
+      data_cfg,
+      tmp_path_factory.mktemp("presets") / "p",
+      global_batch_size=BATCH,
+      seed=0,
+      progress=False,
+  )
   return next(data.train_iter)
 
 
@@ -75,8 +93,11 @@ def _batch(name, config, built, local_batch):
 
 def _program(config) -> str:
   t = config.train
-  return json.dumps([config.model.to_dict(), t.objective, t.optimizer, t.schedule, t.z_loss,
-                     t.microbatches], sort_keys=True, default=str)
+  return json.dumps(
+      [config.model.to_dict(), t.objective, t.optimizer, t.schedule, t.z_loss, t.microbatches],
+      sort_keys=True,
+      default=str,
+  )
 
 
 @pytest.mark.slow  # 11 compilations: ~2 CPU-minutes

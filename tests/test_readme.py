@@ -28,20 +28,25 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 PEER = REPO.parent / "shared" / "bench" / "torch_gpt.py"
 
-TINY_MODEL = ("--config.model.d_model=32 --config.model.num_layers=1 --config.model.num_heads=2 "
-              "--config.model.num_kv_heads=2 --config.model.head_dim=16 --config.model.mlp_dim=64")
-TINY_RUN = ("--config.train.steps=2 --config.train.warmup_steps=1 --config.train.batch_size=4 "
-            "--config.train.log_every=1 --config.eval.batches=1 --config.checkpoint.every=2")
+TINY_MODEL = (
+    "--config.model.d_model=32 --config.model.num_layers=1 --config.model.num_heads=2 "
+    "--config.model.num_kv_heads=2 --config.model.head_dim=16 --config.model.mlp_dim=64"
+)
+TINY_RUN = (
+    "--config.train.steps=2 --config.train.warmup_steps=1 --config.train.batch_size=4 "
+    "--config.train.log_every=1 --config.eval.batches=1 --config.checkpoint.every=2"
+)
 TINY = f"{TINY_MODEL} {TINY_RUN}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """How a README command starting with `prefix` runs here."""
+
   prefix: str
   rewrite: Callable[[str], str] = lambda cmd: cmd
   needs: tuple[str, ...] = ()  # prefixes of README commands whose outputs this one reads
-  skip: str = ""               # non-empty: the reason the command is not run
+  skip: str = ""  # non-empty: the reason the command is not run
   marks: tuple = ()
 
 
@@ -55,6 +60,7 @@ def replace(*pairs: tuple[str, str], extra: str = "") -> Callable[[str], str]:
       assert old in cmd, f"rule expects {old!r} in {cmd!r}"
       cmd = cmd.replace(old, new)
     return f"{cmd} {extra}".strip()
+
   return rewrite
 
 
@@ -68,51 +74,83 @@ RULES = [
     Rule(FIRST, lambda cmd: f"python -m train {cmd.split(' -m train ', 1)[1]} {TINY}"),
     Rule("bash scripts/test.sh", skip="runs the test suite that holds this test"),
     Rule(GPT2, append(f"{TINY} --config.data.seq_len=64 --config.model.max_seq_len=64")),
-    Rule("python -m train --config configs/default.py:size=tiny",
-         replace(("/tmp/smoke", "runs/smoke"), extra="--config.train.steps=2")),
+    Rule(
+        "python -m train --config configs/default.py:size=tiny",
+        replace(("/tmp/smoke", "runs/smoke"), extra="--config.train.steps=2"),
+    ),
     Rule("python -m model.summary --config configs/gpt3.py:size=175B"),
-    Rule("python -m eval.perplexity --workdir runs/default", append("--batches 1"),
-         needs=(FIRST,)),
-    Rule("python -m eval.perplexity --workdir runs/default --data text:notes.txt",
-         needs=(FIRST,)),
+    Rule("python -m eval.perplexity --workdir runs/default", append("--batches 1"), needs=(FIRST,)),
+    Rule("python -m eval.perplexity --workdir runs/default --data text:notes.txt", needs=(FIRST,)),
     # The tiny ladder (the same WSD scheme, 2 sizes) at 3 budgets: 6 points, enough to fit.
     Rule(LADDER, replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'")),
-    Rule(f"{LADDER} --workdir runs/ladder --executor local",
-         replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'"), needs=(LADDER,)),
-    Rule(f"{LADDER} --workdir /shared/ladder --executor ray",
-         skip="needs a Ray cluster at HEAD:6379 (tests/test_ladder_ray.py runs a local one)"),
+    Rule(
+        f"{LADDER} --workdir runs/ladder --executor local",
+        replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'"),
+        needs=(LADDER,),
+    ),
+    Rule(
+        f"{LADDER} --workdir /shared/ladder --executor ray",
+        skip="needs a Ray cluster at HEAD:6379 (tests/test_ladder_ray.py runs a local one)",
+    ),
     Rule('pip install -e ".[ray]"', skip="installs packages into the environment"),
-    Rule("python -m eval.report --workdir runs/ladder", append("--bootstrap 4 --grid coarse"),
-         needs=(LADDER,)),
-    Rule("python -m eval.fit chinchilla --csv runs/ladder/results.csv",
-         replace(("--bootstrap 200", "--bootstrap 4"), extra="--grid coarse"), needs=(LADDER,)),
+    Rule(
+        "python -m eval.report --workdir runs/ladder",
+        append("--bootstrap 4 --grid coarse"),
+        needs=(LADDER,),
+    ),
+    Rule(
+        "python -m eval.fit chinchilla --csv runs/ladder/results.csv",
+        replace(("--bootstrap 200", "--bootstrap 4"), extra="--grid coarse"),
+        needs=(LADDER,),
+    ),
     Rule("python -m eval.fit isoflop --csv FILE", replace(("FILE", "isoflop.csv"))),
     Rule("python -m eval.generate --workdir runs/default", needs=(FIRST,)),
     Rule("python -m eval.zeroshot --workdir runs/default", append("--limit 3"), needs=(FIRST,)),
     Rule("python -m eval.bias --workdir runs/default", append("--limit 4"), needs=(FIRST,)),
-    Rule("python -m train --config configs/default.py --workdir runs/ft", append(TINY),
-         needs=(FIRST,)),
+    Rule(
+        "python -m train --config configs/default.py --workdir runs/ft",
+        append(TINY),
+        needs=(FIRST,),
+    ),
     Rule(EXPORT, needs=(GPT2,)),
     Rule("python -m eval.hf import --hf-dir hf_dir", needs=(EXPORT,)),
     Rule('pip install -e ".[tpu]"', skip="installs packages into the environment"),
-    Rule("python -m eval.coord_check --config configs/default.py:size=tiny",
-         replace(("--widths 64,128,256,512", "--widths 32,64"), ("--steps 10", "--steps 2"),
-                 extra="--seeds 1")),
-    Rule("python -m eval.lr_transfer --config configs/default.py:size=tiny",
-         replace(("--widths 32,64,128", "--widths 32,64"),
-                 ("--lr-exponents=-11,-10,-9,-8,-7,-6,-5", "--lr-exponents=-8,-7"),
-                 ("--steps 300", "--steps 4"), ("docs/lr_transfer.png", "runs/lr_transfer.png"),
-                 extra="--eval-batches 1")),
+    Rule(
+        "python -m eval.coord_check --config configs/default.py:size=tiny",
+        replace(
+            ("--widths 64,128,256,512", "--widths 32,64"),
+            ("--steps 10", "--steps 2"),
+            extra="--seeds 1",
+        ),
+    ),
+    Rule(
+        "python -m eval.lr_transfer --config configs/default.py:size=tiny",
+        replace(
+            ("--widths 32,64,128", "--widths 32,64"),
+            ("--lr-exponents=-11,-10,-9,-8,-7,-6,-5", "--lr-exponents=-8,-7"),
+            ("--steps 300", "--steps 4"),
+            ("docs/lr_transfer.png", "runs/lr_transfer.png"),
+            extra="--eval-batches 1",
+        ),
+    ),
     # Searching batch sizes compiles the TPU step many times (minutes): the analytic plan.
-    Rule("python -m train.plan --config configs/gpt3.py:size=1.3B",
-         replace(("--search", "--analytic"))),
-    Rule("python -m train.bench --config configs/bench.py:S",
-         replace((":S", ":tiny"), ("--steps 10", "--steps 2"), ("--compile_depth_check", ""))),
+    Rule(
+        "python -m train.plan --config configs/gpt3.py:size=1.3B",
+        replace(("--search", "--analytic")),
+    ),
+    Rule(
+        "python -m train.bench --config configs/bench.py:S",
+        replace((":S", ":tiny"), ("--steps 10", "--steps 2"), ("--compile_depth_check", "")),
+    ),
     Rule("python -m train.data.bench", append("--steps 2 --dir runs/loader-bench")),
-    Rule("python scripts/bench_vs_torch.py --config S",
-         replace(("--config S", "--config tiny"),
-                 extra=f"--rounds 1 --k 1 --torch_python {sys.executable} --peer {PEER}"),
-         skip="" if PEER.is_file() else f"{PEER} (the PyTorch peer) is not present"),
+    Rule(
+        "python scripts/bench_vs_torch.py --config S",
+        replace(
+            ("--config S", "--config tiny"),
+            extra=f"--rounds 1 --k 1 --torch_python {sys.executable} --peer {PEER}",
+        ),
+        skip="" if PEER.is_file() else f"{PEER} (the PyTorch peer) is not present",
+    ),
     Rule("bash scripts/gpu_check.sh", skip="needs a GPU (docs/gpu.md)"),
 ]
 
@@ -120,7 +158,7 @@ RULES = [
 def _strip_comment(line: str) -> str:
   """The line without a trailing shell comment (a '#' outside quotes)."""
   for m in re.finditer(r"(?:^|\s)#", line):
-    before = line[:m.start()]
+    before = line[: m.start()]
     if before.count('"') % 2 == 0 and before.count("'") % 2 == 0:
       return before.strip()
   return line.strip()
@@ -156,27 +194,58 @@ def _params():
 
 def _write_inputs(ws: pathlib.Path) -> None:
   """The files README commands name that a user brings: tiny stand-ins."""
-  items = [("Cooking: A man cracks an egg into a bowl. he", 1,
-            ["flies away.", "whisks it with a fork.", "sings loudly.", "paints the wall."]),
-           ("Running: A woman ties her shoes. she", 0,
-            ["starts to jog down the road.", "eats soup.", "reads a book.", "sleeps."])] * 2
+  items = [
+      (
+          "Cooking: A man cracks an egg into a bowl. he",
+          1,
+          ["flies away.", "whisks it with a fork.", "sings loudly.", "paints the wall."],
+      ),
+      (
+          "Running: A woman ties her shoes. she",
+          0,
+          ["starts to jog down the road.", "eats soup.", "reads a book.", "sleeps."],
+      ),
+  ] * 2
   lines = [line for ctx, gold, endings in items for line in (ctx, str(gold), *endings)]
   (ws / "hellaswag_val.txt.bz2").write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
-  (ws / "hellaswag_val.jsonl").write_text("".join(json.dumps(dict(
-      activity_label=ctx.split(":")[0], ctx_a=ctx.split(": ", 1)[1].rsplit(". ", 1)[0] + ".",
-      ctx_b=ctx.rsplit(". ", 1)[1], ctx=ctx.split(": ", 1)[1], endings=endings, label=gold,
-      split="val", split_type="indomain", source_id="x", ind=i)) + "\n"
-      for i, (ctx, gold, endings) in enumerate(items)))
+  (ws / "hellaswag_val.jsonl").write_text(
+      "".join(
+          json.dumps(
+              dict(
+                  activity_label=ctx.split(":")[0],
+                  ctx_a=ctx.split(": ", 1)[1].rsplit(". ", 1)[0] + ".",
+                  ctx_b=ctx.rsplit(". ", 1)[1],
+                  ctx=ctx.split(": ", 1)[1],
+                  endings=endings,
+                  label=gold,
+                  split="val",
+                  split_type="indomain",
+                  source_id="x",
+                  ind=i,
+              )
+          )
+          + "\n"
+          for i, (ctx, gold, endings) in enumerate(items)
+      )
+  )
   (ws / "notes.txt").write_text("Held-out notes of a user.\n\nA second paragraph of them.\n")
   (ws / "crows_pairs_anonymized.csv").write_text(
       ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"
-      + "".join(f'{i},"The poor are lazy {i}.","The rich are lazy {i}.",stereo,socioeconomic,'
-                f'"[[\'socioeconomic\']]",a{i},"[\'a1\']"\n' for i in range(4)))
-  (ws / "dev.tsv").write_text("sentence\tlabel\na charming journey\t1\nbleak and dull\t0\n"
-                              "a delight\t1\na mess\t0\n")
-  (ws / "sst2_train.jsonl").write_text("".join(   # distinct reviews: the split hashes content
-      f'{{"text": "Review: {s} {i}\\nSentiment: {w}"}}\n'
-      for i, (s, w) in enumerate([("lovely", "positive"), ("awful", "negative")] * 250)))
+      + "".join(
+          f'{i},"The poor are lazy {i}.","The rich are lazy {i}.",stereo,socioeconomic,'
+          f"\"[['socioeconomic']]\",a{i},\"['a1']\"\n"
+          for i in range(4)
+      )
+  )
+  (ws / "dev.tsv").write_text(
+      "sentence\tlabel\na charming journey\t1\nbleak and dull\t0\n" "a delight\t1\na mess\t0\n"
+  )
+  (ws / "sst2_train.jsonl").write_text(
+      "".join(  # distinct reviews: the split hashes content
+          f'{{"text": "Review: {s} {i}\\nSentiment: {w}"}}\n'
+          for i, (s, w) in enumerate([("lovely", "positive"), ("awful", "negative")] * 250)
+      )
+  )
   # IsoFLOP grid from a known law L = 1.7 + 400/N^0.34 + 410/D^0.28, D = C / (6 N).
   rows = ["N,C,L"]
   for c in (1e15, 1e16, 1e17):
@@ -193,8 +262,12 @@ class Workspace:
     self.root = root
     self.results: dict[str, subprocess.CompletedProcess] = {}
     bin_dir = pathlib.Path(sys.executable).parent
-    self.env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu",
-                    PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    self.env = dict(
+        os.environ,
+        PYTHONPATH=str(root),
+        JAX_PLATFORMS="cpu",
+        PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     self.env.pop("UNLEASH_DEBUG", None)
 
   def run(self, command: str) -> subprocess.CompletedProcess:
@@ -206,16 +279,26 @@ class Workspace:
         if self.run(dep).returncode != 0:
           pytest.fail(f"needs `{dep}`, which failed")
       self.results[command] = subprocess.run(
-          ["bash", "-c", rule.rewrite(command)], cwd=self.root, env=self.env,
-          capture_output=True, text=True, timeout=900)
+          ["bash", "-c", rule.rewrite(command)],
+          cwd=self.root,
+          env=self.env,
+          capture_output=True,
+          text=True,
+          timeout=900,
+      )
     return self.results[command]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
   root = tmp_path_factory.mktemp("readme") / "unleash"
-  shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(
-      ".git", ".venv", "runs", "__pycache__", ".pytest_cache", "*.egg-info"))
+  shutil.copytree(
+      REPO,
+      root,
+      ignore=shutil.ignore_patterns(
+          ".git", ".venv", "runs", "__pycache__", ".pytest_cache", "*.egg-info"
+      ),
+  )
   _write_inputs(root)
   return Workspace(root)
 
@@ -223,13 +306,16 @@ def workspace(tmp_path_factory):
 @pytest.mark.parametrize("command", _params())
 def test_readme_command_runs(command, workspace):
   rule = rule_for(command)
-  assert rule is not None, (f"README command `{command}` has no rule in tests/test_readme.py; "
-                            "add one (a tiny rewrite, or a skip with its reason)")
+  assert rule is not None, (
+      f"README command `{command}` has no rule in tests/test_readme.py; "
+      "add one (a tiny rewrite, or a skip with its reason)"
+  )
   if rule.skip:
     pytest.skip(rule.skip)
   p = workspace.run(command)
-  assert p.returncode == 0, (f"`{rule.rewrite(command)}` exited {p.returncode}\n"
-                             f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+  assert p.returncode == 0, (
+      f"`{rule.rewrite(command)}` exited {p.returncode}\n" f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+  )
   assert "Traceback" not in p.stderr, p.stderr[-3000:]
 
 
@@ -240,6 +326,8 @@ def test_every_rule_matches_a_readme_command():
 
 
 def test_readme_commands_parsing():
-  text = ("x\n```bash\npython -m a --p \"x # y\"   # note\n# only a comment\n"
-          "python -m b --q 1 \\\n    --r 2\n```\n```python\nnot = 'bash'\n```\n")
+  text = (
+      'x\n```bash\npython -m a --p "x # y"   # note\n# only a comment\n'
+      "python -m b --q 1 \\\n    --r 2\n```\n```python\nnot = 'bash'\n```\n"
+  )
   assert readme_commands(text) == ['python -m a --p "x # y"', "python -m b --q 1 --r 2"]

@@ -21,20 +21,37 @@ def _write_grid(d, with_curves=True):
     for D in np.geomspace(2e6, 5e7, 3):
       L = LAW.loss(N, D) * np.exp(rng.normal(0, 0.002))
       name = f"n{N:.2e}_d{D:.2e}"
-      rows.append(dict(name=name, params_total=N, params_non_embedding=0.9 * N, tokens=D,
-                       flops=6 * N * D, train_loss=L, val_loss=L, val_bpb=L / math.log(2), wall_s=1.0))
+      rows.append(
+          dict(
+              name=name,
+              params_total=N,
+              params_non_embedding=0.9 * N,
+              tokens=D,
+              flops=6 * N * D,
+              train_loss=L,
+              val_loss=L,
+              val_bpb=L / math.log(2),
+              wall_s=1.0,
+          )
+      )
       if with_curves:
         p = d / "points" / name
         p.mkdir(parents=True)
         t = np.geomspace(D / 100, D, 40)
         with open(p / "metrics.jsonl", "w") as f:
           for ti, li in zip(t, LAW.loss(N, t)):
-            f.write(json.dumps(dict(step=int(ti // 100), kind="train", tokens_seen=float(ti), loss=float(li))) + "\n")
+            f.write(
+                json.dumps(
+                    dict(step=int(ti // 100), kind="train", tokens_seen=float(ti), loss=float(li))
+                )
+                + "\n"
+            )
   pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
   # A prepared synthetic corpus somewhere under the workdir: its floor is E in bits/byte.
   (d / "data").mkdir()
-  (d / "data" / "manifest.json").write_text(json.dumps(
-      dict(synthetic=dict(entropy_rate_bits_per_byte=LAW.E / math.log(2)))))
+  (d / "data" / "manifest.json").write_text(
+      json.dumps(dict(synthetic=dict(entropy_rate_bits_per_byte=LAW.E / math.log(2))))
+  )
 
 
 def test_report_on_a_grid_ladder(tmp_path):
@@ -62,10 +79,18 @@ def test_report_on_an_isoflop_ladder_via_cli(tmp_path):
   for C in [1e13, 1e14, 1e15]:
     n_opt, _, _ = LAW.optimal(C)
     for f in np.linspace(-0.6, 0.6, 5):
-      N = n_opt * 10 ** f
+      N = n_opt * 10**f
       D = C / (6 * N)
-      rows.append(dict(name=f"c{C:.0e}_{f:.1f}", params_total=N, tokens=D, flops=C, budget=C,
-                       val_loss=LAW.loss(N, D) * np.exp(rng.normal(0, 0.001))))
+      rows.append(
+          dict(
+              name=f"c{C:.0e}_{f:.1f}",
+              params_total=N,
+              tokens=D,
+              flops=C,
+              budget=C,
+              val_loss=LAW.loss(N, D) * np.exp(rng.normal(0, 0.001)),
+          )
+      )
   pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
   assert report.main(["--workdir", str(tmp_path), "--bootstrap", "0", "--grid", "coarse"]) == 0
   text = (tmp_path / "report" / "report.md").read_text()
@@ -106,7 +131,9 @@ def test_conventions_come_first_and_the_allocation_uses_the_table_flops(tmp_path
   text = report.render_markdown(a)
   assert text.index("## Conventions") < text.index("## Fitted laws")
   assert "counted / 6ND = 1.070" in text and "median s.e. of the loss 0.002" in text
-  assert "the schedule set to each run's D" in text and "all parameters (embeddings included)" in text
+  assert (
+      "the schedule set to each run's D" in text and "all parameters (embeddings included)" in text
+  )
   six = report.analyze(tmp_path, bootstrap=0, grid="quick", flops_col="flops_6nd")
   assert six.k == pytest.approx(6.0) and "6ND (`flops_6nd`)" in report.render_markdown(six)
 
@@ -120,8 +147,9 @@ def test_unidentified_floor_is_flagged_and_its_tables_withheld(tmp_path):
   for N in np.geomspace(1e5, 4e5, 4):
     for D in np.geomspace(2e6, 8e6, 3):
       L = law.loss(N, D) * np.exp(rng.normal(0, 0.01))
-      rows.append(dict(name=f"{N:.0f}_{D:.0f}", params_total=N, tokens=D, flops=6 * N * D,
-                       val_loss=L))
+      rows.append(
+          dict(name=f"{N:.0f}_{D:.0f}", params_total=N, tokens=D, flops=6 * N * D, val_loss=L)
+      )
   pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
   md = report.make_report(tmp_path, bootstrap=16, grid="quick")
   text = md.read_text()
@@ -143,11 +171,19 @@ def test_sensitivity_backtest_and_wsd_plateaus(tmp_path):
   (tmp_path / "points" / name).mkdir(parents=True)
   with open(tmp_path / "points" / name / "metrics.jsonl", "w") as f:
     for ti, li, r in zip(t, loss, lr):
-      f.write(json.dumps(dict(step=int(ti), tokens_seen=float(ti), loss=float(li), lr=float(r))) + "\n")
+      f.write(
+          json.dumps(dict(step=int(ti), tokens_seen=float(ti), loss=float(li), lr=float(r))) + "\n"
+      )
   a = report.analyze(tmp_path, bootstrap=8, grid="quick")
   variants = [r["variant"] for r in a.sensitivity]
-  assert variants == ["Huber delta 0.0001", "Huber delta 0.001", "Huber delta 0.01",
-                      "Huber delta 0.1", "without the smallest size", "without the largest budget"]
+  assert variants == [
+      "Huber delta 0.0001",
+      "Huber delta 0.001",
+      "Huber delta 0.01",
+      "Huber delta 0.1",
+      "without the smallest size",
+      "without the largest budget",
+  ]
   assert all(abs(r["alpha"] - LAW.alpha) < 0.05 for r in a.sensitivity)
   assert a.sensitivity[4]["n_points"] == 12
   bt = a.backtest

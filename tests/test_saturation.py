@@ -34,7 +34,7 @@ def test_doubling_returns_match_direct_differences():
 
 def test_local_exponents_and_headroom():
   x = np.geomspace(1e5, 1e8, 6)
-  L = 2.0 + 40 * x ** -0.3
+  L = 2.0 + 40 * x**-0.3
   k = sat.local_exponents(x, L, E=2.0)["exponent"]
   np.testing.assert_allclose(k, 0.3, rtol=1e-9)
   assert not sat.exponent_trend(k)["falling"]
@@ -56,7 +56,7 @@ def test_leave_one_rung_out_is_small_on_an_exact_law():
 
 def test_trend_break_flags_small_models_off_the_law():
   N, D, L = _grid(noise=0.002)
-  floor = LAW.E + LAW.B * D ** -LAW.beta  # per-row floor: rows with different D compare
+  floor = LAW.E + LAW.B * D**-LAW.beta  # per-row floor: rows with different D compare
   tb = sat.trend_break(N, L, floor)
   assert not tb["break_detected"] and tb["local_alpha_large"] == pytest.approx(0.35, abs=0.03)
   N, D, L = _grid(noise=0.002, bump_small=0.06)
@@ -69,7 +69,7 @@ def test_trend_break_flags_small_models_off_the_law():
 def test_plateau_detection():
   rng = np.random.default_rng(0)
   t = np.geomspace(1e5, 1e8, 200)
-  improving = 2.0 + 30 * t ** -0.3 + rng.normal(0, 0.002, 200)
+  improving = 2.0 + 30 * t**-0.3 + rng.normal(0, 0.002, 200)
   p = sat.plateau(t, improving)
   assert not p["plateau"] and not p["late_rise"] and "improving" in p["verdict"]
   flat = 2.0 + 30 * np.minimum(t, 1e6) ** -0.3 + rng.normal(0, 0.01, 200)
@@ -121,7 +121,7 @@ def test_trend_break_false_alarms_stay_near_nominal_with_clustered_noise():
   sims = 300
   for _ in range(sims):
     N, D, L = _clustered_grid(rng)
-    floor = LAW.E + LAW.B * D ** -LAW.beta
+    floor = LAW.E + LAW.B * D**-LAW.beta
     naive += sat.trend_break(N, L, floor, clusters=np.arange(len(N)))["break_detected"]
     clustered += sat.trend_break(N, L, floor)["break_detected"]
   assert naive / sims > 0.10

@@ -30,8 +30,8 @@ PUBLISHED = [
     ("gpt3", "size=175B", 175e9, 0.02),
     ("bert", "size=base", 110e6, 0.02),
     ("bert", "size=large", 340e6, 0.02),
-    ("llama", "size=1B", 1_100_048_384, 0.005),   # TinyLlama-1.1B
-    ("llama", "size=7B", 6_738_415_616, 0.005),   # Llama-2-7B
+    ("llama", "size=1B", 1_100_048_384, 0.005),  # TinyLlama-1.1B
+    ("llama", "size=7B", 6_738_415_616, 0.005),  # Llama-2-7B
 ]
 
 
@@ -56,17 +56,26 @@ def test_gpt2_small_exact_breakdown():
 
 
 def test_flops_formula_matches_hand_count():
-  cfg = ModelConfig(vocab_size=100, d_model=64, num_layers=3, num_heads=8, num_kv_heads=2,
-                    head_dim=16, mlp_dim=256, mlp="swiglu", tie_embeddings=False)
+  cfg = ModelConfig(
+      vocab_size=100,
+      d_model=64,
+      num_layers=3,
+      num_heads=8,
+      num_kv_heads=2,
+      head_dim=16,
+      mlp_dim=256,
+      mlp="swiglu",
+      tie_embeddings=False,
+  )
   seq = 32
   # Hand count, forward, per token, multiply-adds x 2:
-  q = 64 * 8 * 16            # 8192
-  kv = 2 * 64 * 2 * 16       # 4096 (2 kv heads, k and v)
-  out = 8 * 16 * 64          # 8192
+  q = 64 * 8 * 16  # 8192
+  kv = 2 * 64 * 2 * 16  # 4096 (2 kv heads, k and v)
+  out = 8 * 16 * 64  # 8192
   scores = 2 * 8 * 16 * 32 / 2  # qk^T and pv over on average half of 32 keys: 4096
-  mlp = 3 * 64 * 256         # 49152
+  mlp = 3 * 64 * 256  # 49152
   per_layer = 2 * (q + kv + out + scores + mlp)  # 147456
-  head = 2 * 64 * 100        # 12800
+  head = 2 * 64 * 100  # 12800
   forward = 3 * per_layer + head  # 455168
   assert summary.flops_per_token_train(cfg, seq) == 3 * forward == 1_365_504
   bidir = ModelConfig(**{**cfg.to_dict(), "attention_mask": "bidirectional"})
@@ -87,8 +96,9 @@ def test_memory_per_device_scales_with_mesh_and_remat():
   n = summary.param_counts(cfg)["total"]
   one = summary.memory_per_device(cfg, batch_size=8, seq_len=1024, remat="none")
   assert one["params_bytes"] == 4 * n and one["optimizer_bytes"] == 8 * n
-  fsdp = summary.memory_per_device(cfg, batch_size=8, seq_len=1024, mesh_shape=(1, 4, 1),
-                                   remat="none")
+  fsdp = summary.memory_per_device(
+      cfg, batch_size=8, seq_len=1024, mesh_shape=(1, 4, 1), remat="none"
+  )
   assert fsdp["params_bytes"] == one["params_bytes"] / 4
   assert fsdp["activations_bytes"] == pytest.approx(one["activations_bytes"] / 4)
   full = summary.memory_per_device(cfg, batch_size=8, seq_len=1024, remat="full")
@@ -105,8 +115,21 @@ def test_cli_json(tmp_path):
   out = tmp_path / "s.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "model.summary", "--config", "configs/gpt3.py:size=175B",
-       "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "model.summary",
+          "--config",
+          "configs/gpt3.py:size=175B",
+          "--json",
+          str(out),
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   assert "non-embedding" in proc.stdout and "layers/mlp/wi" in proc.stdout
   s = json.loads(out.read_text())

@@ -20,15 +20,26 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
-ARGS = ["--config", "configs/default.py:size=tiny", "--config.train.batch_size=16",
-        "--config.train.log_every=1", "--config.eval.batches=1", "--config.checkpoint.every=2",
-        "--config.train.schedule=constant", "--config.train.warmup_steps=1"]
+ARGS = [
+    "--config",
+    "configs/default.py:size=tiny",
+    "--config.train.batch_size=16",
+    "--config.train.log_every=1",
+    "--config.eval.batches=1",
+    "--config.checkpoint.every=2",
+    "--config.train.schedule=constant",
+    "--config.train.warmup_steps=1",
+]
 
 
 def _env(tmp, devices):
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-              JAX_COMPILATION_CACHE_DIR=str(tmp / "xla"),
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=str(REPO),
+      JAX_COMPILATION_CACHE_DIR=str(tmp / "xla"),
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
 
 
 def _free_port() -> int:
@@ -40,18 +51,39 @@ def _free_port() -> int:
 def _train(tmp, workdir, *, steps, processes, devices):
   """Runs `python -m train` with `processes` processes of `devices` CPU devices each;
   returns process 0's output."""
-  args = [sys.executable, "-m", "train", *ARGS, f"--config.train.steps={steps}",
-          f"--config.data.prepared_dir={tmp / 'prepared'}", "--workdir", str(workdir)]
+  args = [
+      sys.executable,
+      "-m",
+      "train",
+      *ARGS,
+      f"--config.train.steps={steps}",
+      f"--config.data.prepared_dir={tmp / 'prepared'}",
+      "--workdir",
+      str(workdir),
+  ]
   if processes == 1:
-    p = subprocess.run(args, env=_env(tmp, devices), cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+    p = subprocess.run(
+        args, env=_env(tmp, devices), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout + p.stderr
   port = _free_port()
-  procs = [subprocess.Popen(
-      [*args, f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
-       f"--process_id={i}"], env=_env(tmp, devices), cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+  procs = [
+      subprocess.Popen(
+          [
+              *args,
+              f"--coordinator_address=127.0.0.1:{port}",
+              f"--num_processes={processes}",
+              f"--process_id={i}",
+          ],
+          env=_env(tmp, devices),
+          cwd=REPO,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(processes)
+  ]
   outs = []
   for p in procs:
     try:
@@ -66,6 +98,7 @@ def _train(tmp, workdir, *, steps, processes, devices):
 
 def _losses(workdir):
   from train import metrics
+
   rows = metrics.read_jsonl(str(workdir / "metrics.jsonl"))
   val = metrics.read_jsonl(str(workdir / "metrics.jsonl"), "eval")[-1]
   return [r["step"] for r in rows], [r["loss"] for r in rows], val["all/loss"]

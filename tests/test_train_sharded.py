@@ -93,13 +93,18 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def result():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  p = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=REPO, capture_output=True,
-                     text=True, timeout=900)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=str(REPO),
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  )
+  p = subprocess.run(
+      [sys.executable, "-c", SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=900
+  )
   assert p.returncode == 0, p.stdout + p.stderr
   line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT "):])
+  return json.loads(line[len("RESULT ") :])
 
 
 # Per-device shard shapes the default axis rules imply (embed->fsdp, vocab/heads/mlp->tensor).
@@ -122,7 +127,7 @@ def test_mesh_matches_single_device(result, shape):
     assert got["embedding"] == EXPECTED[shape]["embedding"], (when, got)
     assert got["wi"] == EXPECTED[shape]["wi"], (when, got)
     assert got["query"] == EXPECTED[shape]["query"], (when, got)
-    assert got["mu_wi"] == EXPECTED[shape]["wi"], (when, got)   # Adam state sharded like wi
+    assert got["mu_wi"] == EXPECTED[shape]["wi"], (when, got)  # Adam state sharded like wi
 
 
 def test_training_makes_progress(result):

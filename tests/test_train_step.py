@@ -35,12 +35,18 @@ def _batch(seed=0, pad_rows=0):
   if pad_rows:
     seg[-pad_rows:] = 0
     w[-pad_rows:] = 0
-  return {"inputs": x[:, :-1], "targets": x[:, 1:], "segment_ids": seg, "positions": pos,
-          "weights": w}
+  return {
+      "inputs": x[:, :-1],
+      "targets": x[:, 1:],
+      "segment_ids": seg,
+      "positions": pos,
+      "weights": w,
+  }
 
 
 def _one_device_build(c, **kw):
   from train import mesh as mesh_lib
+
   return build.build(c, mesh=mesh_lib.make_mesh(c, devices=jax.devices()[:1]), **kw)
 
 
@@ -53,7 +59,7 @@ def full():
 def test_gradient_accumulation_equals_full_batch(full):
   accum = _one_device_build(_config(microbatches=4))
   init = jax.device_get(full.init_state())
-  local = _batch(pad_rows=1)   # uneven token counts per microbatch: the mean is still exact
+  local = _batch(pad_rows=1)  # uneven token counts per microbatch: the mean is still exact
   results = []
   for b in (full, accum):
     state = jax.device_put(init, b.state_shardings)
@@ -80,8 +86,10 @@ def test_gradient_accumulation_equals_full_batch(full):
   for a, b in zip(jax.tree_util.tree_leaves(g4), jax.tree_util.tree_leaves(g1)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
   # and the step really moved the parameters
-  assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(p1),
-                                                   jax.tree_util.tree_leaves(init.params)))
+  assert any(
+      not np.allclose(a, b)
+      for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(init.params))
+  )
 
 
 def test_nonfinite_batch_leaves_state_unchanged_then_training_continues(full):
@@ -94,8 +102,10 @@ def test_nonfinite_batch_leaves_state_unchanged_then_training_continues(full):
   after = jax.device_get(state)
   assert int(m["skipped"]) == 1 and int(after.skipped) == 1 and int(after.nonfinite_streak) == 1
   assert int(after.step) == 1
-  for x, y in zip(jax.tree_util.tree_leaves((after.params, after.opt_state)),
-                  jax.tree_util.tree_leaves((init.params, init.opt_state))):
+  for x, y in zip(
+      jax.tree_util.tree_leaves((after.params, after.opt_state)),
+      jax.tree_util.tree_leaves((init.params, init.opt_state)),
+  ):
     np.testing.assert_array_equal(x, y)
   state, m = b.train_step(state, inputs.to_global(_batch(), b.train_step.batch_sharding, B))
   assert int(m["skipped"]) == 0 and int(m["nonfinite_streak"]) == 0
@@ -105,10 +115,15 @@ def test_nonfinite_batch_leaves_state_unchanged_then_training_continues(full):
 def test_mlm_corruption_statistics():
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 250, (64, 128)), jnp.int32)
   seg = jnp.ones_like(tokens).at[:, 100:].set(0)
-  out = step_lib.mlm_corrupt(jax.random.key(0), {"inputs": tokens, "segment_ids": seg},
-                             mask_id=259, vocab_size=260, probability=0.15)
+  out = step_lib.mlm_corrupt(
+      jax.random.key(0),
+      {"inputs": tokens, "segment_ids": seg},
+      mask_id=259,
+      vocab_size=260,
+      probability=0.15,
+  )
   chosen = np.asarray(out["weights"]) > 0
-  assert not chosen[:, 100:].any()                        # never on padding
+  assert not chosen[:, 100:].any()  # never on padding
   assert abs(chosen[:, :100].mean() - 0.15) < 0.01
   masked = np.asarray(out["inputs"]) == 259
   assert not (masked & ~chosen).any()
@@ -127,7 +142,7 @@ def test_mlm_objective_trains_an_encoder():
   for i in range(6):
     state, m = b.train_step(state, inputs.to_global(_batch(0), b.train_step.batch_sharding, B))
     losses.append(float(m["loss"]))
-    assert 0.05 * B * L < float(m["tokens"]) < 0.3 * B * L    # only masked positions count
+    assert 0.05 * B * L < float(m["tokens"]) < 0.3 * B * L  # only masked positions count
   assert losses[-1] < losses[0]
 
 
@@ -139,26 +154,31 @@ def test_token_losses_and_z_loss():
   lz = np.log(np.exp(np.asarray(logits)).sum(-1))
   ce = lz - np.take_along_axis(np.asarray(logits), np.asarray(targets)[..., None], -1)[..., 0]
   np.testing.assert_allclose(out["ce_sum"], (ce * w).sum(), rtol=1e-5)
-  np.testing.assert_allclose(out["z_sum"], 1e-2 * (lz ** 2 * w).sum(), rtol=1e-5)
+  np.testing.assert_allclose(out["z_sum"], 1e-2 * (lz**2 * w).sum(), rtol=1e-5)
   assert float(out["weight_sum"]) == 5
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"train.optimizer": "sgdx"}, "config.train.optimizer='sgdx' is unknown"),
-    ({"train.objective": "causal"}, "config.train.objective='causal' is unknown"),
-    ({"train.microbatches": 3}, "train.microbatches=3"),
-    ({"mesh.shape": (2, 1, 1)}, r"mesh.shape=\(2, 1, 1\) uses 2 devices but 1 are available"),
-    ({"data.seq_len": 64}, r"config.data.seq_len=64 is longer than the learned position table"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"train.optimizer": "sgdx"}, "config.train.optimizer='sgdx' is unknown"),
+        ({"train.objective": "causal"}, "config.train.objective='causal' is unknown"),
+        ({"train.microbatches": 3}, "train.microbatches=3"),
+        ({"mesh.shape": (2, 1, 1)}, r"mesh.shape=\(2, 1, 1\) uses 2 devices but 1 are available"),
+        ({"data.seq_len": 64}, r"config.data.seq_len=64 is longer than the learned position table"),
+    ],
+)
 def test_bad_config_values_give_clear_errors(override, message):
   c = _config()
-  (key, value), = override.items()
+  ((key, value),) = override.items()
   section, field = key.split(".")
   c[section][field] = value
   from train import mesh as mesh_lib
+
   with pytest.raises(ValueError, match=message):
-    build.build(c, mesh=None if section == "mesh" else
-                mesh_lib.make_mesh(c, devices=jax.devices()[:1]))
+    build.build(
+        c, mesh=None if section == "mesh" else mesh_lib.make_mesh(c, devices=jax.devices()[:1])
+    )
 
 
 def test_logged_lr_is_the_rate_the_optimizer_used_after_skipped_steps():
@@ -184,17 +204,24 @@ def test_untied_bf16_head_returns_float32_accumulated_logits():
   """The untied head accumulates in float32 like the tied one (no bf16 rounding of logits)."""
   from model.config import ModelConfig
   from model.transformer import Transformer
-  cfg = ModelConfig.from_config(dict(_config().model.to_dict(), tie_embeddings=False,
-                                     dtype="bfloat16"))
+
+  cfg = ModelConfig.from_config(
+      dict(_config().model.to_dict(), tie_embeddings=False, dtype="bfloat16")
+  )
   model = Transformer(cfg)
   tokens = jnp.asarray(_batch()["inputs"])
   params = model.init(jax.random.key(0), tokens)["params"]
   logits = model.apply({"params": params}, tokens)
   hidden = model.apply({"params": params}, tokens, method=Transformer.hidden)
-  kernel = jnp.asarray(params["unembed"]["kernel"].unbox() if hasattr(
-      params["unembed"]["kernel"], "unbox") else params["unembed"]["kernel"], jnp.bfloat16)
-  want = jnp.einsum("bld,dv->blv", hidden.astype(jnp.bfloat16), kernel,
-                    preferred_element_type=jnp.float32)
+  kernel = jnp.asarray(
+      params["unembed"]["kernel"].unbox()
+      if hasattr(params["unembed"]["kernel"], "unbox")
+      else params["unembed"]["kernel"],
+      jnp.bfloat16,
+  )
+  want = jnp.einsum(
+      "bld,dv->blv", hidden.astype(jnp.bfloat16), kernel, preferred_element_type=jnp.float32
+  )
   assert logits.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(logits), np.asarray(want))
   rounded = np.asarray(want.astype(jnp.bfloat16).astype(jnp.float32))

@@ -33,8 +33,15 @@ def _tsv(path, n, seed):
 
 
 def _tiny(config):
-  config.model.update(d_model=64, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=32,
-                      mlp_dim=128, max_seq_len=64)
+  config.model.update(
+      d_model=64,
+      num_layers=2,
+      num_heads=2,
+      num_kv_heads=2,
+      head_dim=32,
+      mlp_dim=128,
+      max_seq_len=64,
+  )
   config.data.seq_len = 64
   config.train.batch_size = 16
   config.train.warmup_steps = 5
@@ -45,8 +52,9 @@ def _tiny(config):
 
 @pytest.mark.slow
 def test_finetune_from_run_learns_the_task(tmp_path, capsys):
-  (tmp_path / "base.txt").write_text("\n".join(f"plain text number {i}, no reviews in it."
-                                                for i in range(200)))
+  (tmp_path / "base.txt").write_text(
+      "\n".join(f"plain text number {i}, no reviews in it." for i in range(200))
+  )
   base = _tiny(default.get_config())
   base.data.source = f"text:{tmp_path / 'base.txt'}:\\n"
   base.data.val_fraction = 0.2  # inherited by the fine-tune: 80 of its 400 examples
@@ -57,9 +65,24 @@ def test_finetune_from_run_learns_the_task(tmp_path, capsys):
 
   _tsv(tmp_path / "train.tsv", 400, seed=0)
   _tsv(tmp_path / "dev.tsv", 40, seed=1)
-  finetune.main(["--base", str(tmp_path / "base"), "--workdir", str(tmp_path / "ft"),
-                 "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"),
-                 "--steps", "300", "--lr", "3e-3", "--warmup-steps", "5"])
+  finetune.main(
+      [
+          "--base",
+          str(tmp_path / "base"),
+          "--workdir",
+          str(tmp_path / "ft"),
+          "--train",
+          str(tmp_path / "train.tsv"),
+          "--dev",
+          str(tmp_path / "dev.tsv"),
+          "--steps",
+          "300",
+          "--lr",
+          "3e-3",
+          "--warmup-steps",
+          "5",
+      ]
+  )
   out = capsys.readouterr().out
   assert f"initialised parameters from {tmp_path / 'base'}" in out
   report = json.loads((tmp_path / "ft" / "finetune_report.json").read_text())

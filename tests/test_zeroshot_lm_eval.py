@@ -27,8 +27,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 torch = pytest.importorskip("torch", reason="needs the `lm_eval` extra (torch CPU)")
 transformers = pytest.importorskip("transformers", reason="needs the `lm_eval` extra")
-huggingface = pytest.importorskip("lm_eval.models.huggingface",
-                                  reason="needs the `lm_eval` extra (lm-eval[hf])")
+huggingface = pytest.importorskip(
+    "lm_eval.models.huggingface", reason="needs the `lm_eval` extra (lm-eval[hf])"
+)
 
 import tokenizers  # noqa: E402
 import yaml  # noqa: E402
@@ -45,36 +46,63 @@ WINDOW = 64  # the models' context length: a long HellaSwag context overflows it
 EOT = "<|endoftext|>"
 
 HELLASWAG_ROWS = [
-    dict(activity_label="Roof shingle removal", ctx_a="A man is sitting on a roof.",
-         ctx_b="he", endings=["is using wrap to wrap a pair of skis.",
-                              "is ripping level tiles off.", "is holding a rubik's cube.",
-                              "starts pulling up roofing on a roof."], label=3),
-    dict(activity_label="Finance and Business", ctx_a="[header] How to save money [title] "
-         "Cut costs. [step] Spend less on food.", ctx_b="", label="1", endings=[
-             "[substeps] Eat in more often.", "Walk [title] Bike to work.",
-             "Buy a boat.", "[step] Save money on rent."]),
-    dict(activity_label="Running a marathon", ctx_a=" ".join(
-        ["The runners move along the road while people cheer from the side."] * 6),
-         ctx_b="THE man", endings=["waves.", "falls down.", "drinks water.", "stops."],
-         label=0),
+    dict(
+        activity_label="Roof shingle removal",
+        ctx_a="A man is sitting on a roof.",
+        ctx_b="he",
+        endings=[
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        label=3,
+    ),
+    dict(
+        activity_label="Finance and Business",
+        ctx_a="[header] How to save money [title] " "Cut costs. [step] Spend less on food.",
+        ctx_b="",
+        label="1",
+        endings=[
+            "[substeps] Eat in more often.",
+            "Walk [title] Bike to work.",
+            "Buy a boat.",
+            "[step] Save money on rent.",
+        ],
+    ),
+    dict(
+        activity_label="Running a marathon",
+        ctx_a=" ".join(["The runners move along the road while people cheer from the side."] * 6),
+        ctx_b="THE man",
+        endings=["waves.", "falls down.", "drinks water.", "stops."],
+        label=0,
+    ),
 ]
-SST2_TSV = ("sentence\tlabel\nit 's a charming and often affecting journey . \t1\n"
-            "unflinchingly bleak and desperate \t0\n")
+SST2_TSV = (
+    "sentence\tlabel\nit 's a charming and often affecting journey . \t1\n"
+    "unflinchingly bleak and desperate \t0\n"
+)
 SPACE_PROMPTS = [
     {"context": "Question: Is the sky blue? Answer: ", "choices": ["yes", "no"], "label": 0},
     {"context": "The capital of France is ", "choices": ["Paris.", "a roof."], "label": 0},
 ]
-CORPUS = [json.dumps(HELLASWAG_ROWS), SST2_TSV, json.dumps(SPACE_PROMPTS),
-          "Question: Answer: The man is sitting on a roof. negative positive"] * 20
+CORPUS = [
+    json.dumps(HELLASWAG_ROWS),
+    SST2_TSV,
+    json.dumps(SPACE_PROMPTS),
+    "Question: Answer: The man is sitting on a roof. negative positive",
+] * 20
 
 
 def _tasks(tmp_path) -> list[zs.Task]:
   (tmp_path / "hellaswag.jsonl").write_text("\n".join(json.dumps(r) for r in HELLASWAG_ROWS))
   (tmp_path / "dev.tsv").write_text(SST2_TSV)
   (tmp_path / "space.jsonl").write_text("\n".join(json.dumps(r) for r in SPACE_PROMPTS))
-  return [zs.load_task(f"hellaswag:{tmp_path / 'hellaswag.jsonl'}"),
-          zs.load_task(f"sst2:{tmp_path / 'dev.tsv'}"),
-          zs.load_task(f"jsonl:{tmp_path / 'space.jsonl'}")]
+  return [
+      zs.load_task(f"hellaswag:{tmp_path / 'hellaswag.jsonl'}"),
+      zs.load_task(f"sst2:{tmp_path / 'dev.tsv'}"),
+      zs.load_task(f"jsonl:{tmp_path / 'space.jsonl'}"),
+  ]
 
 
 def _lm_eval_loglikelihoods(model, hf_tokenizer, tasks) -> list[list[float]]:
@@ -82,9 +110,16 @@ def _lm_eval_loglikelihoods(model, hf_tokenizer, tasks) -> list[list[float]]:
   lm = huggingface.HFLM(pretrained=model, tokenizer=hf_tokenizer, batch_size=8)
   assert lm.max_length == WINDOW
   items = [item for task in tasks for item in task.items]
-  reqs = [Instance(request_type="loglikelihood", doc={}, idx=j,
-                   arguments=(item.context, item.delimiter + choice))
-          for item in items for j, choice in enumerate(item.choices)]
+  reqs = [
+      Instance(
+          request_type="loglikelihood",
+          doc={},
+          idx=j,
+          arguments=(item.context, item.delimiter + choice),
+      )
+      for item in items
+      for j, choice in enumerate(item.choices)
+  ]
   lls = iter(ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True))
   return [[next(lls) for _ in item.choices] for item in items]
 
@@ -101,11 +136,14 @@ def test_readers_build_lm_eval_documents(tmp_path):
   SST-2 prompt and choices are its task file's."""
   import datasets
   from lm_eval.tasks.hellaswag import utils
+
   hs, sst2, _ = _tasks(tmp_path)
-  docs = utils.process_docs(datasets.Dataset.from_list(
-      [{**r, "label": str(r["label"])} for r in HELLASWAG_ROWS]))
+  docs = utils.process_docs(
+      datasets.Dataset.from_list([{**r, "label": str(r["label"])} for r in HELLASWAG_ROWS])
+  )
   assert [(d["query"], tuple(d["choices"]), d["gold"]) for d in docs] == [
-      (i.context, i.choices, i.label) for i in hs.items]
+      (i.context, i.choices, i.label) for i in hs.items
+  ]
   assert hs.items[1].choices[0] == " Eat in more often."  # tag-led: scored after two spaces
   sst2_yaml = pathlib.Path(utils.__file__).parents[1] / "glue" / "sst2" / "default.yaml"
   conf = yaml.safe_load(sst2_yaml.read_text())
@@ -118,13 +156,20 @@ def _gpt2_tokenizer_json(path):
   """A byte-level BPE laid out as GPT-2's tokenizer.json: one special token, <|endoftext|>,
   and a ByteLevel post-processor that adds nothing."""
   from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   tok.post_processor = processors.ByteLevel(trim_offsets=False)
-  tok.train_from_iterator(CORPUS, trainer=trainers.BpeTrainer(
-      vocab_size=400, special_tokens=[EOT], show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.train_from_iterator(
+      CORPUS,
+      trainer=trainers.BpeTrainer(
+          vocab_size=400,
+          special_tokens=[EOT],
+          show_progress=False,
+          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      ),
+  )
   tok.save(str(path))
   return tok.get_vocab_size()
 
@@ -139,19 +184,30 @@ def _randomise_norms(model):
 
 def test_gpt2_imported_run_matches_lm_eval(tmp_path):
   from train import run as run_lib
+
   hf_dir = tmp_path / "gpt2"
   hf_dir.mkdir()
   vocab = _gpt2_tokenizer_json(hf_dir / "tokenizer.json")
   torch.manual_seed(0)
-  model = _randomise_norms(transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      vocab_size=vocab, n_positions=WINDOW, n_embd=32, n_layer=2, n_head=4,
-      initializer_range=0.3, bos_token_id=0, eos_token_id=0)))
+  model = _randomise_norms(
+      transformers.GPT2LMHeadModel(
+          transformers.GPT2Config(
+              vocab_size=vocab,
+              n_positions=WINDOW,
+              n_embd=32,
+              n_layer=2,
+              n_head=4,
+              initializer_range=0.3,
+              bos_token_id=0,
+              eos_token_id=0,
+          )
+      )
+  )
   model.save_pretrained(hf_dir, safe_serialization=True)
   hf.import_to_run(hf_dir, tmp_path / "run")  # the tokenizer.json alone names no roles
   run = run_lib.load_run(str(tmp_path / "run"))
   tok = run.tokenizer
-  assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id, tok.adds_bos) == (0, 0, 0, None,
-                                                                              False)
+  assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id, tok.adds_bos) == (0, 0, 0, None, False)
   assert run.config.data.seq_len == WINDOW  # not capped below the model's context length
 
   tasks = _tasks(tmp_path)
@@ -159,30 +215,50 @@ def test_gpt2_imported_run_matches_lm_eval(tmp_path):
   for res in results:
     assert (res["window"], res["bos"], res["bos_added"]) == (WINDOW, "auto", False)
     assert res["lm_eval_comparable"]
-  hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"),
-                                                bos_token=EOT, eos_token=EOT)
+  hf_tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_file=str(hf_dir / "tokenizer.json"), bos_token=EOT, eos_token=EOT
+  )
   theirs = _lm_eval_loglikelihoods(model, hf_tok, tasks)
   _assert_parity([ll for res in results for ll in res["loglikelihoods"]], theirs)
 
   # Always adding BOS (unleash's old behaviour) is what this test exists to catch.
   always = zs.evaluate_run(run, tasks[0], batch_size=8, bos="always")
   assert not always["lm_eval_comparable"]
-  assert np.abs(np.concatenate(always["loglikelihoods"]) -
-                np.concatenate(theirs[:len(tasks[0].items)])).max() > 0.1
+  assert (
+      np.abs(
+          np.concatenate(always["loglikelihoods"]) - np.concatenate(theirs[: len(tasks[0].items)])
+      ).max()
+      > 0.1
+  )
   columns = zs.ladder_columns(run, [f"sst2:{tmp_path / 'dev.tsv'}"], batch_size=8)
   assert columns["sst2/correct_logprob"] == pytest.approx(
-      np.mean([ll[item.label] for ll, item in zip(theirs[3:5], tasks[1].items)]), abs=TOL)
-  assert {"sst2/acc", "sst2/acc_stderr", "sst2/correct_bpb", "sst2/correct_prob_norm",
-          "sst2/acc_norm", "sst2/acc_bytes", "sst2/n"} <= set(columns)
+      np.mean([ll[item.label] for ll, item in zip(theirs[3:5], tasks[1].items)]), abs=TOL
+  )
+  assert {
+      "sst2/acc",
+      "sst2/acc_stderr",
+      "sst2/correct_bpb",
+      "sst2/correct_prob_norm",
+      "sst2/acc_norm",
+      "sst2/acc_bytes",
+      "sst2/n",
+  } <= set(columns)
 
 
 def _random_params(cfg, seed=0):
-  shapes = nn.unbox(jax.eval_shape(
-      lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"])
+  shapes = nn.unbox(
+      jax.eval_shape(
+          lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+      )["params"]
+  )
   rng = np.random.default_rng(seed)
   flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
-  leaves = [(0.3 * rng.standard_normal(x.shape) + ("scale" in jax.tree_util.keystr(path)))
-            .astype(np.float32) for path, x in flat]
+  leaves = [
+      (0.3 * rng.standard_normal(x.shape) + ("scale" in jax.tree_util.keystr(path))).astype(
+          np.float32
+      )
+      for path, x in flat
+  ]
   return jax.tree.unflatten(tree, leaves)
 
 
@@ -192,21 +268,39 @@ def test_llama_gqa_export_matches_lm_eval(tmp_path, bos):
   so lm-eval on the export scores what unleash scores."""
   tok = tok_lib.train_bpe(CORPUS, 400, tmp_path / "tok.json")
   assert tok.adds_bos
-  cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, num_layers=2, num_heads=4,
-                    num_kv_heads=2, head_dim=12, mlp_dim=40, max_seq_len=WINDOW,
-                    pos_encoding="rope", rope_theta=500.0, norm="rmsnorm", mlp="swiglu",
-                    use_bias=False, tie_embeddings=False, norm_eps=1e-6)
+  cfg = ModelConfig(
+      vocab_size=tok.vocab_size,
+      d_model=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=12,
+      mlp_dim=40,
+      max_seq_len=WINDOW,
+      pos_encoding="rope",
+      rope_theta=500.0,
+      norm="rmsnorm",
+      mlp="swiglu",
+      use_bias=False,
+      tie_embeddings=False,
+      norm_eps=1e-6,
+  )
   params = _random_params(cfg)
   hf.export_dir(cfg, params, tmp_path / "hf", tokenizer=tok, bos=bos)
-  model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf",
-                                                            local_files_only=True).eval()
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "hf", local_files_only=True
+  ).eval()
   hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
   assert (hf_tok("a b")["input_ids"][0] == tok.bos_id) == (bos == "auto")
 
   tasks = _tasks(tmp_path)
   fn = zs.make_token_logprobs_fn(cfg, params)
   encoder = zs.make_encoder(tok, bos)
-  ours = [ll for task in tasks for ll in zs.evaluate_task(
-      task, fn, encoder, window=cfg.max_seq_len, batch_size=8, pad_id=tok.pad_id
-  )["loglikelihoods"]]
+  ours = [
+      ll
+      for task in tasks
+      for ll in zs.evaluate_task(
+          task, fn, encoder, window=cfg.max_seq_len, batch_size=8, pad_id=tok.pad_id
+      )["loglikelihoods"]
+  ]
   _assert_parity(ours, _lm_eval_loglikelihoods(model, hf_tok, tasks))

@@ -14,8 +14,9 @@ from ml_collections import config_flags
 
 from train import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/x.py[:arg]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plot).")
 _COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).")
 _NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process).")
@@ -27,8 +28,10 @@ def _enable_compilation_cache() -> None:
   """Persistent XLA cache (JAX_COMPILATION_CACHE_DIR or ~/.cache/unleash/jax): a resumed
   or repeated run skips recompiling the step."""
   import jax
+
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-      os.path.expanduser("~"), ".cache", "unleash", "jax")
+      os.path.expanduser("~"), ".cache", "unleash", "jax"
+  )
   jax.config.update("jax_compilation_cache_dir", path)
 
 
@@ -45,10 +48,12 @@ def main(argv):
       config.distributed.num_processes = _NPROC.value
       config.distributed.process_id = _PID.value
   from train import cpu_devices
+
   cpu_devices.configure(config)  # CPU hosts: 2 data-parallel devices; before jax is imported
   _enable_compilation_cache()
   from train import trainer
-  trainer.train_and_evaluate(config, _WORKDIR.value)   # NonFiniteError is a cli.Error
+
+  trainer.train_and_evaluate(config, _WORKDIR.value)  # NonFiniteError is a cli.Error
 
 
 if __name__ == "__main__":

@@ -27,13 +27,15 @@ from ml_collections import config_flags
 
 from train import cpu_devices
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py[:arg]).",
-                                          lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/x.py[:arg]).", lock_config=False
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after the compiling first step.")
 _JSON = flags.DEFINE_string("json", "", "Also write the result JSON to this path.")
-_DEPTH = flags.DEFINE_boolean("compile_depth_check", False,
-                              "Also time compiling the step at 12 and 48 layers.")
+_DEPTH = flags.DEFINE_boolean(
+    "compile_depth_check", False, "Also time compiling the step at 12 and 48 layers."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -41,16 +43,20 @@ def make_batches(config, built, n: int = 4, seed: int = 0) -> list:
   """n global batches of random tokens: one full-length document per row (segment 1)."""
   import numpy as np
   from train import inputs
+
   b, l = int(config.train.batch_size), int(config.data.seq_len)
   v = int(config.model.vocab_size)
   rng = np.random.default_rng(seed)
   out = []
   for _ in range(n):
     toks = rng.integers(0, v, (b, l + 1), dtype=np.int32)
-    local = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-             "segment_ids": np.ones((b, l), np.int32),
-             "positions": np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy(),
-             "weights": np.ones((b, l), np.float32)}
+    local = {
+        "inputs": toks[:, :-1],
+        "targets": toks[:, 1:],
+        "segment_ids": np.ones((b, l), np.int32),
+        "positions": np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy(),
+        "weights": np.ones((b, l), np.float32),
+    }
     out.append(inputs.to_global(local, built.train_step.batch_sharding, b))
   return out
 
@@ -64,6 +70,7 @@ class StepTimer:
   def __init__(self, config):
     import jax
     from train import build
+
     self.config = config
     self.built = build.build(config)
     self.state = self.built.init_state()
@@ -84,6 +91,7 @@ class StepTimer:
 
   def run(self, k: int) -> list[float]:
     import jax
+
     times = []
     for _ in range(k):
       t0 = time.perf_counter()
@@ -96,6 +104,7 @@ class StepTimer:
 def compile_seconds(config, num_layers: int) -> float:
   """Seconds to lower + compile the real step with `num_layers` (nothing runs)."""
   from train import build
+
   c = config.copy_and_resolve_references()
   c.model.num_layers = num_layers
   built = build.build(c)
@@ -107,6 +116,7 @@ def compile_seconds(config, num_layers: int) -> float:
 def peak_memory() -> dict:
   """Host peak RSS, and device peak bytes where the backend reports them."""
   import jax
+
   out = {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
@@ -119,6 +129,7 @@ def peak_flops() -> tuple[float, str]:
   ceiling measured here (the CPU's devices share the same cores)."""
   import jax
   from train import metrics
+
   dev = jax.local_devices()
   if dev[0].platform == "cpu":
     m = metrics.measure_matmul_flops(n=1024, repeats=20)  # best of 20: load only lowers it
@@ -130,6 +141,7 @@ def peak_flops() -> tuple[float, str]:
 def run(config, steps: int = 10, warmup: int = 2, depth_check: bool = False) -> dict:
   import jax
   from model import summary
+
   timer = StepTimer(config)
   timer.run(warmup)
   times = timer.run(steps)
@@ -185,4 +197,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from train import cli
+
   app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)

@@ -27,22 +27,23 @@ class Built:
   mesh: Mesh
   model: nn.Module
   tx: optax.GradientTransformation
-  abstract_state: state_lib.TrainState     # ShapeDtypeStructs (unsharded description)
-  state_shardings: state_lib.TrainState    # NamedShardings
-  train_step: step_lib.CompiledStep        # callable (state, batch) -> (state, metrics)
-  eval_step: Callable   # (params, batch, doc_ids, token_bytes, mask_index) -> per-token loss,
-                        # weights, bytes and doc ids (see train/evaluate.py)
+  abstract_state: state_lib.TrainState  # ShapeDtypeStructs (unsharded description)
+  state_shardings: state_lib.TrainState  # NamedShardings
+  train_step: step_lib.CompiledStep  # callable (state, batch) -> (state, metrics)
+  eval_step: Callable  # (params, batch, doc_ids, token_bytes, mask_index) -> per-token loss,
+  # weights, bytes and doc ids (see train/evaluate.py)
 
   def sharded_abstract_state(self) -> state_lib.TrainState:
     """ShapeDtypeStructs carrying their shardings (restore targets, `.lower()` inputs)."""
     return jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        self.abstract_state, self.state_shardings)
+        self.abstract_state,
+        self.state_shardings,
+    )
 
   def init_state(self) -> state_lib.TrainState:
     """A fresh state, created directly in its shards."""
-    return state_lib.init_state(self.config, self.model, self.tx, self.mesh,
-                                self.state_shardings)
+    return state_lib.init_state(self.config, self.model, self.tx, self.mesh, self.state_shardings)
 
 
 def check_sequence_length(config) -> None:
@@ -53,11 +54,17 @@ def check_sequence_length(config) -> None:
     raise ValueError(
         f"config.data.seq_len={seq_len} is longer than the learned position table "
         f"(config.model.max_seq_len={table}); set --config.model.max_seq_len={seq_len} or "
-        f"shorten data.seq_len.")
+        f"shorten data.seq_len."
+    )
 
 
-def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None,
-          token_vocab_size: int | None = None) -> Built:
+def build(
+    config,
+    mesh: Mesh | None = None,
+    *,
+    mask_id: int | None = None,
+    token_vocab_size: int | None = None,
+) -> Built:
   """Validates config against the mesh and builds the jitted functions (nothing runs).
 
   `mesh` defaults to `train.mesh.make_mesh(config)` over all devices; pass one built from a
@@ -66,15 +73,23 @@ def build(config, mesh: Mesh | None = None, *, mask_id: int | None = None,
   """
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config)
   rules = mesh_lib.axis_rules(config)
-  mesh_lib.check_model_on_mesh(config.model, mesh, rules,
-                               batch_size=int(config.train.batch_size))
+  mesh_lib.check_model_on_mesh(config.model, mesh, rules, batch_size=int(config.train.batch_size))
   step_lib.check_batch(config, mesh, rules)
   check_sequence_length(config)
   model = state_lib.make_model(config)
   boxed = state_lib.abstract_variables(config, model, mesh)
   tx, schedule = optim.make_optimizer(config.train, boxed["params"], config.model)
   abstract, shardings = state_lib.state_shardings(config, mesh, boxed, tx)
-  train_step = step_lib.build_train_step(config, mesh, model, tx, schedule, abstract, shardings,
-                                         mask_id=mask_id, token_vocab_size=token_vocab_size)
+  train_step = step_lib.build_train_step(
+      config,
+      mesh,
+      model,
+      tx,
+      schedule,
+      abstract,
+      shardings,
+      mask_id=mask_id,
+      token_vocab_size=token_vocab_size,
+  )
   eval_step = eval_lib.build_eval_step(config, mesh, model, shardings.params, mask_id=mask_id)
   return Built(config, mesh, model, tx, abstract, shardings, train_step, eval_step)

@@ -50,13 +50,25 @@ def run_path(workdir: str) -> epath.Path:
   text = os.fspath(workdir)
   return epath.Path(text if "://" in text else os.path.abspath(text))
 
+
 # Config fields that may change between a run and its resumption (they do not change what
 # is computed): where/how often things are written, evaluation cadence, process layout.
 # `train.steps` may grow or shrink: the run is extended (or stopped earlier); the trainer logs
 # how the schedule's shape changes with it.
-RESUMABLE_PREFIXES = ("checkpoint.", "eval.", "distributed.", "mesh.", "data.prepared_dir",
-                      "data.num_workers", "train.log_every", "train.max_nonfinite_steps",
-                      "train.transfer_guard", "train.steps", "name", "init_from")
+RESUMABLE_PREFIXES = (
+    "checkpoint.",
+    "eval.",
+    "distributed.",
+    "mesh.",
+    "data.prepared_dir",
+    "data.num_workers",
+    "train.log_every",
+    "train.max_nonfinite_steps",
+    "train.transfer_guard",
+    "train.steps",
+    "name",
+    "init_from",
+)
 INTEGRITY_FILE = "integrity.json"
 
 
@@ -65,8 +77,9 @@ INTEGRITY_FILE = "integrity.json"
 
 def config_to_json(config) -> dict:
   """The config as plain JSON types (tuples become lists), as stored in checkpoints."""
-  return json.loads(config.to_json()) if hasattr(config, "to_json") else json.loads(
-      json.dumps(config))
+  return (
+      json.loads(config.to_json()) if hasattr(config, "to_json") else json.loads(json.dumps(config))
+  )
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -86,8 +99,9 @@ def config_differences(saved: dict, current: dict, ignore=RESUMABLE_PREFIXES) ->
     if any(key == p or key.startswith(p) for p in ignore):
       continue
     if a.get(key, "<absent>") != b.get(key, "<absent>"):
-      lines.append(f"{key}: {a.get(key, '<absent>')!r} (checkpoint) -> "
-                   f"{b.get(key, '<absent>')!r} (now)")
+      lines.append(
+          f"{key}: {a.get(key, '<absent>')!r} (checkpoint) -> " f"{b.get(key, '<absent>')!r} (now)"
+      )
   return lines
 
 
@@ -107,7 +121,7 @@ class RestoreError(cli.Error):
 class Restored:
   step: int
   state: Any
-  data_state: dict      # the input iterator's state: global, valid for any process count
+  data_state: dict  # the input iterator's state: global, valid for any process count
   meta: dict
   config: dict
 
@@ -128,13 +142,18 @@ class Checkpointer:
         preservation_policy=ocm.AnyPreservationPolicy(policies),
         enable_async_checkpointing=bool(ckpt_cfg.async_save),
         cleanup_tmp_directories=False,
-        create=True)
+        create=True,
+    )
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
+        self.directory,
+        options=options,
         item_names=("state", "config", "meta"),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        },
+    )
 
   # -- housekeeping ------------------------------------------------------------------
 
@@ -166,12 +185,18 @@ class Checkpointer:
     """
     if step in self.manager.all_steps():
       return False
-    meta = dict(meta, step=int(step), time=time.time(), process_count=jax.process_count(),
-                data_state=dict(data_state))
+    meta = dict(
+        meta,
+        step=int(step),
+        time=time.time(),
+        process_count=jax.process_count(),
+        data_state=dict(data_state),
+    )
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(config_to_json(config)),
-        meta=ocp.args.JsonSave(meta))
+        meta=ocp.args.JsonSave(meta),
+    )
     started = self.manager.save(int(step), args=args, force=True)
     self._seal_finished(below=int(step))  # Orbax finished the previous save before this one
     return started
@@ -219,8 +244,10 @@ class Checkpointer:
       if name not in have:
         return f"fails its integrity record: state/{name} is missing"
       if have[name] != size:
-        return (f"fails its integrity record: state/{name} has {have[name]} bytes, "
-                f"{size} were written")
+        return (
+            f"fails its integrity record: state/{name} has {have[name]} bytes, "
+            f"{size} were written"
+        )
     return None
 
   def latest_step(self) -> int | None:
@@ -247,8 +274,9 @@ class Checkpointer:
       if problem is None:
         try:
           saved_cfg = self.manager.restore(
-              step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-        except (ValueError, FileNotFoundError) as e:   # JSON missing or not JSON
+              step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+          )["config"]
+        except (ValueError, FileNotFoundError) as e:  # JSON missing or not JSON
           problem = f"has an unreadable config ({type(e).__name__}: {str(e)[:200]})"
       if problem is not None:
         self._move_aside(self._step_dir(step), problem)
@@ -257,17 +285,27 @@ class Checkpointer:
       if config is not None:
         _check_config(saved_cfg, config, self.directory, self.workdir)
       try:
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
         _check_restored(out["state"])
       except Exception as e:  # pylint: disable=broad-except
         raise RestoreError(
             f"{self._step_dir(step)} passed its integrity check but could not be restored "
             f"({type(e).__name__}: {_one_line(e)}); nothing was moved. Fix the cause (disk, "
-            "memory, a changed model) and rerun to resume from it.") from e
+            "memory, a changed model) and rerun to resume from it."
+        ) from e
       meta = dict(out["meta"])
-      return Restored(step=step, state=out["state"], data_state=self._data_state(step, meta),
-                      meta=meta, config=saved_cfg)
+      return Restored(
+          step=step,
+          state=out["state"],
+          data_state=self._data_state(step, meta),
+          meta=meta,
+          config=saved_cfg,
+      )
     return None
 
   def _data_state(self, step: int, meta: dict) -> dict:
@@ -277,8 +315,10 @@ class Checkpointer:
       return dict(meta["data_state"])
     for path in sorted((self._step_dir(step) / "data").glob("process_*-of-*.json")):
       return json.loads(path.read_text())
-    raise RestoreError(f"{self._step_dir(step)} holds no input-iterator position; resume it "
-                       "with the code that wrote it, or start a new run with init_from.")
+    raise RestoreError(
+        f"{self._step_dir(step)} holds no input-iterator position; resume it "
+        "with the code that wrote it, or start a new run with init_from."
+    )
 
   def _step_dir(self, step: int) -> epath.Path:
     return self.directory / str(step)
@@ -290,7 +330,8 @@ def _check_config(saved: dict, config, directory, workdir) -> None:
     raise ConfigMismatchError(
         f"{directory} holds a run with a different config; cannot resume it with this one. "
         "Differences: " + "; ".join(diff) + ". Use the original config, or a fresh --workdir "
-        f"(or init_from={os.fspath(workdir)!r} to start a new run from its parameters).")
+        f"(or init_from={os.fspath(workdir)!r} to start a new run from its parameters)."
+    )
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
@@ -318,6 +359,7 @@ def _check_restored(state: Any) -> None:
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -333,9 +375,14 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
     if step is None:
       raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
     target = {"params": abstract_params}
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target),
-                                     partial_restore=True)))
+    out = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=target, restore_args=_restore_args(target), partial_restore=True
+            )
+        ),
+    )
     return out["state"]["params"], step
   finally:
     manager.close()
@@ -349,8 +396,11 @@ def _read_only_manager(directory: epath.Path, item: str, handler) -> ocp.Checkpo
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     return ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_names=(item,), item_handlers={item: handler})
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_names=(item,),
+        item_handlers={item: handler},
+    )
   finally:
     absl_logging.set_verbosity(previous)
 
@@ -360,6 +410,7 @@ def _restore_args(target: Any) -> Any:
     if isinstance(x, jax.ShapeDtypeStruct) and getattr(x, "sharding", None) is not None:
       return ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
     return ocp.RestoreArgs()
+
   return jax.tree_util.tree_map(one, target)
 
 
@@ -369,17 +420,25 @@ def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
   come from our trainer (e.g. imported from Hugging Face by eval/hf.py). Returns the step dir."""
   directory = run_path(workdir) / CHECKPOINT_DIR
   manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(create=True,
-                                                      enable_async_checkpointing=False),
+      directory,
+      options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
       item_names=("state", "config", "meta"),
-      item_handlers={"state": ocp.StandardCheckpointHandler(),
-                     "config": ocp.JsonCheckpointHandler(),
-                     "meta": ocp.JsonCheckpointHandler()})
+      item_handlers={
+          "state": ocp.StandardCheckpointHandler(),
+          "config": ocp.JsonCheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler(),
+      },
+  )
   try:
-    manager.save(int(step), force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"params": params}),
-        config=ocp.args.JsonSave(config_to_json(config)),
-        meta=ocp.args.JsonSave({"step": int(step), "params_only": True, "time": time.time()})))
+    manager.save(
+        int(step),
+        force=True,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"params": params}),
+            config=ocp.args.JsonSave(config_to_json(config)),
+            meta=ocp.args.JsonSave({"step": int(step), "params_only": True, "time": time.time()}),
+        ),
+    )
     manager.wait_until_finished()
   finally:
     manager.close()
@@ -394,7 +453,8 @@ def read_config(workdir: str) -> dict:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
-    return dict(manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))["config"])
+    return dict(
+        manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    )
   finally:
     manager.close()

@@ -22,7 +22,6 @@ import sys
 from typing import Callable
 
 
-
 class Error(Exception):
   """Base for failures the library explains itself (a diverged run, a checkpoint that cannot
   be restored): the message names the problem and what to do."""
@@ -65,6 +64,7 @@ def guarded(main: Callable) -> Callable:
 def _argparse_errors_raise():
   """argparse reports a bad flag as two lines (usage, then "prog: error: ...") and exit 2;
   inside an entry point it raises instead, so the flag error is one line like every other."""
+
   def error(parser, message):
     raise ValueError(f"{parser.prog}: {message} (see {parser.prog} --help)")
 
@@ -88,13 +88,18 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
   """`flags_parser` for absl's app.run: a bad flag value, or a config file whose get_config
   raises, is one line (the underlying error, not ml_collections' embedded traceback)."""
   from absl import flags
+
   try:
     return flags.FLAGS(argv)
   except AttributeError as e:  # ml_collections: an override of a field the config lacks
     key = str(e).strip("'\"")
     named = [a.split("=")[0] for a in argv if a.startswith("--") and key in a.split("=")[0]]
-    _fail(ValueError(f"{' '.join(named) or key}: no such config field '{key}' (the fields "
-                     "are documented in configs/base.py)"))
+    _fail(
+        ValueError(
+            f"{' '.join(named) or key}: no such config field '{key}' (the fields "
+            "are documented in configs/base.py)"
+        )
+    )
   except (flags.Error, *EXPECTED_ERRORS) as e:
     root = e
     if "Traceback" in str(e):  # config_flags re-raises get_config's error with its traceback

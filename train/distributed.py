@@ -48,10 +48,13 @@ def maybe_initialize(dist_cfg) -> bool:
       raise ValueError(
           "config.distributed.coordinator_address is set, so num_processes (>= 1) and "
           f"process_id (>= 0) must be too; got num_processes={dist_cfg.num_processes}, "
-          f"process_id={dist_cfg.process_id}.")
-    jax.distributed.initialize(dist_cfg.coordinator_address,
-                               num_processes=int(dist_cfg.num_processes),
-                               process_id=int(dist_cfg.process_id))
+          f"process_id={dist_cfg.process_id}."
+      )
+    jax.distributed.initialize(
+        dist_cfg.coordinator_address,
+        num_processes=int(dist_cfg.num_processes),
+        process_id=int(dist_cfg.process_id),
+    )
   else:
     jax.distributed.initialize()
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

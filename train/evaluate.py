@@ -39,8 +39,9 @@ from train import step as step_lib
 MLM_EVAL_SEED = 1234
 
 
-def build_eval_step(config, mesh: Mesh, model: nn.Module, param_shardings: Any, *,
-                    mask_id: int | None = None) -> Callable:
+def build_eval_step(
+    config, mesh: Mesh, model: nn.Module, param_shardings: Any, *, mask_id: int | None = None
+) -> Callable:
   """(params, batch, doc_ids, token_bytes, mask_index) -> per-token arrays [B, L] (global,
   replicated): "loss" (0 where not scored), "weights", "bytes", "doc_ids"."""
   opts = step_lib.StepOptions.from_config(config, mask_id)
@@ -50,31 +51,43 @@ def build_eval_step(config, mesh: Mesh, model: nn.Module, param_shardings: Any, 
 
   def eval_step(params, batch, doc_ids, token_bytes, mask_index):
     if opts.objective == "mlm":
-      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(MLM_EVAL_SEED), mask_index[0]),
-                               mask_index[1])
+      key = jax.random.fold_in(
+          jax.random.fold_in(jax.random.key(MLM_EVAL_SEED), mask_index[0]), mask_index[1]
+      )
       # Random replacements come from the tokenizer's ids (len(token_bytes)), never from the
       # padding rows of a larger model vocabulary.
-      batch = step_lib.mlm_corrupt(key, batch, mask_id=opts.mask_id,
-                                   vocab_size=min(token_bytes.shape[0], opts.vocab_size),
-                                   probability=opts.mlm_probability)
+      batch = step_lib.mlm_corrupt(
+          key,
+          batch,
+          mask_id=opts.mask_id,
+          vocab_size=min(token_bytes.shape[0], opts.vocab_size),
+          probability=opts.mlm_probability,
+      )
     if opts.compute_dtype != opts.param_dtype:
       params = step_lib.cast_params(params, opts.compute_dtype)
     logits = step_lib.apply_model(model, params, batch, rng=None, deterministic=True)
     w = batch["weights"].astype(jnp.float32)
     nbytes = jnp.take(token_bytes, batch["targets"], mode="clip").astype(jnp.float32) * w
-    return {"loss": losses.token_nll(logits, batch["targets"]) * w, "weights": w,
-            "bytes": nbytes, "doc_ids": doc_ids}
+    return {
+        "loss": losses.token_nll(logits, batch["targets"]) * w,
+        "weights": w,
+        "bytes": nbytes,
+        "doc_ids": doc_ids,
+    }
 
   batch_in = {k: batch_sharding for k in step_lib.BATCH_KEYS}
-  jitted = jax.jit(eval_step,
-                   in_shardings=(param_shardings, batch_in, batch_sharding, replicated, replicated),
-                   out_shardings=replicated)
+  jitted = jax.jit(
+      eval_step,
+      in_shardings=(param_shardings, batch_in, batch_sharding, replicated, replicated),
+      out_shardings=replicated,
+  )
 
   compiled = mesh_lib.MeshFunction(jitted, mesh, rules)
 
   def run(params, batch, doc_ids, token_bytes, mask_index):
-    return compiled(params, batch, doc_ids, np.asarray(token_bytes, np.int32),
-                    np.asarray(mask_index, np.int32))
+    return compiled(
+        params, batch, doc_ids, np.asarray(token_bytes, np.int32), np.asarray(mask_index, np.int32)
+    )
 
   run.batch_sharding = batch_sharding
   run.objective = opts.objective
@@ -91,8 +104,9 @@ def cluster_se(num_c: np.ndarray, den_c: np.ndarray) -> float:
   return math.sqrt(g / (g - 1) * float(np.sum((num_c - r * den_c) ** 2))) / total
 
 
-def summarize_clusters(loss_c, tokens_c, bytes_c, *, objective: str = "next_token"
-                       ) -> dict[str, float]:
+def summarize_clusters(
+    loss_c, tokens_c, bytes_c, *, objective: str = "next_token"
+) -> dict[str, float]:
   """Exact mean loss over tokens, bits per byte over the bytes scored, and their
   document-clustered SEs, from per-document sums (documents with no scored token dropped)."""
   loss_c, tokens_c = np.asarray(loss_c, np.float64), np.asarray(tokens_c, np.float64)
@@ -103,10 +117,21 @@ def summarize_clusters(loss_c, tokens_c, bytes_c, *, objective: str = "next_toke
   loss = float(loss_c.sum()) / total_w if total_w else float("nan")
   se = cluster_se(loss_c, tokens_c)
   if objective == "mlm":
-    return {"mlm_loss": loss, "mlm_loss_se": se, "loss": loss, "loss_se": se,
-            "tokens": total_w, "docs": int(keep.sum())}
-  out = {"loss": loss, "loss_se": se, "tokens": total_w, "bytes": float(bytes_c.sum()),
-         "docs": int(keep.sum())}
+    return {
+        "mlm_loss": loss,
+        "mlm_loss_se": se,
+        "loss": loss,
+        "loss_se": se,
+        "tokens": total_w,
+        "docs": int(keep.sum()),
+    }
+  out = {
+      "loss": loss,
+      "loss_se": se,
+      "tokens": total_w,
+      "bytes": float(bytes_c.sum()),
+      "docs": int(keep.sum()),
+  }
   if out["bytes"] > 0:
     out["bpb"] = float(loss_c.sum()) / math.log(2) / out["bytes"]
     out["bpb_se"] = cluster_se(loss_c, bytes_c) / math.log(2)
@@ -122,9 +147,14 @@ class _DocSums:
   def add(self, out: dict) -> None:
     w = np.asarray(out["weights"]).ravel()
     m = w > 0
-    self.parts.append((np.asarray(out["doc_ids"]).ravel()[m],
-                       np.asarray(out["loss"], np.float64).ravel()[m], w[m].astype(np.float64),
-                       np.asarray(out["bytes"], np.float64).ravel()[m]))
+    self.parts.append(
+        (
+            np.asarray(out["doc_ids"]).ravel()[m],
+            np.asarray(out["loss"], np.float64).ravel()[m],
+            w[m].astype(np.float64),
+            np.asarray(out["bytes"], np.float64).ravel()[m],
+        )
+    )
 
   def per_doc(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(doc ids, loss, tokens, bytes), one entry per document."""
@@ -136,35 +166,66 @@ class _DocSums:
     return (ids, np.bincount(inv, loss, n), np.bincount(inv, w, n), np.bincount(inv, b, n))
 
 
-def _domain_sums(eval_step, params, eval_source, domain_index, domain, *, global_batch_size,
-                 max_batches, process_index, process_count) -> _DocSums:
+def _domain_sums(
+    eval_step,
+    params,
+    eval_source,
+    domain_index,
+    domain,
+    *,
+    global_batch_size,
+    max_batches,
+    process_index,
+    process_count,
+) -> _DocSums:
   sums = _DocSums()
-  batches = eval_source.batches(domain, global_batch_size=global_batch_size,
-                                process_index=process_index, process_count=process_count,
-                                max_batches=max_batches)
+  batches = eval_source.batches(
+      domain,
+      global_batch_size=global_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      max_batches=max_batches,
+  )
   for g, local in enumerate(batches):
     batch = inputs_lib.to_global(local, eval_step.batch_sharding, global_batch_size)
     doc_ids = jax.make_array_from_process_local_data(
-        eval_step.batch_sharding, local["doc_ids"],
-        (global_batch_size,) + local["doc_ids"].shape[1:])
-    out = jax.device_get(eval_step(params, batch, doc_ids, eval_source.token_bytes,
-                                   (domain_index, g)))
+        eval_step.batch_sharding,
+        local["doc_ids"],
+        (global_batch_size,) + local["doc_ids"].shape[1:],
+    )
+    out = jax.device_get(
+        eval_step(params, batch, doc_ids, eval_source.token_bytes, (domain_index, g))
+    )
     sums.add(out)
   return sums
 
 
-def evaluate(eval_step: Callable, params: Any, eval_source, *, global_batch_size: int,
-             max_batches: int | None, process_index: int = 0, process_count: int = 1
-             ) -> dict[str, dict[str, float]]:
+def evaluate(
+    eval_step: Callable,
+    params: Any,
+    eval_source,
+    *,
+    global_batch_size: int,
+    max_batches: int | None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, dict[str, float]]:
   """{domain: {loss, loss_se, bpb, bpb_se, tokens, bytes, docs}} plus "all" (every scored
   token of every domain; documents of all domains as clusters). MLM: mlm_loss(_se), no bpb."""
   objective = getattr(eval_step, "objective", "next_token")
   results, pooled = {}, []
   for i, domain in enumerate(eval_source.domains):
     _, loss_c, tok_c, bytes_c = _domain_sums(
-        eval_step, params, eval_source, i, domain, global_batch_size=global_batch_size,
-        max_batches=max_batches, process_index=process_index,
-        process_count=process_count).per_doc()
+        eval_step,
+        params,
+        eval_source,
+        i,
+        domain,
+        global_batch_size=global_batch_size,
+        max_batches=max_batches,
+        process_index=process_index,
+        process_count=process_count,
+    ).per_doc()
     if not len(tok_c):
       continue
     results[domain] = summarize_clusters(loss_c, tok_c, bytes_c, objective=objective)
@@ -177,18 +238,25 @@ def evaluate(eval_step: Callable, params: Any, eval_source, *, global_batch_size
 
 def summary_line(results: dict[str, dict[str, float]]) -> str:
   """One log line: the overall loss (and bits per byte), then each domain's with its SE."""
+
   def pm(x, se):
     return f"{x:.4f}±{se:.4f}" if math.isfinite(se) else f"{x:.4f}±n/a"
 
   a = results.get("all", {})
   if "mlm_loss" in a:
-    per = ", ".join(f"{d} {pm(r['mlm_loss'], r['mlm_loss_se'])}" for d, r in results.items()
-                    if d != "all")
+    per = ", ".join(
+        f"{d} {pm(r['mlm_loss'], r['mlm_loss_se'])}" for d, r in results.items() if d != "all"
+    )
     return f"val masked-token loss {pm(a['mlm_loss'], a.get('mlm_loss_se', math.nan))} ({per})"
-  per = ", ".join(f"{d} {pm(r['bpb'], r.get('bpb_se', math.nan))}" for d, r in results.items()
-                  if d != "all" and "bpb" in r)
-  return (f"val loss {pm(a.get('loss', math.nan), a.get('loss_se', math.nan))}, "
-          f"bpb {a.get('bpb', math.nan):.4f} ({per})")
+  per = ", ".join(
+      f"{d} {pm(r['bpb'], r.get('bpb_se', math.nan))}"
+      for d, r in results.items()
+      if d != "all" and "bpb" in r
+  )
+  return (
+      f"val loss {pm(a.get('loss', math.nan), a.get('loss_se', math.nan))}, "
+      f"bpb {a.get('bpb', math.nan):.4f} ({per})"
+  )
 
 
 def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -13,19 +13,20 @@ from __future__ import annotations
 import dataclasses
 import os
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """One accelerator chip as the planner and the MFU see it."""
+
   name: str
   hbm_bytes: int
-  peak_bf16_flops: float      # dense bf16 FLOP/s per chip
-  ndims: int                  # topology dimensions: 2 (v5e, v6e), 3 (v4, v5p), 1 (GPUs)
-  libtpu_name: str = ""       # prefix libtpu expects in "name:AxB"; "" = no AOT compile
+  peak_bf16_flops: float  # dense bf16 FLOP/s per chip
+  ndims: int  # topology dimensions: 2 (v5e, v6e), 3 (v4, v5p), 1 (GPUs)
+  libtpu_name: str = ""  # prefix libtpu expects in "name:AxB"; "" = no AOT compile
   chip_config: str = "default"
-  device_kinds: tuple[str, ...] = ()   # lower-case substrings of jax's device_kind
+  device_kinds: tuple[str, ...] = ()  # lower-case substrings of jax's device_kind
 
   @property
   def is_gpu(self) -> bool:

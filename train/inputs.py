@@ -14,12 +14,12 @@ from jax.sharding import NamedSharding
 from train.step import BATCH_KEYS
 
 
-def to_global(local_batch: dict[str, Any], sharding: NamedSharding,
-              global_batch_size: int) -> dict[str, jax.Array]:
+def to_global(
+    local_batch: dict[str, Any], sharding: NamedSharding, global_batch_size: int
+) -> dict[str, jax.Array]:
   """{key: [B_local, L]} numpy -> {key: [B, L]} global arrays (only the step's keys)."""
   out = {}
   for k in BATCH_KEYS:
     x = np.asarray(local_batch[k])
-    out[k] = jax.make_array_from_process_local_data(
-        sharding, x, (global_batch_size,) + x.shape[1:])
+    out[k] = jax.make_array_from_process_local_data(sharding, x, (global_batch_size,) + x.shape[1:])
   return out

@@ -53,21 +53,25 @@ def _as_shape(value: Any, field: str) -> tuple[int, ...]:
   if len(shape) != len(AXES):
     raise ValueError(
         f"{field}={shape} has {len(shape)} entries; it needs one per mesh axis {AXES}, "
-        f"e.g. {field}=(-1, 1, 1).")
+        f"e.g. {field}=(-1, 1, 1)."
+    )
   if shape.count(-1) > 1:
     raise ValueError(
         f"{field}={shape} has {shape.count(-1)} entries equal to -1; at most one axis can "
-        "fill the remaining devices. Give the others explicit sizes.")
+        "fill the remaining devices. Give the others explicit sizes."
+    )
   bad = [v for v in shape if v != -1 and v < 1]
   if bad:
     raise ValueError(
         f"{field}={shape}: sizes must be >= 1 (or -1 for one axis that fills the rest); "
-        f"got {bad[0]}.")
+        f"got {bad[0]}."
+    )
   return shape
 
 
-def fill_shape(shape: Sequence[int], num_devices: int, field: str = "mesh.shape"
-               ) -> tuple[int, ...]:
+def fill_shape(
+    shape: Sequence[int], num_devices: int, field: str = "mesh.shape"
+) -> tuple[int, ...]:
   """Resolves one -1 entry so that the product is `num_devices`; checks the product.
 
   Raises ValueError naming the shape and the device count when they do not agree.
@@ -79,12 +83,14 @@ def fill_shape(shape: Sequence[int], num_devices: int, field: str = "mesh.shape"
       raise ValueError(
           f"{field}={shape}: the fixed axes use {known} devices, which does not divide the "
           f"{num_devices} devices available, so -1 cannot fill the rest. Choose sizes whose "
-          f"product divides {num_devices}.")
+          f"product divides {num_devices}."
+      )
     return tuple(num_devices // known if v == -1 else v for v in shape)
   if known != num_devices:
     raise ValueError(
         f"{field}={shape} uses {known} devices but {num_devices} are available; make the "
-        f"product equal {num_devices} or put -1 on one axis to fill the rest.")
+        f"product equal {num_devices} or put -1 on one axis to fill the rest."
+    )
   return shape
 
 
@@ -93,8 +99,9 @@ def _num_slices(devices: Sequence[Any]) -> int:
   return len(ids)
 
 
-def resolve_shapes(mesh_cfg: Any, num_devices: int, num_slices: int = 1
-                   ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def resolve_shapes(
+    mesh_cfg: Any, num_devices: int, num_slices: int = 1
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
   """Returns (ici_shape, dcn_shape) with -1 entries filled.
 
   `dcn_shape` may hold one -1, filled with `num_slices` (the number of slices, or of
@@ -109,7 +116,8 @@ def resolve_shapes(mesh_cfg: Any, num_devices: int, num_slices: int = 1
   if num_devices % slices:
     raise ValueError(
         f"mesh.dcn_shape={dcn} asks for {slices} slices but {num_devices} devices cannot be "
-        f"split evenly into {slices} slices.")
+        f"split evenly into {slices} slices."
+    )
   ici = fill_shape(_get(section, "shape", (-1, 1, 1)), num_devices // slices, "mesh.shape")
   return ici, dcn
 
@@ -129,7 +137,8 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mesh:
     raise ValueError(
         f"The {len(devices)} devices come from {slices} TPU slices but mesh.dcn_shape={dcn} "
         f"puts them all in one; set mesh.dcn_shape=({slices}, 1, 1) (data parallel across "
-        "slices) or (-1, 1, 1).")
+        "slices) or (-1, 1, 1)."
+    )
   if math.prod(dcn) > 1:
     device_array = _hybrid_device_array(ici, dcn, devices)
   else:
@@ -147,8 +156,9 @@ def _device_array(shape: tuple[int, ...], devices: list[Any]) -> np.ndarray:
     return np.asarray(devices, dtype=object).reshape(shape)
 
 
-def _hybrid_device_array(ici: tuple[int, ...], dcn: tuple[int, ...], devices: list[Any]
-                         ) -> np.ndarray:
+def _hybrid_device_array(
+    ici: tuple[int, ...], dcn: tuple[int, ...], devices: list[Any]
+) -> np.ndarray:
   """Slices (TPU) or processes (GPU/CPU hosts) are the DCN granules."""
   by_process = not hasattr(devices[0], "slice_index")
   granules = len({d.process_index for d in devices}) if by_process else _num_slices(devices)
@@ -157,15 +167,17 @@ def _hybrid_device_array(ici: tuple[int, ...], dcn: tuple[int, ...], devices: li
     raise ValueError(
         f"mesh.dcn_shape={dcn} needs {math.prod(dcn)} {what} but the devices come from "
         f"{granules}. Set mesh.dcn_shape to the number of {what} (e.g. ({granules}, 1, 1)) "
-        "or to (1, 1, 1) for a single slice.")
+        "or to (1, 1, 1) for a single slice."
+    )
   try:
     return mesh_utils.create_hybrid_device_mesh(
-        ici, dcn, devices, process_is_granule=by_process, allow_split_physical_axes=True)
+        ici, dcn, devices, process_is_granule=by_process, allow_split_physical_axes=True
+    )
   except (ValueError, NotImplementedError, AssertionError):
     if devices[0].platform == "tpu":
       raise
     # CPU/GPU: granules in process order, devices of a granule in id order.
-    key = (lambda d: (d.process_index, d.id))
+    key = lambda d: (d.process_index, d.id)
     arr = np.asarray(sorted(devices, key=key), dtype=object).reshape(dcn + ici)
     # (d0, d1, d2, i0, i1, i2) -> (d0, i0, d1, i1, d2, i2) -> product shape.
     arr = arr.transpose(0, 3, 1, 4, 2, 5)
@@ -180,6 +192,7 @@ def axis_rules(cfg: Any) -> Rules:
   rules = _get(_mesh_section(cfg), "axis_rules", None)
   if rules is None:
     from configs.base import DEFAULT_AXIS_RULES  # configs are data; no JAX inside.
+
     rules = DEFAULT_AXIS_RULES
   out = []
   for rule in rules:
@@ -190,7 +203,8 @@ def axis_rules(cfg: Any) -> Rules:
       if axis is not None and axis not in AXES:
         raise ValueError(
             f"mesh.axis_rules maps logical axis {name!r} to {axis!r}, which is not a mesh "
-            f"axis; use one of {AXES} or None.")
+            f"axis; use one of {AXES} or None."
+        )
     out.append((str(name), target))
   return tuple(out)
 
@@ -245,8 +259,9 @@ class MeshFunction:
 # --------------------------------------------------------------------------- checks
 
 
-def check_model_on_mesh(model_cfg: Any, mesh: Mesh | Mapping[str, int], rules: Rules, *,
-                        batch_size: int | None = None) -> None:
+def check_model_on_mesh(
+    model_cfg: Any, mesh: Mesh | Mapping[str, int], rules: Rules, *, batch_size: int | None = None
+) -> None:
   """Raises ValueError when the model's dimensions cannot be split as the rules ask.
 
   jit needs every sharded dimension divisible by the product of the mesh axes it is split
@@ -280,20 +295,27 @@ def check_model_on_mesh(model_cfg: Any, mesh: Mesh | Mapping[str, int], rules: R
       problems.append(
           f"{field}={value} is smaller than the {where} mesh split ({split}); use a mesh "
           f"with {'x'.join(axes)} size <= {value}, or map {logical!r} to None in "
-          "mesh.axis_rules.")
+          "mesh.axis_rules."
+      )
     elif value % split:
-      fix = ("pad model.vocab_size to a multiple of "
-             f"{split}" if logical == "vocab" else
-             f"choose sizes so that {split} divides {value}")
+      fix = (
+          "pad model.vocab_size to a multiple of " f"{split}"
+          if logical == "vocab"
+          else f"choose sizes so that {split} divides {value}"
+      )
       if logical == "batch":
-        fix = (f"use a global batch that is a multiple of {split} "
-               f"(e.g. {max(split, (value // split) * split)})")
+        fix = (
+            f"use a global batch that is a multiple of {split} "
+            f"(e.g. {max(split, (value // split) * split)})"
+        )
       problems.append(
           f"{field}={value} is not divisible by the {where} mesh split ({split}) that "
-          f"mesh.axis_rules gives logical axis {logical!r}; {fix}.")
+          f"mesh.axis_rules gives logical axis {logical!r}; {fix}."
+      )
   if problems:
-    raise ValueError("The model does not fit the mesh " + str(sizes) + ":\n  " +
-                     "\n  ".join(problems))
+    raise ValueError(
+        "The model does not fit the mesh " + str(sizes) + ":\n  " + "\n  ".join(problems)
+    )
 
 
 def check_shardings(abstract_tree: Any, shardings: Any) -> None:
@@ -307,13 +329,18 @@ def check_shardings(abstract_tree: Any, shardings: Any) -> None:
     for dim, entry in zip(leaf.shape, sharding.spec):
       split = math.prod(sizes[a] for a in _mesh_axes(entry))
       if dim % split:
-        problems.append(f"{jax.tree_util.keystr(path)} shape {tuple(leaf.shape)}: dimension "
-                        f"{dim} is not divisible by {entry}={split}")
+        problems.append(
+            f"{jax.tree_util.keystr(path)} shape {tuple(leaf.shape)}: dimension "
+            f"{dim} is not divisible by {entry}={split}"
+        )
 
   jax.tree_util.tree_map_with_path(visit, abstract_tree, shardings)
   if problems:
-    raise ValueError("Shardings do not divide the arrays:\n  " + "\n  ".join(problems) +
-                     "\nChange mesh.shape or mesh.axis_rules.")
+    raise ValueError(
+        "Shardings do not divide the arrays:\n  "
+        + "\n  ".join(problems)
+        + "\nChange mesh.shape or mesh.axis_rules."
+    )
 
 
 # --------------------------------------------------------------------------- shardings

@@ -29,7 +29,7 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     t0 = time.perf_counter()
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - t0)
-  return 2.0 * n ** 3 / best
+  return 2.0 * n**3 / best
 
 
 def peak_flops_per_device(device=None) -> tuple[float, str]:
@@ -41,8 +41,10 @@ def peak_flops_per_device(device=None) -> tuple[float, str]:
     return peak, f"{device.device_kind}: {peak / 1e12:.0f} TFLOP/s bf16 dense (data sheet)"
   if device.platform == "cpu":
     measured = measure_matmul_flops()
-    return measured, (f"CPU: no data-sheet peak; measured fp32 matmul rate "
-                      f"{measured / 1e9:.1f} GFLOP/s at start-up used as the peak")
+    return measured, (
+        f"CPU: no data-sheet peak; measured fp32 matmul rate "
+        f"{measured / 1e9:.1f} GFLOP/s at start-up used as the peak"
+    )
   return float("nan"), f"{device.device_kind}: unknown peak (MFU not reported)"
 
 
@@ -89,6 +91,7 @@ def _summary_writer_class():
   """tensorboardX.SummaryWriter, imported without torch: tensorboardX imports torch if it is
   installed (seconds of start-up) only to accept torch tensors, which we never pass."""
   import sys
+
   if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
     sys.modules["torch"] = None  # makes `import torch` raise ImportError inside tensorboardX
     try:
@@ -96,6 +99,7 @@ def _summary_writer_class():
     finally:
       del sys.modules["torch"]
   import tensorboardX
+
   return tensorboardX.SummaryWriter
 
 

@@ -77,14 +77,16 @@ def check_schedule_fits(train_cfg) -> None:
     raise ValueError(
         f"config.train.warmup_steps={warmup} does not fit in train.steps={steps}: the "
         f"{train_cfg.schedule} schedule would never decay; set --config.train.warmup_steps to "
-        f"less than {steps} (e.g. {max(steps // 20, 1)}).")
+        f"less than {steps} (e.g. {max(steps // 20, 1)})."
+    )
   if train_cfg.schedule == "wsd":
     decay = max(int(round(float(train_cfg.decay_fraction) * steps)), 1)
     if warmup + decay > steps:
       raise ValueError(
           f"config.train.warmup_steps={warmup} + the WSD cooldown of {decay} steps "
           f"(train.decay_fraction={train_cfg.decay_fraction} x {steps}) exceed train.steps="
-          f"{steps}; shorten the warmup or the decay_fraction.")
+          f"{steps}; shorten the warmup or the decay_fraction."
+      )
 
 
 def _wsd_after_warmup(train_cfg, peak, floor, steps, warmup):
@@ -93,8 +95,7 @@ def _wsd_after_warmup(train_cfg, peak, floor, steps, warmup):
   if cooldown not in COOLDOWNS:
     raise ValueError(f"config.train.cooldown={cooldown!r} is unknown; choose one of {COOLDOWNS}.")
   if not 0.0 <= train_cfg.decay_fraction <= 1.0:
-    raise ValueError(
-        f"config.train.decay_fraction={train_cfg.decay_fraction} must lie in [0, 1].")
+    raise ValueError(f"config.train.decay_fraction={train_cfg.decay_fraction} must lie in [0, 1].")
   decay_steps = max(int(round(train_cfg.decay_fraction * steps)), 1)
   stable = max(steps - warmup - decay_steps, 0)
 
@@ -132,8 +133,11 @@ def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
   def leaf_decays(path, _):
     names = [n.lower() for n in path_names(path)]
     leaf = names[-1] if names else ""
-    if (leaf in _NO_DECAY_LEAVES or leaf.endswith("bias")
-        or any(m in n for n in names for m in _NORM_MARKERS)):
+    if (
+        leaf in _NO_DECAY_LEAVES
+        or leaf.endswith("bias")
+        or any(m in n for n in names for m in _NORM_MARKERS)
+    ):
       return False
     if leaf in _EMBED_LEAVES or any(n in _EMBED_MODULES for n in names):
       return bool(decay_embeddings)
@@ -146,8 +150,12 @@ def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
 # (AdamW as in GPT-3 / Llama; Lion as in Chen et al. 2023, whose LR is 3-10x lower than AdamW's).
 # Muon: b1 is its momentum (0.95 as in Jordan's Muon), b2 its AdamW branch's second moment;
 # that branch's b1 is MUON_ADAM_B1.
-DEFAULT_BETAS = {"adamw": (0.9, 0.95), "lion": (0.9, 0.99), "adafactor": (None, None),
-                 "muon": (0.95, 0.95)}
+DEFAULT_BETAS = {
+    "adamw": (0.9, 0.95),
+    "lion": (0.9, 0.99),
+    "adafactor": (None, None),
+    "muon": (0.95, 0.95),
+}
 MUON_ADAM_B1 = 0.9
 # Muon's orthogonalized update has unit singular values; scaled by MUON_RMS x
 # sqrt(max(fan_in, fan_out)) its RMS matches AdamW's (Liu et al. 2025, arXiv 2502.16982), so
@@ -170,16 +178,20 @@ def _adafactor(schedule, weight_decay: float, mask) -> optax.GradientTransformat
   relative step size) with DECOUPLED weight decay scaled by the learning rate, as in AdamW:
   optax.adafactor adds `weight_decay_rate * param` after the learning-rate scaling, so 0.1
   would shrink every matrix by 10% per step whatever the learning rate."""
-  parts = [optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0),
-           optax.scale_by_param_block_rms()]
+  parts = [
+      optax.scale_by_factored_rms(),
+      optax.clip_by_block_rms(1.0),
+      optax.scale_by_param_block_rms(),
+  ]
   if weight_decay:
     parts.append(optax.add_decayed_weights(weight_decay, mask))
   parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts)
 
 
-def make_optimizer(train_cfg, params: Any, model_cfg: Any = None
-                   ) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(
+    train_cfg, params: Any, model_cfg: Any = None
+) -> tuple[optax.GradientTransformation, Callable]:
   """The Optax chain for `config.train` and the schedule it uses (for logging the lr).
 
   `params` (boxed, abstract or real) only supplies the tree for the weight-decay mask and
@@ -195,8 +207,9 @@ def make_optimizer(train_cfg, params: Any, model_cfg: Any = None
   if name == "muon" or mcfg.parametrization != "sp":
     tx = _per_group_optimizer(train_cfg, schedule, mcfg)
   else:
-    tx = _single_optimizer(name, train_cfg, schedule, decay_mask(params,
-                                                                 train_cfg.decay_embeddings))
+    tx = _single_optimizer(
+        name, train_cfg, schedule, decay_mask(params, train_cfg.decay_embeddings)
+    )
   if train_cfg.grad_clip and train_cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(float(train_cfg.grad_clip)), tx)
   return tx, schedule
@@ -215,13 +228,16 @@ def check_optimizer_settings(train_cfg, mcfg: ModelConfig) -> None:
     raise ValueError(
         f"config.train.optimizer=adafactor with model.parametrization="
         f"{mcfg.parametrization}: Adafactor's relative step sizes override the per-group "
-        f"learning rates; use adamw, lion or muon, or model.parametrization=sp.")
+        f"learning rates; use adamw, lion or muon, or model.parametrization=sp."
+    )
   if name == "muon":
     b1, b2 = betas(train_cfg)
     for field, v in (("b1", b1), ("b2", b2)):
       if not 0.0 <= v < 1.0:
-        raise ValueError(f"config.train.{field}={v} is not a moment decay in [0, 1) (muon: b1 "
-                         f"is its momentum, b2 its AdamW branch's second moment).")
+        raise ValueError(
+            f"config.train.{field}={v} is not a moment decay in [0, 1) (muon: b1 "
+            f"is its momentum, b2 its AdamW branch's second moment)."
+        )
 
 
 def _single_optimizer(name, train_cfg, schedule, mask) -> optax.GradientTransformation:
@@ -242,8 +258,9 @@ def _scaled(schedule: Callable, mult: float) -> Callable:
 
 def group_labels(params: Any) -> Any:
   """A tree of model/parametrization.py GROUPS labels, shaped like the unboxed params."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: par.param_group(path_names(path)),
-                                          meta.unbox(params))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: par.param_group(path_names(path)), meta.unbox(params)
+  )
 
 
 def _per_group_optimizer(train_cfg, schedule, mcfg: ModelConfig) -> optax.GradientTransformation:
@@ -260,8 +277,14 @@ def _per_group_optimizer(train_cfg, schedule, mcfg: ModelConfig) -> optax.Gradie
     if muon and group in par.MATRIX_GROUPS:
       transforms[group] = _muon_matrices(b1, wd, mask, lr, mcfg)
     elif muon or name == "adamw":
-      transforms[group] = optax.adamw(lr, b1=MUON_ADAM_B1 if muon else b1, b2=b2,
-                                      eps=train_cfg.eps * rule.eps, weight_decay=wd, mask=mask)
+      transforms[group] = optax.adamw(
+          lr,
+          b1=MUON_ADAM_B1 if muon else b1,
+          b2=b2,
+          eps=train_cfg.eps * rule.eps,
+          weight_decay=wd,
+          mask=mask,
+      )
     else:
       transforms[group] = optax.lion(lr, b1=b1, b2=b2, weight_decay=wd, mask=mask)
   return optax.multi_transform(transforms, group_labels)
@@ -273,7 +296,8 @@ def muon_dimension_numbers(updates: Any) -> Any:
   the D x (N*H) matrix and a [N, H, D] attention-out kernel the (N*H) x D one."""
 
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: _dimension_numbers(path_names(path), jnp.ndim(leaf)), updates)
+      lambda path, leaf: _dimension_numbers(path_names(path), jnp.ndim(leaf)), updates
+  )
 
 
 def _dimension_numbers(names: tuple[str, ...], ndim: int):
@@ -281,13 +305,16 @@ def _dimension_numbers(names: tuple[str, ...], ndim: int):
   lead = ndim - n_in - n_out
   return optax.contrib.MuonDimensionNumbers(
       reduction_axis=tuple(range(lead, lead + n_in)),
-      output_axis=tuple(range(lead + n_in, lead + n_in + n_out)))
+      output_axis=tuple(range(lead + n_in, lead + n_in + n_out)),
+  )
 
 
 def fans(shape: tuple[int, ...], dim_nums) -> tuple[int, int]:
   """(fan_in, fan_out) of one orthogonalized matrix of a kernel."""
-  return (math.prod(shape[a] for a in dim_nums.reduction_axis),
-          math.prod(shape[a] for a in dim_nums.output_axis))
+  return (
+      math.prod(shape[a] for a in dim_nums.reduction_axis),
+      math.prod(shape[a] for a in dim_nums.output_axis),
+  )
 
 
 def muon_update_scale(shape: tuple[int, ...], dim_nums, mcfg: ModelConfig) -> float:
@@ -306,15 +333,21 @@ def _muon_matrices(momentum, wd, mask, lr, mcfg) -> optax.GradientTransformation
 
   def scale_by_shape(updates, params=None):
     del params
-    return jax.tree.map(lambda u, d: u * muon_update_scale(u.shape, d, mcfg), updates,
-                        muon_dimension_numbers(updates), is_leaf=is_dims)
+    return jax.tree.map(
+        lambda u, d: u * muon_update_scale(u.shape, d, mcfg),
+        updates,
+        muon_dimension_numbers(updates),
+        is_leaf=is_dims,
+    )
 
   return optax.chain(
-      optax.contrib.scale_by_muon(beta=momentum, nesterov=True,
-                                  weight_dimension_numbers=muon_dimension_numbers),
+      optax.contrib.scale_by_muon(
+          beta=momentum, nesterov=True, weight_dimension_numbers=muon_dimension_numbers
+      ),
       optax.stateless(scale_by_shape),
       optax.add_decayed_weights(wd, mask),
-      optax.scale_by_learning_rate(lr))
+      optax.scale_by_learning_rate(lr),
+  )
 
 
 def param_table(train_cfg, params: Any, model_cfg: Any = None) -> list[dict]:
@@ -328,9 +361,16 @@ def param_table(train_cfg, params: Any, model_cfg: Any = None) -> list[dict]:
   for path, leaf in jax.tree_util.tree_leaves_with_path(meta.unbox(params)):
     names = path_names(path)
     group = par.param_group(names)
-    row = dict(path="/".join(n for n in names if n != "params"), shape=tuple(leaf.shape),
-               group=group, optimizer=train_cfg.optimizer, matrix="", lr_mult=rules[group].lr,
-               eps_mult=rules[group].eps, wd_mult=rules[group].weight_decay)
+    row = dict(
+        path="/".join(n for n in names if n != "params"),
+        shape=tuple(leaf.shape),
+        group=group,
+        optimizer=train_cfg.optimizer,
+        matrix="",
+        lr_mult=rules[group].lr,
+        eps_mult=rules[group].eps,
+        wd_mult=rules[group].weight_decay,
+    )
     if muon and group in par.MATRIX_GROUPS:
       dims = _dimension_numbers(names, len(leaf.shape))
       fan_in, fan_out = fans(tuple(leaf.shape), dims)
@@ -346,9 +386,20 @@ def param_table(train_cfg, params: Any, model_cfg: Any = None) -> list[dict]:
 def format_param_table(rows: list[dict]) -> str:
   """`param_table` as aligned text lines."""
   head = ("parameter", "shape", "group", "optimizer", "matrix", "lr x", "eps x", "wd x")
-  lines = [(r["path"], "x".join(map(str, r["shape"])), r["group"], r["optimizer"],
-            r["matrix"] or "-", f"{r['lr_mult']:.4g}", f"{r['eps_mult']:.4g}",
-            f"{r['wd_mult']:.4g}") for r in rows]
+  lines = [
+      (
+          r["path"],
+          "x".join(map(str, r["shape"])),
+          r["group"],
+          r["optimizer"],
+          r["matrix"] or "-",
+          f"{r['lr_mult']:.4g}",
+          f"{r['eps_mult']:.4g}",
+          f"{r['wd_mult']:.4g}",
+      )
+      for r in rows
+  ]
   widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-  return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
-                   for line in [head, *lines])
+  return "\n".join(
+      "  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *lines]
+  )

@@ -13,6 +13,7 @@ def loss_plot(workdir: str, out: str | None = None) -> str | None:
     return None
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   train = metrics_lib.read_jsonl(path, "train")
   val = metrics_lib.read_jsonl(path, "eval")
   fig = Figure(figsize=(7, 4))

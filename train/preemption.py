@@ -52,5 +52,6 @@ class PreemptionGuard:
     if step % self.poll_every:
       return False
     from jax.experimental import multihost_utils
+
     flags = multihost_utils.process_allgather(np.asarray(local, np.int32))
     return bool(np.any(flags))

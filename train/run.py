@@ -19,11 +19,12 @@ from train import state as state_lib
 @dataclasses.dataclass
 class Run:
   """A trained run, ready for evaluation: see eval/perplexity, generate, zeroshot, hf."""
+
   config: ml_collections.ConfigDict
-  params: Any            # fp32, sharded on `mesh`
+  params: Any  # fp32, sharded on `mesh`
   tokenizer: Any
   mesh: jax.sharding.Mesh
-  model: Any             # Transformer(decode=False)
+  model: Any  # Transformer(decode=False)
   step: int
   workdir: str
 
@@ -33,8 +34,9 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(ckpt_lib.read_config(workdir))
 
 
-def load_run(workdir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None
-             ) -> Run:
+def load_run(
+    workdir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None
+) -> Run:
   """Config + params + tokenizer + mesh of a run (params only; no optimizer state).
 
   The mesh defaults to the run's own `config.mesh`, or pure data parallel over the devices
@@ -53,8 +55,12 @@ def load_run(workdir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
   shardings = mesh_lib.param_shardings(boxed["params"], mesh, mesh_lib.axis_rules(config))
   abstract = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.unbox(boxed["params"]), shardings)
+      nn.unbox(boxed["params"]),
+      shardings,
+  )
   params, got = ckpt_lib.restore_params(workdir, abstract, step)
   from train.data import tokenizer as tok_lib
-  return Run(config, params, tok_lib.load(config.data.tokenizer), mesh, model, got,
-             os.fspath(workdir))
+
+  return Run(
+      config, params, tok_lib.load(config.data.tokenizer), mesh, model, got, os.fspath(workdir)
+  )

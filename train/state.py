@@ -27,11 +27,12 @@ from train import optim
 class TrainState:
   """Everything a step reads and writes. `rng` is raw uint32 key data (checkpoint-friendly);
   each step derives its keys with `fold_in(rng, step)`, so the key never needs updating."""
-  step: jax.Array            # int32 scalar: updates attempted so far (batches consumed)
-  params: Any                # fp32 master weights (unboxed)
+
+  step: jax.Array  # int32 scalar: updates attempted so far (batches consumed)
+  params: Any  # fp32 master weights (unboxed)
   opt_state: Any
-  rng: jax.Array             # uint32[2]
-  skipped: jax.Array         # int32: updates skipped for a non-finite loss/grad, in total
+  rng: jax.Array  # uint32[2]
+  skipped: jax.Array  # int32: updates skipped for a non-finite loss/grad, in total
   nonfinite_streak: jax.Array  # int32: consecutive skipped updates up to now
 
 
@@ -39,6 +40,7 @@ def make_model(config, decode: bool = False) -> nn.Module:
   """The Flax module for `config.model` (validated by ModelConfig)."""
   from model.config import ModelConfig
   from model.transformer import Transformer
+
   return Transformer(ModelConfig.from_config(config.model), decode=decode)
 
 
@@ -66,8 +68,9 @@ def _mirror_shardings(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) 
   suffix of the leaf's path and whose shape matches (Adam's mu/nu, Lion's momentum);
   everything else (counts, Adafactor's factored rows/cols) is replicated."""
   by_path = {}
-  for (path, p), s in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                          jax.tree_util.tree_leaves(param_shardings)):
+  for (path, p), s in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(param_shardings)
+  ):
     by_path[optim.path_names(path)] = (tuple(p.shape), s)
   repl = mesh_lib.replicated(mesh)
 
@@ -82,8 +85,9 @@ def _mirror_shardings(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) 
   return jax.tree_util.tree_map_with_path(pick, tree)
 
 
-def state_shardings(config, mesh: Mesh, abstract_boxed: Any, tx: optax.GradientTransformation
-                    ) -> tuple[TrainState, TrainState]:
+def state_shardings(
+    config, mesh: Mesh, abstract_boxed: Any, tx: optax.GradientTransformation
+) -> tuple[TrainState, TrainState]:
   """(abstract unboxed TrainState, NamedSharding TrainState) for this model/optimizer/mesh."""
   rules = mesh_lib.axis_rules(config)
   boxed_params = abstract_boxed["params"]
@@ -92,17 +96,27 @@ def state_shardings(config, mesh: Mesh, abstract_boxed: Any, tx: optax.GradientT
   opt_state = jax.eval_shape(tx.init, params)
   repl = mesh_lib.replicated(mesh)
   abstract = TrainState(
-      step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,
-      rng=jax.ShapeDtypeStruct((2,), jnp.uint32), skipped=jax.ShapeDtypeStruct((), jnp.int32),
-      nonfinite_streak=jax.ShapeDtypeStruct((), jnp.int32))
+      step=jax.ShapeDtypeStruct((), jnp.int32),
+      params=params,
+      opt_state=opt_state,
+      rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+      skipped=jax.ShapeDtypeStruct((), jnp.int32),
+      nonfinite_streak=jax.ShapeDtypeStruct((), jnp.int32),
+  )
   shardings = TrainState(
-      step=repl, params=p_shard, opt_state=_mirror_shardings(opt_state, params, p_shard, mesh),
-      rng=repl, skipped=repl, nonfinite_streak=repl)
+      step=repl,
+      params=p_shard,
+      opt_state=_mirror_shardings(opt_state, params, p_shard, mesh),
+      rng=repl,
+      skipped=repl,
+      nonfinite_streak=repl,
+  )
   return abstract, shardings
 
 
-def init_state(config, model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
-               shardings: TrainState) -> TrainState:
+def init_state(
+    config, model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, shardings: TrainState
+) -> TrainState:
   """A fresh state, created directly in its shards by one jitted init."""
   rules = mesh_lib.axis_rules(config)
   seed = int(config.seed)
@@ -122,12 +136,19 @@ def init_state(config, model: nn.Module, tx: optax.GradientTransformation, mesh:
 def fresh_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   """Step 0 around given params (also used by init_from: loaded params, new optimizer)."""
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=rng,
-                    skipped=zero, nonfinite_streak=zero)
+  return TrainState(
+      step=zero,
+      params=params,
+      opt_state=tx.init(params),
+      rng=rng,
+      skipped=zero,
+      nonfinite_streak=zero,
+  )
 
 
-def state_from_params(params: Any, config, tx: optax.GradientTransformation,
-                      shardings: TrainState) -> TrainState:
+def state_from_params(
+    params: Any, config, tx: optax.GradientTransformation, shardings: TrainState
+) -> TrainState:
   """Wraps already-sharded params (e.g. from another run) in a fresh state, on device."""
   seed = int(config.seed)
 
@@ -140,4 +161,3 @@ def state_from_params(params: Any, config, tx: optax.GradientTransformation,
 
 def count_params(params: Any) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
-

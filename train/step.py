@@ -25,22 +25,25 @@ BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 OBJECTIVES = ("next_token", "mlm")
 
 
-def mlm_corrupt(rng: jax.Array, batch: Batch, *, mask_id: int, vocab_size: int,
-                probability: float) -> Batch:
+def mlm_corrupt(
+    rng: jax.Array, batch: Batch, *, mask_id: int, vocab_size: int, probability: float
+) -> Batch:
   """BERT masking drawn inside the step: choose `probability` of the real tokens; of those
   80% become `mask_id`, 10% a random token, 10% stay; the loss counts only the chosen ones.
 
   The original tokens are `batch["inputs"]`; `segment_ids == 0` marks padding.
   """
   tokens_BxL = batch["inputs"]
-  real_BxL = batch["segment_ids"] > 0 if "segment_ids" in batch else jnp.ones_like(
-      tokens_BxL, bool)
+  real_BxL = batch["segment_ids"] > 0 if "segment_ids" in batch else jnp.ones_like(tokens_BxL, bool)
   k_pick, k_how, k_rand = jax.random.split(rng, 3)
   chosen_BxL = jax.random.bernoulli(k_pick, probability, tokens_BxL.shape) & real_BxL
   how_BxL = jax.random.uniform(k_how, tokens_BxL.shape)
   random_BxL = jax.random.randint(k_rand, tokens_BxL.shape, 0, vocab_size, tokens_BxL.dtype)
-  corrupted = jnp.where(how_BxL < 0.8, jnp.asarray(mask_id, tokens_BxL.dtype),
-                        jnp.where(how_BxL < 0.9, random_BxL, tokens_BxL))
+  corrupted = jnp.where(
+      how_BxL < 0.8,
+      jnp.asarray(mask_id, tokens_BxL.dtype),
+      jnp.where(how_BxL < 0.9, random_BxL, tokens_BxL),
+  )
   out = dict(batch)
   out["inputs"] = jnp.where(chosen_BxL, corrupted, tokens_BxL)
   out["targets"] = tokens_BxL
@@ -48,8 +51,9 @@ def mlm_corrupt(rng: jax.Array, batch: Batch, *, mask_id: int, vocab_size: int,
   return out
 
 
-def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array,
-                 z_loss: float) -> dict[str, jax.Array]:
+def token_losses(
+    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array, z_loss: float
+) -> dict[str, jax.Array]:
   """Weighted *sums* (not means) so microbatches add up exactly to the full batch.
 
   z-loss (PaLM) penalises log Z^2 to keep the softmax normaliser near 1 in low precision.
@@ -63,8 +67,9 @@ def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: j
   return {"ce_sum": ce_sum, "z_sum": z_sum, "weight_sum": jnp.sum(w)}
 
 
-def apply_model(model: nn.Module, params: Any, batch: Batch, *, rng: jax.Array | None,
-                deterministic: bool) -> jax.Array:
+def apply_model(
+    model: nn.Module, params: Any, batch: Batch, *, rng: jax.Array | None, deterministic: bool
+) -> jax.Array:
   """logits_BxLxV for a batch dict (positions/segment_ids passed when present)."""
   kwargs = {}
   if "positions" in batch:
@@ -72,20 +77,23 @@ def apply_model(model: nn.Module, params: Any, batch: Batch, *, rng: jax.Array |
   if "segment_ids" in batch:
     kwargs["segment_ids_BxL"] = batch["segment_ids"]
   rngs = {"dropout": rng} if (rng is not None and not deterministic) else None
-  return model.apply({"params": params}, batch["inputs"], deterministic=deterministic,
-                     rngs=rngs, **kwargs)
+  return model.apply(
+      {"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs, **kwargs
+  )
 
 
 def cast_params(params: Any, dtype: Any) -> Any:
   """fp32 master weights -> compute dtype (grads flow back to fp32 through the cast)."""
   dtype = jnp.dtype(dtype)
   return jax.tree_util.tree_map(
-      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
   """What the step needs from the config, resolved once (hashable, jit-static)."""
+
   objective: str = "next_token"
   microbatches: int = 1
   z_loss: float = 0.0
@@ -97,23 +105,33 @@ class StepOptions:
   dropout: bool = False
 
   @classmethod
-  def from_config(cls, config, mask_id: int | None = None,
-                  token_vocab_size: int | None = None) -> "StepOptions":
+  def from_config(
+      cls, config, mask_id: int | None = None, token_vocab_size: int | None = None
+  ) -> "StepOptions":
     """`token_vocab_size`: the tokenizer's; MLM's random replacements stay below it (a model
     vocabulary padded past the tokenizer's has rows no text uses)."""
     t = config.train
     if t.objective not in OBJECTIVES:
       raise ValueError(
-          f"config.train.objective={t.objective!r} is unknown; choose one of {OBJECTIVES}.")
+          f"config.train.objective={t.objective!r} is unknown; choose one of {OBJECTIVES}."
+      )
     if int(t.microbatches) < 1:
       raise ValueError(f"config.train.microbatches={t.microbatches} must be >= 1.")
     if t.objective == "mlm" and mask_id is None:
       raise ValueError("objective 'mlm' needs the tokenizer's mask_id.")
-    return cls(objective=t.objective, microbatches=int(t.microbatches), z_loss=float(t.z_loss),
-               mlm_probability=float(t.mlm_probability), mask_id=int(mask_id or 0),
-               vocab_size=min(int(config.model.vocab_size),
-                              int(token_vocab_size or config.model.vocab_size)), compute_dtype=config.model.dtype,
-               param_dtype=config.model.param_dtype, dropout=float(config.model.dropout) > 0)
+    return cls(
+        objective=t.objective,
+        microbatches=int(t.microbatches),
+        z_loss=float(t.z_loss),
+        mlm_probability=float(t.mlm_probability),
+        mask_id=int(mask_id or 0),
+        vocab_size=min(
+            int(config.model.vocab_size), int(token_vocab_size or config.model.vocab_size)
+        ),
+        compute_dtype=config.model.dtype,
+        param_dtype=config.model.param_dtype,
+        dropout=float(config.model.dropout) > 0,
+    )
 
 
 def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable:
@@ -122,8 +140,13 @@ def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable:
   def loss_fn(params, batch, rng):
     k_mask, k_drop = jax.random.split(rng)
     if opts.objective == "mlm":
-      batch = mlm_corrupt(k_mask, batch, mask_id=opts.mask_id, vocab_size=opts.vocab_size,
-                          probability=opts.mlm_probability)
+      batch = mlm_corrupt(
+          k_mask,
+          batch,
+          mask_id=opts.mask_id,
+          vocab_size=opts.vocab_size,
+          probability=opts.mlm_probability,
+      )
     if opts.compute_dtype != opts.param_dtype:
       params = cast_params(params, opts.compute_dtype)
     logits = apply_model(model, params, batch, rng=k_drop, deterministic=not opts.dropout)
@@ -136,14 +159,22 @@ def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable:
 def split_microbatches(batch: Batch, m: int) -> Batch:
   """[B, ...] -> [m, B/m, ...] taking rows i*m + k into microbatch k, so every data shard
   holds an equal slice of every microbatch (no resharding between scan iterations)."""
+
   def split(x):
     b = x.shape[0]
     return jnp.swapaxes(x.reshape((b // m, m) + x.shape[1:]), 0, 1)
+
   return jax.tree_util.tree_map(split, batch)
 
 
-def accumulate_gradients(loss_fn: Callable, params: Any, batch: Batch, rng: jax.Array,
-                         microbatches: int, mb_sharding: NamedSharding | None = None):
+def accumulate_gradients(
+    loss_fn: Callable,
+    params: Any,
+    batch: Batch,
+    rng: jax.Array,
+    microbatches: int,
+    mb_sharding: NamedSharding | None = None,
+):
   """Sum of grads and stats over microbatches with `lax.scan` (one compiled body)."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
@@ -165,21 +196,26 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: Batch, rng: jax.
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
   zstats = {"ce_sum": 0.0, "z_sum": 0.0, "weight_sum": 0.0}
   zstats = jax.tree_util.tree_map(lambda v: jnp.zeros((), jnp.float32), zstats)
-  (grads, stats), _ = jax.lax.scan(
-      body, (zeros, zstats), (jnp.arange(microbatches), mbs))
+  (grads, stats), _ = jax.lax.scan(body, (zeros, zstats), (jnp.arange(microbatches), mbs))
   return grads, stats
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable,
-                    opts: StepOptions, mb_sharding: NamedSharding | None = None) -> Callable:
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Callable,
+    opts: StepOptions,
+    mb_sharding: NamedSharding | None = None,
+) -> Callable:
   """The pure step. A non-finite loss or gradient norm leaves params and optimizer state
   unchanged (the step counter still advances: the batch was consumed) and is counted."""
   loss_fn = make_loss_fn(model, opts)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads, stats = accumulate_gradients(loss_fn, state.params, batch, rng, opts.microbatches,
-                                        mb_sharding)
+    grads, stats = accumulate_gradients(
+        loss_fn, state.params, batch, rng, opts.microbatches, mb_sharding
+    )
     denom = jnp.maximum(stats["weight_sum"], 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
     loss = stats["ce_sum"] / denom
@@ -187,15 +223,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(stats["z_sum"])
-    keep = lambda new, old: jax.tree_util.tree_map(
-        lambda n, o: jnp.where(finite, n, o), new, old)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
     skipped = (~finite).astype(jnp.int32)
     new_state = state.replace(
         step=state.step + 1,
         params=keep(new_params, state.params),
         opt_state=keep(new_opt, state.opt_state),
         skipped=state.skipped + skipped,
-        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+    )
     metrics = {
         "loss": loss,
         "z_loss": stats["z_sum"] / denom,
@@ -217,7 +253,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 @dataclasses.dataclass
 class CompiledStep:
   """The jitted step and the shardings it was built with (for bench.py / plan.py)."""
-  step_fn: Callable            # jitted (state, batch) -> (state, metrics); donates state
+
+  step_fn: Callable  # jitted (state, batch) -> (state, metrics); donates state
   state_shardings: TrainState
   batch_sharding: NamedSharding
   abstract_state: TrainState
@@ -235,14 +272,18 @@ class CompiledStep:
     """ShapeDtypeStructs of one global batch, for `.lower()`."""
     b, l = int(config.train.batch_size), int(config.data.seq_len)
     dt = {"weights": jnp.float32}
-    return {k: jax.ShapeDtypeStruct((b, l), dt.get(k, jnp.int32), sharding=self.batch_sharding)
-            for k in BATCH_KEYS}
+    return {
+        k: jax.ShapeDtypeStruct((b, l), dt.get(k, jnp.int32), sharding=self.batch_sharding)
+        for k in BATCH_KEYS
+    }
 
   def lower(self, config):
     """Lowers (traces) the step for the abstract state and batch: `.compile()` for XLA."""
     state = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        self.abstract_state, self.state_shardings)
+        self.abstract_state,
+        self.state_shardings,
+    )
     return self._run.lower(state, self.abstract_batch(config))
 
 
@@ -253,19 +294,28 @@ def check_batch(config, mesh: Mesh, rules) -> None:
   if b % shards:
     raise ValueError(
         f"config.train.batch_size={b} is not divisible by the {shards} data shards of the mesh "
-        f"{dict(mesh.shape)} (batch is split over data x fsdp); use a multiple of {shards}.")
+        f"{dict(mesh.shape)} (batch is split over data x fsdp); use a multiple of {shards}."
+    )
   m = int(config.train.microbatches)
   if b % m or (b // m) % shards:
     raise ValueError(
         f"config.train.batch_size={b} with train.microbatches={m}: each microbatch "
         f"({b}/{m}) must be a whole multiple of the {shards} data shards; use a batch that is "
-        f"a multiple of {m * shards}.")
+        f"a multiple of {m * shards}."
+    )
 
 
-def build_train_step(config, mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation,
-                     schedule: Callable, abstract_state: TrainState,
-                     state_shardings: TrainState, mask_id: int | None = None,
-                     token_vocab_size: int | None = None) -> CompiledStep:
+def build_train_step(
+    config,
+    mesh: Mesh,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Callable,
+    abstract_state: TrainState,
+    state_shardings: TrainState,
+    mask_id: int | None = None,
+    token_vocab_size: int | None = None,
+) -> CompiledStep:
   """jax.jit of the step with in/out shardings and the state donated; nothing is run."""
   rules = mesh_lib.axis_rules(config)
   check_batch(config, mesh, rules)
@@ -274,7 +324,10 @@ def build_train_step(config, mesh: Mesh, model: nn.Module, tx: optax.GradientTra
   mb_sharding = batch_sharding if opts.microbatches > 1 else None
   fn = make_train_step(model, tx, schedule, opts, mb_sharding)
   batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
-  jitted = jax.jit(fn, in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
-                   donate_argnums=(0,))
+  jitted = jax.jit(
+      fn,
+      in_shardings=(state_shardings, batch_shardings),
+      out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+      donate_argnums=(0,),
+  )
   return CompiledStep(jitted, state_shardings, batch_sharding, abstract_state, mesh, rules)

@@ -35,8 +35,9 @@ class NonFiniteError(cli.Error):
 @dataclasses.dataclass
 class Hooks:
   """Test seams (fault injection); production runs leave them None."""
-  batch: Callable[[int, dict], dict] | None = None   # (step, local numpy batch) -> batch
-  after_save: Callable[[int], None] | None = None    # called right after a save is started
+
+  batch: Callable[[int, dict], dict] | None = None  # (step, local numpy batch) -> batch
+  after_save: Callable[[int], None] | None = None  # called right after a save is started
 
 
 # ------------------------------------------------------------------ setup helpers
@@ -46,7 +47,9 @@ def _printer(process_index: int) -> Callable[[str], None]:
   def log(msg: str) -> None:
     if process_index == 0:
       from tqdm import tqdm
+
       tqdm.write(msg)
+
   return log
 
 
@@ -55,27 +58,35 @@ def prepared_dir(config, workdir: str) -> str:
   if config.data.prepared_dir:
     return os.fspath(config.data.prepared_dir)
   from train.data import pipeline
+
   return os.fspath(pipeline.default_prepared_dir(config.data, os.path.join(workdir, "data")))
 
 
 def load_data(config, workdir: str, *, progress: bool = True):
   """Prepares (once; process 0 first) and opens the data: train iterator, eval source."""
   from train.data import pipeline
+
   directory = prepared_dir(config, workdir)
-  kwargs = dict(global_batch_size=int(config.train.batch_size), seed=int(config.seed),
-                process_index=jax.process_index(), process_count=jax.process_count(),
-                model_vocab_size=int(config.model.vocab_size))
+  kwargs = dict(
+      global_batch_size=int(config.train.batch_size),
+      seed=int(config.seed),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      model_vocab_size=int(config.model.vocab_size),
+  )
   if jax.process_count() > 1:
     if jax.process_index() == 0:
       pipeline.load_for_training(config.data, directory, progress=progress, **kwargs)
     ckpt_lib._sync("unleash_data_prepared")  # pylint: disable=protected-access
-  return pipeline.load_for_training(config.data, directory,
-                                    progress=progress and jax.process_index() == 0, **kwargs)
+  return pipeline.load_for_training(
+      config.data, directory, progress=progress and jax.process_index() == 0, **kwargs
+  )
 
 
 def _flops_per_token(config) -> float:
   try:
     from model import summary
+
     return float(summary.flops_per_token_train(config.model, int(config.data.seq_len)))
   except Exception:  # pylint: disable=broad-except
     return float("nan")
@@ -89,38 +100,55 @@ def schedule_change(saved_cfg: dict, config, step: int) -> dict | None:
   if before == after:
     return None
   from train import optim
+
   old_cfg = ml_collections.ConfigDict(saved_cfg["train"])
   lr_before = float(optim.make_schedule(old_cfg)(step))
   lr_after = float(optim.make_schedule(config.train)(step))
-  return dict(steps_before=before, steps_after=after, schedule=config.train.schedule,
-              lr_before=lr_before, lr_after=lr_after)
+  return dict(
+      steps_before=before,
+      steps_after=after,
+      schedule=config.train.schedule,
+      lr_before=lr_before,
+      lr_after=lr_after,
+  )
 
 
-def _restore_or_init(config, built: build_lib.Built, ckpt: ckpt_lib.Checkpointer, train_iter,
-                     log) -> tuple[state_lib.TrainState, int, dict | None]:
+def _restore_or_init(
+    config, built: build_lib.Built, ckpt: ckpt_lib.Checkpointer, train_iter, log
+) -> tuple[state_lib.TrainState, int, dict | None]:
   """(state, start step, the restored checkpoint's meta or None) from this workdir's
   checkpoints, init_from, or fresh."""
   restored = ckpt.restore_latest(built.sharded_abstract_state(), config=config)
   if restored is not None:
     train_iter.set_state(restored.data_state)
     saved_procs = restored.meta.get("process_count", jax.process_count())
-    log(f"resumed from {ckpt.directory}/{restored.step} (step {restored.step}"
-        + (f", saved by {saved_procs} process(es)" if saved_procs != jax.process_count()
-           else "") + ")")
+    log(
+        f"resumed from {ckpt.directory}/{restored.step} (step {restored.step}"
+        + (f", saved by {saved_procs} process(es)" if saved_procs != jax.process_count() else "")
+        + ")"
+    )
     change = schedule_change(restored.config, config, restored.step)
     if change is not None:
-      shape = ("unchanged (constant)" if change["schedule"] == "constant" else
-               f"re-stretched: lr at step {restored.step} was {change['lr_before']:.3g}, now "
-               f"{change['lr_after']:.3g}")
-      log(f"train.steps {change['steps_before']} -> {change['steps_after']}: the run is "
+      shape = (
+          "unchanged (constant)"
+          if change["schedule"] == "constant"
+          else f"re-stretched: lr at step {restored.step} was {change['lr_before']:.3g}, now "
+          f"{change['lr_after']:.3g}"
+      )
+      log(
+          f"train.steps {change['steps_before']} -> {change['steps_after']}: the run is "
           f"{'extended' if change['steps_after'] > change['steps_before'] else 'shortened'}; "
-          f"the {change['schedule']} schedule is {shape}")
+          f"the {change['schedule']} schedule is {shape}"
+      )
     return restored.state, restored.step, dict(restored.meta, schedule_change=change)
   if config.init_from:
-    params, src_step = ckpt_lib.restore_params(config.init_from,
-                                               built.sharded_abstract_state().params)
-    log(f"initialised parameters from {config.init_from} (its step {src_step}); "
-        "fresh optimizer state")
+    params, src_step = ckpt_lib.restore_params(
+        config.init_from, built.sharded_abstract_state().params
+    )
+    log(
+        f"initialised parameters from {config.init_from} (its step {src_step}); "
+        "fresh optimizer state"
+    )
     return state_lib.state_from_params(params, config, built.tx, built.state_shardings), 0, None
   return built.init_state(), 0, None
 
@@ -144,7 +172,7 @@ class Throughput:
     # CPU "devices" (train/cpu_devices.py) share the cores the matmul peak was measured on.
     self.num_devices = 1 if mesh.devices.flat[0].platform == "cpu" else mesh.devices.size
     self.start_time = time.perf_counter()
-    self.window = None   # (time, step) where the current window opened
+    self.window = None  # (time, step) where the current window opened
 
   def reset(self) -> None:
     self.window = None
@@ -166,8 +194,11 @@ class Throughput:
     (t0, s0), self.window = self.window, (now, step)
     step_time = (now - t0) / (step - s0) if step > s0 else float("nan")
     tps = self.tokens_per_step / step_time if step_time > 0 else float("nan")
-    return dict(step_time_s=step_time, tokens_per_s=tps,
-                mfu=self.flops_per_token * tps / (self.peak * self.num_devices))
+    return dict(
+        step_time_s=step_time,
+        tokens_per_s=tps,
+        mfu=self.flops_per_token * tps / (self.peak * self.num_devices),
+    )
 
 
 class Monitor:
@@ -183,8 +214,10 @@ class Monitor:
     self.bar = None
     if jax.process_index() == 0:
       from tqdm import tqdm
-      self.bar = tqdm(total=self.total, initial=start, unit="step", dynamic_ncols=True,
-                      desc=config.name)
+
+      self.bar = tqdm(
+          total=self.total, initial=start, unit="step", dynamic_ncols=True, desc=config.name
+      )
 
   def record(self, step: int, device_metrics) -> None:
     m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
@@ -193,10 +226,17 @@ class Monitor:
       self.writer.event(step, "first_step", seconds=first)
     rates = self.throughput.tick(step)
     if m["skipped"]:
-      self.writer.event(step, "nonfinite_update_skipped", loss=m["loss"],
-                        grad_norm=m["grad_norm"], streak=m["nonfinite_streak"])
-      self.log(f"step {step}: non-finite loss/gradient; update skipped "
-               f"({int(m['nonfinite_streak'])} in a row, {int(m['skipped_total'])} in total)")
+      self.writer.event(
+          step,
+          "nonfinite_update_skipped",
+          loss=m["loss"],
+          grad_norm=m["grad_norm"],
+          streak=m["nonfinite_streak"],
+      )
+      self.log(
+          f"step {step}: non-finite loss/gradient; update skipped "
+          f"({int(m['nonfinite_streak'])} in a row, {int(m['skipped_total'])} in total)"
+      )
     else:
       self.losses.append(m["loss"])
     if self.bar is not None:
@@ -210,13 +250,18 @@ class Monitor:
           f"{int(m['nonfinite_streak'])} consecutive steps (up to step {step}) had a non-finite "
           f"loss or gradient; stopping (train.max_nonfinite_steps={self.max_nonfinite}). "
           f"The last good checkpoint is {self.ckpt.directory}/{self.ckpt.latest_step()}; lower "
-          "the learning rate, check the data, or enable z_loss before resuming.")
+          "the learning rate, check the data, or enable z_loss before resuming."
+      )
 
   def _write(self, step: int, m: dict, rates: dict | None) -> None:
     nan = float("nan")
     rates = rates or dict(step_time_s=nan, tokens_per_s=nan, mfu=nan)
-    row = dict(m, loss_mean=float(np.mean(self.losses)) if self.losses else nan, **rates,
-               tokens_seen=step * self.throughput.tokens_per_step)
+    row = dict(
+        m,
+        loss_mean=float(np.mean(self.losses)) if self.losses else nan,
+        **rates,
+        tokens_seen=step * self.throughput.tokens_per_step,
+    )
     self.losses = []
     self.last_train = row
     self.writer.write(step, row, "train")
@@ -230,9 +275,10 @@ class Monitor:
 class Action:
   """Something done every `every` steps (and at the last step / on a stop when asked):
   checkpoint saves and evaluations are actions; tests add their own."""
+
   name: str
   every: int
-  fn: Callable[[int, Any], None]          # (step, state)
+  fn: Callable[[int, Any], None]  # (step, state)
   at_last: bool = True
   on_stop: bool = False
 
@@ -240,9 +286,17 @@ class Action:
     return itstime(step, self.every, total, last=self.at_last) or (stop and self.on_stop)
 
 
-def train_loop(built: build_lib.Built, state, batches, start: int, total: int,
-               monitor: Monitor, actions: list[Action], guard: preemption.PreemptionGuard,
-               transfer_guard: str = "disallow"):
+def train_loop(
+    built: build_lib.Built,
+    state,
+    batches,
+    start: int,
+    total: int,
+    monitor: Monitor,
+    actions: list[Action],
+    guard: preemption.PreemptionGuard,
+    transfer_guard: str = "disallow",
+):
   """Steps start+1..total; returns (state, step reached, stopped by a signal?).
 
   `batches(step)` gives the global batch for the update that makes `step`. A step's metrics
@@ -283,59 +337,80 @@ class _Run:
 
   def evaluate(self, step: int, state) -> None:
     self.last_eval_step = step
-    if int(self.config.eval.batches) == 0:   # 0: evaluation off (benchmarks, tests)
+    if int(self.config.eval.batches) == 0:  # 0: evaluation off (benchmarks, tests)
       return
     batches = int(self.config.eval.batches)
     results = eval_lib.evaluate(
-        self.built.eval_step, state.params, self.data.eval_source,
+        self.built.eval_step,
+        state.params,
+        self.data.eval_source,
         global_batch_size=int(self.config.train.batch_size),
         max_batches=None if batches < 0 else batches,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     self.writer.write(step, eval_lib.flat_metrics(results), "eval")
     self.last_eval = results
     self.log(f"step {step}: " + eval_lib.summary_line(results))
-    self.throughput.reset()   # the evaluation's time is not training time
+    self.throughput.reset()  # the evaluation's time is not training time
 
   def save(self, step: int, state) -> None:
     if step == self.last_saved and step in self.ckpt.all_steps():
       return
-    self.ckpt.save(step, state, config=self.config, data_state=self.data.train_iter.get_state(),
-                   meta={"tokens_seen": step * self.tokens_per_step})
+    self.ckpt.save(
+        step,
+        state,
+        config=self.config,
+        data_state=self.data.train_iter.get_state(),
+        meta={"tokens_seen": step * self.tokens_per_step},
+    )
     self.last_saved = step
     if self.hooks.after_save is not None:
       self.hooks.after_save(step)
 
   def actions(self) -> list[Action]:
-    return [Action("save", self.ckpt.every, self.save, on_stop=True),
-            Action("eval", int(self.config.eval.every), self.evaluate)]
+    return [
+        Action("save", self.ckpt.every, self.save, on_stop=True),
+        Action("eval", int(self.config.eval.every), self.evaluate),
+    ]
 
   def batches(self, step: int):
     local = next(self.data.train_iter)
     if self.hooks.batch is not None:
       local = self.hooks.batch(step - 1, local)
-    return inputs_lib.to_global(local, self.built.train_step.batch_sharding,
-                                int(self.config.train.batch_size))
+    return inputs_lib.to_global(
+        local, self.built.train_step.batch_sharding, int(self.config.train.batch_size)
+    )
 
 
-def _summary(workdir, ckpt, writer, plot_path, run: _Run, monitor: Monitor, step, preempted,
-             wall) -> dict:
+def _summary(
+    workdir, ckpt, writer, plot_path, run: _Run, monitor: Monitor, step, preempted, wall
+) -> dict:
   a = run.last_eval.get("all", {})
   train = monitor.last_train
   return {
-      "workdir": os.fspath(workdir), "step": step, "preempted": preempted,
+      "workdir": os.fspath(workdir),
+      "step": step,
+      "preempted": preempted,
       "train_loss": train.get("loss", float("nan")),
-      "val_loss": a.get("loss", float("nan")), "val_bpb": a.get("bpb", float("nan")),
-      "val": run.last_eval, "tokens_seen": step * run.tokens_per_step, "wall_s": wall,
-      "checkpoints": os.fspath(ckpt.directory), "metrics_jsonl": writer.jsonl_path,
-      "tensorboard": writer.tb_dir, "loss_plot": plot_path,
+      "val_loss": a.get("loss", float("nan")),
+      "val_bpb": a.get("bpb", float("nan")),
+      "val": run.last_eval,
+      "tokens_seen": step * run.tokens_per_step,
+      "wall_s": wall,
+      "checkpoints": os.fspath(ckpt.directory),
+      "metrics_jsonl": writer.jsonl_path,
+      "tensorboard": writer.tb_dir,
+      "loss_plot": plot_path,
       "peak_flops_source": run.throughput.peak_source,
       "mfu": train.get("mfu", float("nan")),
       "tokens_per_s": train.get("tokens_per_s", float("nan")),
   }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       hooks: Hooks | None = None) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, hooks: Hooks | None = None
+) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, and returns
   the final metrics: step, train_loss, val_loss, val_bpb, val (per domain, with SEs),
   tokens_seen, wall_s, and where checkpoints/metrics/plot are. Raises NonFiniteError after
@@ -346,6 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   workdir = os.path.abspath(os.fspath(workdir))
   os.makedirs(workdir, exist_ok=True)
   from train.data import tokenizer as tok_lib
+
   tok = tok_lib.load(config.data.tokenizer)
   # Validates config vs mesh first.
   built = build_lib.build(config, mask_id=tok.mask_id, token_vocab_size=tok.vocab_size)
@@ -358,24 +434,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     throughput = Throughput(config, built.mesh)
     run = _Run(config, built, data, ckpt, writer, log, hooks or Hooks(), throughput, start)
     if resumed is not None:
-      writer.event(start, "resume", saved_process_count=resumed.get("process_count"),
-                   process_count=jax.process_count())
+      writer.event(
+          start,
+          "resume",
+          saved_process_count=resumed.get("process_count"),
+          process_count=jax.process_count(),
+      )
       if resumed["schedule_change"] is not None:
         writer.event(start, "schedule_changed", **resumed["schedule_change"])
     n_params = state_lib.count_params(built.abstract_state.params)
-    log(f"{config.name}: {n_params / 1e6:.2f}M params, mesh {dict(built.mesh.shape)}, "
+    log(
+        f"{config.name}: {n_params / 1e6:.2f}M params, mesh {dict(built.mesh.shape)}, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es), steps {start}->{total}; "
-        f"MFU peak: {throughput.peak_source}")
+        f"MFU peak: {throughput.peak_source}"
+    )
     if config.train.optimizer == "muon" or config.model.parametrization != "sp":
       from train import optim
-      log(optim.format_param_table(optim.param_table(config.train, built.abstract_state.params,
-                                                     config.model)))
+
+      log(
+          optim.format_param_table(
+              optim.param_table(config.train, built.abstract_state.params, config.model)
+          )
+      )
     monitor = Monitor(config, writer, throughput, ckpt, log, start)
     with preemption.PreemptionGuard(config.checkpoint.preemption_poll_every) as guard:
       try:
-        state, step, preempted = train_loop(built, state, run.batches, start, total, monitor,
-                                            run.actions(), guard, config.train.transfer_guard)
+        state, step, preempted = train_loop(
+            built,
+            state,
+            run.batches,
+            start,
+            total,
+            monitor,
+            run.actions(),
+            guard,
+            config.train.transfer_guard,
+        )
       finally:
         monitor.close()
     if preempted:
@@ -387,20 +482,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.close()
     ckpt.close()
   plot_path = plot_lib.loss_plot(workdir) if jax.process_index() == 0 else None
-  out = _summary(workdir, ckpt, writer, plot_path, run, monitor, step, preempted,
-                 time.time() - t0)
+  out = _summary(workdir, ckpt, writer, plot_path, run, monitor, step, preempted, time.time() - t0)
   _print_summary(out, log)
   return out
 
 
 def _print_summary(out: dict, log) -> None:
-  log(f"done: step {out['step']}{' (preempted)' if out['preempted'] else ''} in "
-      f"{out['wall_s']:.0f}s")
+  log(
+      f"done: step {out['step']}{' (preempted)' if out['preempted'] else ''} in "
+      f"{out['wall_s']:.0f}s"
+  )
   log(f"  checkpoints  {out['checkpoints']}")
   log(f"  metrics      {out['metrics_jsonl']}")
   log(f"  tensorboard  {out['tensorboard']}   (tensorboard --logdir {out['tensorboard']})")
   if out["loss_plot"]:
     log(f"  loss plot    {out['loss_plot']}")
   if not math.isnan(out["val_loss"]):
-    log(f"  final validation loss {out['val_loss']:.4f} nats/token, "
-        f"bits-per-byte {out['val_bpb']:.4f}")
+    log(
+        f"  final validation loss {out['val_loss']:.4f} nats/token, "
+        f"bits-per-byte {out['val_bpb']:.4f}"
+    )

@@ -21,11 +21,26 @@ import ml_collections
 from train.data import pipeline
 
 
-def measure(data_cfg, prepared_dir, *, global_batch_size, process_count=1, num_threads=2,
-            steps=200, warmup=10) -> float:
-  td = pipeline.load_for_training(data_cfg, prepared_dir, global_batch_size=global_batch_size,
-                                  seed=0, process_index=0, process_count=process_count,
-                                  num_threads=num_threads, progress=False)
+def measure(
+    data_cfg,
+    prepared_dir,
+    *,
+    global_batch_size,
+    process_count=1,
+    num_threads=2,
+    steps=200,
+    warmup=10,
+) -> float:
+  td = pipeline.load_for_training(
+      data_cfg,
+      prepared_dir,
+      global_batch_size=global_batch_size,
+      seed=0,
+      process_index=0,
+      process_count=process_count,
+      num_threads=num_threads,
+      progress=False,
+  )
   it = td.train_iter
   for _ in range(warmup):
     next(it)
@@ -49,21 +64,56 @@ def main(argv=None) -> int:
   prepared = a.dir or str(pipeline.default_prepared_dir(base, cache_root))
   t = time.perf_counter()
   m = pipeline.prepare_lib.prepare(a.source, a.tokenizer, prepared, progress=False)
-  print(json.dumps({"prepare_or_open_s": round(time.perf_counter() - t, 2),
-                    "train_tokens": m["splits"]["train"]["tokens"], "dir": str(prepared)}))
+  print(
+      json.dumps(
+          {
+              "prepare_or_open_s": round(time.perf_counter() - t, 2),
+              "train_tokens": m["splits"]["train"]["tokens"],
+              "dir": str(prepared),
+          }
+      )
+  )
   rows = []
-  for seq_len, batch, procs, threads in [(256, 16, 1, 0), (256, 16, 1, 2), (256, 64, 1, 2),
-                                         (1024, 16, 1, 2), (1024, 64, 1, 2), (256, 32, 2, 2)]:
-    cfg = ml_collections.ConfigDict(dict(source=a.source, tokenizer=a.tokenizer, seq_len=seq_len,
-                                         prepared_dir=prepared, val_fraction=0.01, num_workers=0))
-    tps = measure(cfg, prepared, global_batch_size=batch, process_count=procs,
-                  num_threads=threads, steps=a.steps)
-    rows.append(dict(seq_len=seq_len, global_batch=batch, processes=procs, threads=threads,
-                     tokens_per_s_per_process=round(tps)))
+  for seq_len, batch, procs, threads in [
+      (256, 16, 1, 0),
+      (256, 16, 1, 2),
+      (256, 64, 1, 2),
+      (1024, 16, 1, 2),
+      (1024, 64, 1, 2),
+      (256, 32, 2, 2),
+  ]:
+    cfg = ml_collections.ConfigDict(
+        dict(
+            source=a.source,
+            tokenizer=a.tokenizer,
+            seq_len=seq_len,
+            prepared_dir=prepared,
+            val_fraction=0.01,
+            num_workers=0,
+        )
+    )
+    tps = measure(
+        cfg,
+        prepared,
+        global_batch_size=batch,
+        process_count=procs,
+        num_threads=threads,
+        steps=a.steps,
+    )
+    rows.append(
+        dict(
+            seq_len=seq_len,
+            global_batch=batch,
+            processes=procs,
+            threads=threads,
+            tokens_per_s_per_process=round(tps),
+        )
+    )
     print(json.dumps(rows[-1]), flush=True)
   return 0
 
 
 if __name__ == "__main__":
   from train import cli
+
   cli.run(main)

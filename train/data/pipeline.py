@@ -54,8 +54,13 @@ BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 class Packer:
   """Builds packed windows from a fixed document order over one split (see module doc)."""
 
-  def __init__(self, split_store: store_lib.SplitStore, doc_order: np.ndarray, seq_len: int,
-               tok: tok_lib.Tokenizer):
+  def __init__(
+      self,
+      split_store: store_lib.SplitStore,
+      doc_order: np.ndarray,
+      seq_len: int,
+      tok: tok_lib.Tokenizer,
+  ):
     self.store, self.order, self.seq_len = split_store, np.asarray(doc_order, np.int64), seq_len
     self.bos, self.eos, self.pad = tok.bos_id, tok.eos_id, tok.pad_id
     units = split_store.lengths[self.order] + 1
@@ -107,17 +112,24 @@ class Packer:
       if t1 > t0:
         r0, r1 = t0 // C, (t1 - 1) // C
         chunk = np.concatenate([recs[f + r] for r in range(r0, r1 + 1)])
-        toks = chunk[t0 - r0 * C:t1 - r0 * C].astype(np.int32)
-      ext = np.concatenate([[self.bos] if o0 == 0 else [], toks, [self.eos] if o1 == n_d + 1 else []])
+        toks = chunk[t0 - r0 * C : t1 - r0 * C].astype(np.int32)
+      ext = np.concatenate(
+          [[self.bos] if o0 == 0 else [], toks, [self.eos] if o1 == n_d + 1 else []]
+      )
       m = o1 - o0
-      inputs[row, col:col + m] = ext[:m]
-      targets[row, col:col + m] = ext[1:m + 1]
+      inputs[row, col : col + m] = ext[:m]
+      targets[row, col : col + m] = ext[1 : m + 1]
       seg_counter[row] += 1
-      seg[row, col:col + m] = seg_counter[row]
-      pos[row, col:col + m] = np.arange(m, dtype=np.int32)
-      doc_ids[row, col:col + m] = d
-    out = {"inputs": inputs, "targets": targets, "segment_ids": seg, "positions": pos,
-           "weights": (seg > 0).astype(np.float32)}
+      seg[row, col : col + m] = seg_counter[row]
+      pos[row, col : col + m] = np.arange(m, dtype=np.int32)
+      doc_ids[row, col : col + m] = d
+    out = {
+        "inputs": inputs,
+        "targets": targets,
+        "segment_ids": seg,
+        "positions": pos,
+        "weights": (seg > 0).astype(np.float32),
+    }
     if with_doc_ids:
       out["doc_ids"] = doc_ids
     return out
@@ -125,20 +137,32 @@ class Packer:
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by the process "
-                     f"count {process_count}; set train.batch_size to a multiple of {process_count}")
+    raise ValueError(
+        f"global batch size {global_batch_size} is not divisible by the process "
+        f"count {process_count}; set train.batch_size to a multiple of {process_count}"
+    )
   return global_batch_size // process_count
 
 
-def train_dataset(split_store, tok, *, seq_len: int, global_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+def train_dataset(
+    split_store,
+    tok,
+    *,
+    seq_len: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
   """The infinite, shuffled MapDataset of this process's batches (see module doc)."""
   order = np.random.default_rng([seed, 1]).permutation(len(split_store.lengths))
   packer = Packer(split_store, order, seq_len, tok)
   num_windows = packer.num_windows(full_only=True)
   if num_windows == 0:
-    raise ValueError(f"the train split has {packer.total} tokens, fewer than one window of "
-                     f"seq_len={seq_len}; use more data or a shorter data.seq_len")
+    raise ValueError(
+        f"the train split has {packer.total} tokens, fewer than one window of "
+        f"seq_len={seq_len}; use more data or a shorter data.seq_len"
+    )
   local = _local_batch_size(global_batch_size, process_count)
   ds = grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat(None)
   ds = ds.batch(local, drop_remainder=True)
@@ -146,11 +170,28 @@ def train_dataset(split_store, tok, *, seq_len: int, global_batch_size: int, see
   return ds.map(packer.build)
 
 
-def train_iterator(split_store, tok, *, seq_len, global_batch_size, seed, process_index=0,
-                   process_count=1, num_threads: int = 2, prefetch: int = 8):
+def train_iterator(
+    split_store,
+    tok,
+    *,
+    seq_len,
+    global_batch_size,
+    seed,
+    process_index=0,
+    process_count=1,
+    num_threads: int = 2,
+    prefetch: int = 8,
+):
   """A checkpointable `grain.DatasetIterator` over this process's batches."""
-  ds = train_dataset(split_store, tok, seq_len=seq_len, global_batch_size=global_batch_size,
-                     seed=seed, process_index=process_index, process_count=process_count)
+  ds = train_dataset(
+      split_store,
+      tok,
+      seq_len=seq_len,
+      global_batch_size=global_batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(opts))
 
@@ -181,8 +222,15 @@ class EvalSource:
   def num_batches(self, domain: str, global_batch_size: int) -> int:
     return -(-self._packers[domain].num_windows(full_only=False) // global_batch_size)
 
-  def batches(self, domain: str, *, global_batch_size: int, process_index: int = 0,
-              process_count: int = 1, max_batches: int | None = None) -> Iterator[dict]:
+  def batches(
+      self,
+      domain: str,
+      *,
+      global_batch_size: int,
+      process_index: int = 0,
+      process_count: int = 1,
+      max_batches: int | None = None,
+  ) -> Iterator[dict]:
     """This process's rows of each global validation batch of `domain`, in a fixed order."""
     if domain not in self._packers:
       raise KeyError(f"unknown domain {domain!r}; prepared domains: {self.domains}")
@@ -214,15 +262,24 @@ class TrainingData:
 def default_prepared_dir(data_cfg, cache_root) -> pathlib.Path:
   """A cache dir keyed by source/tokenizer/val_fraction, for `data.prepared_dir = ""`."""
   import hashlib
+
   tok = tok_lib.load(data_cfg.tokenizer)
   key = f"{data_cfg.source}|{tok.digest()}|{float(data_cfg.val_fraction)}"
   return pathlib.Path(cache_root) / f"prepared-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def load_for_training(data_cfg, prepared_dir, *, global_batch_size: int, seed: int,
-                      process_index: int = 0, process_count: int = 1,
-                      model_vocab_size: int | None = None, num_threads: int = 2,
-                      progress: bool = True) -> TrainingData:
+def load_for_training(
+    data_cfg,
+    prepared_dir,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    model_vocab_size: int | None = None,
+    num_threads: int = 2,
+    progress: bool = True,
+) -> TrainingData:
   """Everything the trainer needs for a data config.
 
   Prepares `data_cfg.source` with `data_cfg.tokenizer` into `prepared_dir` unless a matching
@@ -237,24 +294,42 @@ def load_for_training(data_cfg, prepared_dir, *, global_batch_size: int, seed: i
   if model_vocab_size is not None:
     tok_lib.check_vocab_size(tok, model_vocab_size)
   manifest = prepare_lib.prepare(
-      data_cfg.source, data_cfg.tokenizer, prepared_dir, val_fraction=float(data_cfg.val_fraction),
-      num_workers=(data_cfg.get("num_workers") or None), progress=progress, if_changed="error",
-      seq_len=int(data_cfg.seq_len))
+      data_cfg.source,
+      data_cfg.tokenizer,
+      prepared_dir,
+      val_fraction=float(data_cfg.val_fraction),
+      num_workers=(data_cfg.get("num_workers") or None),
+      progress=progress,
+      if_changed="error",
+      seq_len=int(data_cfg.seq_len),
+  )
   train_store = store_lib.SplitStore(prepared_dir, manifest, "train")
   val_store = store_lib.SplitStore(prepared_dir, manifest, "val")
-  it = train_iterator(train_store, tok, seq_len=int(data_cfg.seq_len),
-                      global_batch_size=global_batch_size, seed=seed,
-                      process_index=process_index, process_count=process_count,
-                      num_threads=num_threads)
-  return TrainingData(it, EvalSource(val_store, manifest, tok, int(data_cfg.seq_len)), manifest, tok)
+  it = train_iterator(
+      train_store,
+      tok,
+      seq_len=int(data_cfg.seq_len),
+      global_batch_size=global_batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      num_threads=num_threads,
+  )
+  return TrainingData(
+      it, EvalSource(val_store, manifest, tok, int(data_cfg.seq_len)), manifest, tok
+  )
 
 
 def open_prepared(prepared_dir, *, tokenizer: str | None = None) -> tuple[dict, dict]:
   """(manifest, {split: SplitStore}) of an existing prepared dir; checks the tokenizer if given."""
   manifest = prepare_lib.read_manifest(prepared_dir)
   if manifest is None:
-    raise FileNotFoundError(f"{os.fspath(prepared_dir)}/manifest.json not found; run "
-                            f"`python -m train.data.prepare --out {os.fspath(prepared_dir)}` first")
+    raise FileNotFoundError(
+        f"{os.fspath(prepared_dir)}/manifest.json not found; run "
+        f"`python -m train.data.prepare --out {os.fspath(prepared_dir)}` first"
+    )
   if tokenizer is not None:
-    prepare_lib.check_manifest(manifest, pathlib.Path(prepared_dir) / "manifest.json", tokenizer=tokenizer)
+    prepare_lib.check_manifest(
+        manifest, pathlib.Path(prepared_dir) / "manifest.json", tokenizer=tokenizer
+    )
   return manifest, {s: store_lib.SplitStore(prepared_dir, manifest, s) for s in store_lib.SPLITS}

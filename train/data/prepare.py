@@ -77,10 +77,16 @@ def _build_shard(args):
 
 
 def _settings(source_spec, tok, val_fraction):
-  return {"format": FORMAT, "source": source_spec, "tokenizer": tok.spec,
-          "tokenizer_digest": tok.digest(), "vocab_size": tok.vocab_size,
-          "val_fraction": val_fraction, "chunk_tokens": store.CHUNK_TOKENS,
-          "token_dtype": store.token_dtype(tok.vocab_size).name}
+  return {
+      "format": FORMAT,
+      "source": source_spec,
+      "tokenizer": tok.spec,
+      "tokenizer_digest": tok.digest(),
+      "vocab_size": tok.vocab_size,
+      "val_fraction": val_fraction,
+      "chunk_tokens": store.CHUNK_TOKENS,
+      "token_dtype": store.token_dtype(tok.vocab_size).name,
+  }
 
 
 def check_manifest(manifest: dict, path, *, source=None, tokenizer=None, val_fraction=None):
@@ -93,21 +99,35 @@ def check_manifest(manifest: dict, path, *, source=None, tokenizer=None, val_fra
     tokenizer = tok_lib.load(tokenizer)
   checks = []
   if tokenizer is not None:
-    checks.append(("tokenizer", manifest.get("tokenizer_digest") == tokenizer.digest()
-                   and manifest.get("vocab_size") == tokenizer.vocab_size,
-                   f"{manifest.get('tokenizer')!r} (vocab {manifest.get('vocab_size')}, digest "
-                   f"{manifest.get('tokenizer_digest')})",
-                   f"{tokenizer.spec!r} (vocab {tokenizer.vocab_size}, digest {tokenizer.digest()})"))
+    checks.append(
+        (
+            "tokenizer",
+            manifest.get("tokenizer_digest") == tokenizer.digest()
+            and manifest.get("vocab_size") == tokenizer.vocab_size,
+            f"{manifest.get('tokenizer')!r} (vocab {manifest.get('vocab_size')}, digest "
+            f"{manifest.get('tokenizer_digest')})",
+            f"{tokenizer.spec!r} (vocab {tokenizer.vocab_size}, digest {tokenizer.digest()})",
+        )
+    )
   if source is not None:
-    checks.append(("source", manifest.get("source") == source, repr(manifest.get("source")), repr(source)))
+    checks.append(
+        ("source", manifest.get("source") == source, repr(manifest.get("source")), repr(source))
+    )
   if val_fraction is not None:
-    checks.append(("val_fraction", manifest.get("val_fraction") == val_fraction,
-                   manifest.get("val_fraction"), val_fraction))
+    checks.append(
+        (
+            "val_fraction",
+            manifest.get("val_fraction") == val_fraction,
+            manifest.get("val_fraction"),
+            val_fraction,
+        )
+    )
   for what, ok, have, want in checks:
     if not ok:
       raise ValueError(
           f"{path} was prepared with {what} {have} but {want} was asked for; prepare into "
-          f"another directory (--out / data.prepared_dir) or delete {pathlib.Path(path).parent}")
+          f"another directory (--out / data.prepared_dir) or delete {pathlib.Path(path).parent}"
+      )
 
 
 def read_manifest(out_dir) -> dict | None:
@@ -127,11 +147,14 @@ def _shard_done(out_dir, k, settings, group_digest: str) -> bool:
     return False
   meta = {key: side["meta"].get(key) for key in settings}
   if meta != settings:
-    raise ValueError(f"{store.shard_paths(out_dir, k)['sidecar']} was written with settings {meta}, "
-                     f"not {settings}; use another --out or delete {out_dir}")
+    raise ValueError(
+        f"{store.shard_paths(out_dir, k)['sidecar']} was written with settings {meta}, "
+        f"not {settings}; use another --out or delete {out_dir}"
+    )
   if side["meta"].get("group_digest") != group_digest:
-    logging.warning("shard %d of %s holds other documents than the corpus now has; rebuilding it",
-                    k, out_dir)
+    logging.warning(
+        "shard %d of %s holds other documents than the corpus now has; rebuilding it", k, out_dir
+    )
     return False
   try:
     store.check_shard(out_dir, k, side)
@@ -180,8 +203,10 @@ def corpus_change(manifest: dict, src: sources_lib.Source) -> str | None:
   fingerprint = src.content_fingerprint()
   if fingerprint == manifest.get("fingerprint"):
     return None
-  return (f"the documents of {src.spec!r} changed since it was prepared (fingerprint "
-          f"{str(manifest.get('fingerprint'))[:12]} -> {fingerprint[:12]})")
+  return (
+      f"the documents of {src.spec!r} changed since it was prepared (fingerprint "
+      f"{str(manifest.get('fingerprint'))[:12]} -> {fingerprint[:12]})"
+  )
 
 
 def _write_manifest(out_dir: pathlib.Path, manifest: dict) -> None:
@@ -202,10 +227,12 @@ def _open_for_check(source: str) -> tuple[sources_lib.Source | None, str | None]
 
 
 def _changed_message(out_dir, reason, source, tokenizer, val_fraction) -> str:
-  return (f"{out_dir}: {reason}; re-prepare it with `python -m train.data.prepare --source "
-          f"{source} --tokenizer {tokenizer} --val-fraction {val_fraction} --out {out_dir}`, "
-          f"or set data.prepared_dir to a new directory (a run resumed on a changed corpus "
-          f"would no longer train on the data its checkpoints saw)")
+  return (
+      f"{out_dir}: {reason}; re-prepare it with `python -m train.data.prepare --source "
+      f"{source} --tokenizer {tokenizer} --val-fraction {val_fraction} --out {out_dir}`, "
+      f"or set data.prepared_dir to a new directory (a run resumed on a changed corpus "
+      f"would no longer train on the data its checkpoints saw)"
+  )
 
 
 def _reusable(existing, out_dir, source, src, stat, tok, val_fraction, if_changed) -> dict | None:
@@ -213,8 +240,9 @@ def _reusable(existing, out_dir, source, src, stat, tok, val_fraction, if_change
   (after removing the manifest, so the shards are rebuilt) or CorpusChangedError."""
   if existing is None:
     return None
-  check_manifest(existing, out_dir / "manifest.json", source=source, tokenizer=tok,
-                 val_fraction=val_fraction)
+  check_manifest(
+      existing, out_dir / "manifest.json", source=source, tokenizer=tok, val_fraction=val_fraction
+  )
   reason = corpus_change(existing, src) if src is not None else None
   if reason is not None:
     if if_changed == "error":
@@ -249,19 +277,29 @@ def _with_reachable_floor(manifest: dict, out_dir: pathlib.Path, seq_len: int | 
   if syn.get("reachable_floor_seq_len") == int(seq_len):
     return manifest
   from train.data import synthetic
+
   fields = {f: syn[f] for f in synthetic.MarkovSpec.__dataclass_fields__}
   floor = synthetic.MarkovSource(synthetic.MarkovSpec(**fields)).reachable_floor(int(seq_len))
   syn.update(floor)
-  syn.setdefault("reachable_floor_by_seq_len", {})[str(int(seq_len))] = (
-      floor["reachable_floor_bits_per_byte"])
+  syn.setdefault("reachable_floor_by_seq_len", {})[str(int(seq_len))] = floor[
+      "reachable_floor_bits_per_byte"
+  ]
   _write_manifest(out_dir, manifest)
   return manifest
 
 
-def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
-            num_workers: int | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
-            progress: bool = True, if_changed: str = "reprepare",
-            seq_len: int | None = None) -> dict:
+def prepare(
+    source: str,
+    tokenizer: str,
+    out_dir,
+    *,
+    val_fraction: float = 0.01,
+    num_workers: int | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: bool = True,
+    if_changed: str = "reprepare",
+    seq_len: int | None = None,
+) -> dict:
   """Prepare `source` with `tokenizer` into `out_dir` (idempotent, resumable); returns the
   manifest. Existing prepared data is reused only if the corpus is unchanged (see
   `corpus_change`); otherwise it is prepared again (`if_changed="reprepare"`) or a
@@ -284,6 +322,7 @@ def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
   num_workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
   fp = sources_lib.Fingerprint()
   from tqdm import tqdm
+
   bar = tqdm(desc=f"prepare {source}", unit=" shard", disable=not progress, file=sys.stderr)
   replaced, t0 = {}, time.time()
   pool = None
@@ -306,8 +345,14 @@ def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
       if _shard_done(out_dir, k, settings, group_digest):
         bar.update(1)
         continue
-      job = (out_dir, k, group, domains, float(val_fraction),
-             {**settings, "group_digest": group_digest})
+      job = (
+          out_dir,
+          k,
+          group,
+          domains,
+          float(val_fraction),
+          {**settings, "group_digest": group_digest},
+      )
       if pool is None:
         collect(_build_shard(job))
         continue
@@ -332,9 +377,15 @@ def prepare(source: str, tokenizer: str, out_dir, *, val_fraction: float = 0.01,
 
 
 def _summarize(out_dir, num_shards, settings, domains, replaced, src) -> dict:
-  splits = {s: {"docs": 0, "tokens": 0, "utf8_bytes": 0,
-                "domains": {d: {"docs": 0, "tokens": 0, "utf8_bytes": 0} for d in domains}}
-            for s in store.SPLITS}
+  splits = {
+      s: {
+          "docs": 0,
+          "tokens": 0,
+          "utf8_bytes": 0,
+          "domains": {d: {"docs": 0, "tokens": 0, "utf8_bytes": 0} for d in domains},
+      }
+      for s in store.SPLITS
+  }
   for k in range(num_shards):
     side = store.read_sidecar(out_dir, k)
     for s in store.SPLITS:
@@ -355,22 +406,39 @@ def _summarize(out_dir, num_shards, settings, domains, replaced, src) -> dict:
         raise ValueError(
             f"{out_dir}: split {s!r} of domain {d!r} is empty (source {src.spec!r}, val_fraction="
             f"{settings['val_fraction']}); "
-            + ("raise --val-fraction / data.val_fraction or add documents (split one file into "
-               "many with text:<glob>:<separator>)" if s == "val" else
-               "lower val_fraction or add documents"))
+            + (
+                "raise --val-fraction / data.val_fraction or add documents (split one file into "
+                "many with text:<glob>:<separator>)"
+                if s == "val"
+                else "lower val_fraction or add documents"
+            )
+        )
       row["bytes_per_token"] = row["utf8_bytes"] / row["tokens"] if row["tokens"] else 0.0
   rep = {d: sum(n for _, n in items) for d, items in replaced.items()}
   if rep:
     examples = [i for items in replaced.values() for i, _ in items][:5]
-    logging.warning("%s: %d non-UTF-8 bytes replaced by U+FFFD for tokenizer %s (e.g. in %s)",
-                    src.spec, sum(rep.values()), settings["tokenizer"], examples)
-  return {**settings, "domains": domains, "num_shards": num_shards, "splits": splits,
-          "replaced_bytes": rep, **src.info,
-          "tokens_note": "tokens include one EOS per document; bytes are raw UTF-8 bytes"}
+    logging.warning(
+        "%s: %d non-UTF-8 bytes replaced by U+FFFD for tokenizer %s (e.g. in %s)",
+        src.spec,
+        sum(rep.values()),
+        settings["tokenizer"],
+        examples,
+    )
+  return {
+      **settings,
+      "domains": domains,
+      "num_shards": num_shards,
+      "splits": splits,
+      "replaced_bytes": rep,
+      **src.info,
+      "tokens_note": "tokens include one EOS per document; bytes are raw UTF-8 bytes",
+  }
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m train.data.prepare", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(
+      prog="python -m train.data.prepare", description=__doc__.split("\n")[0]
+  )
   p.add_argument("--source", default="embedded")
   p.add_argument("--tokenizer", default="byte")
   p.add_argument("--out", required=True)
@@ -379,15 +447,28 @@ def main(argv=None) -> int:
   p.add_argument("--shard-bytes", type=int, default=DEFAULT_SHARD_BYTES)
   a = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
-  m = prepare(a.source, a.tokenizer, a.out, val_fraction=a.val_fraction,
-              num_workers=a.num_workers, shard_bytes=a.shard_bytes)
-  print(json.dumps({k: m[k] for k in ("source", "fingerprint", "num_shards", "prepare_seconds")
-                    if k in m}))
-  print(json.dumps({s: {d: r["tokens"] for d, r in v["domains"].items()}
-                    for s, v in m["splits"].items()}))
+  m = prepare(
+      a.source,
+      a.tokenizer,
+      a.out,
+      val_fraction=a.val_fraction,
+      num_workers=a.num_workers,
+      shard_bytes=a.shard_bytes,
+  )
+  print(
+      json.dumps(
+          {k: m[k] for k in ("source", "fingerprint", "num_shards", "prepare_seconds") if k in m}
+      )
+  )
+  print(
+      json.dumps(
+          {s: {d: r["tokens"] for d, r in v["domains"].items()} for s, v in m["splits"].items()}
+      )
+  )
   return 0
 
 
 if __name__ == "__main__":
   from train import cli
+
   cli.run(main)

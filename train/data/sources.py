@@ -108,14 +108,24 @@ def _glob(pattern: str, spec: str) -> list[str]:
   if not paths:
     raise FileNotFoundError(
         f"source {spec!r}: no files match {pattern!r} (missing path or empty glob); "
-        "check the path, quote the glob in the shell, or use `embedded`")
+        "check the path, quote the glob in the shell, or use `embedded`"
+    )
   return paths
 
 
 # ---- embedded ---------------------------------------------------------------------------
 
-_STDLIB_SKIP = {"test", "tests", "idle_test", "idlelib", "lib2to3", "turtledemo",
-                "site-packages", "dist-packages", "__pycache__"}
+_STDLIB_SKIP = {
+    "test",
+    "tests",
+    "idle_test",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
+    "site-packages",
+    "dist-packages",
+    "__pycache__",
+}
 
 
 def _bible_path() -> pathlib.Path:
@@ -149,8 +159,9 @@ def _stdlib_root() -> pathlib.Path:
 
 def _stdlib_files() -> list[pathlib.Path]:
   root = _stdlib_root()
-  return sorted(p for p in root.rglob("*.py")
-                if not _STDLIB_SKIP.intersection(p.relative_to(root).parts))
+  return sorted(
+      p for p in root.rglob("*.py") if not _STDLIB_SKIP.intersection(p.relative_to(root).parts)
+  )
 
 
 def _stdlib_docs() -> Iterator[Document]:
@@ -164,8 +175,12 @@ def _stdlib_docs() -> Iterator[Document]:
 def _embedded(arg: str, spec: str) -> Source:
   if arg:
     raise ValueError(f"source {spec!r}: `embedded` takes no arguments")
-  return Source(spec, ("prose", "code"), lambda: _chain(_bible_docs(), _stdlib_docs()),
-                files=lambda: [str(_bible_path())] + [str(p) for p in _stdlib_files()])
+  return Source(
+      spec,
+      ("prose", "code"),
+      lambda: _chain(_bible_docs(), _stdlib_docs()),
+      files=lambda: [str(_bible_path())] + [str(p) for p in _stdlib_files()],
+  )
 
 
 def _chain(*its):
@@ -210,9 +225,13 @@ def _jsonl(arg: str, spec: str) -> Source:
           try:
             obj = json.loads(line)
           except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from e
+            raise ValueError(
+                f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line"
+            ) from e
           if not isinstance(obj, dict) or field not in obj:
-            raise KeyError(f"{path}:{lineno}: no field {field!r}; pick the field with jsonl:<glob>:<field>")
+            raise KeyError(
+                f"{path}:{lineno}: no field {field!r}; pick the field with jsonl:<glob>:<field>"
+            )
           yield Document("jsonl", f"{path}:{lineno}", str(obj[field]))
 
   return Source(spec, ("jsonl",), docs, files=lambda: _glob(pattern, spec))
@@ -258,7 +277,9 @@ def _hf(arg: str, spec: str) -> Source:
     except ImportError as e:
       raise ImportError("hf: sources need `datasets`: pip install 'unleash[data]'") from e
     local = pathlib.Path(name)
-    if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
+    if local.is_dir() and (
+        (local / "dataset_dict.json").exists() or (local / "state.json").exists()
+    ):
       ds = datasets.load_from_disk(str(local))
       if isinstance(ds, datasets.DatasetDict):
         if split_name not in ds:
@@ -292,14 +313,20 @@ def _synthetic(arg: str, spec: str) -> Source:
 
 
 REGISTRY = {
-    "embedded": _embedded, "text": _text, "jsonl": _jsonl, "parquet": _parquet,
-    "hf": _hf, "synthetic": _synthetic,
+    "embedded": _embedded,
+    "text": _text,
+    "jsonl": _jsonl,
+    "parquet": _parquet,
+    "hf": _hf,
+    "synthetic": _synthetic,
 }
 
 
 def open_source(spec: str) -> Source:
   kind, _, arg = str(spec).partition(":")
   if kind not in REGISTRY:
-    raise ValueError(f"unknown data source {spec!r}; known kinds: {sorted(REGISTRY)} "
-                     "(e.g. embedded, text:<glob>, jsonl:<glob>:<field>)")
+    raise ValueError(
+        f"unknown data source {spec!r}; known kinds: {sorted(REGISTRY)} "
+        "(e.g. embedded, text:<glob>, jsonl:<glob>:<field>)"
+    )
   return REGISTRY[kind](arg, str(spec))

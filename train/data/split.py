@@ -40,6 +40,6 @@ def check_val_fraction(val_fraction: float) -> float:
 
 
 def split_of(domain: str, content: bytes | str, val_fraction: float) -> str:
-  """"val" or "train" for a document of `domain` whose raw bytes (or text) are `content`."""
+  """ "val" or "train" for a document of `domain` whose raw bytes (or text) are `content`."""
   vf = check_val_fraction(val_fraction)
   return "val" if vf == 1.0 or val_score(domain, content) < vf else "train"

@@ -47,6 +47,7 @@ def shard_paths(out_dir: pathlib.Path, k: int) -> dict:
 def write_shard(out_dir, k: int, docs_by_split: dict, domains: list[str], meta: dict) -> None:
   """docs_by_split[split] = list of (domain_id, tokens np.ndarray, utf8_bytes)."""
   from array_record.python import array_record_module as arm
+
   paths = shard_paths(out_dir, k)
   paths["sidecar"].parent.mkdir(parents=True, exist_ok=True)
   side = {}
@@ -58,7 +59,7 @@ def write_shard(out_dir, k: int, docs_by_split: dict, domains: list[str], meta: 
     for _, toks, _ in docs:
       data = np.ascontiguousarray(toks).astype(np.dtype(meta["token_dtype"]).newbyteorder("<"))
       for start in range(0, len(data), CHUNK_TOKENS):
-        writer.write(data[start:start + CHUNK_TOKENS].tobytes())
+        writer.write(data[start : start + CHUNK_TOKENS].tobytes())
         records += 1
     writer.close()
     os.replace(tmp, paths[split])
@@ -82,8 +83,10 @@ def read_sidecar(out_dir, k: int) -> dict | None:
     with np.load(p) as z:
       side = {key: z[key] for key in z.files}
   except Exception as e:  # a damaged sidecar: the shard must be rebuilt
-    raise CorruptShardError(f"{p}: unreadable shard sidecar ({e}); delete it and re-run prepare "
-                            f"on {out_dir} to rebuild shard {k}") from e
+    raise CorruptShardError(
+        f"{p}: unreadable shard sidecar ({e}); delete it and re-run prepare "
+        f"on {out_dir} to rebuild shard {k}"
+    ) from e
   side["meta"] = json.loads(str(side["meta"]))
   return side
 
@@ -98,7 +101,8 @@ def check_shard(out_dir, k: int, side: dict) -> None:
       what = "missing" if have is None else f"truncated or altered ({have} bytes, expected {want})"
       raise CorruptShardError(
           f"shard file {p} is {what}; re-run `python -m train.data.prepare` with --out "
-          f"{out_dir} (it rebuilds damaged shards) or delete {out_dir} and prepare again")
+          f"{out_dir} (it rebuilds damaged shards) or delete {out_dir} and prepare again"
+      )
 
 
 class SplitStore:
@@ -106,6 +110,7 @@ class SplitStore:
 
   def __init__(self, out_dir, manifest: dict, split: str):
     from grain.sources import ArrayRecordDataSource
+
     out_dir = pathlib.Path(out_dir)
     self.split, self.dtype = split, np.dtype(manifest["token_dtype"]).newbyteorder("<")
     lengths, domains, nbytes, files = [], [], [], []
@@ -113,8 +118,10 @@ class SplitStore:
     for k in range(manifest["num_shards"]):
       side = read_sidecar(out_dir, k)
       if side is None:
-        raise CorruptShardError(f"{shard_paths(out_dir, k)['sidecar']} is missing; re-run prepare "
-                                f"with --out {out_dir}")
+        raise CorruptShardError(
+            f"{shard_paths(out_dir, k)['sidecar']} is missing; re-run prepare "
+            f"with --out {out_dir}"
+        )
       check_shard(out_dir, k, side)
       n_rec = int(side[f"{split}_records"])
       lengths.append(side[f"{split}_lengths"])
@@ -134,16 +141,20 @@ class SplitStore:
     try:
       self._source = ArrayRecordDataSource(files) if files else None
     except Exception as e:
-      raise CorruptShardError(f"cannot open shards {files}: {e}; re-run prepare with --out "
-                              f"{out_dir} to rebuild them") from e
+      raise CorruptShardError(
+          f"cannot open shards {files}: {e}; re-run prepare with --out "
+          f"{out_dir} to rebuild them"
+      ) from e
 
   def read_records(self, record_ids) -> dict:
     ids = [int(r) for r in record_ids]
     try:
       raw = self._source.__getitems__(ids)
     except Exception as e:
-      raise CorruptShardError(f"reading records {ids[:4]}... of the {self.split} shards failed: "
-                              f"{e}; re-run prepare to rebuild the shards") from e
+      raise CorruptShardError(
+          f"reading records {ids[:4]}... of the {self.split} shards failed: "
+          f"{e}; re-run prepare to rebuild the shards"
+      ) from e
     return {r: np.frombuffer(b, self.dtype) for r, b in zip(ids, raw)}
 
   def doc_tokens(self, doc: int) -> np.ndarray:

@@ -52,20 +52,24 @@ class MarkovSpec:
 
   @classmethod
   def parse(cls, arg: str) -> "MarkovSpec":
-    """"order=2,vocab=16" -> MarkovSpec; unknown keys are an error naming them."""
+    """ "order=2,vocab=16" -> MarkovSpec; unknown keys are an error naming them."""
     kw = {}
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
     for item in filter(None, arg.split(",")):
       k, sep, v = item.partition("=")
       if not sep or k not in fields:
-        raise ValueError(f"synthetic:markov option {item!r}: expected k=v with k in {sorted(fields)}")
+        raise ValueError(
+            f"synthetic:markov option {item!r}: expected k=v with k in {sorted(fields)}"
+        )
       kw[k] = float(v) if k == "alpha" else int(v)
     spec = cls(**kw)
     if not 2 <= spec.vocab <= len(ALPHABET):
       raise ValueError(f"synthetic:markov vocab={spec.vocab} must be in [2, {len(ALPHABET)}]")
     if spec.order < 1 or spec.vocab**spec.order > 2**16:
-      raise ValueError(f"synthetic:markov order={spec.order} with vocab={spec.vocab} gives "
-                       f"{spec.vocab**spec.order} contexts; need order >= 1 and <= 65536 contexts")
+      raise ValueError(
+          f"synthetic:markov order={spec.order} with vocab={spec.vocab} gives "
+          f"{spec.vocab**spec.order} contexts; need order >= 1 and <= 65536 contexts"
+      )
     if spec.docs < 1 or spec.doc_len < spec.order:
       raise ValueError(f"synthetic:markov needs docs >= 1 and doc_len >= order, got {spec}")
     return spec
@@ -121,14 +125,14 @@ class MarkovSource:
     n, k = self.spec.doc_len, self.spec.order
     unit, seq_len = n + 1, int(seq_len)
     s = np.arange(math.lcm(unit, seq_len), dtype=np.int64)
-    o = s % unit                                          # pair index within the document
+    o = s % unit  # pair index within the document
     o0 = np.maximum((s // seq_len) * seq_len - (s - o), 0)  # first pair of the piece
     bos = o0 == 0
-    c = np.where(bos, o, o - o0 + 1)                      # document symbols visible
-    p = o - o0                                            # position within the piece
+    c = np.where(bos, o, o - o0 + 1)  # document symbols visible
+    p = o - o0  # position within the piece
     is_eos = o == n
-    cont_starts = (np.arange(0, len(s), seq_len) % unit)
-    remaining = n - cont_starts[cont_starts != 0]         # piece position of EOS
+    cont_starts = np.arange(0, len(s), seq_len) % unit
+    remaining = n - cont_starts[cont_starts != 0]  # piece position of EOS
     at = np.bincount(remaining, minlength=seq_len).astype(np.float64)
     at_or_after = np.cumsum(at[::-1])[::-1]  # pieces still running at each piece position
     hazard = np.divide(at, at_or_after, out=np.zeros(len(at)), where=at_or_after > 0)[:seq_len]
@@ -139,13 +143,17 @@ class MarkovSource:
     loss = np.where(is_eos, np.where(bos, 0.0, cont_eos), h_cond + np.where(bos, 0.0, cont_sym))
     nats = float(loss.sum())
     symbols = int((~is_eos).sum())
-    return {"reachable_floor_bits_per_byte": nats / symbols / math.log(2),
-            "reachable_floor_nats_per_target": nats / len(s), "reachable_floor_seq_len": seq_len}
+    return {
+        "reachable_floor_bits_per_byte": nats / symbols / math.log(2),
+        "reachable_floor_nats_per_target": nats / len(s),
+        "reachable_floor_seq_len": seq_len,
+    }
 
   def floor(self) -> dict:
     h = self.entropy_rate()
     return {
-        "kind": "markov", **dataclasses.asdict(self.spec),
+        "kind": "markov",
+        **dataclasses.asdict(self.spec),
         "entropy_rate_nats_per_symbol": h,
         "entropy_rate_bits_per_byte": h / math.log(2),
         "note": "one symbol = one byte; bits/byte floor holds for any lossless tokenizer",
@@ -157,7 +165,7 @@ class MarkovSource:
     ctx = rng.choice(len(self.pi), size=n_docs, p=self.pi)
     out = np.empty((n_docs, max(length, k)), np.int64)
     for j in range(k):  # the first k symbols are the digits of the starting context
-      out[:, j] = (ctx // v**(k - 1 - j)) % v
+      out[:, j] = (ctx // v ** (k - 1 - j)) % v
     cdf = np.cumsum(self.P, 1)
     cdf[:, -1] = 1.0
     for t in range(k, length):
@@ -172,7 +180,7 @@ class MarkovSource:
     v, k = self.spec.vocab, self.spec.order
     ctx = np.zeros(len(seq) - k, np.int64)
     for j in range(k):
-      ctx = ctx * v + seq[j:len(seq) - k + j]
+      ctx = ctx * v + seq[j : len(seq) - k + j]
     return -np.log(self.P[ctx, seq[k:]])
 
   def documents_text(self):

@@ -47,13 +47,17 @@ class Tokenizer(Protocol):
   mask_id: int | None
   adds_bos: bool  # the tokenizer's own convention: BOS before a text (see eval/zeroshot --bos)
 
-  def encode(self, text: str) -> list[int]: ...
+  def encode(self, text: str) -> list[int]:
+    ...
 
-  def decode(self, ids: Sequence[int]) -> str: ...
+  def decode(self, ids: Sequence[int]) -> str:
+    ...
 
-  def encode_bytes(self, raw: bytes) -> tuple[list[int], int]: ...
+  def encode_bytes(self, raw: bytes) -> tuple[list[int], int]:
+    ...
 
-  def digest(self) -> str: ...
+  def digest(self) -> str:
+    ...
 
 
 def _decode_counting(raw: bytes) -> tuple[str, int]:
@@ -71,7 +75,7 @@ def _decode_counting(raw: bytes) -> tuple[str, int]:
       pieces.append(raw[i:].decode("utf-8"))
       break
     except UnicodeDecodeError as e:
-      pieces.append(raw[i:i + e.start].decode("utf-8"))
+      pieces.append(raw[i : i + e.start].decode("utf-8"))
       pieces.append("\ufffd")
       count += e.end - e.start
       i += e.end
@@ -95,6 +99,7 @@ class ByteTokenizer:
   def encode_array(self, raw: bytes):
     """Fast path for prepare: a uint16 numpy array of the bytes."""
     import numpy as np
+
     return np.frombuffer(raw, np.uint8).astype(np.uint16)
 
   def decode_bytes(self, ids: Sequence[int]) -> bytes:
@@ -143,6 +148,7 @@ class HFTokenizer:
 
   def __init__(self, path: str):
     import tokenizers
+
     self.spec = str(path)
     self._path = pathlib.Path(path)
     self._tok = tokenizers.Tokenizer.from_file(str(path))
@@ -173,13 +179,14 @@ class HFTokenizer:
           f"{f' (names {unknown} are not in its vocabulary)' if unknown else ''}; its special "
           f"tokens are {specials}. Name them in a tokenizer_config.json beside a "
           "tokenizer.json (bos_token, eos_token, optional pad_token/mask_token), or train one "
-          "with `python -m train.data.tokenizer train`")
+          "with `python -m train.data.tokenizer train`"
+      )
     return roles
 
   def _post_processor_adds_bos(self) -> bool:
     plain = self._tok.encode("a", add_special_tokens=False).ids
     full = self._tok.encode("a", add_special_tokens=True).ids
-    return len(full) > len(plain) and full[0] == self.bos_id and full[1:1 + len(plain)] == plain
+    return len(full) > len(plain) and full[0] == self.bos_id and full[1 : 1 + len(plain)] == plain
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
@@ -208,7 +215,8 @@ class SentencePieceTokenizer:
     except ImportError as e:
       raise ImportError(
           f"{path} looks like a SentencePiece model but `sentencepiece` is not installed; "
-          "pip install sentencepiece") from e
+          "pip install sentencepiece"
+      ) from e
     self.spec = str(path)
     self._path = pathlib.Path(path)
     self._sp = spm.SentencePieceProcessor(model_file=str(path))
@@ -237,7 +245,7 @@ class SentencePieceTokenizer:
 
 
 def load(spec: str) -> Tokenizer:
-  """"byte", a tokenizer.json path, or a SentencePiece .model path."""
+  """ "byte", a tokenizer.json path, or a SentencePiece .model path."""
   spec = str(spec)
   if spec == "byte":
     return ByteTokenizer()
@@ -245,7 +253,8 @@ def load(spec: str) -> Tokenizer:
   if not path.is_file():
     raise FileNotFoundError(
         f"tokenizer {spec!r} is neither 'byte' nor an existing file; train one with "
-        f"`python -m train.data.tokenizer train --source embedded --vocab-size 8192 --out {spec}`")
+        f"`python -m train.data.tokenizer train --source embedded --vocab-size 8192 --out {spec}`"
+    )
   if path.suffix == ".model":
     return SentencePieceTokenizer(spec)
   return HFTokenizer(spec)
@@ -264,32 +273,45 @@ def check_vocab_size(tok: Tokenizer, model_vocab_size: int) -> None:
     raise ValueError(
         f"tokenizer {tok.spec!r} has vocab_size {have} but model.vocab_size is "
         f"{model_vocab_size}, too small to embed every id; set "
-        f"--config.model.vocab_size={have} (or larger: extra rows are padding)")
+        f"--config.model.vocab_size={have} (or larger: extra rows are padding)"
+    )
   if model_vocab_size > have:
     import logging
-    logging.warning("model.vocab_size %d > tokenizer %r vocab_size %d: rows %d..%d of the "
-                    "embedding are padding the data never uses", model_vocab_size, tok.spec,
-                    have, have, model_vocab_size - 1)
+
+    logging.warning(
+        "model.vocab_size %d > tokenizer %r vocab_size %d: rows %d..%d of the "
+        "embedding are padding the data never uses",
+        model_vocab_size,
+        tok.spec,
+        have,
+        have,
+        model_vocab_size - 1,
+    )
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: str | os.PathLike) -> HFTokenizer:
   """Train byte-level BPE (no normalizer, ByteLevel decoder: lossless) and save tokenizer.json."""
   import tokenizers
   from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
   if vocab_size < 256 + len(SPECIAL_TOKENS):
     raise ValueError(f"vocab_size {vocab_size} < 260: byte-level BPE needs 256 bytes + 4 specials")
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+      vocab_size=vocab_size,
+      special_tokens=list(SPECIAL_TOKENS),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+  )
   tok.train_from_iterator(texts, trainer=trainer)
   # Encoding "with special tokens" (HF, lm-evaluation-harness) prepends <bos>, as the data
   # pipeline does for every training document; our own encode never adds it.
   bos = SPECIAL_TOKENS[0]
   tok.post_processor = processors.TemplateProcessing(
-      single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+      single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+  )
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(out.name + ".tmp")
@@ -308,6 +330,7 @@ def _main(argv=None):
   t.add_argument("--out", required=True)
   args = p.parse_args(argv)
   from train.data import sources, split
+
   src = sources.open_source(args.source)
 
   def texts():
@@ -331,6 +354,7 @@ def token_byte_lengths(tok: Tokenizer):
   one space, byte-fallback pieces one byte), an approximation when a tokenizer normalizes.
   """
   import numpy as np
+
   if isinstance(tok, ByteTokenizer):
     out = np.zeros(tok.vocab_size, np.int32)
     out[:256] = 1
@@ -345,6 +369,7 @@ def token_byte_lengths(tok: Tokenizer):
 def _hf_byte_lengths(hf_tok, vocab_size: int):
   import numpy as np
   from tokenizers import pre_tokenizers
+
   alphabet = set(pre_tokenizers.ByteLevel.alphabet())
   special = {t.content for t in hf_tok.get_added_tokens_decoder().values() if t.special}
   out = np.zeros(vocab_size, np.int32)
@@ -357,6 +382,7 @@ def _hf_byte_lengths(hf_tok, vocab_size: int):
 
 def _sentencepiece_byte_lengths(sp):
   import numpy as np
+
   out = np.zeros(sp.get_piece_size(), np.int32)
   for i in range(len(out)):
     if sp.is_control(i) or sp.is_unknown(i):
@@ -367,4 +393,5 @@ def _sentencepiece_byte_lengths(sp):
 
 if __name__ == "__main__":
   from train import cli
+
   cli.run(_main)
