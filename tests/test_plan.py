@@ -75,14 +75,14 @@ def test_parse_topology_counts_devices():
 
 
 def test_gpu_target_falls_back_to_the_analytic_estimate_and_says_so():
-  from model import summary
+  from train import accounting
 
   c = small_config()
   p = plan_lib.plan(c, plan_lib.parse_topology("h100:8"))
   assert p["method"] == "analytic"
   assert "analytic estimate" in p["reason"] and "GPU" in p["reason"]
   assert p["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
-  expected = summary.memory_per_device(
+  expected = accounting.memory_per_device(
       c.model, batch_size=8, seq_len=128, mesh_shape=(1, 8, 1), optimizer="adamw"
   )
   assert p["total_bytes"] == int(expected["total_bytes"])
@@ -92,12 +92,12 @@ def test_gpu_target_falls_back_to_the_analytic_estimate_and_says_so():
 @pytest.mark.slow
 @needs_libtpu
 def test_small_config_on_v5e_2x2_matches_the_analytic_estimate():
-  from model import summary
+  from train import accounting
 
   c = small_config()
   p = plan_lib.plan(c, plan_lib.parse_topology("v5e:2x2"))
   assert p["method"] == "xla" and p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
-  est = summary.memory_per_device(
+  est = accounting.memory_per_device(
       c.model, batch_size=8, seq_len=128, mesh_shape=(1, 4, 1), optimizer="adamw"
   )
   # The state (params + Adam's two moments, fp32, sharded 4 ways) is exact arithmetic.
@@ -182,14 +182,14 @@ def test_cli_reports_a_bad_topology_without_a_traceback():
 
 
 def test_batch_search_finds_the_largest_fitting_batch_analytically():
-  from model import summary
+  from train import accounting
 
   c = small_config()
   topo = plan_lib.parse_topology("v5e:2x2")
   p = plan_lib.search_batch(c, topo, force_analytic=True)
   n = p["search"]["max_per_device_batch"]
   assert n > 1 and p["fits"] and p["global_batch"] == 4 * n
-  mem = lambda b: summary.memory_per_device(
+  mem = lambda b: accounting.memory_per_device(
       c.model, batch_size=4 * b, seq_len=128, mesh_shape=(1, 4, 1)
   )["total_bytes"]
   assert mem(n) <= topo.chip.hbm_bytes < mem(n + 1)

@@ -245,9 +245,9 @@ def analytic_step(config, topo: Topology, reason: str) -> dict[str, Any]:
   mesh_lib.check_model_on_mesh(
       config.model, mesh_shape, rules, batch_size=int(config.train.batch_size)
   )
-  from model import summary
+  from train import accounting
 
-  est = summary.memory_per_device(
+  est = accounting.memory_per_device(
       config.model,
       batch_size=int(config.train.batch_size),
       seq_len=int(config.data.seq_len),
@@ -303,10 +303,10 @@ def _analytic_total(config, mesh_shape: dict[str, int]) -> int | None:
   from train import mesh as mesh_lib
 
   try:
-    from model import summary
+    from train import accounting
   except ImportError:
     return None
-  est = summary.memory_per_device(
+  est = accounting.memory_per_device(
       config.model,
       batch_size=int(config.train.batch_size),
       seq_len=int(config.data.seq_len),
