@@ -8,6 +8,7 @@ Sections:
   checkpoint  Orbax checkpointing policy
   mesh        device mesh and logical-to-mesh axis rules
   distributed multi-host initialisation
+  cost        inputs of the cost and energy estimates (train/cost.py)
 """
 
 import ml_collections
@@ -145,6 +146,22 @@ def base_config() -> ml_collections.ConfigDict:
           coordinator_address="",
           num_processes=0,
           process_id=-1,
+      )
+  )
+  c.cost = ml_collections.ConfigDict(
+      dict(
+          # Unset: the chip's dated list price / typical board power in train/hardware.py
+          # (unknown on a CPU: set the watts of the CPU share the run uses, e.g. TDP x used
+          # cores / cores, to get energy there).
+          usd_per_chip_hour=ml_collections.config_dict.placeholder(float),
+          watts_per_chip=ml_collections.config_dict.placeholder(float),
+          # Power usage effectiveness: Google's fleet-wide trailing-twelve-month PUE for 2023
+          # (google.com/about/datacenters/efficiency); the industry average is about 1.58
+          # (Uptime Institute global survey 2023).
+          pue=1.1,
+          # World-average electricity carbon intensity in 2023, 480 g CO2e/kWh (Ember, Global
+          # Electricity Review 2024); set the grid the run really draws from.
+          grid_kgco2_per_kwh=0.48,
       )
   )
   return c

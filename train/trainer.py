@@ -18,6 +18,7 @@ import numpy as np
 
 from train import build as build_lib
 from train import cli
+from train import cost as cost_lib
 from train import checkpoint as ckpt_lib
 from train import distributed
 from train import evaluate as eval_lib
@@ -418,6 +419,7 @@ def train_and_evaluate(
   t0 = time.time()
   distributed.maybe_initialize(config.distributed)
   log = _printer(jax.process_index())
+  cost_inputs = cost_lib.inputs_for_devices(config.cost, jax.devices())  # validates cost.*
   workdir = os.path.abspath(os.fspath(workdir))
   os.makedirs(workdir, exist_ok=True)
   from train.data import tokenizer as tok_lib
@@ -478,11 +480,14 @@ def train_and_evaluate(
     elif run.last_eval_step != step:
       run.evaluate(step, state)
     ckpt.wait()
+    cost = cost_lib.estimate(cost_inputs, time.time() - t0).to_dict()
+    writer.event(step, "cost", **cost)
   finally:
     writer.close()
     ckpt.close()
   plot_path = plot_lib.loss_plot(workdir) if jax.process_index() == 0 else None
   out = _summary(workdir, ckpt, writer, plot_path, run, monitor, step, preempted, time.time() - t0)
+  out["cost"] = cost
   _print_summary(out, log)
   return out
 
@@ -502,3 +507,5 @@ def _print_summary(out: dict, log) -> None:
         f"  final validation loss {out['val_loss']:.4f} nats/token, "
         f"bits-per-byte {out['val_bpb']:.4f}"
     )
+  for line in cost_lib.describe(out["cost"]):
+    log(f"  {line}")
