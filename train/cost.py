@@ -134,7 +134,7 @@ def estimate(inputs: CostInputs, seconds: float) -> CostEstimate:
 
 
 def format_usd(usd: float | None) -> str:
-  return "USD unknown" if usd is None else f"${usd:,.2f}" if usd >= 1 else f"${usd:.4f}"
+  return "USD unknown" if usd is None else f"${usd:,.2f}" if usd >= 1 else f"${usd:.3g}"
 
 
 def describe(d: dict[str, Any]) -> list[str]:

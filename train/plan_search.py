@@ -39,7 +39,7 @@ def search_batch(
     try:
       devices = topology_devices(topo)
     except NoCompiler:
-      force_analytic = True
+      pass  # each plan falls back to the estimate and says why
   sizes = plan_compile.mesh_sizes(config, topo)
   shards = _batch_shards(config, sizes)
   micro = int(config.train.microbatches)
