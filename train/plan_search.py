@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from train import mesh as mesh_lib
 from train import spec as spec_lib
 from train import plan_compile
 from train.hardware import GiB, usable_bytes
