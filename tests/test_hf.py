@@ -246,6 +246,7 @@ def test_cli_export_from_run_and_import(tmp_path, monkeypatch, capsys):
   tok = tok_lib.train_bpe(["plain text for a tiny tokenizer"] * 5, 270, tmp_path / "tok.json")
   config = base.base_config()
   config.model.update(**{**GPT2, "vocab_size": tok.vocab_size})
+  config.data.seq_len = config.model.max_seq_len
   cfg = ModelConfig.from_config(config.model)
   params = _random_params(cfg)
   monkeypatch.setattr(
