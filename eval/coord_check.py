@@ -32,9 +32,16 @@ import importlib.util
 import json
 from typing import Sequence
 
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from model.config import ModelConfig
+from model.transformer import RECORDED
+from model.transformer import Transformer
+from train import optim
 
 # Quantities averaged over layers (or taken at the last layer) so they exist at every depth.
 LAYER_MEANS = ("attn_out", "mlp_out")
@@ -95,8 +102,6 @@ def synthetic_batch(vocab: int, batch: int, seq_len: int, seed: int = 0):
 
 def _flatten_records(tree) -> dict[str, float]:
   """The sown intermediates as {quantity: mean |x|}, per layer and aggregated."""
-  import jax
-
   out = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
@@ -124,13 +129,6 @@ def train_and_record(
 ) -> list[dict[str, float]]:
   """Records at steps 0..len(batches)-1 (record, then update, on each batch), averaged over
   `seeds` initialisations (one compiled step serves them all)."""
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from flax import linen as nn
-  from model.transformer import RECORDED, Transformer
-  from train import optim
-
   model = Transformer(cfg)
   init = jax.jit(lambda key: nn.unbox(model.init(key, jnp.asarray(batches[0][0]))["params"]))
   tx, _ = optim.make_optimizer(train_cfg, init(jax.random.key(0)), cfg)
@@ -251,10 +249,10 @@ def coord_check(
 
 def plot(result: dict, path: str) -> None:
   """mean |x| against width (and depth), one panel per aggregated quantity, a line per step."""
-  import matplotlib
+  import matplotlib  # noqa: PLC0415 (Agg only when plotting)
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
 
   names = ("embed_out",) + LAYER_MEANS + LAST_LAYER + ("logits",)
   axes_used = [a for a in ("width", "depth") if result["records"].get(a)]

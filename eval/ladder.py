@@ -42,9 +42,13 @@ import time
 import uuid
 from typing import Callable
 
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
 import ml_collections
 
 from train import cli
+from train import cpu_devices
 
 # New columns go at the end: older results.csv files keep their header when appended to.
 RESULT_COLUMNS = (
@@ -115,7 +119,7 @@ def _train_config(config, size, mlp_ratio, name) -> ml_collections.ConfigDict:
 
 
 def flops_per_token(config) -> float:
-  from model import summary
+  from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   return float(summary.flops_per_token_train(config.model, int(config.data.seq_len)))
 
@@ -263,7 +267,7 @@ def _last_train_loss(metrics_path: str, fallback: float) -> float:
 def unique_tokens(config) -> int | str:
   """Tokens of the prepared train split the point could see (the data manifest's
   splits.train.tokens), or "" when the data is not prepared."""
-  from train.data import prepare as prepare_lib
+  from train.data import prepare as prepare_lib  # noqa: PLC0415 (jax via grain, after XLA_FLAGS)
 
   if not config.data.prepared_dir:
     return ""
@@ -284,7 +288,7 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
   `flops_6nd` = 6 * N * D with N = params_total (embeddings included) and D = tokens, the
   convention of the Chinchilla-style allocation formulas, so fits can use either.
   """
-  from model import summary
+  from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   c = point.config
   counts = summary.param_counts(c.model)
@@ -332,7 +336,7 @@ def _branch(point: Point, src: pathlib.Path, dst: pathlib.Path) -> None:
   """Seed a cooldown's workdir with the constant run's checkpoint at the branch step, its
   stored config replaced by the cooldown's (same model/data/optimizer; the schedule differs
   only after the branch step, which is what makes the resume exact)."""
-  from train import checkpoint as ckpt_lib
+  from train import checkpoint as ckpt_lib  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   step_dir = src / "checkpoints" / str(point.branch_step)
   if not step_dir.is_dir():
@@ -369,7 +373,7 @@ def run_point(
 ) -> dict | None:
   """Train (or resume) one point; returns its results row (None for constant runs).
   `hooks(point)` may return trainer.Hooks for this point (fault-injection tests)."""
-  from train import trainer
+  from train import trainer  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   pdir = workdir / "points" / point.name
   if _constant_complete(point, workdir):
@@ -384,7 +388,7 @@ def run_point(
   wall = time.time() - t0
   if out.get("preempted"):
     raise KeyboardInterrupt(f"{point.name} was stopped at step {out['step']}; rerun to resume")
-  import jax
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   _record_attempt(
       pdir,
@@ -398,7 +402,7 @@ def run_point(
 
 def prepare_data(config, workdir: pathlib.Path) -> str:
   """One prepared copy of the corpus for every point (DIR/data/prepared-*)."""
-  from train.data import pipeline
+  from train.data import pipeline  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   if config.data.prepared_dir:
     return config.data.prepared_dir
@@ -408,7 +412,7 @@ def prepare_data(config, workdir: pathlib.Path) -> str:
 def prepare_corpus(config) -> dict:
   """Prepare config.data into config.data.prepared_dir once, before points run concurrently
   (the same call the trainer makes; a no-op when the manifest is already there)."""
-  from train.data import prepare as prepare_lib
+  from train.data import prepare as prepare_lib  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   d = config.data
   return prepare_lib.prepare(
@@ -513,7 +517,7 @@ class PointsFailed(RuntimeError):
 
 def _import_ray():
   try:
-    import ray
+    import ray  # noqa: PLC0415 (`ray` extra)
   except ImportError as e:
     raise ImportError("--executor ray needs Ray: pip install -e '.[ray]'") from e
   return ray
@@ -608,7 +612,9 @@ def probe_workdir(
     ray, workdir: pathlib.Path, nodes: list[dict], token: str, timeout_s: float
 ) -> None:
   """Raises unless every node in `nodes` reads `token` in workdir/.ladder-probe."""
-  from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+  from ray.util.scheduling_strategies import (  # noqa: PLC0415 (`ray` extra)
+      NodeAffinitySchedulingStrategy,
+  )
 
   probe = ray.remote(_probe_workdir)
   refs = [
@@ -644,8 +650,6 @@ def _train_point_task(point: Point, workdir: str, scheme: str, hooks, *after) ->
   """One point on a Ray worker, set up as `python -m train` sets up its process. `after`
   holds the results of the tasks it depends on (Ray resolves them before starting it)."""
   del after
-  from train import cpu_devices
-
   cpu_devices.configure(point.config)  # before jax is imported in this fresh process
   _quiet_and_cached()
   return run_point(point, pathlib.Path(workdir), scheme, hooks=hooks)
@@ -745,12 +749,9 @@ def _spawn_workers(argv: list[str], n: int) -> int:
 def _quiet_and_cached() -> None:
   """As `python -m train` does: Orbax INFO logs off, persistent XLA compilation cache on (the
   points of one size share shapes, so later points skip most compilation)."""
-  from absl import flags
-  from absl import logging
-
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  import jax
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
       os.path.expanduser("~"), ".cache", "unleash", "jax"
@@ -761,8 +762,6 @@ def _quiet_and_cached() -> None:
 def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
   """Points in this process, or in ladder.parallel worker processes split by size; each
   process splits a CPU host into the devices `python -m train` would use."""
-  from train import cpu_devices
-
   cpu_devices.configure(config)  # the fields it reads are the same for every point
   _quiet_and_cached()
   if worker:
@@ -782,19 +781,17 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
 
 
 def main(argv) -> None:
-  from absl import flags
-
   del argv
   config = flags.FLAGS["config"].value
   workdir = pathlib.Path(flags.FLAGS["workdir"].value)
   executor = flags.FLAGS["executor"].value
   if executor == "ray":
     _quiet_and_cached()
-    import jax
+    import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
     jax.config.update("jax_platforms", "cpu")  # the driver only counts FLOPs; workers train
     # Through the module, not __main__, so Ray pickles its functions by reference.
-    from eval import ladder
+    from eval import ladder  # noqa: PLC0415 (by reference, see above)
 
     try:
       ladder.run_ladder_ray(config, workdir, address=flags.FLAGS["ray-address"].value)
@@ -811,9 +808,6 @@ def main(argv) -> None:
 
 
 def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
   config_flags.DEFINE_config_file("config", None, "configs/ladder.py:<name>", lock_config=False)
   flags.DEFINE_string(
       "workdir",

@@ -23,6 +23,7 @@ from typing import Sequence
 
 from eval import coord_check
 from model.config import ModelConfig
+from train import trainer
 
 
 def point_name(parametrization: str, width: int, lr_exponent: int) -> str:
@@ -76,8 +77,6 @@ def best_lr_shift(rows: Sequence[dict]) -> dict:
 
 def run_point(name: str, config, workdir: str) -> dict:
   """Trains one point (or reads its finished result) and returns its final metrics."""
-  from train import trainer
-
   run_dir = os.path.join(workdir, name)
   done = os.path.join(run_dir, "lr_transfer_result.json")
   if os.path.exists(done):
@@ -94,10 +93,10 @@ def run_point(name: str, config, workdir: str) -> dict:
 
 
 def plot(rows: Sequence[dict], path: str) -> None:
-  import matplotlib
+  import matplotlib  # noqa: PLC0415 (Agg only when plotting)
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
 
   pars = sorted({r["parametrization"] for r in rows})
   fig, axes = plt.subplots(1, len(pars), figsize=(4.5 * len(pars), 3.5), squeeze=False, sharey=True)

@@ -14,6 +14,7 @@ import json
 import math
 from typing import Any, Sequence
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -246,8 +247,6 @@ def format_table(s: dict[str, Any]) -> str:
 
 
 def _main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
   del argv
   f = flags.FLAGS
   config = f.config

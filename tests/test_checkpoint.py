@@ -12,8 +12,12 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+
+from train import metrics
+from train import run as run_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -101,22 +105,15 @@ def run(env, workdir, faults=None, **overrides):
 
 
 def train_rows(workdir):
-  from train import metrics
-
   return {r["step"]: r for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
 
 
 def final_params(workdir):
-  import jax
-  from train import run as run_lib
-
   run_ = run_lib.load_run(str(workdir))
   return run_.step, jax.tree_util.tree_map(np.asarray, run_.params)
 
 
 def assert_same_params(a, b):
-  import jax
-
   leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
@@ -208,8 +205,6 @@ def test_extending_a_finished_run_resumes_and_says_how_the_schedule_changes(env,
   assert "cosine schedule is re-stretched" in out, out
   rows = train_rows(wd)
   assert sorted(rows)[-2:] == [STEPS + 1, STEPS + 2]
-  from train import metrics
-
   events = metrics.read_jsonl(os.path.join(wd, "metrics.jsonl"), kind="event")
   change = [e for e in events if e.get("event") == "schedule_changed"]
   assert change and change[-1]["steps_before"] == STEPS and change[-1]["steps_after"] == STEPS + 2
@@ -241,8 +236,6 @@ def test_consecutive_nonfinite_steps_stop_with_good_checkpoint(env):
   assert "NonFiniteError" in out and "consecutive" in out and "checkpoints/2" in out, out
   step, params = final_params(wd)
   assert step == 2
-  import jax
-
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 

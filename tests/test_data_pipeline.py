@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import grain
 import ml_collections
 import numpy as np
 import pytest
@@ -181,8 +182,6 @@ np.savez({str(tmp_path / "out.npz")!r}, **out)
 
 def test_orbax_checkpoint_of_iterator_state(corpus, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
-  import grain
-
   it = load(corpus).train_iter
   next(it)
   with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:

@@ -18,6 +18,7 @@ from train import build
 from train import inputs
 from train import mesh as mesh_lib
 from train import optim
+from train import state
 
 B, L = 8, 32
 BASE = dict(parametrization="sp")
@@ -205,8 +206,6 @@ def test_cli_reports_a_bad_parametrization_in_one_line(tmp_path):
 
 def _abstract_params(**model):
   c = _config(**model)
-  from train import state
-
   m = mesh_lib.make_mesh(c, devices=jax.devices()[:1])
   return state.abstract_variables(c, state.make_model(c), m)["params"]
 

@@ -5,10 +5,15 @@ without it they skip and say so. Topology parsing and the analytic fallback need
 """
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 
 from configs.base import base_config
+from model import summary
+from train import mesh as mesh_lib
 from train import plan as plan_lib
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -75,8 +80,6 @@ def test_parse_topology_counts_devices():
 
 
 def test_gpu_target_falls_back_to_the_analytic_estimate_and_says_so():
-  from model import summary
-
   c = small_config()
   p = plan_lib.plan(c, plan_lib.parse_topology("h100:8"))
   assert p["method"] == "analytic"
@@ -92,8 +95,6 @@ def test_gpu_target_falls_back_to_the_analytic_estimate_and_says_so():
 @pytest.mark.slow
 @needs_libtpu
 def test_small_config_on_v5e_2x2_matches_the_analytic_estimate():
-  from model import summary
-
   c = small_config()
   p = plan_lib.plan(c, plan_lib.parse_topology("v5e:2x2"))
   assert p["method"] == "xla" and p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
@@ -139,8 +140,6 @@ def test_multi_slice_mesh_puts_data_across_slices():
   ):
     plan_lib._mesh_for(plan_lib._for_topology(c, topo), topo, devices)
   # Slices with no DCN layout at all, through make_mesh directly.
-  from train import mesh as mesh_lib
-
   c.mesh.dcn_shape = (1, 1, 1)
   with pytest.raises(ValueError, match=r"come from 2 TPU slices.*dcn_shape=\(2, 1, 1\)"):
     mesh_lib.make_mesh(c, devices)
@@ -155,10 +154,6 @@ def test_bad_libtpu_topology_is_a_clear_error():
 
 
 def test_cli_reports_a_bad_topology_without_a_traceback():
-  import os
-  import subprocess
-  import sys
-
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
       [
@@ -182,8 +177,6 @@ def test_cli_reports_a_bad_topology_without_a_traceback():
 
 
 def test_batch_search_finds_the_largest_fitting_batch_analytically():
-  from model import summary
-
   c = small_config()
   topo = plan_lib.parse_topology("v5e:2x2")
   p = plan_lib.search_batch(c, topo, force_analytic=True)

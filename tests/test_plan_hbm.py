@@ -2,6 +2,7 @@
 
 import pytest
 
+from configs import default
 from train import plan as plan_lib
 
 
@@ -11,8 +12,6 @@ def test_tpu_hbm_is_what_xla_allows():
 
 
 def test_gpu_plans_fit_in_the_preallocated_fraction(monkeypatch):
-  from configs import default
-
   monkeypatch.delenv(plan_lib.GPU_MEM_FRACTION_ENV, raising=False)
   h100 = plan_lib.CHIPS["h100"]
   assert plan_lib.usable_bytes(h100) == 0.75 * 80 * plan_lib.GiB

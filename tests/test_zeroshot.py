@@ -5,6 +5,10 @@ Parity with lm-evaluation-harness itself: tests/test_zeroshot_lm_eval.py."""
 
 import bz2
 import json
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import flax.linen as nn
@@ -13,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eval import hf
 from eval import zeroshot as zs
 from model.config import ModelConfig
 from model.transformer import Transformer
@@ -386,11 +391,6 @@ print("OK", one[0][:3])
 def test_scoring_on_a_sharded_mesh_matches_one_device():
   """4 CPU devices as a data x fsdp mesh: the batch is split like a training batch and the
   params stay FSDP-sharded; scores equal the single-device ones."""
-  import os
-  import pathlib
-  import subprocess
-  import sys
-
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   repo = pathlib.Path(__file__).resolve().parents[1]
   out = subprocess.run(
@@ -409,9 +409,6 @@ def test_cli_on_an_imported_run(tmp_path, capsys):
   """`python -m eval.zeroshot` on a run imported from an HF directory: prints the window (the
   model's context length, here 48, not data.seq_len) and the BOS mode, writes JSON with the
   metrics and standard errors; a bad task spec is one ValueError before loading anything."""
-  from eval import hf
-  from model.config import ModelConfig
-
   cfg = ModelConfig(
       vocab_size=260,
       d_model=32,
@@ -433,8 +430,6 @@ def test_cli_on_an_imported_run(tmp_path, capsys):
   )
   hf.export_dir(cfg, jax.tree.map(np.asarray, params), tmp_path / "hf")
   hf.import_to_run(tmp_path / "hf", tmp_path / "run")
-  import pathlib
-
   real = pathlib.Path(__file__).resolve().parents[2] / "shared/data/sst2/dev.tsv"
   dev = real if real.is_file() else tmp_path / "dev.tsv"
   if not real.is_file():

@@ -13,6 +13,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from train import cli
+from train import cpu_devices
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/x.py[:arg]).", lock_config=True
@@ -27,7 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _enable_compilation_cache() -> None:
   """Persistent XLA cache (JAX_COMPILATION_CACHE_DIR or ~/.cache/unleash/jax): a resumed
   or repeated run skips recompiling the step."""
-  import jax
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
       os.path.expanduser("~"), ".cache", "unleash", "jax"
@@ -47,11 +48,9 @@ def main(argv):
       config.distributed.coordinator_address = _COORD.value
       config.distributed.num_processes = _NPROC.value
       config.distributed.process_id = _PID.value
-  from train import cpu_devices
-
   cpu_devices.configure(config)  # CPU hosts: 2 data-parallel devices; before jax is imported
   _enable_compilation_cache()
-  from train import trainer
+  from train import trainer  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   trainer.train_and_evaluate(config, _WORKDIR.value)  # NonFiniteError is a cli.Error
 

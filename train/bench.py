@@ -24,6 +24,7 @@ import time
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+import numpy as np
 
 from train import cpu_devices
 
@@ -41,8 +42,7 @@ flags.mark_flags_as_required(["config"])
 
 def make_batches(config, built, n: int = 4, seed: int = 0) -> list:
   """n global batches of random tokens: one full-length document per row (segment 1)."""
-  import numpy as np
-  from train import inputs
+  from train import inputs  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   b, l = int(config.train.batch_size), int(config.data.seq_len)
   v = int(config.model.vocab_size)
@@ -68,8 +68,8 @@ class StepTimer:
   """
 
   def __init__(self, config):
-    import jax
-    from train import build
+    import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
+    from train import build  # noqa: PLC0415 (jax after XLA_FLAGS)
 
     self.config = config
     self.built = build.build(config)
@@ -90,7 +90,7 @@ class StepTimer:
     self.i += 1
 
   def run(self, k: int) -> list[float]:
-    import jax
+    import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
     times = []
     for _ in range(k):
@@ -103,7 +103,7 @@ class StepTimer:
 
 def compile_seconds(config, num_layers: int) -> float:
   """Seconds to lower + compile the real step with `num_layers` (nothing runs)."""
-  from train import build
+  from train import build  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   c = config.copy_and_resolve_references()
   c.model.num_layers = num_layers
@@ -115,7 +115,7 @@ def compile_seconds(config, num_layers: int) -> float:
 
 def peak_memory() -> dict:
   """Host peak RSS, and device peak bytes where the backend reports them."""
-  import jax
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   out = {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
   stats = jax.devices()[0].memory_stats() or {}
@@ -127,8 +127,8 @@ def peak_memory() -> dict:
 def peak_flops() -> tuple[float, str]:
   """Peak FLOP/s of all local devices together: data sheet x devices, or on CPU one matmul
   ceiling measured here (the CPU's devices share the same cores)."""
-  import jax
-  from train import metrics
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
+  from train import metrics  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   dev = jax.local_devices()
   if dev[0].platform == "cpu":
@@ -139,8 +139,8 @@ def peak_flops() -> tuple[float, str]:
 
 
 def run(config, steps: int = 10, warmup: int = 2, depth_check: bool = False) -> dict:
-  import jax
-  from model import summary
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
+  from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   timer = StepTimer(config)
   timer.run(warmup)

@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Callable
 
+from absl import flags
+
 
 class Error(Exception):
   """Base for failures the library explains itself (a diverged run, a checkpoint that cannot
@@ -87,8 +89,6 @@ def run(main: Callable[[], int | None]) -> None:
 def parse_absl_flags(argv: list[str]) -> list[str]:
   """`flags_parser` for absl's app.run: a bad flag value, or a config file whose get_config
   raises, is one line (the underlying error, not ml_collections' embedded traceback)."""
-  from absl import flags
-
   try:
     return flags.FLAGS(argv)
   except AttributeError as e:  # ml_collections: an override of a field the config lacks

@@ -28,6 +28,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from configs.base import DEFAULT_AXIS_RULES
+
 AXES = ("data", "fsdp", "tensor")
 Rules = tuple[tuple[str, Any], ...]
 
@@ -191,8 +193,6 @@ def axis_rules(cfg: Any) -> Rules:
   """`config.mesh.axis_rules` as hashable tuples (ConfigDict may hand back lists)."""
   rules = _get(_mesh_section(cfg), "axis_rules", None)
   if rules is None:
-    from configs.base import DEFAULT_AXIS_RULES  # configs are data; no JAX inside.
-
     rules = DEFAULT_AXIS_RULES
   out = []
   for rule in rules:

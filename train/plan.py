@@ -22,11 +22,19 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from model import summary
+from train import build
+from train import mesh as mesh_lib
 from train.hardware import CHIPS, GPU_MEM_FRACTION_ENV, Chip, GiB, usable_bytes  # noqa: F401
 
 REMAT_ORDER = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "full")
@@ -117,14 +125,14 @@ def topology_devices(topo: Topology) -> list[Any]:
         "attached, so this plan uses model.summary's analytic estimate"
     )
   try:
-    import libtpu  # noqa: F401  (only to say clearly when it is missing)
+    import libtpu  # noqa: F401, PLC0415 (`tpu` extra; only to say when it is missing)
   except ImportError:
     raise NoCompiler(
         'libtpu is not installed (pip install -e ".[tpu]" installs the one jax '
         "pins), so this plan uses model.summary's analytic estimate"
     ) from None
   _quiet_libtpu_env()
-  from jax.experimental import topologies
+  from jax.experimental import topologies  # noqa: PLC0415 (after _quiet_libtpu_env)
 
   dims3 = tuple(topo.dims) + (1,) * (3 - len(topo.dims))
   host = (min(2, dims3[0]), min(2, dims3[1]), 1)
@@ -155,7 +163,6 @@ def topology_devices(topo: Topology) -> list[Any]:
 def build_step(config, mesh):
   """The trainer's step for `config` on `mesh`: train.build.build, exactly what
   `python -m train` compiles (same model, optimizer, shardings, donated state)."""
-  from train import build
   # MLM's mask id comes from the tokenizer; any in-vocab id compiles to the same program.
   mask_id = int(config.model.vocab_size) - 1
   return build.build(config, mesh, mask_id=mask_id).train_step
@@ -180,8 +187,6 @@ def _for_topology(config, topo: Topology):
 
 
 def _mesh_for(config, topo: Topology, devices: Sequence[Any]):
-  from train import mesh as mesh_lib
-
   mesh = mesh_lib.make_mesh(config, devices)
   rules = mesh_lib.axis_rules(config)
   mesh_lib.check_model_on_mesh(config.model, mesh, rules, batch_size=int(config.train.batch_size))
@@ -237,16 +242,12 @@ def compile_step(config, topo: Topology, devices: Sequence[Any]) -> dict[str, An
 
 def analytic_step(config, topo: Topology, reason: str) -> dict[str, Any]:
   """model.summary's estimate, for when nothing can be compiled (see `reason`)."""
-  from train import mesh as mesh_lib
-
   ici, dcn = mesh_lib.resolve_shapes(config, topo.num_devices, topo.num_slices)
   mesh_shape = {a: i * d for a, i, d in zip(mesh_lib.AXES, ici, dcn)}
   rules = mesh_lib.axis_rules(config)
   mesh_lib.check_model_on_mesh(
       config.model, mesh_shape, rules, batch_size=int(config.train.batch_size)
   )
-  from model import summary
-
   est = summary.memory_per_device(
       config.model,
       batch_size=int(config.train.batch_size),
@@ -274,8 +275,6 @@ def xla_flops_per_step(config, topo: Topology, devices: Sequence[Any]) -> float:
   optimizer update is linear in the batch; the update is ~10 FLOPs per parameter, noise next
   to 6 per parameter per token.
   """
-  from train import mesh as mesh_lib
-
   layers = int(config.model.num_layers)
   counts = []
   for n in (1, 2):
@@ -300,12 +299,7 @@ def xla_flops_per_step(config, topo: Topology, devices: Sequence[Any]) -> float:
 
 def _analytic_total(config, mesh_shape: dict[str, int]) -> int | None:
   """model.summary's estimate for the same mesh, to print next to XLA's number."""
-  from train import mesh as mesh_lib
 
-  try:
-    from model import summary
-  except ImportError:
-    return None
   est = summary.memory_per_device(
       config.model,
       batch_size=int(config.train.batch_size),
@@ -318,10 +312,6 @@ def _analytic_total(config, mesh_shape: dict[str, int]) -> int | None:
 
 
 def _model_flops_per_step(config) -> float | None:
-  try:
-    from model import summary
-  except ImportError:
-    return None
   seq = int(config.data.seq_len)
   return (
       float(summary.flops_per_token_train(config.model, seq)) * seq * int(config.train.batch_size)
@@ -387,8 +377,6 @@ def _is_oom(e: Exception) -> bool:
 
 def _oom_bytes(e: Exception) -> int | None:
   """The temporaries' size in XLA's out-of-memory message, e.g. '... (60.35G) exceeds ...'."""
-  import re
-
   m = re.search(r"\(([0-9.]+)([KMGT])\) exceeds available", str(e))
   if not m:
     return None
@@ -397,8 +385,6 @@ def _oom_bytes(e: Exception) -> int | None:
 
 def _argument_bytes(step, config) -> int:
   """Per-device bytes of the step's inputs (state + batch), from their shardings."""
-  import jax
-
   leaves = jax.tree_util.tree_leaves(step.abstract_state)
   shards = jax.tree_util.tree_leaves(step.state_shardings)
   total = sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize for a, s in zip(leaves, shards))
@@ -428,8 +414,6 @@ def search_batch(
   3-5 compilations. Returns the largest fitting plan (or the plan for one sequence per
   device when even that does not fit) with the candidates tried.
   """
-  from train import mesh as mesh_lib
-
   config = _for_topology(config, topo)
   if devices is None and not force_analytic:
     try:
@@ -621,12 +605,9 @@ def format_plan(p: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import flags
-
   f = flags.FLAGS
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
-  import jax
   # Planning needs no local accelerator; keep a TPU/GPU runtime from initialising here.
   jax.config.update("jax_platforms", "cpu")
   _run(f)
@@ -650,9 +631,6 @@ def _run(f) -> None:
 
 
 def _define_flags() -> None:
-  from absl import flags
-  from ml_collections import config_flags
-
   config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
   flags.DEFINE_string("topology", None, "v5e:4x4 | v5p:4x4x4 | v4:2x2x2 | v6e:8x8 | h100:8")
   flags.DEFINE_integer("num_slices", 1, "Slices joined by DCN (multi-slice).")

@@ -14,6 +14,7 @@ import ml_collections
 from train import checkpoint as ckpt_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
+from train.data import tokenizer as tok_lib
 
 
 @dataclasses.dataclass
@@ -59,8 +60,6 @@ def load_run(
       shardings,
   )
   params, got = ckpt_lib.restore_params(workdir, abstract, step)
-  from train.data import tokenizer as tok_lib
-
   return Run(
       config, params, tok_lib.load(config.data.tokenizer), mesh, model, got, os.fspath(workdir)
   )

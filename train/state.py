@@ -19,6 +19,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from model.config import ModelConfig
+from model.transformer import Transformer
 from train import mesh as mesh_lib
 from train import optim
 
@@ -38,9 +40,6 @@ class TrainState:
 
 def make_model(config, decode: bool = False) -> nn.Module:
   """The Flax module for `config.model` (validated by ModelConfig)."""
-  from model.config import ModelConfig
-  from model.transformer import Transformer
-
   return Transformer(ModelConfig.from_config(config.model), decode=decode)
 
 

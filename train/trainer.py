@@ -15,7 +15,9 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
+from model import summary
 from train import build as build_lib
 from train import cli
 from train import checkpoint as ckpt_lib
@@ -23,9 +25,12 @@ from train import distributed
 from train import evaluate as eval_lib
 from train import inputs as inputs_lib
 from train import metrics as metrics_lib
+from train import optim
 from train import plot as plot_lib
 from train import preemption
 from train import state as state_lib
+from train.data import pipeline
+from train.data import tokenizer as tok_lib
 
 
 class NonFiniteError(cli.Error):
@@ -46,8 +51,6 @@ class Hooks:
 def _printer(process_index: int) -> Callable[[str], None]:
   def log(msg: str) -> None:
     if process_index == 0:
-      from tqdm import tqdm
-
       tqdm.write(msg)
 
   return log
@@ -57,15 +60,11 @@ def prepared_dir(config, workdir: str) -> str:
   """Where the data is prepared: config.data.prepared_dir, or a cache under the workdir."""
   if config.data.prepared_dir:
     return os.fspath(config.data.prepared_dir)
-  from train.data import pipeline
-
   return os.fspath(pipeline.default_prepared_dir(config.data, os.path.join(workdir, "data")))
 
 
 def load_data(config, workdir: str, *, progress: bool = True):
   """Prepares (once; process 0 first) and opens the data: train iterator, eval source."""
-  from train.data import pipeline
-
   directory = prepared_dir(config, workdir)
   kwargs = dict(
       global_batch_size=int(config.train.batch_size),
@@ -85,8 +84,6 @@ def load_data(config, workdir: str, *, progress: bool = True):
 
 def _flops_per_token(config) -> float:
   try:
-    from model import summary
-
     return float(summary.flops_per_token_train(config.model, int(config.data.seq_len)))
   except Exception:  # pylint: disable=broad-except
     return float("nan")
@@ -99,8 +96,6 @@ def schedule_change(saved_cfg: dict, config, step: int) -> dict | None:
   after = int(config.train.steps)
   if before == after:
     return None
-  from train import optim
-
   old_cfg = ml_collections.ConfigDict(saved_cfg["train"])
   lr_before = float(optim.make_schedule(old_cfg)(step))
   lr_after = float(optim.make_schedule(config.train)(step))
@@ -213,8 +208,6 @@ class Monitor:
     self.losses, self.last_train = [], {}
     self.bar = None
     if jax.process_index() == 0:
-      from tqdm import tqdm
-
       self.bar = tqdm(
           total=self.total, initial=start, unit="step", dynamic_ncols=True, desc=config.name
       )
@@ -420,8 +413,6 @@ def train_and_evaluate(
   log = _printer(jax.process_index())
   workdir = os.path.abspath(os.fspath(workdir))
   os.makedirs(workdir, exist_ok=True)
-  from train.data import tokenizer as tok_lib
-
   tok = tok_lib.load(config.data.tokenizer)
   # Validates config vs mesh first.
   built = build_lib.build(config, mask_id=tok.mask_id, token_vocab_size=tok.vocab_size)
@@ -450,8 +441,6 @@ def train_and_evaluate(
         f"MFU peak: {throughput.peak_source}"
     )
     if config.train.optimizer == "muon" or config.model.parametrization != "sp":
-      from train import optim
-
       log(
           optim.format_param_table(
               optim.param_table(config.train, built.abstract_state.params, config.model)
