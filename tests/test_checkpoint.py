@@ -23,48 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
 
 # Runs train_and_evaluate in a fresh process; argv: workdir, overrides JSON, faults JSON.
-RUNNER = r"""
-import json, os, signal, sys
-import numpy as np
-from configs import default
-from train import trainer
-workdir, overrides, faults = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-config = default.get_config("size=tiny")
-for key, value in overrides.items():
-  section, _, field = key.rpartition(".")
-  node = config
-  for part in filter(None, section.split(".")):
-    node = node[part]
-  node[field] = value
-
-if faults.get("restore_io_error"):
-  import orbax.checkpoint as ocp
-  real_restore = ocp.CheckpointManager.restore
-  def flaky_restore(self, step, *a, **kw):
-    if "state" in str(kw.get("args")):
-      raise OSError("[Errno 5] Input/output error (simulated)")
-    return real_restore(self, step, *a, **kw)
-  ocp.CheckpointManager.restore = flaky_restore
-
-def batch_hook(step, batch):
-  if step == faults.get("sigterm_at"):
-    os.kill(os.getpid(), signal.SIGTERM)
-  if step in faults.get("nan_steps", []) or step >= faults.get("nan_from", 10**9):
-    batch = dict(batch, weights=np.full_like(batch["weights"], np.nan))
-  return batch
-
-def after_save(step):
-  if step == faults.get("sigkill_after_save"):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-try:
-  out = trainer.train_and_evaluate(config, workdir,
-                                   hooks=trainer.Hooks(batch=batch_hook, after_save=after_save))
-except Exception as e:
-  print("ERROR", type(e).__name__, e, flush=True)
-  sys.exit(3)
-print("RESULT " + json.dumps({k: out[k] for k in ("step", "preempted", "val_loss")}), flush=True)
-"""
+RUNNER = REPO / "tests" / "workers" / "checkpoint_run.py"
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +53,7 @@ def run(env, workdir, faults=None, **overrides):
   }
   base.update(overrides)
   p = subprocess.run(
-      [sys.executable, "-c", RUNNER, str(workdir), json.dumps(base), json.dumps(faults or {})],
+      [sys.executable, str(RUNNER), str(workdir), json.dumps(base), json.dumps(faults or {})],
       env=env["env"],
       cwd=REPO,
       capture_output=True,
