@@ -55,6 +55,7 @@ import numpy as np
 from scipy import stats
 
 from eval import zeroshot
+from train import cli
 from train import mesh as mesh_lib
 from train import run as run_lib
 
@@ -521,6 +522,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

@@ -37,6 +37,7 @@ from jax.experimental import io_callback
 from model.config import ModelConfig
 from model.transformer import init_cache
 from model.transformer import Transformer
+from train import cli
 from train import run as run_lib
 
 # ----------------------------------------------------------------------------- sampling
@@ -378,6 +379,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

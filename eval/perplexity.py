@@ -24,6 +24,7 @@ import os
 
 import jax
 
+from train import cli
 from train import evaluate as eval_lib
 from train import mesh as mesh_lib
 from train import run as run_lib
@@ -195,6 +196,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

@@ -21,11 +21,14 @@ import time
 
 import numpy as np
 
-from configs import bench as bench_cfg
-from train import bench
-from train import cpu_devices
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run by path: import this checkout's packages
+
+from configs import bench as bench_cfg  # noqa: E402
+from train import bench  # noqa: E402
+from train import cli  # noqa: E402
+from train import cpu_devices  # noqa: E402
+
 PEER = REPO.parent / "shared" / "bench" / "torch_gpt.py"
 
 
@@ -44,7 +47,6 @@ def _serve(step, k_default=1):
 
 
 def worker_jax(size: str):
-  sys.path.insert(0, str(REPO))
   config = bench_cfg.get_config(size)
   n = cpu_devices.configure(config)  # the same device split as python -m train
   timer = bench.StepTimer(config)
@@ -59,7 +61,6 @@ def worker_jax(size: str):
 
 def _peer_shape(size: str) -> dict:
   """The peer's config dict for a size it does not define (e.g. tiny), from configs/bench.py."""
-  sys.path.insert(0, str(REPO))
   keys = ("vocab", "d_model", "n_layer", "n_head", "seq", "batch")
   return dict(zip(keys, bench_cfg.SIZES[size]))
 
@@ -187,7 +188,4 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, str(REPO))
-  from train import cli
-
   cli.run(main)

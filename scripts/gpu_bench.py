@@ -27,8 +27,10 @@ import time
 
 import jax
 
-from configs import gpt3
-from train import bench
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run by path
+
+from configs import gpt3  # noqa: E402
+from train import bench  # noqa: E402
 
 # size: candidates (remat, batch) in the order tried; the largest batch that fits wins on MFU.
 CANDIDATES = {
@@ -137,5 +139,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
   sys.exit(main())

@@ -36,6 +36,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from train import cli
 from train.data import sources as sources_lib
 from train.data import split as split_lib
 from train.data import store
@@ -467,6 +468,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

@@ -43,6 +43,7 @@ from tokenizers import processors
 from tokenizers import trainers
 import tokenizers
 
+from train import cli
 from train.data import sources
 from train.data import split
 
@@ -386,6 +387,4 @@ def _sentencepiece_byte_lengths(sp):
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(_main)
