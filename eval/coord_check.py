@@ -28,7 +28,6 @@ with width.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from typing import Sequence
 
@@ -41,22 +40,12 @@ import optax
 from model.config import ModelConfig
 from model.transformer import RECORDED
 from model.transformer import Transformer
+from train import cli
 from train import optim
 
 # Quantities averaged over layers (or taken at the last layer) so they exist at every depth.
 LAYER_MEANS = ("attn_out", "mlp_out")
 LAST_LAYER = ("residual",)
-
-
-def load_config(spec: str):
-  """`path/to/config.py[:arg]` -> the ConfigDict its get_config(arg) returns."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("coord_check_config", path)
-  if module_spec is None:
-    raise FileNotFoundError(f"--config {path}: no such config file")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def model_at(
@@ -292,7 +281,7 @@ def _ints(text: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m eval.coord_check", description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True, help="configs/x.py[:arg]")
+  cli.add_config(p, lock_config=False)
   p.add_argument("--widths", type=_ints, required=True, help="e.g. 64,128,256,512")
   p.add_argument("--depths", type=_ints, default=[], help="e.g. 2,4,8 (at the first width)")
   p.add_argument(
@@ -318,11 +307,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
+  args = cli.parse_args(_parser(), argv)
   if args.steps < 1:
     raise ValueError(f"--steps={args.steps}: train at least one step")
   result = coord_check(
-      load_config(args.config),
+      args.config,
       args.widths,
       args.depths,
       args.parametrization,
@@ -353,6 +342,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

@@ -25,6 +25,7 @@ Schemes (config.ladder.scheme):
 
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
 import dataclasses
@@ -42,9 +43,7 @@ import time
 import uuid
 from typing import Callable
 
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 import ml_collections
 
 from train import cli
@@ -749,8 +748,7 @@ def _spawn_workers(argv: list[str], n: int) -> int:
 def _quiet_and_cached() -> None:
   """As `python -m train` does: Orbax INFO logs off, persistent XLA compilation cache on (the
   points of one size share shapes, so later points skip most compilation)."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.WARNING)
   import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
@@ -780,11 +778,11 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
     run_ladder(config, workdir)
 
 
-def main(argv) -> None:
-  del argv
-  config = flags.FLAGS["config"].value
-  workdir = pathlib.Path(flags.FLAGS["workdir"].value)
-  executor = flags.FLAGS["executor"].value
+def main(argv=None) -> None:
+  args = cli.parse_args(_parser(), argv)
+  config = args.config
+  workdir = pathlib.Path(args.workdir)
+  executor = args.executor
   if executor == "ray":
     _quiet_and_cached()
     import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
@@ -794,45 +792,43 @@ def main(argv) -> None:
     from eval import ladder  # noqa: PLC0415 (by reference, see above)
 
     try:
-      ladder.run_ladder_ray(config, workdir, address=flags.FLAGS["ray-address"].value)
+      ladder.run_ladder_ray(config, workdir, address=args.ray_address)
     except ladder.PointsFailed as e:
       raise SystemExit(f"error: {e}") from None
   else:
-    if flags.FLAGS["ray-address"].value:
+    if args.ray_address:
       raise ValueError("--ray-address needs --executor ray")
-    _run_local(config, workdir, flags.FLAGS["worker"].value)
+    _run_local(config, workdir, args.worker)
   print(
       f"[ladder] results: {workdir / 'results.csv'} ({len(finished_names(workdir))} rows); "
       f"report: python -m eval.report --workdir {workdir}"
   )
 
 
-def _define_flags():
-  config_flags.DEFINE_config_file("config", None, "configs/ladder.py:<name>", lock_config=False)
-  flags.DEFINE_string(
-      "workdir",
-      None,
-      "ladder directory (results.csv, points/); with "
+def _parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(prog="python -m eval.ladder", description=__doc__.split("\n\n")[0])
+  cli.add_config(ap, lock_config=False)
+  ap.add_argument(
+      "--workdir",
+      required=True,
+      help="ladder directory (results.csv, points/); with "
       "--executor ray a path every node of the cluster sees",
   )
-  flags.DEFINE_enum(
-      "executor",
-      "local",
-      ["local", "ray"],
-      "local: this machine (ladder.parallel processes); ray: one Ray task per point",
+  ap.add_argument(
+      "--executor",
+      default="local",
+      choices=["local", "ray"],
+      help="local: this machine (ladder.parallel processes); ray: one Ray task per point",
   )
-  flags.DEFINE_string(
-      "ray-address",
-      "",
-      "Ray cluster to join (HOST:PORT, ray://HOST:PORT or " "auto); empty starts a one-machine Ray",
+  ap.add_argument(
+      *cli.flag_names("ray-address"),
+      default="",
+      help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto); empty starts a "
+      "one-machine Ray",
   )
-  flags.DEFINE_alias("ray_address", "ray-address")
-  flags.DEFINE_string("worker", "", "internal: i/n runs the sizes i, i+n, ... only")
-  flags.mark_flags_as_required(["config", "workdir"])
+  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # i/n: sizes i, i+n, ...
+  return ap
 
 
 if __name__ == "__main__":
-  from absl import app
-
-  _define_flags()
-  app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)
+  cli.run(main)

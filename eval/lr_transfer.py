@@ -23,6 +23,7 @@ from typing import Sequence
 
 from eval import coord_check
 from model.config import ModelConfig
+from train import cli
 from train import trainer
 
 
@@ -129,7 +130,7 @@ def _ints(text: str) -> list[int]:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m eval.lr_transfer", description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True)
+  cli.add_config(p, lock_config=False)
   p.add_argument("--widths", type=_ints, required=True)
   p.add_argument("--lr-exponents", type=_ints, required=True, help="k of 2^k, e.g. -10,-9,-8")
   p.add_argument("--parametrizations", default="sp,mup")
@@ -138,8 +139,8 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--json", required=True)
   p.add_argument("--plot", default=None)
-  args = p.parse_args(argv)
-  config = coord_check.load_config(args.config)
+  args = cli.parse_args(p, argv)
+  config = args.config
   config.train.update(steps=args.steps, warmup_steps=max(args.steps // 20, 1))
   config.eval.update(every=args.steps, batches=args.eval_batches)
   config.checkpoint.update(every=args.steps, keep=1)
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
   ):
     rows.append(dict(meta, name=name, **run_point(name, c, args.workdir)))
     print(json.dumps(rows[-1]), flush=True)
-  result = dict(rows=rows, best=best_lr_shift(rows), steps=args.steps, config=args.config)
+  result = dict(rows=rows, best=best_lr_shift(rows), steps=args.steps, config=args.config_spec)
   with open(args.json, "w") as f:
     json.dump(result, f, indent=1)
   if args.plot:
@@ -160,6 +161,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

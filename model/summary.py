@@ -10,17 +10,18 @@ reports call this module.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from typing import Any, Sequence
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from model.config import ModelConfig
 from model.transformer import Transformer
+from train import cli
 
 # Excluded from "non_embedding": lookup tables, whose cost is not a matmul per token.
 # (The untied output layer `unembed` is a matmul and stays in non_embedding.)
@@ -246,9 +247,24 @@ def format_table(s: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _main(argv):
-  del argv
-  f = flags.FLAGS
+def _parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(prog="python -m model.summary", description=__doc__.split("\n\n")[0])
+  cli.add_config(ap, lock_config=False)
+  ap.add_argument("--json", default=None, help="write the summary as JSON here")
+  ap.add_argument(
+      *cli.flag_names("batch_size"), type=int, default=0, help="global batch (default: config)"
+  )
+  ap.add_argument(
+      *cli.flag_names("seq_len"), type=int, default=0, help="sequence length (default: config)"
+  )
+  ap.add_argument(
+      *cli.flag_names("num_devices"), type=int, default=1, help="devices to fill a -1 in mesh.shape"
+  )
+  return ap
+
+
+def _main(argv=None) -> None:
+  f = cli.parse_args(_parser(), argv)
   config = f.config
   mesh = [int(a) for a in config.mesh.shape]
   if mesh.count(-1) > 1:
@@ -276,15 +292,4 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  config_flags.DEFINE_config_file("config", None, "preset file[:arg]", lock_config=False)
-  flags.DEFINE_string("json", None, "write the summary as JSON here")
-  flags.DEFINE_integer("batch_size", 0, "global batch (default: config.train.batch_size)")
-  flags.DEFINE_integer("seq_len", 0, "sequence length (default: config.data.seq_len)")
-  flags.DEFINE_integer("num_devices", 1, "devices to fill a -1 in config.mesh.shape")
-  flags.mark_flags_as_required(["config"])
-  from train import cli  # pylint: disable=g-import-not-at-top
-
-  app.run(cli.guarded(_main), flags_parser=cli.parse_absl_flags)
+  cli.run(_main)
