@@ -95,7 +95,8 @@ CONFIG_HELP = (
 
 def add_config(parser: argparse.ArgumentParser, *, lock_config: bool = True) -> None:
   """`--config FILE[:ARG]` on `parser`; `parse_args` loads it (ml_collections config_flags)
-  and applies the `--config.a.b=V` overrides. `lock_config`: overrides may not add fields."""
+  and applies the `--config.a.b=V` overrides. `lock_config`: the config comes back locked
+  (the program can change fields but not add new ones)."""
   parser.add_argument("--config", required=True, metavar="FILE[:ARG]", help=CONFIG_HELP)
   parser.set_defaults(lock_config=lock_config)
 
@@ -138,7 +139,8 @@ def load_config(spec: str, overrides: Sequence[str] = (), *, lock_config: bool =
   """The ConfigDict of `spec` (FILE[:ARG]) with `overrides` (["--config.a.b=V", ...] or
   ["--config.a.b", "V"]) applied by ml_collections' config_flags, which parses each value as
   its field's type (int stays int, a float field takes 1, tuples, None where allowed).
-  ValueError (one line) for an unknown field, a bad value or a config file that raises."""
+  One-line errors: FileNotFoundError for a missing file; ValueError for an unknown field, a
+  bad value or a stray argument; a config file's own exception when its get_config raises."""
   path = spec.split(":", 1)[0]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--config {path}: no such config file")
