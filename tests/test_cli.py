@@ -2,12 +2,18 @@
 --config.a.b overrides through argparse, and a bad flag is one error line."""
 
 import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from train import cli
 
 CONFIG = "configs/default.py:size=tiny"
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _parser(lock_config=True) -> argparse.ArgumentParser:
@@ -111,3 +117,16 @@ def test_bad_flags_are_one_error_line(argv, expected, capsys):
   assert e.value.code == 1
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "\n" not in err and expected in err, err
+
+
+def test_entry_points_that_set_xla_flags_import_no_jax_at_the_top():
+  """python -m train, train.bench and eval.ladder set XLA_FLAGS from the parsed config, which
+  only works before jax is imported (train/cpu_devices.py)."""
+  code = "import json, sys, train.__main__, train.bench, eval.ladder; print(json.dumps(list(sys.modules)))"
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  p = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+  )
+  assert p.returncode == 0, p.stderr
+  modules = json.loads(p.stdout)
+  assert "train.cli" in modules and "jax" not in modules and "grain" not in modules
