@@ -41,6 +41,7 @@ for masked LMs, pairs longer than the sequence length are skipped and counted.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import csv
 import dataclasses
@@ -51,6 +52,12 @@ import unicodedata
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy import stats
+
+from eval import zeroshot
+from train import cli
+from train import mesh as mesh_lib
+from train import run as run_lib
 
 REQUIRED_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 DIRECTIONS = ("stereo", "antistereo")
@@ -316,7 +323,6 @@ def pll_scorer(token_logprobs_fn, tokenizer, *, seq_len: int, batch_size: int):
 def sentence_ll_scorer(token_logprobs_fn, tokenizer, *, seq_len: int, batch_size: int):
   """A `score_fn(pairs) -> (score_more_N, score_less_N)`: sum of log p of every sentence token
   after BOS (eval.zeroshot.score_requests; sentences longer than seq_len span windows)."""
-  from eval import zeroshot
 
   def score_fn(pairs):
     requests = [
@@ -336,8 +342,6 @@ def sentence_ll_scorer(token_logprobs_fn, tokenizer, *, seq_len: int, batch_size
 def share_with_interval(k: int, n: int, confidence: float = CONFIDENCE) -> dict:
   """k of n as a percentage, its Wilson interval and the two-sided binomial test p-value
   against 50% (scipy.stats.binomtest)."""
-  from scipy import stats
-
   test = stats.binomtest(k, n, 0.5)
   ci = test.proportion_ci(confidence_level=confidence, method=INTERVAL_METHOD)
   return dict(
@@ -441,9 +445,6 @@ def metric_for(config) -> str:
 def evaluate_run(run, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict:
   """Scores `pairs` with a run from train.run.load_run, on the run's mesh, with the
   metric its model calls for."""
-  from eval import zeroshot
-  from train import mesh as mesh_lib
-
   metric = metric_for(run.config)
   seq_len = run.spec.data.seq_len
   kept, skipped = check_encodable(
@@ -497,8 +498,6 @@ def format_report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-  import argparse
-
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run directory")
   ap.add_argument("--data", required=True, help="crows_pairs_anonymized.csv (CrowS-Pairs)")
@@ -514,8 +513,6 @@ def main(argv=None) -> int:
     raise FileNotFoundError(
         f"run directory {args.workdir} does not exist; pass the --workdir " "of a training run"
     )
-  from train import run as run_lib
-
   run = run_lib.load_run(args.workdir, step=args.step)
   result = evaluate_run(run, pairs, batch_size=args.batch_size)
   print(format_report(result))
@@ -525,6 +522,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

@@ -28,28 +28,24 @@ with width.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from typing import Sequence
 
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from model.config import ModelConfig
+from model.transformer import RECORDED
+from model.transformer import Transformer
+from train import cli
+from train import optim
 
 # Quantities averaged over layers (or taken at the last layer) so they exist at every depth.
 LAYER_MEANS = ("attn_out", "mlp_out")
 LAST_LAYER = ("residual",)
-
-
-def load_config(spec: str):
-  """`path/to/config.py[:arg]` -> the ConfigDict its get_config(arg) returns."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("coord_check_config", path)
-  if module_spec is None:
-    raise FileNotFoundError(f"--config {path}: no such config file")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def model_at(
@@ -95,8 +91,6 @@ def synthetic_batch(vocab: int, batch: int, seq_len: int, seed: int = 0):
 
 def _flatten_records(tree) -> dict[str, float]:
   """The sown intermediates as {quantity: mean |x|}, per layer and aggregated."""
-  import jax
-
   out = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
@@ -124,13 +118,6 @@ def train_and_record(
 ) -> list[dict[str, float]]:
   """Records at steps 0..len(batches)-1 (record, then update, on each batch), averaged over
   `seeds` initialisations (one compiled step serves them all)."""
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from flax import linen as nn
-  from model.transformer import RECORDED, Transformer
-  from train import optim
-
   model = Transformer(cfg)
   init = jax.jit(lambda key: nn.unbox(model.init(key, jnp.asarray(batches[0][0]))["params"]))
   tx, _ = optim.make_optimizer(train_cfg, init(jax.random.key(0)), cfg)
@@ -251,10 +238,10 @@ def coord_check(
 
 def plot(result: dict, path: str) -> None:
   """mean |x| against width (and depth), one panel per aggregated quantity, a line per step."""
-  import matplotlib
+  import matplotlib  # noqa: PLC0415 (Agg only when plotting)
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
 
   names = ("embed_out",) + LAYER_MEANS + LAST_LAYER + ("logits",)
   axes_used = [a for a in ("width", "depth") if result["records"].get(a)]
@@ -294,7 +281,7 @@ def _ints(text: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m eval.coord_check", description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True, help="configs/x.py[:arg]")
+  cli.add_config(p, lock_config=False)
   p.add_argument("--widths", type=_ints, required=True, help="e.g. 64,128,256,512")
   p.add_argument("--depths", type=_ints, default=[], help="e.g. 2,4,8 (at the first width)")
   p.add_argument(
@@ -320,11 +307,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
+  args = cli.parse_args(_parser(), argv)
   if args.steps < 1:
     raise ValueError(f"--steps={args.steps}: train at least one step")
   result = coord_check(
-      load_config(args.config),
+      args.config,
       args.widths,
       args.depths,
       args.parametrization,
@@ -355,6 +342,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

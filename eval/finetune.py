@@ -23,6 +23,8 @@ import pathlib
 
 from eval import zeroshot
 from train import cli
+from train import run as run_lib
+from train import trainer
 
 
 def render_sst2(tsv_path, out_path, *, limit: int = 0) -> int:
@@ -46,8 +48,6 @@ def finetune_config(
     batch_size: int | None = None,
 ):
   """The base run's config with init_from=base, a new data source and a short schedule."""
-  from train import run as run_lib
-
   config = run_lib.config_from_workdir(base_workdir)
   config.init_from = str(base_workdir)
   config.name = f"{config.name}-finetune"
@@ -76,9 +76,6 @@ def main(argv=None):
   ap.add_argument("--limit-train", type=int, default=0, help="first N training examples")
   ap.add_argument("--limit-dev", type=int, default=0, help="first N dev examples")
   args = ap.parse_args(argv)
-
-  from train import run as run_lib
-  from train import trainer
 
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)

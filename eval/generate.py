@@ -23,6 +23,7 @@ cache at positions the model was not trained on.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import sys
@@ -32,6 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
+
+from model.config import ModelConfig
+from model.transformer import init_cache
+from model.transformer import Transformer
+from train import cli
+from train import run as run_lib
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -119,9 +126,6 @@ class Generator:
   (batch, prompt width, sampling config) so repeated calls of the same shape reuse them."""
 
   def __init__(self, model_cfg, params: Any, *, pad_id: int = 0):
-    from model.config import ModelConfig
-    from model.transformer import Transformer
-
     self.cfg = ModelConfig.from_config(model_cfg)
     if not self.cfg.causal:
       raise ValueError("generation needs a causal decoder (model.attention_mask=causal)")
@@ -154,8 +158,6 @@ class Generator:
     )
 
   def _empty_cache(self, batch: int, length: int):
-    from model.transformer import init_cache
-
     return init_cache(self.cfg, batch, length)
 
   def _apply(self, params, cache, tokens_BxT, positions_BxT, seg_BxT):
@@ -337,8 +339,6 @@ class TextStreamer:
 
 
 def main(argv=None) -> int:
-  import argparse
-
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run directory")
   ap.add_argument("--prompt", required=True)
@@ -353,8 +353,6 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   if args.num_samples < 1:
     raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-
-  from train import run as run_lib
 
   run = run_lib.load_run(args.workdir, step=args.step)
   tok = run.tokenizer
@@ -381,6 +379,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

@@ -23,18 +23,30 @@ checkpoints use interleaved pairs; HF's conversion script permutes them into thi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import pathlib
 import shutil
 from typing import Callable
 
+from flax import serialization
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
+from tokenizers import processors
+import tokenizers
 
+from configs import base
+from eval import zeroshot
+from model.config import ModelConfig
+from model.transformer import Transformer
+from train import checkpoint
 from train import cli
+from train import run as run_lib
 
 ARCHS = ("gpt2", "llama")
 
@@ -149,8 +161,6 @@ def hf_config(cfg, arch: str, tokenizer=None) -> dict:
 def model_config_from_hf(hf: dict, **overrides):
   """Our ModelConfig for a GPT-2 or Llama config.json dict; ValueError for what we cannot
   represent exactly (other activations, RoPE scaling, ...)."""
-  from model.config import ModelConfig
-
   mtype = hf.get("model_type")
   if mtype == "gpt2":
     act = hf.get("activation_function", "gelu_new")
@@ -347,8 +357,6 @@ def _stack_layers(layers: list[dict], scan: bool) -> dict:
 
 def _our_shapes(cfg) -> tuple[dict, dict]:
   """(model-level shape structs, one layer's shape structs) of our params for `cfg`."""
-  from model.transformer import Transformer
-
   shapes = nn.unbox(
       jax.eval_shape(
           lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
@@ -421,9 +429,6 @@ def export_dir(
   exactly when unleash adds it with `bos` (eval/zeroshot BOS_MODES), so HF tools and
   lm-evaluation-harness score the export as `eval.zeroshot --bos {bos}` scores the run.
   Returns the config dict written."""
-  from safetensors.numpy import save_file
-  from model.config import ModelConfig
-
   cfg = ModelConfig.from_config(cfg)
   arch = arch or detect_arch(cfg)
   if arch not in ARCHS:
@@ -446,10 +451,6 @@ def export_dir(
 def export_tokenizer(tokenizer, out_dir, *, bos: str = "auto", model_max_length: int) -> None:
   """tokenizer.json (post-processor adding BOS as unleash does under `bos`) and a
   tokenizer_config.json naming the special tokens the tokenizer itself reports."""
-  import tokenizers
-  from tokenizers import processors
-  from eval import zeroshot
-
   out = pathlib.Path(out_dir)
   add_bos = zeroshot.bos_added(tokenizer, bos)
   names = tokenizer.special_tokens
@@ -475,8 +476,6 @@ def export_tokenizer(tokenizer, out_dir, *, bos: str = "auto", model_max_length:
 
 
 def _read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file
-
   single = hf_dir / "model.safetensors"
   if single.is_file():
     return load_file(str(single))
@@ -523,9 +522,6 @@ def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
   tokenizer when vocab_size is 260 or the export says so (BYTE_MARKER). data.seq_len is the model's context length
   (max_seq_len), the window eval.zeroshot scores with. Returns the checkpoint dir.
   """
-  from configs import base
-  from train import checkpoint
-
   cfg, params = import_dir(hf_dir)
   hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -551,8 +547,6 @@ def import_to_run(hf_dir, workdir, *, tokenizer: str = "", config=None) -> str:
 
 
 def main(argv=None):
-  import argparse
-
   ap = argparse.ArgumentParser(description="Export a run to / import from a HF directory.")
   sub = ap.add_subparsers(dest="cmd", required=True)
   ex = sub.add_parser("export")
@@ -573,8 +567,6 @@ def main(argv=None):
   im.add_argument("--tokenizer", default="", help="tokenizer spec if the HF dir has none")
   args = ap.parse_args(argv)
   if args.cmd == "export":
-    from train import run as run_lib
-
     run = run_lib.load_run(args.workdir)
     params = jax.tree.map(np.asarray, run.params)
     conf = export_dir(
@@ -584,8 +576,6 @@ def main(argv=None):
   elif args.workdir:
     print(f"wrote {import_to_run(args.hf_dir, args.workdir, tokenizer=args.tokenizer)}")
   else:
-    from flax import serialization
-
     cfg, params = import_dir(args.hf_dir)
     pathlib.Path(args.out).write_bytes(serialization.msgpack_serialize(params))
     print(json.dumps(dataclasses.asdict(cfg)))

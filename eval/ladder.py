@@ -25,6 +25,7 @@ Schemes (config.ladder.scheme):
 
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
 import dataclasses
@@ -42,9 +43,11 @@ import time
 import uuid
 from typing import Callable
 
+from absl import logging
 import ml_collections
 
 from train import cli
+from train import cpu_devices
 
 # New columns go at the end: older results.csv files keep their header when appended to.
 RESULT_COLUMNS = (
@@ -120,7 +123,7 @@ def _train_config(config, size, mlp_ratio, name) -> ml_collections.ConfigDict:
 
 
 def flops_per_token(config) -> float:
-  from model import summary
+  from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   return float(summary.flops_per_token_train(config.model, int(config.data.seq_len)))
 
@@ -268,7 +271,7 @@ def _last_train_loss(metrics_path: str, fallback: float) -> float:
 def unique_tokens(config) -> int | str:
   """Tokens of the prepared train split the point could see (the data manifest's
   splits.train.tokens), or "" when the data is not prepared."""
-  from train.data import prepare as prepare_lib
+  from train.data import prepare as prepare_lib  # noqa: PLC0415 (jax via grain, after XLA_FLAGS)
 
   if not config.data.prepared_dir:
     return ""
@@ -289,7 +292,7 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
   `flops_6nd` = 6 * N * D with N = params_total (embeddings included) and D = tokens, the
   convention of the Chinchilla-style allocation formulas, so fits can use either.
   """
-  from model import summary
+  from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   c = point.config
   counts = summary.param_counts(c.model)
@@ -345,7 +348,7 @@ def _branch(point: Point, src: pathlib.Path, dst: pathlib.Path) -> None:
   """Seed a cooldown's workdir with the constant run's checkpoint at the branch step, its
   stored config replaced by the cooldown's (same model/data/optimizer; the schedule differs
   only after the branch step, which is what makes the resume exact)."""
-  from train import checkpoint as ckpt_lib
+  from train import checkpoint as ckpt_lib  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   step_dir = src / "checkpoints" / str(point.branch_step)
   if not step_dir.is_dir():
@@ -382,7 +385,7 @@ def run_point(
 ) -> dict | None:
   """Train (or resume) one point; returns its results row (None for constant runs).
   `hooks(point)` may return trainer.Hooks for this point (fault-injection tests)."""
-  from train import trainer
+  from train import trainer  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   pdir = workdir / "points" / point.name
   if _constant_complete(point, workdir):
@@ -397,7 +400,7 @@ def run_point(
   wall = time.time() - t0
   if out.get("preempted"):
     raise KeyboardInterrupt(f"{point.name} was stopped at step {out['step']}; rerun to resume")
-  import jax
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   _record_attempt(
       pdir,
@@ -411,7 +414,7 @@ def run_point(
 
 def prepare_data(config, workdir: pathlib.Path) -> str:
   """One prepared copy of the corpus for every point (DIR/data/prepared-*)."""
-  from train.data import pipeline
+  from train.data import pipeline  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   if config.data.prepared_dir:
     return config.data.prepared_dir
@@ -421,7 +424,7 @@ def prepare_data(config, workdir: pathlib.Path) -> str:
 def prepare_corpus(config) -> dict:
   """Prepare config.data into config.data.prepared_dir once, before points run concurrently
   (the same call the trainer makes; a no-op when the manifest is already there)."""
-  from train.data import prepare as prepare_lib
+  from train.data import prepare as prepare_lib  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   d = config.data
   return prepare_lib.prepare(
@@ -526,7 +529,7 @@ class PointsFailed(RuntimeError):
 
 def _import_ray():
   try:
-    import ray
+    import ray  # noqa: PLC0415 (`ray` extra)
   except ImportError as e:
     raise ImportError("--executor ray needs Ray: pip install -e '.[ray]'") from e
   return ray
@@ -621,7 +624,9 @@ def probe_workdir(
     ray, workdir: pathlib.Path, nodes: list[dict], token: str, timeout_s: float
 ) -> None:
   """Raises unless every node in `nodes` reads `token` in workdir/.ladder-probe."""
-  from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+  from ray.util.scheduling_strategies import (  # noqa: PLC0415 (`ray` extra)
+      NodeAffinitySchedulingStrategy,
+  )
 
   probe = ray.remote(_probe_workdir)
   refs = [
@@ -657,8 +662,6 @@ def _train_point_task(point: Point, workdir: str, scheme: str, hooks, *after) ->
   """One point on a Ray worker, set up as `python -m train` sets up its process. `after`
   holds the results of the tasks it depends on (Ray resolves them before starting it)."""
   del after
-  from train import cpu_devices
-
   cpu_devices.configure(point.config)  # before jax is imported in this fresh process
   _quiet_and_cached()
   return run_point(point, pathlib.Path(workdir), scheme, hooks=hooks)
@@ -758,12 +761,8 @@ def _spawn_workers(argv: list[str], n: int) -> int:
 def _quiet_and_cached() -> None:
   """As `python -m train` does: Orbax INFO logs off, persistent XLA compilation cache on (the
   points of one size share shapes, so later points skip most compilation)."""
-  from absl import flags
-  from absl import logging
-
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  import jax
+  logging.set_verbosity(logging.WARNING)
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
       os.path.expanduser("~"), ".cache", "unleash", "jax"
@@ -774,8 +773,6 @@ def _quiet_and_cached() -> None:
 def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
   """Points in this process, or in ladder.parallel worker processes split by size; each
   process splits a CPU host into the devices `python -m train` would use."""
-  from train import cpu_devices
-
   cpu_devices.configure(config)  # the fields it reads are the same for every point
   _quiet_and_cached()
   if worker:
@@ -794,64 +791,57 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
     run_ladder(config, workdir)
 
 
-def main(argv) -> None:
-  from absl import flags
-
-  del argv
-  config = flags.FLAGS["config"].value
-  workdir = pathlib.Path(flags.FLAGS["workdir"].value)
-  executor = flags.FLAGS["executor"].value
+def main(argv=None) -> None:
+  args = cli.parse_args(_parser(), argv)
+  config = args.config
+  workdir = pathlib.Path(args.workdir)
+  executor = args.executor
   if executor == "ray":
     _quiet_and_cached()
-    import jax
+    import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
     jax.config.update("jax_platforms", "cpu")  # the driver only counts FLOPs; workers train
     # Through the module, not __main__, so Ray pickles its functions by reference.
-    from eval import ladder
+    from eval import ladder  # noqa: PLC0415 (by reference, see above)
 
     try:
-      ladder.run_ladder_ray(config, workdir, address=flags.FLAGS["ray-address"].value)
+      ladder.run_ladder_ray(config, workdir, address=args.ray_address)
     except ladder.PointsFailed as e:
       raise SystemExit(f"error: {e}") from None
   else:
-    if flags.FLAGS["ray-address"].value:
+    if args.ray_address:
       raise ValueError("--ray-address needs --executor ray")
-    _run_local(config, workdir, flags.FLAGS["worker"].value)
+    _run_local(config, workdir, args.worker)
   print(
       f"[ladder] results: {workdir / 'results.csv'} ({len(finished_names(workdir))} rows); "
       f"report: python -m eval.report --workdir {workdir}"
   )
 
 
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "configs/ladder.py:<name>", lock_config=False)
-  flags.DEFINE_string(
-      "workdir",
-      None,
-      "ladder directory (results.csv, points/); with "
+def _parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(prog="python -m eval.ladder", description=__doc__.split("\n\n")[0])
+  cli.add_config(ap, lock_config=False)
+  ap.add_argument(
+      "--workdir",
+      required=True,
+      help="ladder directory (results.csv, points/); with "
       "--executor ray a path every node of the cluster sees",
   )
-  flags.DEFINE_enum(
-      "executor",
-      "local",
-      ["local", "ray"],
-      "local: this machine (ladder.parallel processes); ray: one Ray task per point",
+  ap.add_argument(
+      "--executor",
+      default="local",
+      choices=["local", "ray"],
+      help="local: this machine (ladder.parallel processes); ray: one Ray task per point",
   )
-  flags.DEFINE_string(
-      "ray-address",
-      "",
-      "Ray cluster to join (HOST:PORT, ray://HOST:PORT or " "auto); empty starts a one-machine Ray",
+  ap.add_argument(
+      *cli.flag_names("ray-address"),
+      default="",
+      help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto); empty starts a "
+      "one-machine Ray",
   )
-  flags.DEFINE_alias("ray_address", "ray-address")
-  flags.DEFINE_string("worker", "", "internal: i/n runs the sizes i, i+n, ... only")
-  flags.mark_flags_as_required(["config", "workdir"])
+  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # i/n: sizes i, i+n, ...
+  return ap
 
 
 if __name__ == "__main__":
-  from absl import app
-
-  _define_flags()
-  app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)
+  cli.run(main)

@@ -23,6 +23,8 @@ from typing import Sequence
 
 from eval import coord_check
 from model.config import ModelConfig
+from train import cli
+from train import trainer
 
 
 def point_name(parametrization: str, width: int, lr_exponent: int) -> str:
@@ -76,8 +78,6 @@ def best_lr_shift(rows: Sequence[dict]) -> dict:
 
 def run_point(name: str, config, workdir: str) -> dict:
   """Trains one point (or reads its finished result) and returns its final metrics."""
-  from train import trainer
-
   run_dir = os.path.join(workdir, name)
   done = os.path.join(run_dir, "lr_transfer_result.json")
   if os.path.exists(done):
@@ -94,10 +94,10 @@ def run_point(name: str, config, workdir: str) -> dict:
 
 
 def plot(rows: Sequence[dict], path: str) -> None:
-  import matplotlib
+  import matplotlib  # noqa: PLC0415 (Agg only when plotting)
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
 
   pars = sorted({r["parametrization"] for r in rows})
   fig, axes = plt.subplots(1, len(pars), figsize=(4.5 * len(pars), 3.5), squeeze=False, sharey=True)
@@ -130,7 +130,7 @@ def _ints(text: str) -> list[int]:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m eval.lr_transfer", description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True)
+  cli.add_config(p, lock_config=False)
   p.add_argument("--widths", type=_ints, required=True)
   p.add_argument("--lr-exponents", type=_ints, required=True, help="k of 2^k, e.g. -10,-9,-8")
   p.add_argument("--parametrizations", default="sp,mup")
@@ -139,8 +139,8 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--json", required=True)
   p.add_argument("--plot", default=None)
-  args = p.parse_args(argv)
-  config = coord_check.load_config(args.config)
+  args = cli.parse_args(p, argv)
+  config = args.config
   config.train.update(steps=args.steps, warmup_steps=max(args.steps // 20, 1))
   config.eval.update(every=args.steps, batches=args.eval_batches)
   config.checkpoint.update(every=args.steps, keep=1)
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
   ):
     rows.append(dict(meta, name=name, **run_point(name, c, args.workdir)))
     print(json.dumps(rows[-1]), flush=True)
-  result = dict(rows=rows, best=best_lr_shift(rows), steps=args.steps, config=args.config)
+  result = dict(rows=rows, best=best_lr_shift(rows), steps=args.steps, config=args.config_spec)
   with open(args.json, "w") as f:
     json.dump(result, f, indent=1)
   if args.plot:
@@ -161,6 +161,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

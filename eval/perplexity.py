@@ -17,17 +17,29 @@ perplexity's SE is the delta method, ppl * loss_se.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+
+import jax
+
+from train import cli
+from train import evaluate as eval_lib
+from train import mesh as mesh_lib
+from train import run as run_lib
+from train import trainer
+from train.data import pipeline
+from train.data import prepare as prepare_lib
+from train.data import sources
+from train.data import split as split_lib
+from train.data import tokenizer as tok_lib
+from train import step as step_lib
 
 
 def _eval_data(config, workdir: str, data: str, split: str, val_fraction: float | None, tokenizer):
   """The EvalSource of `data` (its validation split, or all of it), prepared once under
   RUN/eval_data/ (reused while the source is unchanged)."""
-  from train.data import pipeline
-  from train.data import prepare as prepare_lib
-
   config.data.source = data
   if split == "all":
     config.data.val_fraction = 1.0
@@ -58,14 +70,6 @@ def evaluate_run(
 ) -> dict:
   """{domain: {loss, loss_se, ppl, ppl_se, bpb, bpb_se, tokens, bytes, docs}, "all": {...}}
   plus run metadata (step, source, split, batches)."""
-  import jax
-  from train import evaluate as eval_lib
-  from train import mesh as mesh_lib
-  from train import run as run_lib
-  from train import step as step_lib
-  from train import trainer
-  from train.data import tokenizer as tok_lib
-
   if split not in ("val", "all"):
     raise ValueError(f"--split must be val or all, got {split!r}")
   if split == "all" and not data:
@@ -76,8 +80,6 @@ def evaluate_run(
   if split == "all" and batches is not None:
     raise ValueError("--split all scores every batch; drop --batches (or use --split val)")
   if data:  # bad specs, globs and fractions fail here, before the checkpoint is read
-    from train.data import sources, split as split_lib
-
     sources.open_source(data)
     if val_fraction is not None:
       split_lib.check_val_fraction(val_fraction)
@@ -146,8 +148,6 @@ def format_table(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-  import argparse
-
   p = argparse.ArgumentParser(prog="python -m eval.perplexity", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True, help="a training run directory")
   p.add_argument("--data", default=None, help="data source spec (default: the run's own)")
@@ -194,6 +194,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

@@ -24,10 +24,12 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import jax
 import numpy as np
 import scipy.stats
 
 from eval import fit as fitlib
+from train import run as run_lib
 
 # ----------------------------------------------------------------------------- returns
 
@@ -471,9 +473,6 @@ def lm_head_matrix(params, tie_embeddings: bool) -> np.ndarray:
 def head_spectrum_of_run(workdir: str, step: int | None = None) -> dict:
   """head_spectrum of a trained run's LM head at `step` (default: latest checkpoint), loaded
   with the trainer's `load_run`. Imports JAX; the rest of this module does not."""
-  import jax
-  from train import run as run_lib
-
   run = run_lib.load_run(workdir, step=step)
   params = jax.device_get(run.params)
   spec = head_spectrum(lm_head_matrix(params, run.spec.model.tie_embeddings))

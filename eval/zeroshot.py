@@ -39,6 +39,7 @@ probability over the choices), each with `_stderr` (standard error of the mean).
 
 from __future__ import annotations
 
+import argparse
 import bz2
 import csv
 import dataclasses
@@ -48,10 +49,17 @@ import pathlib
 import re
 from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
+from model.config import ModelConfig
+from model.transformer import Transformer
 from train import cli
+from train import losses
+from train import mesh as mesh_lib
+from train import run as run_lib
 
 BOS_MODES = ("auto", "always", "never")
 SST2_PROMPT = "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:"
@@ -535,12 +543,6 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
   training batch and the params stay in their training shardings; batch_size must then be a
   multiple of the data-parallel size (`evaluate_run` rounds it up).
   """
-  import jax
-  import jax.numpy as jnp
-  from model.config import ModelConfig
-  from model.transformer import Transformer
-  from train import losses
-
   model = Transformer(ModelConfig.from_config(model_cfg))
 
   def fn(params, batch):
@@ -556,8 +558,6 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
   if mesh is None:
     jitted = jax.jit(fn)
     return lambda batch: jitted(params, batch)
-
-  from train import mesh as mesh_lib
 
   sharding = mesh_lib.batch_sharding(mesh, rules)
   # Compiled once per batch shape inside the mesh and rules; called without entering them.
@@ -583,8 +583,6 @@ def evaluate_run(
   """Evaluates `task` with a run from train.run.load_run, on the run's mesh. `window`
   defaults to the model's context length; the result records `window`, `bos` (the mode) and
   `bos_added`, and `lm_eval_comparable` is true only with the comparable settings."""
-  from train import mesh as mesh_lib
-
   rules = run.spec.mesh.axis_rules
   dp = mesh_lib.data_parallel_size(run.mesh, rules)
   batch_size = -(-batch_size // dp) * dp
@@ -623,8 +621,6 @@ def ladder_columns(
 
 
 def main(argv=None):
-  import argparse
-
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run directory")
   ap.add_argument(
@@ -655,8 +651,6 @@ def main(argv=None):
   if args.window < 0 or args.batch_size < 1 or args.limit < 0:
     raise ValueError("--window and --limit must be >= 0 and --batch-size >= 1")
   tasks = [load_task(spec, args.limit) for spec in args.task]  # parse errors before loading
-  from train import run as run_lib
-
   run = run_lib.load_run(args.workdir, step=args.step)
   window = args.window or context_length(run)
   print(

@@ -19,7 +19,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run by path: import this checkout's packages
+
+from configs import bench as bench_cfg  # noqa: E402
+from train import bench  # noqa: E402
+from train import cli  # noqa: E402
+from train import cpu_devices  # noqa: E402
+
 PEER = REPO.parent / "shared" / "bench" / "torch_gpt.py"
 
 
@@ -38,14 +47,8 @@ def _serve(step, k_default=1):
 
 
 def worker_jax(size: str):
-  sys.path.insert(0, str(REPO))
-  from configs import bench as bench_cfg
-  from train import cpu_devices
-
   config = bench_cfg.get_config(size)
   n = cpu_devices.configure(config)  # the same device split as python -m train
-  from train import bench
-
   timer = bench.StepTimer(config)
   timer.run(2)
   print(
@@ -58,19 +61,15 @@ def worker_jax(size: str):
 
 def _peer_shape(size: str) -> dict:
   """The peer's config dict for a size it does not define (e.g. tiny), from configs/bench.py."""
-  sys.path.insert(0, str(REPO))
-  from configs import bench as bench_cfg
-
   keys = ("vocab", "d_model", "n_layer", "n_head", "seq", "batch")
   return dict(zip(keys, bench_cfg.SIZES[size]))
 
 
 def worker_torch(size: str, peer: str):
-  import numpy as np
-  import torch
+  import torch  # noqa: PLC0415 (`hf` extra)
 
   sys.path.insert(0, str(pathlib.Path(peer).parent))
-  import torch_gpt as tg
+  import torch_gpt as tg  # noqa: PLC0415 (needs torch)
 
   c = tg.CONFIGS.get(size) or _peer_shape(size)
   torch.manual_seed(0)
@@ -189,7 +188,4 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, str(REPO))
-  from train import cli
-
   cli.run(main)

@@ -25,6 +25,13 @@ import pathlib
 import sys
 import time
 
+import jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run by path
+
+from configs import gpt3  # noqa: E402
+from train import bench  # noqa: E402
+
 # size: candidates (remat, batch) in the order tried; the largest batch that fits wins on MFU.
 CANDIDATES = {
     "125M": [("none", 32), ("none", 64)],
@@ -35,8 +42,6 @@ REDUCED = {"tiny": [("none", 4), ("full", 4)]}
 
 
 def config_for(size: str, remat: str, batch: int, reduced: bool):
-  from configs import gpt3
-
   c = gpt3.get_config("size=125M" if reduced else f"size={size}")
   c.model.update(dtype="bfloat16", param_dtype="float32", remat=remat)
   c.train.batch_size = batch
@@ -65,9 +70,6 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def run_candidate(size, remat, batch, steps, reduced) -> dict:
-  import jax
-  from train import bench
-
   config = config_for(size, remat, batch, reduced)
   row = dict(size=size, remat=remat, batch=batch, xla_flags=os.environ.get("XLA_FLAGS", ""))
   t0 = time.perf_counter()
@@ -107,8 +109,6 @@ def main(argv=None) -> int:
   table = REDUCED if a.reduced else {s: CANDIDATES[s] for s in a.sizes.split(",")}
   out_dir = pathlib.Path(a.json_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  import jax
-
   print(
       f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}, jax {jax.__version__}, "
       f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
@@ -139,5 +139,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
   sys.exit(main())

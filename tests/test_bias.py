@@ -2,6 +2,7 @@
 pairs with known answers, the tokenizer checks, the masked-LM pseudo-log-likelihood and the
 causal sentence log-likelihood against direct computation, and the CLI on a tiny trained run."""
 
+import io
 import json
 import math
 import os
@@ -14,12 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from eval import bias
 from eval import zeroshot
 from model.config import ModelConfig
 from model.transformer import Transformer
 from train import cli
+from train import mesh as mesh_lib
+from train import run as run_lib
+from train import trainer
+from train.data import tokenizer as tok_lib
 from train.data.tokenizer import ByteTokenizer
+from train import spec
 
 BYTES = ByteTokenizer()
 HEADER = "index,sent_more,sent_less,stereo_antistereo,bias_type,annotations\n"
@@ -185,9 +192,6 @@ def test_unencodable_pairs_are_skipped_and_counted():
 def test_a_sentencepiece_model_that_maps_text_to_unk_is_detected(tmp_path):
   """A real SentencePiece model trained on the letters a-d only (no byte fallback)."""
   spm = pytest.importorskip("sentencepiece")
-  import io
-  from train.data import tokenizer as tok_lib
-
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(["a bad cab", "a dab cab bad"] * 20),
@@ -275,11 +279,6 @@ def _naive_pll(logp, pair):
 def test_a_masked_lm_run_is_scored_by_pll_matching_a_naive_masking_loop():
   """evaluate_run on an MLM run (its mesh, batches padded): the paper's metric, equal to the
   naive loop; pairs longer than seq_len are skipped and counted."""
-  from configs import default
-  from train import mesh as mesh_lib
-  from train import run as run_lib
-  from train import spec
-
   config = default.get_config("size=tiny")
   config.model.update(attention_mask="bidirectional", mlm_head=True, num_layers=1, init_std=0.3)
   config.train.objective = "mlm"
@@ -313,8 +312,6 @@ def test_sentence_log_likelihood_matches_direct_computation():
 
 
 def test_metric_follows_the_model():
-  from configs import default
-
   config = default.get_config("size=tiny")
   assert bias.metric_for(config) == "sentence_ll"
   config.model.attention_mask = "bidirectional"
@@ -353,9 +350,6 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_on_a_tiny_run_and_the_real_file(tmp_path, shared_data):
   """4 steps of the tiny default config, then `python -m eval.bias` on the first 20 pairs."""
-  from configs import default
-  from train import trainer
-
   data = shared_data / "bias" / "crows_pairs" / "crows_pairs_anonymized.csv"
   if not data.is_file():
     pytest.skip(f"{data} not present")

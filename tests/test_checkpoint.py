@@ -12,55 +12,18 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+
+from train import metrics
+from train import run as run_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
 
 # Runs train_and_evaluate in a fresh process; argv: workdir, overrides JSON, faults JSON.
-RUNNER = r"""
-import json, os, signal, sys
-import numpy as np
-from configs import default
-from train import trainer
-workdir, overrides, faults = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-config = default.get_config("size=tiny")
-for key, value in overrides.items():
-  section, _, field = key.rpartition(".")
-  node = config
-  for part in filter(None, section.split(".")):
-    node = node[part]
-  node[field] = value
-
-if faults.get("restore_io_error"):
-  import orbax.checkpoint as ocp
-  real_restore = ocp.CheckpointManager.restore
-  def flaky_restore(self, step, *a, **kw):
-    if "state" in str(kw.get("args")):
-      raise OSError("[Errno 5] Input/output error (simulated)")
-    return real_restore(self, step, *a, **kw)
-  ocp.CheckpointManager.restore = flaky_restore
-
-def batch_hook(step, batch):
-  if step == faults.get("sigterm_at"):
-    os.kill(os.getpid(), signal.SIGTERM)
-  if step in faults.get("nan_steps", []) or step >= faults.get("nan_from", 10**9):
-    batch = dict(batch, weights=np.full_like(batch["weights"], np.nan))
-  return batch
-
-def after_save(step):
-  if step == faults.get("sigkill_after_save"):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-try:
-  out = trainer.train_and_evaluate(config, workdir,
-                                   hooks=trainer.Hooks(batch=batch_hook, after_save=after_save))
-except Exception as e:
-  print("ERROR", type(e).__name__, e, flush=True)
-  sys.exit(3)
-print("RESULT " + json.dumps({k: out[k] for k in ("step", "preempted", "val_loss")}), flush=True)
-"""
+RUNNER = REPO / "tests" / "workers" / "checkpoint_run.py"
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +53,7 @@ def run(env, workdir, faults=None, **overrides):
   }
   base.update(overrides)
   p = subprocess.run(
-      [sys.executable, "-c", RUNNER, str(workdir), json.dumps(base), json.dumps(faults or {})],
+      [sys.executable, str(RUNNER), str(workdir), json.dumps(base), json.dumps(faults or {})],
       env=env["env"],
       cwd=REPO,
       capture_output=True,
@@ -101,22 +64,15 @@ def run(env, workdir, faults=None, **overrides):
 
 
 def train_rows(workdir):
-  from train import metrics
-
   return {r["step"]: r for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
 
 
 def final_params(workdir):
-  import jax
-  from train import run as run_lib
-
   run_ = run_lib.load_run(str(workdir))
   return run_.step, jax.tree_util.tree_map(np.asarray, run_.params)
 
 
 def assert_same_params(a, b):
-  import jax
-
   leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
@@ -208,8 +164,6 @@ def test_extending_a_finished_run_resumes_and_says_how_the_schedule_changes(env,
   assert "cosine schedule is re-stretched" in out, out
   rows = train_rows(wd)
   assert sorted(rows)[-2:] == [STEPS + 1, STEPS + 2]
-  from train import metrics
-
   events = metrics.read_jsonl(os.path.join(wd, "metrics.jsonl"), kind="event")
   change = [e for e in events if e.get("event") == "schedule_changed"]
   assert change and change[-1]["steps_before"] == STEPS and change[-1]["steps_after"] == STEPS + 2
@@ -241,8 +195,6 @@ def test_consecutive_nonfinite_steps_stop_with_good_checkpoint(env):
   assert "NonFiniteError" in out and "consecutive" in out and "checkpoints/2" in out, out
   step, params = final_params(wd)
   assert step == 2
-  import jax
-
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 

@@ -1,7 +1,10 @@
 """A params-only checkpoint (for parameters from elsewhere, e.g. Hugging Face) loads like a run."""
 
+import logging
+
 import jax
 import numpy as np
+import pytest
 
 from configs import default
 from train import checkpoint
@@ -31,8 +34,6 @@ def test_save_params_then_load_run(tmp_path, monkeypatch):
 
 
 def test_load_run_of_a_missing_run_says_so(tmp_path):
-  import pytest
-
   with pytest.raises(FileNotFoundError, match="not a trained run|no finished checkpoint"):
     run_lib.load_run(str(tmp_path / "nothing"))
 
@@ -40,8 +41,6 @@ def test_load_run_of_a_missing_run_says_so(tmp_path):
 def test_loading_a_run_logs_no_orbax_warnings(tmp_path, caplog):
   """eval.report loads every ladder point: Orbax's read-only-manager warnings (two per load)
   told the user nothing and filled the report's output."""
-  import logging
-
   config = default.get_config("size=tiny")
   mesh = mesh_lib.make_mesh(config, devices=jax.devices()[:1])
   boxed = state_lib.abstract_variables(

@@ -7,6 +7,7 @@ import pytest
 
 from configs import default
 from eval import coord_check
+from eval import lr_transfer
 
 WIDTHS = (64, 128, 256)  # above the tiny model (width 32), the muP base
 # One fixed batch of 1 x 16 tokens (the default); 16 initialisations averaged per width (one
@@ -77,8 +78,6 @@ def test_bad_widths_are_a_clear_error():
 
 
 def test_lr_sweep_points_and_best_lr_shift():
-  from eval import lr_transfer
-
   points = lr_transfer.lr_sweep_points(
       default.get_config("size=tiny"), (32, 64), (-9, -8), ("sp", "mup")
   )

@@ -1,10 +1,12 @@
 """The loader: packing, shuffling, per-process slices, exact resume, eval batches."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
 
+import grain
 import ml_collections
 import numpy as np
 import pytest
@@ -162,17 +164,10 @@ def test_resume_in_a_new_process(corpus, tmp_path):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(3)]
-  script = f"""
-import json, numpy as np, ml_collections
-from train.data import pipeline
-c = ml_collections.ConfigDict(dict(source={corpus[0]!r}, tokenizer="byte", seq_len={SEQ_LEN},
-                                   prepared_dir="", val_fraction=0.2, num_workers=1))
-td = pipeline.load_for_training(c, {str(corpus[1])!r}, global_batch_size=8, seed=0, progress=False)
-td.train_iter.set_state(json.loads({json.dumps(state)!r}))
-out = {{f"{{i}}_{{k}}": v for i in range(3) for k, v in next(td.train_iter).items()}}
-np.savez({str(tmp_path / "out.npz")!r}, **out)
-"""
-  subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=120)
+  worker = REPO / "tests" / "workers" / "pipeline_resume.py"
+  args = [corpus[0], str(corpus[1]), str(SEQ_LEN), json.dumps(state), str(tmp_path / "out.npz")]
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  subprocess.run([sys.executable, str(worker), *args], cwd=REPO, env=env, check=True, timeout=120)
   got = np.load(tmp_path / "out.npz")
   for i, e in enumerate(expected):
     for k in e:
@@ -181,8 +176,6 @@ np.savez({str(tmp_path / "out.npz")!r}, **out)
 
 def test_orbax_checkpoint_of_iterator_state(corpus, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
-  import grain
-
   it = load(corpus).train_iter
   next(it)
   with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from train.data import prepare
 from train.data import sources
 from train.data import split
 from train.data import store
+from train.data import synthetic
 from train.data import tokenizer as tok_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -230,8 +232,6 @@ def test_synthetic_manifest_has_floor(tmp_path):
   assert m["synthetic"]["entropy_rate_bits_per_byte"] > 0
   assert m["splits"]["train"]["domains"]["markov"]["tokens"] == 101 * m["splits"]["train"]["docs"]
   # The loader's window length adds the floor a packed model can reach (stored on disk too).
-  from train.data import synthetic
-
   src = synthetic.MarkovSource(synthetic.MarkovSpec(docs=50, doc_len=100))
   for seq_len in (32, 64):
     m = prepare.prepare(
@@ -304,8 +304,6 @@ def test_tinyshakespeare_shard(shared_data, tmp_path):
 
 
 def _cfg(source, tokenizer="byte", seq_len=64, val_fraction=0.2):
-  import ml_collections
-
   return ml_collections.ConfigDict(
       dict(
           source=source,
@@ -356,8 +354,6 @@ def test_changed_corpus_is_prepared_again(tmp_path):
 
 
 def test_changed_corpus_stops_training_with_one_line(tmp_path):
-  import ml_collections
-
   write_corpus(tmp_path / "c", n_docs=40)
   src = f"text:{tmp_path}/c/*.txt"
   data_cfg = ml_collections.ConfigDict(

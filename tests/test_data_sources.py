@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from train.data import pipeline
+from train.data import prepare
 from train.data import sources
 from train.data import split
 
@@ -28,8 +30,6 @@ def test_split_deterministic_and_fraction():
 
 def _val_texts(spec, val_fraction, out):
   """The validation documents prepare writes for `spec` (decoded from the shards)."""
-  from train.data import pipeline, prepare
-
   prepare.prepare(spec, "byte", out, val_fraction=val_fraction, num_workers=1, progress=False)
   _, stores = pipeline.open_prepared(out)
   val = stores["val"]
@@ -100,7 +100,7 @@ def test_jsonl_source_and_missing_field(tmp_path):
 
 def test_parquet_source(tmp_path):
   pa = pytest.importorskip("pyarrow")
-  import pyarrow.parquet as pq
+  import pyarrow.parquet as pq  # noqa: PLC0415 (`data` extra)
 
   pq.write_table(pa.table({"content": ["alpha", None, "gamma"]}), tmp_path / "t.parquet")
   docs = list(sources.open_source(f"parquet:{tmp_path}/*.parquet:content").documents())

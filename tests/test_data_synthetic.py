@@ -1,10 +1,12 @@
 """The synthetic Markov source: its closed-form entropy rate matches what samples show."""
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
+from train.data import pipeline
 from train.data import sources
 from train.data import synthetic
 
@@ -75,9 +77,6 @@ def _exact_packed_floor_bpb(src, seq_len) -> float:
   every possible document, the joint law of (what the model sees, target); the Bayes-optimal
   loss is its conditional entropy. Observations: BOS or not, and the piece's inputs so far
   (positions follow from their count)."""
-  import itertools
-
-  from train.data import pipeline
 
   n, k, v = src.spec.doc_len, src.spec.order, src.spec.vocab
   unit = n + 1

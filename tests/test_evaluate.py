@@ -14,6 +14,7 @@ from train import inputs as inputs_lib
 from train.data import pipeline
 from train.data import prepare
 from train import spec
+from train.data import tokenizer as tok_lib
 
 
 def _eval_source(tmp_path, texts, seq_len):
@@ -30,8 +31,6 @@ def _eval_source(tmp_path, texts, seq_len):
       progress=False,
   )
   manifest, stores = pipeline.open_prepared(tmp_path / "p")
-  from train.data import tokenizer as tok_lib
-
   return pipeline.EvalSource(stores["val"], manifest, tok_lib.load("byte"), seq_len), manifest
 
 

@@ -8,16 +8,27 @@ so the logits are O(1) and a layout error could not hide under the tolerance.
 """
 
 import json
+import types
 
+from flax import serialization
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tokenizers import models
+from tokenizers import pre_tokenizers
+from tokenizers import trainers
+import tokenizers
 
+from configs import base
 from eval import hf
+from eval import zeroshot
 from model.config import ModelConfig
 from model.transformer import Transformer
+from train import run as run_lib
+from train.data import tokenizer as tok_lib
+from train import spec
 
 GPT2 = dict(
     vocab_size=61,
@@ -236,13 +247,6 @@ def test_cli_export_from_run_and_import(tmp_path, monkeypatch, capsys):
   """`python -m eval.hf export --workdir RUN` takes the run's config, params and tokenizer
   (a BPE tokenizer.json is copied, its special tokens named as the tokenizer names them);
   `import` writes the params back as msgpack."""
-  import types
-  from flax import serialization
-  from configs import base
-  from train import run as run_lib
-  from train import spec
-  from train.data import tokenizer as tok_lib
-
   tok = tok_lib.train_bpe(["plain text for a tiny tokenizer"] * 5, 270, tmp_path / "tok.json")
   config = base.base_config()
   config.model.update(**{**GPT2, "vocab_size": tok.vocab_size})
@@ -270,9 +274,6 @@ def test_cli_export_from_run_and_import(tmp_path, monkeypatch, capsys):
 
 def _gpt2_style_tokenizer(path):
   """Byte-level BPE with GPT-2's one special token, added last (id 257 here, not 0)."""
-  import tokenizers
-  from tokenizers import models, pre_tokenizers, trainers
-
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.train_from_iterator(
@@ -291,9 +292,6 @@ def test_special_tokens_are_asked_of_the_tokenizer(tmp_path):
   falling back to EOS and no MASK; a tokenizer_config.json beside it names roles; the export
   names them back and carries the BOS behaviour chosen (bos=always adds the tokenizer's own
   BOS)."""
-  import tokenizers
-  from train.data import tokenizer as tok_lib
-
   raw = _gpt2_style_tokenizer(tmp_path / "tokenizer.json")
   eot = raw.token_to_id("<|endoftext|>")
   assert eot == 257
@@ -338,9 +336,6 @@ def test_import_to_run_is_loadable(tmp_path):
   """An HF directory becomes a params-only run that run_lib.load_run (and so init_from and the
   eval CLIs) accepts, with the same logits, and keeps the model's context length (300
   positions, more than the default data.seq_len of 256) as the zero-shot window."""
-  from eval import zeroshot
-  from train import run as run_lib
-
   cfg = ModelConfig(**{**GPT2, "vocab_size": 260, "max_seq_len": 300})
   params = _random_params(cfg)
   hf.export_dir(cfg, params, tmp_path / "hf")

@@ -13,6 +13,10 @@ import pytest
 
 from configs import ladder as ladder_cfg
 from eval import ladder
+from eval import report
+from model import summary
+from train import cpu_devices
+from train import trainer
 
 
 def _rows(d):
@@ -21,8 +25,6 @@ def _rows(d):
 
 
 def test_expand_schemes_and_flops():
-  from model import summary
-
   pts = ladder.expand(ladder_cfg.get_config("tiny"))
   assert [p.kind for p in pts] == ["constant", "cooldown", "cooldown"] * 2
   const, cool = pts[0], pts[2]
@@ -45,8 +47,6 @@ def test_expand_schemes_and_flops():
 @pytest.mark.slow
 def test_tiny_wsd_ladder_resumes_after_a_crash(tmp_path, monkeypatch):
   """A point that dies after its first checkpoint resumes from it; finished points are skipped."""
-  from train import trainer
-
   real = trainer.train_and_evaluate
   calls = []
 
@@ -100,8 +100,6 @@ def test_tiny_wsd_ladder_resumes_after_a_crash(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_tiny_isoflop_ladder_feeds_the_report(tmp_path):
   """End to end: IsoFLOP points -> results.csv (with budgets) -> report with LM-head spectra."""
-  from eval import report
-
   rows = ladder.run_ladder(ladder_cfg.get_config("tiny_isoflop"), tmp_path)
   assert len(rows) == 6 and {float(r["budget"]) for r in rows} == {2e8, 4e8}
   for r in rows:  # the realised FLOPs sit close to the budget (integer steps)
@@ -159,8 +157,6 @@ def _cpu_devices_used(stdout: str) -> set[int]:
 @pytest.mark.slow
 def test_ladder_points_use_the_device_split_of_python_m_train(tmp_path):
   """Both entry points split the CPU host the same way (train/cpu_devices.py)."""
-  from train import cpu_devices
-
   repo = pathlib.Path(__file__).resolve().parents[1]
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu_devices.ENV)}
   common = ["--config", "configs/ladder.py:tiny_grid"]

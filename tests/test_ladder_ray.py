@@ -35,7 +35,7 @@ def _node_processes(cluster) -> list:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
   """Head + one worker node, one CPU each; shut down (every process gone) afterwards."""
-  from ray.cluster_utils import Cluster
+  from ray.cluster_utils import Cluster  # noqa: PLC0415 (`ray` extra)
 
   env = pytest.MonkeyPatch()
   env.delenv("XLA_FLAGS", raising=False)  # the split `python -m train` would choose
@@ -92,15 +92,13 @@ def _pause_after_save(pid_file: str, point_name: str, step: int):
   def hooks(point):
     if point.name != point_name:
       return None
-    import os as os_
-    import time as time_
-    from train import trainer
+    from train import trainer  # noqa: PLC0415 (jax after the worker's XLA_FLAGS)
 
     def after_save(s):
-      if s == step and not os_.path.exists(pid_file):
+      if s == step and not os.path.exists(pid_file):
         with open(pid_file, "w") as f:
-          f.write(str(os_.getpid()))
-        time_.sleep(300)
+          f.write(str(os.getpid()))
+        time.sleep(300)
 
     return trainer.Hooks(after_save=after_save)
 
@@ -189,7 +187,7 @@ def _raise_in(point_name: str):
   def hooks(point):
     if point.name != point_name:
       return None
-    from train import trainer
+    from train import trainer  # noqa: PLC0415 (jax after the worker's XLA_FLAGS)
 
     def after_save(step):
       raise RuntimeError(f"disk full at step {step}")

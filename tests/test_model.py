@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from configs.base import DEFAULT_AXIS_RULES
 from model import attention_ops
 from model import positional
 from model.config import ModelConfig
@@ -219,8 +220,6 @@ def test_every_param_has_logical_axis_names(kw):
 
 def test_logical_rules_leave_activation_embed_unsharded():
   """Flax applies rules in order and skips mesh axes already used by an earlier dim."""
-  from configs.base import DEFAULT_AXIS_RULES
-
   rules = DEFAULT_AXIS_RULES
   act = nn.logical_to_mesh_axes(("batch", "length", "embed"), rules)
   assert tuple(act) == (("data", "fsdp"), None, None)

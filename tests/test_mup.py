@@ -19,6 +19,7 @@ from train import inputs
 from train import mesh as mesh_lib
 from train import optim
 from train import spec
+from train import state
 
 B, L = 8, 32
 BASE = dict(parametrization="sp")
@@ -205,7 +206,6 @@ def test_cli_reports_a_bad_parametrization_in_one_line(tmp_path):
 
 def _abstract_params(**model):
   s = spec.resolve(_config(**model))
-  from train import state
 
   m = mesh_lib.make_mesh(s, devices=jax.devices()[:1])
   return state.abstract_variables(s, state.make_model(s.model), m)["params"]

@@ -10,8 +10,10 @@ import pytest
 
 from configs import base
 from configs import default
+from train import mesh as mesh_lib
 from train import optim
 from train import spec
+from train import state
 
 
 def _train_cfg(**kw):
@@ -68,8 +70,6 @@ def test_unknown_schedule_names_the_field(field, value):
 
 
 def _abstract_params(**model):
-  from train import mesh as mesh_lib, state
-
   c = default.get_config("size=tiny")
   c.model.update(model)
   s = spec.resolve(c)

@@ -10,14 +10,13 @@ import pytest
 
 from configs import ladder as ladder_cfg
 from eval import ladder, perplexity
+from train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  from train import trainer
-
   d = tmp_path_factory.mktemp("run")
   cfg = ladder_cfg.get_config("tiny_grid")
   point = ladder.expand(cfg)[0]

@@ -5,12 +5,18 @@ without it they skip and say so. Topology parsing and the analytic fallback need
 """
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from configs.base import base_config
 from train import plan_compile, plan_search, planner, topology
 from train.hardware import CHIPS
+from train import mesh as mesh_lib
+from train import accounting
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(
@@ -76,8 +82,6 @@ def test_parse_topology_counts_devices():
 
 
 def test_gpu_target_falls_back_to_the_analytic_estimate_and_says_so():
-  from train import accounting
-
   c = small_config()
   p = planner.plan(c, topology.parse_topology("h100:8"))
   assert p.method == "analytic"
@@ -93,8 +97,6 @@ def test_gpu_target_falls_back_to_the_analytic_estimate_and_says_so():
 @pytest.mark.slow
 @needs_libtpu
 def test_small_config_on_v5e_2x2_matches_the_analytic_estimate():
-  from train import accounting
-
   c = small_config()
   p = planner.plan(c, topology.parse_topology("v5e:2x2"))
   assert p.method == "xla" and p.memory.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
@@ -143,8 +145,6 @@ def test_multi_slice_mesh_puts_data_across_slices():
   ):
     plan_compile.mesh_for(plan_compile.for_topology(c, topo), topo, devices)
   # Slices with no DCN layout at all, through make_mesh directly.
-  from train import mesh as mesh_lib
-
   c.mesh.dcn_shape = (1, 1, 1)
   with pytest.raises(ValueError, match=r"come from 2 TPU slices.*dcn_shape=\(2, 1, 1\)"):
     mesh_lib.make_mesh(c, devices)
@@ -159,10 +159,6 @@ def test_bad_libtpu_topology_is_a_clear_error():
 
 
 def test_cli_reports_a_bad_topology_without_a_traceback():
-  import os
-  import subprocess
-  import sys
-
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
       [
@@ -186,8 +182,6 @@ def test_cli_reports_a_bad_topology_without_a_traceback():
 
 
 def test_batch_search_finds_the_largest_fitting_batch_analytically():
-  from train import accounting
-
   c = small_config()
   topo = topology.parse_topology("v5e:2x2")
   p = plan_search.search_batch(c, topo, force_analytic=True)
@@ -202,11 +196,6 @@ def test_batch_search_finds_the_largest_fitting_batch_analytically():
 
 def test_plan_json_keeps_its_keys_and_adds_the_run_cost(tmp_path):
   """`--json` of an analytic plan: the keys it always had, and the whole run's cost."""
-  import json
-  import os
-  import subprocess
-  import sys
-
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = tmp_path / "plan.json"
   proc = subprocess.run(

@@ -3,6 +3,7 @@
 import pytest
 
 from train import hardware, planner, topology
+from configs import default
 
 
 def test_tpu_hbm_is_what_xla_allows():
@@ -11,8 +12,6 @@ def test_tpu_hbm_is_what_xla_allows():
 
 
 def test_gpu_plans_fit_in_the_preallocated_fraction(monkeypatch):
-  from configs import default
-
   monkeypatch.delenv(hardware.GPU_MEM_FRACTION_ENV, raising=False)
   h100 = hardware.CHIPS["h100"]
   assert hardware.usable_bytes(h100) == 0.75 * 80 * hardware.GiB

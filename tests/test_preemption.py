@@ -4,6 +4,7 @@
 import os
 import signal
 
+from jax.experimental import multihost_utils
 import numpy as np
 import pytest
 
@@ -18,8 +19,6 @@ def test_single_process_sees_the_signal_at_the_next_step():
 
 
 def test_several_processes_poll_collectively_every_n_steps(monkeypatch):
-  from jax.experimental import multihost_utils
-
   calls = []
 
   def allgather(x):

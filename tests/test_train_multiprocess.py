@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import pytest
 
+from train import metrics
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
 ARGS = [
@@ -97,8 +99,6 @@ def _train(tmp, workdir, *, steps, processes, devices):
 
 
 def _losses(workdir):
-  from train import metrics
-
   rows = metrics.read_jsonl(str(workdir / "metrics.jsonl"))
   val = metrics.read_jsonl(str(workdir / "metrics.jsonl"), "eval")[-1]
   return [r["step"] for r in rows], [r["loss"] for r in rows], val["all/loss"]

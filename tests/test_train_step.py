@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from configs import default
+from model.config import ModelConfig
+from model.transformer import Transformer
 from train import build
 from train import inputs
+from train import mesh as mesh_lib
 from train import optim
 from train import step as step_lib
 from train import spec
@@ -46,8 +49,6 @@ def _batch(seed=0, pad_rows=0):
 
 
 def _one_device_build(c, **kw):
-  from train import mesh as mesh_lib
-
   return build.build(spec.resolve(c), mesh=mesh_lib.make_mesh(c, devices=jax.devices()[:1]), **kw)
 
 
@@ -174,8 +175,6 @@ def test_bad_config_values_give_clear_errors(override, message):
   ((key, value),) = override.items()
   section, field = key.split(".")
   c[section][field] = value
-  from train import mesh as mesh_lib
-
   with pytest.raises(ValueError, match=message):
     build.build(
         spec.resolve(c),
@@ -204,9 +203,6 @@ def test_logged_lr_is_the_rate_the_optimizer_used_after_skipped_steps():
 
 def test_untied_bf16_head_returns_float32_accumulated_logits():
   """The untied head accumulates in float32 like the tied one (no bf16 rounding of logits)."""
-  from model.config import ModelConfig
-  from model.transformer import Transformer
-
   cfg = ModelConfig.from_config(
       dict(_config().model.to_dict(), tie_embeddings=False, dtype="bfloat16")
   )

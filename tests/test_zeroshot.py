@@ -5,6 +5,10 @@ Parity with lm-evaluation-harness itself: tests/test_zeroshot_lm_eval.py."""
 
 import bz2
 import json
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import flax.linen as nn
@@ -13,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eval import hf
 from eval import zeroshot as zs
 from model.config import ModelConfig
 from model.transformer import Transformer
@@ -354,48 +359,21 @@ def test_transformer_scores_match_direct_computation():
   assert logprob[0] == pytest.approx(float(logp[2, ord("e")]), abs=1e-5)
 
 
-_MESH_SCRIPT = r"""
-import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
-from configs import base
-from eval import zeroshot as zs
-from model.config import ModelConfig
-from model.transformer import Transformer
-from train import mesh as mesh_lib, spec
-assert jax.device_count() == 4
-config = base.base_config()
-config.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
-                    mlp_dim=64, max_seq_len=32, init_std=0.3)
-config.data.seq_len = 32
-config.mesh.shape = (2, 2, 1)  # data x fsdp: params sharded over fsdp, batch over both
-mesh, rules = mesh_lib.make_mesh(config), spec.resolve(config).mesh.axis_rules
-model = Transformer(ModelConfig.from_config(config.model))
-boxed = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-params = nn.unbox(boxed)
-sharded = jax.device_put(params, mesh_lib.param_shardings(boxed, mesh, rules))
-assert not sharded["embed"]["embedding"].sharding.is_fully_replicated
-reqs = [([256] + list(b"ctx %d" % i), list(b" cont%d" % (i * 7))) for i in range(10)]
-one = zs.score_requests(zs.make_token_logprobs_fn(config.model, params), reqs, window=16,
-                        batch_size=4)
-multi = zs.score_requests(zs.make_token_logprobs_fn(config.model, sharded, mesh, rules), reqs,
-                          window=16, batch_size=4)
-np.testing.assert_allclose(one[0], multi[0], atol=1e-4)
-assert one[1].tolist() == multi[1].tolist()
-print("OK", one[0][:3])
-"""
+_MESH_WORKER = pathlib.Path(__file__).parent / "workers" / "zeroshot_mesh.py"
 
 
 def test_scoring_on_a_sharded_mesh_matches_one_device():
   """4 CPU devices as a data x fsdp mesh: the batch is split like a training batch and the
   params stay FSDP-sharded; scores equal the single-device ones."""
-  import os
-  import pathlib
-  import subprocess
-  import sys
-
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(
+      os.environ,
+      XLA_FLAGS="--xla_force_host_platform_device_count=4",
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=str(repo),
+  )
   out = subprocess.run(
-      [sys.executable, "-c", _MESH_SCRIPT],
+      [sys.executable, str(_MESH_WORKER)],
       cwd=repo,
       env=env,
       capture_output=True,
@@ -410,9 +388,6 @@ def test_cli_on_an_imported_run(tmp_path, capsys):
   """`python -m eval.zeroshot` on a run imported from an HF directory: prints the window (the
   model's context length, here 48, not data.seq_len) and the BOS mode, writes JSON with the
   metrics and standard errors; a bad task spec is one ValueError before loading anything."""
-  from eval import hf
-  from model.config import ModelConfig
-
   cfg = ModelConfig(
       vocab_size=260,
       d_model=32,
@@ -434,8 +409,6 @@ def test_cli_on_an_imported_run(tmp_path, capsys):
   )
   hf.export_dir(cfg, jax.tree.map(np.asarray, params), tmp_path / "hf")
   hf.import_to_run(tmp_path / "hf", tmp_path / "run")
-  import pathlib
-
   real = pathlib.Path(__file__).resolve().parents[2] / "shared/data/sst2/dev.tsv"
   dev = real if real.is_file() else tmp_path / "dev.tsv"
   if not real.is_file():

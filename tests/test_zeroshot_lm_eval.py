@@ -32,6 +32,11 @@ huggingface = pytest.importorskip(
 )
 
 import tokenizers  # noqa: E402
+from tokenizers import decoders  # noqa: E402
+from tokenizers import models  # noqa: E402
+from tokenizers import pre_tokenizers  # noqa: E402
+from tokenizers import processors  # noqa: E402
+from tokenizers import trainers  # noqa: E402
 import yaml  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
@@ -39,6 +44,7 @@ from eval import hf  # noqa: E402
 from eval import zeroshot as zs  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
+from train import run as run_lib  # noqa: E402
 from train.data import tokenizer as tok_lib  # noqa: E402
 
 TOL = 1e-4
@@ -134,8 +140,8 @@ def _assert_parity(ours: list[list[float]], theirs: list[list[float]]):
 def test_readers_build_lm_eval_documents(tmp_path):
   """Our HellaSwag items are what lm-eval's own process_docs makes of the same rows; our
   SST-2 prompt and choices are its task file's."""
-  import datasets
-  from lm_eval.tasks.hellaswag import utils
+  import datasets  # noqa: PLC0415 (`data` extra)
+  from lm_eval.tasks.hellaswag import utils  # noqa: PLC0415 (`lmeval` extra)
 
   hs, sst2, _ = _tasks(tmp_path)
   docs = utils.process_docs(
@@ -155,8 +161,6 @@ def test_readers_build_lm_eval_documents(tmp_path):
 def _gpt2_tokenizer_json(path):
   """A byte-level BPE laid out as GPT-2's tokenizer.json: one special token, <|endoftext|>,
   and a ByteLevel post-processor that adds nothing."""
-  from tokenizers import decoders, models, pre_tokenizers, processors, trainers
-
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -183,8 +187,6 @@ def _randomise_norms(model):
 
 
 def test_gpt2_imported_run_matches_lm_eval(tmp_path):
-  from train import run as run_lib
-
   hf_dir = tmp_path / "gpt2"
   hf_dir.mkdir()
   vocab = _gpt2_tokenizer_json(hf_dir / "tokenizer.json")

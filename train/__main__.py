@@ -5,29 +5,34 @@ Trains (or resumes) the run in DIR. Multi-process: pass --coordinator_address,
 SLURM / Cloud TPU detection (see train/distributed.py).
 """
 
+import argparse
 import os
 
-from absl import app
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from train import cli
+from train import cpu_devices
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/x.py[:arg]).", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plot).")
-_COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).")
-_NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process).")
-_PID = flags.DEFINE_integer("process_id", -1, "This process's index (multi-process).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[1])
+  cli.add_config(ap, lock_config=True)
+  ap.add_argument("--workdir", required=True, help="Run directory (checkpoints, metrics, plot).")
+  ap.add_argument(
+      *cli.flag_names("coordinator_address"), default="", help="host:port of process 0."
+  )
+  ap.add_argument(*cli.flag_names("num_processes"), type=int, default=0, help="Processes.")
+  ap.add_argument(*cli.flag_names("process_id"), type=int, default=-1, help="This process.")
+  ap.add_argument(
+      "-v", "--verbosity", type=int, default=None, help="absl logging level (default: warnings)"
+  )
+  return ap
 
 
 def _enable_compilation_cache() -> None:
   """Persistent XLA cache (JAX_COMPILATION_CACHE_DIR or ~/.cache/unleash/jax): a resumed
   or repeated run skips recompiling the step."""
-  import jax
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
       os.path.expanduser("~"), ".cache", "unleash", "jax"
@@ -35,26 +40,23 @@ def _enable_compilation_cache() -> None:
   jax.config.update("jax_compilation_cache_dir", path)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-  config = _CONFIG.value
-  if _COORD.value or _NPROC.value > 1:
+def main(argv=None) -> None:
+  args = cli.parse_args(_parser(), argv)
+  # Orbax logs every file it writes at INFO.
+  logging.set_verbosity(logging.WARNING if args.verbosity is None else args.verbosity)
+  config = args.config
+  if args.coordinator_address or args.num_processes > 1:
     with config.unlocked():
       config.distributed.enabled = True
-      config.distributed.coordinator_address = _COORD.value
-      config.distributed.num_processes = _NPROC.value
-      config.distributed.process_id = _PID.value
-  from train import cpu_devices
-
+      config.distributed.coordinator_address = args.coordinator_address
+      config.distributed.num_processes = args.num_processes
+      config.distributed.process_id = args.process_id
   cpu_devices.configure(config)  # CPU hosts: 2 data-parallel devices; before jax is imported
   _enable_compilation_cache()
-  from train import trainer
+  from train import trainer  # noqa: PLC0415 (jax after XLA_FLAGS)
 
-  trainer.train_and_evaluate(config, _WORKDIR.value)  # NonFiniteError is a cli.Error
+  trainer.train_and_evaluate(config, args.workdir)  # NonFiniteError is a cli.Error
 
 
 if __name__ == "__main__":
-  app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)
+  cli.run(main)

@@ -12,10 +12,12 @@ model/summary.py's. Everything goes through jax.eval_shape, so the 175B preset t
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import sys
 from typing import Any, Sequence
+
+from train import cli
 
 from model.config import ModelConfig
 from model.summary import as_model_config, flops_per_token_forward, flops_per_token_train
@@ -166,11 +168,27 @@ def format_table(s: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _main(argv):
-  from absl import flags
+def _parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(
+      prog="python -m train.accounting", description=__doc__.split("\n\n")[0]
+  )
+  cli.add_config(ap, lock_config=False)
+  ap.add_argument("--json", default=None, help="write the summary as JSON here")
+  ap.add_argument(
+      *cli.flag_names("batch_size"), type=int, default=0, help="global batch (default: config)"
+  )
+  ap.add_argument(
+      *cli.flag_names("seq_len"), type=int, default=0, help="sequence length (default: config)"
+  )
+  ap.add_argument(
+      *cli.flag_names("num_devices"), type=int, default=1, help="devices to fill a -1 in mesh.shape"
+  )
+  return ap
 
-  del argv
-  f = flags.FLAGS
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The summary CLI (also behind `python -m model.summary`)."""
+  f = cli.parse_args(_parser(), argv)
   config = f.config
   mesh = [int(a) for a in config.mesh.shape]
   if mesh.count(-1) > 1:
@@ -179,7 +197,7 @@ def _main(argv):
     known = math.prod(a for a in mesh if a != -1)
     if f.num_devices % known:
       raise ValueError(
-          f"--num_devices={f.num_devices} not divisible by the fixed mesh axes " f"{tuple(mesh)}"
+          f"--num_devices={f.num_devices} not divisible by the fixed mesh axes {tuple(mesh)}"
       )
     mesh[mesh.index(-1)] = f.num_devices // known
   s = summarize(
@@ -197,31 +215,5 @@ def _main(argv):
       json.dump(s, fh, indent=2)
 
 
-def _define_flags() -> None:
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "preset file[:arg]", lock_config=False)
-  flags.DEFINE_string("json", None, "write the summary as JSON here")
-  flags.DEFINE_integer("batch_size", 0, "global batch (default: config.train.batch_size)")
-  flags.DEFINE_integer("seq_len", 0, "sequence length (default: config.data.seq_len)")
-  flags.DEFINE_integer("num_devices", 1, "devices to fill a -1 in config.mesh.shape")
-  flags.mark_flags_as_required(["config"])
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  """The summary CLI (also behind `python -m model.summary`)."""
-  from absl import app
-
-  from train import cli
-
-  _define_flags()
-  app.run(
-      cli.guarded(_main),
-      argv=list(sys.argv if argv is None else argv),
-      flags_parser=cli.parse_absl_flags,
-  )
-
-
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -16,33 +16,34 @@ On a CPU host it splits the cores into devices exactly as `python -m train` does
 
 """
 
+import argparse
 import json
 import resource
 import statistics
 import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+import numpy as np
 
+from train import cli
 from train import cpu_devices
+from train import spec
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/x.py[:arg]).", lock_config=False
-)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after the compiling first step.")
-_JSON = flags.DEFINE_string("json", "", "Also write the result JSON to this path.")
-_DEPTH = flags.DEFINE_boolean(
-    "compile_depth_check", False, "Also time compiling the step at 12 and 48 layers."
-)
-flags.mark_flags_as_required(["config"])
+
+def _parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
+  cli.add_config(ap, lock_config=False)
+  ap.add_argument("--steps", type=int, default=10, help="Timed steps (after warm-up).")
+  ap.add_argument("--warmup", type=int, default=2, help="Untimed steps after the first step.")
+  ap.add_argument("--json", default="", help="Also write the result JSON to this path.")
+  cli.add_bool(
+      ap, "compile_depth_check", False, "Also time compiling the step at 12 and 48 layers."
+  )
+  return ap
 
 
 def make_batches(config, built, n: int = 4, seed: int = 0) -> list:
   """n global batches of random tokens: one full-length document per row (segment 1)."""
-  import numpy as np
-  from train import inputs
+  from train import inputs  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   b, l = int(config.train.batch_size), int(config.data.seq_len)
   v = int(config.model.vocab_size)
@@ -68,9 +69,8 @@ class StepTimer:
   """
 
   def __init__(self, config):
-    import jax
-    from train import build
-    from train import spec
+    import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
+    from train import build  # noqa: PLC0415 (jax after XLA_FLAGS)
 
     self.config = config
     self.built = build.build(spec.resolve(config))
@@ -91,7 +91,7 @@ class StepTimer:
     self.i += 1
 
   def run(self, k: int) -> list[float]:
-    import jax
+    import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
     times = []
     for _ in range(k):
@@ -104,8 +104,7 @@ class StepTimer:
 
 def compile_seconds(config, num_layers: int) -> float:
   """Seconds to lower + compile the real step with `num_layers` (nothing runs)."""
-  from train import build
-  from train import spec
+  from train import build  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   c = config.copy_and_resolve_references()
   c.model.num_layers = num_layers
@@ -117,7 +116,7 @@ def compile_seconds(config, num_layers: int) -> float:
 
 def peak_memory() -> dict:
   """Host peak RSS, and device peak bytes where the backend reports them."""
-  import jax
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   out = {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
   stats = jax.devices()[0].memory_stats() or {}
@@ -129,8 +128,8 @@ def peak_memory() -> dict:
 def peak_flops() -> tuple[float, str]:
   """Peak FLOP/s of all local devices together: data sheet x devices, or on CPU one matmul
   ceiling measured here (the CPU's devices share the same cores)."""
-  import jax
-  from train import metrics
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
+  from train import metrics  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   dev = jax.local_devices()
   if dev[0].platform == "cpu":
@@ -141,8 +140,8 @@ def peak_flops() -> tuple[float, str]:
 
 
 def run(config, steps: int = 10, warmup: int = 2, depth_check: bool = False) -> dict:
-  import jax
-  from model import summary
+  import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
+  from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   timer = StepTimer(config)
   timer.run(warmup)
@@ -185,19 +184,16 @@ def run(config, steps: int = 10, warmup: int = 2, depth_check: bool = False) -> 
   return out
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-  cpu_devices.configure(_CONFIG.value)  # before jax is imported, like `python -m train`
-  out = run(_CONFIG.value, _STEPS.value, _WARMUP.value, _DEPTH.value)
+def main(argv=None) -> None:
+  args = cli.parse_args(_parser(), argv)
+  cpu_devices.configure(args.config)  # before jax is imported, like `python -m train`
+  out = run(args.config, args.steps, args.warmup, args.compile_depth_check)
   text = json.dumps(out)
   print(text)
-  if _JSON.value:
-    with open(_JSON.value, "w", encoding="utf-8") as f:
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
       f.write(text + "\n")
 
 
 if __name__ == "__main__":
-  from train import cli
-
-  app.run(cli.guarded(main), flags_parser=cli.parse_absl_flags)
+  cli.run(main)

@@ -9,6 +9,7 @@ no sheet, so a matmul is timed once at start-up and that measured rate is used (
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -90,15 +91,13 @@ class MetricsWriter:
 def _summary_writer_class():
   """tensorboardX.SummaryWriter, imported without torch: tensorboardX imports torch if it is
   installed (seconds of start-up) only to accept torch tensors, which we never pass."""
-  import sys
-
   if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
     sys.modules["torch"] = None  # makes `import torch` raise ImportError inside tensorboardX
     try:
-      import tensorboardX
+      import tensorboardX  # noqa: PLC0415 (torch hidden, see above)
     finally:
       del sys.modules["torch"]
-  import tensorboardX
+  import tensorboardX  # noqa: PLC0415 (torch hidden, see above)
 
   return tensorboardX.SummaryWriter
 

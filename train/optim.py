@@ -97,11 +97,7 @@ def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
   def leaf_decays(path, _):
     names = [n.lower() for n in path_names(path)]
     leaf = names[-1] if names else ""
-    if (
-        leaf in _NO_DECAY_LEAVES
-        or leaf.endswith("bias")
-        or any(_NORM_MARKER in n for n in names)
-    ):
+    if leaf in _NO_DECAY_LEAVES or leaf.endswith("bias") or any(_NORM_MARKER in n for n in names):
       return False
     if leaf in _EMBED_LEAVES:
       return bool(decay_embeddings)

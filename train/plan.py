@@ -16,26 +16,24 @@ analytic estimate and says so in its output.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 
+import jax
+
+from train import cli
 from train import plan_compile, plan_search
 from train.planner import format_plan, plan
 from train.topology import parse_topology, topology_devices
 
 
-def main(argv: Sequence[str]) -> None:
-  from absl import flags
-
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {argv[1:]}")
-  import jax
-
+def main(argv: Sequence[str] | None = None) -> None:
+  f = cli.parse_args(_parser(), argv)
   # Planning needs no local accelerator; keep a TPU/GPU runtime from initialising here.
   jax.config.update("jax_platforms", "cpu")
-  _run(flags.FLAGS)
+  _run(f)
 
 
 def _run(f) -> None:
@@ -57,42 +55,27 @@ def _run(f) -> None:
       json.dump(p.to_json(), fh, indent=2, default=str)
 
 
-def _define_flags() -> None:
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
-  flags.DEFINE_string("topology", None, "v5e:4x4 | v5p:4x4x4 | v4:2x2x2 | v6e:8x8 | h100:8")
-  flags.DEFINE_integer("num_slices", 1, "Slices joined by DCN (multi-slice).")
-  flags.DEFINE_string("json", None, "Write the plan as JSON here.")
-  flags.DEFINE_bool("search", False, "Find the largest per-device batch that fits.")
-  flags.DEFINE_bool("search_remat", False, "With --search: also try each remat policy.")
-  flags.DEFINE_float("mfu", 0.5, "Model FLOPs utilisation assumed for the step time.")
-  flags.DEFINE_bool(
+def _parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(prog="python -m train.plan", description=__doc__.split("\n\n")[0])
+  cli.add_config(ap, lock_config=True)
+  ap.add_argument(
+      "--topology", required=True, help="v5e:4x4 | v5p:4x4x4 | v4:2x2x2 | v6e:8x8 | h100:8"
+  )
+  ap.add_argument(*cli.flag_names("num_slices"), type=int, default=1, help="Slices joined by DCN.")
+  ap.add_argument("--json", default=None, help="Write the plan as JSON here.")
+  cli.add_bool(ap, "search", False, "Find the largest per-device batch that fits.")
+  cli.add_bool(ap, "search_remat", False, "With --search: also try each remat policy.")
+  ap.add_argument("--mfu", type=float, default=0.5, help="MFU assumed for the step time.")
+  cli.add_bool(
+      ap,
       "count_flops",
       True,
       "Also compile 1- and 2-layer unrolled variants so "
       "XLA's FLOP count covers every layer (loop bodies count once otherwise).",
   )
-  flags.DEFINE_bool("analytic", False, "Skip compiling; use the analytic estimate.")
-  flags.mark_flags_as_required(["config", "topology"])
-
-
-def _normalise_argv(argv: list[str]) -> list[str]:
-  """Accept --num-slices as well as --num_slices (config overrides are left alone)."""
-  out = []
-  for a in argv:
-    if a.startswith("--") and not a.startswith("--config"):
-      name, eq, value = a[2:].partition("=")
-      a = "--" + name.replace("-", "_") + eq + value
-    out.append(a)
-  return out
+  cli.add_bool(ap, "analytic", False, "Skip compiling; use the analytic estimate.")
+  return ap
 
 
 if __name__ == "__main__":
-  from absl import app
-
-  from train import cli
-
-  _define_flags()
-  app.run(cli.guarded(main), argv=_normalise_argv(sys.argv), flags_parser=cli.parse_absl_flags)
+  cli.run(main)

@@ -18,6 +18,9 @@ from typing import Any
 
 from model import summary
 from train import accounting
+import jax
+
+from train import build
 from train import mesh as mesh_lib
 from train import spec as spec_lib
 from train.topology import Topology
@@ -46,8 +49,6 @@ class StepMemory:
 def build_step(config, mesh):
   """The trainer's step for `config` on `mesh`: train.build.build, exactly what
   `python -m train` compiles (same model, optimizer, shardings, donated state)."""
-  from train import build
-
   # MLM's mask id comes from the tokenizer; any in-vocab id compiles to the same program.
   mask_id = int(config.model.vocab_size) - 1
   return build.build(spec_lib.resolve(config), mesh, mask_id=mask_id).train_step
@@ -213,8 +214,6 @@ def _oom_bytes(e: Exception) -> int | None:
 
 def _argument_bytes(step, config) -> int:
   """Per-device bytes of the step's inputs (state + batch), from their shardings."""
-  import jax
-
   leaves = jax.tree_util.tree_leaves(step.abstract_state)
   shards = jax.tree_util.tree_leaves(step.state_shardings)
   total = sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize for a, s in zip(leaves, shards))

@@ -3,6 +3,9 @@ the global pyplot backend is left alone, e.g. inline plots in a notebook)."""
 
 import os
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from train import metrics as metrics_lib
 
 
@@ -11,9 +14,6 @@ def loss_plot(workdir: str, out: str | None = None) -> str | None:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return None
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
   train = metrics_lib.read_jsonl(path, "train")
   val = metrics_lib.read_jsonl(path, "eval")
   fig = Figure(figsize=(7, 4))

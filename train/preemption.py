@@ -12,6 +12,7 @@ import signal
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 
@@ -51,7 +52,5 @@ class PreemptionGuard:
       return local
     if step % self.poll_every:
       return False
-    from jax.experimental import multihost_utils
-
     flags = multihost_utils.process_allgather(np.asarray(local, np.int32))
     return bool(np.any(flags))

@@ -101,14 +101,14 @@ def topology_devices(topo: Topology) -> list[Any]:
         "attached, so this plan uses the analytic estimate (train/accounting.py)"
     )
   try:
-    import libtpu  # noqa: F401  (only to say clearly when it is missing)
+    import libtpu  # noqa: F401, PLC0415 (optional extra: only to say clearly when it is missing)
   except ImportError:
     raise NoCompiler(
         'libtpu is not installed (pip install -e ".[tpu]" installs the one jax '
         "pins), so this plan uses the analytic estimate (train/accounting.py)"
     ) from None
   _quiet_libtpu_env()
-  from jax.experimental import topologies
+  from jax.experimental import topologies  # noqa: PLC0415 (after _quiet_libtpu_env)
 
   dims3 = tuple(topo.dims) + (1,) * (3 - len(topo.dims))
   host = (min(2, dims3[0]), min(2, dims3[1]), 1)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
 from model import summary
 from train import build as build_lib
@@ -53,8 +54,6 @@ class Hooks:
 def _printer(process_index: int) -> Callable[[str], None]:
   def log(msg: str) -> None:
     if process_index == 0:
-      from tqdm import tqdm
-
       tqdm.write(msg)
 
   return log
@@ -204,8 +203,6 @@ class Monitor:
     self.losses, self.last_train = [], {}
     self.bar = None
     if jax.process_index() == 0:
-      from tqdm import tqdm
-
       self.bar = tqdm(
           total=self.total, initial=start, unit="step", dynamic_ncols=True, desc=spec.name
       )

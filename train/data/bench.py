@@ -18,6 +18,7 @@ import time
 
 import ml_collections
 
+from train import cli
 from train.data import pipeline
 
 
@@ -114,6 +115,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

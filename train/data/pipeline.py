@@ -37,6 +37,7 @@ prepared data (manifest fingerprint), seed, seq_len, global batch and process co
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 from typing import Iterator
@@ -261,8 +262,6 @@ class TrainingData:
 
 def default_prepared_dir(data_cfg, cache_root) -> pathlib.Path:
   """A cache dir keyed by source/tokenizer/val_fraction, for `data.prepared_dir = ""`."""
-  import hashlib
-
   tok = tok_lib.load(data_cfg.tokenizer)
   key = f"{data_cfg.source}|{tok.digest()}|{float(data_cfg.val_fraction)}"
   return pathlib.Path(cache_root) / f"prepared-{hashlib.sha256(key.encode()).hexdigest()[:12]}"

@@ -34,10 +34,13 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
+from train import cli
 from train.data import sources as sources_lib
 from train.data import split as split_lib
 from train.data import store
+from train.data import synthetic
 from train.data import tokenizer as tok_lib
 
 FORMAT = 1
@@ -276,8 +279,6 @@ def _with_reachable_floor(manifest: dict, out_dir: pathlib.Path, seq_len: int | 
     return manifest
   if syn.get("reachable_floor_seq_len") == int(seq_len):
     return manifest
-  from train.data import synthetic
-
   fields = {f: syn[f] for f in synthetic.MarkovSpec.__dataclass_fields__}
   floor = synthetic.MarkovSource(synthetic.MarkovSpec(**fields)).reachable_floor(int(seq_len))
   syn.update(floor)
@@ -321,8 +322,6 @@ def prepare(
   domains = list(src.domains)
   num_workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
   fp = sources_lib.Fingerprint()
-  from tqdm import tqdm
-
   bar = tqdm(desc=f"prepare {source}", unit=" shard", disable=not progress, file=sys.stderr)
   replaced, t0 = {}, time.time()
   pool = None
@@ -469,6 +468,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(main)

@@ -245,7 +245,7 @@ def _parquet(arg: str, spec: str) -> Source:
 
   def docs():
     try:
-      import pyarrow.parquet as pq
+      import pyarrow.parquet as pq  # noqa: PLC0415 (`data` extra)
     except ImportError as e:
       raise ImportError("parquet sources need pyarrow: pip install 'unleash[data]'") from e
     for path in paths:
@@ -273,7 +273,7 @@ def _hf(arg: str, spec: str) -> Source:
 
   def docs():
     try:
-      import datasets
+      import datasets  # noqa: PLC0415 (`data` extra)
     except ImportError as e:
       raise ImportError("hf: sources need `datasets`: pip install 'unleash[data]'") from e
     local = pathlib.Path(name)

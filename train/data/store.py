@@ -24,6 +24,8 @@ import json
 import os
 import pathlib
 
+from array_record.python import array_record_module as arm
+from grain.sources import ArrayRecordDataSource
 import numpy as np
 
 CHUNK_TOKENS = 1024
@@ -46,8 +48,6 @@ def shard_paths(out_dir: pathlib.Path, k: int) -> dict:
 
 def write_shard(out_dir, k: int, docs_by_split: dict, domains: list[str], meta: dict) -> None:
   """docs_by_split[split] = list of (domain_id, tokens np.ndarray, utf8_bytes)."""
-  from array_record.python import array_record_module as arm
-
   paths = shard_paths(out_dir, k)
   paths["sidecar"].parent.mkdir(parents=True, exist_ok=True)
   side = {}
@@ -109,8 +109,6 @@ class SplitStore:
   """All documents of one split: lengths, domains, bytes, and random access to tokens."""
 
   def __init__(self, out_dir, manifest: dict, split: str):
-    from grain.sources import ArrayRecordDataSource
-
     out_dir = pathlib.Path(out_dir)
     self.split, self.dtype = split, np.dtype(manifest["token_dtype"]).newbyteorder("<")
     lengths, domains, nbytes, files = [], [], [], []

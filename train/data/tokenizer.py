@@ -30,9 +30,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import pathlib
 from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+from tokenizers import decoders
+from tokenizers import models
+from tokenizers import pre_tokenizers
+from tokenizers import processors
+from tokenizers import trainers
+import tokenizers
+
+from train import cli
+from train.data import sources
+from train.data import split
 
 SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>", "<mask>")
 SPECIAL_ROLES = ("bos", "eos", "pad", "mask")
@@ -98,8 +111,6 @@ class ByteTokenizer:
 
   def encode_array(self, raw: bytes):
     """Fast path for prepare: a uint16 numpy array of the bytes."""
-    import numpy as np
-
     return np.frombuffer(raw, np.uint8).astype(np.uint16)
 
   def decode_bytes(self, ids: Sequence[int]) -> bytes:
@@ -147,8 +158,6 @@ class HFTokenizer:
   """
 
   def __init__(self, path: str):
-    import tokenizers
-
     self.spec = str(path)
     self._path = pathlib.Path(path)
     self._tok = tokenizers.Tokenizer.from_file(str(path))
@@ -211,7 +220,7 @@ class SentencePieceTokenizer:
 
   def __init__(self, path: str):
     try:
-      import sentencepiece as spm
+      import sentencepiece as spm  # noqa: PLC0415 (`data` extra)
     except ImportError as e:
       raise ImportError(
           f"{path} looks like a SentencePiece model but `sentencepiece` is not installed; "
@@ -276,8 +285,6 @@ def check_vocab_size(tok: Tokenizer, model_vocab_size: int) -> None:
         f"--config.model.vocab_size={have} (or larger: extra rows are padding)"
     )
   if model_vocab_size > have:
-    import logging
-
     logging.warning(
         "model.vocab_size %d > tokenizer %r vocab_size %d: rows %d..%d of the "
         "embedding are padding the data never uses",
@@ -291,9 +298,6 @@ def check_vocab_size(tok: Tokenizer, model_vocab_size: int) -> None:
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: str | os.PathLike) -> HFTokenizer:
   """Train byte-level BPE (no normalizer, ByteLevel decoder: lossless) and save tokenizer.json."""
-  import tokenizers
-  from tokenizers import decoders, models, pre_tokenizers, processors, trainers
-
   if vocab_size < 256 + len(SPECIAL_TOKENS):
     raise ValueError(f"vocab_size {vocab_size} < 260: byte-level BPE needs 256 bytes + 4 specials")
   tok = tokenizers.Tokenizer(models.BPE())
@@ -329,8 +333,6 @@ def _main(argv=None):
   t.add_argument("--val-fraction", type=float, default=0.01)
   t.add_argument("--out", required=True)
   args = p.parse_args(argv)
-  from train.data import sources, split
-
   src = sources.open_source(args.source)
 
   def texts():
@@ -353,8 +355,6 @@ def token_byte_lengths(tok: Tokenizer):
   one byte. Other tokenizers: the UTF-8 length of the token's text (SentencePiece: "▁" is
   one space, byte-fallback pieces one byte), an approximation when a tokenizer normalizes.
   """
-  import numpy as np
-
   if isinstance(tok, ByteTokenizer):
     out = np.zeros(tok.vocab_size, np.int32)
     out[:256] = 1
@@ -367,9 +367,6 @@ def token_byte_lengths(tok: Tokenizer):
 
 
 def _hf_byte_lengths(hf_tok, vocab_size: int):
-  import numpy as np
-  from tokenizers import pre_tokenizers
-
   alphabet = set(pre_tokenizers.ByteLevel.alphabet())
   special = {t.content for t in hf_tok.get_added_tokens_decoder().values() if t.special}
   out = np.zeros(vocab_size, np.int32)
@@ -381,8 +378,6 @@ def _hf_byte_lengths(hf_tok, vocab_size: int):
 
 
 def _sentencepiece_byte_lengths(sp):
-  import numpy as np
-
   out = np.zeros(sp.get_piece_size(), np.int32)
   for i in range(len(out)):
     if sp.is_control(i) or sp.is_unknown(i):
@@ -392,6 +387,4 @@ def _sentencepiece_byte_lengths(sp):
 
 
 if __name__ == "__main__":
-  from train import cli
-
   cli.run(_main)
