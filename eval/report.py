@@ -74,7 +74,7 @@ def read_results(
           f"{where}; fix or remove them"
       )
     warnings.warn(f"dropping {int(bad.sum())} row(s) with missing or non-positive {where}")
-  df = df[~bad].reset_index(drop=True)
+  df = fitlib.average_seeds(df[~bad].reset_index(drop=True), loss_col)
   df[need] = df[need].astype(float)
   if df.empty:
     raise ValueError(f"{path}: no rows with positive {need}")
@@ -230,7 +230,17 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
   if "unique_tokens" in df.columns:
     ep = df["tokens"].to_numpy(float) / pd.to_numeric(df["unique_tokens"], errors="coerce")
     items.append(("Data repetition", f"up to {np.nanmax(ep):.2f} epochs (tokens / unique_tokens)"))
-  if "seed" in df.columns:
+  if "seeds" in df.columns:
+    sd = np.nanmedian(pd.to_numeric(df["seed_loss_sd"], errors="coerce"))
+    lo, hi = int(df["seeds"].min()), int(df["seeds"].max())
+    count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    items.append(
+        (
+            "Seeds",
+            f"{count} per point, averaged before fitting (median s.d. across seeds {sd:.2g})",
+        )
+    )
+  elif "seed" in df.columns:
     items.append(("Seeds", f"{df['seed'].nunique()} distinct"))
   if "val_loss_se" in df.columns:
     se = pd.to_numeric(df["val_loss_se"], errors="coerce")
