@@ -1435,6 +1435,7 @@ def average_seeds(df: pd.DataFrame, loss_col: str = "val_loss") -> pd.DataFrame:
     key = key.fillna(df["name"].astype(str))
   if key.isna().any() or not key.duplicated().any():
     return df
+  key = key.rename("_point")  # a key named like a column would drop that column
   groups = df.groupby(key, sort=False)
   out = groups.first()
   for col in {*SEED_MEAN_COLUMNS, loss_col} & set(df.columns):
