@@ -1404,7 +1404,7 @@ def load_table(
       )
     warnings.warn(f"{csv}: dropping rows with missing or non-positive values in {where}")
   df = df[~bad.any(axis=1)].reset_index(drop=True)
-  df = average_seeds(df, loss_col or "val_loss")
+  df = best_lr_rows(average_seeds(df, loss_col or "val_loss"), loss_col or "val_loss")
   if drop_top_loss:
     if drop_top_loss >= len(df):
       raise ValueError(f"--drop-top-loss {drop_top_loss} would drop all {len(df)} rows")
@@ -1449,6 +1449,24 @@ def average_seeds(df: pd.DataFrame, loss_col: str = "val_loss") -> pd.DataFrame:
   out["seed_loss_sd"] = (
       pd.to_numeric(df[loss_col], errors="coerce").groupby(key, sort=False).std(ddof=1)
   )
+  return out.reset_index(drop=True)
+
+
+def best_lr_rows(df: pd.DataFrame, loss_col: str = "val_loss") -> pd.DataFrame:
+  """An lr_sweep table (rows with `lr_exponent`) reduced to its best learning rate (and
+  parametrization) per size and budget: a scaling fit over every grid point would mix
+  well- and badly-tuned runs, which is what the sweep exists to avoid. `lr_choices` counts the
+  rows each kept row won over. Other tables come back unchanged."""
+  if "lr_exponent" not in df.columns or not {"size", "steps"} <= set(df.columns):
+    return df
+  swept = pd.to_numeric(df["lr_exponent"], errors="coerce").notna()
+  if not swept.any():
+    return df
+  key = df["size"].astype(str) + "|" + df["steps"].astype(str)
+  loss = pd.to_numeric(df[loss_col], errors="coerce")
+  best = loss.groupby(key, sort=False).idxmin().dropna().astype(int)
+  out = df.loc[best.to_numpy()].copy()
+  out["lr_choices"] = key.value_counts().reindex(key.loc[best.to_numpy()]).to_numpy()
   return out.reset_index(drop=True)
 
 

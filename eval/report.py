@@ -75,6 +75,7 @@ def read_results(
       )
     warnings.warn(f"dropping {int(bad.sum())} row(s) with missing or non-positive {where}")
   df = fitlib.average_seeds(df[~bad].reset_index(drop=True), loss_col)
+  df = fitlib.best_lr_rows(df, loss_col)
   df[need] = df[need].astype(float)
   if df.empty:
     raise ValueError(f"{path}: no rows with positive {need}")
@@ -242,6 +243,14 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
     )
   elif "seed" in df.columns:
     items.append(("Seeds", f"{df['seed'].nunique()} distinct"))
+  if "lr_choices" in df.columns:
+    items.append(
+        (
+            "Learning rate",
+            f"lr_sweep: each size and budget at the best of its {int(df['lr_choices'].max())} "
+            "grid learning rates (and parametrizations); see Learning-rate transfer",
+        )
+    )
   if "val_loss_se" in df.columns:
     se = pd.to_numeric(df["val_loss_se"], errors="coerce")
     items.append(
@@ -1042,8 +1051,26 @@ def _md_spectra_and_curves(a: ScalingAnalysis) -> list[str]:
 def render_markdown(a: ScalingAnalysis, figures=()) -> str:
   lines = _md_header(a) + ["## Fitted laws", ""] + _md_approach3(a) + _md_other_fits(a)
   lines += _md_sensitivity(a) + _md_backtest(a) + _md_allocation(a) + _md_saturation(a)
+  lines += _md_lr_transfer(a)
   lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
   return "\n".join(lines) + "\n"
+
+
+def _md_lr_transfer(a: ScalingAnalysis) -> list[str]:
+  """An lr_sweep ladder's best learning rate per width (eval.lr_transfer.best_lr_shift)."""
+  if "lr_choices" not in a.df.columns:
+    return []
+  from eval import lr_transfer
+
+  best = lr_transfer.best_lr_shift(lr_transfer.sweep_rows(a.workdir))
+  widths = sorted({w for b in best.values() for w in b["best_lr_exponent"]})
+  lines = ["## Learning-rate transfer", "", "| best learning rate (2^k) | "]
+  lines[-1] += " | ".join(f"width {w}" for w in widths) + " | spread (grid steps) |"
+  lines.append("|---" * (len(widths) + 2) + "|")
+  for par, b in best.items():
+    cells = [str(b["best_lr_exponent"].get(w, "-")) for w in widths]
+    lines.append(f"| {par} | " + " | ".join(cells) + f" | {b['shift_grid_steps']} |")
+  return lines + ["", "A spread of 0-1 grid steps means the best learning rate transfers.", ""]
 
 
 # ----------------------------------------------------------------------------- JSON, plots

@@ -313,3 +313,55 @@ def test_lr_sweep_ladder_trains_the_grid_and_lr_transfer_reads_it(tmp_path):
   for width in (16, 32):
     want = min((-8, -5), key=lambda k: losses[(width, k)])
     assert best["best_lr_exponent"][str(width)] == want
+
+
+def _sweep_table(rng):
+  """An lr_sweep results.csv: 3 sizes x 2 budgets x 3 learning rates x 2 seeds; the best
+  exponent is -7 at width 32 and -8 at the wider sizes."""
+  rows = []
+  for width, N, best_k in ((32, 1e5, -7), (64, 4e5, -8), (128, 1.6e6, -8)):
+    for steps, D in ((100, 1e7), (300, 3e7)):
+      for k in (-9, -8, -7):
+        for seed in (0, 1):
+          point = f"w{width}_mup_s{steps}_lr2^{k}"
+          loss = 1.7 + 400 / N**0.34 + 410 / D**0.28 + 0.05 * (k - best_k) ** 2
+          rows.append(
+              dict(
+                  name=point + (f"_seed{seed}" if seed else ""),
+                  point=point,
+                  size=f"w{width}",
+                  steps=steps,
+                  seed=seed,
+                  d_model=width,
+                  parametrization="mup",
+                  lr_exponent=k,
+                  lr=2.0**k,
+                  params_total=N,
+                  tokens=D,
+                  flops=6 * N * D,
+                  train_loss=loss,
+                  val_loss=loss + 0.002 * rng.standard_normal(),
+              )
+          )
+  return pd.DataFrame(rows)
+
+
+def test_report_fits_the_best_learning_rate_and_shows_the_transfer(tmp_path):
+  from eval import report
+
+  df = _sweep_table(np.random.default_rng(1))
+  df.to_csv(tmp_path / "results.csv", index=False)
+  kept = report.read_results(tmp_path, "params_total", "val_loss")
+  assert len(kept) == 6 and set(kept["lr_choices"]) == {3} and set(kept["seeds"]) == {2}
+  assert sorted(zip(kept["d_model"], kept["lr_exponent"])) == [
+      (32, -7),
+      (32, -7),
+      (64, -8),
+      (64, -8),
+      (128, -8),
+      (128, -8),
+  ]
+  text = report.make_report(tmp_path, bootstrap=0, grid="coarse").read_text()
+  section = text[text.index("## Learning-rate transfer") :]
+  assert "| mup | -7 | -8 | -8 | 1 |" in section
+  assert "best of its 3 grid learning rates" in text and "2 per point, averaged" in text
