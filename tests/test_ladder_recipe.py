@@ -365,3 +365,22 @@ def test_report_fits_the_best_learning_rate_and_shows_the_transfer(tmp_path):
   section = text[text.index("## Learning-rate transfer") :]
   assert "| mup | -7 | -8 | -8 | 1 |" in section
   assert "best of its 3 grid learning rates" in text and "2 per point, averaged" in text
+
+
+def test_lr_transfer_without_a_sweep_is_one_error_line(tmp_path):
+  out = str(tmp_path / "lr.json")
+  proc = subprocess.run(
+      [sys.executable, "-m", "eval.lr_transfer", "--workdir", str(tmp_path), "--json", out],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "not found" in proc.stderr
+  with pytest.raises(ValueError, match="--widths and --lr-exponents"):
+    lr_transfer.main(
+        ["--config", "configs/default.py:size=tiny", "--workdir", str(tmp_path), "--json", out]
+    )
+  pd.DataFrame([dict(name="a", lr_exponent="")]).to_csv(tmp_path / "results.csv", index=False)
+  with pytest.raises(ValueError, match="no lr_sweep rows"):
+    lr_transfer.sweep_rows(tmp_path)
