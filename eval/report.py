@@ -209,6 +209,7 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
       "(each D ends its own schedule)",
       "grid": "independent runs, the schedule set to each run's D",
       "isoflop": "independent runs, the schedule set to each run's D",
+      "lr_sweep": "independent runs per grid learning rate, the schedule set to each run's D",
   }
   s_what = (
       "; ".join(sched.get(s, s) for s in schemes)
