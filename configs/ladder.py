@@ -13,7 +13,8 @@ Names (the arg):
   tiny_grid, tiny_isoflop: tiny versions of the other schemes, for tests.
   cpu_recipe    the `cpu` budgets with every size and hyperparameter from `ladder.recipe`
                 (muP, widths 32..128, 1-sqrt WSD cooldowns), 2 seeds per point.
-  cpu_lr_sweep  3 recipe widths x a 2^k learning-rate grid, sp and mup (the `lr_sweep` scheme).
+  cpu_lr_sweep  widths 32, 64, 128 (2 layers, 2 heads) x learning rates 2^-11..2^-5 x sp, mup,
+                300 steps each (the `lr_sweep` scheme).
   tiny_recipe, tiny_lr_sweep: tiny versions of those two, for tests.
 
 ladder fields:
@@ -41,13 +42,13 @@ ladder fields:
                   model's); mup/completep use model.base_width (base_depth) when set, else the
                   recipe's base, else the smallest size
   recipe          every size and hyperparameter derived from the width (eval/ladder.py
-                  `recipe_sizes`, `recipe_hparams`); off while recipe.parametrization is "":
+                  `recipe_shape`, `recipe_hparams`); off while recipe.parametrization is "":
     parametrization  sp | mup | completep
     widths         d_model of each size (empty: those of `sizes`)
     aspect_ratio   num_layers = max(1, round(d_model / aspect_ratio))
     head_dim       num_heads = d_model / head_dim (d_model must be a multiple)
-    base_width     the width base_lr / eps were tuned at (required for mup/completep);
-                   CompleteP's base depth is that width's depth
+    base_width     the width base_lr / eps were tuned at (required); CompleteP's base depth
+                   is that width's depth
     base_lr, eps, b2  the tuned base; mup/completep keep them global and scale each parameter
                    group (model/parametrization.py); sp scales the learning rate as
                    base_lr * (base_width / d_model)^sp_lr_exponent and keeps eps and b2
