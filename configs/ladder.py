@@ -11,9 +11,14 @@ Names (the arg):
   cpu_synthetic the `cpu` ladder on the synthetic Markov corpus (known entropy floor).
   tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
   tiny_grid, tiny_isoflop: tiny versions of the other schemes, for tests.
+  cpu_recipe    the `cpu` budgets with every size and hyperparameter from `ladder.recipe`
+                (muP, widths 32..128, 1-sqrt WSD cooldowns), 2 seeds per point.
+  cpu_lr_sweep  widths 32, 64, 128 (2 layers, 2 heads) x learning rates 2^-11..2^-5 x sp, mup,
+                300 steps each (the `lr_sweep` scheme).
+  tiny_recipe, tiny_lr_sweep: tiny versions of those two, for tests.
 
 ladder fields:
-  scheme          wsd | grid | isoflop
+  scheme          wsd | grid | isoflop | lr_sweep
   sizes           tuple of (name, d_model, num_layers, num_heads); mlp_dim = mlp_ratio*d_model,
                   head_dim = d_model // num_heads
   steps           token budgets as optimizer steps (wsd, grid); tokens = steps*batch*seq_len
@@ -29,6 +34,29 @@ ladder fields:
                   checkpoints)
   schedule_timeout_s  --executor ray: how long to wait for a node that offers `resources`
                   (an autoscaler may be adding one) before stopping with an error
+  seeds           each point is trained with this many seeds (config.seed + i); the rows of
+                  seed i > 0 are named <point>_seed<seed>, all carry `seed` and `point`, and
+                  eval.report / eval.fit average a point's seeds before fitting
+  lr_exponents    lr_sweep: the learning-rate grid 2^k (every size x budget x k)
+  parametrizations  lr_sweep: the parametrizations swept (empty: the recipe's, else the
+                  model's); mup/completep use model.base_width (base_depth) when set, else the
+                  recipe's base, else the smallest size
+  recipe          every size and hyperparameter derived from the width (eval/ladder.py
+                  `recipe_shape`, `recipe_hparams`); off while recipe.parametrization is "":
+    parametrization  sp | mup | completep
+    widths         d_model of each size (empty: those of `sizes`)
+    aspect_ratio   num_layers = max(1, round(d_model / aspect_ratio))
+    head_dim       num_heads = d_model / head_dim (d_model must be a multiple)
+    base_width     the width base_lr / eps were tuned at (required); CompleteP's base depth
+                   is that width's depth
+    base_lr, eps, b2  the tuned base; mup/completep keep them global and scale each parameter
+                   group (model/parametrization.py); sp scales the learning rate as
+                   base_lr * (base_width / d_model)^sp_lr_exponent and keeps eps and b2
+    sp_lr_exponent  sp only (1: Adam's 1/fan_in rule for hidden matrices, for all parameters)
+    warmup_fraction  warmup = max(1, round(fraction x steps)) of each run (wsd: of the
+                   smallest budget, since its branches share the warmup)
+    cooldown       1-sqrt | linear: every run is WSD with this cooldown over the last
+                   decay_fraction of its steps
 """
 
 import ml_collections
@@ -49,6 +77,31 @@ _TINY_SIZES = (
 )
 
 
+_NAMES = (
+    "cpu, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_recipe, cpu_lr_sweep, tiny, tiny_grid, "
+    "tiny_isoflop, tiny_recipe or tiny_lr_sweep"
+)
+
+
+def _recipe(**kw) -> dict:
+  """ladder.recipe: off (parametrization "") unless a ladder asks for it."""
+  d = dict(
+      parametrization="",
+      widths=(),
+      aspect_ratio=32,
+      head_dim=16,
+      base_width=0,
+      base_lr=3e-3,
+      eps=1e-8,
+      b2=0.95,
+      sp_lr_exponent=1.0,
+      warmup_fraction=0.05,
+      cooldown="1-sqrt",
+  )
+  d.update(kw)
+  return d
+
+
 def _ladder(**kw) -> ml_collections.ConfigDict:
   d = dict(
       scheme="wsd",
@@ -64,6 +117,10 @@ def _ladder(**kw) -> ml_collections.ConfigDict:
       resources={"CPU": 1},
       retries=3,
       schedule_timeout_s=300.0,
+      seeds=1,
+      lr_exponents=(),
+      parametrizations=(),
+      recipe=_recipe(),
   )
   d.update(kw)
   return ml_collections.ConfigDict(d)
@@ -94,6 +151,19 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.ladder = _ladder(
         scheme="isoflop", flop_budgets=(3e11, 1e12, 3e12), steps=(), min_steps=50, max_steps=1500
     )
+  elif name == "cpu_recipe":
+    c.ladder = _ladder(
+        recipe=_recipe(parametrization="mup", widths=(32, 48, 64, 96, 128), base_width=32),
+        seeds=2,
+    )
+  elif name == "cpu_lr_sweep":
+    c.ladder = _ladder(
+        scheme="lr_sweep",
+        sizes=(("w32", 32, 2, 2), ("w64", 64, 2, 2), ("w128", 128, 2, 2)),
+        steps=(300,),
+        lr_exponents=(-11, -10, -9, -8, -7, -6, -5),
+        parametrizations=("sp", "mup"),
+    )
   elif name.startswith("tiny"):
     c.data.seq_len = 32
     c.model.max_seq_len = 32
@@ -116,14 +186,25 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
           min_steps=3,
           max_steps=80,
       )
-    else:
-      raise ValueError(
-          f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
-          "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
+    elif name == "tiny_recipe":
+      c.ladder = _ladder(
+          sizes=(),
+          steps=(10, 20),
+          seeds=2,
+          recipe=_recipe(
+              parametrization="mup", widths=(16, 32), aspect_ratio=16, head_dim=8, base_width=16
+          ),
       )
+    elif name == "tiny_lr_sweep":
+      c.ladder = _ladder(
+          scheme="lr_sweep",
+          sizes=_TINY_SIZES[:2],
+          steps=(6,),
+          lr_exponents=(-8, -5),
+          parametrizations=("sp", "mup"),
+      )
+    else:
+      raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use {_NAMES}")
   else:
-    raise ValueError(
-        f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
-        "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
-    )
+    raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use {_NAMES}")
   return c

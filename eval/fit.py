@@ -1404,6 +1404,7 @@ def load_table(
       )
     warnings.warn(f"{csv}: dropping rows with missing or non-positive values in {where}")
   df = df[~bad.any(axis=1)].reset_index(drop=True)
+  df = best_lr_rows(average_seeds(df, loss_col or "val_loss"), loss_col or "val_loss")
   if drop_top_loss:
     if drop_top_loss >= len(df):
       raise ValueError(f"--drop-top-loss {drop_top_loss} would drop all {len(df)} rows")
@@ -1411,6 +1412,62 @@ def load_table(
   if df.empty:
     raise ValueError(f"{csv}: no rows left to fit")
   return df
+
+
+# Columns a point's seeds are averaged over (the rest are the point's own: its size, tokens,
+# FLOPs and hyperparameters are the same for every seed).
+SEED_MEAN_COLUMNS = ("val_loss", "train_loss", "val_bpb", "wall_s")
+
+
+def average_seeds(df: pd.DataFrame, loss_col: str = "val_loss") -> pd.DataFrame:
+  """One row per point of a table whose points were trained with several seeds (rows sharing
+  `point`, as eval.ladder writes with ladder.seeds > 1): losses averaged, `val_loss_se` that of
+  the mean, `seeds` the count and `seed_loss_sd` the seeds' standard deviation of `loss_col`.
+
+  Averaging first gives every point one weight in the Huber fit whatever its seed count, and
+  makes a bootstrap over points resample a point with all its seeds (seed replicas are not
+  independent points: resampling them apart would shrink the intervals). Tables without
+  repeated `point` values come back unchanged."""
+  if "point" not in df.columns:
+    return df
+  key = df["point"].astype(str).where(df["point"].notna() & (df["point"].astype(str) != ""))
+  if "name" in df.columns:
+    key = key.fillna(df["name"].astype(str))
+  if key.isna().any() or not key.duplicated().any():
+    return df
+  key = key.rename("_point")  # a key named like a column would drop that column
+  groups = df.groupby(key, sort=False)
+  out = groups.first()
+  for col in {*SEED_MEAN_COLUMNS, loss_col} & set(df.columns):
+    out[col] = groups[col].apply(lambda s: pd.to_numeric(s, errors="coerce").mean())
+  if "val_loss_se" in df.columns:
+    se = pd.to_numeric(df["val_loss_se"], errors="coerce")
+    out["val_loss_se"] = se.groupby(key, sort=False).apply(
+        lambda s: float(np.sqrt((s**2).sum(min_count=1)) / len(s))
+    )
+  out["seeds"] = groups.size()
+  out["seed_loss_sd"] = (
+      pd.to_numeric(df[loss_col], errors="coerce").groupby(key, sort=False).std(ddof=1)
+  )
+  return out.reset_index(drop=True)
+
+
+def best_lr_rows(df: pd.DataFrame, loss_col: str = "val_loss") -> pd.DataFrame:
+  """An lr_sweep table (rows with `lr_exponent`) reduced to its best learning rate (and
+  parametrization) per size and budget: a scaling fit over every grid point would mix
+  well- and badly-tuned runs, which is what the sweep exists to avoid. `lr_choices` counts the
+  rows each kept row won over. Other tables come back unchanged."""
+  if "lr_exponent" not in df.columns or not {"size", "steps"} <= set(df.columns):
+    return df
+  swept = pd.to_numeric(df["lr_exponent"], errors="coerce").notna()
+  if not swept.any():
+    return df
+  key = df["size"].astype(str) + "|" + df["steps"].astype(str)
+  loss = pd.to_numeric(df[loss_col], errors="coerce")
+  best = loss.groupby(key, sort=False).idxmin().dropna().astype(int)
+  out = df.loc[best.to_numpy()].copy()
+  out["lr_choices"] = key.value_counts().reindex(key.loc[best.to_numpy()]).to_numpy()
+  return out.reset_index(drop=True)
 
 
 def fit_range_mask(N, C, *, min_n=None, max_n=None, min_c=None, max_c=None) -> np.ndarray:

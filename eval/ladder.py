@@ -21,6 +21,16 @@ Schemes (config.ladder.scheme):
            cooldown branch copies that run's checkpoint at T - decay_fraction*T (params,
            optimizer state, data position) and finishes with the WSD cooldown
            (Hägele et al. 2024). The constant run is shared, so S budgets cost about one run.
+  lr_sweep every size x budget x learning rate 2^k (ladder.lr_exponents) x parametrization
+           (ladder.parametrizations), independent runs; rows carry `lr_exponent`, and
+           eval.lr_transfer tabulates the best learning rate per width (a diverged point is a
+           row with a NaN loss, not a failure).
+
+`ladder.recipe` derives each size (depth and heads from the width) and its hyperparameters
+(learning rate, epsilon, beta2 under the parametrization, warmup as a fraction of the run, WSD
+with a 1-sqrt cooldown), and `ladder.seeds` trains every point with several seeds; each row
+records what its point was trained with (lr, warmup_steps, schedule, cooldown, b2, eps,
+num_heads, parametrization, seed, and `point`: the name shared by a point's seeds).
 """
 
 from __future__ import annotations
@@ -45,9 +55,12 @@ from typing import Callable
 
 from absl import logging
 import ml_collections
+from model import parametrization
+from model.config import ModelConfig
 
 from train import cli
 from train import cpu_devices
+from train import spec as spec_lib
 
 # New columns go at the end: older results.csv files keep their header when appended to.
 RESULT_COLUMNS = (
@@ -78,6 +91,18 @@ RESULT_COLUMNS = (
     "kwh",
     "usd",
     "kgco2e",
+    "point",
+    "parametrization",
+    "num_heads",
+    "lr",
+    "lr_exponent",
+    "lr_hidden",
+    "eps",
+    "eps_hidden",
+    "b2",
+    "warmup_steps",
+    "schedule",
+    "cooldown",
 )
 
 
@@ -93,6 +118,7 @@ class Point:
   branch_from: str | None = None  # cooldown: the constant run it branches from
   branch_step: int = 0  # cooldown: the step it branches at
   needs_steps: tuple = ()  # constant: steps whose checkpoints must survive
+  meta: dict = dataclasses.field(default_factory=dict)  # lr_sweep grid values, seed replicas
 
   @property
   def record(self) -> bool:
@@ -134,12 +160,281 @@ def branch_step(steps: int, decay_fraction: float) -> int:
   return steps - max(int(round(decay_fraction * steps)), 1)
 
 
+# ----------------------------------------------------------------------------- recipe
+#
+# One learning rate, warmup and shape rule for a 20x range of sizes trains the small and the
+# large rungs unequally, so fitted exponents partly measure tuning. `ladder.recipe` states the
+# rule: depth and heads from the width, the tuned base (learning rate, epsilon, beta2) carried
+# to every width by the parametrization, warmup a fraction of each run, WSD with a 1-sqrt
+# cooldown (Hägele et al. 2024).
+
+RECIPE_PARAMETRIZATIONS = ("sp", "mup", "completep")
+
+
+def recipe_on(lad) -> bool:
+  """Whether `ladder.recipe` is in use (its parametrization is set)."""
+  recipe = lad.get("recipe")
+  return bool(recipe and recipe.get("parametrization"))
+
+
+def _round_half_up(x: float) -> int:
+  """Python's round() sends 2.5 to 2; a stated rule should not depend on parity."""
+  return int(math.floor(x + 0.5))
+
+
+def recipe_shape(recipe, width: int) -> tuple[int, int]:
+  """(num_layers, num_heads) of a width: round(width / aspect_ratio) layers (at least 1) and
+  width / head_dim heads (head_dim fixed, as in GPT-2/3 and Llama families)."""
+  width, head_dim = int(width), int(recipe.head_dim)
+  if head_dim <= 0 or width % head_dim:
+    raise ValueError(
+        f"ladder.recipe.head_dim={head_dim}: width {width} is not a positive multiple of it; "
+        "use widths that are multiples of head_dim or another head_dim"
+    )
+  if not float(recipe.aspect_ratio) > 0:
+    raise ValueError(f"ladder.recipe.aspect_ratio={recipe.aspect_ratio} must be > 0")
+  return max(1, _round_half_up(width / float(recipe.aspect_ratio))), width // head_dim
+
+
+def ladder_sizes(config) -> tuple:
+  """(name, d_model, num_layers, num_heads) per size: `ladder.sizes`, or under a recipe the
+  recipe's shape of each width (recipe.widths, else the d_model of each of `sizes`)."""
+  lad = config.ladder
+  if not recipe_on(lad):
+    return tuple(tuple(s) for s in lad.sizes)
+  widths = tuple(lad.recipe.widths) or tuple(s[1] for s in lad.sizes)
+  if not widths:
+    raise ValueError("ladder.recipe.widths is empty and so is ladder.sizes: list the widths")
+  out = []
+  for width in widths:
+    layers, heads = recipe_shape(lad.recipe, width)
+    out.append((f"d{int(width)}l{layers}", int(width), layers, heads))
+  return tuple(out)
+
+
+def check_recipe(recipe) -> None:
+  """A recipe field that would silently train something else is an error naming it."""
+  par = recipe.parametrization
+  if par not in RECIPE_PARAMETRIZATIONS:
+    raise ValueError(
+        f"ladder.recipe.parametrization={par!r}: use sp, mup or completep ('' for no recipe)"
+    )
+  if not int(recipe.base_width) > 0:
+    raise ValueError(
+        f"ladder.recipe.base_width={recipe.base_width}: the recipe ({par}) scales from the "
+        "width base_lr and eps were tuned at; set --config.ladder.recipe.base_width=<its d_model>"
+    )
+  for field in ("base_lr", "eps"):
+    if not float(recipe[field]) > 0:
+      raise ValueError(f"ladder.recipe.{field}={recipe[field]} must be > 0")
+  if not 0.0 <= float(recipe.b2) < 1.0:
+    raise ValueError(f"ladder.recipe.b2={recipe.b2} is not a moment decay in [0, 1)")
+  if not 0.0 <= float(recipe.warmup_fraction) < 1.0:
+    raise ValueError(f"ladder.recipe.warmup_fraction={recipe.warmup_fraction} must be in [0, 1)")
+
+  if recipe.cooldown not in spec_lib.COOLDOWNS:
+    raise ValueError(f"ladder.recipe.cooldown={recipe.cooldown!r}: use one of {spec_lib.COOLDOWNS}")
+
+
+def recipe_warmup(recipe, steps: int) -> int:
+  """max(1, round(warmup_fraction x steps))."""
+  return max(1, _round_half_up(float(recipe.warmup_fraction) * int(steps)))
+
+
+def recipe_hparams(recipe, width: int, steps: int) -> dict:
+  """What the recipe trains a `width`-wide run of `steps` steps with (config field values).
+
+  mup/completep: train.learning_rate / eps / b2 are the tuned base's, and model.base_width
+  (base_depth: the base width's depth; base_head_dim: the fixed head_dim) makes
+  model/parametrization.py scale each parameter group from them. sp has one group: its
+  learning rate is base_lr * (base_width / width)^sp_lr_exponent; eps and b2 are kept.
+  beta2 is width-independent under all three (muP's Adam rules leave the betas alone).
+  """
+  par = recipe.parametrization
+  base_width = int(recipe.base_width)
+  lr = float(recipe.base_lr)
+  if par == "sp":
+    lr *= (base_width / float(width)) ** float(recipe.sp_lr_exponent)
+  return dict(
+      parametrization=par,
+      base_width=0 if par == "sp" else base_width,
+      base_depth=recipe_shape(recipe, base_width)[0] if par == "completep" else 0,
+      base_head_dim=0 if par == "sp" else int(recipe.head_dim),
+      learning_rate=lr,
+      eps=float(recipe.eps),
+      b2=float(recipe.b2),
+      warmup_steps=recipe_warmup(recipe, steps),
+      cooldown=recipe.cooldown,
+  )
+
+
+def recipe_config(config):
+  """The config every point starts from: under a recipe, WSD with its cooldown for every run
+  and, for the wsd scheme, the warmup of the smallest budget (its branches share it)."""
+  if not recipe_on(config.ladder):
+    return config
+  check_recipe(config.ladder.recipe)
+  c = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+  recipe = c.ladder.recipe
+  c.train.schedule = "wsd"
+  c.train.cooldown = c.ladder.cooldown = recipe.cooldown
+  c.train.decay_fraction = float(c.ladder.decay_fraction)
+  if c.ladder.scheme == "wsd":
+    c.train.warmup_steps = recipe_warmup(recipe, min(int(s) for s in c.ladder.steps))
+  return c
+
+
+def _apply_recipe(c, lad, scheme: str) -> None:
+  hp = recipe_hparams(lad.recipe, int(c.model.d_model), int(c.train.steps))
+  for field in ("parametrization", "base_width", "base_depth", "base_head_dim"):
+    c.model[field] = hp[field]
+  c.train.learning_rate, c.train.eps, c.train.b2 = hp["learning_rate"], hp["eps"], hp["b2"]
+  if scheme != "wsd":  # wsd: recipe_config set the warmup its branches share
+    c.train.warmup_steps = hp["warmup_steps"]
+
+
+def finish_point(point: Point, config) -> Point:
+  """A point's config with the recipe's hyperparameters for its width and steps, then (an
+  lr_sweep point) its grid learning rate and parametrization."""
+  lad = config.ladder
+  c = point.config
+  if recipe_on(lad):
+    _apply_recipe(c, lad, lad.scheme)
+  if "lr_exponent" in point.meta:
+    _apply_sweep(c, point.meta, config)
+  return point
+
+
+# ----------------------------------------------------------------------------- lr_sweep
+
+
+def lr_sweep_name(size_name: str, parametrization: str, steps: int, lr_exponent: int) -> str:
+  return f"{size_name}_{parametrization}_s{int(steps)}_lr2^{int(lr_exponent)}"
+
+
+def sweep_parametrizations(config) -> tuple[str, ...]:
+  """ladder.parametrizations, else the recipe's, else the model's."""
+  lad = config.ladder
+  if lad.get("parametrizations"):
+    return tuple(lad.parametrizations)
+  if recipe_on(lad):
+    return (lad.recipe.parametrization,)
+  return (config.model.parametrization,)
+
+
+def lr_sweep_points(config, size) -> list[Point]:
+  """One size's lr_sweep points: every parametrization x budget x 2^k learning rate."""
+  lad = config.ladder
+  if not lad.get("lr_exponents"):
+    raise ValueError("ladder.lr_exponents is empty: the lr_sweep scheme needs a 2^k grid")
+  points = []
+  for par in sweep_parametrizations(config):
+    for steps in lad.steps:
+      for k in lad.lr_exponents:
+        name = lr_sweep_name(size[0], par, steps, k)
+        c = _train_config(config, size, lad.mlp_ratio, name)
+        c.train.steps = int(steps)
+        meta = dict(parametrization=par, lr_exponent=int(k))
+        points.append(Point(name, size[0], c, meta=meta))
+  return points
+
+
+def sweep_base(config) -> tuple[int, int, int]:
+  """(base_width, base_depth, base_head_dim) of an lr_sweep's mup/completep points: the
+  model's when set, else the recipe's, else the smallest size (its head count kept)."""
+  m, lad = config.model, config.ladder
+  if recipe_on(lad):
+    width = int(lad.recipe.base_width)
+    depth, head_dim = recipe_shape(lad.recipe, width)[0], int(lad.recipe.head_dim)
+  else:
+    smallest = min(ladder_sizes(config), key=lambda s: s[1])
+    width, depth, head_dim = int(smallest[1]), int(smallest[2]), 0
+  return (
+      int(m.base_width) or width,
+      int(m.base_depth) or depth,
+      int(m.get("base_head_dim", 0)) or head_dim,
+  )
+
+
+def _apply_sweep(c, meta: dict, config) -> None:
+  par = meta["parametrization"]
+  base_width, base_depth, base_head_dim = sweep_base(config)
+  c.model.parametrization = par
+  c.model.base_width = 0 if par == "sp" else base_width
+  c.model.base_depth = base_depth if par == "completep" else 0
+  c.model.base_head_dim = 0 if par == "sp" else base_head_dim
+  c.train.learning_rate = 2.0 ** int(meta["lr_exponent"])
+
+
+def diverged_result(point: Point, error: Exception, log=print) -> dict:
+  """An lr_sweep point whose loss went non-finite: a result (NaN losses), not a failure."""
+  log(f"[ladder] {point.name} diverged: {str(error).splitlines()[0]}")
+  nan = math.nan
+  return dict(step=int(point.config.train.steps), val_loss=nan, train_loss=nan, val_bpb=nan)
+
+
+# ----------------------------------------------------------------------------- seeds, checks
+
+
+def replicate_seeds(points: list[Point], config) -> list[Point]:
+  """Every point trained with ladder.seeds seeds (config.seed + i). Seed i > 0 is named
+  <name>_seed<seed> (so raising ladder.seeds keeps the rows already trained); a cooldown
+  branches from the constant run of its own seed; meta["point"] is the shared name."""
+  n = int(config.ladder.get("seeds", 1))
+  if n < 1:
+    raise ValueError(f"ladder.seeds={n}: train each point with at least 1 seed")
+  base = int(config.seed)
+  out = []
+  for i in range(n):
+    suffix = f"_seed{base + i}" if i else ""
+    for p in points:
+      c = ml_collections.ConfigDict(copy.deepcopy(p.config.to_dict()))
+      c.seed, c.name = base + i, p.name + suffix
+      branch = p.branch_from + suffix if p.branch_from else None
+      meta = dict(p.meta, point=p.name)
+      out.append(dataclasses.replace(p, name=c.name, config=c, branch_from=branch, meta=meta))
+  return out
+
+
+def check_points(points: list[Point]) -> None:
+  """Each point's model and optimizer settings are valid before anything trains (a ladder
+  should not fail at its fifth point on a field the first could have named)."""
+  for p in points:
+    spec_lib.resolve(p.config)
+
+
+def hyperparameter_columns(point: Point) -> dict:
+  """The results.csv columns that say what a point was trained with. lr_hidden / eps_hidden
+  are the attention and MLP matrices' effective values (the base's times the group's muP /
+  CompleteP multipliers; equal to lr / eps under sp)."""
+
+  c = point.config
+  mcfg = ModelConfig.from_config(c.model)
+  hidden = parametrization.group_rules(mcfg, muon=c.train.optimizer == "muon")["hidden"]
+  wsd = c.train.schedule == "wsd"
+  return dict(
+      point=point.meta.get("point", point.name),
+      parametrization=mcfg.parametrization,
+      num_heads=mcfg.num_heads,
+      lr=float(c.train.learning_rate),
+      lr_exponent=point.meta.get("lr_exponent", ""),
+      lr_hidden=float(c.train.learning_rate) * hidden.lr,
+      eps=float(c.train.eps),
+      eps_hidden=float(c.train.eps) * hidden.eps,
+      b2=spec_lib.betas(c.train)[1],
+      warmup_steps=int(c.train.warmup_steps),
+      schedule=c.train.schedule,
+      cooldown=c.train.cooldown if wsd else "",
+  )
+
+
 def expand(config) -> list[Point]:
   """The ladder's points in dependency order (a constant run before its cooldowns)."""
+  config = recipe_config(config)
   lad = config.ladder
   scheme = lad.scheme
   points: list[Point] = []
-  for size in lad.sizes:
+  for size in ladder_sizes(config):
     size_name = size[0]
     if scheme == "grid":
       for steps in lad.steps:
@@ -190,8 +485,12 @@ def expand(config) -> list[Point]:
                 branch_step=branch_step(int(steps), lad.decay_fraction),
             )
         )
+    elif scheme == "lr_sweep":
+      points.extend(lr_sweep_points(config, size))
     else:
-      raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop or wsd")
+      raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop, wsd or lr_sweep")
+  points = replicate_seeds([finish_point(p, config) for p in points], config)
+  check_points(points)
   if not any(p.record for p in points):
     raise ValueError(
         "the ladder has no points: check ladder.steps / ladder.flop_budgets and "
@@ -323,6 +622,7 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
       unique_tokens=unique_tokens(c),
       flops_6nd=6.0 * counts["total"] * tokens,
       **_cost_columns(out),
+      **hyperparameter_columns(point),
   )
 
 
@@ -396,7 +696,12 @@ def run_point(
   log(f"[ladder] {point.name}: {point.kind}, {int(point.config.train.steps)} steps")
   _record_attempt(pdir, "start")
   kwargs = {"hooks": hooks(point)} if hooks else {}
-  out = trainer.train_and_evaluate(point.config, os.fspath(pdir), **kwargs)
+  try:
+    out = trainer.train_and_evaluate(point.config, os.fspath(pdir), **kwargs)
+  except trainer.NonFiniteError as e:
+    if scheme != "lr_sweep":
+      raise
+    out = diverged_result(point, e, log)
   wall = time.time() - t0
   if out.get("preempted"):
     raise KeyboardInterrupt(f"{point.name} was stopped at step {out['step']}; rerun to resume")
@@ -497,7 +802,7 @@ def run_ladder(
   workdir.mkdir(parents=True, exist_ok=True)
   with config.unlocked():
     config.data.prepared_dir = prepare_data(config, workdir)
-  sizes = [s[0] for s in config.ladder.sizes]
+  sizes = [s[0] for s in ladder_sizes(config)]
   mine = {s for i, s in enumerate(sizes) if i % worker[1] == worker[0]}
   todo = [p for p in unfinished(expand(config), workdir) if p.size in mine]
   progress = Progress(todo, log)

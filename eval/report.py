@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from eval import lr_transfer
 
 from eval import fit as fitlib
 from eval import plots
@@ -74,7 +75,8 @@ def read_results(
           f"{where}; fix or remove them"
       )
     warnings.warn(f"dropping {int(bad.sum())} row(s) with missing or non-positive {where}")
-  df = df[~bad].reset_index(drop=True)
+  df = fitlib.average_seeds(df[~bad].reset_index(drop=True), loss_col)
+  df = fitlib.best_lr_rows(df, loss_col)
   df[need] = df[need].astype(float)
   if df.empty:
     raise ValueError(f"{path}: no rows with positive {need}")
@@ -208,6 +210,7 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
       "(each D ends its own schedule)",
       "grid": "independent runs, the schedule set to each run's D",
       "isoflop": "independent runs, the schedule set to each run's D",
+      "lr_sweep": "independent runs per grid learning rate, the schedule set to each run's D",
   }
   s_what = (
       "; ".join(sched.get(s, s) for s in schemes)
@@ -230,8 +233,26 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
   if "unique_tokens" in df.columns:
     ep = df["tokens"].to_numpy(float) / pd.to_numeric(df["unique_tokens"], errors="coerce")
     items.append(("Data repetition", f"up to {np.nanmax(ep):.2f} epochs (tokens / unique_tokens)"))
-  if "seed" in df.columns:
+  if "seeds" in df.columns:
+    sd = np.nanmedian(pd.to_numeric(df["seed_loss_sd"], errors="coerce"))
+    lo, hi = int(df["seeds"].min()), int(df["seeds"].max())
+    count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    items.append(
+        (
+            "Seeds",
+            f"{count} per point, averaged before fitting (median s.d. across seeds {sd:.2g})",
+        )
+    )
+  elif "seed" in df.columns:
     items.append(("Seeds", f"{df['seed'].nunique()} distinct"))
+  if "lr_choices" in df.columns:
+    items.append(
+        (
+            "Learning rate",
+            f"lr_sweep: each size and budget at the best of its {int(df['lr_choices'].max())} "
+            "grid learning rates (and parametrizations); see Learning-rate transfer",
+        )
+    )
   if "val_loss_se" in df.columns:
     se = pd.to_numeric(df["val_loss_se"], errors="coerce")
     items.append(
@@ -1113,8 +1134,25 @@ def render_markdown(a: ScalingAnalysis, figures=()) -> str:
   lines = _md_header(a) + ["## Fitted laws", ""] + _md_approach3(a) + _md_other_fits(a)
   lines += _md_sensitivity(a) + _md_backtest(a) + _md_allocation(a) + _md_saturation(a)
   lines += _md_cost(a)
+  lines += _md_lr_transfer(a)
   lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
   return "\n".join(lines) + "\n"
+
+
+def _md_lr_transfer(a: ScalingAnalysis) -> list[str]:
+  """An lr_sweep ladder's best learning rate per width (eval.lr_transfer.best_lr_shift)."""
+  if "lr_choices" not in a.df.columns:
+    return []
+
+  best = lr_transfer.best_lr_shift(lr_transfer.sweep_rows(a.workdir))
+  widths = sorted({w for b in best.values() for w in b["best_lr_exponent"]})
+  lines = ["## Learning-rate transfer", "", "| best learning rate (2^k) | "]
+  lines[-1] += " | ".join(f"width {w}" for w in widths) + " | spread (grid steps) |"
+  lines.append("|---" * (len(widths) + 2) + "|")
+  for par, b in best.items():
+    cells = [str(b["best_lr_exponent"].get(w, "-")) for w in widths]
+    lines.append(f"| {par} | " + " | ".join(cells) + f" | {b['shift_grid_steps']} |")
+  return lines + ["", "A spread of 0-1 grid steps means the best learning rate transfers.", ""]
 
 
 # ----------------------------------------------------------------------------- JSON, plots

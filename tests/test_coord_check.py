@@ -77,19 +77,8 @@ def test_bad_widths_are_a_clear_error():
     coord_check.coord_check(default.get_config("size=tiny"), (33, 66), (), "mup", steps=1)
 
 
-def test_lr_sweep_points_and_best_lr_shift():
-  points = lr_transfer.lr_sweep_points(
-      default.get_config("size=tiny"), (32, 64), (-9, -8), ("sp", "mup")
-  )
-  assert len(points) == 8
-  name, meta, c = points[-1]
-  assert name == "mup_w64_lr2^-8" and c.train.learning_rate == 2.0**-8
-  assert (c.model.d_model, c.model.head_dim, c.model.mlp_dim, c.model.base_width) == (
-      64,
-      32,
-      128,
-      32,
-  )
+def test_best_lr_shift():
+
   rows = [
       dict(parametrization=p, width=w, lr_exponent=k, val_loss=loss)
       for p, w, k, loss in [
@@ -98,6 +87,7 @@ def test_lr_sweep_points_and_best_lr_shift():
           ("sp", 64, -9, 1.8),
           ("sp", 64, -8, float("nan")),
           ("mup", 32, -9, 2.0),
+          ("mup", 32, -9, 1.85),  # a second seed: the mean at -9 (1.925) still loses to -8
           ("mup", 32, -8, 1.9),
           ("mup", 64, -9, 1.9),
           ("mup", 64, -8, 1.7),

@@ -88,6 +88,23 @@ RULES = [
         replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'"),
         needs=(LADDER,),
     ),
+    # One width, one budget, both seeds: 2 constant runs and their cooldowns.
+    Rule(
+        f"{LADDER}_recipe",
+        replace(
+            (":cpu_recipe", ":tiny_recipe"),
+            extra="'--config.ladder.steps=(4,)' '--config.ladder.recipe.widths=(16,)'",
+        ),
+    ),
+    # 2 sizes x sp, mup x one learning rate, 3 steps each.
+    Rule(
+        f"{LADDER}_lr_sweep",
+        replace(
+            (":cpu_lr_sweep", ":tiny_lr_sweep"),
+            extra="'--config.ladder.steps=(3,)' '--config.ladder.lr_exponents=(-6,)'",
+        ),
+    ),
+    Rule("python -m eval.lr_transfer --workdir runs/lr_sweep", needs=(f"{LADDER}_lr_sweep",)),
     Rule(
         f"{LADDER} --workdir /shared/ladder --executor ray",
         skip="needs a Ray cluster at HEAD:6379 (tests/test_ladder_ray.py runs a local one)",
