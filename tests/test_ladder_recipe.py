@@ -135,8 +135,8 @@ def test_without_a_recipe_the_ladder_is_unchanged():
             ),
             "model.completep_alpha",
         ),
-        (dict(train=dict(optimizer="adafactor")), "config.train.optimizer=adafactor"),
-        (dict(train=dict(optimizer="muon", b1=1.0)), "config.train.b1"),
+        (dict(train=dict(optimizer="adafactor")), "train.optimizer: adafactor"),
+        (dict(train=dict(optimizer="muon", b1=1.0)), "train.b1: 1.0"),
     ],
 )
 def test_bad_recipe_and_ladder_settings_name_the_field_before_training(overrides, field):
