@@ -45,7 +45,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
           rope_theta=10_000.0,
           attention_mask="causal",  # causal (decoder) | bidirectional (encoder)
           attention_impl="auto",  # xla | cudnn | blocked | auto; see model/attention_ops.py
-          mlp="gelu",  # gelu | swiglu
+          mlp="gelu",  # gelu | swiglu | moe (sparse SwiGLU experts, model/moe.py)
           norm="layernorm",  # layernorm | rmsnorm
           norm_position="pre",  # pre | post
           norm_eps=1e-5,
@@ -69,6 +69,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
           base_head_dim=0,  # mup attention 1/head_dim rule: the base's head_dim
           # (0: head_dim * base_width / d_model, i.e. fixed head count)
           completep_alpha=1.0,  # completep residual branches scaled by depth^-alpha, (0, 1]
+          num_experts=8,  # moe: routed experts per MoE layer
+          experts_per_token=2,  # moe: top-k experts each token is sent to
+          expert_mlp_dim=0,  # moe: hidden width of one expert (0: mlp_dim)
+          num_shared_experts=0,  # moe: dense experts every token also passes through
+          moe_every=1,  # moe: every k-th layer is MoE (the last of each k), the rest dense
       )
   )
   m.update(overrides)
@@ -112,6 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
           cooldown="linear",  # wsd cooldown shape: linear | 1-sqrt
           grad_clip=1.0,
           z_loss=0.0,
+          moe_load_balance_loss=0.01,  # coefficient of the Switch/GShard balance loss (moe)
+          moe_router_z_loss=0.001,  # coefficient of the router z-loss (moe)
           max_nonfinite_steps=10,  # consecutive skipped updates before stopping
           log_every=20,
           transfer_guard="disallow",  # jax.transfer_guard around the step: disallow | log | allow
