@@ -1,6 +1,12 @@
 """Sparse mixture-of-experts (model/moe.py): equivalences with the dense MLP and a naive loop,
 the auxiliary losses by hand, config errors, and a short training run that learns."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +15,7 @@ from flax import linen as nn
 
 from configs import default
 from model import moe
+from model import summary
 from model.config import ModelConfig
 from model.mlp import Mlp
 from model.transformer import Transformer
@@ -16,6 +23,7 @@ from train import build
 from train import inputs
 from train import mesh as mesh_lib
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = dict(
     d_model=16,
     num_layers=2,
@@ -160,3 +168,36 @@ def test_short_cpu_run_learns_and_logs_router_metrics():
   assert float(m["moe_dropped_tokens"]) == 0.0
   assert float(m["moe_load_balance_loss"]) >= 1.0 - 1e-5
   assert np.isfinite(float(m["moe_router_z_loss"]))
+
+
+def test_mixtral_8x7b_summary_reports_total_and_active_params(tmp_path):
+  out = tmp_path / "summary.json"
+  subprocess.run(
+      [sys.executable, "-m", "model.summary", "--config", "configs/mixtral.py:size=8x7B"]
+      + ["--json", str(out)],
+      check=True,
+      cwd=REPO,
+      capture_output=True,
+      env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"},
+  )
+  s = json.loads(out.read_text())
+  assert abs(s["params_total"] / 46.7e9 - 1) < 0.02, s["params_total"]
+  assert abs(s["params_active"] / 12.9e9 - 1) < 0.02, s["params_active"]
+
+
+def test_flops_count_active_parameters_and_the_router():
+  dense = _cfg(mlp="swiglu", num_layers=4)
+  sparse = dense.replace(mlp="moe", num_experts=8, experts_per_token=2, expert_mlp_dim=12)
+  d, f, layers = 16, 12, 4
+  mlp_dense = summary.flops_per_token_forward(dense, 32)["mlp"]
+  mlp_sparse = summary.flops_per_token_forward(sparse, 32)["mlp"]
+  assert mlp_dense == layers * 2 * d * 24 * 3
+  assert mlp_sparse == layers * (2 * d * 8 + 2 * (2 * d * f * 3))
+  counts = summary.param_counts(sparse)
+  experts = layers * 8 * 3 * d * f
+  assert counts["total"] - counts["active"] == experts * 6 // 8
+  # every other layer MoE, one shared expert: dense layers use mlp_dim, MoE ones k + 1 experts
+  mixed = sparse.replace(moe_every=2, num_shared_experts=1)
+  want = 2 * (2 * d * 8 + 3 * (2 * d * f * 3)) + 2 * (2 * d * 24 * 3)
+  assert summary.flops_per_token_forward(mixed, 32)["mlp"] == want
+  assert summary.param_counts(dense)["active"] == summary.param_counts(dense)["total"]
