@@ -201,3 +201,24 @@ def test_flops_count_active_parameters_and_the_router():
   want = 2 * (2 * d * 8 + 3 * (2 * d * f * 3)) + 2 * (2 * d * 24 * 3)
   assert summary.flops_per_token_forward(mixed, 32)["mlp"] == want
   assert summary.param_counts(dense)["active"] == summary.param_counts(dense)["total"]
+
+
+def test_metrics_jsonl_holds_expert_load_aux_losses_and_dropped_tokens(tmp_path):
+  from configs import mixtral
+  from train import metrics as metrics_lib
+  from train import trainer
+
+  c = mixtral.get_config("size=tiny")
+  c.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16)
+  c.model.update(num_experts=4, expert_mlp_dim=32, mlp_dim=64, max_seq_len=32, moe_every=2)
+  c.data.seq_len, c.train.batch_size, c.train.steps, c.train.log_every = 32, 4, 4, 2
+  c.eval.batches, c.mesh.shape, c.train.warmup_steps = 1, (1, 1, 1), 1
+  trainer.train_and_evaluate(c, str(tmp_path))
+  rows = metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [2, 4]
+  for r in rows:
+    load = np.asarray(r["moe_expert_load"])
+    assert load.shape == (1, 4)  # one MoE layer of the two (moe_every=2), four experts
+    np.testing.assert_allclose(load.sum(-1), 1.0, rtol=1e-5)
+    assert r["moe_dropped_tokens"] == 0
+    assert r["moe_load_balance_loss"] >= 1 - 1e-5 and r["moe_router_z_loss"] > 0
