@@ -27,6 +27,14 @@ DEFAULT_AXIS_RULES = (
     ("mlp", "tensor"),
     ("layers", None),
 )
+# Expert parallelism (model/moe_parallel.py): a fourth mesh axis `expert`, e.g.
+# mesh.shape=(2, 1, 1, 4), holds E/4 experts per device and also splits the batch (every
+# device routes its own tokens; all-to-all carries them to their experts and back).
+EXPERT_PARALLEL_AXIS_RULES = (
+    (("batch", ("data", "fsdp", "expert")),)
+    + tuple(r for r in DEFAULT_AXIS_RULES if r[0] != "batch")
+    + (("expert", "expert"),)
+)
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -141,7 +149,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.mesh = ml_collections.ConfigDict(
       dict(
-          shape=(-1, 1, 1),  # (data, fsdp, tensor) within a slice; one entry may be -1
+          shape=(-1, 1, 1),  # (data, fsdp, tensor[, expert]) within a slice; one entry may be -1
           dcn_shape=(1, 1, 1),  # across slices (multi-slice TPU)
           axis_rules=DEFAULT_AXIS_RULES,
       )

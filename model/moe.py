@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from model import moe_parallel
 from model import parametrization
 from model.config import ModelConfig
 from model.linear import Linear
@@ -119,9 +120,10 @@ class Moe(nn.Module):
     idx_TxK, weights_TxK, probs_TxE = route(logits_TxE, cfg.experts_per_token)
     experts = self._expert_weights(d, e, f, pdt)
     experts = tuple(jnp.asarray(w, dt) for w in experts)
-    x_TxD = x_BxLxD.reshape(b * l, d).astype(dt)
-    y_TxD, dropped = dispatch(x_TxD, idx_TxK, weights_TxK, experts)
-    y_BxLxD = y_TxD.reshape(b, l, d)
+    k = cfg.experts_per_token
+    y_BxLxD, dropped = dispatch(
+        x_BxLxD.astype(dt), idx_TxK.reshape(b, l, k), weights_TxK.reshape(b, l, k), experts
+    )
     if cfg.num_shared_experts:
       shared_cfg = cfg.replace(mlp="swiglu", mlp_dim=cfg.num_shared_experts * f, use_bias=False)
       y_BxLxD = y_BxLxD + Mlp(shared_cfg, name="shared")(x_BxLxD, deterministic)
@@ -147,10 +149,20 @@ class Moe(nn.Module):
     )
 
 
-def dispatch(x_TxD, idx_TxK, weights_TxK, experts):
+def dispatch(x_BxLxD, idx_BxLxK, weights_BxLxK, experts) -> tuple[jax.Array, jax.Array]:
   """Runs the experts: expert-parallel (model/moe_parallel.py) when the current mesh has an
   `expert` axis of size > 1, else `dropless_moe` on the whole token set."""
-  return dropless_moe(x_TxD, idx_TxK, weights_TxK, experts)
+  if moe_parallel.expert_ranks() > 1:
+    return moe_parallel.expert_parallel_moe(x_BxLxD, idx_BxLxK, weights_BxLxK, experts)
+  b, l, d = x_BxLxD.shape
+  k = idx_BxLxK.shape[-1]
+  y_TxD, dropped = dropless_moe(
+      x_BxLxD.reshape(b * l, d),
+      idx_BxLxK.reshape(b * l, k),
+      weights_BxLxK.reshape(b * l, k),
+      experts,
+  )
+  return y_TxD.reshape(b, l, d), dropped
 
 
 def _layer_order(path) -> tuple:
