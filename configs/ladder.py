@@ -9,8 +9,12 @@ Names (the arg):
   cpu_grid      the same sizes and budgets as independent cosine runs (the expensive way).
   cpu_isoflop   3 FLOP budgets x 5 sizes, D = C / flops_per_token (IsoFLOP, approach 2).
   cpu_synthetic the `cpu` ladder on the synthetic Markov corpus (known entropy floor).
+  moe           MoE vs dense at equal active parameters: 3 sizes x 2 budgets, WSD, every
+                feed-forward top-1 of 4 SwiGLU experts of width mlp_dim (router aside, a
+                token uses the parameters of the dense twin)
+  moe_dense     the dense twin: the same sizes, budgets and data with a SwiGLU of mlp_dim
   tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
-  tiny_grid, tiny_isoflop: tiny versions of the other schemes, for tests.
+  tiny_grid, tiny_isoflop, tiny_moe: tiny versions of the other ladders, for tests.
 
 ladder fields:
   scheme          wsd | grid | isoflop
@@ -94,6 +98,9 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.ladder = _ladder(
         scheme="isoflop", flop_budgets=(3e11, 1e12, 3e12), steps=(), min_steps=50, max_steps=1500
     )
+  elif name in ("moe", "moe_dense"):
+    c.ladder = _ladder(sizes=_CPU_SIZES[:3], steps=(150, 300))
+    _moe_twin(c, sparse=name == "moe")
   elif name.startswith("tiny"):
     c.data.seq_len = 32
     c.model.max_seq_len = 32
@@ -107,6 +114,9 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
     elif name == "tiny_grid":
       c.ladder = _ladder(scheme="grid", sizes=_TINY_SIZES[:2], steps=(6, 12))
+    elif name == "tiny_moe":
+      c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
+      _moe_twin(c, sparse=True)
     elif name == "tiny_isoflop":
       c.ladder = _ladder(
           scheme="isoflop",
@@ -119,11 +129,18 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     else:
       raise ValueError(
           f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
-          "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
+          "cpu_isoflop, cpu_synthetic, moe, moe_dense, tiny, tiny_grid, tiny_isoflop or tiny_moe"
       )
   else:
     raise ValueError(
         f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
-        "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
+        "cpu_isoflop, cpu_synthetic, moe, moe_dense, tiny, tiny_grid, tiny_isoflop or tiny_moe"
     )
   return c
+
+
+def _moe_twin(c: ml_collections.ConfigDict, sparse: bool) -> None:
+  """SwiGLU feed-forwards without biases (experts have none); `sparse`: each one a top-1 of
+  4 experts of the same width."""
+  c.model.mlp = "moe" if sparse else "swiglu"
+  c.model.update(num_experts=4, experts_per_token=1, expert_mlp_dim=0, use_bias=False)

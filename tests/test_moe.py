@@ -222,3 +222,23 @@ def test_metrics_jsonl_holds_expert_load_aux_losses_and_dropped_tokens(tmp_path)
     np.testing.assert_allclose(load.sum(-1), 1.0, rtol=1e-5)
     assert r["moe_dropped_tokens"] == 0
     assert r["moe_load_balance_loss"] >= 1 - 1e-5 and r["moe_router_z_loss"] > 0
+
+
+def test_moe_ladder_twins_have_equal_active_params_and_rows_report_both_counts():
+  from configs import ladder as ladder_cfg
+  from eval import ladder
+
+  sparse = ladder.expand(ladder_cfg.get_config("moe"))
+  dense = ladder.expand(ladder_cfg.get_config("moe_dense"))
+  assert [p.name for p in sparse] == [p.name for p in dense] and len(sparse) == 3 * 3
+  for s, d in zip(sparse, dense):
+    assert (s.config.model.mlp, d.config.model.mlp) == ("moe", "swiglu")
+    cs, cd = summary.param_counts(s.config.model), summary.param_counts(d.config.model)
+    router = s.config.model.num_layers * s.config.model.d_model * 4
+    assert cs["active"] == cd["active"] + router and cd["active"] == cd["total"]
+    assert cs["total"] > cs["active"]
+  point = next(p for p in ladder.expand(ladder_cfg.get_config("tiny_moe")) if p.record)
+  row = ladder.result_row(point, {"val_loss": 3.0}, 1.0, "wsd")
+  counts = summary.param_counts(point.config.model)
+  assert row["params_active"] == counts["active"] < row["params_total"] == counts["total"]
+  assert row["flops_6nd"] == 6 * counts["active"] * row["tokens"]
