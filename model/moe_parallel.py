@@ -49,6 +49,12 @@ def expert_parallel_moe(
         f"map 'batch' to {batch_axes + (EXPERT_AXIS,)} in mesh.axis_rules "
         "(configs.base.EXPERT_PARALLEL_AXIS_RULES)"
     )
+  ranks, num_experts = expert_ranks(), experts[0].shape[0]
+  if num_experts % ranks:
+    raise ValueError(
+        f"model.num_experts={num_experts} is not divisible by the {ranks} devices of the "
+        f"'{EXPERT_AXIS}' mesh axis; use a multiple of {ranks} experts or a smaller expert axis"
+    )
   tokens = P(batch_axes)
   expert_spec = P(EXPERT_AXIS)
   fn = jax.shard_map(

@@ -242,3 +242,15 @@ def test_moe_ladder_twins_have_equal_active_params_and_rows_report_both_counts()
   counts = summary.param_counts(point.config.model)
   assert row["params_active"] == counts["active"] < row["params_total"] == counts["total"]
   assert row["flops_6nd"] == 6 * counts["active"] * row["tokens"]
+
+
+def test_experts_not_divisible_by_the_expert_axis_name_the_field():
+  from configs import base
+
+  cfg = _cfg(num_experts=6, experts_per_token=2)
+  mesh = {"data": 2, "fsdp": 1, "tensor": 1, "expert": 4}
+  with pytest.raises(ValueError, match=r"model.num_experts=6 is not divisible by the expert=4"):
+    mesh_lib.check_model_on_mesh(cfg, mesh, base.EXPERT_PARALLEL_AXIS_RULES)
+  mesh_lib.check_model_on_mesh(cfg.replace(num_experts=8), mesh, base.EXPERT_PARALLEL_AXIS_RULES)
+  with pytest.raises(ValueError, match="mesh.shape=.* has 5 entries"):
+    mesh_lib.resolve_shapes({"shape": (1, 1, 1, 1, 1)}, 1)
