@@ -18,7 +18,7 @@ from model import moe
 from model import summary
 from model.config import ModelConfig
 from model.mlp import Mlp
-from model.transformer import Transformer
+from model.transformer import Transformer, init_cache
 from train import build
 from train import inputs
 from train import mesh as mesh_lib
@@ -254,3 +254,24 @@ def test_experts_not_divisible_by_the_expert_axis_name_the_field():
   mesh_lib.check_model_on_mesh(cfg.replace(num_experts=8), mesh, base.EXPERT_PARALLEL_AXIS_RULES)
   with pytest.raises(ValueError, match="mesh.shape=.* has 5 entries"):
     mesh_lib.resolve_shapes({"shape": (1, 1, 1, 1, 1)}, 1)
+
+
+def test_kv_cache_decoding_matches_the_full_forward():
+  cfg = _cfg(num_experts=4, experts_per_token=2, pos_encoding="rope", max_seq_len=16)
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 250, (2, 4)), jnp.int32)
+  params = Transformer(cfg).init(jax.random.PRNGKey(0), tokens)["params"]
+  full = Transformer(cfg).apply({"params": params}, tokens)
+  cache = init_cache(cfg, 2, 16)
+  decoder = Transformer(cfg, decode=True)
+  steps = []
+  for t in range(4):
+    pos = jnp.full((2, 1), t, jnp.int32)
+    logits, upd = decoder.apply(
+        {"params": params, "cache": cache},
+        tokens[:, t : t + 1],
+        positions_BxL=pos,
+        mutable=["cache"],
+    )
+    cache = upd["cache"]
+    steps.append(logits[:, 0])
+  np.testing.assert_allclose(jnp.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
