@@ -115,7 +115,15 @@ class Moe(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     b, l, d = x_BxLxD.shape
     e, f = cfg.num_experts, cfg.moe_mlp_dim
-    router = Linear((e,), ("embed", None), use_bias=False, dtype=jnp.float32, name="router")
+    router = Linear(
+        (e,),
+        ("embed", None),
+        use_bias=False,
+        init_std=parametrization.hidden_init_std(cfg),
+        dtype=jnp.float32,  # routing decisions in float32 whatever the compute dtype
+        param_dtype=pdt,
+        name="router",
+    )
     logits_TxE = router(x_BxLxD.reshape(b * l, d).astype(jnp.float32))
     idx_TxK, weights_TxK, probs_TxE = route(logits_TxE, cfg.experts_per_token)
     experts = self._expert_weights(d, e, f, pdt)
