@@ -252,6 +252,8 @@ def test_experts_not_divisible_by_the_expert_axis_name_the_field():
   with pytest.raises(ValueError, match=r"model.num_experts=6 is not divisible by the expert=4"):
     mesh_lib.check_model_on_mesh(cfg, mesh, base.EXPERT_PARALLEL_AXIS_RULES)
   mesh_lib.check_model_on_mesh(cfg.replace(num_experts=8), mesh, base.EXPERT_PARALLEL_AXIS_RULES)
+  with pytest.raises(ValueError, match="must split 'batch' over it too"):
+    mesh_lib.check_model_on_mesh(cfg.replace(num_experts=8), mesh, base.DEFAULT_AXIS_RULES)
   with pytest.raises(ValueError, match="mesh.shape=.* has 5 entries"):
     mesh_lib.resolve_shapes({"shape": (1, 1, 1, 1, 1)}, 1)
 

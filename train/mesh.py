@@ -293,6 +293,13 @@ def check_model_on_mesh(
     dims["batch"] = ("train.batch_size", batch_size)
   rule_map = dict(rules)
   problems = []
+  expert_parallel = sizes.get(EXPERT, 1) > 1 and _get(model_cfg, "mlp", None) == "moe"
+  if expert_parallel and EXPERT not in _mesh_axes(rule_map.get("batch")):
+    problems.append(
+        f"the {EXPERT}={sizes[EXPERT]} mesh axis exchanges tokens between devices that hold "
+        f"different ones, so mesh.axis_rules must split 'batch' over it too; use "
+        "configs.base.EXPERT_PARALLEL_AXIS_RULES."
+    )
   for logical, (field, value) in dims.items():
     axes = _mesh_axes(rule_map.get(logical))
     split = math.prod(sizes.get(a, 1) for a in axes)
