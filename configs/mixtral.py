@@ -8,7 +8,6 @@ per token).
 
 from configs import base
 from configs import preset_args
-from model.config import ModelConfig
 
 # size: dict of model overrides + (seq_len, batch_size, learning_rate)
 SIZES = {
@@ -79,5 +78,4 @@ def get_config(arg: str = ""):
   c.train.b2 = 0.95
   c.train.weight_decay = 0.1
   c.train.moe_load_balance_loss = 0.02
-  ModelConfig.from_config(c.model)
   return c

@@ -22,6 +22,7 @@ from model.transformer import Transformer, init_cache
 from train import build
 from train import inputs
 from train import mesh as mesh_lib
+from train import spec
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = dict(
@@ -145,7 +146,7 @@ def test_short_cpu_run_learns_and_logs_router_metrics():
   )
   c.model.update(num_experts=4, experts_per_token=2, expert_mlp_dim=64, num_shared_experts=1)
   c.train.update(dict(warmup_steps=0, schedule="constant", learning_rate=3e-3, microbatches=2))
-  b = build.build(c, mesh=mesh_lib.make_mesh(c, devices=jax.devices()[:1]))
+  b = build.build(spec.resolve(c), mesh=mesh_lib.make_mesh(c, devices=jax.devices()[:1]))
   state = b.init_state()
   rng = np.random.default_rng(0)
   start = rng.integers(0, 200, (8, 1))

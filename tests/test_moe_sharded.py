@@ -20,7 +20,7 @@ SCRIPT = r"""
 import json
 import jax, numpy as np
 from configs import base, mixtral
-from train import build, inputs, mesh as mesh_lib
+from train import build, inputs, mesh as mesh_lib, spec
 
 assert jax.device_count() == 8, jax.devices()
 cfg = mixtral.get_config("size=tiny")
@@ -49,18 +49,18 @@ def train(b, state):
 
 out = {}
 cfg.mesh.shape = (1, 1, 1)
-ref = build.build(cfg, mesh=mesh_lib.make_mesh(cfg, devices=jax.devices()[:1]))
+ref = build.build(spec.resolve(cfg), mesh=mesh_lib.make_mesh(cfg, devices=jax.devices()[:1]))
 init_host = jax.device_get(ref.init_state())
 state, out["ref_losses"], out["ref_lb"], _ = train(ref, jax.device_put(init_host, ref.state_shardings))
 ref_params = jax.device_get(state.params)
 cfg.mesh.axis_rules = base.EXPERT_PARALLEL_AXIS_RULES
 for shape in [(2, 1, 1, 4), (1, 2, 2, 2), (1, 1, 1, 8)]:
   cfg.mesh.shape = shape
-  b = build.build(cfg)
+  b = build.build(spec.resolve(cfg))
   state = jax.device_put(init_host, b.state_shardings)
   wi_shard = list(state.params["layers"]["block"]["mlp"]["wi_0"].addressable_shards[0].data.shape)
   state, losses, lb, dropped = train(b, state)
-  hlo = b.train_step.lower(cfg).as_text()
+  hlo = b.train_step.lower().as_text()
   diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(c))))
              for a, c in zip(jax.tree_util.tree_leaves(jax.device_get(state.params)),
                              jax.tree_util.tree_leaves(ref_params)))
@@ -69,7 +69,7 @@ for shape in [(2, 1, 1, 4), (1, 2, 2, 2), (1, 1, 1, 8)]:
 cfg.model.num_experts = 6
 cfg.mesh.shape = (2, 1, 1, 4)
 try:
-  build.build(cfg)
+  build.build(spec.resolve(cfg))
 except ValueError as e:
   out["expert_error"] = str(e)
 print("RESULT " + json.dumps(out))

@@ -35,17 +35,20 @@ from train import inputs as inputs_lib
 from train import losses
 from train import mesh as mesh_lib
 from train import step as step_lib
+from train.data.pipeline import BATCH_KEYS
 
 MLM_EVAL_SEED = 1234
 
 
 def build_eval_step(
-    config, mesh: Mesh, model: nn.Module, param_shardings: Any, *, mask_id: int | None = None
+    opts: step_lib.StepOptions,
+    mesh: Mesh,
+    rules: mesh_lib.Rules,
+    model: nn.Module,
+    param_shardings: Any,
 ) -> Callable:
   """(params, batch, doc_ids, token_bytes, mask_index) -> per-token arrays [B, L] (global,
   replicated): "loss" (0 where not scored), "weights", "bytes", "doc_ids"."""
-  opts = step_lib.StepOptions.from_config(config, mask_id)
-  rules = mesh_lib.axis_rules(config)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   replicated = mesh_lib.replicated(mesh)
 
@@ -75,7 +78,7 @@ def build_eval_step(
         "doc_ids": doc_ids,
     }
 
-  batch_in = {k: batch_sharding for k in step_lib.BATCH_KEYS}
+  batch_in = {k: batch_sharding for k in BATCH_KEYS}
   jitted = jax.jit(
       eval_step,
       in_shardings=(param_shardings, batch_in, batch_sharding, replicated, replicated),
