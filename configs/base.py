@@ -20,6 +20,7 @@ import ml_collections
 from model.config import ModelConfig
 from train import spec
 from train.spec import DEFAULT_AXIS_RULES  # noqa: F401  (re-exported: configs name it)
+from train.spec import EXPERT_PARALLEL_AXIS_RULES  # noqa: F401  (re-exported)
 
 
 def _section(cls) -> ml_collections.ConfigDict:

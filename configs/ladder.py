@@ -9,6 +9,10 @@ Names (the arg):
   cpu_grid      the same sizes and budgets as independent cosine runs (the expensive way).
   cpu_isoflop   3 FLOP budgets x 5 sizes, D = C / flops_per_token (IsoFLOP, approach 2).
   cpu_synthetic the `cpu` ladder on the synthetic Markov corpus (known entropy floor).
+  moe           MoE vs dense at equal active parameters: 3 sizes x 2 budgets, WSD, every
+                feed-forward top-1 of 4 SwiGLU experts of width mlp_dim (router aside, a
+                token uses the parameters of the dense twin)
+  moe_dense     the dense twin: the same sizes, budgets and data with a SwiGLU of mlp_dim
   tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
   tiny_grid, tiny_isoflop: tiny versions of the other schemes, for tests.
   cpu_recipe    the `cpu` budgets with every size and hyperparameter from `ladder.recipe`
@@ -16,6 +20,9 @@ Names (the arg):
   cpu_lr_sweep  widths 32, 64, 128 (2 layers, 2 heads) x learning rates 2^-11..2^-5 x sp, mup,
                 300 steps each (the `lr_sweep` scheme).
   tiny_recipe, tiny_lr_sweep: tiny versions of those two, for tests.
+  moe, moe_dense  the first three `cpu` sizes with SwiGLU feed-forwards: top-1 of 4 experts
+                 vs its dense twin at equal active parameters (params_active).
+  tiny_moe: a tiny MoE ladder, for tests.
 
 ladder fields:
   scheme          wsd | grid | isoflop | lr_sweep
@@ -78,8 +85,8 @@ _TINY_SIZES = (
 
 
 _NAMES = (
-    "cpu, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_recipe, cpu_lr_sweep, tiny, tiny_grid, "
-    "tiny_isoflop, tiny_recipe or tiny_lr_sweep"
+    "cpu, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_recipe, cpu_lr_sweep, moe, moe_dense, tiny, "
+    "tiny_grid, tiny_isoflop, tiny_recipe, tiny_lr_sweep or tiny_moe"
 )
 
 
@@ -164,6 +171,9 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
         lr_exponents=(-11, -10, -9, -8, -7, -6, -5),
         parametrizations=("sp", "mup"),
     )
+  elif name in ("moe", "moe_dense"):
+    c.ladder = _ladder(sizes=_CPU_SIZES[:3], steps=(150, 300))
+    _moe_twin(c, sparse=name == "moe")
   elif name.startswith("tiny"):
     c.data.seq_len = 32
     c.model.max_seq_len = 32
@@ -177,6 +187,9 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
     elif name == "tiny_grid":
       c.ladder = _ladder(scheme="grid", sizes=_TINY_SIZES[:2], steps=(6, 12))
+    elif name == "tiny_moe":
+      c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
+      _moe_twin(c, sparse=True)
     elif name == "tiny_isoflop":
       c.ladder = _ladder(
           scheme="isoflop",
@@ -208,3 +221,10 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use {_NAMES}")
   return c
+
+
+def _moe_twin(c: ml_collections.ConfigDict, sparse: bool) -> None:
+  """SwiGLU feed-forwards without biases (experts have none); `sparse`: each one a top-1 of
+  4 experts of the same width."""
+  c.model.mlp = "moe" if sparse else "swiglu"
+  c.model.update(num_experts=4, experts_per_token=1, expert_mlp_dim=0, use_bias=False)

@@ -103,6 +103,7 @@ RESULT_COLUMNS = (
     "warmup_steps",
     "schedule",
     "cooldown",
+    "params_active",
 )
 
 
@@ -588,8 +589,11 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
   """The results.csv row of a finished point.
 
   `flops` are counted FLOPs (model.summary: matmuls and attention, forward + backward);
-  `flops_6nd` = 6 * N * D with N = params_total (embeddings included) and D = tokens, the
+  `flops_6nd` = 6 * N * D with N = params_active (embeddings included; = params_total unless
+  the model is an MoE, whose tokens use k of E experts) and D = tokens, the
   convention of the Chinchilla-style allocation formulas, so fits can use either.
+  `params_active` is what one token uses (= params_total for dense models; MoE: the k routed
+  experts of E), so `eval.fit --n-col params_active|params_total` fits either N.
   """
   from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
 
@@ -620,9 +624,10 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
       val_loss_se=_val_loss_se(out),
       seed=int(c.seed),
       unique_tokens=unique_tokens(c),
-      flops_6nd=6.0 * counts["total"] * tokens,
+      flops_6nd=6.0 * counts["active"] * tokens,
       **_cost_columns(out),
       **hyperparameter_columns(point),
+      params_active=counts["active"],
   )
 
 

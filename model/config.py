@@ -14,7 +14,7 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 ATTENTION_MASKS = ("causal", "bidirectional")
 # Implementations understood by model/attention_ops.py. Add new ones in both places.
 ATTENTION_IMPLS = ("xla", "cudnn", "blocked", "auto")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "moe")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 # Activation checkpointing policies (see model/transformer.py REMAT_POLICIES).
@@ -41,7 +41,7 @@ class ModelConfig:
   rope_theta: float = 10_000.0
   attention_mask: str = "causal"  # causal (decoder) | bidirectional (encoder)
   attention_impl: str = "auto"  # xla | cudnn | blocked | auto; see model/attention_ops.py
-  mlp: str = "gelu"  # gelu | swiglu
+  mlp: str = "gelu"  # gelu | swiglu | moe (sparse SwiGLU experts, model/moe.py)
   norm: str = "layernorm"  # layernorm | rmsnorm
   norm_position: str = "pre"  # pre | post
   norm_eps: float = 1e-5
@@ -67,6 +67,12 @@ class ModelConfig:
       0  # mup attention 1/head_dim rule: the base's head_dim (0: head_dim * base_width / d_model, i.e. fixed head count)
   )
   completep_alpha: float = 1.0  # completep residual branches scaled by depth^-alpha, (0, 1]
+  # Sparse mixture-of-experts (mlp="moe", model/moe.py): SwiGLU experts.
+  num_experts: int = 8  # routed experts per MoE layer
+  experts_per_token: int = 2  # top-k experts each token is sent to
+  expert_mlp_dim: int = 0  # hidden width of one expert (0: mlp_dim)
+  num_shared_experts: int = 0  # dense experts every token also passes through
+  moe_every: int = 1  # every k-th layer is MoE (the last of each k), the rest dense SwiGLU
 
   @property
   def causal(self) -> bool:
@@ -171,6 +177,7 @@ class ModelConfig:
       if not getattr(self, f) > 0:
         fail(f, f"must be > 0, got {getattr(self, f)}")
     self._validate_parametrization(fail)
+    self._validate_moe(fail)
     if self.mlm_head and self.causal:
       fail(
           "mlm_head",
@@ -208,3 +215,40 @@ class ModelConfig:
             f"must lie in (0, 1] (1: CompleteP, 0.5: 1/sqrt(depth) "
             f"residual branches), got {alpha!r}",
         )
+
+  @property
+  def moe_mlp_dim(self) -> int:
+    """Hidden width of one expert (`expert_mlp_dim`, or `mlp_dim` when 0)."""
+    return self.expert_mlp_dim or self.mlp_dim
+
+  def is_moe_layer(self, layer: int) -> bool:
+    """Layer `layer` (0-based) has an MoE feed-forward: every `moe_every`-th layer, the
+    last of each group, when mlp=moe (the others are dense SwiGLU with mlp_dim)."""
+    return self.mlp == "moe" and (layer + 1) % self.moe_every == 0
+
+  def _validate_moe(self, fail) -> None:
+    """Expert counts are positive, top-k fits the experts, moe_every divides the depth."""
+    for f, low in (
+        ("num_experts", 1),
+        ("experts_per_token", 1),
+        ("expert_mlp_dim", 0),
+        ("num_shared_experts", 0),
+        ("moe_every", 1),
+    ):
+      v = getattr(self, f)
+      if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        fail(f, f"must be an integer >= {low}, got {v!r}; set --config.model.{f}=<int>")
+    if self.mlp != "moe":
+      return
+    if self.experts_per_token > self.num_experts:
+      fail(
+          "experts_per_token",
+          f"top-{self.experts_per_token} routing needs at least that many experts but "
+          f"num_experts={self.num_experts}; use experts_per_token <= {self.num_experts}",
+      )
+    if self.num_layers % self.moe_every:
+      fail(
+          "moe_every",
+          f"num_layers={self.num_layers} is not a multiple of moe_every={self.moe_every}; "
+          "use a divisor of num_layers",
+      )

@@ -46,9 +46,21 @@ def _module_key(name: str) -> str:
   return "/".join(parts) or name
 
 
+# Stacked expert weights of an MoE layer (model/moe.py): [..., E, D, F] / [..., E, F, D].
+EXPERT_PARAMS = ("mlp/wi_0", "mlp/wi_1", "mlp/wo")
+
+
+def _inactive_expert_fraction(cfg: ModelConfig) -> float:
+  """Share of the routed experts' weights a token does not use: 1 - k/E (0 unless moe)."""
+  return 1.0 - cfg.experts_per_token / cfg.num_experts if cfg.mlp == "moe" else 0.0
+
+
 def param_counts(cfg) -> dict[str, Any]:
-  """total; non_embedding (total minus the token, position and token-type tables; the untied
-  output layer counts as non-embedding); per_module {module path: count} summed over layers."""
+  """total; active (what one token uses: total minus the routed experts it is not sent to,
+  = total for dense models); non_embedding (total minus the token, position and token-type
+  tables; the untied output layer counts as non-embedding); per_module {module path: count}
+  summed over layers."""
+  cfg = as_model_config(cfg)
   shapes = param_shapes(cfg)
   per_module: dict[str, int] = {}
   total = 0
@@ -58,7 +70,14 @@ def param_counts(cfg) -> dict[str, Any]:
     key = _module_key(name)
     per_module[key] = per_module.get(key, 0) + n
   emb = sum(math.prod(shapes[k]) for k in EMBEDDING_PARAMS if k in shapes)
-  return {"total": total, "non_embedding": total - emb, "per_module": per_module}
+  experts = sum(math.prod(v) for k, v in shapes.items() if k.endswith(EXPERT_PARAMS))
+  active = total - round(experts * _inactive_expert_fraction(cfg))
+  return {
+      "total": total,
+      "active": active,
+      "non_embedding": total - emb,
+      "per_module": per_module,
+  }
 
 
 def flops_per_token_forward(cfg, seq_len: int) -> dict[str, float]:
@@ -75,6 +94,9 @@ def flops_per_token_forward(cfg, seq_len: int) -> dict[str, float]:
     head      = 2 d V (unembedding, tied or not) + 2 d d (MLM transform if mlm_head)
   Embedding lookups, norms, biases, softmax, nonlinearities and the BERT pooler (one token
   per sequence) are not counted.
+  mlp=moe counts the parameters a token uses: in each MoE layer (every moe_every-th) the router
+  2 d E, its k routed experts 2 d F * 3 * k and the shared experts 2 d F * 3 * S (F =
+  expert_mlp_dim, S = num_shared_experts); the other layers are dense SwiGLU (2 d m * 3).
   """
   cfg = as_model_config(cfg)
   d, n, k, h, m, v = (
@@ -93,8 +115,20 @@ def flops_per_token_forward(cfg, seq_len: int) -> dict[str, float]:
       "mlp": 2.0 * d * m * (3 if cfg.mlp == "swiglu" else 2),
   }
   parts = {key: val * cfg.num_layers for key, val in parts.items()}
+  if cfg.mlp == "moe":
+    parts["mlp"] = _moe_mlp_flops(cfg)
   parts["head"] = 2.0 * d * v + (2.0 * d * d if cfg.mlm_head else 0.0)
   return parts
+
+
+def _moe_mlp_flops(cfg: ModelConfig) -> float:
+  """Forward feed-forward FLOPs per token of an MoE stack, all layers (router included)."""
+  d, f = cfg.d_model, cfg.moe_mlp_dim
+  n_moe = cfg.num_layers // cfg.moe_every
+  per_moe = 2.0 * d * cfg.num_experts + 6.0 * d * f * (
+      cfg.experts_per_token + cfg.num_shared_experts
+  )
+  return n_moe * per_moe + (cfg.num_layers - n_moe) * 6.0 * d * cfg.mlp_dim
 
 
 def flops_per_token_train(cfg, seq_len: int) -> float:

@@ -4,6 +4,8 @@ Everything is chosen by `ModelConfig`: decoder (GPT, Llama) and encoder (BERT) a
 the same module. Params carry logical axis names; the caller maps them to a mesh.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -16,6 +18,8 @@ from model.config import ModelConfig
 from model.embeddings import Embed
 from model.linear import Linear
 from model.mlp import Mlp
+from model.moe import AUX as MOE_AUX
+from model.moe import Moe
 from model.norms import Norm
 
 # Activation checkpointing: what the backward pass may keep instead of recomputing.
@@ -56,12 +60,13 @@ class Block(nn.Module):
   cfg: ModelConfig
   decode: bool = False
   deterministic: bool = True
+  use_moe: bool = False  # mixture-of-experts feed-forward (model/moe.py) instead of Mlp
 
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
     cfg = self.cfg
     attn = Attention(cfg, self.decode, name="attn")
-    mlp = Mlp(cfg, name="mlp")
+    mlp = Moe(cfg, name="mlp") if self.use_moe else Mlp(cfg, name="mlp")
     branch_mult = parametrization.residual_multiplier(cfg)
 
     def branch(name, y):
@@ -81,6 +86,24 @@ class Block(nn.Module):
       x_BxLxD = _norm(cfg, "mlp_norm")(x_BxLxD + branch("mlp_out", y))
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_AXES)
     record_size(self, "residual", x_BxLxD)
+    return x_BxLxD, None
+
+
+class BlockGroup(nn.Module):
+  """`moe_every` consecutive Blocks, the last with the MoE feed-forward: the scanned unit of
+  a stack whose layers are not all alike (model.moe_every > 1)."""
+
+  cfg: ModelConfig
+  decode: bool = False
+  deterministic: bool = True
+  block_cls: Any = None
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+    k = self.cfg.moe_every
+    for j in range(k):
+      block = self.block_cls(self.cfg, self.decode, self.deterministic, j == k - 1, name=f"sub_{j}")
+      x_BxLxD, _ = block(x_BxLxD, positions_BxL, segment_ids_BxL)
     return x_BxLxD, None
 
 
@@ -115,23 +138,26 @@ class LayerStack(nn.Module):
     if cfg.remat != "none":
       block_cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
+      grouped = cfg.mlp == "moe" and cfg.moe_every > 1
+      length = cfg.num_layers // cfg.moe_every if grouped else cfg.num_layers
       stack = nn.scan(
-          block_cls,
-          variable_axes={"params": 0, "cache": 0, RECORDED: 0},
+          BlockGroup if grouped else block_cls,
+          variable_axes={"params": 0, "cache": 0, RECORDED: 0, MOE_AUX: 0},
           split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast),
-          length=cfg.num_layers,
-          unroll=scan_unroll(cfg),
+          length=length,
+          unroll=min(scan_unroll(cfg), length),
           metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      x_BxLxD, _ = stack(cfg, self.decode, deterministic, name="block")(
+      extra = (block_cls,) if grouped else (cfg.mlp == "moe",)
+      x_BxLxD, _ = stack(cfg, self.decode, deterministic, *extra, name="block")(
           x_BxLxD, positions_BxL, segment_ids_BxL
       )
     else:
       for i in range(cfg.num_layers):
-        x_BxLxD, _ = block_cls(cfg, self.decode, deterministic, name=f"block_{i}")(
-            x_BxLxD, positions_BxL, segment_ids_BxL
-        )
+        x_BxLxD, _ = block_cls(
+            cfg, self.decode, deterministic, cfg.is_moe_layer(i), name=f"block_{i}"
+        )(x_BxLxD, positions_BxL, segment_ids_BxL)
     return x_BxLxD
 
 

@@ -134,6 +134,7 @@ def summarize(
   )
   return {
       "params_total": counts["total"],
+      "params_active": counts["active"],
       "params_non_embedding": counts["non_embedding"],
       "params_per_module": counts["per_module"],
       "seq_len": seq_len,
@@ -159,6 +160,7 @@ def format_table(s: dict[str, Any]) -> str:
   lines += [
       "-" * 66,
       f"{'total':<40}{total:>18,}",
+      f"{'active per token (moe: k of E experts)':<40}{s['params_active']:>18,}",
       f"{'non-embedding (no token/pos/type tables)':<40}{s['params_non_embedding']:>18,}",
       f"train FLOPs/token (seq {s['seq_len']}): {s['flops_per_token_train']:.4g}",
       f"train FLOPs/step (batch {s['batch_size']}): {s['flops_per_step_train']:.4g}",

@@ -31,6 +31,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from train import spec as spec_lib
 
 AXES = spec_lib.MESH_AXES
+# Optional fourth mesh axis for expert parallelism (model/moe_parallel.py): present when
+# mesh.shape has a fourth entry, e.g. (2, 1, 1, 4) is data=2 x expert=4.
+EXPERT = spec_lib.EXPERT_AXIS
 Rules = tuple[tuple[str, Any], ...]
 
 
@@ -52,10 +55,10 @@ def _get(section: Any, key: str, default: Any) -> Any:
 
 def _as_shape(value: Any, field: str) -> tuple[int, ...]:
   shape = tuple(int(v) for v in value)
-  if len(shape) != len(AXES):
+  if len(shape) not in (len(AXES), len(AXES) + 1):
     raise ValueError(
-        f"{field}={shape} has {len(shape)} entries; it needs one per mesh axis {AXES}, "
-        f"e.g. {field}=(-1, 1, 1)."
+        f"{field}={shape} has {len(shape)} entries; it needs one per mesh axis {AXES} "
+        f"(and optionally a fourth, {EXPERT!r}), e.g. {field}=(-1, 1, 1)."
     )
   if shape.count(-1) > 1:
     raise ValueError(
@@ -121,6 +124,8 @@ def resolve_shapes(
         f"split evenly into {slices} slices."
     )
   ici = fill_shape(_get(section, "shape", (-1, 1, 1)), num_devices // slices, "mesh.shape")
+  if len(ici) != len(dcn):  # an expert axis in one of them: the other has expert=1
+    ici, dcn = ici + (1,) * (len(dcn) - len(ici)), dcn + (1,) * (len(ici) - len(dcn))
   return ici, dcn
 
 
@@ -145,7 +150,8 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mesh:
     device_array = _hybrid_device_array(ici, dcn, devices)
   else:
     device_array = _device_array(ici, devices)
-  return Mesh(device_array, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+  names = AXES + ((EXPERT,) if len(ici) > len(AXES) else ())
+  return Mesh(device_array, names, axis_types=(AxisType.Auto,) * len(names))
 
 
 def _device_array(shape: tuple[int, ...], devices: list[Any]) -> np.ndarray:
@@ -182,7 +188,8 @@ def _hybrid_device_array(
     key = lambda d: (d.process_index, d.id)
     arr = np.asarray(sorted(devices, key=key), dtype=object).reshape(dcn + ici)
     # (d0, d1, d2, i0, i1, i2) -> (d0, i0, d1, i1, d2, i2) -> product shape.
-    arr = arr.transpose(0, 3, 1, 4, 2, 5)
+    n = len(ici)
+    arr = arr.transpose([a for pair in zip(range(n), range(n, 2 * n)) for a in pair])
     return arr.reshape(tuple(a * b for a, b in zip(dcn, ici)))
 
 
@@ -258,12 +265,21 @@ def check_model_on_mesh(
       "embed": ("model.d_model", _get(model_cfg, "d_model", None)),
       "head_dim": ("model.head_dim", _get(model_cfg, "head_dim", None)),
   }
+  if _get(model_cfg, "mlp", None) == "moe":
+    dims["expert"] = ("model.num_experts", _get(model_cfg, "num_experts", None))
   if _get(model_cfg, "scan_layers", False):
     dims["layers"] = ("model.num_layers", _get(model_cfg, "num_layers", None))
   if batch_size is not None:
     dims["batch"] = ("train.batch_size", batch_size)
   rule_map = dict(rules)
   problems = []
+  expert_parallel = sizes.get(EXPERT, 1) > 1 and _get(model_cfg, "mlp", None) == "moe"
+  if expert_parallel and EXPERT not in _mesh_axes(rule_map.get("batch")):
+    problems.append(
+        f"the {EXPERT}={sizes[EXPERT]} mesh axis exchanges tokens between devices that hold "
+        f"different ones, so mesh.axis_rules must split 'batch' over it too; use "
+        "configs.base.EXPERT_PARALLEL_AXIS_RULES."
+    )
   for logical, (field, value) in dims.items():
     axes = _mesh_axes(rule_map.get(logical))
     split = math.prod(sizes.get(a, 1) for a in axes)

@@ -35,7 +35,17 @@ DEFAULT_AXIS_RULES = (
     ("mlp", "tensor"),
     ("layers", None),
 )
+# Expert parallelism (model/moe_parallel.py): a fourth mesh axis `expert`, e.g.
+# mesh.shape=(2, 1, 1, 4), holds E/4 experts per device and also splits the batch (every
+# device routes its own tokens; all-to-all carries them to their experts and back).
+EXPERT_PARALLEL_AXIS_RULES = (
+    (("batch", ("data", "fsdp", "expert")),)
+    + tuple(r for r in DEFAULT_AXIS_RULES if r[0] != "batch")
+    + (("expert", "expert"),)
+)
 MESH_AXES = ("data", "fsdp", "tensor")
+# The optional fourth mesh axis (a fourth mesh.shape entry).
+EXPERT_AXIS = "expert"
 OBJECTIVES = ("next_token", "mlm")
 TRANSFER_GUARDS = ("disallow", "log", "allow")
 OPTIMIZERS = ("adamw", "adafactor", "lion", "muon")
@@ -87,6 +97,8 @@ class TrainSpec:
   cooldown: str = "linear"  # wsd cooldown shape: linear | 1-sqrt
   grad_clip: float = 1.0
   z_loss: float = 0.0
+  moe_load_balance_loss: float = 0.01  # coefficient of the Switch/GShard balance loss (moe)
+  moe_router_z_loss: float = 0.001  # coefficient of the router z-loss (moe)
   max_nonfinite_steps: int = 10  # consecutive skipped updates before stopping
   log_every: int = 20
   transfer_guard: str = "disallow"  # jax.transfer_guard around the step: disallow | log | allow
@@ -115,7 +127,7 @@ class CheckpointSpec:
 class MeshSpec:
   """Device mesh and logical-to-mesh axis rules (resolved to tuples once, here)."""
 
-  shape: tuple = (-1, 1, 1)  # (data, fsdp, tensor) within a slice; one entry may be -1
+  shape: tuple = (-1, 1, 1)  # (data, fsdp, tensor[, expert]) within a slice; one may be -1
   dcn_shape: tuple = (1, 1, 1)  # across slices (multi-slice TPU)
   axis_rules: tuple = DEFAULT_AXIS_RULES
 
@@ -236,10 +248,10 @@ def axis_rules(rules: Any) -> tuple:
     if isinstance(target, list):
       target = tuple(target)
     for axis in target if isinstance(target, tuple) else (target,):
-      if axis is not None and axis not in MESH_AXES:
+      if axis is not None and axis not in MESH_AXES + (EXPERT_AXIS,):
         raise ValueError(
             f"mesh.axis_rules maps logical axis {name!r} to {axis!r}, which is not a mesh "
-            f"axis; use one of {MESH_AXES} or None."
+            f"axis; use one of {MESH_AXES + (EXPERT_AXIS,)} or None."
         )
     out.append((str(name), target))
   return tuple(out)
@@ -329,7 +341,16 @@ def _validate_data(spec: RunSpec) -> None:
 def _validate_train(t: TrainSpec) -> None:
   _positive(t, "train", "steps", "batch_size", "microbatches", "learning_rate")
   _positive(
-      t, "train", "warmup_steps", "weight_decay", "eps", "grad_clip", "z_loss", allow_zero=True
+      t,
+      "train",
+      "warmup_steps",
+      "weight_decay",
+      "eps",
+      "grad_clip",
+      "z_loss",
+      "moe_load_balance_loss",
+      "moe_router_z_loss",
+      allow_zero=True,
   )
   _positive(t, "train", "log_every", "max_nonfinite_steps", allow_zero=True)
   for field, value, valid in (
@@ -411,11 +432,11 @@ def _validate_cost(c: CostSpec) -> None:
 def _validate_mesh(m: MeshSpec) -> None:
   for field in ("shape", "dcn_shape"):
     shape = getattr(m, field)
-    if len(shape) != len(MESH_AXES):
+    if len(shape) not in (len(MESH_AXES), len(MESH_AXES) + 1):
       _fail(
           f"mesh.{field}",
-          f"{shape} has {len(shape)} entries; it needs one per mesh axis {MESH_AXES}, "
-          f"e.g. (-1, 1, 1).",
+          f"{shape} has {len(shape)} entries; it needs one per mesh axis {MESH_AXES} (and "
+          f"optionally a fourth, {EXPERT_AXIS!r}), e.g. (-1, 1, 1).",
       )
     if list(shape).count(-1) > 1:
       _fail(f"mesh.{field}", f"{shape}: at most one axis can be -1 (fill the remaining devices)")

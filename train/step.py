@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from model import moe
 from train import losses
 from train import mesh as mesh_lib
 from train.data.pipeline import BATCH_KEYS
@@ -68,9 +69,16 @@ def token_losses(
 
 
 def apply_model(
-    model: nn.Module, params: Any, batch: Batch, *, rng: jax.Array | None, deterministic: bool
+    model: nn.Module,
+    params: Any,
+    batch: Batch,
+    *,
+    rng: jax.Array | None,
+    deterministic: bool,
+    mutable: Any = False,
 ) -> jax.Array:
-  """logits_BxLxV for a batch dict (positions/segment_ids passed when present)."""
+  """logits_BxLxV for a batch dict (positions/segment_ids passed when present); with
+  `mutable` collections (e.g. the MoE auxiliary losses), (logits, those collections)."""
   kwargs = {}
   if "positions" in batch:
     kwargs["positions_BxL"] = batch["positions"]
@@ -78,7 +86,12 @@ def apply_model(
     kwargs["segment_ids_BxL"] = batch["segment_ids"]
   rngs = {"dropout": rng} if (rng is not None and not deterministic) else None
   return model.apply(
-      {"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs, **kwargs
+      {"params": params},
+      batch["inputs"],
+      deterministic=deterministic,
+      rngs=rngs,
+      mutable=mutable,
+      **kwargs,
   )
 
 
@@ -103,6 +116,9 @@ class StepOptions:
   compute_dtype: str = "float32"
   param_dtype: str = "float32"
   dropout: bool = False
+  moe: bool = False  # model.mlp == "moe": add the router's auxiliary losses
+  moe_load_balance_loss: float = 0.0
+  moe_router_z_loss: float = 0.0
 
   @classmethod
   def from_spec(
@@ -123,6 +139,9 @@ class StepOptions:
         compute_dtype=m.dtype,
         param_dtype=m.param_dtype,
         dropout=m.dropout > 0,
+        moe=m.mlp == "moe",
+        moe_load_balance_loss=t.moe_load_balance_loss,
+        moe_router_z_loss=t.moe_router_z_loss,
     )
 
 
@@ -141,11 +160,46 @@ def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable:
       )
     if opts.compute_dtype != opts.param_dtype:
       params = cast_params(params, opts.compute_dtype)
-    logits = apply_model(model, params, batch, rng=k_drop, deterministic=not opts.dropout)
+    deterministic = not opts.dropout
+    if not opts.moe:
+      logits = apply_model(model, params, batch, rng=k_drop, deterministic=deterministic)
+      stats = token_losses(logits, batch["targets"], batch["weights"], opts.z_loss)
+      return stats["ce_sum"] + stats["z_sum"], stats
+    logits, aux = apply_model(
+        model, params, batch, rng=k_drop, deterministic=deterministic, mutable=[moe.AUX]
+    )
     stats = token_losses(logits, batch["targets"], batch["weights"], opts.z_loss)
-    return stats["ce_sum"] + stats["z_sum"], stats
+    stats.update(moe_stats(moe.aux_losses(aux[moe.AUX]), stats["weight_sum"]))
+    total = stats["ce_sum"] + stats["z_sum"]
+    total += opts.moe_load_balance_loss * stats["moe_load_balance_sum"]
+    total += opts.moe_router_z_loss * stats["moe_router_z_sum"]
+    return total, stats
 
   return loss_fn
+
+
+def moe_stats(aux: dict[str, jax.Array], weight_sum: jax.Array) -> dict[str, jax.Array]:
+  """The router's per-batch means as sums weighted by the batch's tokens, so microbatches add
+  up like the token losses (the step divides by the total weight)."""
+  return {
+      "moe_load_balance_sum": aux["load_balance"] * weight_sum,
+      "moe_router_z_sum": aux["router_z"] * weight_sum,
+      "moe_expert_load_sum": aux["expert_load"] * weight_sum,
+      "moe_dropped_tokens": aux["dropped"],
+  }
+
+
+def moe_metrics(stats: dict[str, jax.Array], denom: jax.Array) -> dict[str, jax.Array]:
+  """Logged MoE metrics: the auxiliary losses (unscaled by their coefficients), the fraction
+  of tokens each expert received per MoE layer [layers, E], and dropped assignments (0)."""
+  if "moe_load_balance_sum" not in stats:
+    return {}
+  return {
+      "moe_load_balance_loss": stats["moe_load_balance_sum"] / denom,
+      "moe_router_z_loss": stats["moe_router_z_sum"] / denom,
+      "moe_expert_load": stats["moe_expert_load_sum"] / denom,
+      "moe_dropped_tokens": stats["moe_dropped_tokens"],
+  }
 
 
 def split_microbatches(batch: Batch, m: int) -> Batch:
@@ -186,8 +240,9 @@ def accumulate_gradients(
     return (grads_acc, stats_acc), None
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-  zstats = {"ce_sum": 0.0, "z_sum": 0.0, "weight_sum": 0.0}
-  zstats = jax.tree_util.tree_map(lambda v: jnp.zeros((), jnp.float32), zstats)
+  first_mb = jax.tree_util.tree_map(lambda x: x[0], mbs)
+  stats_shape = jax.eval_shape(lambda: loss_fn(params, first_mb, rng)[1])
+  zstats = jax.tree_util.tree_map(lambda v: jnp.zeros(v.shape, v.dtype), stats_shape)
   (grads, stats), _ = jax.lax.scan(body, (zeros, zstats), (jnp.arange(microbatches), mbs))
   return grads, stats
 
@@ -236,6 +291,7 @@ def make_train_step(
         "skipped": skipped,
         "skipped_total": new_state.skipped,
         "nonfinite_streak": new_state.nonfinite_streak,
+        **moe_metrics(stats, denom),
     }
     return new_state, metrics
 

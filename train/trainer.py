@@ -208,7 +208,11 @@ class Monitor:
       )
 
   def record(self, step: int, device_metrics) -> None:
-    m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    # Scalars as floats; arrays (MoE per-layer expert load) as nested lists.
+    m = {
+        k: float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()
+        for k, v in jax.device_get(device_metrics).items()
+    }
     first = self.throughput.first_step_seconds()
     if first is not None:
       self.writer.event(step, "first_step", seconds=first)

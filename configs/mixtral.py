@@ -1,0 +1,81 @@
+"""Mixtral-style sparse decoders: Llama blocks (RoPE, RMSNorm, GQA, untied output, no biases)
+whose feed-forward is a top-2 mixture of 8 SwiGLU experts (model/moe.py). `tiny` trains on the
+CPU with the byte tokenizer; `8x7B` has Mixtral-8x7B's shapes (46.7B parameters, 12.9B active
+per token).
+
+    --config configs/mixtral.py:size=tiny|8x7B
+"""
+
+from configs import base
+from configs import preset_args
+
+# size: dict of model overrides + (seq_len, batch_size, learning_rate)
+SIZES = {
+    "tiny": (
+        dict(
+            vocab_size=260,
+            d_model=256,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=64,
+            mlp_dim=688,
+            num_experts=8,
+            experts_per_token=2,
+            expert_mlp_dim=344,
+        ),
+        256,
+        16,
+        1e-3,
+    ),
+    "8x7B": (
+        dict(
+            vocab_size=32000,
+            d_model=4096,
+            num_layers=32,
+            num_heads=32,
+            num_kv_heads=8,
+            head_dim=128,
+            mlp_dim=14336,
+            num_experts=8,
+            experts_per_token=2,
+            expert_mlp_dim=14336,
+            rope_theta=1_000_000.0,
+        ),
+        4096,
+        1024,
+        3e-4,
+    ),
+}
+
+
+def get_config(arg: str = ""):
+  args = preset_args.parse(arg, {"size": "tiny"}, "mixtral")
+  shape, seq_len, batch, lr = preset_args.pick_size(SIZES, args["size"], "mixtral")
+  tiny = args["size"] == "tiny"
+  c = base.base_config()
+  c.name = f"mixtral-{args['size']}"
+  c.model = base.model_config(
+      max_seq_len=seq_len,
+      pos_encoding="rope",
+      mlp="moe",
+      norm="rmsnorm",
+      norm_position="pre",
+      norm_eps=1e-5,
+      use_bias=False,
+      tie_embeddings=False,
+      dropout=0.0,
+      dtype="float32" if tiny else "bfloat16",
+      param_dtype="float32",
+      remat="none" if tiny else "full",
+      **shape,
+  )
+  c.data.seq_len = seq_len
+  c.train.batch_size = batch
+  c.train.learning_rate = lr
+  c.train.warmup_steps = 100 if tiny else 2000
+  c.train.steps = 1000 if tiny else 100_000
+  c.train.b2 = 0.95
+  c.train.weight_decay = 0.1
+  c.train.moe_load_balance_loss = 0.02
+  return c
