@@ -69,6 +69,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
           base_head_dim=0,  # mup attention 1/head_dim rule: the base's head_dim
           # (0: head_dim * base_width / d_model, i.e. fixed head count)
           completep_alpha=1.0,  # completep residual branches scaled by depth^-alpha, (0, 1]
+          arch="decoder",  # decoder | encoder | encoder_decoder (see model/config.py ARCHS)
+          num_decoder_layers=0,  # encoder_decoder: decoder depth (0: num_layers)
+          share_embeddings=True,  # encoder_decoder: one token table for source and target
       )
   )
   m.update(overrides)

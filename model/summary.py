@@ -23,7 +23,12 @@ from model.transformer import Transformer
 
 # Excluded from "non_embedding": lookup tables, whose cost is not a matmul per token.
 # (The untied output layer `unembed` is a matmul and stays in non_embedding.)
-EMBEDDING_PARAMS = ("embed/embedding", "pos_embed/embedding", "type_embed/embedding")
+EMBEDDING_PARAMS = (
+    "embed/embedding",
+    "src_embed/embedding",
+    "pos_embed/embedding",
+    "type_embed/embedding",
+)
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
