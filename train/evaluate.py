@@ -75,7 +75,7 @@ def build_eval_step(
         "doc_ids": doc_ids,
     }
 
-  batch_in = {k: batch_sharding for k in step_lib.BATCH_KEYS}
+  batch_in = {k: batch_sharding for k in step_lib.batch_keys(config)}
   jitted = jax.jit(
       eval_step,
       in_shardings=(param_shardings, batch_in, batch_sharding, replicated, replicated),

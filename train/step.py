@@ -22,6 +22,15 @@ from train.state import TrainState
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
+# Encoder-decoder batches also carry the source (train/data/parallel.py), same width.
+SOURCE_KEYS = ("src_tokens", "src_segment_ids", "src_positions")
+
+
+def batch_keys(config) -> tuple[str, ...]:
+  """The keys of one batch for this config's model."""
+  return BATCH_KEYS + (SOURCE_KEYS if config.model.get("arch") == "encoder_decoder" else ())
+
+
 OBJECTIVES = ("next_token", "mlm")
 
 
@@ -76,6 +85,9 @@ def apply_model(
     kwargs["positions_BxL"] = batch["positions"]
   if "segment_ids" in batch:
     kwargs["segment_ids_BxL"] = batch["segment_ids"]
+  for k in SOURCE_KEYS:
+    if k in batch:
+      kwargs[f"{k}_BxS"] = batch[k]
   rngs = {"dropout": rng} if (rng is not None and not deterministic) else None
   return model.apply(
       {"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs, **kwargs
@@ -274,7 +286,7 @@ class CompiledStep:
     dt = {"weights": jnp.float32}
     return {
         k: jax.ShapeDtypeStruct((b, l), dt.get(k, jnp.int32), sharding=self.batch_sharding)
-        for k in BATCH_KEYS
+        for k in batch_keys(config)
     }
 
   def lower(self, config):
@@ -323,7 +335,7 @@ def build_train_step(
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   mb_sharding = batch_sharding if opts.microbatches > 1 else None
   fn = make_train_step(model, tx, schedule, opts, mb_sharding)
-  batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
+  batch_shardings = {k: batch_sharding for k in batch_keys(config)}
   jitted = jax.jit(
       fn,
       in_shardings=(state_shardings, batch_shardings),

@@ -74,13 +74,18 @@ def load_data(config, workdir: str, *, progress: bool = True):
       process_count=jax.process_count(),
       model_vocab_size=int(config.model.vocab_size),
   )
+  load = pipeline.load_for_training
+  if config.model.get("arch") == "encoder_decoder":
+    from train.data import parallel
+
+    learned = config.model.pos_encoding == "learned"
+    kwargs["position_table"] = int(config.model.max_seq_len) if learned else None
+    load = parallel.load_for_training
   if jax.process_count() > 1:
     if jax.process_index() == 0:
-      pipeline.load_for_training(config.data, directory, progress=progress, **kwargs)
+      load(config.data, directory, progress=progress, **kwargs)
     ckpt_lib._sync("unleash_data_prepared")  # pylint: disable=protected-access
-  return pipeline.load_for_training(
-      config.data, directory, progress=progress and jax.process_index() == 0, **kwargs
-  )
+  return load(config.data, directory, progress=progress and jax.process_index() == 0, **kwargs)
 
 
 def _flops_per_token(config) -> float:
