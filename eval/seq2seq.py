@@ -24,14 +24,15 @@ import numpy as np
 NEG_INF = -1e9  # finite: top_k and argsort stay well defined on dead hypotheses
 
 
-def right_pad(sources: Sequence[Sequence[int]], pad_id: int):
-  """[B, S] tokens and segment ids (1 on tokens, 0 on padding) for a list of sources."""
+def right_pad(sources: Sequence[Sequence[int]], pad_id: int, width: int = 0):
+  """[B, S] tokens and segment ids (1 on tokens, 0 on padding) for a list of sources; S is
+  the longest source, or `width` if that is more."""
   if not sources:
     raise ValueError("no sources to decode")
   for i, s in enumerate(sources):
     if len(s) == 0:
       raise ValueError(f"source {i} is empty; an encoder-decoder needs at least one source token")
-  width = max(len(s) for s in sources)
+  width = max(width, max(len(s) for s in sources))
   tokens = np.full((len(sources), width), pad_id, np.int32)
   seg = np.zeros((len(sources), width), np.int32)
   for r, s in enumerate(sources):
@@ -83,10 +84,12 @@ class Seq2SeqDecoder:
       max_len: int = 128,
       length_penalty: float = 1.0,
       greedy: bool | None = None,
+      width: int = 0,
   ) -> dict:
     """{'tokens': [row token lists, EOS removed], 'scores': [B] float}. `greedy` (default:
     beam == 1) runs the plain argmax loop; otherwise beam search with `beam` hypotheses.
-    Greedy scores are summed log-probabilities (EOS included)."""
+    Greedy scores are summed log-probabilities (EOS included). `width`: pad the sources to
+    at least this many tokens (fewer distinct shapes to compile)."""
     if beam < 1:
       raise ValueError(f"--beam must be >= 1, got {beam}")
     if self.cfg.pos_encoding == "learned" and max(map(len, sources)) > self.cfg.max_seq_len:
@@ -94,7 +97,7 @@ class Seq2SeqDecoder:
           f"a source has {max(map(len, sources))} tokens, more than the position table "
           f"(model.max_seq_len={self.cfg.max_seq_len}); shorten it"
       )
-    src, seg = right_pad(sources, self.pad)
+    src, seg = right_pad(sources, self.pad, width)
     greedy = beam == 1 if greedy is None else greedy
     max_len = self.max_len_for(max_len)
     key = (src.shape, greedy, beam, max_len, float(length_penalty))
@@ -211,3 +214,45 @@ def _merge_finished(fin, new, k: int):
       ),
       jnp.take_along_axis(flags, order, axis=1),
   )
+
+
+# ----------------------------------------------------------------------------- from a run
+
+WIDTH_BUCKET = 16  # sources are padded to a multiple of this, so few shapes compile
+
+
+def decode_texts(
+    run,
+    sources: Sequence[str],
+    *,
+    beam: int,
+    length_penalty: float = 1.0,
+    max_len: int = 128,
+    batch_size: int = 64,
+) -> list[str]:
+  """Decodes every source text with a trained run (train.run.load_run); the outputs in input
+  order. Sources are encoded as in training (tokens + EOS) and batched by length, each batch
+  padded to `batch_size` rows and a multiple of WIDTH_BUCKET columns."""
+  tok = run.tokenizer
+  dec = Seq2SeqDecoder(
+      run.config.model, run.params, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id
+  )
+  ids = []
+  for i, text in enumerate(sources):
+    if not text.strip():
+      raise ValueError(f"source line {i + 1} is empty; an encoder-decoder needs a source")
+    ids.append(tok.encode(text) + [tok.eos_id])
+  batch_size = max(1, min(batch_size, len(ids)))
+  order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+  out = [""] * len(ids)
+  for start in range(0, len(order), batch_size):
+    rows = order[start : start + batch_size]
+    batch = [ids[i] for i in rows]
+    width = -(-max(map(len, batch)) // WIDTH_BUCKET) * WIDTH_BUCKET
+    filler = [batch[-1]] * (batch_size - len(batch))  # same shape for every batch
+    res = dec.decode(
+        batch + filler, beam=beam, max_len=max_len, length_penalty=length_penalty, width=width
+    )
+    for i, toks in zip(rows, res["tokens"]):
+      out[i] = tok.decode(toks)
+  return out

@@ -57,7 +57,7 @@ def _glob(pattern: str, spec: str) -> list[str]:
   return paths
 
 
-def _lines(path: str) -> list[str]:
+def read_lines(path: str) -> list[str]:
   opener = gzip.open if path.endswith(".gz") else open
   with opener(path, "rb") as f:
     raw = f.read()
@@ -114,7 +114,7 @@ def _file_pairs(spec: str, src_glob: str, tgt_glob: str) -> Iterator[Pair]:
         "the globs must match files one to one"
     )
   for src_path, tgt_path in zip(srcs, tgts):
-    src_lines, tgt_lines = _lines(src_path), _lines(tgt_path)
+    src_lines, tgt_lines = read_lines(src_path), read_lines(tgt_path)
     if len(src_lines) != len(tgt_lines):
       raise ValueError(
           f"{src_path} has {len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}; "
@@ -126,7 +126,7 @@ def _file_pairs(spec: str, src_glob: str, tgt_glob: str) -> Iterator[Pair]:
 
 def _jsonl_pairs(spec: str, pattern: str, src_field: str, tgt_field: str) -> Iterator[Pair]:
   for path in _glob(pattern, spec):
-    lines = _lines(path)
+    lines = read_lines(path)
     for i, line in enumerate(lines, 1):
       if not line.strip():
         continue
