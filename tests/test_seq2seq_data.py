@@ -5,6 +5,7 @@ import gzip
 import json
 
 import ml_collections
+import numpy as np
 import pytest
 
 from train.data import parallel
@@ -39,24 +40,36 @@ def test_pairs_rows_hold_source_and_target(tmp_path):
   data = parallel.load_for_training(
       _data_cfg(spec), tmp_path / "prep", global_batch_size=2, seed=0, num_threads=0
   )
+  assert sorted(sum(parallel.pack_rows(data_store(tmp_path), range(6), 32), [])) == list(range(6))
   batch = next(data.train_iter)
   tok = tok_lib.load("byte")
+  seen = 0
   for r in range(2):
-    m = int(batch["src_segment_ids"][r].sum())
-    src_text = tok.decode(batch["src_tokens"][r, : m - 1].tolist())
-    assert batch["src_tokens"][r, m - 1] == tok.eos_id
-    assert (batch["src_tokens"][r, m:] == tok.pad_id).all()
-    assert batch["src_positions"][r, :m].tolist() == list(range(m))
-    t = int(batch["weights"][r].sum())
-    tgt_text = tok.decode(batch["targets"][r, : t - 1].tolist())
-    assert TGT[SRC.index(src_text)] == tgt_text  # the row's target translates its source
-    assert batch["inputs"][r, 0] == tok.bos_id and batch["targets"][r, t - 1] == tok.eos_id
-    assert (batch["inputs"][r, 1:t] == batch["targets"][r, : t - 1]).all()
-    assert (batch["weights"][r, t:] == 0).all() and (batch["segment_ids"][r, t:] == 0).all()
+    for k in range(1, int(batch["segment_ids"][r].max()) + 1):
+      s_cols = np.flatnonzero(batch["src_segment_ids"][r] == k)
+      t_cols = np.flatnonzero(batch["segment_ids"][r] == k)
+      src_text = tok.decode(batch["src_tokens"][r, s_cols[:-1]].tolist())
+      assert batch["src_tokens"][r, s_cols[-1]] == tok.eos_id
+      assert batch["src_positions"][r, s_cols].tolist() == list(range(len(s_cols)))
+      tgt_text = tok.decode(batch["targets"][r, t_cols[:-1]].tolist())
+      assert TGT[SRC.index(src_text)] == tgt_text  # segment k's target translates its source
+      assert batch["inputs"][r, t_cols[0]] == tok.bos_id
+      assert batch["targets"][r, t_cols[-1]] == tok.eos_id
+      assert (batch["inputs"][r, t_cols[1:]] == batch["targets"][r, t_cols[:-1]]).all()
+      seen += 1
+    real = batch["segment_ids"][r] > 0
+    assert (batch["weights"][r] == real).all()  # the loss counts target tokens only
+    assert (batch["targets"][r, ~real] == tok.pad_id).all()
+    assert (batch["src_tokens"][r, batch["src_segment_ids"][r] == 0] == tok.pad_id).all()
+  assert seen > 2  # rows pack several pairs
   # prepared once: a second load reuses the manifest (same file, same mtime)
   mtime = (tmp_path / "prep" / parallel.MANIFEST).stat().st_mtime_ns
   parallel.load_for_training(_data_cfg(spec), tmp_path / "prep", global_batch_size=2, seed=0)
   assert (tmp_path / "prep" / parallel.MANIFEST).stat().st_mtime_ns == mtime
+
+
+def data_store(tmp_path):
+  return parallel.PairStore(tmp_path / "prep", "train")
 
 
 def test_eval_batches_cover_every_val_target_once(tmp_path):

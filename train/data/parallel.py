@@ -12,7 +12,9 @@ Specs (data.source when model.arch=encoder_decoder):
 Rows (width data.seq_len): src_tokens = s_1..s_m EOS, then padding (src_segment_ids 1 on the
 source, 0 on padding; src_positions count from 0); the decoder reads inputs = BOS t_1..t_n and
 predicts targets = t_1..t_n EOS (segment 1, weights 1 there, 0 on padding), so the loss counts
-target tokens only. One pair per row.
+target tokens only. Training rows pack several pairs (a fixed, seed-dependent packing for the
+run): pair k of a row is source segment k and target segment k, and cross-attention lets
+target segment k read only source segment k. Validation rows hold one pair each.
 
 Preparing: every pair is tokenized once into `parallel-<split>.npz` (flat token arrays plus
 offsets) under the prepared dir, with a `parallel.json` manifest naming the source, tokenizer
@@ -245,34 +247,55 @@ class PairStore:
         )
 
 
+def pack_rows(store: PairStore, order, seq_len: int) -> list[list[int]]:
+  """Pair indices per row, in `order`, each row filled until the next pair's source + EOS or
+  BOS + target would overflow seq_len (checked by PairStore.check_lengths to fit alone)."""
+  rows, row, src_used, tgt_used = [], [], 0, 0
+  for i in np.asarray(order, np.int64).tolist():
+    m, t = len(store.src(i)) + 1, len(store.tgt(i)) + 1
+    if row and (src_used + m > seq_len or tgt_used + t > seq_len):
+      rows.append(row)
+      row, src_used, tgt_used = [], 0, 0
+    row.append(i)
+    src_used, tgt_used = src_used + m, tgt_used + t
+  if row:
+    rows.append(row)
+  return rows
+
+
 class PairPacker:
-  """Pair indices -> the batch dict (see module doc). Indices past the store give rows of
-  padding (weight 0)."""
+  """Rows of pair indices -> the batch dict (see module doc). Pair k of a row is source and
+  target segment k; indices past the store are padding (weight 0)."""
 
   def __init__(self, store: PairStore, seq_len: int, tok):
     self.store, self.seq_len = store, seq_len
     self.bos, self.eos, self.pad = tok.bos_id, tok.eos_id, tok.pad_id
 
   def build(self, indices, *, with_doc_ids: bool = False) -> dict:
-    indices = np.asarray(indices, np.int64).ravel()
-    n, length = len(indices), self.seq_len
+    """One pair per row."""
+    rows = [[i] for i in np.asarray(indices, np.int64).ravel().tolist()]
+    return self.build_rows(rows, with_doc_ids=with_doc_ids)
+
+  def build_rows(self, rows, *, with_doc_ids: bool = False) -> dict:
+    n, length = len(rows), self.seq_len
     out = {k: np.full((n, length), self.pad, np.int32) for k in ("inputs", "targets", "src_tokens")}
     for k in ("segment_ids", "positions", "src_segment_ids", "src_positions"):
       out[k] = np.zeros((n, length), np.int32)
     doc_ids = np.full((n, length), -1, np.int32)
-    for row, i in enumerate(indices):
-      if i >= len(self.store):
-        continue
-      src, tgt = self.store.src(i), self.store.tgt(i)
-      m, t = len(src) + 1, len(tgt) + 1
-      out["src_tokens"][row, :m] = np.append(src, self.eos)
-      out["src_segment_ids"][row, :m] = 1
-      out["src_positions"][row, :m] = np.arange(m)
-      out["inputs"][row, :t] = np.concatenate([[self.bos], tgt])
-      out["targets"][row, :t] = np.append(tgt, self.eos)
-      out["segment_ids"][row, :t] = 1
-      out["positions"][row, :t] = np.arange(t)
-      doc_ids[row, :t] = i
+    for r, pairs in enumerate(rows):
+      s0 = t0 = 0
+      for seg, i in enumerate(p for p in pairs if p < len(self.store)):
+        src, tgt = self.store.src(i), self.store.tgt(i)
+        s1, t1 = s0 + len(src) + 1, t0 + len(tgt) + 1
+        out["src_tokens"][r, s0:s1] = np.append(src, self.eos)
+        out["src_segment_ids"][r, s0:s1] = seg + 1
+        out["src_positions"][r, s0:s1] = np.arange(s1 - s0)
+        out["inputs"][r, t0:t1] = np.concatenate([[self.bos], tgt])
+        out["targets"][r, t0:t1] = np.append(tgt, self.eos)
+        out["segment_ids"][r, t0:t1] = seg + 1
+        out["positions"][r, t0:t1] = np.arange(t1 - t0)
+        doc_ids[r, t0:t1] = i
+        s0, t0 = s1, t1
     out["weights"] = (out["segment_ids"] > 0).astype(np.float32)
     if with_doc_ids:
       out["doc_ids"] = doc_ids
@@ -313,7 +336,7 @@ def load_for_training(
     num_threads: int = 2,
     progress: bool = True,
 ):
-  """pipeline.TrainingData for a parallel source: shuffled pairs, repeated, one per row."""
+  """pipeline.TrainingData for a parallel source: packed rows of pairs, shuffled, repeated."""
   from train.data import pipeline
 
   del progress
@@ -328,13 +351,16 @@ def load_for_training(
   for store in (train, val):
     store.check_lengths(seq_len, position_table)
   local = global_batch_size // process_count
-  if len(train) < global_batch_size:
+  order = np.random.default_rng([seed, 1]).permutation(len(train))
+  rows = pack_rows(train, order, seq_len)
+  if len(rows) < global_batch_size:
     raise ValueError(
-        f"the train split has {len(train)} pairs, fewer than one batch of "
-        f"train.batch_size={global_batch_size}; use more pairs or a smaller batch"
+        f"the train split packs into {len(rows)} rows of data.seq_len={seq_len}, fewer than "
+        f"one batch of train.batch_size={global_batch_size}; use more pairs or a smaller batch"
     )
-  ds = grain.MapDataset.range(len(train)).shuffle(seed=seed).repeat(None)
+  packer = PairPacker(train, seq_len, tok)
+  ds = grain.MapDataset.range(len(rows)).shuffle(seed=seed).repeat(None)
   ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
-  ds = ds.map(PairPacker(train, seq_len, tok).build)
+  ds = ds.map(lambda ids: packer.build_rows([rows[j] for j in np.asarray(ids).tolist()]))
   it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))
   return pipeline.TrainingData(it, PairEvalSource(val, manifest, tok, seq_len), manifest, tok)
