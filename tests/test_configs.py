@@ -22,6 +22,7 @@ PRESETS = {
     ],
     "bert": ["size=base", "size=large"],
     "llama": ["size=tiny", "size=small", "size=1B", "size=7B"],
+    "transformer": ["size=base", "size=big", "size=tiny"],
 }
 
 
