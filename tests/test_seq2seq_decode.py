@@ -76,3 +76,12 @@ def test_bad_sources_and_flags(decoder):
     decoder.decode([list(range(3, 20))])
   with pytest.raises(ValueError, match="--beam"):
     decoder.decode([[5]], beam=0)
+
+
+def test_decoder_only_generation_points_to_the_seq2seq_tools():
+  from eval.generate import Generator
+
+  with pytest.raises(ValueError, match="eval.translate"):
+    Generator(CFG, None)
+  with pytest.raises(ValueError, match="arch=encoder_decoder"):
+    Seq2SeqDecoder(CFG.replace(arch="decoder"), None, bos_id=BOS, eos_id=EOS)
