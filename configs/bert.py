@@ -12,7 +12,6 @@ with one logged note); for the published vocabulary train a BPE to this size
 
 from configs import base
 from configs import preset_args
-from model.config import ModelConfig
 
 # size: (num_layers, d_model, num_heads)
 SIZES = {"base": (12, 768, 12), "large": (24, 1024, 16)}
@@ -59,5 +58,4 @@ def get_config(arg: str = ""):
   c.train.schedule = "linear"
   c.train.warmup_steps = 10_000
   c.train.steps = 1_000_000
-  ModelConfig.from_config(c.model)
   return c

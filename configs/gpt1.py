@@ -11,7 +11,6 @@ with one logged note); for the published vocabulary train a BPE to this size
 
 from configs import base
 from configs import preset_args
-from model.config import ModelConfig
 
 
 def get_config(arg: str = ""):
@@ -44,5 +43,4 @@ def get_config(arg: str = ""):
   c.train.warmup_steps = 2000
   c.train.steps = 100_000
   c.train.weight_decay = 0.01
-  ModelConfig.from_config(c.model)
   return c

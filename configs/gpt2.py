@@ -13,7 +13,6 @@ with one logged note); for the published vocabulary train a BPE to this size
 
 from configs import base
 from configs import preset_args
-from model.config import ModelConfig
 
 # size: (num_layers, d_model, num_heads, learning_rate)
 SIZES = {
@@ -53,5 +52,4 @@ def get_config(arg: str = ""):
   c.train.learning_rate = lr
   c.train.warmup_steps = 2000
   c.train.steps = 100_000
-  ModelConfig.from_config(c.model)
   return c

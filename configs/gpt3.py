@@ -15,7 +15,6 @@ with one logged note); for the published vocabulary train a BPE to this size
 
 from configs import base
 from configs import preset_args
-from model.config import ModelConfig
 
 # size: (num_layers, d_model, num_heads, head_dim, batch in sequences of 2048, learning_rate)
 SIZES = {
@@ -63,5 +62,4 @@ def get_config(arg: str = ""):
   c.train.steps = 100_000
   c.train.b2 = 0.95
   c.train.weight_decay = 0.1
-  ModelConfig.from_config(c.model)
   return c

@@ -13,7 +13,6 @@ BPE to this size
 
 from configs import base
 from configs import preset_args
-from model.config import ModelConfig
 
 # size: dict of model overrides + (seq_len, batch_size, learning_rate)
 SIZES = {
@@ -105,5 +104,4 @@ def get_config(arg: str = ""):
   c.train.steps = 1000 if tiny else 100_000
   c.train.b2 = 0.95
   c.train.weight_decay = 0.1
-  ModelConfig.from_config(c.model)
   return c

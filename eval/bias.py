@@ -445,14 +445,14 @@ def evaluate_run(run, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict:
   from train import mesh as mesh_lib
 
   metric = metric_for(run.config)
-  seq_len = int(run.config.data.seq_len)
+  seq_len = run.spec.data.seq_len
   kept, skipped = check_encodable(
       pairs, run.tokenizer, max_tokens=seq_len if metric == "pll" else None
   )
-  rules = mesh_lib.axis_rules(run.config)
+  rules = run.spec.mesh.axis_rules
   dp = mesh_lib.data_parallel_size(run.mesh, rules)
   batch_size = -(-batch_size // dp) * dp
-  fn = zeroshot.make_token_logprobs_fn(run.config.model, run.params, run.mesh, rules)
+  fn = zeroshot.make_token_logprobs_fn(run.spec.model, run.params, run.mesh, rules)
   make_scorer = pll_scorer if metric == "pll" else sentence_ll_scorer
   score_fn = make_scorer(fn, run.tokenizer, seq_len=seq_len, batch_size=batch_size)
   result = evaluate_pairs(kept, score_fn, metric=metric, skipped=skipped, n_read=len(pairs))

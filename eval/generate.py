@@ -366,7 +366,7 @@ def main(argv=None) -> int:
   prompt_ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
   stop = () if args.no_stop else (tok.eos_id,)
   sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, stop)
-  gen = Generator(run.config.model, run.params, pad_id=tok.pad_id)
+  gen = Generator(run.spec.model, run.params, pad_id=tok.pad_id)
   note = gen.context_note(len(prompt_ids), args.max_new_tokens)
   if note:
     print(f"note: {note}", file=sys.stderr)

@@ -578,7 +578,7 @@ def main(argv=None):
     run = run_lib.load_run(args.workdir)
     params = jax.tree.map(np.asarray, run.params)
     conf = export_dir(
-        run.config.model, params, args.out, arch=args.arch, tokenizer=run.tokenizer, bos=args.bos
+        run.spec.model, params, args.out, arch=args.arch, tokenizer=run.tokenizer, bos=args.bos
     )
     print(f"wrote {conf['model_type']} model to {args.out}")
   elif args.workdir:

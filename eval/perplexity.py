@@ -62,6 +62,7 @@ def evaluate_run(
   from train import evaluate as eval_lib
   from train import mesh as mesh_lib
   from train import run as run_lib
+  from train import step as step_lib
   from train import trainer
   from train.data import tokenizer as tok_lib
 
@@ -81,10 +82,10 @@ def evaluate_run(
     if val_fraction is not None:
       split_lib.check_val_fraction(val_fraction)
   run = run_lib.load_run(workdir, step=step)
-  config = run.config
-  tok_lib.check_vocab_size(run.tokenizer, int(config.model.vocab_size))
-  gbs = int(batch_size or config.train.batch_size)
-  dp = mesh_lib.data_parallel_size(run.mesh, mesh_lib.axis_rules(config))
+  config, spec = run.config, run.spec
+  tok_lib.check_vocab_size(run.tokenizer, spec.model.vocab_size)
+  gbs = batch_size or spec.train.batch_size
+  dp = mesh_lib.data_parallel_size(run.mesh, spec.mesh.axis_rules)
   if gbs % (dp * jax.process_count()):
     raise ValueError(
         f"--batch_size {gbs} must be a multiple of the {dp} ways the mesh splits "
@@ -93,15 +94,12 @@ def evaluate_run(
   eval_source = (
       _eval_data(config, workdir, data, split, val_fraction, run.tokenizer)
       if data
-      else trainer.load_data(config, workdir, progress=False).eval_source
+      else trainer.load_data(spec, workdir, progress=False).eval_source
   )
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, run.params)
-  eval_step = eval_lib.build_eval_step(
-      config, run.mesh, run.model, shardings, mask_id=run.tokenizer.mask_id
-  )
-  max_batches = (
-      -1 if split == "all" else (batches if batches is not None else int(config.eval.batches))
-  )
+  opts = step_lib.StepOptions.from_spec(spec, run.tokenizer.mask_id)
+  eval_step = eval_lib.build_eval_step(opts, run.mesh, spec.mesh.axis_rules, run.model, shardings)
+  max_batches = -1 if split == "all" else (batches if batches is not None else spec.eval.batches)
   results = eval_lib.evaluate(
       eval_step,
       run.params,

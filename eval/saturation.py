@@ -476,10 +476,10 @@ def head_spectrum_of_run(workdir: str, step: int | None = None) -> dict:
 
   run = run_lib.load_run(workdir, step=step)
   params = jax.device_get(run.params)
-  spec = head_spectrum(lm_head_matrix(params, bool(run.config.model.tie_embeddings)))
+  spec = head_spectrum(lm_head_matrix(params, run.spec.model.tie_embeddings))
   spec.update(
       step=int(run.step),
-      d_model=int(run.config.model.d_model),
-      vocab_size=int(run.config.model.vocab_size),
+      d_model=run.spec.model.d_model,
+      vocab_size=run.spec.model.vocab_size,
   )
   return spec

@@ -574,7 +574,7 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
 def context_length(run) -> int:
   """The model's context length (model.max_seq_len: the learned position table, or the
   max_position_embeddings an HF export declares), the window lm-eval scores with."""
-  return int(run.config.model.max_seq_len)
+  return run.spec.model.max_seq_len
 
 
 def evaluate_run(
@@ -585,16 +585,16 @@ def evaluate_run(
   `bos_added`, and `lm_eval_comparable` is true only with the comparable settings."""
   from train import mesh as mesh_lib
 
-  rules = mesh_lib.axis_rules(run.config)
+  rules = run.spec.mesh.axis_rules
   dp = mesh_lib.data_parallel_size(run.mesh, rules)
   batch_size = -(-batch_size // dp) * dp
   full = context_length(run)
   window = window or full
-  if window > full and run.config.model.pos_encoding == "learned":
+  if window > full and run.spec.model.pos_encoding == "learned":
     raise ValueError(
         f"--window {window} exceeds the learned position table ({full}); use at " f"most {full}"
     )
-  fn = make_token_logprobs_fn(run.config.model, run.params, run.mesh, rules)
+  fn = make_token_logprobs_fn(run.spec.model, run.params, run.mesh, rules)
   tok = run.tokenizer
   encoder = make_encoder(tok, bos)
   res = evaluate_task(task, fn, encoder, window=window, batch_size=batch_size, pad_id=tok.pad_id)

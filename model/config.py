@@ -1,7 +1,7 @@
 """`ModelConfig`: the validated, immutable model section of a config.
 
-Imports no JAX so configs, the CLI and the planners can validate shapes cheaply. The fields are
-exactly the keys of `configs.base.model_config()`; `from_config` rejects unknown or bad values
+Imports no JAX so configs, the CLI and the planners can validate shapes cheaply. The fields (with
+their defaults) are the schema: `configs.base.model_config()` is built from them; `from_config` rejects unknown or bad values
 with a message that names the field and says how to fix it.
 """
 
@@ -33,41 +33,45 @@ PARAMETRIZATIONS = ("sp", "mup", "completep")
 class ModelConfig:
   """Shapes and architecture choices of a transformer LM (defaults: configs/base.py)."""
 
-  vocab_size: int = 260
+  vocab_size: int = 260  # byte tokenizer: 256 bytes + BOS/EOS/PAD/MASK
   d_model: int = 256
   num_layers: int = 4
   num_heads: int = 4
-  num_kv_heads: int = 4
-  head_dim: int = 64
+  num_kv_heads: int = 4  # == num_heads: MHA; 1: MQA; in between: GQA
+  head_dim: int = 64  # need not equal d_model // num_heads
   mlp_dim: int = 1024
-  max_seq_len: int = 256
-  pos_encoding: str = "learned"
+  max_seq_len: int = 256  # size of the learned position table; RoPE/sinusoidal ignore it
+  pos_encoding: str = "learned"  # learned | sinusoidal | rope | none
   rope_theta: float = 10_000.0
-  attention_mask: str = "causal"
-  attention_impl: str = "auto"
-  mlp: str = "gelu"
-  norm: str = "layernorm"
-  norm_position: str = "pre"
+  attention_mask: str = "causal"  # causal (decoder) | bidirectional (encoder)
+  attention_impl: str = "auto"  # xla | cudnn | blocked | auto; see model/attention_ops.py
+  mlp: str = "gelu"  # gelu | swiglu
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  norm_position: str = "pre"  # pre | post
   norm_eps: float = 1e-5
   use_bias: bool = True
   tie_embeddings: bool = True
   dropout: float = 0.0
-  mlm_head: bool = False
-  embed_norm: bool = False
-  type_vocab_size: int = 0
-  pooler: bool = False
+  mlm_head: bool = False  # BERT-style transform + tied decoder head for masked LM
+  embed_norm: bool = False  # LayerNorm right after the embeddings (BERT)
+  type_vocab_size: int = 0  # token-type (segment A/B) embeddings (BERT: 2)
+  pooler: bool = False  # BERT pooler (dense + tanh on the first token)
   scan_layers: bool = True
-  scan_unroll: int = -1
-  remat: str = "none"
-  dtype: str = "float32"
-  param_dtype: str = "float32"
+  scan_unroll: int = (
+      -1
+  )  # layers per scan-loop iteration: -1 auto (all on CPU if <= 8 layers, else 1), 0 all (no loop), k >= 1; see model/transformer.py
+  remat: str = "none"  # none | full | dots_saveable | ...
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"  # master weights
   init_std: float = 0.02
-  parametrization: str = "sp"
-  base_width: int = 0
-  base_depth: int = 0
-  base_head_dim: int = 0
-  completep_alpha: float = 1.0
-  arch: str = "decoder"
+  parametrization: str = "sp"  # sp | mup | completep; see model/parametrization.py
+  base_width: int = 0  # mup/completep: d_model the hyperparameters were tuned at
+  base_depth: int = 0  # completep: num_layers the hyperparameters were tuned at
+  base_head_dim: int = (
+      0  # mup attention 1/head_dim rule: the base's head_dim (0: head_dim * base_width / d_model, i.e. fixed head count)
+  )
+  completep_alpha: float = 1.0  # completep residual branches scaled by depth^-alpha, (0, 1]
+  arch: str = "decoder"  # decoder | encoder | encoder_decoder (see ARCHS)
   num_decoder_layers: int = 0  # encoder_decoder: decoder depth (0: num_layers, as the encoder)
   share_embeddings: bool = True  # encoder_decoder: one token table for source and target
 

@@ -278,13 +278,16 @@ def test_a_masked_lm_run_is_scored_by_pll_matching_a_naive_masking_loop():
   from configs import default
   from train import mesh as mesh_lib
   from train import run as run_lib
+  from train import spec
 
   config = default.get_config("size=tiny")
   config.model.update(attention_mask="bidirectional", mlm_head=True, num_layers=1, init_std=0.3)
   config.train.objective = "mlm"
   cfg, params, logp = _tiny(attention_mask="bidirectional", mlm_head=True)
   assert cfg == ModelConfig.from_config(config.model)
-  run = run_lib.Run(config, params, BYTES, mesh_lib.make_mesh(config), None, 0, "mem")
+  run = run_lib.Run(
+      config, spec.resolve(config), params, BYTES, mesh_lib.make_mesh(config), None, 0, "mem"
+  )
   long = _pair("this sentence is much too long to fit", "that one too", "stereo", "age")
   res = bias.evaluate_run(run, PAIRS + [long], batch_size=3)
   assert res["metric"] == "pll" and "the paper's metric" in res["metric_description"]

@@ -8,12 +8,15 @@ from train import checkpoint
 from train import mesh as mesh_lib
 from train import state as state_lib
 from train import run as run_lib
+from train import spec
 
 
 def test_save_params_then_load_run(tmp_path, monkeypatch):
   config = default.get_config("size=tiny")
   mesh = mesh_lib.make_mesh(config, devices=jax.devices()[:1])
-  boxed = state_lib.abstract_variables(config, state_lib.make_model(config), mesh)
+  boxed = state_lib.abstract_variables(
+      spec.resolve(config), state_lib.make_model(spec.resolve(config).model), mesh
+  )
   rng = np.random.default_rng(0)
   params = jax.tree_util.tree_map(
       lambda a: rng.normal(size=a.shape).astype(a.dtype), state_lib.nn.unbox(boxed["params"])
@@ -41,7 +44,9 @@ def test_loading_a_run_logs_no_orbax_warnings(tmp_path, caplog):
 
   config = default.get_config("size=tiny")
   mesh = mesh_lib.make_mesh(config, devices=jax.devices()[:1])
-  boxed = state_lib.abstract_variables(config, state_lib.make_model(config), mesh)
+  boxed = state_lib.abstract_variables(
+      spec.resolve(config), state_lib.make_model(spec.resolve(config).model), mesh
+  )
   params = jax.tree_util.tree_map(
       lambda a: np.zeros(a.shape, a.dtype), state_lib.nn.unbox(boxed["params"])
   )

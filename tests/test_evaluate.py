@@ -13,6 +13,7 @@ from train import evaluate as eval_lib
 from train import inputs as inputs_lib
 from train.data import pipeline
 from train.data import prepare
+from train import spec
 
 
 def _eval_source(tmp_path, texts, seq_len):
@@ -82,7 +83,7 @@ def test_bpb_on_truncated_eval_equals_the_hand_count(tmp_path):
   es, manifest = _eval_source(tmp_path, texts, seq_len=32)
   config = default_cfg.get_config("size=tiny")
   config.train.batch_size = 4
-  built = build_lib.build(config, mask_id=259)
+  built = build_lib.build(spec.resolve(config), mask_id=259)
   params = built.init_state().params
   res = eval_lib.evaluate(built.eval_step, params, es, global_batch_size=4, max_batches=1)
   batch = next(es.batches("text", global_batch_size=4))
@@ -106,7 +107,7 @@ def test_mlm_masks_differ_per_batch_and_repeat_across_evaluations(tmp_path):
   config = default_cfg.get_config("size=tiny")
   config.train.update(objective="mlm", batch_size=4, mlm_probability=0.3)
   config.model.attention_mask = "bidirectional"
-  built = build_lib.build(config, mask_id=259)
+  built = build_lib.build(spec.resolve(config), mask_id=259)
   params = built.init_state().params
   batches = list(es.batches("text", global_batch_size=4))
   assert len(batches) >= 2

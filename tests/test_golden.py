@@ -16,6 +16,7 @@ from configs import default
 from train import build
 from train import inputs
 from train import mesh as mesh_lib
+from train import spec
 
 B, L = 8, 32
 # (loss, grad_norm) per step, as float.hex() so the comparison is exact.
@@ -44,7 +45,9 @@ def _batch(step):
 
 def _run():
   config = default.get_config("size=tiny")
-  built = build.build(config, mesh=mesh_lib.make_mesh(config, devices=jax.devices()[:1]))
+  built = build.build(
+      spec.resolve(config), mesh=mesh_lib.make_mesh(config, devices=jax.devices()[:1])
+  )
   state = built.init_state()
   out = []
   for step in range(5):

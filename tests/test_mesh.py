@@ -14,6 +14,7 @@ import pytest
 
 from configs.base import base_config
 from train import mesh as mesh_lib
+from train import spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +53,7 @@ def test_dcn_shape_splits_devices_into_slices():
 
 def test_model_check_names_heads_vocab_and_batch():
   cfg = base_config()  # 4 heads, 4 kv heads, vocab 260, mlp 1024
-  rules = mesh_lib.axis_rules(cfg)
+  rules = spec.DEFAULT_AXIS_RULES
   with pytest.raises(ValueError) as err:
     mesh_lib.check_model_on_mesh(cfg.model, {"data": 1, "fsdp": 1, "tensor": 8}, rules)
   msg = str(err.value)
@@ -74,10 +75,10 @@ def test_model_check_names_heads_vocab_and_batch():
 def test_axis_rules_normalise_lists_and_reject_unknown_axes():
   cfg = base_config()
   cfg.mesh.axis_rules = [["batch", ["data", "fsdp"]], ["embed", "fsdp"]]
-  assert mesh_lib.axis_rules(cfg) == (("batch", ("data", "fsdp")), ("embed", "fsdp"))
+  assert spec.resolve(cfg).mesh.axis_rules == (("batch", ("data", "fsdp")), ("embed", "fsdp"))
   cfg.mesh.axis_rules = [["embed", "model"]]
   with pytest.raises(ValueError, match="'model', which is not a mesh axis"):
-    mesh_lib.axis_rules(cfg)
+    spec.resolve(cfg)
 
 
 _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
@@ -88,7 +89,7 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import flax.linen as nn
     from jax.sharding import AxisType
     from configs.base import base_config
-    from train import mesh as mesh_lib
+    from train import mesh as mesh_lib, spec
 
     out = {}
     cfg = base_config()
@@ -107,7 +108,7 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     cfg.mesh.dcn_shape = (1, 1, 1)
 
     # Boxed params -> NamedShardings through the rules; jit places them that way.
-    rules = mesh_lib.axis_rules(cfg)
+    rules = spec.resolve(cfg).mesh.axis_rules
     class Dense(nn.Module):
       @nn.compact
       def __call__(self, x):

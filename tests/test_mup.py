@@ -18,6 +18,7 @@ from train import build
 from train import inputs
 from train import mesh as mesh_lib
 from train import optim
+from train import spec
 
 B, L = 8, 32
 BASE = dict(parametrization="sp")
@@ -51,7 +52,7 @@ def _batch(seed):
 
 
 def _losses(c, steps=4):
-  b = build.build(c, mesh=mesh_lib.make_mesh(c, devices=jax.devices()[:1]))
+  b = build.build(spec.resolve(c), mesh=mesh_lib.make_mesh(c, devices=jax.devices()[:1]))
   state, out = b.init_state(), []
   for i in range(steps):
     state, m = b.train_step(state, inputs.to_global(_batch(i), b.train_step.batch_sharding, B))
@@ -168,13 +169,12 @@ def test_bad_parametrization_configs_name_the_field(model, field):
 
 
 def test_optimizer_that_ignores_the_group_rules_is_an_error():
-  t = _config(optimizer="adafactor").train
-  with pytest.raises(ValueError, match="config.train.optimizer=adafactor"):
-    optim.make_optimizer(t, {"w": jnp.zeros(2)}, _model(parametrization="mup", base_width=32))
-  t = _config(optimizer="muon").train
-  t.b1 = 1.0
-  with pytest.raises(ValueError, match="config.train.b1=1.0"):
-    optim.make_optimizer(t, {"w": jnp.zeros(2)})
+  with pytest.raises(ValueError, match="train.optimizer: adafactor with model.parametrization"):
+    spec.resolve(_config(optimizer="adafactor", parametrization="mup", base_width=32))
+  c = _config(optimizer="muon")
+  c.train.b1 = 1.0
+  with pytest.raises(ValueError, match="train.b1: 1.0 is not a moment decay"):
+    spec.resolve(c)
 
 
 def test_cli_reports_a_bad_parametrization_in_one_line(tmp_path):
@@ -204,11 +204,11 @@ def test_cli_reports_a_bad_parametrization_in_one_line(tmp_path):
 
 
 def _abstract_params(**model):
-  c = _config(**model)
+  s = spec.resolve(_config(**model))
   from train import state
 
-  m = mesh_lib.make_mesh(c, devices=jax.devices()[:1])
-  return state.abstract_variables(c, state.make_model(c), m)["params"]
+  m = mesh_lib.make_mesh(s, devices=jax.devices()[:1])
+  return state.abstract_variables(s, state.make_model(s.model), m)["params"]
 
 
 def test_muon_gets_the_block_matrices_and_adamw_the_rest():

@@ -26,6 +26,7 @@ from train import bench as bench_lib
 from train import inputs as inputs_lib
 from train.data import pipeline
 from train.data import tokenizer as tok_lib
+from train import spec
 
 PRESETS = {
     "gpt1": ["117M"],
@@ -108,7 +109,7 @@ def test_every_preset_runs_one_step(local_batch):
     for size in sizes:
       module = importlib.import_module(f"configs.{name}")
       config = shrink(module.get_config(f"size={size}"))
-      built = build_lib.build(config, mask_id=mask_id)
+      built = build_lib.build(spec.resolve(config), mask_id=mask_id)
       batch = _batch(name, config, built, local_batch)
       built_sizes.append((name, size, int(config.model.vocab_size)))
       if _program(config) in stepped:

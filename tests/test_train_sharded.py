@@ -20,7 +20,7 @@ SCRIPT = r"""
 import json
 import jax, numpy as np
 from configs import default
-from train import build, inputs, mesh as mesh_lib
+from train import build, inputs, mesh as mesh_lib, spec
 
 assert jax.device_count() == 8, jax.devices()
 cfg = default.get_config("size=tiny")
@@ -54,13 +54,13 @@ def shard_shapes(state):
 
 out = {}
 cfg.mesh.shape = (1, 1, 1)
-ref = build.build(cfg, mesh=mesh_lib.make_mesh(cfg, devices=jax.devices()[:1]))
+ref = build.build(spec.resolve(cfg), mesh=mesh_lib.make_mesh(cfg, devices=jax.devices()[:1]))
 init_host = jax.device_get(ref.init_state())
 state, out["ref_losses"] = train(ref, jax.device_put(init_host, ref.state_shardings))
 ref_params = jax.device_get(state.params)
 for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8)]:
   cfg.mesh.shape = shape
-  b = build.build(cfg)
+  b = build.build(spec.resolve(cfg))
   state = jax.device_put(init_host, b.state_shardings)
   before = shard_shapes(state)
   if shape == (2, 2, 2):   # the sharded init itself gives the same numbers
@@ -78,13 +78,13 @@ for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8)]:
 cfg.mesh.shape = (8, 1, 1)
 cfg.train.batch_size = 12
 try:
-  build.build(cfg)
+  build.build(spec.resolve(cfg))
 except ValueError as e:
   out["batch_error"] = str(e)
 cfg.train.batch_size = 16
 cfg.mesh.shape = (4, 1, 1)
 try:
-  build.build(cfg)
+  build.build(spec.resolve(cfg))
 except ValueError as e:
   out["mesh_error"] = str(e)
 print("RESULT " + json.dumps(out))

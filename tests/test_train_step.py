@@ -12,6 +12,7 @@ from train import build
 from train import inputs
 from train import optim
 from train import step as step_lib
+from train import spec
 
 B, L = 8, 32
 
@@ -47,7 +48,7 @@ def _batch(seed=0, pad_rows=0):
 def _one_device_build(c, **kw):
   from train import mesh as mesh_lib
 
-  return build.build(c, mesh=mesh_lib.make_mesh(c, devices=jax.devices()[:1]), **kw)
+  return build.build(spec.resolve(c), mesh=mesh_lib.make_mesh(c, devices=jax.devices()[:1]), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_gradient_accumulation_equals_full_batch(full):
   # loosely here and the gradients themselves tightly below.
   for a, b in zip(jax.tree_util.tree_leaves(p4), jax.tree_util.tree_leaves(p1)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  opts = step_lib.StepOptions.from_config(_config())
+  opts = step_lib.StepOptions.from_spec(spec.resolve(_config()))
   loss_fn = step_lib.make_loss_fn(full.model, opts)
   batch = {k: jnp.asarray(v) for k, v in local.items()}
 
@@ -161,11 +162,11 @@ def test_token_losses_and_z_loss():
 @pytest.mark.parametrize(
     "override,message",
     [
-        ({"train.optimizer": "sgdx"}, "config.train.optimizer='sgdx' is unknown"),
-        ({"train.objective": "causal"}, "config.train.objective='causal' is unknown"),
-        ({"train.microbatches": 3}, "train.microbatches=3"),
+        ({"train.optimizer": "sgdx"}, "train.optimizer: unknown value 'sgdx'"),
+        ({"train.objective": "causal"}, "train.objective: unknown value 'causal'"),
+        ({"train.microbatches": 3}, "train.microbatches: 3 does not divide"),
         ({"mesh.shape": (2, 1, 1)}, r"mesh.shape=\(2, 1, 1\) uses 2 devices but 1 are available"),
-        ({"data.seq_len": 64}, r"config.data.seq_len=64 is longer than the learned position table"),
+        ({"data.seq_len": 64}, r"data.seq_len: 64 is longer than the learned position table"),
     ],
 )
 def test_bad_config_values_give_clear_errors(override, message):
@@ -177,7 +178,8 @@ def test_bad_config_values_give_clear_errors(override, message):
 
   with pytest.raises(ValueError, match=message):
     build.build(
-        c, mesh=None if section == "mesh" else mesh_lib.make_mesh(c, devices=jax.devices()[:1])
+        spec.resolve(c),
+        mesh=None if section == "mesh" else mesh_lib.make_mesh(c, devices=jax.devices()[:1]),
     )
 
 
@@ -185,7 +187,7 @@ def test_logged_lr_is_the_rate_the_optimizer_used_after_skipped_steps():
   """A skipped (non-finite) update leaves the optimizer's schedule count behind the step
   counter; the logged lr must follow the optimizer, not the step."""
   b = _one_device_build(_config(schedule="linear", warmup_steps=4, steps=40))
-  sched = optim.make_schedule(b.config.train)
+  sched = optim.make_schedule(b.spec.train)
   state = b.init_state()
   bad = _batch()
   bad["weights"] = np.full_like(bad["weights"], np.nan)

@@ -70,15 +70,16 @@ class StepTimer:
   def __init__(self, config):
     import jax
     from train import build
+    from train import spec
 
     self.config = config
-    self.built = build.build(config)
+    self.built = build.build(spec.resolve(config))
     self.state = self.built.init_state()
     self.batches = make_batches(config, self.built)
     self.i = 0
     t0 = time.perf_counter()
     # The executable is called directly: going through the jit cache would compile again.
-    self._fn = self.built.train_step.lower(config).compile()
+    self._fn = self.built.train_step.lower().compile()
     self.compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     self._step()
@@ -104,12 +105,13 @@ class StepTimer:
 def compile_seconds(config, num_layers: int) -> float:
   """Seconds to lower + compile the real step with `num_layers` (nothing runs)."""
   from train import build
+  from train import spec
 
   c = config.copy_and_resolve_references()
   c.model.num_layers = num_layers
-  built = build.build(c)
+  built = build.build(spec.resolve(c))
   t0 = time.perf_counter()
-  built.train_step.lower(c).compile()
+  built.train_step.lower().compile()
   return time.perf_counter() - t0
 
 

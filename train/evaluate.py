@@ -40,12 +40,16 @@ MLM_EVAL_SEED = 1234
 
 
 def build_eval_step(
-    config, mesh: Mesh, model: nn.Module, param_shardings: Any, *, mask_id: int | None = None
+    opts: step_lib.StepOptions,
+    mesh: Mesh,
+    rules: mesh_lib.Rules,
+    model: nn.Module,
+    param_shardings: Any,
+    batch_keys: tuple[str, ...] = step_lib.BATCH_KEYS,
 ) -> Callable:
   """(params, batch, doc_ids, token_bytes, mask_index) -> per-token arrays [B, L] (global,
-  replicated): "loss" (0 where not scored), "weights", "bytes", "doc_ids"."""
-  opts = step_lib.StepOptions.from_config(config, mask_id)
-  rules = mesh_lib.axis_rules(config)
+  replicated): "loss" (0 where not scored), "weights", "bytes", "doc_ids". `batch_keys`:
+  step.batch_keys(model config) (an encoder-decoder's batches carry the source too)."""
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   replicated = mesh_lib.replicated(mesh)
 
@@ -75,7 +79,7 @@ def build_eval_step(
         "doc_ids": doc_ids,
     }
 
-  batch_in = {k: batch_sharding for k in step_lib.batch_keys(config)}
+  batch_in = {k: batch_sharding for k in batch_keys}
   jitted = jax.jit(
       eval_step,
       in_shardings=(param_shardings, batch_in, batch_sharding, replicated, replicated),

@@ -28,7 +28,9 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-AXES = ("data", "fsdp", "tensor")
+from train import spec as spec_lib
+
+AXES = spec_lib.MESH_AXES
 Rules = tuple[tuple[str, Any], ...]
 
 
@@ -185,28 +187,6 @@ def _hybrid_device_array(
 
 
 # --------------------------------------------------------------------------- rules
-
-
-def axis_rules(cfg: Any) -> Rules:
-  """`config.mesh.axis_rules` as hashable tuples (ConfigDict may hand back lists)."""
-  rules = _get(_mesh_section(cfg), "axis_rules", None)
-  if rules is None:
-    from configs.base import DEFAULT_AXIS_RULES  # configs are data; no JAX inside.
-
-    rules = DEFAULT_AXIS_RULES
-  out = []
-  for rule in rules:
-    name, target = rule
-    if isinstance(target, list):
-      target = tuple(target)
-    for axis in (target if isinstance(target, tuple) else (target,)):
-      if axis is not None and axis not in AXES:
-        raise ValueError(
-            f"mesh.axis_rules maps logical axis {name!r} to {axis!r}, which is not a mesh "
-            f"axis; use one of {AXES} or None."
-        )
-    out.append((str(name), target))
-  return tuple(out)
 
 
 def _mesh_axes(target: Any) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules, built from `config.train`.
+"""Optimisers and learning-rate schedules, built from the validated `TrainSpec` (train/spec.py).
 
 One function per concern: `make_schedule` (warmup then cosine / linear / constant / WSD),
 `decay_mask` (which parameters get weight decay), `make_optimizer` (the Optax chain with
@@ -22,10 +22,7 @@ from flax.core import meta
 
 from model import parametrization as par
 from model.config import ModelConfig
-
-OPTIMIZERS = ("adamw", "adafactor", "lion", "muon")
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
-COOLDOWNS = ("linear", "1-sqrt")
+from train.spec import TrainSpec, betas
 
 # Embedding tables (token, position, token type) are `embedding` leaves (nn.Embed's name;
 # also GPT-2-style wte/wpe modules). An untied output head (`unembed/kernel`) is a matrix.
@@ -36,67 +33,35 @@ _NO_DECAY_LEAVES = ("scale", "b")
 _NORM_MARKERS = ("norm", "ln_")
 
 
-def make_schedule(train_cfg) -> Callable[[jax.Array], jax.Array]:
+def make_schedule(train: TrainSpec) -> Callable[[jax.Array], jax.Array]:
   """Learning rate as a function of the step: linear warmup from 0, then the named shape.
 
   cosine/linear decay from the peak to `min_lr_ratio * peak` at `steps`; constant holds the
   peak; wsd (warmup-stable-decay) holds the peak and cools down over the last
   `decay_fraction * steps` steps, linearly or with the 1-sqrt shape of Hägele et al. (2024).
   """
-  name = train_cfg.schedule
-  peak = float(train_cfg.learning_rate)
-  steps = int(train_cfg.steps)
-  warmup = int(train_cfg.warmup_steps)
-  floor = peak * float(train_cfg.min_lr_ratio)
-  if name not in SCHEDULES:
-    raise ValueError(f"config.train.schedule={name!r} is unknown; choose one of {SCHEDULES}.")
-  check_schedule_fits(train_cfg)
+  name = train.schedule
+  peak, steps, warmup = train.learning_rate, train.steps, train.warmup_steps
+  floor = peak * train.min_lr_ratio
   rest = max(steps - warmup, 1)
   if name == "cosine":
-    after = optax.cosine_decay_schedule(peak, rest, alpha=float(train_cfg.min_lr_ratio))
+    after = optax.cosine_decay_schedule(peak, rest, alpha=train.min_lr_ratio)
   elif name == "linear":
     after = optax.linear_schedule(peak, floor, rest)
   elif name == "constant":
     after = optax.constant_schedule(peak)
   else:
-    after = _wsd_after_warmup(train_cfg, peak, floor, steps, warmup)
+    after = _wsd_after_warmup(train, peak, floor, steps, warmup)
   if warmup == 0:
     return after
   ramp = optax.linear_schedule(0.0, peak, warmup)
   return optax.join_schedules([ramp, after], [warmup])
 
 
-def check_schedule_fits(train_cfg) -> None:
-  """Warmup (and a WSD cooldown) must fit inside the run: otherwise the schedule silently
-  never reaches its peak or never decays, and the run measures something else."""
-  steps, warmup = int(train_cfg.steps), int(train_cfg.warmup_steps)
-  if warmup < 0:
-    raise ValueError(f"config.train.warmup_steps={warmup} must be >= 0.")
-  fits = warmup <= steps if train_cfg.schedule == "constant" else warmup < steps
-  if steps > 0 and not fits:
-    raise ValueError(
-        f"config.train.warmup_steps={warmup} does not fit in train.steps={steps}: the "
-        f"{train_cfg.schedule} schedule would never decay; set --config.train.warmup_steps to "
-        f"less than {steps} (e.g. {max(steps // 20, 1)})."
-    )
-  if train_cfg.schedule == "wsd":
-    decay = max(int(round(float(train_cfg.decay_fraction) * steps)), 1)
-    if warmup + decay > steps:
-      raise ValueError(
-          f"config.train.warmup_steps={warmup} + the WSD cooldown of {decay} steps "
-          f"(train.decay_fraction={train_cfg.decay_fraction} x {steps}) exceed train.steps="
-          f"{steps}; shorten the warmup or the decay_fraction."
-      )
-
-
-def _wsd_after_warmup(train_cfg, peak, floor, steps, warmup):
+def _wsd_after_warmup(train, peak, floor, steps, warmup):
   """The stable + cooldown part of WSD, as a function of steps since warmup ended."""
-  cooldown = train_cfg.cooldown
-  if cooldown not in COOLDOWNS:
-    raise ValueError(f"config.train.cooldown={cooldown!r} is unknown; choose one of {COOLDOWNS}.")
-  if not 0.0 <= train_cfg.decay_fraction <= 1.0:
-    raise ValueError(f"config.train.decay_fraction={train_cfg.decay_fraction} must lie in [0, 1].")
-  decay_steps = max(int(round(train_cfg.decay_fraction * steps)), 1)
+  cooldown = train.cooldown
+  decay_steps = max(int(round(train.decay_fraction * steps)), 1)
   stable = max(steps - warmup - decay_steps, 0)
 
   def schedule(count):
@@ -146,16 +111,7 @@ def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
   return jax.tree_util.tree_map_with_path(leaf_decays, meta.unbox(params))
 
 
-# (b1, b2) when config.train.b1 / b2 are left unset: each optimizer's published defaults
-# (AdamW as in GPT-3 / Llama; Lion as in Chen et al. 2023, whose LR is 3-10x lower than AdamW's).
-# Muon: b1 is its momentum (0.95 as in Jordan's Muon), b2 its AdamW branch's second moment;
-# that branch's b1 is MUON_ADAM_B1.
-DEFAULT_BETAS = {
-    "adamw": (0.9, 0.95),
-    "lion": (0.9, 0.99),
-    "adafactor": (None, None),
-    "muon": (0.95, 0.95),
-}
+# Muon's AdamW branch (embeddings, head, vectors) uses this b1 (spec.DEFAULT_BETAS has Muon's).
 MUON_ADAM_B1 = 0.9
 # Muon's orthogonalized update has unit singular values; scaled by MUON_RMS x
 # sqrt(max(fan_in, fan_out)) its RMS matches AdamW's (Liu et al. 2025, arXiv 2502.16982), so
@@ -163,14 +119,6 @@ MUON_ADAM_B1 = 0.9
 # MUON_RMS x sqrt(base_width) x sqrt(fan_out / fan_in) instead (width-independent spectral
 # size, Bernstein et al.'s condition), equal to the former for square matrices at base width.
 MUON_RMS = 0.2
-
-
-def betas(train_cfg) -> tuple[float | None, float | None]:
-  """(b1, b2) for the configured optimizer: the config's values where set, else its defaults."""
-  d1, d2 = DEFAULT_BETAS[train_cfg.optimizer]
-  b1 = train_cfg.b1 if train_cfg.b1 is not None else d1
-  b2 = train_cfg.b2 if train_cfg.b2 is not None else d2
-  return b1, b2
 
 
 def _adafactor(schedule, weight_decay: float, mask) -> optax.GradientTransformation:
@@ -190,62 +138,32 @@ def _adafactor(schedule, weight_decay: float, mask) -> optax.GradientTransformat
 
 
 def make_optimizer(
-    train_cfg, params: Any, model_cfg: Any = None
+    train: TrainSpec, params: Any, model: ModelConfig | None = None
 ) -> tuple[optax.GradientTransformation, Callable]:
-  """The Optax chain for `config.train` and the schedule it uses (for logging the lr).
+  """The Optax chain for the (validated) train spec and the schedule it uses.
 
   `params` (boxed, abstract or real) only supplies the tree for the weight-decay mask and
-  the parameter groups. `model_cfg` (`config.model` or a ModelConfig; None means sp) picks
-  the parametrization whose per-group multipliers apply.
+  the parameter groups. `model` (None means sp) picks the parametrization whose per-group
+  multipliers apply.
   """
-  name = train_cfg.optimizer
-  if name not in OPTIMIZERS:
-    raise ValueError(f"config.train.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
-  mcfg = _model_config(model_cfg)
-  check_optimizer_settings(train_cfg, mcfg)
-  schedule = make_schedule(train_cfg)
+  name = train.optimizer
+  mcfg = model or ModelConfig()
+  schedule = make_schedule(train)
   if name == "muon" or mcfg.parametrization != "sp":
-    tx = _per_group_optimizer(train_cfg, schedule, mcfg)
+    tx = _per_group_optimizer(train, schedule, mcfg)
   else:
-    tx = _single_optimizer(
-        name, train_cfg, schedule, decay_mask(params, train_cfg.decay_embeddings)
-    )
-  if train_cfg.grad_clip and train_cfg.grad_clip > 0:
-    tx = optax.chain(optax.clip_by_global_norm(float(train_cfg.grad_clip)), tx)
+    tx = _single_optimizer(name, train, schedule, decay_mask(params, train.decay_embeddings))
+  if train.grad_clip and train.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(train.grad_clip), tx)
   return tx, schedule
 
 
-def _model_config(model_cfg) -> ModelConfig:
-  if model_cfg is None:
-    return ModelConfig()
-  return model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_config(model_cfg)
-
-
-def check_optimizer_settings(train_cfg, mcfg: ModelConfig) -> None:
-  """Combinations that would silently train something else are errors naming the field."""
-  name = train_cfg.optimizer
-  if name == "adafactor" and mcfg.parametrization != "sp":
-    raise ValueError(
-        f"config.train.optimizer=adafactor with model.parametrization="
-        f"{mcfg.parametrization}: Adafactor's relative step sizes override the per-group "
-        f"learning rates; use adamw, lion or muon, or model.parametrization=sp."
-    )
-  if name == "muon":
-    b1, b2 = betas(train_cfg)
-    for field, v in (("b1", b1), ("b2", b2)):
-      if not 0.0 <= v < 1.0:
-        raise ValueError(
-            f"config.train.{field}={v} is not a moment decay in [0, 1) (muon: b1 "
-            f"is its momentum, b2 its AdamW branch's second moment)."
-        )
-
-
-def _single_optimizer(name, train_cfg, schedule, mask) -> optax.GradientTransformation:
+def _single_optimizer(name, train, schedule, mask) -> optax.GradientTransformation:
   """One optimizer for every parameter (sp), the chain the trainer always used."""
-  wd = float(train_cfg.weight_decay)
-  b1, b2 = betas(train_cfg)
+  wd = train.weight_decay
+  b1, b2 = betas(train)
   if name == "adamw":
-    return optax.adamw(schedule, b1=b1, b2=b2, eps=train_cfg.eps, weight_decay=wd, mask=mask)
+    return optax.adamw(schedule, b1=b1, b2=b2, eps=train.eps, weight_decay=wd, mask=mask)
   if name == "lion":
     return optax.lion(schedule, b1=b1, b2=b2, weight_decay=wd, mask=mask)
   return _adafactor(schedule, wd, mask)
@@ -263,17 +181,17 @@ def group_labels(params: Any) -> Any:
   )
 
 
-def _per_group_optimizer(train_cfg, schedule, mcfg: ModelConfig) -> optax.GradientTransformation:
+def _per_group_optimizer(train, schedule, mcfg: ModelConfig) -> optax.GradientTransformation:
   """One transform per parameter group with the parametrization's multipliers."""
-  name = train_cfg.optimizer
+  name = train.optimizer
   muon = name == "muon"
   rules = par.group_rules(mcfg, muon=muon)
-  mask = lambda p: decay_mask(p, train_cfg.decay_embeddings)
-  b1, b2 = betas(train_cfg)
+  mask = lambda p: decay_mask(p, train.decay_embeddings)
+  b1, b2 = betas(train)
   transforms = {}
   for group, rule in rules.items():
     lr = _scaled(schedule, rule.lr)
-    wd = float(train_cfg.weight_decay) * rule.weight_decay
+    wd = train.weight_decay * rule.weight_decay
     if muon and group in par.MATRIX_GROUPS:
       transforms[group] = _muon_matrices(b1, wd, mask, lr, mcfg)
     elif muon or name == "adamw":
@@ -281,7 +199,7 @@ def _per_group_optimizer(train_cfg, schedule, mcfg: ModelConfig) -> optax.Gradie
           lr,
           b1=MUON_ADAM_B1 if muon else b1,
           b2=b2,
-          eps=train_cfg.eps * rule.eps,
+          eps=train.eps * rule.eps,
           weight_decay=wd,
           mask=mask,
       )
@@ -350,12 +268,12 @@ def _muon_matrices(momentum, wd, mask, lr, mcfg) -> optax.GradientTransformation
   )
 
 
-def param_table(train_cfg, params: Any, model_cfg: Any = None) -> list[dict]:
+def param_table(train: TrainSpec, params: Any, model: ModelConfig | None = None) -> list[dict]:
   """One row per parameter: path, shape, group, which optimizer updates it, the matrix
   Muon orthogonalizes (layers x fan_in x fan_out) and the group's multipliers. The trainer
   prints `format_param_table` of it at start-up."""
-  mcfg = _model_config(model_cfg)
-  muon = train_cfg.optimizer == "muon"
+  mcfg = model or ModelConfig()
+  muon = train.optimizer == "muon"
   rules = par.group_rules(mcfg, muon=muon)
   rows = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(meta.unbox(params)):
@@ -365,7 +283,7 @@ def param_table(train_cfg, params: Any, model_cfg: Any = None) -> list[dict]:
         path="/".join(n for n in names if n != "params"),
         shape=tuple(leaf.shape),
         group=group,
-        optimizer=train_cfg.optimizer,
+        optimizer=train.optimizer,
         matrix="",
         lr_mult=rules[group].lr,
         eps_mult=rules[group].eps,

@@ -156,9 +156,11 @@ def build_step(config, mesh):
   """The trainer's step for `config` on `mesh`: train.build.build, exactly what
   `python -m train` compiles (same model, optimizer, shardings, donated state)."""
   from train import build
+  from train import spec
+
   # MLM's mask id comes from the tokenizer; any in-vocab id compiles to the same program.
   mask_id = int(config.model.vocab_size) - 1
-  return build.build(config, mesh, mask_id=mask_id).train_step
+  return build.build(spec.resolve(config), mesh, mask_id=mask_id).train_step
 
 
 def _with_batch(config, global_batch: int | None = None, remat: str | None = None):
@@ -182,8 +184,10 @@ def _for_topology(config, topo: Topology):
 def _mesh_for(config, topo: Topology, devices: Sequence[Any]):
   from train import mesh as mesh_lib
 
+  from train import spec
+
   mesh = mesh_lib.make_mesh(config, devices)
-  rules = mesh_lib.axis_rules(config)
+  rules = spec.axis_rules(config.mesh.axis_rules)
   mesh_lib.check_model_on_mesh(config.model, mesh, rules, batch_size=int(config.train.batch_size))
   return mesh, rules
 
@@ -194,7 +198,7 @@ def compile_step(config, topo: Topology, devices: Sequence[Any]) -> dict[str, An
   mesh, _ = _mesh_for(config, topo, devices)
   step = build_step(config, mesh)
   try:
-    compiled = step.lower(config).compile()
+    compiled = step.lower().compile()
   except Exception as e:  # XLA's own verdict on a program larger than the chip's HBM.
     if not _is_oom(e):
       raise
@@ -241,7 +245,9 @@ def analytic_step(config, topo: Topology, reason: str) -> dict[str, Any]:
 
   ici, dcn = mesh_lib.resolve_shapes(config, topo.num_devices, topo.num_slices)
   mesh_shape = {a: i * d for a, i, d in zip(mesh_lib.AXES, ici, dcn)}
-  rules = mesh_lib.axis_rules(config)
+  from train import spec
+
+  rules = spec.axis_rules(config.mesh.axis_rules)
   mesh_lib.check_model_on_mesh(
       config.model, mesh_shape, rules, batch_size=int(config.train.batch_size)
   )
@@ -286,7 +292,7 @@ def xla_flops_per_step(config, topo: Topology, devices: Sequence[Any]) -> float:
     mesh, rules = _mesh_for(cfg, topo, devices)
     shards = mesh_lib.data_parallel_size(mesh, rules)
     cfg.train.batch_size = shards
-    compiled = build_step(cfg, mesh).lower(cfg).compile()
+    compiled = build_step(cfg, mesh).lower().compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
     counts.append(float(cost.get("flops", 0.0)))
@@ -402,7 +408,7 @@ def _argument_bytes(step, config) -> int:
   leaves = jax.tree_util.tree_leaves(step.abstract_state)
   shards = jax.tree_util.tree_leaves(step.state_shardings)
   total = sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize for a, s in zip(leaves, shards))
-  for b in step.abstract_batch(config).values():
+  for b in step.abstract_batch().values():
     total += math.prod(b.sharding.shard_shape(b.shape)) * b.dtype.itemsize
   return int(total)
 
@@ -429,6 +435,7 @@ def search_batch(
   device when even that does not fit) with the candidates tried.
   """
   from train import mesh as mesh_lib
+  from train import spec
 
   config = _for_topology(config, topo)
   if devices is None and not force_analytic:
@@ -438,7 +445,7 @@ def search_batch(
       force_analytic = True
   ici, dcn = mesh_lib.resolve_shapes(config, topo.num_devices, topo.num_slices)
   sizes = {a: i * d for a, i, d in zip(mesh_lib.AXES, ici, dcn)}
-  rules = dict(mesh_lib.axis_rules(config))
+  rules = dict(spec.axis_rules(config.mesh.axis_rules))
   batch_axes = rules.get("batch") or ()
   batch_axes = batch_axes if isinstance(batch_axes, tuple) else (batch_axes,)
   shards = math.prod(sizes[a] for a in batch_axes)

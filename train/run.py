@@ -13,14 +13,17 @@ import ml_collections
 
 from train import checkpoint as ckpt_lib
 from train import mesh as mesh_lib
+from train import spec as spec_lib
 from train import state as state_lib
+from train.data import tokenizer as tok_lib
 
 
 @dataclasses.dataclass
 class Run:
   """A trained run, ready for evaluation: see eval/perplexity, generate, zeroshot, hf."""
 
-  config: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict  # as stored with the checkpoint
+  spec: spec_lib.RunSpec  # the same, resolved (mesh: the one the params were loaded onto)
   params: Any  # fp32, sharded on `mesh`
   tokenizer: Any
   mesh: jax.sharding.Mesh
@@ -43,24 +46,22 @@ def load_run(
   present if that layout does not fit them.
   """
   config = config_from_workdir(workdir)
+  spec = spec_lib.resolve(config)
   if mesh is None:
     try:
-      mesh = mesh_lib.make_mesh(config)
+      mesh = mesh_lib.make_mesh(spec)
     except ValueError:
-      config.mesh.shape = (-1, 1, 1)
-      config.mesh.dcn_shape = (1, 1, 1)
-      mesh = mesh_lib.make_mesh(config)
-  model = state_lib.make_model(config)
-  boxed = state_lib.abstract_variables(config, model, mesh)
-  shardings = mesh_lib.param_shardings(boxed["params"], mesh, mesh_lib.axis_rules(config))
+      data_parallel = dataclasses.replace(spec.mesh, shape=(-1, 1, 1), dcn_shape=(1, 1, 1))
+      spec = spec.replace(mesh=data_parallel)
+      mesh = mesh_lib.make_mesh(spec)
+  model = state_lib.make_model(spec.model)
+  boxed = state_lib.abstract_variables(spec, model, mesh)
+  shardings = mesh_lib.param_shardings(boxed["params"], mesh, spec.mesh.axis_rules)
   abstract = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       nn.unbox(boxed["params"]),
       shardings,
   )
   params, got = ckpt_lib.restore_params(workdir, abstract, step)
-  from train.data import tokenizer as tok_lib
-
-  return Run(
-      config, params, tok_lib.load(config.data.tokenizer), mesh, model, got, os.fspath(workdir)
-  )
+  tokenizer = tok_lib.load(spec.data.tokenizer)
+  return Run(config, spec, params, tokenizer, mesh, model, got, os.fspath(workdir))

@@ -4,7 +4,7 @@ The state is a plain pytree (no functions inside) so that Orbax saves and restor
 step, fp32 master params, optimizer state, the base RNG key and the non-finite counters.
 
 Creation never materialises an unsharded copy: `jax.eval_shape(model.init)` gives the boxed
-abstract params with logical axis names; `config.mesh.axis_rules` turn them into
+abstract params with logical axis names; the spec's `mesh.axis_rules` turn them into
 NamedShardings; optimizer-state leaves take the sharding of the parameter they mirror; then
 `jax.jit(init, out_shardings=...)` builds every array directly in its shards.
 """
@@ -19,8 +19,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from model.config import ModelConfig
+from model.transformer import Transformer
 from train import mesh as mesh_lib
 from train import optim
+from train.spec import RunSpec
 
 
 @flax.struct.dataclass
@@ -36,25 +39,22 @@ class TrainState:
   nonfinite_streak: jax.Array  # int32: consecutive skipped updates up to now
 
 
-def make_model(config, decode: bool = False) -> nn.Module:
-  """The Flax module for `config.model` (validated by ModelConfig)."""
-  from model.config import ModelConfig
-  from model.transformer import Transformer
-
-  return Transformer(ModelConfig.from_config(config.model), decode=decode)
+def make_model(model: ModelConfig, decode: bool = False) -> nn.Module:
+  """The Flax module for a (validated) model config."""
+  return Transformer(model, decode=decode)
 
 
-def _dummy_inputs(config, mesh: Mesh, rules) -> jax.ShapeDtypeStruct:
-  batch = mesh_lib.data_parallel_size(mesh, rules)
-  return jnp.zeros((batch, int(config.data.seq_len)), jnp.int32)
+def _dummy_inputs(spec: RunSpec, mesh: Mesh) -> jax.ShapeDtypeStruct:
+  batch = mesh_lib.data_parallel_size(mesh, spec.mesh.axis_rules)
+  return jnp.zeros((batch, spec.data.seq_len), jnp.int32)
 
 
-def abstract_variables(config, model: nn.Module, mesh: Mesh) -> Any:
+def abstract_variables(spec: RunSpec, model: nn.Module, mesh: Mesh) -> Any:
   """Boxed (nn.Partitioned) ShapeDtypeStructs of the model's variables; nothing allocated."""
-  rules = mesh_lib.axis_rules(config)
+  rules = spec.mesh.axis_rules
 
   def init(rng):
-    tokens = _dummy_inputs(config, mesh, rules)
+    tokens = _dummy_inputs(spec, mesh)
     return model.init({"params": rng, "dropout": rng}, tokens)
 
   with mesh_lib.mesh_context(mesh, rules):
@@ -86,10 +86,9 @@ def _mirror_shardings(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) 
 
 
 def state_shardings(
-    config, mesh: Mesh, abstract_boxed: Any, tx: optax.GradientTransformation
+    rules: mesh_lib.Rules, mesh: Mesh, abstract_boxed: Any, tx: optax.GradientTransformation
 ) -> tuple[TrainState, TrainState]:
   """(abstract unboxed TrainState, NamedSharding TrainState) for this model/optimizer/mesh."""
-  rules = mesh_lib.axis_rules(config)
   boxed_params = abstract_boxed["params"]
   p_shard = mesh_lib.param_shardings(boxed_params, mesh, rules)
   params = nn.unbox(boxed_params)
@@ -115,16 +114,19 @@ def state_shardings(
 
 
 def init_state(
-    config, model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, shardings: TrainState
+    spec: RunSpec,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    shardings: TrainState,
 ) -> TrainState:
   """A fresh state, created directly in its shards by one jitted init."""
-  rules = mesh_lib.axis_rules(config)
-  seed = int(config.seed)
+  rules = spec.mesh.axis_rules
 
   def init():
-    key = jax.random.key(seed)
+    key = jax.random.key(spec.seed)
     init_key, base_key = jax.random.split(key)
-    tokens = _dummy_inputs(config, mesh, rules)
+    tokens = _dummy_inputs(spec, mesh)
     variables = model.init({"params": init_key, "dropout": init_key}, tokens)
     params = nn.unbox(variables["params"])
     return fresh_state(params, tx, jax.random.key_data(base_key))
@@ -147,10 +149,9 @@ def fresh_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array) -
 
 
 def state_from_params(
-    params: Any, config, tx: optax.GradientTransformation, shardings: TrainState
+    params: Any, seed: int, tx: optax.GradientTransformation, shardings: TrainState
 ) -> TrainState:
   """Wraps already-sharded params (e.g. from another run) in a fresh state, on device."""
-  seed = int(config.seed)
 
   def build(p):
     base_key = jax.random.split(jax.random.key(seed))[1]

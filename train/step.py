@@ -3,8 +3,8 @@
 `make_train_step` is the pure function (state, batch) -> (state, metrics);
 `build_train_step` wraps it in `jax.jit` with in/out shardings and a donated state, without
 running it, so train/bench.py can time it and train/plan.py can compile it for a TPU topology
-it does not have. Everything the step needs arrives through the config, the model, the
-optimizer and the mesh; nothing is read from globals.
+it does not have. Everything the step needs arrives through the spec (as `StepOptions`), the
+model, the optimizer and the mesh; nothing is read from globals.
 """
 
 import dataclasses
@@ -18,20 +18,18 @@ from jax.sharding import Mesh, NamedSharding
 
 from train import losses
 from train import mesh as mesh_lib
+from train.data.pipeline import BATCH_KEYS
+from train.spec import RunSpec
 from train.state import TrainState
 
 Batch = dict[str, jax.Array]
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 # Encoder-decoder batches also carry the source (train/data/parallel.py), same width.
 SOURCE_KEYS = ("src_tokens", "src_segment_ids", "src_positions")
 
 
-def batch_keys(config) -> tuple[str, ...]:
-  """The keys of one batch for this config's model."""
-  return BATCH_KEYS + (SOURCE_KEYS if config.model.get("arch") == "encoder_decoder" else ())
-
-
-OBJECTIVES = ("next_token", "mlm")
+def batch_keys(model_cfg) -> tuple[str, ...]:
+  """The keys of one batch for this model (a ModelConfig or the config's model section)."""
+  return BATCH_KEYS + (SOURCE_KEYS if model_cfg.arch == "encoder_decoder" else ())
 
 
 def mlm_corrupt(
@@ -104,7 +102,7 @@ def cast_params(params: Any, dtype: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
-  """What the step needs from the config, resolved once (hashable, jit-static)."""
+  """What the step needs, taken once from the spec and the tokenizer (hashable, jit-static)."""
 
   objective: str = "next_token"
   microbatches: int = 1
@@ -117,32 +115,24 @@ class StepOptions:
   dropout: bool = False
 
   @classmethod
-  def from_config(
-      cls, config, mask_id: int | None = None, token_vocab_size: int | None = None
+  def from_spec(
+      cls, spec: RunSpec, mask_id: int | None = None, token_vocab_size: int | None = None
   ) -> "StepOptions":
     """`token_vocab_size`: the tokenizer's; MLM's random replacements stay below it (a model
     vocabulary padded past the tokenizer's has rows no text uses)."""
-    t = config.train
-    if t.objective not in OBJECTIVES:
-      raise ValueError(
-          f"config.train.objective={t.objective!r} is unknown; choose one of {OBJECTIVES}."
-      )
-    if int(t.microbatches) < 1:
-      raise ValueError(f"config.train.microbatches={t.microbatches} must be >= 1.")
+    t, m = spec.train, spec.model
     if t.objective == "mlm" and mask_id is None:
-      raise ValueError("objective 'mlm' needs the tokenizer's mask_id.")
+      raise ValueError("train.objective=mlm needs a tokenizer with a mask token (mask_id).")
     return cls(
         objective=t.objective,
-        microbatches=int(t.microbatches),
-        z_loss=float(t.z_loss),
-        mlm_probability=float(t.mlm_probability),
-        mask_id=int(mask_id or 0),
-        vocab_size=min(
-            int(config.model.vocab_size), int(token_vocab_size or config.model.vocab_size)
-        ),
-        compute_dtype=config.model.dtype,
-        param_dtype=config.model.param_dtype,
-        dropout=float(config.model.dropout) > 0,
+        microbatches=t.microbatches,
+        z_loss=t.z_loss,
+        mlm_probability=t.mlm_probability,
+        mask_id=mask_id or 0,
+        vocab_size=min(m.vocab_size, token_vocab_size or m.vocab_size),
+        compute_dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        dropout=m.dropout > 0,
     )
 
 
@@ -272,6 +262,8 @@ class CompiledStep:
   abstract_state: TrainState
   mesh: Mesh
   rules: tuple
+  batch_shape: tuple[int, int]  # (global batch, sequence length)
+  batch_keys: tuple[str, ...] = BATCH_KEYS
 
   def __post_init__(self):
     self._run = mesh_lib.MeshFunction(self.step_fn, self.mesh, self.rules)
@@ -280,66 +272,67 @@ class CompiledStep:
     """Runs one step (compiled on first call inside the mesh and logical-axis rules)."""
     return self._run(state, batch)
 
-  def abstract_batch(self, config) -> Batch:
+  def abstract_batch(self) -> Batch:
     """ShapeDtypeStructs of one global batch, for `.lower()`."""
-    b, l = int(config.train.batch_size), int(config.data.seq_len)
     dt = {"weights": jnp.float32}
     return {
-        k: jax.ShapeDtypeStruct((b, l), dt.get(k, jnp.int32), sharding=self.batch_sharding)
-        for k in batch_keys(config)
+        k: jax.ShapeDtypeStruct(
+            self.batch_shape, dt.get(k, jnp.int32), sharding=self.batch_sharding
+        )
+        for k in self.batch_keys
     }
 
-  def lower(self, config):
+  def lower(self):
     """Lowers (traces) the step for the abstract state and batch: `.compile()` for XLA."""
     state = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         self.abstract_state,
         self.state_shardings,
     )
-    return self._run.lower(state, self.abstract_batch(config))
+    return self._run.lower(state, self.abstract_batch())
 
 
-def check_batch(config, mesh: Mesh, rules) -> None:
+def check_batch(spec: RunSpec, mesh: Mesh) -> None:
   """Clear errors for a global batch the mesh or the microbatching cannot split."""
-  b = int(config.train.batch_size)
-  shards = mesh_lib.data_parallel_size(mesh, rules)
+  b, m = spec.train.batch_size, spec.train.microbatches
+  shards = mesh_lib.data_parallel_size(mesh, spec.mesh.axis_rules)
   if b % shards:
     raise ValueError(
-        f"config.train.batch_size={b} is not divisible by the {shards} data shards of the mesh "
+        f"train.batch_size={b} is not divisible by the {shards} data shards of the mesh "
         f"{dict(mesh.shape)} (batch is split over data x fsdp); use a multiple of {shards}."
     )
-  m = int(config.train.microbatches)
-  if b % m or (b // m) % shards:
+  if (b // m) % shards:
     raise ValueError(
-        f"config.train.batch_size={b} with train.microbatches={m}: each microbatch "
-        f"({b}/{m}) must be a whole multiple of the {shards} data shards; use a batch that is "
-        f"a multiple of {m * shards}."
+        f"train.batch_size={b} with train.microbatches={m}: each microbatch ({b}/{m}) must be "
+        f"a whole multiple of the {shards} data shards; use a batch that is a multiple of "
+        f"{m * shards}."
     )
 
 
 def build_train_step(
-    config,
+    spec: RunSpec,
+    opts: StepOptions,
     mesh: Mesh,
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: Callable,
     abstract_state: TrainState,
     state_shardings: TrainState,
-    mask_id: int | None = None,
-    token_vocab_size: int | None = None,
 ) -> CompiledStep:
   """jax.jit of the step with in/out shardings and the state donated; nothing is run."""
-  rules = mesh_lib.axis_rules(config)
-  check_batch(config, mesh, rules)
-  opts = StepOptions.from_config(config, mask_id, token_vocab_size)
+  rules = spec.mesh.axis_rules
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   mb_sharding = batch_sharding if opts.microbatches > 1 else None
   fn = make_train_step(model, tx, schedule, opts, mb_sharding)
-  batch_shardings = {k: batch_sharding for k in batch_keys(config)}
+  keys = batch_keys(spec.model)
+  batch_shardings = {k: batch_sharding for k in keys}
   jitted = jax.jit(
       fn,
       in_shardings=(state_shardings, batch_shardings),
       out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
       donate_argnums=(0,),
   )
-  return CompiledStep(jitted, state_shardings, batch_sharding, abstract_state, mesh, rules)
+  batch_shape = (spec.train.batch_size, spec.data.seq_len)
+  return CompiledStep(
+      jitted, state_shardings, batch_sharding, abstract_state, mesh, rules, batch_shape, keys
+  )

@@ -16,16 +16,22 @@ import jax
 import ml_collections
 import numpy as np
 
+from model import summary
 from train import build as build_lib
-from train import cli
 from train import checkpoint as ckpt_lib
+from train import cli
 from train import distributed
 from train import evaluate as eval_lib
 from train import inputs as inputs_lib
+from train import mesh as mesh_lib
 from train import metrics as metrics_lib
+from train import optim
 from train import plot as plot_lib
 from train import preemption
+from train import spec as spec_lib
 from train import state as state_lib
+from train.data import pipeline
+from train.data import tokenizer as tok_lib
 
 
 class NonFiniteError(cli.Error):
@@ -53,77 +59,61 @@ def _printer(process_index: int) -> Callable[[str], None]:
   return log
 
 
-def prepared_dir(config, workdir: str) -> str:
-  """Where the data is prepared: config.data.prepared_dir, or a cache under the workdir."""
-  if config.data.prepared_dir:
-    return os.fspath(config.data.prepared_dir)
-  from train.data import pipeline
-
-  return os.fspath(pipeline.default_prepared_dir(config.data, os.path.join(workdir, "data")))
+def prepared_dir(spec: spec_lib.RunSpec, workdir: str) -> str:
+  """Where the data is prepared: data.prepared_dir, or a cache under the workdir."""
+  if spec.data.prepared_dir:
+    return os.fspath(spec.data.prepared_dir)
+  return os.fspath(pipeline.default_prepared_dir(spec.data, os.path.join(workdir, "data")))
 
 
-def load_data(config, workdir: str, *, progress: bool = True):
+def load_data(spec: spec_lib.RunSpec, workdir: str, *, progress: bool = True):
   """Prepares (once; process 0 first) and opens the data: train iterator, eval source."""
-  from train.data import pipeline
-
-  directory = prepared_dir(config, workdir)
+  directory = prepared_dir(spec, workdir)
   kwargs = dict(
-      global_batch_size=int(config.train.batch_size),
-      seed=int(config.seed),
+      global_batch_size=spec.train.batch_size,
+      seed=spec.seed,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
-      model_vocab_size=int(config.model.vocab_size),
+      model_vocab_size=spec.model.vocab_size,
   )
   load = pipeline.load_for_training
-  if config.model.get("arch") == "encoder_decoder":
+  if spec.model.arch == "encoder_decoder":
     from train.data import parallel
 
-    learned = config.model.pos_encoding == "learned"
-    kwargs["position_table"] = int(config.model.max_seq_len) if learned else None
+    learned = spec.model.pos_encoding == "learned"
+    kwargs["position_table"] = spec.model.max_seq_len if learned else None
     load = parallel.load_for_training
   if jax.process_count() > 1:
     if jax.process_index() == 0:
-      load(config.data, directory, progress=progress, **kwargs)
+      load(spec.data, directory, progress=progress, **kwargs)
     ckpt_lib._sync("unleash_data_prepared")  # pylint: disable=protected-access
-  return load(config.data, directory, progress=progress and jax.process_index() == 0, **kwargs)
+  return load(spec.data, directory, progress=progress and jax.process_index() == 0, **kwargs)
 
 
-def _flops_per_token(config) -> float:
-  try:
-    from model import summary
-
-    return float(summary.flops_per_token_train(config.model, int(config.data.seq_len)))
-  except Exception:  # pylint: disable=broad-except
-    return float("nan")
-
-
-def schedule_change(saved_cfg: dict, config, step: int) -> dict | None:
+def schedule_change(saved_cfg: dict, spec: spec_lib.RunSpec, step: int) -> dict | None:
   """How the learning-rate schedule changes when a run is resumed with another train.steps
   (extended or shortened): the rate at the resume step under both, or None if unchanged."""
-  before = int(saved_cfg["train"]["steps"])
-  after = int(config.train.steps)
+  before, after = int(saved_cfg["train"]["steps"]), spec.train.steps
   if before == after:
     return None
-  from train import optim
-
-  old_cfg = ml_collections.ConfigDict(saved_cfg["train"])
-  lr_before = float(optim.make_schedule(old_cfg)(step))
-  lr_after = float(optim.make_schedule(config.train)(step))
+  old = spec_lib.resolve(saved_cfg).train
+  lr_before = float(optim.make_schedule(old)(step))
+  lr_after = float(optim.make_schedule(spec.train)(step))
   return dict(
       steps_before=before,
       steps_after=after,
-      schedule=config.train.schedule,
+      schedule=spec.train.schedule,
       lr_before=lr_before,
       lr_after=lr_after,
   )
 
 
 def _restore_or_init(
-    config, built: build_lib.Built, ckpt: ckpt_lib.Checkpointer, train_iter, log
+    spec: spec_lib.RunSpec, built: build_lib.Built, ckpt: ckpt_lib.Checkpointer, train_iter, log
 ) -> tuple[state_lib.TrainState, int, dict | None]:
   """(state, start step, the restored checkpoint's meta or None) from this workdir's
   checkpoints, init_from, or fresh."""
-  restored = ckpt.restore_latest(built.sharded_abstract_state(), config=config)
+  restored = ckpt.restore_latest(built.sharded_abstract_state(), config=spec.config)
   if restored is not None:
     train_iter.set_state(restored.data_state)
     saved_procs = restored.meta.get("process_count", jax.process_count())
@@ -132,7 +122,7 @@ def _restore_or_init(
         + (f", saved by {saved_procs} process(es)" if saved_procs != jax.process_count() else "")
         + ")"
     )
-    change = schedule_change(restored.config, config, restored.step)
+    change = schedule_change(restored.config, spec, restored.step)
     if change is not None:
       shape = (
           "unchanged (constant)"
@@ -146,15 +136,15 @@ def _restore_or_init(
           f"the {change['schedule']} schedule is {shape}"
       )
     return restored.state, restored.step, dict(restored.meta, schedule_change=change)
-  if config.init_from:
+  if spec.init_from:
     params, src_step = ckpt_lib.restore_params(
-        config.init_from, built.sharded_abstract_state().params
+        spec.init_from, built.sharded_abstract_state().params
     )
     log(
-        f"initialised parameters from {config.init_from} (its step {src_step}); "
+        f"initialised parameters from {spec.init_from} (its step {src_step}); "
         "fresh optimizer state"
     )
-    return state_lib.state_from_params(params, config, built.tx, built.state_shardings), 0, None
+    return state_lib.state_from_params(params, spec.seed, built.tx, built.state_shardings), 0, None
   return built.init_state(), 0, None
 
 
@@ -170,9 +160,9 @@ class Throughput:
   """The timing window behind step time, tokens/s and MFU. The first step after start (it
   compiles) and anything that is not training (evaluation) are kept out of the window."""
 
-  def __init__(self, config, mesh):
-    self.tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
-    self.flops_per_token = _flops_per_token(config)
+  def __init__(self, spec: spec_lib.RunSpec, mesh):
+    self.tokens_per_step = spec.tokens_per_step
+    self.flops_per_token = summary.flops_per_token_train(spec.model, spec.data.seq_len)
     self.peak, self.peak_source = metrics_lib.peak_flops_per_device()
     # CPU "devices" (train/cpu_devices.py) share the cores the matmul peak was measured on.
     self.num_devices = 1 if mesh.devices.flat[0].platform == "cpu" else mesh.devices.size
@@ -210,18 +200,18 @@ class Monitor:
   """Receives each step's metrics one step late (so dispatch never waits on the step just
   launched): progress bar, the non-finite stop, and the logged train rows."""
 
-  def __init__(self, config, writer, throughput: Throughput, ckpt, log, start: int):
+  def __init__(self, spec: spec_lib.RunSpec, writer, throughput: Throughput, ckpt, log, start):
     self.writer, self.throughput, self.ckpt, self.log = writer, throughput, ckpt, log
-    self.total = int(config.train.steps)
-    self.log_every = max(int(config.train.log_every), 1)
-    self.max_nonfinite = int(config.train.max_nonfinite_steps)
+    self.total = spec.train.steps
+    self.log_every = max(spec.train.log_every, 1)
+    self.max_nonfinite = spec.train.max_nonfinite_steps
     self.losses, self.last_train = [], {}
     self.bar = None
     if jax.process_index() == 0:
       from tqdm import tqdm
 
       self.bar = tqdm(
-          total=self.total, initial=start, unit="step", dynamic_ncols=True, desc=config.name
+          total=self.total, initial=start, unit="step", dynamic_ncols=True, desc=spec.name
       )
 
   def record(self, step: int, device_metrics) -> None:
@@ -334,22 +324,22 @@ def train_loop(
 class _Run:
   """What the actions share: the last evaluation and save, for the summary."""
 
-  def __init__(self, config, built, data, ckpt, writer, log, hooks, throughput, start):
-    self.config, self.built, self.data, self.ckpt = config, built, data, ckpt
+  def __init__(self, spec, built, data, ckpt, writer, log, hooks, throughput, start):
+    self.spec, self.built, self.data, self.ckpt = spec, built, data, ckpt
     self.writer, self.log, self.hooks, self.throughput = writer, log, hooks, throughput
     self.tokens_per_step = throughput.tokens_per_step
     self.last_eval, self.last_eval_step, self.last_saved = {}, None, start
 
   def evaluate(self, step: int, state) -> None:
     self.last_eval_step = step
-    if int(self.config.eval.batches) == 0:  # 0: evaluation off (benchmarks, tests)
+    batches = self.spec.eval.batches
+    if batches == 0:  # 0: evaluation off (benchmarks, tests)
       return
-    batches = int(self.config.eval.batches)
     results = eval_lib.evaluate(
         self.built.eval_step,
         state.params,
         self.data.eval_source,
-        global_batch_size=int(self.config.train.batch_size),
+        global_batch_size=self.spec.train.batch_size,
         max_batches=None if batches < 0 else batches,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -365,7 +355,7 @@ class _Run:
     self.ckpt.save(
         step,
         state,
-        config=self.config,
+        config=self.spec.config,
         data_state=self.data.train_iter.get_state(),
         meta={"tokens_seen": step * self.tokens_per_step},
     )
@@ -376,7 +366,7 @@ class _Run:
   def actions(self) -> list[Action]:
     return [
         Action("save", self.ckpt.every, self.save, on_stop=True),
-        Action("eval", int(self.config.eval.every), self.evaluate),
+        Action("eval", self.spec.eval.every, self.evaluate),
     ]
 
   def batches(self, step: int):
@@ -384,7 +374,7 @@ class _Run:
     if self.hooks.batch is not None:
       local = self.hooks.batch(step - 1, local)
     return inputs_lib.to_global(
-        local, self.built.train_step.batch_sharding, int(self.config.train.batch_size)
+        local, self.built.train_step.batch_sharding, self.spec.train.batch_size
     )
 
 
@@ -421,67 +411,19 @@ def train_and_evaluate(
   tokens_seen, wall_s, and where checkpoints/metrics/plot are. Raises NonFiniteError after
   too many non-finite steps and ckpt_lib.ConfigMismatchError for an incompatible workdir."""
   t0 = time.time()
-  distributed.maybe_initialize(config.distributed)
+  spec = spec_lib.resolve(config)  # the only place the ConfigDict is read
+  distributed.maybe_initialize(spec.distributed)
   log = _printer(jax.process_index())
   workdir = os.path.abspath(os.fspath(workdir))
   os.makedirs(workdir, exist_ok=True)
-  from train.data import tokenizer as tok_lib
-
-  tok = tok_lib.load(config.data.tokenizer)
-  # Validates config vs mesh first.
-  built = build_lib.build(config, mask_id=tok.mask_id, token_vocab_size=tok.vocab_size)
-  data = load_data(config, workdir)
-  ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint, log=log)
+  tok = tok_lib.load(spec.data.tokenizer)
+  built = build_lib.build(spec, mask_id=tok.mask_id, token_vocab_size=tok.vocab_size)
+  data = load_data(spec, workdir)
+  ckpt = ckpt_lib.Checkpointer(workdir, spec.checkpoint, log=log)
   writer = metrics_lib.MetricsWriter(workdir)
-  total = int(config.train.steps)
   try:
-    state, start, resumed = _restore_or_init(config, built, ckpt, data.train_iter, log)
-    throughput = Throughput(config, built.mesh)
-    run = _Run(config, built, data, ckpt, writer, log, hooks or Hooks(), throughput, start)
-    if resumed is not None:
-      writer.event(
-          start,
-          "resume",
-          saved_process_count=resumed.get("process_count"),
-          process_count=jax.process_count(),
-      )
-      if resumed["schedule_change"] is not None:
-        writer.event(start, "schedule_changed", **resumed["schedule_change"])
-    n_params = state_lib.count_params(built.abstract_state.params)
-    log(
-        f"{config.name}: {n_params / 1e6:.2f}M params, mesh {dict(built.mesh.shape)}, "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"{jax.process_count()} process(es), steps {start}->{total}; "
-        f"MFU peak: {throughput.peak_source}"
-    )
-    if config.train.optimizer == "muon" or config.model.parametrization != "sp":
-      from train import optim
-
-      log(
-          optim.format_param_table(
-              optim.param_table(config.train, built.abstract_state.params, config.model)
-          )
-      )
-    monitor = Monitor(config, writer, throughput, ckpt, log, start)
-    with preemption.PreemptionGuard(config.checkpoint.preemption_poll_every) as guard:
-      try:
-        state, step, preempted = train_loop(
-            built,
-            state,
-            run.batches,
-            start,
-            total,
-            monitor,
-            run.actions(),
-            guard,
-            config.train.transfer_guard,
-        )
-      finally:
-        monitor.close()
-    if preempted:
-      log(f"{guard.signal_name or 'stop'} received: saved step {step}; exiting cleanly.")
-    elif run.last_eval_step != step:
-      run.evaluate(step, state)
+    with mesh_lib.mesh_context(built.mesh, spec.mesh.axis_rules):
+      state, step, preempted, run, monitor = _train(spec, built, data, ckpt, writer, log, hooks)
     ckpt.wait()
   finally:
     writer.close()
@@ -490,6 +432,54 @@ def train_and_evaluate(
   out = _summary(workdir, ckpt, writer, plot_path, run, monitor, step, preempted, time.time() - t0)
   _print_summary(out, log)
   return out
+
+
+def _train(spec: spec_lib.RunSpec, built, data, ckpt, writer, log, hooks):
+  """Restore or init, then the loop, inside the mesh context entered once by the caller."""
+  total = spec.train.steps
+  state, start, resumed = _restore_or_init(spec, built, ckpt, data.train_iter, log)
+  throughput = Throughput(spec, built.mesh)
+  run = _Run(spec, built, data, ckpt, writer, log, hooks or Hooks(), throughput, start)
+  if resumed is not None:
+    writer.event(
+        start,
+        "resume",
+        saved_process_count=resumed.get("process_count"),
+        process_count=jax.process_count(),
+    )
+    if resumed["schedule_change"] is not None:
+      writer.event(start, "schedule_changed", **resumed["schedule_change"])
+  n_params = state_lib.count_params(built.abstract_state.params)
+  log(
+      f"{spec.name}: {n_params / 1e6:.2f}M params, mesh {dict(built.mesh.shape)}, "
+      f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+      f"{jax.process_count()} process(es), steps {start}->{total}; "
+      f"MFU peak: {throughput.peak_source}"
+  )
+  if spec.train.optimizer == "muon" or spec.model.parametrization != "sp":
+    table = optim.param_table(spec.train, built.abstract_state.params, spec.model)
+    log(optim.format_param_table(table))
+  monitor = Monitor(spec, writer, throughput, ckpt, log, start)
+  with preemption.PreemptionGuard(spec.checkpoint.preemption_poll_every) as guard:
+    try:
+      state, step, preempted = train_loop(
+          built,
+          state,
+          run.batches,
+          start,
+          total,
+          monitor,
+          run.actions(),
+          guard,
+          spec.train.transfer_guard,
+      )
+    finally:
+      monitor.close()
+  if preempted:
+    log(f"{guard.signal_name or 'stop'} received: saved step {step}; exiting cleanly.")
+  elif run.last_eval_step != step:
+    run.evaluate(step, state)
+  return state, step, preempted, run, monitor
 
 
 def _print_summary(out: dict, log) -> None:

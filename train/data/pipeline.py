@@ -298,7 +298,7 @@ def load_for_training(
       data_cfg.tokenizer,
       prepared_dir,
       val_fraction=float(data_cfg.val_fraction),
-      num_workers=(data_cfg.get("num_workers") or None),
+      num_workers=(data_cfg.num_workers or None),
       progress=progress,
       if_changed="error",
       seq_len=int(data_cfg.seq_len),
