@@ -80,8 +80,13 @@ def flops_per_token_forward(cfg, seq_len: int) -> dict[str, float]:
     head      = 2 d V (unembedding, tied or not) + 2 d d (MLM transform if mlm_head)
   Embedding lookups, norms, biases, softmax, nonlinearities and the BERT pooler (one token
   per sequence) are not counted.
+  Encoder-decoder: per target token with one source token beside it (rows of seq_len each):
+  the encoder's layers (bidirectional scores) plus the decoder's (causal), whose blocks add
+    cross     = 2 d H (N + 2K) + 2 N H d + 2 * 2 N H L   (projections and scores over the source)
   """
   cfg = _as_cfg(cfg)
+  if cfg.arch == "encoder_decoder":
+    return _encoder_decoder_flops(cfg, seq_len)
   d, n, k, h, m, v = (
       cfg.d_model,
       cfg.num_heads,
@@ -99,6 +104,17 @@ def flops_per_token_forward(cfg, seq_len: int) -> dict[str, float]:
   }
   parts = {key: val * cfg.num_layers for key, val in parts.items()}
   parts["head"] = 2.0 * d * v + (2.0 * d * d if cfg.mlm_head else 0.0)
+  return parts
+
+
+def _encoder_decoder_flops(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+  enc = flops_per_token_forward(cfg.replace(arch="encoder"), seq_len)
+  dec = flops_per_token_forward(cfg.replace(arch="decoder", num_layers=cfg.decoder_layers), seq_len)
+  d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  cross = 2.0 * d * h * (n + 2 * k) + 2.0 * n * h * d + 4.0 * n * h * seq_len
+  parts = {f"encoder_{key}": val for key, val in enc.items() if key != "head"}
+  parts.update({key: val for key, val in dec.items()})
+  parts["cross"] = cross * cfg.decoder_layers
   return parts
 
 

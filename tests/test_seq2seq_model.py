@@ -181,3 +181,14 @@ def test_packed_pairs_equal_each_pair_alone():
   alone_b = model.apply({"params": params}, tgt_b, src_tokens_BxS=src_b)
   np.testing.assert_allclose(packed[:, :2], alone_a, atol=1e-4)
   np.testing.assert_allclose(packed[:, 2:], alone_b, atol=1e-4)
+
+
+def test_encoder_decoder_flops_add_encoder_decoder_and_cross_attention():
+  cfg = ModelConfig(**{**SMALL, "num_decoder_layers": 3})
+  d, n, h, m, v, length = 32, 4, 8, 64, 40, 10
+  layer = 2 * d * h * 3 * n + 2 * n * h * d + 2 * d * m * 2  # qkv, out, mlp (MHA, gelu)
+  enc = 2 * (layer + 4 * n * h * length)  # bidirectional scores
+  dec = 3 * (layer + 4 * n * h * length * 0.5)  # causal scores
+  cross = 3 * (2 * d * h * 3 * n + 2 * n * h * d + 4 * n * h * length)
+  total = sum(summary.flops_per_token_forward(cfg, length).values())
+  assert total == pytest.approx(enc + dec + cross + 2 * d * v)
