@@ -56,17 +56,24 @@ def test_beam_one_equals_greedy_and_batching_changes_nothing(decoder):
   np.testing.assert_allclose([a["scores"][0] for a in alone], beam["scores"][:2], rtol=1e-4)
 
 
-def test_beam_score_is_the_model_score_of_its_output(decoder):
-  out = decoder.decode(SOURCES[:1], beam=3, max_len=7, length_penalty=0.5)
-  toks, score = out["tokens"][0], out["scores"][0]
-  full = toks + [EOS] if len(toks) < 7 else toks
-  logits = decoder.model.apply(
-      {"params": decoder.params},
-      jnp.asarray([[BOS] + full[:-1]], jnp.int32),
-      src_tokens_BxS=jnp.asarray(SOURCES[:1], jnp.int32),
-  )
-  logp = np.asarray(jax.nn.log_softmax(logits[0]))[np.arange(len(full)), full].sum()
-  np.testing.assert_allclose(score, logp / len(full) ** 0.5, rtol=1e-4)
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_beam_score_is_the_model_score_of_its_output(decoder, scan_layers):
+  """Holds only if every step reorders the KV cache with its hypotheses (stacked layers keep
+  the batch on axis 1, unrolled ones on axis 0)."""
+  if not scan_layers:
+    cfg = CFG.replace(scan_layers=False)
+    params = Transformer(cfg).init(jax.random.PRNGKey(3), jnp.ones((1, 4), jnp.int32))["params"]
+    decoder = Seq2SeqDecoder(cfg, params, bos_id=BOS, eos_id=EOS, pad_id=PAD)
+  out = decoder.decode(SOURCES, beam=3, max_len=7, length_penalty=0.5)
+  for src, toks, score in zip(SOURCES, out["tokens"], out["scores"]):
+    full = toks + [EOS] if len(toks) < 7 else toks
+    logits = decoder.model.apply(
+        {"params": decoder.params},
+        jnp.asarray([[BOS] + full[:-1]], jnp.int32),
+        src_tokens_BxS=jnp.asarray([src], jnp.int32),
+    )
+    logp = np.asarray(jax.nn.log_softmax(logits[0]))[np.arange(len(full)), full].sum()
+    np.testing.assert_allclose(score, logp / len(full) ** 0.5, rtol=1e-4)
 
 
 def test_bad_sources_and_flags(decoder):
