@@ -92,12 +92,13 @@ class Seq2SeqDecoder:
     at least this many tokens (fewer distinct shapes to compile)."""
     if beam < 1:
       raise ValueError(f"--beam must be >= 1, got {beam}")
-    if self.cfg.pos_encoding == "learned" and max(map(len, sources)) > self.cfg.max_seq_len:
+    src, seg = right_pad(sources, self.pad, width)
+    longest = max(map(len, sources))
+    if self.cfg.pos_encoding == "learned" and longest > self.cfg.max_seq_len:
       raise ValueError(
-          f"a source has {max(map(len, sources))} tokens, more than the position table "
+          f"a source has {longest} tokens, more than the position table "
           f"(model.max_seq_len={self.cfg.max_seq_len}); shorten it"
       )
-    src, seg = right_pad(sources, self.pad, width)
     greedy = beam == 1 if greedy is None else greedy
     max_len = self.max_len_for(max_len)
     key = (src.shape, greedy, beam, max_len, float(length_penalty))
