@@ -12,6 +12,7 @@ Sections:
   checkpoint  Orbax checkpointing policy (CheckpointSpec)
   mesh        device mesh and logical-to-mesh axis rules (MeshSpec)
   distributed multi-host initialisation (DistributedSpec)
+  cost        inputs of the cost and energy estimates (CostSpec; train/cost.py)
 """
 
 import ml_collections

@@ -70,6 +70,11 @@ RESULT_COLUMNS = (
     "seed",
     "unique_tokens",
     "flops_6nd",
+    # Estimates from the run's `cost` (train/cost.py); blank where an input is unknown.
+    "chip_hours",
+    "kwh",
+    "usd",
+    "kgco2e",
 )
 
 
@@ -314,7 +319,15 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
       seed=int(c.seed),
       unique_tokens=unique_tokens(c),
       flops_6nd=6.0 * counts["total"] * tokens,
+      **_cost_columns(out),
   )
+
+
+def _cost_columns(out: dict) -> dict:
+  """chip_hours, kwh, usd, kgco2e of a finished run's cost estimate ("" where unknown)."""
+  cost = out.get("cost") or {}
+  keys = ("chip_hours", "kwh", "usd", "kgco2e")
+  return {k: "" if cost.get(k) is None else cost[k] for k in keys}
 
 
 # ----------------------------------------------------------------------------- running

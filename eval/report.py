@@ -335,6 +335,7 @@ class ScalingAnalysis:
   saturation: dict = dataclasses.field(default_factory=dict)
   curves: dict = dataclasses.field(default_factory=dict)
   spectra: dict = dataclasses.field(default_factory=dict)
+  cost: dict = dataclasses.field(default_factory=dict)  # estimates; empty: none recorded
 
 
 def _load(workdir, opts: ReportOptions) -> ScalingAnalysis:
@@ -660,6 +661,57 @@ def _saturation(a: ScalingAnalysis) -> None:
   a.saturation = s
 
 
+COST_COLUMNS = ("chip_hours", "kwh", "usd", "kgco2e")
+
+
+def _cost_totals(df: pd.DataFrame, rows: np.ndarray) -> dict:
+  """Sums of the cost columns over `rows`; None for a quantity unknown for any of them."""
+  out = {}
+  for col in COST_COLUMNS:
+    v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)[rows] if col in df else None
+    out[col] = float(v.sum()) if v is not None and np.isfinite(v).all() else None
+  return out
+
+
+def _cost(a: ScalingAnalysis) -> None:
+  """The study's estimated cost from results.csv's cost columns (eval.ladder records each
+  run's train/cost.py estimate), per FLOP budget, and per FLOP: the rate that prices the
+  allocation table's budgets on the same hardware at the same utilisation."""
+  if "chip_hours" not in a.df:
+    return
+  known = np.isfinite(pd.to_numeric(a.df["chip_hours"], errors="coerce").to_numpy(float))
+  if not known.any():
+    return
+  totals = _cost_totals(a.df, known)
+  flops = float(a.C[known].sum())
+  a.cost = dict(
+      totals,
+      runs=int(known.sum()),
+      flops=flops,
+      per_flop={k: v / flops for k, v in totals.items() if v is not None},
+      per_budget=[
+          dict(_cost_totals(a.df, known & (a.labels == c)), budget=float(c))
+          for c in np.unique(a.labels[known])
+      ],
+  )
+
+
+def budget_cost(a: ScalingAnalysis, budget: float) -> dict:
+  """A FLOP budget priced at the study's cost per FLOP (empty when no cost was recorded)."""
+  return {k: rate * budget for k, rate in a.cost.get("per_flop", {}).items()}
+
+
+def describe_cost(c: dict) -> str:
+  """'1.2 chip-hours, $3.40, 0.5 kWh, 0.24 kg CO2e' with unknown quantities named as such."""
+  parts = [f"{c['chip_hours']:.3g} chip-hours"]
+  parts.append("USD unknown" if c.get("usd") is None else f"${c['usd']:,.4g}")
+  if c.get("kwh") is None:
+    parts.append("energy unknown")
+  else:
+    parts += [f"{c['kwh']:.3g} kWh", f"{c['kgco2e']:.3g} kg CO2e"]
+  return ", ".join(parts)
+
+
 def analyze(workdir, opts: ReportOptions | None = None, **kw) -> ScalingAnalysis:
   """Every fit and verdict of the report for DIR/results.csv (keyword arguments set
   ReportOptions fields)."""
@@ -675,6 +727,7 @@ def analyze(workdir, opts: ReportOptions | None = None, **kw) -> ScalingAnalysis
   _sensitivity(a)
   _backtest(a)
   _saturation(a)
+  _cost(a)
   a.spectra = read_head_spectra(a.workdir, a.df) if opts.head_spectrum else {}
   return a
 
@@ -698,6 +751,10 @@ def _md_header(a: ScalingAnalysis) -> list[str]:
       f"{N.max():.3g}), tokens {D.min():.3g} .. {D.max():.3g}, compute {C.min():.3g} .. "
       f"{C.max():.3g} FLOPs. Loss column: `{a.opts.loss_col}`.",
       "",
+  ]
+  if a.cost:
+    lines += [f"This study cost {describe_cost(a.cost)} (est.; see Cost below).", ""]
+  lines += [
       "## Conventions",
       "",
   ]
@@ -918,8 +975,9 @@ def _md_allocation(a: ScalingAnalysis) -> list[str]:
   lines += [
       "",
       "| budget C | N_opt (approach 3) | D_opt (approach 3) | loss (approach 3) | "
-      "tokens/param | N* (approach 2) | D* (approach 2) | frontier L*(C) |",
-      "|---|---|---|---|---|---|---|---|",
+      "tokens/param | N* (approach 2) | D* (approach 2) | frontier L*(C) |"
+      + (" est. cost at this study's rate |" if a.cost else ""),
+      "|---|---|---|---|---|---|---|---|" + ("---|" if a.cost else ""),
   ]
   for row in a.allocation:
     cells = [f"{row['budget']:.3g}"]
@@ -950,6 +1008,8 @@ def _md_allocation(a: ScalingAnalysis) -> list[str]:
         if "frontier_loss" in a.withheld
         else _fmt_int(f["loss"], f.get("loss_interval"), "{:.4f}")
     )
+    if a.cost:
+      cells.append(describe_cost(budget_cost(a, row["budget"])))
     lines.append("| " + " | ".join(cells) + " |")
   return lines + [
       "",
@@ -1029,9 +1089,30 @@ def _md_spectra_and_curves(a: ScalingAnalysis) -> list[str]:
   return lines
 
 
+def _md_cost(a: ScalingAnalysis) -> list[str]:
+  if not a.cost:
+    return []
+  lines = [
+      "## Cost (estimates)",
+      "",
+      f"This study cost {describe_cost(a.cost)} (est.) over the {a.cost['runs']} runs that "
+      "recorded a cost: each run's wall time x chips x the board power, price, PUE and grid "
+      "intensity in its `cost` event (train/cost.py); unknown where an input was unknown.",
+      "",
+      "| budget C | chip-hours | USD | kWh | kg CO2e |",
+      "|---|---|---|---|---|",
+  ]
+  fmt = lambda v: "unknown" if v is None else f"{v:.4g}"
+  for r in a.cost["per_budget"]:
+    cells = [f"{r['budget']:.3g}"] + [fmt(r[k]) for k in ("chip_hours", "usd", "kwh", "kgco2e")]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines + [""]
+
+
 def render_markdown(a: ScalingAnalysis, figures=()) -> str:
   lines = _md_header(a) + ["## Fitted laws", ""] + _md_approach3(a) + _md_other_fits(a)
   lines += _md_sensitivity(a) + _md_backtest(a) + _md_allocation(a) + _md_saturation(a)
+  lines += _md_cost(a)
   lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
   return "\n".join(lines) + "\n"
 
@@ -1074,6 +1155,8 @@ def analysis_facts(a: ScalingAnalysis) -> dict:
       backtest=a.backtest,
       saturation=_saturation_facts(a),
   )
+  if a.cost:
+    facts["cost"] = a.cost
   return facts
 
 

@@ -1,1 +1,2 @@
-"""Transformer language model: pure Flax Linen modules and accounting (no meshes, files or optimisers)."""
+"""Transformer language model: pure Flax Linen modules, parameter counts and FLOPs per token
+(no meshes, files or optimisers)."""

@@ -138,6 +138,19 @@ CASES = [
         (),
     ),
     (
+        "plan-cost",
+        [
+            "-m",
+            "train.plan",
+            "--config",
+            "configs/default.py:size=tiny",
+            "--topology",
+            "h100:8",
+            "--config.cost.usd_per_chip_hour=-2",
+        ],
+        (),
+    ),
+    (
         "bench",
         [
             "-m",

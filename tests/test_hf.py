@@ -240,6 +240,7 @@ def test_cli_export_from_run_and_import(tmp_path, monkeypatch, capsys):
   from flax import serialization
   from configs import base
   from train import run as run_lib
+  from train import spec
   from train.data import tokenizer as tok_lib
 
   tok = tok_lib.train_bpe(["plain text for a tiny tokenizer"] * 5, 270, tmp_path / "tok.json")
@@ -250,7 +251,9 @@ def test_cli_export_from_run_and_import(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(
       run_lib,
       "load_run",
-      lambda workdir, **kw: types.SimpleNamespace(config=config, params=params, tokenizer=tok),
+      lambda workdir, **kw: types.SimpleNamespace(
+          config=config, spec=spec.resolve(config), params=params, tokenizer=tok
+      ),
   )
   hf.main(["export", "--workdir", "RUN", "--out", str(tmp_path / "hf")])
   assert "wrote gpt2 model" in capsys.readouterr().out

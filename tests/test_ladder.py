@@ -112,6 +112,9 @@ def test_tiny_isoflop_ladder_feeds_the_report(tmp_path):
   text = md.read_text()
   assert "LM head: centred effective rank" in text and "IsoFLOP" in text
   assert (md.parent / "training_curves.png").exists()
+  # Each run's cost estimate (CPU: chip-hours only; no power or price configured).
+  assert all(float(r["chip_hours"]) > 0 and r["usd"] == "" for r in rows)
+  assert "This study cost " in text and "chip-hours, USD unknown, energy unknown (est." in text
 
 
 OLD_COLUMNS = ladder.RESULT_COLUMNS[: ladder.RESULT_COLUMNS.index("wall_s") + 1]

@@ -1,4 +1,5 @@
-"""Parameter counts vs published figures, the FLOP formula vs a hand count, memory, CLI."""
+"""Parameter counts vs published figures, the FLOP formula vs a hand count (model/summary.py);
+memory per device and the CLI, under both its names (train/accounting.py)."""
 
 import importlib
 import json
@@ -10,6 +11,7 @@ import pytest
 
 from model import summary
 from model.config import ModelConfig
+from train import accounting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +82,7 @@ def test_flops_formula_matches_hand_count():
   assert summary.flops_per_token_train(cfg, seq) == 3 * forward == 1_365_504
   bidir = ModelConfig(**{**cfg.to_dict(), "attention_mask": "bidirectional"})
   assert summary.flops_per_token_train(bidir, seq) - 3 * forward == 3 * 3 * 2 * scores
-  s = summary.summarize(cfg, seq_len=seq, batch_size=4)
+  s = accounting.summarize(cfg, seq_len=seq, batch_size=4)
   assert s["flops_per_step_train"] == 3 * forward * seq * 4
 
 
@@ -94,31 +96,32 @@ def test_large_model_flops_close_to_6n():
 def test_memory_per_device_scales_with_mesh_and_remat():
   cfg = model_cfg("gpt2", "size=124M")
   n = summary.param_counts(cfg)["total"]
-  one = summary.memory_per_device(cfg, batch_size=8, seq_len=1024, remat="none")
+  one = accounting.memory_per_device(cfg, batch_size=8, seq_len=1024, remat="none")
   assert one["params_bytes"] == 4 * n and one["optimizer_bytes"] == 8 * n
-  fsdp = summary.memory_per_device(
+  fsdp = accounting.memory_per_device(
       cfg, batch_size=8, seq_len=1024, mesh_shape=(1, 4, 1), remat="none"
   )
   assert fsdp["params_bytes"] == one["params_bytes"] / 4
   assert fsdp["activations_bytes"] == pytest.approx(one["activations_bytes"] / 4)
-  full = summary.memory_per_device(cfg, batch_size=8, seq_len=1024, remat="full")
-  dots = summary.memory_per_device(cfg, batch_size=8, seq_len=1024, remat="dots_saveable")
+  full = accounting.memory_per_device(cfg, batch_size=8, seq_len=1024, remat="full")
+  dots = accounting.memory_per_device(cfg, batch_size=8, seq_len=1024, remat="dots_saveable")
   assert full["activations_bytes"] < dots["activations_bytes"] < one["activations_bytes"]
   assert one["total_bytes"] == sum(v for k, v in one.items() if k != "total_bytes")
-  ada = summary.memory_per_device(cfg, batch_size=8, seq_len=1024, optimizer="adafactor")
+  ada = accounting.memory_per_device(cfg, batch_size=8, seq_len=1024, optimizer="adafactor")
   assert ada["optimizer_bytes"] < one["optimizer_bytes"] / 50
   with pytest.raises(ValueError, match="mesh_shape"):
-    summary.memory_per_device(cfg, batch_size=8, seq_len=1024, mesh_shape=(-1, 1, 1))
+    accounting.memory_per_device(cfg, batch_size=8, seq_len=1024, mesh_shape=(-1, 1, 1))
 
 
-def test_cli_json(tmp_path):
+@pytest.mark.parametrize("module", ["model.summary", "train.accounting"])
+def test_cli_json(tmp_path, module):
   out = tmp_path / "s.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [
           sys.executable,
           "-m",
-          "model.summary",
+          module,
           "--config",
           "configs/gpt3.py:size=175B",
           "--json",
@@ -138,3 +141,17 @@ def test_cli_json(tmp_path):
   assert s["flops_per_token_train"] > 6 * s["params_non_embedding"]
   assert s["flops_per_step_train"] == s["flops_per_token_train"] * 2048 * 1536
   assert s["memory_per_device"]["total_bytes"] > 0
+
+
+def test_model_package_imports_nothing_from_train():
+  """model/ is a model: loading its summary must not pull in the trainer's modules."""
+  code = (
+      "import sys, model.summary, model.transformer; "
+      "print(sorted(m for m in sys.modules if m == 'train' or m.startswith('train.')))"
+  )
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == "[]"

@@ -365,6 +365,7 @@ assert jax.device_count() == 4
 config = base.base_config()
 config.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
                     mlp_dim=64, max_seq_len=32, init_std=0.3)
+config.data.seq_len = 32
 config.mesh.shape = (2, 2, 1)  # data x fsdp: params sharded over fsdp, batch over both
 mesh, rules = mesh_lib.make_mesh(config), spec.resolve(config).mesh.axis_rules
 model = Transformer(ModelConfig.from_config(config.model))

@@ -59,6 +59,7 @@ RESUMABLE_PREFIXES = (
     "checkpoint.",
     "eval.",
     "distributed.",
+    "cost.",
     "mesh.",
     "data.prepared_dir",
     "data.num_workers",

@@ -24,13 +24,12 @@ from model import parametrization as par
 from model.config import ModelConfig
 from train.spec import TrainSpec, betas
 
-# Embedding tables (token, position, token type) are `embedding` leaves (nn.Embed's name;
-# also GPT-2-style wte/wpe modules). An untied output head (`unembed/kernel`) is a matrix.
+# Embedding tables (token, position, token type) are `embedding` leaves (nn.Embed's name).
+# An untied output head (`unembed/kernel`) is a matrix.
 _EMBED_LEAVES = ("embedding",)
-_EMBED_MODULES = ("wte", "wpe")
-# Parameters that never get weight decay: biases (any leaf ending in "bias") and norm scales.
-_NO_DECAY_LEAVES = ("scale", "b")
-_NORM_MARKERS = ("norm", "ln_")
+# Parameters that never get weight decay: biases (leaves ending in "bias"), norm scales.
+_NO_DECAY_LEAVES = ("scale",)
+_NORM_MARKER = "norm"
 
 
 def make_schedule(train: TrainSpec) -> Callable[[jax.Array], jax.Array]:
@@ -98,13 +97,9 @@ def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
   def leaf_decays(path, _):
     names = [n.lower() for n in path_names(path)]
     leaf = names[-1] if names else ""
-    if (
-        leaf in _NO_DECAY_LEAVES
-        or leaf.endswith("bias")
-        or any(m in n for n in names for m in _NORM_MARKERS)
-    ):
+    if leaf in _NO_DECAY_LEAVES or leaf.endswith("bias") or any(_NORM_MARKER in n for n in names):
       return False
-    if leaf in _EMBED_LEAVES or any(n in _EMBED_MODULES for n in names):
+    if leaf in _EMBED_LEAVES:
       return bool(decay_embeddings)
     return True
 

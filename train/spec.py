@@ -12,6 +12,7 @@ Imports no JAX: configs and planners validate cheaply.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -129,6 +130,23 @@ class DistributedSpec:
   process_id: int = -1
 
 
+@dataclasses.dataclass(frozen=True)
+class CostSpec:
+  """Inputs of the cost and energy estimates (train/cost.py)."""
+
+  # None: the chip's dated list price / typical board power in train/hardware.py (unknown on a
+  # CPU: set the watts of the CPU share the run uses, e.g. TDP x used cores / cores).
+  usd_per_chip_hour: float | None = None
+  watts_per_chip: float | None = None
+  # Power usage effectiveness: Google's fleet-wide trailing-twelve-month PUE for 2023
+  # (google.com/about/datacenters/efficiency); the industry average is about 1.58 (Uptime
+  # Institute global survey 2023).
+  pue: float = 1.1
+  # World-average electricity carbon intensity in 2023, 480 g CO2e/kWh (Ember, Global
+  # Electricity Review 2024); set the grid the run really draws from.
+  grid_kgco2_per_kwh: float = 0.48
+
+
 SECTIONS = dict(
     model=ModelConfig,
     data=DataSpec,
@@ -137,6 +155,7 @@ SECTIONS = dict(
     checkpoint=CheckpointSpec,
     mesh=MeshSpec,
     distributed=DistributedSpec,
+    cost=CostSpec,
 )
 
 
@@ -155,6 +174,7 @@ class RunSpec:
   checkpoint: CheckpointSpec
   mesh: MeshSpec
   distributed: DistributedSpec
+  cost: CostSpec
   config: dict = dataclasses.field(compare=False, repr=False)
 
   @property
@@ -285,6 +305,7 @@ def validate(spec: RunSpec) -> None:
   _positive(spec.checkpoint, "checkpoint", "every", "keep_every", allow_zero=True)
   _positive(spec.checkpoint, "checkpoint", "keep", "preemption_poll_every")
   _validate_mesh(spec.mesh)
+  _validate_cost(spec.cost)
 
 
 def _validate_data(spec: RunSpec) -> None:
@@ -371,6 +392,20 @@ def _validate_optimizer(t: TrainSpec, model: ModelConfig) -> None:
   for field, v in zip(("b1", "b2"), betas(t)):
     if v is not None and not 0.0 <= v < 1.0:
       _fail(f"train.{field}", f"{v} is not a moment decay in [0, 1); set --config.train.{field}")
+
+
+def _validate_cost(c: CostSpec) -> None:
+  """No estimate can use a negative or non-finite input, or a PUE below 1."""
+  for f in dataclasses.fields(c):
+    v = getattr(c, f.name)
+    if v is not None and not (math.isfinite(v) and v >= 0):
+      _fail(f"cost.{f.name}", f"{v!r} must be a finite number >= 0")
+  if c.pue < 1:
+    _fail(
+        "cost.pue",
+        f"{c.pue!r} is below 1: PUE is facility energy / IT energy, so >= 1 (1.0 counts the "
+        "chips' energy alone)",
+    )
 
 
 def _validate_mesh(m: MeshSpec) -> None:

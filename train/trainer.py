@@ -20,6 +20,7 @@ from model import summary
 from train import build as build_lib
 from train import checkpoint as ckpt_lib
 from train import cli
+from train import cost as cost_lib
 from train import distributed
 from train import evaluate as eval_lib
 from train import inputs as inputs_lib
@@ -414,6 +415,7 @@ def train_and_evaluate(
   spec = spec_lib.resolve(config)  # the only place the ConfigDict is read
   distributed.maybe_initialize(spec.distributed)
   log = _printer(jax.process_index())
+  cost_inputs = cost_lib.inputs_for_devices(spec.cost, jax.devices())
   workdir = os.path.abspath(os.fspath(workdir))
   os.makedirs(workdir, exist_ok=True)
   tok = tok_lib.load(spec.data.tokenizer)
@@ -425,11 +427,14 @@ def train_and_evaluate(
     with mesh_lib.mesh_context(built.mesh, spec.mesh.axis_rules):
       state, step, preempted, run, monitor = _train(spec, built, data, ckpt, writer, log, hooks)
     ckpt.wait()
+    cost = cost_lib.estimate(cost_inputs, time.time() - t0).to_dict()
+    writer.event(step, "cost", **cost)
   finally:
     writer.close()
     ckpt.close()
   plot_path = plot_lib.loss_plot(workdir) if jax.process_index() == 0 else None
   out = _summary(workdir, ckpt, writer, plot_path, run, monitor, step, preempted, time.time() - t0)
+  out["cost"] = cost
   _print_summary(out, log)
   return out
 
@@ -497,3 +502,5 @@ def _print_summary(out: dict, log) -> None:
         f"  final validation loss {out['val_loss']:.4f} nats/token, "
         f"bits-per-byte {out['val_bpb']:.4f}"
     )
+  for line in cost_lib.describe(out["cost"]):
+    log(f"  {line}")
