@@ -127,6 +127,11 @@ class Generator:
 
   def __init__(self, model_cfg, params: Any, *, pad_id: int = 0):
     self.cfg = ModelConfig.from_config(model_cfg)
+    if self.cfg.arch == "encoder_decoder":
+      raise ValueError(
+          "an encoder-decoder generates from a source: use eval.translate or eval.summarize "
+          "(eval/seq2seq.py)"
+      )
     if not self.cfg.causal:
       raise ValueError("generation needs a causal decoder (model.attention_mask=causal)")
     self.model = Transformer(self.cfg, decode=True)

@@ -16,13 +16,26 @@ class Attention(nn.Module):
   """`decode=True` keeps keys/values in the 'cache' collection: cached_key/cached_value
   [B, S_max, K, H], cached_segment [B, S_max] and cache_index (next write slot). The first
   (init) call sizes the cache from its input length; later calls append their T tokens and
-  attend causally over everything written so far."""
+  attend causally over everything written so far.
+
+  `cross=True` (encoder-decoder): queries from x, keys/values from `memory_BxSxD` (the encoder
+  output), no causal mask, no rotary positions and no cache (the memory does not grow); a
+  query of segment i sees the memory positions of segment i (0 = padding)."""
 
   cfg: ModelConfig
   decode: bool = False
+  cross: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL=None, deterministic=True):
+  def __call__(
+      self,
+      x_BxLxD,
+      positions_BxL,
+      segment_ids_BxL=None,
+      deterministic=True,
+      memory_BxSxD=None,
+      memory_segment_ids_BxS=None,
+  ):
     cfg = self.cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -35,10 +48,11 @@ class Attention(nn.Module):
         param_dtype=pdt,
         name=name,
     )
+    kv_BxSxD = memory_BxSxD if self.cross else x_BxLxD
     q_BxLxNxH = proj(n, "heads", "query")(x_BxLxD)
-    k_BxLxKxH = proj(k, "kv_heads", "key")(x_BxLxD)
-    v_BxLxKxH = proj(k, "kv_heads", "value")(x_BxLxD)
-    if cfg.pos_encoding == "rope":
+    k_BxLxKxH = proj(k, "kv_heads", "key")(kv_BxSxD)
+    v_BxLxKxH = proj(k, "kv_heads", "value")(kv_BxSxD)
+    if cfg.pos_encoding == "rope" and not self.cross:
       q_BxLxNxH = positional.apply_rope(q_BxLxNxH, positions_BxL, cfg.rope_theta)
       k_BxLxKxH = positional.apply_rope(k_BxLxKxH, positions_BxL, cfg.rope_theta)
     q_BxLxNxH = nn.with_logical_constraint(q_BxLxNxH, ("batch", "length", "heads", "head_dim"))
@@ -47,7 +61,9 @@ class Attention(nn.Module):
 
     q_offset = 0
     q_seg, kv_seg = segment_ids_BxL, segment_ids_BxL
-    if self.decode:
+    if self.cross:
+      q_seg, kv_seg = _cross_segments(segment_ids_BxL, memory_segment_ids_BxS, x_BxLxD, kv_BxSxD)
+    elif self.decode:
       k_BxLxKxH, v_BxLxKxH, kv_seg, q_offset, q_seg = self._update_cache(
           k_BxLxKxH, v_BxLxKxH, segment_ids_BxL
       )
@@ -56,7 +72,7 @@ class Attention(nn.Module):
         q_BxLxNxH,
         k_BxLxKxH,
         v_BxLxKxH,
-        causal=cfg.causal,
+        causal=cfg.causal and not self.cross,
         q_segment_ids_BxT=q_seg,
         kv_segment_ids_BxS=kv_seg,
         q_offset=q_offset,
@@ -100,3 +116,14 @@ class Attention(nn.Module):
     # Slots after idx + t are still zero with segment 0: the segment mask hides them even
     # when the attention is not causal.
     return ck.value, cv.value, cs.value, idx, segment_ids_BxT
+
+
+def _cross_segments(q_segment_ids_BxT, kv_segment_ids_BxS, x_BxTxD, memory_BxSxD):
+  """Segment ids for cross-attention; a missing side is all ones (one unpadded segment)."""
+  if q_segment_ids_BxT is None and kv_segment_ids_BxS is None:
+    return None, None
+  if q_segment_ids_BxT is None:
+    q_segment_ids_BxT = jnp.ones(x_BxTxD.shape[:2], jnp.int32)
+  if kv_segment_ids_BxS is None:
+    kv_segment_ids_BxS = jnp.ones(memory_BxSxD.shape[:2], jnp.int32)
+  return q_segment_ids_BxT, kv_segment_ids_BxS

@@ -10,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+# decoder: one causal stack (GPT, Llama); encoder: one bidirectional stack (BERT; the same as
+# attention_mask=bidirectional); encoder_decoder: a bidirectional encoder over a source and a
+# causal decoder whose blocks also cross-attend to the encoder output (Vaswani et al. 2017).
+ARCHS = ("decoder", "encoder", "encoder_decoder")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 ATTENTION_MASKS = ("causal", "bidirectional")
 # Implementations understood by model/attention_ops.py. Add new ones in both places.
@@ -73,10 +77,18 @@ class ModelConfig:
   expert_mlp_dim: int = 0  # hidden width of one expert (0: mlp_dim)
   num_shared_experts: int = 0  # dense experts every token also passes through
   moe_every: int = 1  # every k-th layer is MoE (the last of each k), the rest dense SwiGLU
+  arch: str = "decoder"  # decoder | encoder | encoder_decoder (see ARCHS)
+  num_decoder_layers: int = 0  # encoder_decoder: decoder depth (0: num_layers, as the encoder)
+  share_embeddings: bool = True  # encoder_decoder: one token table for source and target
 
   @property
   def causal(self) -> bool:
-    return self.attention_mask == "causal"
+    """Whether the (decoder's) self-attention is causal; an encoder's never is."""
+    return self.arch != "encoder" and self.attention_mask == "causal"
+
+  @property
+  def decoder_layers(self) -> int:
+    return self.num_decoder_layers or self.num_layers
 
   @classmethod
   def from_config(cls, cfg: Any) -> "ModelConfig":
@@ -139,6 +151,7 @@ class ModelConfig:
         dtype=DTYPES,
         param_dtype=DTYPES,
         parametrization=PARAMETRIZATIONS,
+        arch=ARCHS,
     )
     for f, valid in enums.items():
       v = getattr(self, f)
@@ -178,12 +191,30 @@ class ModelConfig:
         fail(f, f"must be > 0, got {getattr(self, f)}")
     self._validate_parametrization(fail)
     self._validate_moe(fail)
+    self._validate_arch(fail)
     if self.mlm_head and self.causal:
       fail(
           "mlm_head",
           "a masked-LM head needs attention_mask='bidirectional' (an encoder); "
           "set model.attention_mask=bidirectional or model.mlm_head=False",
       )
+
+  def _validate_arch(self, fail) -> None:
+    """encoder_decoder: a causal decoder over a plain token sequence (no BERT heads)."""
+    v = self.num_decoder_layers
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      fail("num_decoder_layers", f"must be an integer >= 0 (0: num_layers), got {v!r}")
+    if self.arch != "encoder_decoder":
+      return
+    if self.attention_mask != "causal":
+      fail(
+          "attention_mask",
+          "arch=encoder_decoder has a bidirectional encoder and a causal decoder by "
+          "construction; leave model.attention_mask=causal",
+      )
+    for f in ("mlm_head", "pooler", "type_vocab_size"):
+      if getattr(self, f):
+        fail(f, f"arch=encoder_decoder has no BERT {f}; set model.{f} to its default")
 
   def _validate_parametrization(self, fail) -> None:
     """muP needs the width its hyperparameters were tuned at; CompleteP also the depth and a

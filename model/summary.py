@@ -23,7 +23,12 @@ from model.transformer import Transformer
 
 # Excluded from "non_embedding": lookup tables, whose cost is not a matmul per token.
 # (The untied output layer `unembed` is a matmul and stays in non_embedding.)
-EMBEDDING_PARAMS = ("embed/embedding", "pos_embed/embedding", "type_embed/embedding")
+EMBEDDING_PARAMS = (
+    "embed/embedding",
+    "src_embed/embedding",
+    "pos_embed/embedding",
+    "type_embed/embedding",
+)
 
 
 def as_model_config(cfg) -> ModelConfig:
@@ -97,8 +102,13 @@ def flops_per_token_forward(cfg, seq_len: int) -> dict[str, float]:
   mlp=moe counts the parameters a token uses: in each MoE layer (every moe_every-th) the router
   2 d E, its k routed experts 2 d F * 3 * k and the shared experts 2 d F * 3 * S (F =
   expert_mlp_dim, S = num_shared_experts); the other layers are dense SwiGLU (2 d m * 3).
+  Encoder-decoder: per target token with one source token beside it (rows of seq_len each):
+  the encoder's layers (bidirectional scores) plus the decoder's (causal), whose blocks add
+    cross     = 2 d H (N + 2K) + 2 N H d + 2 * 2 N H L   (projections and scores over the source)
   """
   cfg = as_model_config(cfg)
+  if cfg.arch == "encoder_decoder":
+    return _encoder_decoder_flops(cfg, seq_len)
   d, n, k, h, m, v = (
       cfg.d_model,
       cfg.num_heads,
@@ -129,6 +139,17 @@ def _moe_mlp_flops(cfg: ModelConfig) -> float:
       cfg.experts_per_token + cfg.num_shared_experts
   )
   return n_moe * per_moe + (cfg.num_layers - n_moe) * 6.0 * d * cfg.mlp_dim
+
+
+def _encoder_decoder_flops(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+  enc = flops_per_token_forward(cfg.replace(arch="encoder"), seq_len)
+  dec = flops_per_token_forward(cfg.replace(arch="decoder", num_layers=cfg.decoder_layers), seq_len)
+  d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  cross = 2.0 * d * h * (n + 2 * k) + 2.0 * n * h * d + 4.0 * n * h * seq_len
+  parts = {f"encoder_{key}": val for key, val in enc.items() if key != "head"}
+  parts.update({key: val for key, val in dec.items()})
+  parts["cross"] = cross * cfg.decoder_layers
+  return parts
 
 
 def flops_per_token_train(cfg, seq_len: int) -> float:

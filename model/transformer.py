@@ -1,7 +1,8 @@
 """The transformer LM: embeddings -> a scanned (or unrolled) stack of blocks -> output head.
 
-Everything is chosen by `ModelConfig`: decoder (GPT, Llama) and encoder (BERT) are configs of
-the same module. Params carry logical axis names; the caller maps them to a mesh.
+Everything is chosen by `ModelConfig`: decoder (GPT, Llama), encoder (BERT) and encoder-decoder
+(the original Transformer: a bidirectional stack over the source, read by cross-attention in
+every block of the causal stack) are configs of the same module. Params carry logical axis names; the caller maps them to a mesh.
 """
 
 from typing import Any
@@ -54,16 +55,20 @@ def _norm(cfg: ModelConfig, name: str) -> Norm:
 
 class Block(nn.Module):
   """One layer. pre: x + r f(norm(x)); post (BERT, GPT-1): norm(x + r f(x)), with r the
-  CompleteP branch multiplier (1 unless parametrization=completep).
+  CompleteP branch multiplier (1 unless parametrization=completep). `cross` (the decoder of
+  an encoder-decoder) adds cross-attention to `memory_BxSxD` between self-attention and MLP.
   Returns (x, None) so it can be the body of nn.scan."""
 
   cfg: ModelConfig
   decode: bool = False
   deterministic: bool = True
   use_moe: bool = False  # mixture-of-experts feed-forward (model/moe.py) instead of Mlp
+  cross: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+  def __call__(
+      self, x_BxLxD, positions_BxL, segment_ids_BxL, memory_BxSxD=None, memory_segment_ids_BxS=None
+  ):
     cfg = self.cfg
     attn = Attention(cfg, self.decode, name="attn")
     mlp = Moe(cfg, name="mlp") if self.use_moe else Mlp(cfg, name="mlp")
@@ -74,16 +79,25 @@ class Block(nn.Module):
       y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
       return y if branch_mult == 1.0 else y * branch_mult
 
-    if cfg.norm_position == "pre":
-      y = attn(_norm(cfg, "attn_norm")(x_BxLxD), positions_BxL, segment_ids_BxL, self.deterministic)
-      x_BxLxD = x_BxLxD + branch("attn_out", y)
-      y = mlp(_norm(cfg, "mlp_norm")(x_BxLxD), self.deterministic)
-      x_BxLxD = x_BxLxD + branch("mlp_out", y)
-    else:
-      y = attn(x_BxLxD, positions_BxL, segment_ids_BxL, self.deterministic)
-      x_BxLxD = _norm(cfg, "attn_norm")(x_BxLxD + branch("attn_out", y))
-      y = mlp(x_BxLxD, self.deterministic)
-      x_BxLxD = _norm(cfg, "mlp_norm")(x_BxLxD + branch("mlp_out", y))
+    def sublayers():
+      yield "attn", lambda h: attn(h, positions_BxL, segment_ids_BxL, self.deterministic)
+      if self.cross:
+        cross = Attention(cfg, cross=True, name="cross_attn")
+        yield "cross", lambda h: cross(
+            h,
+            positions_BxL,
+            segment_ids_BxL,
+            self.deterministic,
+            memory_BxSxD,
+            memory_segment_ids_BxS,
+        )
+      yield "mlp", lambda h: mlp(h, self.deterministic)
+
+    for name, f in sublayers():
+      if cfg.norm_position == "pre":
+        x_BxLxD = x_BxLxD + branch(f"{name}_out", f(_norm(cfg, f"{name}_norm")(x_BxLxD)))
+      else:
+        x_BxLxD = _norm(cfg, f"{name}_norm")(x_BxLxD + branch(f"{name}_out", f(x_BxLxD)))
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_AXES)
     record_size(self, "residual", x_BxLxD)
     return x_BxLxD, None
@@ -97,13 +111,16 @@ class BlockGroup(nn.Module):
   decode: bool = False
   deterministic: bool = True
   block_cls: Any = None
+  cross: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+  def __call__(self, x_BxLxD, *args):
     k = self.cfg.moe_every
     for j in range(k):
-      block = self.block_cls(self.cfg, self.decode, self.deterministic, j == k - 1, name=f"sub_{j}")
-      x_BxLxD, _ = block(x_BxLxD, positions_BxL, segment_ids_BxL)
+      block = self.block_cls(
+          self.cfg, self.decode, self.deterministic, j == k - 1, self.cross, name=f"sub_{j}"
+      )
+      x_BxLxD, _ = block(x_BxLxD, *args)
     return x_BxLxD, None
 
 
@@ -126,14 +143,27 @@ def scan_unroll(cfg: ModelConfig) -> int:
 class LayerStack(nn.Module):
   """num_layers Blocks. scan_layers=True: one nn.scan over stacked params (leading 'layers'
   axis), so compile time does not grow with depth (unless `scan_unroll` unrolls the loop);
-  False: block_0..block_{n-1} unrolled."""
+  False: block_0..block_{n-1} unrolled. `cross`: decoder blocks of an encoder-decoder, which
+  also take the encoder output and its segment ids."""
 
   cfg: ModelConfig
   decode: bool = False
+  cross: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, deterministic=True):
+  def __call__(
+      self,
+      x_BxLxD,
+      positions_BxL,
+      segment_ids_BxL,
+      deterministic=True,
+      memory_BxSxD=None,
+      memory_segment_ids_BxS=None,
+  ):
     cfg = self.cfg
+    args = (positions_BxL, segment_ids_BxL)
+    if self.cross:
+      args += (memory_BxSxD, memory_segment_ids_BxS)
     block_cls = Block
     if cfg.remat != "none":
       block_cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
@@ -144,20 +174,19 @@ class LayerStack(nn.Module):
           BlockGroup if grouped else block_cls,
           variable_axes={"params": 0, "cache": 0, RECORDED: 0, MOE_AUX: 0},
           split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast),
+          in_axes=(nn.broadcast,) * len(args),
           length=length,
           unroll=min(scan_unroll(cfg), length),
           metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      extra = (block_cls,) if grouped else (cfg.mlp == "moe",)
-      x_BxLxD, _ = stack(cfg, self.decode, deterministic, *extra, name="block")(
-          x_BxLxD, positions_BxL, segment_ids_BxL
-      )
+      extra = (block_cls, self.cross) if grouped else (cfg.mlp == "moe", self.cross)
+      x_BxLxD, _ = stack(cfg, self.decode, deterministic, *extra, name="block")(x_BxLxD, *args)
     else:
       for i in range(cfg.num_layers):
-        x_BxLxD, _ = block_cls(
-            cfg, self.decode, deterministic, cfg.is_moe_layer(i), name=f"block_{i}"
-        )(x_BxLxD, positions_BxL, segment_ids_BxL)
+        block = block_cls(
+            cfg, self.decode, deterministic, cfg.is_moe_layer(i), self.cross, name=f"block_{i}"
+        )
+        x_BxLxD, _ = block(x_BxLxD, *args)
     return x_BxLxD
 
 
@@ -181,7 +210,11 @@ class Transformer(nn.Module):
     if cfg.embed_norm:
       self.embed_norm = _norm(cfg, "embed_norm")
     self.embed_dropout = nn.Dropout(cfg.dropout)
-    self.layers = LayerStack(cfg, self.decode)
+    if cfg.arch == "encoder_decoder":
+      self._setup_encoder()
+      self.layers = LayerStack(cfg.replace(num_layers=cfg.decoder_layers), self.decode, cross=True)
+    else:
+      self.layers = LayerStack(cfg, self.decode)
     if cfg.norm_position == "pre":
       self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_embeddings:
@@ -221,6 +254,41 @@ class Transformer(nn.Module):
           param_dtype=pdt,
       )
 
+  def _setup_encoder(self):
+    """The encoder of an encoder-decoder: its own bidirectional stack (never cached) and final
+    norm; the token table is shared with the decoder unless share_embeddings=False."""
+    cfg = self.cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.encoder = LayerStack(cfg.replace(arch="encoder"), decode=False)
+    if cfg.norm_position == "pre":
+      self.encoder_norm = _norm(cfg, "encoder_norm")
+    if not cfg.share_embeddings:
+      self.src_embed = Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std, dt, pdt)
+
+  def encode(
+      self, src_tokens_BxS, *, src_positions_BxS=None, src_segment_ids_BxS=None, deterministic=True
+  ):
+    """Encoder output [B, S, D] of an encoder-decoder (computed once per source, then passed
+    to __call__ as `memory_BxSxD` at every decoding step)."""
+    cfg = self.cfg
+    if cfg.arch != "encoder_decoder":
+      raise ValueError(f"encode() needs model.arch=encoder_decoder, not {cfg.arch!r}")
+    if src_tokens_BxS.ndim != 2 or src_tokens_BxS.shape[1] == 0:
+      raise ValueError(
+          f"empty source: src_tokens_BxS has shape {tuple(src_tokens_BxS.shape)}; an "
+          "encoder-decoder needs at least one source token per row"
+      )
+    if src_positions_BxS is None:
+      src_positions_BxS = jnp.broadcast_to(
+          jnp.arange(src_tokens_BxS.shape[1]), src_tokens_BxS.shape
+      )
+    table = self.embed if cfg.share_embeddings else self.src_embed
+    x_BxSxD = self._embed(table, src_tokens_BxS, src_positions_BxS, None, deterministic)
+    x_BxSxD = self.encoder(x_BxSxD, src_positions_BxS, src_segment_ids_BxS, deterministic)
+    if cfg.norm_position == "pre":
+      x_BxSxD = self.encoder_norm(x_BxSxD)
+    return x_BxSxD
+
   def hidden(
       self,
       tokens_BxL,
@@ -229,8 +297,11 @@ class Transformer(nn.Module):
       segment_ids_BxL=None,
       token_types_BxL=None,
       deterministic=True,
+      memory_BxSxD=None,
+      memory_segment_ids_BxS=None,
   ):
-    """Final hidden states [B, L, D] in cfg.dtype (after the final norm for pre-norm)."""
+    """Final hidden states [B, L, D] in cfg.dtype (after the final norm for pre-norm).
+    memory_*: the encoder output and source segment ids (encoder-decoder only)."""
     cfg = self.cfg
     if positions_BxL is None:
       if self.decode and not self.is_initializing():
@@ -239,7 +310,18 @@ class Transformer(nn.Module):
             "new tokens, e.g. cache length + arange(T))"
         )
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
-    x_BxLxD = self.embed(tokens_BxL)
+    x_BxLxD = self._embed(self.embed, tokens_BxL, positions_BxL, token_types_BxL, deterministic)
+    x_BxLxD = self.layers(
+        x_BxLxD, positions_BxL, segment_ids_BxL, deterministic, memory_BxSxD, memory_segment_ids_BxS
+    )
+    if cfg.norm_position == "pre":
+      x_BxLxD = self.final_norm(x_BxLxD)
+    return x_BxLxD
+
+  def _embed(self, table, tokens_BxL, positions_BxL, token_types_BxL, deterministic):
+    """Token + position (+ token type) embeddings, embedding norm and dropout."""
+    cfg = self.cfg
+    x_BxLxD = table(tokens_BxL)
     if cfg.pos_encoding == "learned":
       x_BxLxD = x_BxLxD + self.pos_embed(positions_BxL)
     elif cfg.pos_encoding == "sinusoidal":
@@ -253,9 +335,6 @@ class Transformer(nn.Module):
     x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_AXES)
     record_size(self, "embed_out", x_BxLxD)
-    x_BxLxD = self.layers(x_BxLxD, positions_BxL, segment_ids_BxL, deterministic)
-    if cfg.norm_position == "pre":
-      x_BxLxD = self.final_norm(x_BxLxD)
     return x_BxLxD
 
   def logits_from_hidden(self, x_BxLxD):
@@ -292,6 +371,10 @@ class Transformer(nn.Module):
       segment_ids_BxL=None,
       token_types_BxL=None,
       deterministic=True,
+      src_tokens_BxS=None,
+      src_positions_BxS=None,
+      src_segment_ids_BxS=None,
+      memory_BxSxD=None,
   ):
     """tokens [B, L] int -> logits [B, L, V] float32.
 
@@ -299,13 +382,29 @@ class Transformer(nn.Module):
       with decode=True. segment_ids_BxL: 0 = padding, 1..n = documents; attention stays within
       a segment. token_types_BxL: BERT segment A/B ids (type_vocab_size > 0).
     deterministic=False enables dropout (needs rngs={'dropout': key}).
+    Encoder-decoder: tokens are the decoder's (target) inputs and src_* the source, whose
+    segment i is read by target segment i; `memory_BxSxD` (from `encode`) replaces
+    src_tokens_BxS when decoding step by step.
     """
+    if self.cfg.arch == "encoder_decoder" and memory_BxSxD is None:
+      if src_tokens_BxS is None:
+        if not self.is_initializing():
+          raise ValueError("arch=encoder_decoder needs src_tokens_BxS (the source) or memory_BxSxD")
+        src_tokens_BxS = tokens_BxL  # init only sizes the parameters
+      memory_BxSxD = self.encode(
+          src_tokens_BxS,
+          src_positions_BxS=src_positions_BxS,
+          src_segment_ids_BxS=src_segment_ids_BxS,
+          deterministic=deterministic,
+      )
     x_BxLxD = self.hidden(
         tokens_BxL,
         positions_BxL=positions_BxL,
         segment_ids_BxL=segment_ids_BxL,
         token_types_BxL=token_types_BxL,
         deterministic=deterministic,
+        memory_BxSxD=memory_BxSxD,
+        memory_segment_ids_BxS=src_segment_ids_BxS,
     )
     if self.cfg.pooler and self.is_initializing():
       self._pool(x_BxLxD)  # create the pooler's params

@@ -23,6 +23,7 @@ PRESETS = {
     "bert": ["size=base", "size=large"],
     "llama": ["size=tiny", "size=small", "size=1B", "size=7B"],
     "mixtral": ["size=tiny", "size=8x7B"],
+    "transformer": ["size=base", "size=big", "size=tiny"],
 }
 
 

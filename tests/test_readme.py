@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import gzip
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,23 @@ LADDER = "python -m eval.ladder --config configs/ladder.py:cpu"
 GPT2 = "python -m train --config configs/gpt2.py:size=124M"
 EXPORT = "python -m eval.hf export --workdir runs/gpt2"
 
+S2S_TINY = (
+    f"{TINY_MODEL} {TINY_RUN} --config.model.num_decoder_layers=1 --config.data.seq_len=64 "
+    "--config.model.max_seq_len=64 --config.data.val_fraction=0.1"
+)
+M30K_BPE = "python -m train.data.tokenizer train --source pairs:data/multi30k"
+M30K = "python -m train --config configs/transformer.py:size=tiny --workdir runs/m30k"
+TLDR_BPE = "python -m train.data.tokenizer train --source jsonl:data/scitldr"
+TLDR = "python -m train --config configs/transformer.py:size=tiny --workdir runs/tldr"
+
 RULES = [
+    # Encoder-decoder commands run on the tiny stand-in files of _write_inputs.
+    Rule(M30K_BPE, replace(("--vocab-size 8000", "--vocab-size 300"))),
+    Rule(M30K, append(S2S_TINY), needs=(M30K_BPE,)),
+    Rule("python -m eval.translate --workdir runs/m30k", append("--max-len 4"), needs=(M30K,)),
+    Rule(TLDR_BPE, replace(("--vocab-size 8000", "--vocab-size 300"))),
+    Rule(TLDR, append(S2S_TINY), needs=(TLDR_BPE,)),
+    Rule("python -m eval.summarize --workdir runs/tldr", append("--max-len 4"), needs=(TLDR,)),
     # The environment is already installed: the first command's training part, tiny.
     Rule(FIRST, lambda cmd: f"python -m train {cmd.split(' -m train ', 1)[1]} {TINY}"),
     Rule("bash scripts/test.sh", skip="runs the test suite that holds this test"),
@@ -209,6 +226,22 @@ def _params():
   return params
 
 
+def _write_seq2seq_inputs(ws: pathlib.Path) -> None:
+  """Stand-ins for Multi30k (gzip, line-aligned) and SciTLDR (jsonl, several references)."""
+
+  words = ["a", "dog", "runs", "the", "cat", "sits", "on", "grass", "red", "ball"]
+  en = [" ".join(words[(i * k) % 10] for k in range(1, 4 + i % 3)) for i in range(60)]
+  (ws / "data" / "multi30k").mkdir(parents=True)
+  for name, lines in (("train", en), ("test_2016_flickr", en[:5])):
+    for lang, side in (("en", lines), ("de", [line[::-1] for line in lines])):
+      with gzip.open(ws / "data" / "multi30k" / f"{name}.{lang}.gz", "wt") as f:
+        f.write("\n".join(side) + "\n")
+  (ws / "data" / "scitldr").mkdir(parents=True)
+  rows = [{"source": [line, line[::-1]], "target": [line[:9], line[-9:]]} for line in en]
+  for name, part in (("train", rows), ("test", rows[:4])):
+    (ws / "data" / "scitldr" / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in part))
+
+
 def _write_inputs(ws: pathlib.Path) -> None:
   """The files README commands name that a user brings: tiny stand-ins."""
   items = [
@@ -245,6 +278,7 @@ def _write_inputs(ws: pathlib.Path) -> None:
           for i, (ctx, gold, endings) in enumerate(items)
       )
   )
+  _write_seq2seq_inputs(ws)
   (ws / "notes.txt").write_text("Held-out notes of a user.\n\nA second paragraph of them.\n")
   (ws / "crows_pairs_anonymized.csv").write_text(
       ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"

@@ -70,5 +70,7 @@ def build(
   tx, schedule = optim.make_optimizer(spec.train, boxed["params"], spec.model)
   abstract, shardings = state_lib.state_shardings(rules, mesh, boxed, tx)
   train_step = step_lib.build_train_step(spec, opts, mesh, model, tx, schedule, abstract, shardings)
-  eval_step = eval_lib.build_eval_step(opts, mesh, rules, model, shardings.params)
+  eval_step = eval_lib.build_eval_step(
+      opts, mesh, rules, model, shardings.params, step_lib.batch_keys(spec.model)
+  )
   return Built(spec, mesh, model, tx, abstract, shardings, train_step, eval_step)

@@ -35,7 +35,6 @@ from train import inputs as inputs_lib
 from train import losses
 from train import mesh as mesh_lib
 from train import step as step_lib
-from train.data.pipeline import BATCH_KEYS
 
 MLM_EVAL_SEED = 1234
 
@@ -46,9 +45,11 @@ def build_eval_step(
     rules: mesh_lib.Rules,
     model: nn.Module,
     param_shardings: Any,
+    batch_keys: tuple[str, ...] = step_lib.BATCH_KEYS,
 ) -> Callable:
   """(params, batch, doc_ids, token_bytes, mask_index) -> per-token arrays [B, L] (global,
-  replicated): "loss" (0 where not scored), "weights", "bytes", "doc_ids"."""
+  replicated): "loss" (0 where not scored), "weights", "bytes", "doc_ids". `batch_keys`:
+  step.batch_keys(model config) (an encoder-decoder's batches carry the source too)."""
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   replicated = mesh_lib.replicated(mesh)
 
@@ -78,7 +79,7 @@ def build_eval_step(
         "doc_ids": doc_ids,
     }
 
-  batch_in = {k: batch_sharding for k in BATCH_KEYS}
+  batch_in = {k: batch_sharding for k in batch_keys}
   jitted = jax.jit(
       eval_step,
       in_shardings=(param_shardings, batch_in, batch_sharding, replicated, replicated),

@@ -24,6 +24,13 @@ from train.spec import RunSpec
 from train.state import TrainState
 
 Batch = dict[str, jax.Array]
+# Encoder-decoder batches also carry the source (train/data/parallel.py), same width.
+SOURCE_KEYS = ("src_tokens", "src_segment_ids", "src_positions")
+
+
+def batch_keys(model_cfg) -> tuple[str, ...]:
+  """The keys of one batch for this model (a ModelConfig or the config's model section)."""
+  return BATCH_KEYS + (SOURCE_KEYS if model_cfg.arch == "encoder_decoder" else ())
 
 
 def mlm_corrupt(
@@ -84,6 +91,9 @@ def apply_model(
     kwargs["positions_BxL"] = batch["positions"]
   if "segment_ids" in batch:
     kwargs["segment_ids_BxL"] = batch["segment_ids"]
+  for k in SOURCE_KEYS:
+    if k in batch:
+      kwargs[f"{k}_BxS"] = batch[k]
   rngs = {"dropout": rng} if (rng is not None and not deterministic) else None
   return model.apply(
       {"params": params},
@@ -309,6 +319,7 @@ class CompiledStep:
   mesh: Mesh
   rules: tuple
   batch_shape: tuple[int, int]  # (global batch, sequence length)
+  batch_keys: tuple[str, ...] = BATCH_KEYS
 
   def __post_init__(self):
     self._run = mesh_lib.MeshFunction(self.step_fn, self.mesh, self.rules)
@@ -324,7 +335,7 @@ class CompiledStep:
         k: jax.ShapeDtypeStruct(
             self.batch_shape, dt.get(k, jnp.int32), sharding=self.batch_sharding
         )
-        for k in BATCH_KEYS
+        for k in self.batch_keys
     }
 
   def lower(self):
@@ -369,7 +380,8 @@ def build_train_step(
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   mb_sharding = batch_sharding if opts.microbatches > 1 else None
   fn = make_train_step(model, tx, schedule, opts, mb_sharding)
-  batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
+  keys = batch_keys(spec.model)
+  batch_shardings = {k: batch_sharding for k in keys}
   jitted = jax.jit(
       fn,
       in_shardings=(state_shardings, batch_shardings),
@@ -378,5 +390,5 @@ def build_train_step(
   )
   batch_shape = (spec.train.batch_size, spec.data.seq_len)
   return CompiledStep(
-      jitted, state_shardings, batch_sharding, abstract_state, mesh, rules, batch_shape
+      jitted, state_shardings, batch_sharding, abstract_state, mesh, rules, batch_shape, keys
   )

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from train.data import parallel
 from tqdm import tqdm
 
 from model import summary
@@ -76,13 +77,17 @@ def load_data(spec: spec_lib.RunSpec, workdir: str, *, progress: bool = True):
       process_count=jax.process_count(),
       model_vocab_size=spec.model.vocab_size,
   )
+  load = pipeline.load_for_training
+  if spec.model.arch == "encoder_decoder":
+
+    learned = spec.model.pos_encoding == "learned"
+    kwargs["position_table"] = spec.model.max_seq_len if learned else None
+    load = parallel.load_for_training
   if jax.process_count() > 1:
     if jax.process_index() == 0:
-      pipeline.load_for_training(spec.data, directory, progress=progress, **kwargs)
+      load(spec.data, directory, progress=progress, **kwargs)
     ckpt_lib._sync("unleash_data_prepared")  # pylint: disable=protected-access
-  return pipeline.load_for_training(
-      spec.data, directory, progress=progress and jax.process_index() == 0, **kwargs
-  )
+  return load(spec.data, directory, progress=progress and jax.process_index() == 0, **kwargs)
 
 
 def schedule_change(saved_cfg: dict, spec: spec_lib.RunSpec, step: int) -> dict | None:

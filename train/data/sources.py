@@ -8,6 +8,9 @@ Specs:
   text:<glob>[:<sep>]              one document per file, or split on <sep> (Python escapes
                                    allowed, e.g. `text:data/*.txt:\\n\\n`); domain `text`
   jsonl:<glob>:<field>             one document per line's <field>; domain `jsonl`
+  pairs:<src_glob>:<tgt_glob>      both sides of a parallel corpus (also
+  jsonl:<glob>:<src_field>:<tgt_field>) as documents, e.g. to train a joint BPE; domain
+                                   `pairs` (encoder-decoders read pairs: train/data/parallel.py)
   parquet:<glob>:<column>          one document per row (needs pyarrow); domain `parquet`
   hf:<dataset>[:<config>]:<split>:<field>
                                    through `datasets` (a local `save_to_disk` directory or data
@@ -36,6 +39,7 @@ import pathlib
 import sysconfig
 from typing import Callable, Iterator
 
+from train.data import parallel
 from train.data import synthetic
 
 
@@ -214,6 +218,8 @@ def _jsonl(arg: str, spec: str) -> Source:
   pattern, sep, field = arg.rpartition(":")
   if not sep or not field:
     raise ValueError(f"source {spec!r}: expected jsonl:<glob>:<field>")
+  if ":" in pattern and not globlib.glob(pattern) and globlib.glob(pattern.rpartition(":")[0]):
+    return _pairs_as_documents(spec)  # jsonl:<glob>:<src_field>:<tgt_field>
   paths = _glob(pattern, spec)
 
   def docs():
@@ -235,6 +241,24 @@ def _jsonl(arg: str, spec: str) -> Source:
           yield Document("jsonl", f"{path}:{lineno}", str(obj[field]))
 
   return Source(spec, ("jsonl",), docs, files=lambda: _glob(pattern, spec))
+
+
+def _pairs(arg: str, spec: str) -> Source:
+  del arg
+  return _pairs_as_documents(spec)
+
+
+def _pairs_as_documents(spec: str) -> Source:
+  """Each pair's source and target as two documents (a joint vocabulary sees both sides)."""
+
+  parallel.files(spec)  # a missing file fails now, not at the first read
+
+  def docs():
+    for pair in parallel.read_pairs(spec):
+      yield Document("pairs", f"{pair.doc_id}:src", pair.src)
+      yield Document("pairs", f"{pair.doc_id}:tgt", pair.tgt)
+
+  return Source(spec, ("pairs",), docs, files=lambda: parallel.files(spec))
 
 
 def _parquet(arg: str, spec: str) -> Source:
@@ -316,6 +340,7 @@ REGISTRY = {
     "embedded": _embedded,
     "text": _text,
     "jsonl": _jsonl,
+    "pairs": _pairs,
     "parquet": _parquet,
     "hf": _hf,
     "synthetic": _synthetic,

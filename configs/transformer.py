@@ -1,0 +1,64 @@
+"""The original Transformer (Vaswani et al. 2017): post-norm encoder-decoder with sinusoidal
+positions and one token table shared by source, target and output layer.
+
+    --config configs/transformer.py:size=base|big|tiny
+
+base/big: the paper's 65M/213M models (37k shared BPE vocabulary, 6+6 layers). tiny: fairseq's
+`transformer_tiny` (4+4 layers, d_model 128, FFN 256, 4 heads), small enough to train on a CPU.
+The paper's FFN uses ReLU; here it is GELU (same parameter count). Train the joint BPE on both
+sides (`python -m train.data.tokenizer train --vocab-size 37000 ...` over the source and target
+files) and pass `--config.data.tokenizer=tok.json` and a parallel source (`pairs:` or
+`jsonl:<glob>:<src_field>:<tgt_field>`, see train/data/parallel.py) as data.source.
+"""
+
+from configs import base
+from configs import preset_args
+from model.config import ModelConfig
+
+# size: (layers per stack, d_model, num_heads, mlp_dim, dropout, vocab_size)
+SIZES = {
+    "base": (6, 512, 8, 2048, 0.1, 37000),
+    "big": (6, 1024, 16, 4096, 0.3, 37000),
+    "tiny": (4, 128, 4, 256, 0.1, 10000),
+}
+
+
+def get_config(arg: str = ""):
+  args = preset_args.parse(arg, {"size": "base"}, "transformer")
+  layers, d, heads, mlp_dim, dropout, vocab = preset_args.pick_size(
+      SIZES, args["size"], "transformer"
+  )
+  c = base.base_config()
+  c.name = f"transformer-{args['size']}"
+  c.model = base.model_config(
+      arch="encoder_decoder",
+      vocab_size=vocab,
+      d_model=d,
+      num_layers=layers,
+      num_decoder_layers=layers,
+      num_heads=heads,
+      num_kv_heads=heads,
+      head_dim=d // heads,
+      mlp_dim=mlp_dim,
+      max_seq_len=256,
+      pos_encoding="sinusoidal",
+      mlp="gelu",
+      norm="layernorm",
+      norm_position="post",
+      use_bias=True,
+      tie_embeddings=True,
+      share_embeddings=True,
+      dropout=dropout,
+  )
+  c.data.seq_len = 128  # tokens per source and per target row
+  c.data.val_fraction = 0.01
+  c.train.batch_size = 64
+  c.train.learning_rate = 5e-4
+  c.train.b1 = 0.9
+  c.train.b2 = 0.98
+  c.train.eps = 1e-9
+  c.train.weight_decay = 0.0001
+  c.train.warmup_steps = 4000
+  c.train.steps = 100_000
+  ModelConfig.from_config(c.model)
+  return c

@@ -1,0 +1,105 @@
+"""Summarize a jsonl file with a trained encoder-decoder and score ROUGE-1/2/L (rouge-score).
+
+    python -m eval.summarize --workdir RUN --data test.jsonl [--src-field source]
+        [--tgt-field target] [--beam 4] [--json OUT]
+
+Each line holds a source (a string, or a list of sentences joined with spaces) and one
+reference or a list of references. Scores are F1 x 100 with rouge-score's stemming; with
+several references each summary is scored against the reference with the best ROUGE-1 F1 and
+keeps that reference's ROUGE-2/L too (SciTLDR's official scoring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from rouge_score import rouge_scorer
+from eval import seq2seq
+from train import run as run_lib
+
+from train.data import parallel
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_scores(summaries: list[str], references: list[list[str]]) -> dict:
+  """Mean ROUGE-1/2/L F1 (0-100); per summary the reference with the best ROUGE-1 counts."""
+
+  if len(summaries) != len(references):
+    raise ValueError(f"{len(summaries)} summaries but {len(references)} reference lists")
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+  per_doc = []
+  for summary, refs in zip(summaries, references):
+    if not refs:
+      raise ValueError("every summary needs at least one reference")
+    scored = [scorer.score(ref, summary) for ref in refs]
+    best = max(scored, key=lambda s: s["rouge1"].fmeasure)
+    per_doc.append([best[t].fmeasure for t in ROUGE_TYPES])
+  means = 100.0 * np.mean(per_doc, axis=0)
+  return {t: float(m) for t, m in zip(ROUGE_TYPES, means)}
+
+
+def read_examples(path: str, src_field: str, tgt_field: str) -> tuple[list[str], list[list[str]]]:
+  """Sources and reference lists of a jsonl file (one example per line)."""
+  sources, references = [], []
+  for i, line in enumerate(parallel.read_lines(path), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from e
+    if not isinstance(obj, dict) or src_field not in obj or tgt_field not in obj:
+      raise ValueError(
+          f"{path}:{i}: needs fields {src_field!r} and {tgt_field!r}; "
+          "name them with --src-field/--tgt-field"
+      )
+    src, refs = obj[src_field], obj[tgt_field]
+    sources.append(" ".join(map(str, src)) if isinstance(src, list) else str(src))
+    references.append([str(r) for r in refs] if isinstance(refs, list) else [str(refs)])
+  return sources, references
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m eval.summarize", description=__doc__.split("\n")[0])
+  ap.add_argument("--workdir", required=True, help="a training run of an encoder-decoder")
+  ap.add_argument("--data", required=True, help="jsonl with a source and references per line")
+  ap.add_argument("--src-field", default="source")
+  ap.add_argument("--tgt-field", default="target")
+  ap.add_argument("--beam", type=int, default=4, help="beam size (1: greedy)")
+  ap.add_argument("--length-penalty", type=float, default=1.0)
+  ap.add_argument("--max-len", type=int, default=64, help="summary tokens")
+  ap.add_argument("--batch-size", type=int, default=32)
+  ap.add_argument("--step", type=int, default=None)
+  ap.add_argument("--json", default="", help="write the scores here")
+  args = ap.parse_args(argv)
+  sources, references = read_examples(args.data, args.src_field, args.tgt_field)
+
+  run = run_lib.load_run(args.workdir, step=args.step)
+  summaries = seq2seq.decode_texts(
+      run,
+      sources,
+      beam=args.beam,
+      length_penalty=args.length_penalty,
+      max_len=args.max_len,
+      batch_size=args.batch_size,
+  )
+  scores = rouge_scores(summaries, references)
+  scores.update(documents=len(sources), beam=args.beam, step=run.step)
+  print(f"{len(sources)} documents, beam {args.beam}, checkpoint step {run.step}")
+  print(
+      "ROUGE F1 (rouge-score, stemmed, best reference by ROUGE-1): "
+      + ", ".join(f"{t} {scores[t]:.2f}" for t in ROUGE_TYPES)
+  )
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(scores, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  from train import cli
+
+  cli.run(main)

@@ -1,0 +1,105 @@
+"""Translate a file with a trained encoder-decoder and score it the ways papers report BLEU.
+
+    python -m eval.translate --workdir RUN --src test.en --ref test.de [--beam 5] [--json OUT]
+
+Printed scores (the references are the --ref file, detokenized text):
+  sacreBLEU    case-sensitive BLEU on detokenized text with sacrebleu's default 13a
+               tokenization (the comparable number; its signature is printed with it)
+  chrF         sacrebleu's chrF2 on the same text
+  tok-lc BLEU  BLEU after 13a tokenization of lowercased text: the "tokenized, lowercased"
+               BLEU of fairseq-style papers (e.g. Multi30k results). Papers that score
+               against Moses-tokenized references (multi-bleu.perl) can differ by a little.
+Both files are one sentence per line (`.gz` allowed) and must have the same number of lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sacrebleu
+from eval import seq2seq
+from train import run as run_lib
+
+from train.data import parallel
+
+
+def bleu_scores(hypotheses: list[str], references: list[str]) -> dict:
+  """{'sacrebleu', 'chrf', 'tok_lc_bleu'} (0-100) and the sacreBLEU signatures."""
+
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+  bleu = sacrebleu.metrics.BLEU()
+  chrf = sacrebleu.metrics.CHRF()
+  tok_lc = sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a")
+  refs = [references]
+  b, c, t = (m.corpus_score(hypotheses, refs) for m in (bleu, chrf, tok_lc))
+  return {
+      "sacrebleu": b.score,
+      "chrf": c.score,
+      "tok_lc_bleu": t.score,
+      "signatures": {
+          "sacrebleu": str(bleu.get_signature()),
+          "chrf": str(chrf.get_signature()),
+          "tok_lc_bleu": str(tok_lc.get_signature()),
+      },
+  }
+
+
+def report_lines(scores: dict) -> list[str]:
+  s = scores["signatures"]
+  return [
+      f"sacreBLEU   {scores['sacrebleu']:6.2f}  (detokenized, cased; {s['sacrebleu']})",
+      f"chrF        {scores['chrf']:6.2f}  ({s['chrf']})",
+      f"tok-lc BLEU {scores['tok_lc_bleu']:6.2f}  (13a-tokenized, lowercased, as fairseq-style "
+      f"papers report; {s['tok_lc_bleu']})",
+  ]
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m eval.translate", description=__doc__.split("\n")[0])
+  ap.add_argument("--workdir", required=True, help="a training run of an encoder-decoder")
+  ap.add_argument("--src", required=True, help="source sentences, one per line")
+  ap.add_argument("--ref", required=True, help="reference translations, line-aligned")
+  ap.add_argument("--beam", type=int, default=5, help="beam size (1: greedy)")
+  ap.add_argument("--length-penalty", type=float, default=1.0, help="score = log p / len^this")
+  ap.add_argument("--max-len", type=int, default=128, help="target tokens per sentence")
+  ap.add_argument("--batch-size", type=int, default=64)
+  ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  ap.add_argument("--out", default="", help="also write the translations here")
+  ap.add_argument("--json", default="", help="write the scores here")
+  args = ap.parse_args(argv)
+  sources, references = parallel.read_lines(args.src), parallel.read_lines(args.ref)
+  if len(sources) != len(references):
+    raise ValueError(
+        f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}; "
+        "they must be line-aligned"
+    )
+
+  run = run_lib.load_run(args.workdir, step=args.step)
+  hyps = seq2seq.decode_texts(
+      run,
+      sources,
+      beam=args.beam,
+      length_penalty=args.length_penalty,
+      max_len=args.max_len,
+      batch_size=args.batch_size,
+  )
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write("\n".join(hyps) + "\n")
+  scores = bleu_scores(hyps, references)
+  scores.update(
+      sentences=len(hyps), beam=args.beam, length_penalty=args.length_penalty, step=run.step
+  )
+  print(f"{len(hyps)} sentences, beam {args.beam}, checkpoint step {run.step}")
+  print("\n".join(report_lines(scores)))
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(scores, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  from train import cli
+
+  cli.run(main)
