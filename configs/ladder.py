@@ -4,11 +4,14 @@ into points (one config + one workdir each).
     python -m eval.ladder --config configs/ladder.py:cpu --workdir runs/ladder_cpu
 
 Names (the arg):
-  cpu           5 sizes x 3 token budgets on `embedded`, WSD scheme (one constant-LR run per
+  cpu           3 FLOP budgets (1e11, 3e11, 1e12) x 4 sizes on `embedded`, IsoFLOP: each size
+                trained (cosine to its own D) to exactly its budget, sizes on both sides of
+                each budget's loss-optimal size, so approach 2 and approach 3 both fit.
+  cpu_wsd       5 sizes x 3 token budgets on `embedded`, WSD scheme (one constant-LR run per
                 size, cooldowns branched from its checkpoints). Under 30 min on 2 CPU cores.
   cpu_grid      the same sizes and budgets as independent cosine runs (the expensive way).
   cpu_isoflop   3 FLOP budgets x 5 sizes, D = C / flops_per_token (IsoFLOP, approach 2).
-  cpu_synthetic the `cpu` ladder on the synthetic Markov corpus (known entropy floor).
+  cpu_synthetic the `cpu_wsd` ladder on the synthetic Markov corpus (known entropy floor).
   tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
   tiny_grid, tiny_isoflop: tiny versions of the other schemes, for tests.
 
@@ -42,6 +45,19 @@ _CPU_SIZES = (
     ("d96l3", 96, 3, 4),
     ("d128l4", 128, 4, 4),
 )
+# The default `cpu` ladder: an IsoFLOP design whose every budget brackets its loss-optimal size
+# (a pilot at 3e11 FLOPs found d32l2 far better than d64l3, so the optimum sits at ~1e4-1e5
+# parameters on `embedded`). Steps outside [100, 2000] are skipped, which leaves 4 sizes per
+# budget: 9.5k-75k params at 1e11, 17k-175k at 3e11, 38k-373k at 1e12.
+_CPU_ISO_SIZES = (
+    ("d16l1", 16, 1, 2),
+    ("d24l1", 24, 1, 2),
+    ("d32l2", 32, 2, 2),
+    ("d48l2", 48, 2, 2),
+    ("d64l3", 64, 3, 4),
+    ("d96l3", 96, 3, 4),
+)
+CPU_FLOP_BUDGETS = (1e11, 3e11, 1e12)
 _TINY_SIZES = (
     ("d16l1", 16, 1, 2),
     ("d32l1", 32, 1, 2),
@@ -84,7 +100,17 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.eval.batches = 8
   c.checkpoint.every = 100  # killed points resume from here
   c.checkpoint.keep = 2
-  if name in ("cpu", "cpu_synthetic"):
+  if name == "cpu":
+    c.train.warmup_steps = 20  # at most 20% of the shortest (100-step) point
+    c.ladder = _ladder(
+        scheme="isoflop",
+        sizes=_CPU_ISO_SIZES,
+        flop_budgets=CPU_FLOP_BUDGETS,
+        steps=(),
+        min_steps=100,
+        max_steps=2000,
+    )
+  elif name in ("cpu_wsd", "cpu_synthetic"):
     c.ladder = _ladder()
     if name == "cpu_synthetic":
       c.data.source = "synthetic:markov"
@@ -118,12 +144,12 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       )
     else:
       raise ValueError(
-          f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
+          f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_wsd, cpu_grid, "
           "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
       )
   else:
     raise ValueError(
-        f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
+        f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_wsd, cpu_grid, "
         "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
     )
   return c
