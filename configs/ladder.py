@@ -4,7 +4,7 @@ into points (one config + one workdir each).
     python -m eval.ladder --config configs/ladder.py:cpu --workdir runs/ladder_cpu
 
 Names (the arg):
-  cpu           3 FLOP budgets (1e11, 3e11, 1e12) x 4 sizes on `embedded`, IsoFLOP: each size
+  cpu           3 FLOP budgets (3e10, 1e11, 3e11) x 4-6 sizes on `embedded`, IsoFLOP: each size
                 trained (cosine to its own D) to exactly its budget, sizes on both sides of
                 each budget's loss-optimal size, so approach 2 and approach 3 both fit.
   cpu_wsd       5 sizes x 3 token budgets on `embedded`, WSD scheme (one constant-LR run per
@@ -45,19 +45,22 @@ _CPU_SIZES = (
     ("d96l3", 96, 3, 4),
     ("d128l4", 128, 4, 4),
 )
-# The default `cpu` ladder: an IsoFLOP design whose every budget brackets its loss-optimal size
-# (a pilot at 3e11 FLOPs found d32l2 far better than d64l3, so the optimum sits at ~1e4-1e5
-# parameters on `embedded`). Steps outside [100, 2000] are skipped, which leaves 4 sizes per
-# budget: 9.5k-75k params at 1e11, 17k-175k at 3e11, 38k-373k at 1e12.
+# The default `cpu` ladder: an IsoFLOP design whose every budget brackets its loss-optimal size.
+# On `embedded` (bytes, seq 128, batch 16) that optimum is tiny and grows slowly: a pilot found
+# the smallest of 9.5k-373k parameters best at 1e11, 3e11 and 1e12 FLOPs, so the sizes go down
+# to 4k and the budgets stop at 3e11 (small models at 1e12 need 9k+ steps). Steps outside
+# [100, 5100] are skipped, which leaves a diagonal: 4 sizes at 3e10 (4k-17k params), 6 at 1e11
+# (4k-75k), 6 at 3e11 (6.6k-175k); about 15k steps in all.
 _CPU_ISO_SIZES = (
+    ("d8l1", 8, 1, 2),
+    ("d12l1", 12, 1, 2),
     ("d16l1", 16, 1, 2),
     ("d24l1", 24, 1, 2),
     ("d32l2", 32, 2, 2),
     ("d48l2", 48, 2, 2),
     ("d64l3", 64, 3, 4),
-    ("d96l3", 96, 3, 4),
 )
-CPU_FLOP_BUDGETS = (1e11, 3e11, 1e12)
+CPU_FLOP_BUDGETS = (3e10, 1e11, 3e11)
 _TINY_SIZES = (
     ("d16l1", 16, 1, 2),
     ("d32l1", 32, 1, 2),
@@ -108,7 +111,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
         flop_budgets=CPU_FLOP_BUDGETS,
         steps=(),
         min_steps=100,
-        max_steps=2000,
+        max_steps=5100,
     )
   elif name in ("cpu_wsd", "cpu_synthetic"):
     c.ladder = _ladder()
