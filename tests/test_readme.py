@@ -94,7 +94,7 @@ RULES = [
         replace(
             (":cpu", ":tiny_isoflop"),
             ("runs/ladder", "runs/ladder_predict"),
-            ("--predict-budget 4e12", "--predict-budget 1.6e9"),
+            ("--predict-budget 1.2e12", "--predict-budget 1.6e9"),
             extra="'--config.ladder.flop_budgets=(1e8,2e8,4e8)'",
         ),
     ),
