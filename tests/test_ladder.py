@@ -274,3 +274,41 @@ def test_predict_budget_must_extrapolate_from_enough_rungs(tmp_path):
   _law_table(tmp_path, budgets=(5e7,))
   with pytest.raises(ValueError, match="needs >= 8 finished rungs"):
     ladder.predict_optimum(tmp_path, 1e9)
+
+
+def _points_by_budget(cfg):
+  from model import summary
+
+  by_budget = {}
+  for p in ladder.expand(cfg):
+    c = p.config
+    tokens = c.train.steps * c.train.batch_size * c.data.seq_len
+    assert ladder.flops_per_token(c) * tokens == pytest.approx(p.budget, rel=0.01)
+    n = summary.param_counts(c.model)["total"]
+    by_budget.setdefault(p.budget, []).append((n, tokens))
+  return by_budget
+
+
+def test_cpu_ladder_brackets_the_optimum_of_every_budget():
+  """A check of the design, no training: at each FLOP budget of the default cpu ladder every
+  size is trained to that budget (within 1%), and the sizes reach at least 0.15 decade past the
+  compute-optimal N of the law fitted to this ladder on both sides (so an IsoFLOP parabola
+  finds an interior minimum)."""
+  from eval import fit
+
+  law = fit.ChinchillaFit(**ladder_cfg.CPU_DESIGN_LAW, objective=0.0, n_points=0)
+  by_budget = _points_by_budget(ladder_cfg.get_config("cpu"))
+  assert sorted(by_budget) == sorted(ladder_cfg.CPU_FLOP_BUDGETS)
+  for budget, points in by_budget.items():
+    ns = np.array([n for n, _ in points])
+    k = np.median([budget / (n * d) for n, d in points])  # counted FLOPs per param-token
+    n_opt = law.optimal(budget, k)[0]
+    assert len(ns) >= 4
+    assert np.log10(ns.min() / n_opt) < -0.15 and np.log10(ns.max() / n_opt) > 0.15, (
+        budget,
+        n_opt,
+        sorted(ns),
+    )
+  # The check can fail: the cpu_isoflop design's sizes all sit above the optimum.
+  iso = _points_by_budget(ladder_cfg.get_config("cpu_isoflop"))
+  assert any(min(n for n, _ in pts) > law.optimal(c, 6.0)[0] for c, pts in iso.items())
