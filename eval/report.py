@@ -940,7 +940,7 @@ def _md_prediction_checks(a: ScalingAnalysis) -> list[str]:
       "interval: bootstrap refits times resampled residuals plus the evaluation noise).",
       "",
       "| C | x largest rung | predicted N* | predicted D* | predicted loss* | trained N, D "
-      "| predicted at trained | achieved | error | inside |",
+      "| predicted at trained | achieved | predicted / achieved - 1 | inside |",
       "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for c in a.prediction_checks:
