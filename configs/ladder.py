@@ -4,7 +4,7 @@ into points (one config + one workdir each).
     python -m eval.ladder --config configs/ladder.py:cpu --workdir runs/ladder_cpu
 
 Names (the arg):
-  cpu           3 FLOP budgets (3e10, 1e11, 3e11) x 4-6 sizes on `embedded`, IsoFLOP: each size
+  cpu           3 FLOP budgets (3e10, 1e11, 3e11) x 6-7 sizes on `embedded`, IsoFLOP: each size
                 trained (cosine to its own D) to exactly its budget, sizes on both sides of
                 each budget's loss-optimal size, so approach 2 and approach 3 both fit.
   cpu_wsd       5 sizes x 3 token budgets on `embedded`, WSD scheme (one constant-LR run per
@@ -47,11 +47,14 @@ _CPU_SIZES = (
 )
 # The default `cpu` ladder: an IsoFLOP design whose every budget brackets its loss-optimal size.
 # On `embedded` (bytes, seq 128, batch 16) that optimum is tiny and grows slowly: a pilot found
-# the smallest of 9.5k-373k parameters best at 1e11, 3e11 and 1e12 FLOPs, so the sizes go down
-# to 4k and the budgets stop at 3e11 (small models at 1e12 need 9k+ steps). Steps outside
-# [100, 5100] are skipped, which leaves a diagonal: 4 sizes at 3e10 (4k-17k params), 6 at 1e11
-# (4k-75k), 6 at 3e11 (6.6k-175k); about 15k steps in all.
+# the smallest of 9.5k-373k parameters best at 1e11, 3e11 and 1e12 FLOPs, and the smallest of
+# 4k-17k best at 3e10, so the sizes go down to 1.8k and the budgets stop at 3e11 (small models
+# at 1e12 need 9k+ steps). Steps outside [100, 4000] are skipped, which leaves a diagonal:
+# 6 sizes at 3e10 (1.8k-17k params), 7 at 1e11 (2.9k-75k), 6 at 3e11 (6.6k-175k); 19 runs,
+# about 20k steps in all.
 _CPU_ISO_SIZES = (
+    ("d4l1", 4, 1, 2),
+    ("d6l1", 6, 1, 2),
     ("d8l1", 8, 1, 2),
     ("d12l1", 12, 1, 2),
     ("d16l1", 16, 1, 2),
@@ -115,7 +118,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
         flop_budgets=CPU_FLOP_BUDGETS,
         steps=(),
         min_steps=100,
-        max_steps=5100,
+        max_steps=4000,
     )
   elif name in ("cpu_wsd", "cpu_synthetic"):
     c.ladder = _ladder()
