@@ -954,6 +954,13 @@ def _md_prediction_checks(a: ScalingAnalysis) -> list[str]:
         f"| {_fmt_int(q['loss'], q['interval'])} | {c['achieved']['val_loss']:.4f} "
         f"| {c['rel_error'] * 100:+.2f}% | {'yes' if c['inside'] else '**no**'} |"
     )
+  rungs = ", ".join(str(c["rungs"]) for c in a.prediction_checks)
+  lines += ["", f"Each prediction was fitted on the rungs finished when it was made ({rungs})."]
+  if a.unidentified:
+    lines.append(
+        "Approach 3 leaves " + ", ".join(a.unidentified) + " unidentified on this table, so a "
+        "prediction's interval, not its point, is what the check tests."
+    )
   return lines + [""]
 
 
