@@ -9,7 +9,7 @@ Names (the arg):
                 each budget's loss-optimal size, so approach 2 and approach 3 both fit.
   cpu_wsd       5 sizes x 3 token budgets on `embedded`, WSD scheme (one constant-LR run per
                 size, cooldowns branched from its checkpoints). Under 30 min on 2 CPU cores.
-  cpu_grid      the same sizes and budgets as independent cosine runs (the expensive way).
+  cpu_grid      cpu_wsd's sizes and budgets as independent cosine runs (the expensive way).
   cpu_isoflop   3 FLOP budgets x 5 sizes, D = C / flops_per_token (IsoFLOP, approach 2).
   cpu_synthetic the `cpu_wsd` ladder on the synthetic Markov corpus (known entropy floor).
   tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
