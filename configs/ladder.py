@@ -4,11 +4,14 @@ into points (one config + one workdir each).
     python -m eval.ladder --config configs/ladder.py:cpu --workdir runs/ladder_cpu
 
 Names (the arg):
-  cpu           5 sizes x 3 token budgets on `embedded`, WSD scheme (one constant-LR run per
+  cpu           3 FLOP budgets (3e10, 1e11, 3e11) x 6-7 sizes on `embedded`, IsoFLOP: each size
+                trained (cosine to its own D) to exactly its budget, sizes on both sides of
+                each budget's loss-optimal size, so approach 2 and approach 3 both fit.
+  cpu_wsd       5 sizes x 3 token budgets on `embedded`, WSD scheme (one constant-LR run per
                 size, cooldowns branched from its checkpoints). Under 30 min on 2 CPU cores.
-  cpu_grid      the same sizes and budgets as independent cosine runs (the expensive way).
+  cpu_grid      cpu_wsd's sizes and budgets as independent cosine runs (the expensive way).
   cpu_isoflop   3 FLOP budgets x 5 sizes, D = C / flops_per_token (IsoFLOP, approach 2).
-  cpu_synthetic the `cpu` ladder on the synthetic Markov corpus (known entropy floor).
+  cpu_synthetic the `cpu_wsd` ladder on the synthetic Markov corpus (known entropy floor).
   moe           MoE vs dense at equal active parameters: 3 sizes x 2 budgets, WSD, every
                 feed-forward top-1 of 4 SwiGLU experts of width mlp_dim (router aside, a
                 token uses the parameters of the dense twin)
@@ -20,8 +23,6 @@ Names (the arg):
   cpu_lr_sweep  widths 32, 64, 128 (2 layers, 2 heads) x learning rates 2^-11..2^-5 x sp, mup,
                 300 steps each (the `lr_sweep` scheme).
   tiny_recipe, tiny_lr_sweep: tiny versions of those two, for tests.
-  moe, moe_dense  the first three `cpu` sizes with SwiGLU feed-forwards: top-1 of 4 experts
-                 vs its dense twin at equal active parameters (params_active).
   tiny_moe: a tiny MoE ladder, for tests.
 
 ladder fields:
@@ -77,6 +78,29 @@ _CPU_SIZES = (
     ("d96l3", 96, 3, 4),
     ("d128l4", 128, 4, 4),
 )
+# The default `cpu` ladder: an IsoFLOP design whose every budget brackets its loss-optimal size.
+# On `embedded` (bytes, seq 128, batch 16) that optimum is tiny and grows slowly: a pilot found
+# the smallest of 9.5k-373k parameters best at 1e11, 3e11 and 1e12 FLOPs, and the smallest of
+# 4k-17k best at 3e10, so the sizes go down to 1.8k and the budgets stop at 3e11 (small models
+# at 1e12 need 9k+ steps). Steps outside [100, 4000] are skipped, which leaves a diagonal:
+# 6 sizes at 3e10 (1.8k-17k params), 7 at 1e11 (2.9k-75k), 6 at 3e11 (6.6k-175k); 19 runs,
+# about 20k steps in all.
+_CPU_ISO_SIZES = (
+    ("d4l1", 4, 1, 2),
+    ("d6l1", 6, 1, 2),
+    ("d8l1", 8, 1, 2),
+    ("d12l1", 12, 1, 2),
+    ("d16l1", 16, 1, 2),
+    ("d24l1", 24, 1, 2),
+    ("d32l2", 32, 2, 2),
+    ("d48l2", 48, 2, 2),
+    ("d64l3", 64, 3, 4),
+)
+CPU_FLOP_BUDGETS = (3e10, 1e11, 3e11)
+# L(N, D) = E + A/N^alpha + B/D^beta (N = params_total, D = tokens, val_loss in nats) fitted
+# (approach 3, eval.report) to this ladder's 19 runs on `embedded`: the optimum the design must
+# bracket (tests/test_ladder.py checks that it does).
+CPU_DESIGN_LAW = dict(E=0.79071, A=10.203, B=85.747, alpha=0.26355, beta=0.32283)
 _TINY_SIZES = (
     ("d16l1", 16, 1, 2),
     ("d32l1", 32, 1, 2),
@@ -85,7 +109,7 @@ _TINY_SIZES = (
 
 
 _NAMES = (
-    "cpu, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_recipe, cpu_lr_sweep, moe, moe_dense, tiny, "
+    "cpu, cpu_wsd, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_recipe, cpu_lr_sweep, moe, moe_dense, tiny, "
     "tiny_grid, tiny_isoflop, tiny_recipe, tiny_lr_sweep or tiny_moe"
 )
 
@@ -148,7 +172,17 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.eval.batches = 8
   c.checkpoint.every = 100  # killed points resume from here
   c.checkpoint.keep = 2
-  if name in ("cpu", "cpu_synthetic"):
+  if name == "cpu":
+    c.train.warmup_steps = 20  # at most 20% of the shortest (100-step) point
+    c.ladder = _ladder(
+        scheme="isoflop",
+        sizes=_CPU_ISO_SIZES,
+        flop_budgets=CPU_FLOP_BUDGETS,
+        steps=(),
+        min_steps=100,
+        max_steps=4000,
+    )
+  elif name in ("cpu_wsd", "cpu_synthetic"):
     c.ladder = _ladder()
     if name == "cpu_synthetic":
       c.data.source = "synthetic:markov"

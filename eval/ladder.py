@@ -55,6 +55,9 @@ from typing import Callable
 
 from absl import logging
 import ml_collections
+import numpy as np
+import bisect
+from eval import fit as fitlib
 from model import parametrization
 from model.config import ModelConfig
 
@@ -1056,6 +1059,137 @@ def run_ladder_ray(
       ray.shutdown()
 
 
+# ----------------------------------------------------------------------------- predict, check
+#
+# `--predict-budget C` fits approach 3 to the finished rungs, predicts the compute-optimal N, D
+# and loss at C, trains the ladder-shaped model nearest that N for C FLOPs, and records
+# predicted vs achieved in DIR/prediction.json (eval.report's "Prediction check"). The point
+# trains in DIR/points/predict_C<C> and is not a row of results.csv, so later fits of the
+# ladder never see it.
+
+PREDICTION_FILE = "prediction.json"
+
+
+def shape_family(sizes) -> Callable[[int], tuple]:
+  """The ladder's shape rule as a function of d_model: depth log-linear in width (least
+  squares over the ladder's sizes, at least 1 layer) and the ladder's median head dimension."""
+
+  width = np.array([float(s[1]) for s in sizes])
+  depth = np.array([float(s[2]) for s in sizes])
+  head_dim = float(np.median([s[1] / s[3] for s in sizes]))
+  slope, icpt = np.polyfit(np.log(width), depth, 1) if len(set(width)) > 1 else (0.0, depth[0])
+
+  def shape(d_model: int) -> tuple:
+    layers = max(1, int(round(icpt + slope * math.log(d_model))))
+    heads = max(1, int(round(d_model / head_dim)))
+    while d_model % heads:
+      heads -= 1
+    return (f"d{d_model}l{layers}", d_model, layers, heads)
+
+  return shape
+
+
+def nearest_shape(config, n_target: float, n_col: str = "params_total") -> tuple:
+  """The shape of `shape_family` (d_model a multiple of 8) whose parameter count (n_col's
+  convention) is nearest n_target in log; the count grows with d_model, so a bisection."""
+  from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
+
+  family, lad = shape_family(config.ladder.sizes), config.ladder
+  key = dict(params_total="total", params_non_embedding="non_embedding")[n_col]
+  widths = range(8, 8193, 8)
+  count = lambda d: summary.param_counts(
+      _train_config(config, family(d), lad.mlp_ratio, "probe").model
+  )[key]
+  i = bisect.bisect_left(widths, n_target, key=count)
+  near = [widths[j] for j in (i - 1, i) if 0 <= j < len(widths)]
+  return family(min(near, key=lambda d: abs(math.log(count(d) / n_target))))
+
+
+def predict_optimum(
+    workdir: pathlib.Path, budget: float, *, n_boot: int = 100, seed: int = 0, grid: str = "full"
+):
+  """Approach 3 on DIR/results.csv (params_total, tokens, counted flops, val_loss): the law,
+  its bootstrap rows, the log residuals, the FLOP convention k = C/(N D) and the predicted
+  compute-optimal N, D, loss (with intervals) at `budget`."""
+  from eval import report  # noqa: PLC0415 (jax after XLA_FLAGS)
+
+  df = report.read_results(workdir, "params_total", "val_loss", "flops")
+  N, D, C, L = (df[c].to_numpy(float) for c in ("params_total", "tokens", "flops", "val_loss"))
+  if budget <= C.max():
+    raise ValueError(
+        f"--predict-budget={budget:g} is not above the largest rung ({C.max():.3g} FLOPs): a "
+        "prediction check extrapolates; use 4-10x the largest rung"
+    )
+  if len(L) < 8 or len(np.unique(N)) < 3 or len(np.unique(D)) < 2:
+    raise ValueError(
+        f"{workdir}/results.csv has {len(L)} rows, {len(np.unique(N))} sizes: approach 3 needs"
+        " >= 8 finished rungs with >= 3 sizes and >= 2 token counts before --predict-budget"
+    )
+  law = fitlib.fit_chinchilla(N, D, L, grid=grid)
+  samples = fitlib.bootstrap_chinchilla(N, D, L, law, n_boot, seed=seed) if n_boot else None
+  k = float(np.median(C / (N * D)))
+  predicted = fitlib.chinchilla_optimal_with_intervals(law, budget, samples, k)
+  resid = np.log(L) - np.log(law.loss(N, D))
+  return dict(law=law, samples=samples, resid=resid, k=k, predicted=predicted, top=C.max())
+
+
+def _predict_point(config, size: tuple, budget: float) -> Point:
+  c = _train_config(config, size, config.ladder.mlp_ratio, f"predict_C{budget:.3g}")
+  tokens_per_step = int(c.train.batch_size) * int(c.data.seq_len)
+  c.train.steps = max(1, int(round(budget / (flops_per_token(c) * tokens_per_step))))
+  return Point(c.name, size[0], c, budget=float(budget))
+
+
+def predict_then_check(
+    config, workdir, budget: float, *, n_boot: int = 100, seed: int = 0, grid="full", log=print
+) -> dict:
+  """Predict the compute-optimal point at `budget` from the finished rungs, train it, and
+  write predicted vs achieved (DIR/prediction.json, one entry per budget)."""
+  from eval import report  # noqa: PLC0415 (jax after XLA_FLAGS)
+
+  workdir = pathlib.Path(workdir).resolve()
+  with config.unlocked():
+    config.data.prepared_dir = prepare_data(config, workdir)
+  fit = predict_optimum(workdir, budget, n_boot=n_boot, seed=seed, grid=grid)
+  law, samples, predicted = fit["law"], fit["samples"], fit["predicted"]
+  point = _predict_point(config, nearest_shape(config, predicted["N"]), budget)
+  log(
+      f"[ladder] predicted at C={budget:.3g}: N={predicted['N']:.3g}, D={predicted['D']:.3g}, "
+      f"loss {predicted['loss']:.4f}; training {point.size} for {point.config.train.steps} steps"
+  )
+  row = run_point(point, workdir, "predict", log)
+  se = row["val_loss_se"] if row["val_loss_se"] != "" else 0.0
+  at_trained = report.prediction_interval(
+      law, samples, fit["resid"], row["params_total"], row["tokens"], se, seed=seed
+  )
+  check = dict(
+      budget=float(budget),
+      rungs=law.n_points,
+      largest_rung_flops=float(fit["top"]),
+      law=law.to_dict(),
+      flops_per_param_token=fit["k"],
+      n_boot=0 if samples is None else len(samples),
+      predicted=predicted,
+      trained={key: row[key] for key in ("name", "size", "params_total", "steps", "tokens")},
+      trained_flops=float(row["flops"]),
+      predicted_at_trained=at_trained,
+      achieved=dict(val_loss=float(row["val_loss"]), val_loss_se=se or None),
+      error=float(at_trained["loss"] - row["val_loss"]),
+      rel_error=float((at_trained["loss"] - row["val_loss"]) / row["val_loss"]),
+      inside=bool(at_trained["interval"][0] <= row["val_loss"] <= at_trained["interval"][1]),
+  )
+  path = workdir / PREDICTION_FILE
+  checks = json.loads(path.read_text())["checks"] if path.exists() else []
+  checks = [c for c in checks if c["budget"] != check["budget"]] + [check]
+  path.write_text(json.dumps(dict(checks=checks), indent=2) + "\n")
+  log(
+      f"[ladder] prediction check: predicted {at_trained['loss']:.4f} "
+      f"[{at_trained['interval'][0]:.4f}, {at_trained['interval'][1]:.4f}], achieved "
+      f"{row['val_loss']:.4f} ({'inside' if check['inside'] else 'outside'} the interval)"
+  )
+  return check
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -1106,6 +1240,12 @@ def main(argv=None) -> None:
   config = args.config
   workdir = pathlib.Path(args.workdir)
   executor = args.executor
+  if executor == "ray" and args.predict_budget is not None:
+    raise ValueError(
+        "--predict-budget trains its point in this process: run the ladder with --executor "
+        "ray, then the same command with --executor local --predict-budget C (finished rungs "
+        "are skipped)"
+    )
   if executor == "ray":
     _quiet_and_cached()
     import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
@@ -1122,6 +1262,8 @@ def main(argv=None) -> None:
     if args.ray_address:
       raise ValueError("--ray-address needs --executor ray")
     _run_local(config, workdir, args.worker)
+  if args.predict_budget is not None and not args.worker:
+    predict_then_check(config, workdir, args.predict_budget)
   print(
       f"[ladder] results: {workdir / 'results.csv'} ({len(finished_names(workdir))} rows); "
       f"report: python -m eval.report --workdir {workdir}"
@@ -1148,6 +1290,14 @@ def _parser() -> argparse.ArgumentParser:
       default="",
       help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto); empty starts a "
       "one-machine Ray",
+  )
+  ap.add_argument(
+      *cli.flag_names("predict_budget"),
+      type=float,
+      default=None,
+      help="after the ladder: fit its rungs, predict the compute-optimal N, D and loss at "
+      "this FLOP budget (4-10x the largest rung), train that point here and record predicted "
+      "vs achieved in DIR/prediction.json (eval.report: Prediction check)",
   )
   ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # i/n: sizes i, i+n, ...
   return ap

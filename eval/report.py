@@ -353,6 +353,7 @@ class ScalingAnalysis:
   withheld: dict = dataclasses.field(default_factory=dict)  # result -> reason
   sensitivity: list = dataclasses.field(default_factory=list)
   backtest: dict = dataclasses.field(default_factory=dict)
+  prediction_checks: list = dataclasses.field(default_factory=list)  # DIR/prediction.json
   saturation: dict = dataclasses.field(default_factory=dict)
   curves: dict = dataclasses.field(default_factory=dict)
   spectra: dict = dataclasses.field(default_factory=dict)
@@ -567,6 +568,22 @@ def holdout_mask(C, labels, labels_given: bool, fraction: float = 0.2) -> np.nda
   return C >= np.sort(C)[-n]
 
 
+def prediction_interval(
+    law, params, resid, n, d, se=0.0, *, level=0.95, seed=0, rng=None, draws=200
+) -> dict:
+  """The law's loss at (n, d) and a prediction interval for one new run there: bootstrap
+  parameter rows (None: the fit alone) times resampled log residuals of the fit, plus the
+  run's own evaluation noise `se` (a new run scatters like the fitted ones did)."""
+  rng = rng or np.random.default_rng(seed)
+  params = law.params[None] if params is None or not len(params) else params
+  with np.errstate(all="ignore"):
+    mean = params[:, 0] + params[:, 1] * n ** -params[:, 3] + params[:, 2] * d ** -params[:, 4]
+  sample = np.repeat(mean, draws // len(mean) + 1)[: max(draws, len(mean))]
+  sample = sample * np.exp(rng.choice(resid, len(sample))) + rng.normal(0, se, len(sample))
+  lo, hi = (float(x) for x in fitlib.percentile_interval(sample, level))
+  return dict(loss=float(law.loss(n, d)), interval=[lo, hi], level=level)
+
+
 def backtest(
     N, D, L, test, *, n_boot=50, delta=fitlib.HUBER_DELTA, seed=0, level=0.95, k=6.0, loss_se=None
 ) -> dict:
@@ -591,20 +608,16 @@ def backtest(
   rows = []
   se = np.zeros(len(L)) if loss_se is None else np.nan_to_num(np.asarray(loss_se, float))
   for n, d, l, e in zip(N[test], D[test], L[test], se[test]):
-    with np.errstate(all="ignore"):
-      mean = params[:, 0] + params[:, 1] * n ** -params[:, 3] + params[:, 2] * d ** -params[:, 4]
-    draws = np.repeat(mean, 200 // len(mean) + 1)[: max(200, len(mean))]
-    draws = draws * np.exp(rng.choice(resid, len(draws))) + rng.normal(0, e, len(draws))
-    lo, hi = (float(x) for x in fitlib.percentile_interval(draws, level))
-    pred = float(law.loss(n, d))
+    p = prediction_interval(law, params, resid, n, d, e, level=level, rng=rng)
+    lo, hi = p["interval"]
     rows.append(
         dict(
             N=float(n),
             D=float(d),
             C=float(k * n * d),
             loss=float(l),
-            predicted=pred,
-            rel_error=(pred - l) / l,
+            predicted=p["loss"],
+            rel_error=(p["loss"] - l) / l,
             interval=[lo, hi],
             inside=bool(lo <= l <= hi),
         )
@@ -642,6 +655,17 @@ def _backtest(a: ScalingAnalysis) -> None:
   a.backtest["held_out"] = (
       "the largest FLOP budget" if a.labels_given else f"the {int(test.sum())} largest-compute rows"
   )
+
+
+def read_prediction_checks(workdir: pathlib.Path) -> list:
+  """The entries `python -m eval.ladder --predict-budget C` wrote to DIR/prediction.json."""
+  path = pathlib.Path(workdir) / "prediction.json"
+  if not path.exists():
+    return []
+  try:
+    return list(json.loads(path.read_text())["checks"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path} is not a prediction file ({e}); delete it and rerun") from None
 
 
 def _trend_clusters(a: ScalingAnalysis):
@@ -747,6 +771,7 @@ def analyze(workdir, opts: ReportOptions | None = None, **kw) -> ScalingAnalysis
   _allocation(a)
   _sensitivity(a)
   _backtest(a)
+  a.prediction_checks = read_prediction_checks(a.workdir)
   _saturation(a)
   _cost(a)
   a.spectra = read_head_spectra(a.workdir, a.df) if opts.head_spectrum else {}
@@ -981,6 +1006,42 @@ def _md_backtest(a: ScalingAnalysis) -> list[str]:
   return lines
 
 
+def _md_prediction_checks(a: ScalingAnalysis) -> list[str]:
+  if not a.prediction_checks:
+    return []
+  lines = [
+      "## Prediction check: predict a larger budget, then train it",
+      "",
+      "Approach 3 fitted on the ladder's rungs predicts the compute-optimal N, D and loss at C "
+      "(95% bootstrap intervals); the ladder-shaped model nearest that N is trained for C FLOPs "
+      "and its loss compared with the law's prediction at the trained N, D (95% prediction "
+      "interval: bootstrap refits times resampled residuals plus the evaluation noise).",
+      "",
+      "| C | x largest rung | predicted N* | predicted D* | predicted loss* | trained N, D "
+      "| predicted at trained | achieved | predicted / achieved - 1 | inside |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for c in a.prediction_checks:
+    p, t, q = c["predicted"], c["trained"], c["predicted_at_trained"]
+    lines.append(
+        f"| {c['budget']:.3g} | {c['budget'] / c['largest_rung_flops']:.1f} "
+        f"| {_fmt_int(p['N'], p.get('N_interval'), '{:.3g}')} "
+        f"| {_fmt_int(p['D'], p.get('D_interval'), '{:.3g}')} "
+        f"| {_fmt_int(p['loss'], p.get('loss_interval'))} "
+        f"| {t['params_total']:.3g}, {t['tokens']:.3g} ({t['size']}) "
+        f"| {_fmt_int(q['loss'], q['interval'])} | {c['achieved']['val_loss']:.4f} "
+        f"| {c['rel_error'] * 100:+.2f}% | {'yes' if c['inside'] else '**no**'} |"
+    )
+  rungs = ", ".join(str(c["rungs"]) for c in a.prediction_checks)
+  lines += ["", f"Each prediction was fitted on the rungs finished when it was made ({rungs})."]
+  if a.unidentified:
+    lines.append(
+        "Approach 3 leaves " + ", ".join(a.unidentified) + " unidentified on this table, so a "
+        "prediction's interval, not its point, is what the check tests."
+    )
+  return lines + [""]
+
+
 def _md_allocation(a: ScalingAnalysis) -> list[str]:
   lines = [
       "## Compute-optimal allocation",
@@ -1132,9 +1193,8 @@ def _md_cost(a: ScalingAnalysis) -> list[str]:
 
 def render_markdown(a: ScalingAnalysis, figures=()) -> str:
   lines = _md_header(a) + ["## Fitted laws", ""] + _md_approach3(a) + _md_other_fits(a)
-  lines += _md_sensitivity(a) + _md_backtest(a) + _md_allocation(a) + _md_saturation(a)
-  lines += _md_cost(a)
-  lines += _md_lr_transfer(a)
+  lines += _md_sensitivity(a) + _md_backtest(a) + _md_prediction_checks(a)
+  lines += _md_allocation(a) + _md_saturation(a) + _md_cost(a) + _md_lr_transfer(a)
   lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
   return "\n".join(lines) + "\n"
 
@@ -1191,6 +1251,7 @@ def analysis_facts(a: ScalingAnalysis) -> dict:
       allocation=a.allocation,
       sensitivity=a.sensitivity,
       backtest=a.backtest,
+      prediction_check=a.prediction_checks,
       saturation=_saturation_facts(a),
   )
   if a.cost:

@@ -9,7 +9,9 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from eval import fit
 
 from configs import ladder as ladder_cfg
 from eval import ladder
@@ -38,7 +40,7 @@ def test_expand_schemes_and_flops():
     fpt = summary.flops_per_token_train(c.model, c.data.seq_len)
     tokens = c.train.steps * c.train.batch_size * c.data.seq_len
     assert fpt * tokens == pytest.approx(p.budget, rel=0.1)  # steps rounded to an integer
-  grid = ladder.expand(ladder_cfg.get_config("cpu"))
+  grid = ladder.expand(ladder_cfg.get_config("cpu_wsd"))
   assert len({p.size for p in grid}) >= 5 and len([p for p in grid if p.record]) >= 15
   with pytest.raises(ValueError, match="unknown ladder"):
     ladder_cfg.get_config("nope")
@@ -189,3 +191,119 @@ def test_train_loss_skips_a_metrics_line_cut_short_by_a_kill(tmp_path):
   last_train_loss = ladder._last_train_loss  # pylint: disable=protected-access
   assert last_train_loss(str(path), math.nan) == 2.5
   assert math.isnan(last_train_loss(str(tmp_path / "none"), math.nan))
+
+
+# A law whose compute-optimal N at 8e8 FLOPs (C = 6 N D) is ~2.3e4, a tiny-ladder size.
+_PREDICT_LAW = dict(E=1.5, A=606.0, B=400.0, alpha=0.3, beta=0.3)
+
+
+def _law_table(d, budgets=(5e7, 1e8, 2e8)):
+  """results.csv of a ladder from _PREDICT_LAW with 0.2% noise: 5 sizes around each optimum."""
+
+  law = fit.ChinchillaFit(**_PREDICT_LAW, objective=0.0, n_points=0)
+  rng = np.random.default_rng(0)
+  rows = []
+  for c in budgets:
+    for n in law.optimal(c)[0] * np.geomspace(0.25, 4, 5):
+      tokens = c / (6 * n)
+      loss = float(law.loss(n, tokens)) * math.exp(rng.normal(0, 0.002))
+      rows.append(dict(name=f"n{n:.3g}_C{c:.0e}", params_total=n, tokens=tokens, flops=c))
+      rows[-1].update(val_loss=loss, budget=c)
+  with open(d / "results.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  return law
+
+
+def test_nearest_shape_follows_the_ladders_shape_rule():
+
+  cfg = ladder_cfg.get_config("cpu")
+  for n_target in (2e4, 1e5, 2e6):
+    name, d_model, layers, heads = ladder.nearest_shape(cfg, n_target)
+    c = ladder._train_config(cfg, (name, d_model, layers, heads), 4, name)
+    n = summary.param_counts(c.model)["total"]
+    assert abs(math.log(n / n_target)) < math.log(1.5), (n_target, name, n)
+    assert d_model % 8 == 0 and d_model % heads == 0 and layers >= 1
+  assert ladder.nearest_shape(cfg, 1e6)[2] > ladder.nearest_shape(cfg, 2e4)[2]  # deeper
+
+
+@pytest.mark.slow
+def test_predict_then_check_trains_the_predicted_optimum(tmp_path):
+  """The fit recovers the law's optimum at 4x the largest rung, the nearest shape is trained
+  for that budget, and predicted vs achieved lands in prediction.json and the report."""
+
+  law = _law_table(tmp_path)
+  cfg = ladder_cfg.get_config("tiny_isoflop")
+  budget = 8e8
+  check = ladder.predict_then_check(
+      cfg, tmp_path, budget, n_boot=20, grid="coarse", log=lambda *_: None
+  )
+  n_true, d_true, loss_true = law.optimal(budget)
+  p = check["predicted"]
+  assert p["N"] == pytest.approx(n_true, rel=0.15) and p["D"] == pytest.approx(d_true, rel=0.15)
+  assert p["loss"] == pytest.approx(loss_true, rel=0.01)
+  assert p["N_interval"][0] <= p["N"] <= p["N_interval"][1]
+  assert abs(math.log(check["trained"]["params_total"] / p["N"])) < math.log(1.5)
+  assert check["trained_flops"] == pytest.approx(budget, rel=0.02)
+  assert check["largest_rung_flops"] == 2e8 and check["rungs"] == 15
+  achieved = check["achieved"]["val_loss"]
+  lo, hi = check["predicted_at_trained"]["interval"]
+  assert math.isfinite(achieved) and check["inside"] == (lo <= achieved <= hi)
+  assert check["rel_error"] == pytest.approx(
+      (check["predicted_at_trained"]["loss"] - achieved) / achieved
+  )
+  assert (tmp_path / "points" / check["trained"]["name"] / "metrics.jsonl").exists()
+  assert len(_rows(tmp_path)) == 15  # the check point is not a rung of the ladder
+  saved = json.loads((tmp_path / "prediction.json").read_text())["checks"]
+  assert [c["budget"] for c in saved] == [budget]
+  a = report.analyze(tmp_path, bootstrap=0, grid="quick")
+  assert a.prediction_checks[0]["achieved"]["val_loss"] == achieved
+  text = report.render_markdown(a)
+  assert "## Prediction check" in text and f"{achieved:.4f}" in text
+  assert report.analysis_facts(a)["prediction_check"][0]["budget"] == budget
+
+
+def test_predict_budget_must_extrapolate_from_enough_rungs(tmp_path):
+  _law_table(tmp_path)
+  with pytest.raises(ValueError, match="not above the largest rung"):
+    ladder.predict_optimum(tmp_path, 1e8)
+  _law_table(tmp_path, budgets=(5e7,))
+  with pytest.raises(ValueError, match="needs >= 8 finished rungs"):
+    ladder.predict_optimum(tmp_path, 1e9)
+
+
+def _points_by_budget(cfg):
+
+  by_budget = {}
+  for p in ladder.expand(cfg):
+    c = p.config
+    tokens = c.train.steps * c.train.batch_size * c.data.seq_len
+    assert ladder.flops_per_token(c) * tokens == pytest.approx(p.budget, rel=0.01)
+    n = summary.param_counts(c.model)["total"]
+    by_budget.setdefault(p.budget, []).append((n, tokens))
+  return by_budget
+
+
+def test_cpu_ladder_brackets_the_optimum_of_every_budget():
+  """A check of the design, no training: at each FLOP budget of the default cpu ladder every
+  size is trained to that budget (within 1%), and the sizes reach at least 0.15 decade past the
+  compute-optimal N of the law fitted to this ladder on both sides (so an IsoFLOP parabola
+  finds an interior minimum)."""
+
+  law = fit.ChinchillaFit(**ladder_cfg.CPU_DESIGN_LAW, objective=0.0, n_points=0)
+  by_budget = _points_by_budget(ladder_cfg.get_config("cpu"))
+  assert sorted(by_budget) == sorted(ladder_cfg.CPU_FLOP_BUDGETS)
+  for budget, points in by_budget.items():
+    ns = np.array([n for n, _ in points])
+    k = np.median([budget / (n * d) for n, d in points])  # counted FLOPs per param-token
+    n_opt = law.optimal(budget, k)[0]
+    assert len(ns) >= 4
+    assert np.log10(ns.min() / n_opt) < -0.15 and np.log10(ns.max() / n_opt) > 0.15, (
+        budget,
+        n_opt,
+        sorted(ns),
+    )
+  # The check can fail: the cpu_isoflop design's sizes all sit above the optimum.
+  iso = _points_by_budget(ladder_cfg.get_config("cpu_isoflop"))
+  assert any(min(n for n, _ in pts) > law.optimal(c, 6.0)[0] for c, pts in iso.items())
