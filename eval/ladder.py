@@ -6,7 +6,8 @@
 A point is "a config + a workdir" (DIR/points/<name>), trained by the same
 `train.trainer.train_and_evaluate` the CLI uses, so each point resumes from its own
 checkpoints when killed. When a point finishes, one row is appended to DIR/results.csv
-(columns `RESULT_COLUMNS`); points whose name is already there are skipped, so rerunning the
+(columns `RESULT_COLUMNS`, then `task/metric` columns when `ladder.tasks` names zero-shot tasks:
+eval.zeroshot.ladder_columns of the point's final parameters); points whose name is already there are skipped, so rerunning the
 command after a kill resumes the whole ladder. FLOPs come from `model.summary`.
 
 Executors: `local` runs the points in this process (or `ladder.parallel` worker processes,
@@ -46,7 +47,7 @@ import ml_collections
 
 from train import cli
 
-# New columns go at the end: older results.csv files keep their header when appended to.
+# New columns go at the end: an older results.csv gains them (empty in its rows) when appended to.
 RESULT_COLUMNS = (
     "name",
     "size",
@@ -85,6 +86,8 @@ class Point:
   branch_from: str | None = None  # cooldown: the constant run it branches from
   branch_step: int = 0  # cooldown: the step it branches at
   needs_steps: tuple = ()  # constant: steps whose checkpoints must survive
+  tasks: tuple = ()  # zero-shot task specs (KIND:PATH) scored when the point finishes
+  task_limit: int = 0  # first N items per task (0: all)
 
   @property
   def record(self) -> bool:
@@ -184,12 +187,23 @@ def expand(config) -> list[Point]:
         )
     else:
       raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop or wsd")
+  points = _with_tasks(points, tuple(lad.get("tasks", ())), int(lad.get("task_limit", 0)))
   if not any(p.record for p in points):
     raise ValueError(
         "the ladder has no points: check ladder.steps / ladder.flop_budgets and "
         "ladder.min_steps / max_steps"
     )
   return points
+
+
+def _with_tasks(points: list[Point], tasks: tuple, limit: int) -> list[Point]:
+  """The recorded points with the zero-shot tasks they are scored on; the task files are read
+  here, so a bad spec or file stops the ladder before any training."""
+  from eval import zeroshot
+
+  for spec in tasks:
+    zeroshot.load_task(spec, limit)
+  return [dataclasses.replace(p, tasks=tasks, task_limit=limit) if p.record else p for p in points]
 
 
 # ----------------------------------------------------------------------------- results
@@ -213,8 +227,9 @@ def finished_names(workdir: pathlib.Path) -> set[str]:
 def append_row(workdir: pathlib.Path, row: dict) -> None:
   """Append one row atomically (the whole file is rewritten to a temporary name and renamed,
   so a reader or a kill never sees half a row), under an exclusive lock for the local
-  executor's parallel workers. An existing file keeps its header: columns it lacks are
-  left out of the row rather than shifting the older rows."""
+  executor's parallel workers. A row with columns the file lacks (a newer RESULT_COLUMNS, the
+  `task/metric` columns of ladder.tasks) extends the header at the end; older rows keep their
+  values and leave the new columns empty."""
   workdir = pathlib.Path(workdir)
   path = workdir / "results.csv"
   with open(workdir / ".results.lock", "w") as lock:
@@ -223,13 +238,14 @@ def append_row(workdir: pathlib.Path, row: dict) -> None:
     header = next(csv.reader(io.StringIO(text)), None) if text.strip() else None
     if text and not text.endswith("\n"):
       text += "\n"
+    columns = list(header or RESULT_COLUMNS)
+    columns += [k for k in row if k not in columns]
     out = io.StringIO()
-    w = csv.DictWriter(
-        out, fieldnames=header or RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n"
-    )
-    if header is None:
-      text = ""
+    w = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    if header != columns:
       w.writeheader()
+      w.writerows(csv.DictReader(io.StringIO(text)) if header else [])
+      text = ""
     w.writerow(row)
     tmp = path.with_name(f".results.csv.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
@@ -393,7 +409,21 @@ def run_point(
       devices=jax.device_count(),
       platform=jax.devices()[0].platform,
   )
-  return result_row(point, out, wall, scheme) if point.record else None
+  if not point.record:
+    return None
+  return dict(result_row(point, out, wall, scheme), **task_columns(point, pdir))
+
+
+def task_columns(point: Point, pdir: pathlib.Path) -> dict:
+  """`task/metric` columns of the point's zero-shot tasks (eval.zeroshot.ladder_columns),
+  scored with the point's final parameters."""
+  if not point.tasks:
+    return {}
+  from eval import zeroshot
+  from train import run as run_lib
+
+  run = run_lib.load_run(os.fspath(pdir))
+  return zeroshot.ladder_columns(run, point.tasks, limit=point.task_limit)
 
 
 def prepare_data(config, workdir: pathlib.Path) -> str:
