@@ -29,13 +29,11 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import fcntl
 import io
 import json
 import math
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +44,7 @@ from typing import Callable
 import ml_collections
 
 from train import cli
+from train import paths
 
 # New columns go at the end: an older results.csv gains them (empty in its rows) when appended to.
 RESULT_COLUMNS = (
@@ -211,10 +210,10 @@ def _with_tasks(points: list[Point], tasks: tuple, limit: int) -> list[Point]:
 
 def finished_names(workdir: pathlib.Path) -> set[str]:
   """Names in DIR/results.csv (any header that has a `name` column, old or new)."""
-  path = pathlib.Path(workdir) / "results.csv"
+  path = paths.path(workdir) / "results.csv"
   if not path.exists():
     return set()
-  with open(path, newline="") as f:
+  with path.open("r") as f:
     reader = csv.DictReader(f)
     if reader.fieldnames and "name" not in reader.fieldnames:
       raise ValueError(
@@ -230,10 +229,8 @@ def append_row(workdir: pathlib.Path, row: dict) -> None:
   executor's parallel workers. A row with columns the file lacks (a newer RESULT_COLUMNS, the
   `task/metric` columns of ladder.tasks) extends the header at the end; older rows keep their
   values and leave the new columns empty."""
-  workdir = pathlib.Path(workdir)
-  path = workdir / "results.csv"
-  with open(workdir / ".results.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  path = paths.path(workdir) / "results.csv"
+  with paths.locked(path):
     text = path.read_text() if path.exists() else ""
     header = next(csv.reader(io.StringIO(text)), None) if text.strip() else None
     if text and not text.endswith("\n"):
@@ -247,19 +244,13 @@ def append_row(workdir: pathlib.Path, row: dict) -> None:
       w.writerows(csv.DictReader(io.StringIO(text)) if header else [])
       text = ""
     w.writerow(row)
-    tmp = path.with_name(f".results.csv.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-      f.write(text + out.getvalue())
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fcntl.flock(lock, fcntl.LOCK_UN)
+    paths.write_text_atomic(path, text + out.getvalue())
 
 
 def _json_lines(path: str):
   """The records of a JSON-lines file, skipping a line cut short (a worker killed while
   writing it: the resumed run appends after it)."""
-  with open(path) as f:
+  with paths.path(path).open("r") as f:
     for line in f:
       try:
         yield json.loads(line)
@@ -359,10 +350,10 @@ def _branch(point: Point, src: pathlib.Path, dst: pathlib.Path) -> None:
   target = dst / "checkpoints" / str(point.branch_step)
   tmp = target.with_name(target.name + ".branching")
   if tmp.exists():
-    shutil.rmtree(tmp)
-  shutil.copytree(step_dir, tmp)
+    tmp.rmtree()
+  paths.copy_tree(step_dir, tmp)
   (tmp / "config" / "metadata").write_text(json.dumps(ckpt_lib.config_to_json(point.config)))
-  os.replace(tmp, target)
+  tmp.rename(target)
 
 
 def _constant_complete(point: Point, workdir: pathlib.Path) -> bool:
@@ -376,8 +367,7 @@ def _record_attempt(pdir: pathlib.Path, event: str, **fields) -> None:
   on which host trained it, how many times it was started, on how many devices."""
   pdir.mkdir(parents=True, exist_ok=True)
   rec = dict(event=event, pid=os.getpid(), host=socket.gethostname(), time=time.time(), **fields)
-  with open(pdir / "attempts.jsonl", "a") as f:
-    f.write(json.dumps(rec) + "\n")
+  paths.append_text(pdir / "attempts.jsonl", json.dumps(rec) + "\n")
 
 
 def run_point(
@@ -507,7 +497,7 @@ def run_ladder(
 ) -> list[dict]:
   """Run every unfinished point (those of this worker's sizes) in this process; returns the
   new rows."""
-  workdir = pathlib.Path(workdir).resolve()
+  workdir = paths.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with config.unlocked():
     config.data.prepared_dir = prepare_data(config, workdir)
@@ -628,7 +618,7 @@ def wait_for_resources(ray, opts: dict, timeout_s: float) -> list[dict]:
 def _probe_workdir(marker: str, token: str) -> tuple[str, bool]:
   """Runs on a node: (hostname, whether it reads the driver's marker file)."""
   try:
-    seen = pathlib.Path(marker).read_text() == token
+    seen = paths.path(marker).read_text() == token
   except OSError:
     seen = False
   return socket.gethostname(), seen
@@ -678,7 +668,7 @@ def _train_point_task(point: Point, workdir: str, scheme: str, hooks, *after) ->
 
   cpu_devices.configure(point.config)  # before jax is imported in this fresh process
   _quiet_and_cached()
-  return run_point(point, pathlib.Path(workdir), scheme, hooks=hooks)
+  return run_point(point, paths.path(workdir), scheme, hooks=hooks)
 
 
 def _runtime_env() -> dict:
@@ -741,7 +731,7 @@ def run_ladder_ray(
   opts = ray_options(config.ladder.resources)
   timeout_s = float(config.ladder.schedule_timeout_s)
   check_address(address)
-  workdir = pathlib.Path(workdir).resolve()
+  workdir = paths.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with config.unlocked():
     config.data.prepared_dir = prepare_data(config, workdir)
@@ -802,7 +792,7 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
   n = int(config.ladder.parallel)
   if n > 1:
     with config.unlocked():  # prepare the data once before the workers race to do it
-      config.data.prepared_dir = prepare_data(config, workdir.resolve())
+      config.data.prepared_dir = prepare_data(config, paths.path(workdir))
     prepare_corpus(config)
     code = _spawn_workers(sys.argv[1:], n)
     if code:
@@ -816,7 +806,7 @@ def main(argv) -> None:
 
   del argv
   config = flags.FLAGS["config"].value
-  workdir = pathlib.Path(flags.FLAGS["workdir"].value)
+  workdir = paths.path(flags.FLAGS["workdir"].value)
   executor = flags.FLAGS["executor"].value
   if executor == "ray":
     _quiet_and_cached()

@@ -23,6 +23,7 @@ from train import distributed
 from train import evaluate as eval_lib
 from train import inputs as inputs_lib
 from train import metrics as metrics_lib
+from train import paths
 from train import plot as plot_lib
 from train import preemption
 from train import state as state_lib
@@ -59,7 +60,7 @@ def prepared_dir(config, workdir: str) -> str:
     return os.fspath(config.data.prepared_dir)
   from train.data import pipeline
 
-  return os.fspath(pipeline.default_prepared_dir(config.data, os.path.join(workdir, "data")))
+  return os.fspath(pipeline.default_prepared_dir(config.data, paths.path(workdir) / "data"))
 
 
 def load_data(config, workdir: str, *, progress: bool = True):
@@ -418,8 +419,8 @@ def train_and_evaluate(
   t0 = time.time()
   distributed.maybe_initialize(config.distributed)
   log = _printer(jax.process_index())
-  workdir = os.path.abspath(os.fspath(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  workdir = os.fspath(paths.path(workdir))  # absolute, or a URL such as gs://bucket/run
+  paths.path(workdir).mkdir(parents=True, exist_ok=True)
   from train.data import tokenizer as tok_lib
 
   tok = tok_lib.load(config.data.tokenizer)
