@@ -93,7 +93,7 @@ def _open_text(path):
   if not path.is_file():
     raise FileNotFoundError(f"task file {shown} does not exist; pass an existing file")
   if path.suffix == ".bz2":
-    return bz2.open(path.open("rb"), "rt", encoding="utf-8")
+    return bz2.open(io.BytesIO(path.read_bytes()), "rt", encoding="utf-8")
   return io.TextIOWrapper(path.open("rb"), encoding="utf-8")
 
 
