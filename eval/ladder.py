@@ -7,8 +7,9 @@ A point is "a config + a workdir" (DIR/points/<name>), trained by the same
 `train.trainer.train_and_evaluate` the CLI uses, so each point resumes from its own
 checkpoints when killed. When a point finishes, one row is appended to DIR/results.csv
 (columns `RESULT_COLUMNS`, then `task/metric` columns when `ladder.tasks` names zero-shot tasks:
-eval.zeroshot.ladder_columns of the point's final parameters); points whose name is already there are skipped, so rerunning the
-command after a kill resumes the whole ladder. FLOPs come from `model.summary`.
+eval.zeroshot.ladder_columns of the point's final parameters); points whose name is already
+there are skipped, so rerunning the command after a kill resumes the whole ladder. FLOPs come
+from `model.summary`. DIR may be a bucket URL (gs://...; train/paths.py).
 
 Executors: `local` runs the points in this process (or `ladder.parallel` worker processes,
 split by size); `ray` makes each point a Ray task (eval/ladder.py's "Ray executor" section)

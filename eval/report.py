@@ -156,9 +156,10 @@ def _num(v) -> float:
 
 def find_true_floor_bpb(workdir: pathlib.Path, seq_len: int | None = None) -> float | None:
   """The floor (bits/byte) a model fed the synthetic corpus can reach, from a prepared
-  manifest under DIR (up to two levels down, e.g. DIR/data/prepared-*/): the reachable floor for `seq_len` (packed windows lose context at
-  document starts and window edges; train/data/synthetic.py), else the latest one recorded,
-  else the corpus's entropy rate (not reachable under packing: a lower bound)."""
+  manifest under DIR (up to two levels down, e.g. DIR/data/prepared-*/): the reachable floor
+  for `seq_len` (packed windows lose context at document starts and window edges;
+  train/data/synthetic.py), else the latest one recorded, else the corpus's entropy rate (not
+  reachable under packing: a lower bound)."""
   root = paths.path(workdir)
   manifests = [p for d in ("", "*/", "*/*/") for p in root.glob(f"{d}manifest.json")]
   for path in manifests[:50]:
