@@ -40,6 +40,9 @@ ladder fields:
                   map to num_cpus / num_gpus, any other key to a custom Ray resource)
   retries         --executor ray: restarts of a point whose worker dies (it resumes from its
                   checkpoints)
+  tasks           zero-shot task specs (KIND:PATH, as `eval.zeroshot --task`) scored on every
+                  finished point: their `task/metric` columns join results.csv
+  task_limit      first N items of each task (0: all)
   schedule_timeout_s  --executor ray: how long to wait for a node that offers `resources`
                   (an autoscaler may be adding one) before stopping with an error
   seeds           each point is trained with this many seeds (config.seed + i); the rows of
@@ -152,6 +155,8 @@ def _ladder(**kw) -> ml_collections.ConfigDict:
       lr_exponents=(),
       parametrizations=(),
       recipe=_recipe(),
+      tasks=(),
+      task_limit=0,
   )
   d.update(kw)
   return ml_collections.ConfigDict(d)

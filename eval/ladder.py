@@ -6,8 +6,10 @@
 A point is "a config + a workdir" (DIR/points/<name>), trained by the same
 `train.trainer.train_and_evaluate` the CLI uses, so each point resumes from its own
 checkpoints when killed. When a point finishes, one row is appended to DIR/results.csv
-(columns `RESULT_COLUMNS`); points whose name is already there are skipped, so rerunning the
-command after a kill resumes the whole ladder. FLOPs come from `model.summary`.
+(columns `RESULT_COLUMNS`, then `task/metric` columns when `ladder.tasks` names zero-shot tasks:
+eval.zeroshot.ladder_columns of the point's final parameters); points whose name is already
+there are skipped, so rerunning the command after a kill resumes the whole ladder. FLOPs come
+from `model.summary`. DIR may be a bucket URL (gs://...; train/paths.py).
 
 Executors: `local` runs the points in this process (or `ladder.parallel` worker processes,
 split by size); `ray` makes each point a Ray task (eval/ladder.py's "Ray executor" section)
@@ -39,13 +41,11 @@ import argparse
 import copy
 import csv
 import dataclasses
-import fcntl
 import io
 import json
 import math
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -64,8 +64,9 @@ from model.config import ModelConfig
 from train import cli
 from train import cpu_devices
 from train import spec as spec_lib
+from train import paths
 
-# New columns go at the end: older results.csv files keep their header when appended to.
+# New columns go at the end: an older results.csv gains them (empty in its rows) when appended to.
 RESULT_COLUMNS = (
     "name",
     "size",
@@ -123,6 +124,8 @@ class Point:
   branch_step: int = 0  # cooldown: the step it branches at
   needs_steps: tuple = ()  # constant: steps whose checkpoints must survive
   meta: dict = dataclasses.field(default_factory=dict)  # lr_sweep grid values, seed replicas
+  tasks: tuple = ()  # zero-shot task specs (KIND:PATH) scored when the point finishes
+  task_limit: int = 0  # first N items per task (0: all)
 
   @property
   def record(self) -> bool:
@@ -494,6 +497,7 @@ def expand(config) -> list[Point]:
     else:
       raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop, wsd or lr_sweep")
   points = replicate_seeds([finish_point(p, config) for p in points], config)
+  points = _with_tasks(points, tuple(lad.get("tasks", ())), int(lad.get("task_limit", 0)))
   check_points(points)
   if not any(p.record for p in points):
     raise ValueError(
@@ -503,15 +507,25 @@ def expand(config) -> list[Point]:
   return points
 
 
+def _with_tasks(points: list[Point], tasks: tuple, limit: int) -> list[Point]:
+  """The recorded points with the zero-shot tasks they are scored on; the task files are read
+  here, so a bad spec or file stops the ladder before any training."""
+  from eval import zeroshot  # noqa: PLC0415 (jax after XLA_FLAGS)
+
+  for spec in tasks:
+    zeroshot.load_task(spec, limit)
+  return [dataclasses.replace(p, tasks=tasks, task_limit=limit) if p.record else p for p in points]
+
+
 # ----------------------------------------------------------------------------- results
 
 
 def finished_names(workdir: pathlib.Path) -> set[str]:
   """Names in DIR/results.csv (any header that has a `name` column, old or new)."""
-  path = pathlib.Path(workdir) / "results.csv"
+  path = paths.path(workdir) / "results.csv"
   if not path.exists():
     return set()
-  with open(path, newline="") as f:
+  with path.open("r") as f:
     reader = csv.DictReader(f)
     if reader.fieldnames and "name" not in reader.fieldnames:
       raise ValueError(
@@ -524,37 +538,31 @@ def finished_names(workdir: pathlib.Path) -> set[str]:
 def append_row(workdir: pathlib.Path, row: dict) -> None:
   """Append one row atomically (the whole file is rewritten to a temporary name and renamed,
   so a reader or a kill never sees half a row), under an exclusive lock for the local
-  executor's parallel workers. An existing file keeps its header: columns it lacks are
-  left out of the row rather than shifting the older rows."""
-  workdir = pathlib.Path(workdir)
-  path = workdir / "results.csv"
-  with open(workdir / ".results.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  executor's parallel workers. A row with columns the file lacks (a newer RESULT_COLUMNS, the
+  `task/metric` columns of ladder.tasks) extends the header at the end; older rows keep their
+  values and leave the new columns empty."""
+  path = paths.path(workdir) / "results.csv"
+  with paths.locked(path):
     text = path.read_text() if path.exists() else ""
     header = next(csv.reader(io.StringIO(text)), None) if text.strip() else None
     if text and not text.endswith("\n"):
       text += "\n"
+    columns = list(header or RESULT_COLUMNS)
+    columns += [k for k in row if k not in columns]
     out = io.StringIO()
-    w = csv.DictWriter(
-        out, fieldnames=header or RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n"
-    )
-    if header is None:
-      text = ""
+    w = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    if header != columns:
       w.writeheader()
+      w.writerows(csv.DictReader(io.StringIO(text)) if header else [])
+      text = ""
     w.writerow(row)
-    tmp = path.with_name(f".results.csv.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-      f.write(text + out.getvalue())
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fcntl.flock(lock, fcntl.LOCK_UN)
+    paths.write_text_atomic(path, text + out.getvalue())
 
 
 def _json_lines(path: str):
   """The records of a JSON-lines file, skipping a line cut short (a worker killed while
   writing it: the resumed run appends after it)."""
-  with open(path) as f:
+  with paths.path(path).open("r") as f:
     for line in f:
       try:
         yield json.loads(line)
@@ -667,10 +675,10 @@ def _branch(point: Point, src: pathlib.Path, dst: pathlib.Path) -> None:
   target = dst / "checkpoints" / str(point.branch_step)
   tmp = target.with_name(target.name + ".branching")
   if tmp.exists():
-    shutil.rmtree(tmp)
-  shutil.copytree(step_dir, tmp)
+    tmp.rmtree()
+  paths.copy_tree(step_dir, tmp)
   (tmp / "config" / "metadata").write_text(json.dumps(ckpt_lib.config_to_json(point.config)))
-  os.replace(tmp, target)
+  tmp.rename(target)
 
 
 def _constant_complete(point: Point, workdir: pathlib.Path) -> bool:
@@ -684,8 +692,7 @@ def _record_attempt(pdir: pathlib.Path, event: str, **fields) -> None:
   on which host trained it, how many times it was started, on how many devices."""
   pdir.mkdir(parents=True, exist_ok=True)
   rec = dict(event=event, pid=os.getpid(), host=socket.gethostname(), time=time.time(), **fields)
-  with open(pdir / "attempts.jsonl", "a") as f:
-    f.write(json.dumps(rec) + "\n")
+  paths.append_text(pdir / "attempts.jsonl", json.dumps(rec) + "\n")
 
 
 def run_point(
@@ -722,7 +729,21 @@ def run_point(
       devices=jax.device_count(),
       platform=jax.devices()[0].platform,
   )
-  return result_row(point, out, wall, scheme) if point.record else None
+  if not point.record:
+    return None
+  return dict(result_row(point, out, wall, scheme), **task_columns(point, pdir))
+
+
+def task_columns(point: Point, pdir: pathlib.Path) -> dict:
+  """`task/metric` columns of the point's zero-shot tasks (eval.zeroshot.ladder_columns),
+  scored with the point's final parameters."""
+  if not point.tasks:
+    return {}
+  from eval import zeroshot  # noqa: PLC0415 (jax after XLA_FLAGS)
+  from train import run as run_lib  # noqa: PLC0415 (jax after XLA_FLAGS)
+
+  run = run_lib.load_run(os.fspath(pdir))
+  return zeroshot.ladder_columns(run, point.tasks, limit=point.task_limit)
 
 
 def prepare_data(config, workdir: pathlib.Path) -> str:
@@ -806,7 +827,7 @@ def run_ladder(
 ) -> list[dict]:
   """Run every unfinished point (those of this worker's sizes) in this process; returns the
   new rows."""
-  workdir = pathlib.Path(workdir).resolve()
+  workdir = paths.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with config.unlocked():
     config.data.prepared_dir = prepare_data(config, workdir)
@@ -927,7 +948,7 @@ def wait_for_resources(ray, opts: dict, timeout_s: float) -> list[dict]:
 def _probe_workdir(marker: str, token: str) -> tuple[str, bool]:
   """Runs on a node: (hostname, whether it reads the driver's marker file)."""
   try:
-    seen = pathlib.Path(marker).read_text() == token
+    seen = paths.path(marker).read_text() == token
   except OSError:
     seen = False
   return socket.gethostname(), seen
@@ -977,7 +998,7 @@ def _train_point_task(point: Point, workdir: str, scheme: str, hooks, *after) ->
   del after
   cpu_devices.configure(point.config)  # before jax is imported in this fresh process
   _quiet_and_cached()
-  return run_point(point, pathlib.Path(workdir), scheme, hooks=hooks)
+  return run_point(point, paths.path(workdir), scheme, hooks=hooks)
 
 
 def _runtime_env() -> dict:
@@ -1040,7 +1061,7 @@ def run_ladder_ray(
   opts = ray_options(config.ladder.resources)
   timeout_s = float(config.ladder.schedule_timeout_s)
   check_address(address)
-  workdir = pathlib.Path(workdir).resolve()
+  workdir = paths.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with config.unlocked():
     config.data.prepared_dir = prepare_data(config, workdir)
@@ -1226,7 +1247,7 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
   n = int(config.ladder.parallel)
   if n > 1:
     with config.unlocked():  # prepare the data once before the workers race to do it
-      config.data.prepared_dir = prepare_data(config, workdir.resolve())
+      config.data.prepared_dir = prepare_data(config, paths.path(workdir))
     prepare_corpus(config)
     code = _spawn_workers(sys.argv[1:], n)
     if code:
@@ -1238,7 +1259,7 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
 def main(argv=None) -> None:
   args = cli.parse_args(_parser(), argv)
   config = args.config
-  workdir = pathlib.Path(args.workdir)
+  workdir = paths.path(args.workdir)
   executor = args.executor
   if executor == "ray" and args.predict_budget is not None:
     raise ValueError(

@@ -6,6 +6,7 @@ Each function returns a Figure; `save` writes it as PNG and SVG.
 
 from __future__ import annotations
 
+import io
 import pathlib
 
 import matplotlib
@@ -16,17 +17,21 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from eval import fit as fitlib  # noqa: E402
+from train import paths  # noqa: E402
 
 
 def save(fig, path_stem) -> list[pathlib.Path]:
-  """Write fig to <stem>.png and <stem>.svg; returns both paths."""
-  stem = pathlib.Path(path_stem)
+  """Write fig to <stem>.png and <stem>.svg (local or object storage, train/paths.py);
+  returns both paths."""
+  stem = paths.path(path_stem)
   stem.parent.mkdir(parents=True, exist_ok=True)
-  paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-  for p in paths:
-    fig.savefig(p, dpi=130, bbox_inches="tight")
+  out = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+  for p in out:
+    image = io.BytesIO()
+    fig.savefig(image, format=p.suffix[1:], dpi=130, bbox_inches="tight")
+    p.write_bytes(image.getvalue())
   plt.close(fig)
-  return paths
+  return out
 
 
 def _colors(values):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import pathlib
 import warnings
@@ -30,6 +31,7 @@ from eval import fit as fitlib
 from eval import plots
 from eval import saturation as sat
 from train import cli
+from train import paths
 
 LOSS_KEYS = ("loss_mean", "train_loss", "loss")  # loss_mean: the trainer's logging-window mean
 TOKEN_KEYS = ("tokens_seen", "train/tokens")  # cumulative (the trainer's `tokens` is per step)
@@ -53,12 +55,12 @@ def read_results(
 ) -> pd.DataFrame:
   """DIR/results.csv with the columns the fits need; rows with a missing or non-positive
   value (a diverged point) are dropped with a warning, or raise with drop_invalid=False."""
-  path = pathlib.Path(workdir) / "results.csv"
+  path = paths.path(workdir) / "results.csv"
   if not path.exists():
     raise FileNotFoundError(
         f"{path} not found: run a ladder into {workdir} first (python -m eval.ladder)"
     )
-  df = pd.read_csv(path)
+  df = pd.read_csv(io.StringIO(path.read_text()))
   need = [n_col, "tokens", flops_col, loss_col]
   missing = [c for c in need if c not in df.columns]
   if missing:
@@ -99,9 +101,9 @@ def read_curves(workdir: pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray
   """Training curves from DIR/points/<name>/metrics.jsonl: (tokens or steps, loss, lr) per
   logged step (lr NaN where not logged)."""
   curves = {}
-  for path in sorted(pathlib.Path(workdir).glob("points/*/metrics.jsonl")):
+  for path in sorted(paths.path(workdir).glob("points/*/metrics.jsonl")):
     by_x = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
       try:
         point = _curve_point(json.loads(line))
       except (json.JSONDecodeError, AttributeError):
@@ -138,7 +140,7 @@ def read_head_spectra(workdir: pathlib.Path, df: pd.DataFrame) -> dict:
   if "name" not in df.columns:
     return out
   for name in df["name"]:
-    pdir = pathlib.Path(workdir) / "points" / str(name)
+    pdir = paths.path(workdir) / "points" / str(name)
     if (pdir / "checkpoints").is_dir():
       try:
         out[str(name)] = sat.head_spectrum_of_run(str(pdir))
@@ -156,10 +158,13 @@ def _num(v) -> float:
 
 def find_true_floor_bpb(workdir: pathlib.Path, seq_len: int | None = None) -> float | None:
   """The floor (bits/byte) a model fed the synthetic corpus can reach, from a prepared
-  manifest under DIR: the reachable floor for `seq_len` (packed windows lose context at
-  document starts and window edges; train/data/synthetic.py), else the latest one recorded,
-  else the corpus's entropy rate (not reachable under packing: a lower bound)."""
-  for path in list(pathlib.Path(workdir).glob("**/manifest.json"))[:50]:
+  manifest under DIR (up to two levels down, e.g. DIR/data/prepared-*/): the reachable floor
+  for `seq_len` (packed windows lose context at document starts and window edges;
+  train/data/synthetic.py), else the latest one recorded, else the corpus's entropy rate (not
+  reachable under packing: a lower bound)."""
+  root = paths.path(workdir)
+  manifests = [p for d in ("", "*/", "*/*/") for p in root.glob(f"{d}manifest.json")]
+  for path in manifests[:50]:
     try:
       m = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -382,7 +387,7 @@ def _load(workdir, opts: ReportOptions) -> ScalingAnalysis:
       labels, given = b, True
   k = float(np.median(C / (N * D)))
   return ScalingAnalysis(
-      pathlib.Path(workdir),
+      paths.path(workdir),
       opts,
       df,
       N,
@@ -1328,7 +1333,7 @@ def make_report(workdir, *, out_dir=None, **kw) -> pathlib.Path:
   report.md path. Keyword arguments are ReportOptions fields (loss_col, n_col, bootstrap,
   budgets, true_floor_bpb, grid, head_spectrum, ...)."""
   a = analyze(workdir, **kw)
-  out = pathlib.Path(out_dir) if out_dir else a.workdir / "report"
+  out = paths.path(out_dir) if out_dir else a.workdir / "report"
   out.mkdir(parents=True, exist_ok=True)
   figs = render_plots(a, out)
   md = out / "report.md"

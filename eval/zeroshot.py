@@ -43,6 +43,7 @@ import argparse
 import bz2
 import csv
 import dataclasses
+import io
 import json
 import math
 import pathlib
@@ -60,6 +61,7 @@ from train import cli
 from train import losses
 from train import mesh as mesh_lib
 from train import run as run_lib
+from train import paths
 
 BOS_MODES = ("auto", "always", "never")
 SST2_PROMPT = "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:"
@@ -94,12 +96,13 @@ class Task:
 
 
 def _open_text(path):
-  path = pathlib.Path(path)
+  """A task file as UTF-8 text, local or on object storage (train/paths.py)."""
+  shown, path = path, paths.path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"task file {path} does not exist; pass an existing file")
+    raise FileNotFoundError(f"task file {shown} does not exist; pass an existing file")
   if path.suffix == ".bz2":
-    return bz2.open(path, "rt", encoding="utf-8")
-  return open(path, encoding="utf-8")
+    return bz2.open(io.BytesIO(path.read_bytes()), "rt", encoding="utf-8")
+  return io.TextIOWrapper(path.open("rb"), encoding="utf-8")
 
 
 def _read_lines(path) -> list[str]:
@@ -667,7 +670,7 @@ def main(argv=None):
     results.append(res)
     print(json.dumps(res))
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    paths.path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

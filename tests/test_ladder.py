@@ -11,6 +11,8 @@ import sys
 
 import numpy as np
 import pytest
+from eval import zeroshot
+from train import run as run_lib
 from eval import fit
 
 from configs import ladder as ladder_cfg
@@ -121,14 +123,16 @@ OLD_COLUMNS = ladder.RESULT_COLUMNS[: ladder.RESULT_COLUMNS.index("wall_s") + 1]
 
 
 def test_results_csv_from_before_the_new_columns_is_read_and_appended(tmp_path):
-  """An old file keeps its header and rows; a row appended to it fills the columns it has."""
+  """An old file keeps its rows; a row with newer columns extends the header at the end."""
   old = ",".join(OLD_COLUMNS) + "\n" + ",".join(["a"] + ["1"] * (len(OLD_COLUMNS) - 1))
   (tmp_path / "results.csv").write_text(old)  # no final newline (an editor may drop it)
   row = {c: "2" for c in ladder.RESULT_COLUMNS} | {"name": "b"}
   ladder.append_row(tmp_path, row)
-  lines = (tmp_path / "results.csv").read_text().splitlines()
-  assert lines[:2] == old.splitlines()
-  assert lines[2] == ",".join(["b"] + ["2"] * (len(OLD_COLUMNS) - 1))
+  rows = _rows(tmp_path)
+  new_columns = ladder.RESULT_COLUMNS[len(OLD_COLUMNS) :]
+  assert list(rows[0]) == list(ladder.RESULT_COLUMNS)
+  assert rows[0] == {c: "1" for c in OLD_COLUMNS} | {"name": "a"} | {c: "" for c in new_columns}
+  assert rows[1] == row
   assert ladder.finished_names(tmp_path) == {"a", "b"}
   new = tmp_path / "new"
   new.mkdir()
@@ -138,6 +142,69 @@ def test_results_csv_from_before_the_new_columns_is_read_and_appended(tmp_path):
   (new / "results.csv").write_text("step,loss\n1,2\n")
   with pytest.raises(ValueError, match="no `name` column"):
     ladder.finished_names(new)
+
+
+def test_task_columns_extend_the_header_and_keep_earlier_rows(tmp_path):
+  """A ladder resumed with ladder.tasks added: earlier rows stay, the task columns follow."""
+  row = {c: "1" for c in ladder.RESULT_COLUMNS} | {"name": "a"}
+  ladder.append_row(tmp_path, row)
+  before = (tmp_path / "results.csv").read_text()
+  ladder.append_row(tmp_path, row | {"name": "b", "t/correct_logprob": -1.5})
+  ladder.append_row(tmp_path, row | {"name": "c"})  # tasks dropped again: the cell stays empty
+  rows = _rows(tmp_path)
+  assert list(rows[0]) == [*ladder.RESULT_COLUMNS, "t/correct_logprob"]
+  assert [r["t/correct_logprob"] for r in rows] == ["", "-1.5", ""]
+  assert [r["name"] for r in rows] == ["a", "b", "c"] and rows[0] == row | {"t/correct_logprob": ""}
+  assert (tmp_path / "results.csv").read_text().splitlines()[1] == before.splitlines()[1] + ","
+
+
+HELLASWAG_ROWS = [
+    dict(
+        activity_label="Cooking",
+        ctx_a="A man cuts an onion on a board.",
+        ctx_b="he",
+        endings=["puts it in a pan.", "flies away.", "sings loudly.", "reads the news."],
+        label=0,
+    ),
+    dict(
+        activity_label="Sports",
+        ctx_a="A girl runs towards the bar.",
+        ctx_b="she",
+        endings=["eats soup.", "jumps over it.", "[header] sleeps.", "writes a poem."],
+        label=1,
+    ),
+]
+
+
+@pytest.mark.slow
+def test_ladder_tasks_add_zero_shot_columns_equal_to_direct_scoring(tmp_path):
+  """ladder.tasks: every row carries the task's continuous metrics with standard errors,
+  equal to eval.zeroshot scoring that point's final parameters directly."""
+
+  task_file = tmp_path / "hellaswag_val.jsonl"
+  task_file.write_text("".join(json.dumps(r) + "\n" for r in HELLASWAG_ROWS))
+  cfg = ladder_cfg.get_config("tiny_grid")
+  cfg.ladder.sizes = cfg.ladder.sizes[:1]
+  cfg.ladder.steps = (4,)
+  cfg.ladder.tasks = (f"hellaswag:{task_file}",)
+  workdir = tmp_path / "ladder"
+  ladder.run_ladder(cfg, workdir)
+  rows = _rows(workdir)
+  assert [r["name"] for r in rows] == ["d16l1_s4"]
+  metrics = ("correct_logprob", "correct_bpb", "correct_prob_norm", "acc", "acc_norm")
+  columns = [f"hellaswag/{m}{se}" for m in metrics for se in ("", "_stderr")]
+  for r in rows:
+    assert all(math.isfinite(float(r[c])) for c in columns), r
+    assert float(r["hellaswag/n"]) == 2 and 0 < float(r["hellaswag/correct_prob_norm"]) < 1
+    direct = zeroshot.evaluate_run(
+        run_lib.load_run(str(workdir / "points" / r["name"])),
+        zeroshot.load_task(f"hellaswag:{task_file}"),
+    )
+    for c in columns:
+      assert float(r[c]) == pytest.approx(direct[c.split("/")[1]], rel=1e-6), c
+  cfg.ladder.tasks = ("hellaswag:missing.jsonl",)
+  with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+    ladder.expand(cfg)
 
 
 def test_result_row_records_noise_seed_and_both_flop_conventions():

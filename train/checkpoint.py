@@ -27,7 +27,6 @@ nothing, so a good checkpoint is never set aside by mistake.
 import dataclasses
 import json
 import os
-import shutil
 import time
 from typing import Any, Callable
 
@@ -40,6 +39,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from orbax.checkpoint.path import step as step_lib
 
 from train import cli
+from train import paths
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -48,8 +48,7 @@ CORRUPT_DIR = "checkpoints_corrupt"
 def run_path(workdir: str) -> epath.Path:
   """The workdir as an absolute path (Orbax's TensorStore backend rejects relative ones, and
   users pass `--workdir runs/x`); URLs such as gs://bucket/run are kept as they are."""
-  text = os.fspath(workdir)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
+  return paths.path(workdir)
 
 
 # Config fields that may change between a run and its resumption (they do not change what
@@ -165,7 +164,7 @@ class Checkpointer:
       dest_root = self.workdir / CORRUPT_DIR
       dest_root.mkdir(parents=True, exist_ok=True)
       dest = dest_root / f"{path.name}.{int(time.time())}"
-      shutil.move(os.fspath(path), os.fspath(dest))
+      path.rename(dest)
       self._log(f"checkpoint {path} {why}; moved aside to {dest} (not deleted).")
     _sync(f"unleash_move_aside_{path.name}")
 
@@ -227,9 +226,7 @@ class Checkpointer:
         files = _file_sizes(self._step_dir(step) / "state")
       except FileNotFoundError:  # deleted by retention meanwhile
         continue
-      tmp = record.parent / (INTEGRITY_FILE + ".tmp")
-      tmp.write_text(json.dumps({"step": int(step), "state_files": files}))
-      tmp.rename(record)
+      paths.write_text_atomic(record, json.dumps({"step": int(step), "state_files": files}))
 
   def integrity_problem(self, step: int) -> str | None:
     """Why `step` fails its own integrity record (a file missing or of another size), or
@@ -342,15 +339,7 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
 
 def _file_sizes(root: epath.Path) -> dict[str, int]:
   """{relative path: size} of every file under root."""
-  base = os.fspath(root)
-  out = {}
-  for dirpath, _, names in os.walk(base):
-    for name in names:
-      full = os.path.join(dirpath, name)
-      out[os.path.relpath(full, base)] = os.path.getsize(full)
-  if not out and not os.path.isdir(base):
-    raise FileNotFoundError(base)
-  return out
+  return paths.files(root)
 
 
 def _check_restored(state: Any) -> None:

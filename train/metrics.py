@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from train import hardware
+from train import paths
 
 
 def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
@@ -51,18 +52,20 @@ def peak_flops_per_device(device=None) -> tuple[float, str]:
 
 class MetricsWriter:
   """Appends one JSON object per logged step to DIR/metrics.jsonl and mirrors scalars to
-  TensorBoard event files in DIR/tensorboard. A no-op on processes other than 0."""
+  TensorBoard event files in DIR/tensorboard. A no-op on processes other than 0. On object
+  storage (train/paths.py) metrics.jsonl is rewritten at most every 10 s, and the event files
+  are written to a local mirror and uploaded on close."""
 
   def __init__(self, workdir: str, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
-    self.tb_dir = os.path.join(workdir, "tensorboard")
+    self.jsonl_path = os.fspath(paths.path(workdir) / "metrics.jsonl")
+    self.tb_dir = os.fspath(paths.path(workdir) / "tensorboard")
     self._file = None
     self._tb = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._file = open(self.jsonl_path, "a", encoding="utf-8")
-      self._tb = _summary_writer_class()(self.tb_dir)
+      paths.path(workdir).mkdir(parents=True, exist_ok=True)
+      self._file = paths.AppendFile(self.jsonl_path)
+      self._tb = _summary_writer_class()(os.fspath(paths.local_mirror(self.tb_dir)))
 
   def write(self, step: int, scalars: dict[str, Any], kind: str = "train") -> None:
     if not self.enabled:
@@ -85,6 +88,8 @@ class MetricsWriter:
       self._file.close()
       self._tb.flush()
       self._tb.close()
+      if paths.is_remote(self.tb_dir):
+        paths.copy_tree(paths.local_mirror(self.tb_dir), self.tb_dir)
       self._file = self._tb = None
 
 
@@ -115,7 +120,7 @@ def read_jsonl(path: str, kind: str | None = "train") -> list[dict]:
   step logged twice (a resumed run repeating steps after its last checkpoint) keeps its
   latest row at its first position. Linear in the file: one dict keyed by row identity."""
   rows: dict[tuple, dict] = {}  # insertion order = first-seen order; values = latest row
-  with open(path, encoding="utf-8") as f:
+  with paths.path(path).open("r") as f:
     for line in f:
       row = json.loads(line)
       if kind is not None and row.get("kind") != kind:

@@ -1,18 +1,20 @@
 """The loss plot written at the end of a run (matplotlib's Agg canvas: no display needed, and
 the global pyplot backend is left alone, e.g. inline plots in a notebook)."""
 
+import io
 import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from train import metrics as metrics_lib
+from train import paths
 
 
 def loss_plot(workdir: str, out: str | None = None) -> str | None:
   """Train loss (and validation loss where evaluated) against step -> DIR/loss.png."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = os.fspath(paths.path(workdir) / "metrics.jsonl")
+  if not paths.path(path).exists():
     return None
   train = metrics_lib.read_jsonl(path, "train")
   val = metrics_lib.read_jsonl(path, "eval")
@@ -31,7 +33,9 @@ def loss_plot(workdir: str, out: str | None = None) -> str | None:
   ax.set_ylabel("loss (nats/token)")
   ax.grid(alpha=0.3)
   ax.legend()
-  out = out or os.path.join(workdir, "loss.png")
+  out = out or os.fspath(paths.path(workdir) / "loss.png")
   fig.tight_layout()
-  fig.savefig(out, dpi=110)
+  png = io.BytesIO()
+  fig.savefig(png, format=os.path.splitext(out)[1][1:] or "png", dpi=110)
+  paths.path(out).write_bytes(png.getvalue())
   return out

@@ -29,6 +29,7 @@ from train import inputs as inputs_lib
 from train import mesh as mesh_lib
 from train import metrics as metrics_lib
 from train import optim
+from train import paths
 from train import plot as plot_lib
 from train import preemption
 from train import spec as spec_lib
@@ -64,7 +65,7 @@ def prepared_dir(spec: spec_lib.RunSpec, workdir: str) -> str:
   """Where the data is prepared: data.prepared_dir, or a cache under the workdir."""
   if spec.data.prepared_dir:
     return os.fspath(spec.data.prepared_dir)
-  return os.fspath(pipeline.default_prepared_dir(spec.data, os.path.join(workdir, "data")))
+  return os.fspath(pipeline.default_prepared_dir(spec.data, paths.path(workdir) / "data"))
 
 
 def load_data(spec: spec_lib.RunSpec, workdir: str, *, progress: bool = True):
@@ -417,8 +418,8 @@ def train_and_evaluate(
   distributed.maybe_initialize(spec.distributed)
   log = _printer(jax.process_index())
   cost_inputs = cost_lib.inputs_for_devices(spec.cost, jax.devices())
-  workdir = os.path.abspath(os.fspath(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  workdir = os.fspath(paths.path(workdir))  # absolute, or a URL such as gs://bucket/run
+  paths.path(workdir).mkdir(parents=True, exist_ok=True)
   tok = tok_lib.load(spec.data.tokenizer)
   built = build_lib.build(spec, mask_id=tok.mask_id, token_vocab_size=tok.vocab_size)
   data = load_data(spec, workdir)

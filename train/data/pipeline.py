@@ -39,12 +39,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import pathlib
 from typing import Iterator
 
 import grain
 import numpy as np
 
+from train import paths
 from train.data import prepare as prepare_lib
 from train.data import store as store_lib
 from train.data import tokenizer as tok_lib
@@ -260,11 +260,11 @@ class TrainingData:
   tokenizer: tok_lib.Tokenizer
 
 
-def default_prepared_dir(data_cfg, cache_root) -> pathlib.Path:
+def default_prepared_dir(data_cfg, cache_root) -> os.PathLike:
   """A cache dir keyed by source/tokenizer/val_fraction, for `data.prepared_dir = ""`."""
   tok = tok_lib.load(data_cfg.tokenizer)
   key = f"{data_cfg.source}|{tok.digest()}|{float(data_cfg.val_fraction)}"
-  return pathlib.Path(cache_root) / f"prepared-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+  return paths.path(cache_root) / f"prepared-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def load_for_training(
@@ -302,8 +302,9 @@ def load_for_training(
       if_changed="error",
       seq_len=int(data_cfg.seq_len),
   )
-  train_store = store_lib.SplitStore(prepared_dir, manifest, "train")
-  val_store = store_lib.SplitStore(prepared_dir, manifest, "val")
+  local = paths.local_mirror(prepared_dir)  # prepare() left a bucket's shards there
+  train_store = store_lib.SplitStore(local, manifest, "train")
+  val_store = store_lib.SplitStore(local, manifest, "val")
   it = train_iterator(
       train_store,
       tok,
@@ -329,6 +330,9 @@ def open_prepared(prepared_dir, *, tokenizer: str | None = None) -> tuple[dict, 
     )
   if tokenizer is not None:
     prepare_lib.check_manifest(
-        manifest, pathlib.Path(prepared_dir) / "manifest.json", tokenizer=tokenizer
+        manifest, os.fspath(paths.path(prepared_dir) / "manifest.json"), tokenizer=tokenizer
     )
-  return manifest, {s: store_lib.SplitStore(prepared_dir, manifest, s) for s in store_lib.SPLITS}
+  local = paths.local_mirror(prepared_dir)  # shards are read from local files
+  if paths.is_remote(prepared_dir):
+    paths.copy_tree(prepared_dir, local, last=("manifest.json",))
+  return manifest, {s: store_lib.SplitStore(local, manifest, s) for s in store_lib.SPLITS}

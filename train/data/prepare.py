@@ -40,6 +40,7 @@ from train import cli
 from train.data import sources as sources_lib
 from train.data import split as split_lib
 from train.data import store
+from train import paths
 from train.data import synthetic
 from train.data import tokenizer as tok_lib
 
@@ -129,12 +130,12 @@ def check_manifest(manifest: dict, path, *, source=None, tokenizer=None, val_fra
     if not ok:
       raise ValueError(
           f"{path} was prepared with {what} {have} but {want} was asked for; prepare into "
-          f"another directory (--out / data.prepared_dir) or delete {pathlib.Path(path).parent}"
+          f"another directory (--out / data.prepared_dir) or delete {os.path.dirname(path)}"
       )
 
 
 def read_manifest(out_dir) -> dict | None:
-  p = pathlib.Path(out_dir) / "manifest.json"
+  p = paths.path(out_dir) / "manifest.json"
   if not p.exists():
     return None
   return json.loads(p.read_text())
@@ -308,6 +309,10 @@ def prepare(
   `seq_len` (the loader's window) adds a synthetic corpus's reachable floor for it."""
   if if_changed not in ("reprepare", "error"):
     raise ValueError(f"if_changed must be 'reprepare' or 'error', got {if_changed!r}")
+  if paths.is_remote(out_dir):
+    kwargs = dict(val_fraction=val_fraction, num_workers=num_workers, shard_bytes=shard_bytes)
+    kwargs.update(progress=progress, if_changed=if_changed, seq_len=seq_len)
+    return _prepare_remote(source, tokenizer, out_dir, **kwargs)
   out_dir = pathlib.Path(out_dir)
   val_fraction = split_lib.check_val_fraction(val_fraction)  # here, not inside a worker
   tok = tok_lib.load(tokenizer)
@@ -373,6 +378,18 @@ def prepare(
   manifest["prepare_seconds"] = round(time.time() - t0, 3)
   _write_manifest(out_dir, manifest)
   return _with_reachable_floor(manifest, out_dir, seq_len)
+
+
+def _prepare_remote(source: str, tokenizer: str, url: str, **kwargs) -> dict:
+  """Prepares into the local mirror of `url` (ArrayRecord writes local files; train/paths.py),
+  after fetching what the bucket already holds so that an intact copy is reused, then uploads
+  the shards and, last, the manifest (its presence means "prepare finished")."""
+  local = paths.local_mirror(url)
+  if read_manifest(url) is not None:
+    paths.copy_tree(url, local, last=("manifest.json",))
+  manifest = prepare(source, tokenizer, local, **kwargs)
+  paths.copy_tree(local, url, last=("manifest.json",))
+  return manifest
 
 
 def _summarize(out_dir, num_shards, settings, domains, replaced, src) -> dict:
