@@ -9,16 +9,21 @@ Names (the arg):
   cpu_grid      the same sizes and budgets as independent cosine runs (the expensive way).
   cpu_isoflop   3 FLOP budgets x 5 sizes, D = C / flops_per_token (IsoFLOP, approach 2).
   cpu_synthetic the `cpu` ladder on the synthetic Markov corpus (known entropy floor).
+  cpu_epochs    data-constrained: 3 small sizes x 0.25..16 epochs of a fixed 20480-token
+                subset of `embedded` (independent cosine runs), for `eval.fit constrained`.
   tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
-  tiny_grid, tiny_isoflop: tiny versions of the other schemes, for tests.
+  tiny_grid, tiny_isoflop, tiny_epochs: tiny versions of the other schemes, for tests.
 
 ladder fields:
-  scheme          wsd | grid | isoflop
+  scheme          wsd | grid | isoflop | epochs
   sizes           tuple of (name, d_model, num_layers, num_heads); mlp_dim = mlp_ratio*d_model,
                   head_dim = d_model // num_heads
   steps           token budgets as optimizer steps (wsd, grid); tokens = steps*batch*seq_len
   flop_budgets    FLOP budgets (isoflop); a size whose steps fall outside
                   [min_steps, max_steps] is skipped for that budget
+  unique_tokens   epochs: the subset size (data.max_unique_tokens of every point; a multiple
+                  of seq_len and at least one batch)
+  epochs          epochs: repetition counts of that subset, tokens = epochs * unique_tokens
   decay_fraction  wsd: fraction of each budget spent cooling down
   cooldown        wsd cooldown shape: linear | 1-sqrt
   parallel        --executor local: worker processes (points are split by size)
@@ -56,6 +61,8 @@ def _ladder(**kw) -> ml_collections.ConfigDict:
       mlp_ratio=4,
       steps=(150, 300, 600),
       flop_budgets=(),
+      unique_tokens=0,
+      epochs=(),
       min_steps=20,
       max_steps=5000,
       decay_fraction=0.2,
@@ -94,6 +101,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.ladder = _ladder(
         scheme="isoflop", flop_budgets=(3e11, 1e12, 3e12), steps=(), min_steps=50, max_steps=1500
     )
+  elif name == "cpu_epochs":
+    _epochs_cpu(c)
   elif name.startswith("tiny"):
     c.data.seq_len = 32
     c.model.max_seq_len = 32
@@ -116,14 +125,36 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
           min_steps=3,
           max_steps=80,
       )
+    elif name == "tiny_epochs":
+      c.ladder = _ladder(
+          scheme="epochs", sizes=_TINY_SIZES[:2], steps=(), unique_tokens=4 * 4 * 32, epochs=(1, 3)
+      )
     else:
       raise ValueError(
           f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
-          "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
+          "cpu_isoflop, cpu_synthetic, cpu_epochs, tiny, tiny_grid, tiny_isoflop or tiny_epochs"
       )
   else:
     raise ValueError(
         f"configs/ladder.py: unknown ladder {name!r}; use cpu, cpu_grid, "
-        "cpu_isoflop, cpu_synthetic, tiny, tiny_grid or tiny_isoflop"
+        "cpu_isoflop, cpu_synthetic, cpu_epochs, tiny, tiny_grid, tiny_isoflop or tiny_epochs"
     )
   return c
+
+
+def _epochs_cpu(c) -> None:
+  """cpu_epochs: sequences of 64, batches of 8 (512 tokens a step), a 40-step subset; the
+  e <= 1 points give the single-epoch Chinchilla part, e >= 2 the repetition decay."""
+  c.data.seq_len = 64
+  c.model.max_seq_len = 64
+  c.train.batch_size = 8
+  c.train.warmup_steps = 5
+  c.eval.batches = 16
+  c.checkpoint.every = 200
+  c.ladder = _ladder(
+      scheme="epochs",
+      sizes=_TINY_SIZES,
+      steps=(),
+      unique_tokens=40 * 512,
+      epochs=(0.25, 0.5, 1, 2, 4, 8, 16),
+  )

@@ -21,6 +21,10 @@ Schemes (config.ladder.scheme):
            cooldown branch copies that run's checkpoint at T - decay_fraction*T (params,
            optimizer state, data position) and finishes with the WSD cooldown
            (Hägele et al. 2024). The constant run is shared, so S budgets cost about one run.
+  epochs   data-constrained: every size x every repetition count e (config.ladder.epochs) of
+           a fixed subset of ladder.unique_tokens tokens (data.max_unique_tokens), as
+           independent runs of e * unique_tokens tokens (Muennighoff et al. 2023); e <= 1
+           rows are single-epoch points for the Chinchilla part of `eval.fit constrained`.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ RESULT_COLUMNS = (
     "seed",
     "unique_tokens",
     "flops_6nd",
+    "epochs",
 )
 
 
@@ -124,6 +129,27 @@ def branch_step(steps: int, decay_fraction: float) -> int:
   """Where a WSD cooldown to `steps` starts: the trainer's schedule decays over
   max(round(decay_fraction * steps), 1) final steps."""
   return steps - max(int(round(decay_fraction * steps)), 1)
+
+
+def epoch_points(config, size) -> list[Point]:
+  """The `epochs` scheme's points of one size: e * ladder.unique_tokens tokens each (rounded
+  to whole steps; results.csv records the exact epochs = tokens / unique_tokens)."""
+  lad = config.ladder
+  unique = int(lad.unique_tokens)
+  tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
+  points = []
+  for e in lad.epochs:
+    steps = int(round(float(e) * unique / tokens_per_step))
+    if steps < 1:
+      raise ValueError(
+          f"ladder.epochs entry {e} of ladder.unique_tokens={unique} is less than one step "
+          f"of {tokens_per_step} tokens; use larger epochs or more unique tokens"
+      )
+    c = _train_config(config, size, lad.mlp_ratio, f"{size[0]}_e{float(e):g}")
+    c.train.steps = steps
+    c.data.max_unique_tokens = unique
+    points.append(Point(c.name, size[0], c))
+  return points
 
 
 def expand(config) -> list[Point]:
@@ -182,8 +208,10 @@ def expand(config) -> list[Point]:
                 branch_step=branch_step(int(steps), lad.decay_fraction),
             )
         )
+    elif scheme == "epochs":
+      points.extend(epoch_points(config, size))
     else:
-      raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop or wsd")
+      raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop, wsd or epochs")
   if not any(p.record for p in points):
     raise ValueError(
         "the ladder has no points: check ladder.steps / ladder.flop_budgets and "
@@ -261,10 +289,13 @@ def _last_train_loss(metrics_path: str, fallback: float) -> float:
 
 
 def unique_tokens(config) -> int | str:
-  """Tokens of the prepared train split the point could see (the data manifest's
-  splits.train.tokens), or "" when the data is not prepared."""
+  """Tokens of the train split the point could see: data.max_unique_tokens when set (a
+  data-constrained point), else the data manifest's splits.train.tokens, or "" when the data
+  is not prepared."""
   from train.data import prepare as prepare_lib
 
+  if config.data.get("max_unique_tokens", 0):
+    return int(config.data.max_unique_tokens)
   if not config.data.prepared_dir:
     return ""
   manifest = prepare_lib.read_manifest(config.data.prepared_dir) or {}
@@ -290,6 +321,7 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
   counts = summary.param_counts(c.model)
   tokens = int(c.train.steps) * int(c.train.batch_size) * int(c.data.seq_len)
   fpt = flops_per_token(c)
+  unique = unique_tokens(c)
   train_loss = _last_train_loss(out.get("metrics_jsonl", ""), out.get("train_loss", math.nan))
   return dict(
       name=point.name,
@@ -312,8 +344,9 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
       wall_s=round(wall_s, 2),
       val_loss_se=_val_loss_se(out),
       seed=int(c.seed),
-      unique_tokens=unique_tokens(c),
+      unique_tokens=unique,
       flops_6nd=6.0 * counts["total"] * tokens,
+      epochs=tokens / unique if unique else "",
   )
 
 

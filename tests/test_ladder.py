@@ -190,3 +190,29 @@ def test_train_loss_skips_a_metrics_line_cut_short_by_a_kill(tmp_path):
   last_train_loss = ladder._last_train_loss  # pylint: disable=protected-access
   assert last_train_loss(str(path), math.nan) == 2.5
   assert math.isnan(last_train_loss(str(tmp_path / "none"), math.nan))
+
+
+def test_epochs_scheme_expands_sizes_by_repetitions():
+  pts = ladder.expand(ladder_cfg.get_config("cpu_epochs"))
+  assert len({p.size for p in pts}) == 3 and len(pts) == 3 * 7
+  for p in pts:
+    c = p.config
+    assert c.data.max_unique_tokens == 20480
+    e = float(p.name.rpartition("_e")[2])
+    assert c.train.steps * c.train.batch_size * c.data.seq_len == e * 20480
+  cfg = ladder_cfg.get_config("tiny_epochs")
+  cfg.ladder.epochs = (0.01,)
+  with pytest.raises(ValueError, match="ladder.epochs entry 0.01"):
+    ladder.expand(cfg)
+
+
+@pytest.mark.slow
+def test_tiny_epochs_ladder_records_unique_tokens_and_epochs(tmp_path):
+  ladder.run_ladder(ladder_cfg.get_config("tiny_epochs"), tmp_path)
+  rows = {r["name"]: r for r in _rows(tmp_path)}
+  assert sorted(rows) == ["d16l1_e1", "d16l1_e3", "d32l1_e1", "d32l1_e3"]
+  for name, r in rows.items():
+    assert int(r["unique_tokens"]) == 512 and r["scheme"] == "epochs"
+    assert float(r["epochs"]) == float(name.rpartition("_e")[2])
+    assert float(r["epochs"]) == int(r["tokens"]) / 512
+    assert math.isfinite(float(r["val_loss"]))
