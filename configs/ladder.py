@@ -9,8 +9,9 @@ Names (the arg):
   cpu_grid      the same sizes and budgets as independent cosine runs (the expensive way).
   cpu_isoflop   3 FLOP budgets x 5 sizes, D = C / flops_per_token (IsoFLOP, approach 2).
   cpu_synthetic the `cpu` ladder on the synthetic Markov corpus (known entropy floor).
-  cpu_epochs    data-constrained: 3 small sizes x 0.25..16 epochs of a fixed 20480-token
-                subset of `embedded` (independent cosine runs), for `eval.fit constrained`.
+  cpu_epochs    data-constrained: 3 small sizes x 0.5..16 epochs of a fixed 10240-token
+                subset of `embedded` (independent cosine runs, each repeated run with a
+                fresh-data twin), for `eval.fit constrained`.
   tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
   tiny_grid, tiny_isoflop, tiny_epochs: tiny versions of the other schemes, for tests.
 
@@ -143,18 +144,19 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
 
 
 def _epochs_cpu(c) -> None:
-  """cpu_epochs: sequences of 64, batches of 8 (512 tokens a step), a 40-step subset; the
-  e <= 1 points give the single-epoch Chinchilla part, e >= 2 the repetition decay."""
+  """cpu_epochs: sequences of 64, batches of 8 (512 tokens a step), a 20-step subset; the
+  e <= 1 points and the fresh twins give the single-epoch Chinchilla part, e >= 2 the
+  repetition decay."""
   c.data.seq_len = 64
   c.model.max_seq_len = 64
   c.train.batch_size = 8
-  c.train.warmup_steps = 5
+  c.train.warmup_steps = 2
   c.eval.batches = 16
   c.checkpoint.every = 200
   c.ladder = _ladder(
       scheme="epochs",
       sizes=_TINY_SIZES,
       steps=(),
-      unique_tokens=40 * 512,
-      epochs=(0.25, 0.5, 1, 2, 4, 8, 16),
+      unique_tokens=20 * 512,
+      epochs=(0.5, 1, 2, 4, 8, 16),
   )

@@ -23,8 +23,10 @@ Schemes (config.ladder.scheme):
            (Hägele et al. 2024). The constant run is shared, so S budgets cost about one run.
   epochs   data-constrained: every size x every repetition count e (config.ladder.epochs) of
            a fixed subset of ladder.unique_tokens tokens (data.max_unique_tokens), as
-           independent runs of e * unique_tokens tokens (Muennighoff et al. 2023); e <= 1
-           rows are single-epoch points for the Chinchilla part of `eval.fit constrained`.
+           independent runs of e * unique_tokens tokens (Muennighoff et al. 2023); for each
+           e > 1 also a `_fresh` twin of as many tokens on the whole split, so the
+           single-epoch rows that fit the Chinchilla part of `eval.fit constrained` span the
+           same token range as the repeated ones (else R_D* absorbs the extrapolation error).
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ def branch_step(steps: int, decay_fraction: float) -> int:
 
 def epoch_points(config, size) -> list[Point]:
   """The `epochs` scheme's points of one size: e * ladder.unique_tokens tokens each (rounded
-  to whole steps; results.csv records the exact epochs = tokens / unique_tokens)."""
+  to whole steps; results.csv records the exact epochs = tokens / unique_tokens), and for
+  e > 1 a twin on fresh data (the whole split)."""
   lad = config.ladder
   unique = int(lad.unique_tokens)
   tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
@@ -145,10 +148,12 @@ def epoch_points(config, size) -> list[Point]:
           f"ladder.epochs entry {e} of ladder.unique_tokens={unique} is less than one step "
           f"of {tokens_per_step} tokens; use larger epochs or more unique tokens"
       )
-    c = _train_config(config, size, lad.mlp_ratio, f"{size[0]}_e{float(e):g}")
-    c.train.steps = steps
-    c.data.max_unique_tokens = unique
-    points.append(Point(c.name, size[0], c))
+    for fresh in (False, True) if float(e) > 1 else (False,):
+      name = f"{size[0]}_e{float(e):g}" + ("_fresh" if fresh else "")
+      c = _train_config(config, size, lad.mlp_ratio, name)
+      c.train.steps = steps
+      c.data.max_unique_tokens = 0 if fresh else unique
+      points.append(Point(c.name, size[0], c))
   return points
 
 

@@ -194,12 +194,14 @@ def test_train_loss_skips_a_metrics_line_cut_short_by_a_kill(tmp_path):
 
 def test_epochs_scheme_expands_sizes_by_repetitions():
   pts = ladder.expand(ladder_cfg.get_config("cpu_epochs"))
-  assert len({p.size for p in pts}) == 3 and len(pts) == 3 * 7
+  assert len({p.size for p in pts}) == 3 and len(pts) == 3 * (6 + 4)  # 4 fresh twins (e > 1)
   for p in pts:
     c = p.config
-    assert c.data.max_unique_tokens == 20480
-    e = float(p.name.rpartition("_e")[2])
-    assert c.train.steps * c.train.batch_size * c.data.seq_len == e * 20480
+    fresh = p.name.endswith("_fresh")
+    assert c.data.max_unique_tokens == (0 if fresh else 10240)
+    e = float(p.name.removesuffix("_fresh").rpartition("_e")[2])
+    assert c.train.steps * c.train.batch_size * c.data.seq_len == e * 10240
+    assert not fresh or e > 1
   cfg = ladder_cfg.get_config("tiny_epochs")
   cfg.ladder.epochs = (0.01,)
   with pytest.raises(ValueError, match="ladder.epochs entry 0.01"):
@@ -210,9 +212,12 @@ def test_epochs_scheme_expands_sizes_by_repetitions():
 def test_tiny_epochs_ladder_records_unique_tokens_and_epochs(tmp_path):
   ladder.run_ladder(ladder_cfg.get_config("tiny_epochs"), tmp_path)
   rows = {r["name"]: r for r in _rows(tmp_path)}
-  assert sorted(rows) == ["d16l1_e1", "d16l1_e3", "d32l1_e1", "d32l1_e3"]
+  assert sorted(rows) == [f"d{d}l1_{e}" for d in (16, 32) for e in ("e1", "e3", "e3_fresh")]
+  manifest = json.loads(next((tmp_path / "data").glob("prepared-*/manifest.json")).read_text())
+  whole = manifest["splits"]["train"]["tokens"]
   for name, r in rows.items():
-    assert int(r["unique_tokens"]) == 512 and r["scheme"] == "epochs"
-    assert float(r["epochs"]) == float(name.rpartition("_e")[2])
-    assert float(r["epochs"]) == int(r["tokens"]) / 512
+    unique = whole if name.endswith("_fresh") else 512
+    assert int(r["unique_tokens"]) == unique and r["scheme"] == "epochs"
+    assert float(r["epochs"]) == int(r["tokens"]) / unique
     assert math.isfinite(float(r["val_loss"]))
+  assert float(rows["d16l1_e3"]["epochs"]) == 3 and float(rows["d16l1_e3_fresh"]["epochs"]) < 1
