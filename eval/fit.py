@@ -1460,10 +1460,13 @@ def bootstrap_data_constrained(
 
 
 def data_constrained_intervals(samples_Bx7, epochs=(), level=INTERVAL_LEVEL) -> dict:
-  """Percentile intervals of the 7 parameters and of `repeated_token_worth` at `epochs`."""
+  """Percentile intervals of the 7 parameters and of `repeated_token_worth` at `epochs`;
+  None for R_N* when no resample identified it."""
   s = np.atleast_2d(np.asarray(samples_Bx7, float))
   out = {
       k: [float(x) for x in percentile_interval(s[:, j], level)]
+      if np.isfinite(s[:, j]).any()
+      else None
       for j, k in enumerate(CONSTRAINED_PARAMS)
   }
   for e in epochs:

@@ -124,3 +124,13 @@ def test_cli_writes_the_fit_and_the_worth_of_a_repeat(tmp_path):
   assert row["marginal"] == pytest.approx(math.exp(-3 / res["R_D_star"]))
   lo, hi = row["marginal_interval"]
   assert lo <= hi and len(res["bootstrap"]["samples"]) == res["bootstrap"]["n"]
+
+
+def test_r_n_star_is_none_when_no_model_exceeds_the_optimal_size_for_its_data():
+  N, D, U, L = simulate()
+  small = (N < 2e8) & (D >= UNIQUE)  # N below N_opt(U_D >= 1e10) ~ 3e8: no excess N
+  N, D, U, L = N[small], D[small], U[small], L[small]
+  law = fit.fit_data_constrained(N, D, U, L, base=true_law().base)
+  assert law.R_N_star is None and law.R_D_star == pytest.approx(15.4, rel=0.3)
+  samples = np.c_[np.tile(law.params[:6], (3, 1)), np.full(3, np.nan)]
+  assert fit.data_constrained_intervals(samples)["R_N_star"] is None
