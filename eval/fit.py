@@ -1462,7 +1462,12 @@ def bootstrap_data_constrained(
 def data_constrained_intervals(samples_Bx7, epochs=(), level=INTERVAL_LEVEL) -> dict:
   """Percentile intervals of the 7 parameters and of `repeated_token_worth` at `epochs`;
   None for R_N* when no resample identified it."""
-  s = np.atleast_2d(np.asarray(samples_Bx7, float))
+  s = np.asarray(samples_Bx7, float).reshape(-1, len(CONSTRAINED_PARAMS))
+  if not len(s):
+    raise ValueError(
+        "no bootstrap resample could be refitted (each needs 5 single-epoch rows with 2 sizes "
+        "and 2 token counts, and a repeated row); add runs or use --bootstrap-by point"
+    )
   out = {
       k: [float(x) for x in percentile_interval(s[:, j], level)]
       if np.isfinite(s[:, j]).any()

@@ -134,3 +134,5 @@ def test_r_n_star_is_none_when_no_model_exceeds_the_optimal_size_for_its_data():
   assert law.R_N_star is None and law.R_D_star == pytest.approx(15.4, rel=0.3)
   samples = np.c_[np.tile(law.params[:6], (3, 1)), np.full(3, np.nan)]
   assert fit.data_constrained_intervals(samples)["R_N_star"] is None
+  with pytest.raises(ValueError, match="no bootstrap resample could be refitted"):
+    fit.data_constrained_intervals(np.zeros((0, 7)))

@@ -66,6 +66,7 @@ def replace(*pairs: tuple[str, str], extra: str = "") -> Callable[[str], str]:
 
 FIRST = "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python -m train"
 LADDER = "python -m eval.ladder --config configs/ladder.py:cpu"
+EPOCHS = "python -m eval.ladder --config configs/ladder.py:cpu_epochs"
 GPT2 = "python -m train --config configs/gpt2.py:size=124M"
 EXPORT = "python -m eval.hf export --workdir runs/gpt2"
 
@@ -104,6 +105,16 @@ RULES = [
         needs=(LADDER,),
     ),
     Rule("python -m eval.fit isoflop --csv FILE", replace(("FILE", "isoflop.csv"))),
+    # The data-constrained ladder, tiny: 2 sizes x 0.5..3 epochs (+ fresh twins), 12 points.
+    Rule(
+        EPOCHS,
+        replace((":cpu_epochs", ":tiny_epochs"), extra="'--config.ladder.epochs=(0.5,1,2,3)'"),
+    ),
+    Rule(
+        "python -m eval.fit constrained --csv runs/ladder_epochs/results.csv",
+        replace(("--bootstrap 200", "--bootstrap 4"), ("--grid full", "--grid coarse")),
+        needs=(EPOCHS,),
+    ),
     Rule("python -m eval.generate --workdir runs/default", needs=(FIRST,)),
     Rule("python -m eval.zeroshot --workdir runs/default", append("--limit 3"), needs=(FIRST,)),
     Rule("python -m eval.bias --workdir runs/default", append("--limit 4"), needs=(FIRST,)),
