@@ -167,9 +167,10 @@ def subset_windows(
   if u == 0:
     return split_windows
   if u < 0 or u % seq_len:
+    example = max(u // seq_len * seq_len, batch_tokens)
     raise ValueError(
         f"data.max_unique_tokens={u} must be a positive multiple of data.seq_len={seq_len} "
-        f"(whole windows; 0: the whole train split), e.g. {max(u // seq_len, 1) * seq_len}"
+        f"(whole windows; 0: the whole train split), e.g. {example}"
     )
   if u < batch_tokens:
     raise ValueError(
