@@ -38,7 +38,7 @@ CLI (errors are one line on stderr, exit code 1):
     python -m eval.fit powerlaw --csv FILE --x-col N --loss-col L --json OUT
     python -m eval.fit frontier --csv FILE --c-col C --loss-col L --json OUT
     python -m eval.fit constrained --csv FILE --n-col N --d-col D --u-col U --loss-col L \
-        [--bootstrap B] [--bootstrap-by point|size|run] [--epochs 2 4 8 16]
+        [--bootstrap B] [--bootstrap-by cell|point|size|run] [--epochs 2 4 8 16]
     python -m eval.fit predict --fit FIT.json --budget 1e21 [--budget ...]
     python -m eval.fit selftest [--sims 200] [--json OUT]
 """
@@ -1431,11 +1431,21 @@ def fit_data_constrained(
   )
 
 
+def design_cells(D, U) -> np.ndarray:
+  """A label per row for `bootstrap_data_constrained(groups=...)`: rows sharing the token
+  count and whether they repeat data (one per size in an `epochs` ladder). Resampling within
+  cells keeps every repetition count in every resample; resampling points can drop all rows
+  of the most repeated count, and then R_D* is not identified."""
+  D, U = np.asarray(D, float), np.asarray(U, float)
+  return np.array([f"{d:.6g}{'r' if d > u * (1 + 1e-9) else 'f'}" for d, u in zip(D, U)])
+
+
 def bootstrap_data_constrained(
-    N, D, U, L, fit: DataConstrainedFit, n_boot: int, *, seed: int = 0, clusters=None
+    N, D, U, L, fit: DataConstrainedFit, n_boot: int, *, seed: int = 0, clusters=None, groups=None
 ) -> np.ndarray:
   """Both stages refitted on resampled rows (from the pooled optimum's neighbourhood, as
-  `bootstrap_chinchilla`); rows (E, A, B, alpha, beta, R_D*, R_N*). Resamples without 5
+  `bootstrap_chinchilla`); rows (E, A, B, alpha, beta, R_D*, R_N*). clusters: whole clusters
+  resampled; groups: rows resampled within each group (`design_cells`). Resamples without 5
   single-epoch rows, 2 distinct N and D among them, or a repeated row are skipped."""
   N, D, U, L = (np.asarray(x, float) for x in (N, D, U, L))
   rng = np.random.default_rng(seed)
@@ -1443,7 +1453,7 @@ def bootstrap_data_constrained(
   starts = np.nan_to_num(starts, nan=0.0)
   rows = []
   for _ in range(n_boot):
-    i = _resample_index(len(L), rng, clusters=clusters)
+    i = _resample_index(len(L), rng, groups=groups, clusters=clusters)
     one = i[D[i] <= U[i] * (1 + 1e-9)]
     if len(one) < 5 or len(np.unique(N[one])) < 2 or len(np.unique(D[one])) < 2:
       continue
@@ -1742,9 +1752,17 @@ def _constrained_cli(args) -> dict:
       for j, e in enumerate(args.epochs)
   ]
   if args.bootstrap:
-    clusters = cluster_labels(df, args.bootstrap_by, args.n_col)
+    cells = args.bootstrap_by == "cell"
     samples = bootstrap_data_constrained(
-        N, D, U, L, law, args.bootstrap, seed=args.seed, clusters=clusters
+        N,
+        D,
+        U,
+        L,
+        law,
+        args.bootstrap,
+        seed=args.seed,
+        clusters=None if cells else cluster_labels(df, args.bootstrap_by, args.n_col),
+        groups=design_cells(D, U) if cells else None,
     )
     ivs = data_constrained_intervals(samples, args.epochs)
     out["intervals"] = {k: ivs[k] for k in CONSTRAINED_PARAMS}
@@ -1954,7 +1972,13 @@ def _parser() -> argparse.ArgumentParser:
       default=[2.0, 4.0, 8.0, 16.0],
       help="epoch counts at which to report what a repeated token is worth",
   )
-  q.add_argument("--bootstrap-by", default="point", choices=["point", "size", "run"])
+  q.add_argument(
+      "--bootstrap-by",
+      default="cell",
+      choices=["cell", "point", "size", "run"],
+      help="resample rows within design cells (same tokens, repeated or fresh; default), "
+      "points, sizes or runs",
+  )
 
   q = sub.add_parser("isoflop", help="approach 2: parabolas in log N per FLOP budget")
   _common(q)

@@ -136,3 +136,11 @@ def test_r_n_star_is_none_when_no_model_exceeds_the_optimal_size_for_its_data():
   assert fit.data_constrained_intervals(samples)["R_N_star"] is None
   with pytest.raises(ValueError, match="no bootstrap resample could be refitted"):
     fit.data_constrained_intervals(np.zeros((0, 7)))
+
+
+def test_resampling_within_design_cells_keeps_every_repetition_count():
+  N, D, U, L = simulate()
+  cells = fit.design_cells(D, U)
+  assert len(set(cells)) == len(EPOCHS) + sum(e > 1 for e in EPOCHS)  # repeated + fresh twins
+  i = fit._resample_index(len(L), np.random.default_rng(0), groups=cells)
+  assert sorted(cells[i]) == sorted(cells)  # same design, sizes drawn with replacement
