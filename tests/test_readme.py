@@ -110,9 +110,22 @@ RULES = [
         EPOCHS,
         replace((":cpu_epochs", ":tiny_epochs"), extra="'--config.ladder.epochs=(0.5,1,2,3)'"),
     ),
+    Rule("python -m train --config configs/default.py --workdir runs/capped", append(TINY)),
+    Rule(
+        "python -m eval.bias --workdir runs/ladder_epochs",
+        replace(
+            ("d48l2_e16_fresh", "d32l1_e3_fresh"),
+            (
+                "../shared/data/bias/crows_pairs/crows_pairs_anonymized.csv",
+                "crows_pairs_anonymized.csv",
+            ),
+            extra="--limit 4",
+        ),
+        needs=(EPOCHS,),
+    ),
     Rule(
         "python -m eval.fit constrained --csv runs/ladder_epochs/results.csv",
-        replace(("--bootstrap 200", "--bootstrap 4"), ("--grid full", "--grid coarse")),
+        replace(("--bootstrap 200", "--bootstrap 4")),
         needs=(EPOCHS,),
     ),
     Rule("python -m eval.generate --workdir runs/default", needs=(FIRST,)),
