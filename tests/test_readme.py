@@ -105,10 +105,10 @@ RULES = [
         needs=(LADDER,),
     ),
     Rule("python -m eval.fit isoflop --csv FILE", replace(("FILE", "isoflop.csv"))),
-    # The data-constrained ladder, tiny: 2 sizes x 0.5..3 epochs (+ fresh twins), 12 points.
+    # The data-constrained ladder, tiny: 2 sizes x 1..4 epochs (+ fresh twins), 14 points.
     Rule(
         EPOCHS,
-        replace((":cpu_epochs", ":tiny_epochs"), extra="'--config.ladder.epochs=(0.5,1,2,3)'"),
+        replace((":cpu_epochs", ":tiny_epochs"), extra="'--config.ladder.epochs=(1,2,3,4)'"),
     ),
     Rule("python -m train --config configs/default.py --workdir runs/capped", append(TINY)),
     Rule(
