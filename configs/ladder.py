@@ -16,8 +16,11 @@ Names (the arg):
                 feed-forward top-1 of 4 SwiGLU experts of width mlp_dim (router aside, a
                 token uses the parameters of the dense twin)
   moe_dense     the dense twin: the same sizes, budgets and data with a SwiGLU of mlp_dim
+  cpu_epochs    data-constrained: 3 small sizes x 0.5..16 epochs of a fixed 10240-token
+                subset of `embedded` (independent cosine runs, each repeated run with a
+                fresh-data twin), for `eval.fit constrained`.
   tiny          2 sizes x 2 budgets, a few steps each, WSD: for tests.
-  tiny_grid, tiny_isoflop: tiny versions of the other schemes, for tests.
+  tiny_grid, tiny_isoflop, tiny_epochs: tiny versions of the other schemes, for tests.
   cpu_recipe    the `cpu` budgets with every size and hyperparameter from `ladder.recipe`
                 (muP, widths 32..128, 1-sqrt WSD cooldowns), 2 seeds per point.
   cpu_lr_sweep  widths 32, 64, 128 (2 layers, 2 heads) x learning rates 2^-11..2^-5 x sp, mup,
@@ -26,12 +29,15 @@ Names (the arg):
   tiny_moe: a tiny MoE ladder, for tests.
 
 ladder fields:
-  scheme          wsd | grid | isoflop | lr_sweep
+  scheme          wsd | grid | isoflop | lr_sweep | epochs
   sizes           tuple of (name, d_model, num_layers, num_heads); mlp_dim = mlp_ratio*d_model,
                   head_dim = d_model // num_heads
   steps           token budgets as optimizer steps (wsd, grid); tokens = steps*batch*seq_len
   flop_budgets    FLOP budgets (isoflop); a size whose steps fall outside
                   [min_steps, max_steps] is skipped for that budget
+  unique_tokens   epochs: the subset size (data.max_unique_tokens of every point; a multiple
+                  of seq_len and at least one batch)
+  epochs          epochs: repetition counts of that subset, tokens = epochs * unique_tokens
   decay_fraction  wsd: fraction of each budget spent cooling down
   cooldown        wsd cooldown shape: linear | 1-sqrt
   parallel        --executor local: worker processes (points are split by size)
@@ -112,8 +118,8 @@ _TINY_SIZES = (
 
 
 _NAMES = (
-    "cpu, cpu_wsd, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_recipe, cpu_lr_sweep, moe, moe_dense, tiny, "
-    "tiny_grid, tiny_isoflop, tiny_recipe, tiny_lr_sweep or tiny_moe"
+    "cpu, cpu_wsd, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_epochs, cpu_recipe, cpu_lr_sweep, moe, moe_dense, tiny, "
+    "tiny_grid, tiny_isoflop, tiny_epochs, tiny_recipe, tiny_lr_sweep or tiny_moe"
 )
 
 
@@ -143,6 +149,8 @@ def _ladder(**kw) -> ml_collections.ConfigDict:
       mlp_ratio=4,
       steps=(150, 300, 600),
       flop_budgets=(),
+      unique_tokens=0,
+      epochs=(),
       min_steps=20,
       max_steps=5000,
       decay_fraction=0.2,
@@ -213,6 +221,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   elif name in ("moe", "moe_dense"):
     c.ladder = _ladder(sizes=_CPU_SIZES[:3], steps=(150, 300))
     _moe_twin(c, sparse=name == "moe")
+  elif name == "cpu_epochs":
+    _epochs_cpu(c)
   elif name.startswith("tiny"):
     c.data.seq_len = 32
     c.model.max_seq_len = 32
@@ -237,6 +247,10 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
           flop_budgets=(2e8, 4e8),
           min_steps=3,
           max_steps=80,
+      )
+    elif name == "tiny_epochs":
+      c.ladder = _ladder(
+          scheme="epochs", sizes=_TINY_SIZES[:2], steps=(), unique_tokens=4 * 4 * 32, epochs=(1, 3)
       )
     elif name == "tiny_recipe":
       c.ladder = _ladder(
@@ -267,3 +281,22 @@ def _moe_twin(c: ml_collections.ConfigDict, sparse: bool) -> None:
   4 experts of the same width."""
   c.model.mlp = "moe" if sparse else "swiglu"
   c.model.update(num_experts=4, experts_per_token=1, expert_mlp_dim=0, use_bias=False)
+
+
+def _epochs_cpu(c) -> None:
+  """cpu_epochs: sequences of 64, batches of 8 (512 tokens a step), a 20-step subset; the
+  e <= 1 points and the fresh twins give the single-epoch Chinchilla part, e >= 2 the
+  repetition decay."""
+  c.data.seq_len = 64
+  c.model.max_seq_len = 64
+  c.train.batch_size = 8
+  c.train.warmup_steps = 2
+  c.eval.batches = 16
+  c.checkpoint.every = 200
+  c.ladder = _ladder(
+      scheme="epochs",
+      sizes=_TINY_SIZES,
+      steps=(),
+      unique_tokens=20 * 512,
+      epochs=(0.5, 1, 2, 4, 8, 16),
+  )

@@ -22,6 +22,11 @@ Estimators, all usable from a notebook (they raise ValueError on bad input, neve
   around the minimum (a parabola over a wide grid biases the exponent), minima weighted by
   their own standard errors in N*(C) = k_N C^a and D*(C) = k_D C^b. Budgets whose smallest
   or largest size is the best one do not bracket a minimum and are left out, and listed.
+* Data-constrained scaling (Muennighoff et al. 2023), `fit_data_constrained`: the Chinchilla
+  law at effective data D' = U_D + U_D R_D* (1 - exp(-R_D/R_D*)) (R_D = epochs - 1) and
+  effective parameters N' likewise (U_N: the compute-optimal size for U_D), R_D* and R_N*
+  fitted with the Chinchilla part (fitted on single-epoch rows) fixed; bootstrap intervals
+  refit both stages (`bootstrap_data_constrained`).
 
 CLI (errors are one line on stderr, exit code 1):
 
@@ -32,6 +37,8 @@ CLI (errors are one line on stderr, exit code 1):
         [--method parabola|vpnls] [--window-dex 0.5 | --window-k K] ...
     python -m eval.fit powerlaw --csv FILE --x-col N --loss-col L --json OUT
     python -m eval.fit frontier --csv FILE --c-col C --loss-col L --json OUT
+    python -m eval.fit constrained --csv FILE --n-col N --d-col D --u-col U --loss-col L \
+        [--bootstrap B] [--bootstrap-by cell|point|size|run] [--epochs 2 4 8 16]
     python -m eval.fit predict --fit FIT.json --budget 1e21 [--budget ...]
     python -m eval.fit selftest [--sims 200] [--json OUT]
 """
@@ -173,10 +180,11 @@ def _projected_grad(theta, grad, bounds):
   return g
 
 
-def _lbfgs_runs(fn, starts_SxP, options) -> list:
-  """L-BFGS-B (inside theta_bounds) from each start; the finite results sorted by objective."""
+def _lbfgs_runs(fn, starts_SxP, options, bounds=None) -> list:
+  """L-BFGS-B (inside `bounds`, default theta_bounds) from each start; the finite results
+  sorted by objective."""
   results = []
-  bounds = theta_bounds(starts_SxP.shape[1] // 2)
+  bounds = bounds or theta_bounds(starts_SxP.shape[1] // 2)
   # scipy's bundled OpenBLAS spins up threads for the tiny L-BFGS-B matrices: ~10x slower.
   with threadpoolctl.threadpool_limits(1), np.errstate(over="ignore", invalid="ignore"):
     for x0 in starts_SxP:
@@ -1252,6 +1260,237 @@ def isoflop_vpnls(
   return out
 
 
+# ----------------------------------------------------------------------------- data-constrained
+
+# Starts for (log R_D*, log R_N*): 4 x 4 values from 1 to 125 repetitions.
+CONSTRAINED_GRID = np.log(np.array(list(itertools.product([1.0, 5.0, 25.0, 125.0], repeat=2))))
+# Box for log R*: a half-life below 0.01 or above 10^4 repetitions is not identified by a
+# ladder; an estimate at a bound says so.
+LOG_R_STAR_BOUNDS = [(math.log(1e-2), math.log(1e4))] * 2
+CONSTRAINED_PARAMS = PARAMS + ("R_D_star", "R_N_star")
+
+
+def effective_repeated(U, R, R_star):
+  """U + U R* (1 - exp(-R/R*)): what U unique units repeated R more times are worth in fresh
+  ones (Muennighoff et al. 2023, eq. 5); R* is the repetition count whose value decays by e."""
+  U, R = np.asarray(U, float), np.asarray(R, float)
+  return U + U * R_star * -np.expm1(-R / R_star)
+
+
+def unique_params(params_P, U_D):
+  """U_N: the compute-optimal size of the Chinchilla rows (E, A, B, alpha, beta) for whom U_D
+  tokens are the compute-optimal data (D_opt = G^-1 (C/6)^b, N_opt = G (C/6)^a solved for C)."""
+  E, A, B, alpha, beta = (float(x) for x in params_P)
+  log_g = (math.log(alpha * A) - math.log(beta * B)) / (alpha + beta)
+  return np.exp(log_g + (beta / alpha) * (np.log(np.asarray(U_D, float)) + log_g))
+
+
+def repetition_terms(N, D, U, params_P) -> dict:
+  """Unique data U_D = min(U, D) and its repetitions R_D = D / U_D - 1; unique parameters
+  U_N = min(N, N_opt(U_D)) and their "repetitions" R_N = N / U_N - 1 (zero for a model no
+  larger than the compute-optimal one for its unique data)."""
+  N, D, U = (np.asarray(x, float) for x in (N, D, U))
+  U_D = np.minimum(U, D)
+  U_N = np.minimum(N, unique_params(params_P, U_D))
+  return dict(U_D=U_D, R_D=D / U_D - 1.0, U_N=U_N, R_N=N / U_N - 1.0)
+
+
+def constrained_objective(log_r_star, terms, params_P, logl_N, delta=HUBER_DELTA):
+  """Huber loss of log L - log L(N', D') over (log R_D*, log R_N*) with the Chinchilla
+  parameters fixed, and its analytic gradient."""
+  E, A, B, alpha, beta = (float(x) for x in params_P)
+  rd, rn = np.exp(log_r_star)
+  n_eff = effective_repeated(terms["U_N"], terms["R_N"], rn)
+  d_eff = effective_repeated(terms["U_D"], terms["R_D"], rd)
+  pred_N = E + A * n_eff**-alpha + B * d_eff**-beta
+  r_N = np.log(pred_N) - logl_N
+  g_N = np.clip(r_N, -delta, delta)
+  f = float(np.dot(g_N, r_N - 0.5 * g_N))
+  grad = np.empty(2)
+  for j, (u, rep, r_star, coef, expo) in enumerate(
+      ((terms["U_D"], terms["R_D"], rd, B, beta), (terms["U_N"], terms["R_N"], rn, A, alpha))
+  ):
+    x = rep / r_star
+    # d eff / d log R* = R* U ((1 - e^-x) - x e^-x)
+    d_eff_d = r_star * u * (-np.expm1(-x) - x * np.exp(-x))
+    eff = d_eff if j == 0 else n_eff
+    grad[j] = float(np.dot(g_N / pred_N, -expo * coef * eff ** (-expo - 1) * d_eff_d))
+  return f, grad
+
+
+@dataclasses.dataclass
+class DataConstrainedFit:
+  """L = E + A / N'^alpha + B / D'^beta with D' = U_D + U_D R_D* (1 - exp(-R_D / R_D*)) and N'
+  likewise (Muennighoff et al. 2023): the Chinchilla law `base`, fitted on single-epoch rows,
+  and the repetition half-lives R_D*, R_N* fitted on all rows with `base` fixed."""
+
+  base: ChinchillaFit
+  R_D_star: float
+  R_N_star: float | None  # None: no row has R_N > 0, so the data say nothing about it
+  objective: float
+  n_points: int
+  n_single_epoch: int
+  n_at_optimum: int
+  grad_norm: float
+
+  @property
+  def params(self) -> np.ndarray:
+    rn = np.nan if self.R_N_star is None else self.R_N_star
+    return np.r_[self.base.params, self.R_D_star, rn]
+
+  def loss(self, N, D, U):
+    t = repetition_terms(N, D, U, self.base.params)
+    rn = self.R_N_star or 1.0  # irrelevant when every R_N is 0
+    n_eff = effective_repeated(t["U_N"], t["R_N"], rn)
+    return self.base.loss(n_eff, effective_repeated(t["U_D"], t["R_D"], self.R_D_star))
+
+  def to_dict(self) -> dict:
+    return dict(
+        law="muennighoff2023",
+        R_D_star=self.R_D_star,
+        R_N_star=self.R_N_star,
+        objective=self.objective,
+        n_points=self.n_points,
+        n_single_epoch=self.n_single_epoch,
+        n_at_optimum=self.n_at_optimum,
+        grad_norm=self.grad_norm,
+        verified=bool(self.grad_norm <= GRAD_TOL and self.n_at_optimum >= 2),
+        base=self.base.to_dict(),
+    )
+
+
+def repeated_token_worth(R_D_star, epochs) -> dict:
+  """What repetition is worth under R_D*: `marginal`, a token seen for the e-th time against a
+  fresh one, exp(-(e - 1) / R_D*); `effective_epochs`, e epochs of U unique tokens in fresh
+  tokens, D' / U = 1 + R_D* (1 - exp(-(e - 1) / R_D*)). Arrays broadcast (bootstrap rows)."""
+  r_star, e = np.asarray(R_D_star, float), np.asarray(epochs, float)
+  return dict(
+      marginal=np.exp(-(e - 1.0) / r_star),
+      effective_epochs=effective_repeated(1.0, e - 1.0, r_star),
+  )
+
+
+def _checked_constrained(N, D, U, L):
+  N, D, U, L = (_check_positive(n, x) for n, x in (("N", N), ("D", D), ("U", U), ("loss", L)))
+  if not len(N) == len(D) == len(U) == len(L):
+    raise ValueError(f"N, D, U, loss lengths differ: {len(N)}, {len(D)}, {len(U)}, {len(L)}")
+  if not np.any(D > U * (1 + 1e-9)):
+    raise ValueError(
+        "no row repeats its data (tokens > unique tokens): R_D* is not identified; add runs "
+        "of several epochs"
+    )
+  return N, D, U, L
+
+
+def _fit_repetition(N, D, U, L, base: ChinchillaFit, starts, delta) -> tuple:
+  """(best log R*, objective, n_at_optimum, grad_norm) for a fixed Chinchilla `base`."""
+  terms = repetition_terms(N, D, U, base.params)
+  logl, scale = np.log(L), objective_scale(len(L), delta)
+
+  def scaled(theta):
+    f, g = constrained_objective(theta, terms, base.params, logl, delta)
+    return f * scale, g * scale
+
+  runs = _lbfgs_runs(scaled, np.atleast_2d(starts), TOLERANCES["scaled"], LOG_R_STAR_BOUNDS)
+  if not runs:
+    raise RuntimeError("every L-BFGS-B start diverged; check the table for zeros or NaNs")
+  f_all = np.array([r.fun for r in runs])
+  at_opt = int(((f_all - runs[0].fun) <= OPTIMUM_RTOL * abs(runs[0].fun)).sum())
+  grad = _projected_grad(runs[0].x, scaled(runs[0].x)[1], LOG_R_STAR_BOUNDS)
+  return runs[0].x, float(runs[0].fun / scale), at_opt, float(np.max(np.abs(grad))), terms
+
+
+def fit_data_constrained(
+    N, D, U, L, *, base: ChinchillaFit | None = None, grid="full", delta=HUBER_DELTA, starts=None
+) -> DataConstrainedFit:
+  """Muennighoff et al. (2023) in two stages, as there: the Chinchilla law by
+  `fit_chinchilla` on the rows with at most one epoch (D <= U; `base` skips this), then
+  (R_D*, R_N*) by L-BFGS-B from CONSTRAINED_GRID (or `starts`) on all rows, Huber loss on
+  log residuals as for the base fit."""
+  N, D, U, L = _checked_constrained(N, D, U, L)
+  single = D <= U * (1 + 1e-9)
+  if base is None:
+    if single.sum() < 5:
+      raise ValueError(
+          f"the Chinchilla part needs >= 5 single-epoch rows (tokens <= unique tokens), got "
+          f"{int(single.sum())}; add runs of at most one epoch"
+      )
+    base = fit_chinchilla(N[single], D[single], L[single], grid=grid, delta=delta)
+  theta, objective, at_opt, grad_norm, terms = _fit_repetition(
+      N, D, U, L, base, CONSTRAINED_GRID if starts is None else starts, delta
+  )
+  return DataConstrainedFit(
+      base=base,
+      R_D_star=float(math.exp(theta[0])),
+      R_N_star=float(math.exp(theta[1])) if np.any(terms["R_N"] > 1e-9) else None,
+      objective=objective,
+      n_points=len(L),
+      n_single_epoch=int(single.sum()),
+      n_at_optimum=at_opt,
+      grad_norm=grad_norm,
+  )
+
+
+def design_cells(D, U) -> np.ndarray:
+  """A label per row for `bootstrap_data_constrained(groups=...)`: rows sharing the token
+  count and whether they repeat data (one per size in an `epochs` ladder). Resampling within
+  cells keeps every repetition count in every resample; resampling points can drop all rows
+  of the most repeated count, and then R_D* is not identified."""
+  D, U = np.asarray(D, float), np.asarray(U, float)
+  return np.array([f"{d:.6g}{'r' if d > u * (1 + 1e-9) else 'f'}" for d, u in zip(D, U)])
+
+
+def bootstrap_data_constrained(
+    N, D, U, L, fit: DataConstrainedFit, n_boot: int, *, seed: int = 0, clusters=None, groups=None
+) -> np.ndarray:
+  """Both stages refitted on resampled rows (from the pooled optimum's neighbourhood, as
+  `bootstrap_chinchilla`); rows (E, A, B, alpha, beta, R_D*, R_N*). clusters: whole clusters
+  resampled; groups: rows resampled within each group (`design_cells`). Resamples without 5
+  single-epoch rows, 2 distinct N and D among them, or a repeated row are skipped."""
+  N, D, U, L = (np.asarray(x, float) for x in (N, D, U, L))
+  rng = np.random.default_rng(seed)
+  starts = np.r_[[np.log(fit.params[5:7])], CONSTRAINED_GRID[::5]]
+  starts = np.nan_to_num(starts, nan=0.0)
+  rows = []
+  for _ in range(n_boot):
+    i = _resample_index(len(L), rng, groups=groups, clusters=clusters)
+    one = i[D[i] <= U[i] * (1 + 1e-9)]
+    if len(one) < 5 or len(np.unique(N[one])) < 2 or len(np.unique(D[one])) < 2:
+      continue
+    if len(one) == len(i):
+      continue
+    base = fit_chinchilla(
+        N[one], D[one], L[one], starts=refit_starts(fit.base), delta=fit.base.huber_delta
+    )
+    refit = fit_data_constrained(
+        N[i], D[i], U[i], L[i], base=base, delta=fit.base.huber_delta, starts=starts
+    )
+    rows.append(refit.params)
+  return np.array(rows).reshape(-1, len(CONSTRAINED_PARAMS))
+
+
+def data_constrained_intervals(samples_Bx7, epochs=(), level=INTERVAL_LEVEL) -> dict:
+  """Percentile intervals of the 7 parameters and of `repeated_token_worth` at `epochs`;
+  None for R_N* when no resample identified it."""
+  s = np.asarray(samples_Bx7, float).reshape(-1, len(CONSTRAINED_PARAMS))
+  if not len(s):
+    raise ValueError(
+        "no bootstrap resample could be refitted (each needs 5 single-epoch rows with 2 sizes "
+        "and 2 token counts, and a repeated row); add runs or use --bootstrap-by point"
+    )
+  out = {
+      k: [float(x) for x in percentile_interval(s[:, j], level)]
+      if np.isfinite(s[:, j]).any()
+      else None
+      for j, k in enumerate(CONSTRAINED_PARAMS)
+  }
+  for e in epochs:
+    worth = repeated_token_worth(s[:, 5], e)
+    for k, v in worth.items():
+      out[f"{k}@{e:g}"] = [float(x) for x in percentile_interval(v, level)]
+  return out
+
+
 # ----------------------------------------------------------------------------- coverage self-test
 
 # Hoffmann et al.'s published law; the self-test's designs are IsoFLOP grids around its optimum.
@@ -1552,6 +1791,51 @@ def _chinchilla_cli(args) -> dict:
   return out
 
 
+def _constrained_cli(args) -> dict:
+  if args.budget:
+    raise ValueError("constrained: --budget is not supported (no compute-optimal prediction)")
+  cols = [args.n_col, args.d_col, args.u_col, args.loss_col]
+  df = load_table(args.csv, cols, args.drop_top_loss, args.loss_col, args.drop_invalid)
+  N, D, U, L = (df[c].to_numpy(float) for c in cols)
+  law = fit_data_constrained(N, D, U, L, grid=args.grid, delta=args.huber_delta)
+  out = law.to_dict()
+  worth = repeated_token_worth(law.R_D_star, np.array(args.epochs))
+  out["repeated_token_worth"] = [
+      dict(
+          epochs=e,
+          marginal=float(worth["marginal"][j]),
+          effective_epochs=float(worth["effective_epochs"][j]),
+      )
+      for j, e in enumerate(args.epochs)
+  ]
+  if args.bootstrap:
+    cells = args.bootstrap_by == "cell"
+    samples = bootstrap_data_constrained(
+        N,
+        D,
+        U,
+        L,
+        law,
+        args.bootstrap,
+        seed=args.seed,
+        clusters=None if cells else cluster_labels(df, args.bootstrap_by, args.n_col),
+        groups=design_cells(D, U) if cells else None,
+    )
+    ivs = data_constrained_intervals(samples, args.epochs)
+    out["intervals"] = {k: ivs[k] for k in CONSTRAINED_PARAMS}
+    for row in out["repeated_token_worth"]:
+      for k in ("marginal", "effective_epochs"):
+        row[k + "_interval"] = ivs[f"{k}@{row['epochs']:g}"]
+    out["bootstrap"] = dict(
+        n=len(samples),
+        level=INTERVAL_LEVEL,
+        by=args.bootstrap_by,
+        samples=samples.tolist(),
+        columns=list(CONSTRAINED_PARAMS),
+    )
+  return out
+
+
 def _isoflop_cli(args) -> dict:
   cols = [args.n_col, args.c_col, args.loss_col] + [c for c in (args.budget_col, args.d_col) if c]
   df = load_table(args.csv, cols, args.drop_top_loss, args.loss_col, args.drop_invalid)
@@ -1728,6 +2012,31 @@ def _parser() -> argparse.ArgumentParser:
       "and 4 grid points (default), or a whole grid",
   )
 
+  q = sub.add_parser(
+      "constrained", help="data-constrained law (Muennighoff et al. 2023): R_D*, R_N*"
+  )
+  _common(q)
+  q.add_argument("--n-col", required=True)
+  q.add_argument("--d-col", required=True, help="tokens trained on")
+  q.add_argument(
+      "--u-col", required=True, help="unique tokens available (results.csv: unique_tokens)"
+  )
+  q.add_argument("--grid", default="full", choices=["full", "coarse"], help="Chinchilla starts")
+  q.add_argument(
+      "--epochs",
+      type=float,
+      nargs="+",
+      default=[2.0, 4.0, 8.0, 16.0],
+      help="epoch counts at which to report what a repeated token is worth",
+  )
+  q.add_argument(
+      "--bootstrap-by",
+      default="cell",
+      choices=["cell", "point", "size", "run"],
+      help="resample rows within design cells (same tokens, repeated or fresh; default), "
+      "points, sizes or runs",
+  )
+
   q = sub.add_parser("isoflop", help="approach 2: parabolas in log N per FLOP budget")
   _common(q)
   _fit_range(q)
@@ -1810,6 +2119,8 @@ def main(argv=None) -> int:
     out = _chinchilla_cli(args)
   elif args.cmd == "isoflop":
     out = _isoflop_cli(args)
+  elif args.cmd == "constrained":
+    out = _constrained_cli(args)
   elif args.cmd in ("powerlaw", "frontier"):
     out = _powerlaw_cli(args, frontier=args.cmd == "frontier")
   else:

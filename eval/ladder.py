@@ -33,6 +33,12 @@ Schemes (config.ladder.scheme):
 with a 1-sqrt cooldown), and `ladder.seeds` trains every point with several seeds; each row
 records what its point was trained with (lr, warmup_steps, schedule, cooldown, b2, eps,
 num_heads, parametrization, seed, and `point`: the name shared by a point's seeds).
+  epochs   data-constrained: every size x every repetition count e (config.ladder.epochs) of
+           a fixed subset of ladder.unique_tokens tokens (data.max_unique_tokens), as
+           independent runs of e * unique_tokens tokens (Muennighoff et al. 2023); for each
+           e > 1 also a `_fresh` twin of as many tokens on the whole split, so the
+           single-epoch rows that fit the Chinchilla part of `eval.fit constrained` span the
+           same token range as the repeated ones (else R_D* absorbs the extrapolation error).
 """
 
 from __future__ import annotations
@@ -108,6 +114,7 @@ RESULT_COLUMNS = (
     "schedule",
     "cooldown",
     "params_active",
+    "epochs",
 )
 
 
@@ -435,6 +442,30 @@ def hyperparameter_columns(point: Point) -> dict:
   )
 
 
+def epoch_points(config, size) -> list[Point]:
+  """The `epochs` scheme's points of one size: e * ladder.unique_tokens tokens each (rounded
+  to whole steps; results.csv records the exact epochs = tokens / unique_tokens), and for
+  e > 1 a twin on fresh data (the whole split)."""
+  lad = config.ladder
+  unique = int(lad.unique_tokens)
+  tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
+  points = []
+  for e in lad.epochs:
+    steps = int(round(float(e) * unique / tokens_per_step))
+    if steps < 1:
+      raise ValueError(
+          f"ladder.epochs entry {e} of ladder.unique_tokens={unique} is less than one step "
+          f"of {tokens_per_step} tokens; use larger epochs or more unique tokens"
+      )
+    for fresh in (False, True) if float(e) > 1 else (False,):
+      name = f"{size[0]}_e{float(e):g}" + ("_fresh" if fresh else "")
+      c = _train_config(config, size, lad.mlp_ratio, name)
+      c.train.steps = steps
+      c.data.max_unique_tokens = 0 if fresh else unique
+      points.append(Point(c.name, size[0], c))
+  return points
+
+
 def expand(config) -> list[Point]:
   """The ladder's points in dependency order (a constant run before its cooldowns)."""
   config = recipe_config(config)
@@ -494,8 +525,10 @@ def expand(config) -> list[Point]:
         )
     elif scheme == "lr_sweep":
       points.extend(lr_sweep_points(config, size))
+    elif scheme == "epochs":
+      points.extend(epoch_points(config, size))
     else:
-      raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop, wsd or lr_sweep")
+      raise ValueError(f"ladder.scheme={scheme!r}: use grid, isoflop, wsd, lr_sweep or epochs")
   points = replicate_seeds([finish_point(p, config) for p in points], config)
   points = _with_tasks(points, tuple(lad.get("tasks", ())), int(lad.get("task_limit", 0)))
   check_points(points)
@@ -580,10 +613,13 @@ def _last_train_loss(metrics_path: str, fallback: float) -> float:
 
 
 def unique_tokens(config) -> int | str:
-  """Tokens of the prepared train split the point could see (the data manifest's
-  splits.train.tokens), or "" when the data is not prepared."""
+  """Tokens of the train split the point could see: data.max_unique_tokens when set (a
+  data-constrained point), else the data manifest's splits.train.tokens, or "" when the data
+  is not prepared."""
   from train.data import prepare as prepare_lib  # noqa: PLC0415 (jax via grain, after XLA_FLAGS)
 
+  if config.data.get("max_unique_tokens", 0):
+    return int(config.data.max_unique_tokens)
   if not config.data.prepared_dir:
     return ""
   manifest = prepare_lib.read_manifest(config.data.prepared_dir) or {}
@@ -612,6 +648,7 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
   counts = summary.param_counts(c.model)
   tokens = int(c.train.steps) * int(c.train.batch_size) * int(c.data.seq_len)
   fpt = flops_per_token(c)
+  unique = unique_tokens(c)
   train_loss = _last_train_loss(out.get("metrics_jsonl", ""), out.get("train_loss", math.nan))
   return dict(
       name=point.name,
@@ -634,11 +671,12 @@ def result_row(point: Point, out: dict, wall_s: float, scheme: str) -> dict:
       wall_s=round(wall_s, 2),
       val_loss_se=_val_loss_se(out),
       seed=int(c.seed),
-      unique_tokens=unique_tokens(c),
+      unique_tokens=unique,
       flops_6nd=6.0 * counts["active"] * tokens,
       **_cost_columns(out),
       **hyperparameter_columns(point),
       params_active=counts["active"],
+      epochs=tokens / unique if unique else "",
   )
 
 

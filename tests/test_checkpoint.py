@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import pytest
 
+from configs import default
+from train import checkpoint as ckpt_lib
 from train import metrics
 from train import run as run_lib
 
@@ -209,3 +211,41 @@ def test_init_from_loads_parameters_with_fresh_optimizer(env, straight):
   fresh_first = straight["rows"][1]["loss"]
   assert rows[1]["loss"] < fresh_first - 0.3, (rows[1]["loss"], fresh_first)
   assert rows[1]["lr"] == 0.0  # warmup restarts: a fresh optimizer and schedule
+
+
+def test_data_constrained_resume_mid_second_epoch_is_bitwise_identical(env):
+  """640 unique tokens = 2.5 batches of 8 x 32: 8 steps are 3.2 epochs, the SIGTERM saves
+  step 4 (half-way through the second epoch) and batches straddle epoch boundaries."""
+  capped = {"data.max_unique_tokens": 640}
+  straight, wd = env["root"] / "capped_straight", env["root"] / "capped_sigterm"
+  dumps = {k: env["root"] / f"capped_inputs_{k}" for k in ("straight", "resumed")}
+  for d in dumps.values():
+    d.mkdir()
+  rc, out = run(env, straight, faults={"dump_inputs_to": str(dumps["straight"])}, **capped)
+  assert rc == 0, out
+  rc, out = run(env, wd, faults={"sigterm_at": 3}, **capped)
+  assert rc == 0 and "SIGTERM received: saved step 4" in out, out
+  rc, out = run(env, wd, faults={"dump_inputs_to": str(dumps["resumed"])}, **capped)
+  assert rc == 0 and "(step 4)" in out, out
+  batches = {k: {int(p.stem): np.load(p) for p in d.glob("*.npy")} for k, d in dumps.items()}
+  assert sorted(batches["straight"]) == list(range(STEPS))
+  assert sorted(batches["resumed"]) == list(range(4, STEPS))
+  for step, inputs in batches["resumed"].items():
+    np.testing.assert_array_equal(inputs, batches["straight"][step])
+  windows = {bytes(r) for b in batches["straight"].values() for r in b.astype(np.int32)}
+  assert len(windows) * 32 == 640  # the run saw exactly the 640-token subset, 3.2 times
+  assert_same_params(final_params(wd)[1], final_params(straight)[1])
+  assert_same_losses(train_rows(wd), train_rows(straight))
+
+
+def test_a_field_newer_than_the_checkpoint_counts_as_its_default():
+  """A checkpoint written before a schema field existed resumes while that field keeps its
+  default; set to anything else, the field is a difference that stops the resume."""
+  current = ckpt_lib.config_to_json(default.get_config("size=tiny"))
+  saved = json.loads(json.dumps(current))
+  del saved["data"]["max_unique_tokens"], saved["model"]["num_experts"]
+  assert ckpt_lib.config_differences(saved, current) == []
+  current["data"]["max_unique_tokens"] = 4096
+  assert ckpt_lib.config_differences(saved, current) == [
+      "data.max_unique_tokens: 0 (checkpoint) -> 4096 (now)"
+  ]

@@ -374,3 +374,34 @@ def test_cpu_ladder_brackets_the_optimum_of_every_budget():
   # The check can fail: the cpu_isoflop design's sizes all sit above the optimum.
   iso = _points_by_budget(ladder_cfg.get_config("cpu_isoflop"))
   assert any(min(n for n, _ in pts) > law.optimal(c, 6.0)[0] for c, pts in iso.items())
+
+
+def test_epochs_scheme_expands_sizes_by_repetitions():
+  pts = ladder.expand(ladder_cfg.get_config("cpu_epochs"))
+  assert len({p.size for p in pts}) == 3 and len(pts) == 3 * (6 + 4)  # 4 fresh twins (e > 1)
+  for p in pts:
+    c = p.config
+    fresh = p.name.endswith("_fresh")
+    assert c.data.max_unique_tokens == (0 if fresh else 10240)
+    e = float(p.name.removesuffix("_fresh").rpartition("_e")[2])
+    assert c.train.steps * c.train.batch_size * c.data.seq_len == e * 10240
+    assert not fresh or e > 1
+  cfg = ladder_cfg.get_config("tiny_epochs")
+  cfg.ladder.epochs = (0.01,)
+  with pytest.raises(ValueError, match="ladder.epochs entry 0.01"):
+    ladder.expand(cfg)
+
+
+@pytest.mark.slow
+def test_tiny_epochs_ladder_records_unique_tokens_and_epochs(tmp_path):
+  ladder.run_ladder(ladder_cfg.get_config("tiny_epochs"), tmp_path)
+  rows = {r["name"]: r for r in _rows(tmp_path)}
+  assert sorted(rows) == [f"d{d}l1_{e}" for d in (16, 32) for e in ("e1", "e3", "e3_fresh")]
+  manifest = json.loads(next((tmp_path / "data").glob("prepared-*/manifest.json")).read_text())
+  whole = manifest["splits"]["train"]["tokens"]
+  for name, r in rows.items():
+    unique = whole if name.endswith("_fresh") else 512
+    assert int(r["unique_tokens"]) == unique and r["scheme"] == "epochs"
+    assert float(r["epochs"]) == int(r["tokens"]) / unique
+    assert math.isfinite(float(r["val_loss"]))
+  assert float(rows["d16l1_e3"]["epochs"]) == 3 and float(rows["d16l1_e3_fresh"]["epochs"]) < 1

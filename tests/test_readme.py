@@ -67,6 +67,7 @@ def replace(*pairs: tuple[str, str], extra: str = "") -> Callable[[str], str]:
 
 FIRST = "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python -m train"
 LADDER = "python -m eval.ladder --config configs/ladder.py:cpu"
+EPOCHS = "python -m eval.ladder --config configs/ladder.py:cpu_epochs"
 GPT2 = "python -m train --config configs/gpt2.py:size=124M"
 EXPORT = "python -m eval.hf export --workdir runs/gpt2"
 
@@ -148,6 +149,29 @@ RULES = [
         needs=(LADDER,),
     ),
     Rule("python -m eval.fit isoflop --csv FILE", replace(("FILE", "isoflop.csv"))),
+    # The data-constrained ladder, tiny: 2 sizes x 1..4 epochs (+ fresh twins), 14 points.
+    Rule(
+        EPOCHS,
+        replace((":cpu_epochs", ":tiny_epochs"), extra="'--config.ladder.epochs=(1,2,3,4)'"),
+    ),
+    Rule("python -m train --config configs/default.py --workdir runs/capped", append(TINY)),
+    Rule(
+        "python -m eval.bias --workdir runs/ladder_epochs",
+        replace(
+            ("d48l2_e16_fresh", "d32l1_e3_fresh"),
+            (
+                "../shared/data/bias/crows_pairs/crows_pairs_anonymized.csv",
+                "crows_pairs_anonymized.csv",
+            ),
+            extra="--limit 4",
+        ),
+        needs=(EPOCHS,),
+    ),
+    Rule(
+        "python -m eval.fit constrained --csv runs/ladder_epochs/results.csv",
+        replace(("--bootstrap 200", "--bootstrap 4")),
+        needs=(EPOCHS,),
+    ),
     Rule("python -m eval.generate --workdir runs/default", needs=(FIRST,)),
     Rule("python -m eval.zeroshot --workdir runs/default", append("--limit 3"), needs=(FIRST,)),
     Rule("python -m eval.bias --workdir runs/default", append("--limit 4"), needs=(FIRST,)),

@@ -40,6 +40,7 @@ from orbax.checkpoint.path import step as step_lib
 
 from train import cli
 from train import paths
+from train import spec as spec_lib
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -92,9 +93,19 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: d}
 
 
+def _schema_defaults() -> dict[str, Any]:
+  """Every schema field's default, flattened (`model.num_layers`: 4, ...)."""
+  sections = {name: spec_lib.defaults(cls) for name, cls in spec_lib.SECTIONS.items()}
+  return _flatten(config_to_json(sections))
+
+
 def config_differences(saved: dict, current: dict, ignore=RESUMABLE_PREFIXES) -> list[str]:
-  """Lines 'field: saved -> current' for fields that differ and matter for resuming."""
+  """Lines 'field: saved -> current' for fields that differ and matter for resuming. A field
+  the checkpoint's config lacks (it was written before the field existed) counts as its
+  default, so a run saved by an older version resumes while the field keeps that default."""
   a, b = _flatten(saved), _flatten(current)
+  defaults = _schema_defaults()
+  a.update({k: v for k, v in defaults.items() if k not in a and k in b})
   lines = []
   for key in sorted(set(a) | set(b)):
     if any(key == p or key.startswith(p) for p in ignore):

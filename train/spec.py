@@ -72,6 +72,8 @@ class DataSpec:
   prepared_dir: str = ""  # where prepared shards live; empty: a cache under the workdir
   val_fraction: float = 0.01  # fraction of documents (by content hash) held out per domain
   num_workers: int = 0
+  max_unique_tokens: int = 0  # > 0: train on this many tokens of the train split, repeated
+  # for as many epochs as train.steps needs (a multiple of seq_len; 0: the whole split)
 
 
 @dataclasses.dataclass(frozen=True)

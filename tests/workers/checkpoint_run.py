@@ -4,7 +4,7 @@
 
 OVERRIDES_JSON maps dotted config keys to values (applied to configs/default.py:size=tiny);
 FAULTS_JSON injects failures: sigterm_at, nan_steps, nan_from, sigkill_after_save,
-restore_io_error. Prints `RESULT {...}` (step, preempted, val_loss), or `ERROR ...` and exits 3.
+restore_io_error, dump_inputs_to (a directory: each step's input tokens as STEP.npy). Prints `RESULT {...}` (step, preempted, val_loss), or `ERROR ...` and exits 3.
 """
 
 import json
@@ -44,6 +44,8 @@ def fail_state_restores() -> None:
 
 def make_hooks(faults: dict) -> trainer.Hooks:
   def batch_hook(step, batch):
+    if faults.get("dump_inputs_to"):
+      np.save(os.path.join(faults["dump_inputs_to"], f"{step}.npy"), batch["inputs"])
     if step == faults.get("sigterm_at"):
       os.kill(os.getpid(), signal.SIGTERM)
     if step in faults.get("nan_steps", []) or step >= faults.get("nan_from", 10**9):

@@ -15,6 +15,13 @@ Shuffling. The document order is `default_rng([seed, 1]).permutation`, fixed for
 the window order is `grain.MapDataset.shuffle(seed)` reshuffled every epoch by `.repeat()`.
 Window shuffling decorrelates rows (a long file would otherwise fill a batch).
 
+Data-constrained runs. `data.max_unique_tokens` = U > 0 keeps only the first U / seq_len
+windows of that stream (a prefix of the seed's document order: whole windows, so the subset
+holds exactly U target tokens) and the same `.shuffle(seed).repeat()` cycles over it, so a
+run of T tokens sees the subset T / U times (epochs), each epoch in a new order. The iterator
+state is still the next batch index, so a resume is exact also across epoch boundaries (a
+batch may straddle one).
+
 Pipeline (all random access, so the iterator state is just the next batch index):
   MapDataset.range(num_windows).shuffle(seed).repeat()    window ids, global order
   .batch(global_batch // process_count)                   local batches
@@ -145,6 +152,40 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
+def subset_windows(
+    max_unique_tokens, *, seq_len: int, global_batch_size: int, split_windows: int
+) -> int:
+  """Windows of a data-constrained run's subset: max_unique_tokens / seq_len, or all
+  `split_windows` when max_unique_tokens is 0. Values that cannot be honoured exactly raise
+  a ValueError naming data.max_unique_tokens and the range that works."""
+  batch_tokens, split_tokens = global_batch_size * seq_len, split_windows * seq_len
+  if isinstance(max_unique_tokens, bool) or not isinstance(max_unique_tokens, (int, np.integer)):
+    raise ValueError(
+        f"data.max_unique_tokens must be an integer number of tokens (0: the whole train "
+        f"split), got {max_unique_tokens!r}"
+    )
+  u = int(max_unique_tokens)
+  if u == 0:
+    return split_windows
+  if u < 0 or u % seq_len:
+    example = max(u // seq_len * seq_len, batch_tokens)
+    raise ValueError(
+        f"data.max_unique_tokens={u} must be a positive multiple of data.seq_len={seq_len} "
+        f"(whole windows; 0: the whole train split), e.g. {example}"
+    )
+  if u < batch_tokens:
+    raise ValueError(
+        f"data.max_unique_tokens={u} is smaller than one global batch (train.batch_size x "
+        f"data.seq_len = {batch_tokens} tokens); use at least {batch_tokens}"
+    )
+  if u > split_tokens:
+    raise ValueError(
+        f"data.max_unique_tokens={u} is larger than the train split ({split_tokens} tokens "
+        f"in whole seq_len windows); use at most {split_tokens} or 0 for the whole split"
+    )
+  return u // seq_len
+
+
 def train_dataset(
     split_store,
     tok,
@@ -154,8 +195,10 @@ def train_dataset(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    max_unique_tokens: int = 0,
 ) -> grain.MapDataset:
-  """The infinite, shuffled MapDataset of this process's batches (see module doc)."""
+  """The infinite, shuffled MapDataset of this process's batches (see module doc); with
+  max_unique_tokens > 0, over that many tokens' windows repeated epoch after epoch."""
   order = np.random.default_rng([seed, 1]).permutation(len(split_store.lengths))
   packer = Packer(split_store, order, seq_len, tok)
   num_windows = packer.num_windows(full_only=True)
@@ -164,6 +207,12 @@ def train_dataset(
         f"the train split has {packer.total} tokens, fewer than one window of "
         f"seq_len={seq_len}; use more data or a shorter data.seq_len"
     )
+  num_windows = subset_windows(
+      max_unique_tokens,
+      seq_len=seq_len,
+      global_batch_size=global_batch_size,
+      split_windows=num_windows,
+  )
   local = _local_batch_size(global_batch_size, process_count)
   ds = grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat(None)
   ds = ds.batch(local, drop_remainder=True)
@@ -182,6 +231,7 @@ def train_iterator(
     process_count=1,
     num_threads: int = 2,
     prefetch: int = 8,
+    max_unique_tokens: int = 0,
 ):
   """A checkpointable `grain.DatasetIterator` over this process's batches."""
   ds = train_dataset(
@@ -192,6 +242,7 @@ def train_iterator(
       seed=seed,
       process_index=process_index,
       process_count=process_count,
+      max_unique_tokens=max_unique_tokens,
   )
   opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(opts))
@@ -314,6 +365,7 @@ def load_for_training(
       process_index=process_index,
       process_count=process_count,
       num_threads=num_threads,
+      max_unique_tokens=getattr(data_cfg, "max_unique_tokens", 0),
   )
   return TrainingData(
       it, EvalSource(val_store, manifest, tok, int(data_cfg.seq_len)), manifest, tok
