@@ -3,6 +3,7 @@ modules and start subprocesses with XLA_FLAGS set before jax is imported."""
 
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -11,6 +12,8 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Test helpers that tests import as modules (tests/fake_gcs.py).
+sys.path.insert(0, str(REPO / "tests"))
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -64,7 +64,8 @@ def _rows(d: pathlib.Path) -> dict[str, dict]:
   with open(d / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
   assert len({r["name"] for r in rows}) == len(rows)  # one row per point
-  return {r["name"]: {k: v for k, v in r.items() if k != "wall_s"} for r in rows}
+  timed = ("wall_s", "chip_hours", "kwh", "usd", "kgco2e")  # wall time, the cost made of it
+  return {r["name"]: {k: v for k, v in r.items() if k not in timed} for r in rows}
 
 
 def _attempts(d: pathlib.Path, name: str) -> list[dict]:

@@ -17,7 +17,6 @@ import fake_gcs
 from train import paths
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # fake_gcs
 
 
 @pytest.fixture
