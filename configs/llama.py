@@ -77,15 +77,20 @@ SIZES = {
 
 def get_config(arg: str = ""):
   args = preset_args.parse(arg, {"size": "tiny"}, "llama")
-  shape, seq_len, batch, lr = preset_args.pick_size(SIZES, args["size"], "llama")
-  tiny = args["size"] == "tiny"
+  return llama_config("llama", args["size"], SIZES, rope_theta=10_000.0, mlp="swiglu")
+
+
+def llama_config(family: str, size: str, sizes: dict, **model):
+  """A Llama-block decoder (RoPE, RMSNorm, GQA, untied output, no biases, AdamW b2 0.95) of
+  `sizes[size]` = (model overrides, seq_len, batch_size, learning_rate); `model` adds the
+  family's own fields (configs/mixtral.py: the MoE feed-forward)."""
+  shape, seq_len, batch, lr = preset_args.pick_size(sizes, size, family)
+  tiny = size == "tiny"
   c = base.base_config()
-  c.name = f"llama-{args['size']}"
+  c.name = f"{family}-{size}"
   c.model = base.model_config(
       max_seq_len=seq_len,
       pos_encoding="rope",
-      rope_theta=10_000.0,
-      mlp="swiglu",
       norm="rmsnorm",
       norm_position="pre",
       norm_eps=1e-5,
@@ -95,6 +100,7 @@ def get_config(arg: str = ""):
       dtype="float32" if tiny else "bfloat16",
       param_dtype="float32",
       remat="none" if tiny else "full",
+      **model,
       **shape,
   )
   c.data.seq_len = seq_len

@@ -6,7 +6,7 @@ per token).
     --config configs/mixtral.py:size=tiny|8x7B
 """
 
-from configs import base
+from configs import llama
 from configs import preset_args
 
 # size: dict of model overrides + (seq_len, batch_size, learning_rate)
@@ -51,31 +51,6 @@ SIZES = {
 
 def get_config(arg: str = ""):
   args = preset_args.parse(arg, {"size": "tiny"}, "mixtral")
-  shape, seq_len, batch, lr = preset_args.pick_size(SIZES, args["size"], "mixtral")
-  tiny = args["size"] == "tiny"
-  c = base.base_config()
-  c.name = f"mixtral-{args['size']}"
-  c.model = base.model_config(
-      max_seq_len=seq_len,
-      pos_encoding="rope",
-      mlp="moe",
-      norm="rmsnorm",
-      norm_position="pre",
-      norm_eps=1e-5,
-      use_bias=False,
-      tie_embeddings=False,
-      dropout=0.0,
-      dtype="float32" if tiny else "bfloat16",
-      param_dtype="float32",
-      remat="none" if tiny else "full",
-      **shape,
-  )
-  c.data.seq_len = seq_len
-  c.train.batch_size = batch
-  c.train.learning_rate = lr
-  c.train.warmup_steps = 100 if tiny else 2000
-  c.train.steps = 1000 if tiny else 100_000
-  c.train.b2 = 0.95
-  c.train.weight_decay = 0.1
+  c = llama.llama_config("mixtral", args["size"], SIZES, mlp="moe")
   c.train.moe_load_balance_loss = 0.02
   return c
