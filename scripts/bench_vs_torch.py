@@ -1,19 +1,28 @@
 """Side-by-side: our real train step (train.bench) vs the PyTorch peer, alternating.
 
     .venv/bin/python scripts/bench_vs_torch.py --config S \
-        --torch_python ../venv-torch/bin/python [--rounds 6] [--k 2] [--json OUT]
+        --torch_python .venv/bin/python [--bf16] [--rounds 8] [--k 2] [--json OUT]
 
 Two persistent worker processes (ours: `train.bench.StepTimer` on configs/bench.py:<config>;
 the peer: the model, optimizer and step of ../shared/bench/torch_gpt.py) compile/warm up
 once, then take turns running k steps each (A B B A A B ...), so machine-load drift hits
 both alike. Only one worker runs at a time. Prints per-side step-time medians (wall and
 process CPU) and the tokens/s ratio ours / torch. It never asserts anything.
+
+A ratio is only worth printing on a quiet machine: the 1-minute load average is read before
+the workers start (it must be at most --max-load, default 1.0) and after the last round (at
+most --max-load plus the two workers'); otherwise the script prints the reason and exits 3
+without a ratio, unless --allow-noisy (then the result carries `"noisy": true`). The result
+records the CPU model, the cores this process may use and every thread setting both sides ran
+with. `--bf16`: ours runs `model.dtype=bfloat16` (fp32 master weights); the peer runs its
+forward under `torch.autocast("cpu", dtype=torch.bfloat16)`.
 """
 
 import argparse
 import json
 import os
 import pathlib
+import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +39,8 @@ from train import cli  # noqa: E402
 from train import cpu_devices  # noqa: E402
 
 PEER = REPO.parent / "shared" / "bench" / "torch_gpt.py"
+THREAD_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTEROP_THREADS")
+EXIT_NOISY = 3
 
 
 def _serve(step, k_default=1):
@@ -46,14 +57,16 @@ def _serve(step, k_default=1):
     print(json.dumps(out), flush=True)
 
 
-def worker_jax(size: str):
+def worker_jax(size: str, bf16: bool):
   config = bench_cfg.get_config(size)
+  if bf16:
+    config.model.dtype = "bfloat16"
   n = cpu_devices.configure(config)  # the same device split as python -m train
   timer = bench.StepTimer(config)
   timer.run(2)
   print(
       f"READY ours devices={n or 'preset'} attention={config.model.attention_impl} "
-      f"compile_s={timer.compile_s:.1f}",
+      f"dtype={config.model.dtype} compile_s={timer.compile_s:.1f}",
       flush=True,
   )
   _serve(lambda: timer.run(1))
@@ -65,7 +78,7 @@ def _peer_shape(size: str) -> dict:
   return dict(zip(keys, bench_cfg.SIZES[size]))
 
 
-def worker_torch(size: str, peer: str):
+def worker_torch(size: str, peer: str, bf16: bool):
   import torch  # noqa: PLC0415 (`hf` extra)
 
   sys.path.insert(0, str(pathlib.Path(peer).parent))
@@ -92,7 +105,8 @@ def worker_torch(size: str, peer: str):
   def step():  # exactly torch_gpt.main's step
     x, y = data[i[0] % 4]
     i[0] += 1
-    loss = model(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+      loss = model(x, y)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -100,8 +114,40 @@ def worker_torch(size: str, peer: str):
 
   for _ in range(3):
     step()
-  print(f"READY torch threads={torch.get_num_threads()}", flush=True)
+  print(
+      f"READY torch threads={torch.get_num_threads()} "
+      f"interop_threads={torch.get_num_interop_threads()} autocast_bf16={bf16}",
+      flush=True,
+  )
   _serve(step)
+
+
+def cpu_facts() -> dict:
+  """The CPU model, the cores this process may use and the thread settings in the environment."""
+  model = platform.processor() or platform.machine()
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  if cpuinfo.is_file():
+    for line in cpuinfo.read_text().splitlines():
+      if line.startswith("model name"):
+        model = line.split(":", 1)[1].strip()
+        break
+  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  env = {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
+  return {"cpu_model": model, "cpu_count": os.cpu_count(), "usable_cores": usable, "env": env}
+
+
+def noisy_reason(load_before: float, load_after: float, max_load: float) -> str:
+  """Why a ratio taken at these 1-minute loads is not a result; "" when the machine was quiet.
+
+  Before the workers start the load must be at most `max_load`; after the last round, at most
+  `max_load` plus the benchmark's own two workers.
+  """
+  reasons = []
+  if load_before > max_load:
+    reasons.append(f"load {load_before:.2f} before start > {max_load:.2f}")
+  if load_after > max_load + 2:
+    reasons.append(f"load {load_after:.2f} after the rounds > {max_load + 2:.2f} (2 workers)")
+  return "; ".join(reasons)
 
 
 def _start(cmd, env):
@@ -133,26 +179,30 @@ def main():
   ap.add_argument("--config", default="S", choices=["S", "M", "tiny"])
   ap.add_argument("--torch_python", default=str(REPO.parent / "venv-torch" / "bin" / "python"))
   ap.add_argument("--peer", default=str(PEER))
-  ap.add_argument("--rounds", type=int, default=6)
+  ap.add_argument("--rounds", type=int, default=8)
   ap.add_argument("--k", type=int, default=2, help="steps per turn")
   ap.add_argument("--json", default="")
+  ap.add_argument("--bf16", action="store_true", help="bf16 compute vs the peer under autocast")
+  ap.add_argument("--max-load", type=float, default=1.0, help="quiet-machine 1-min load limit")
+  ap.add_argument("--allow-noisy", action="store_true", help="print a ratio on a loaded machine")
   ap.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   a = ap.parse_args()
   if a.worker == "jax":
-    return worker_jax(a.config)
+    return worker_jax(a.config, a.bf16)
   if a.worker == "torch":
-    return worker_torch(a.config, a.peer)
+    return worker_torch(a.config, a.peer, a.bf16)
 
   _check_inputs(a)
+  load0 = os.getloadavg()
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
   me = [str(pathlib.Path(__file__).resolve()), "--config", a.config, "--peer", a.peer]
+  me += ["--bf16"] if a.bf16 else []
   procs = {
       "torch": _start([a.torch_python] + me + ["--worker", "torch"], env),
       "ours": _start([sys.executable] + me + ["--worker", "jax"], env),
   }
   times = {n: [] for n in procs}
-  load0 = os.getloadavg()
   order = ["torch", "ours"]
   for r in range(a.rounds):
     for name in (order if r % 2 == 0 else order[::-1]):
@@ -163,12 +213,16 @@ def main():
     p.stdin.write("quit\n")
     p.stdin.flush()
     p.wait()
+  load1 = os.getloadavg()
   res = {
       "config": a.config,
+      "dtype": "bfloat16 (torch: autocast)" if a.bf16 else "float32",
       "rounds": a.rounds,
       "k": a.k,
       "load_before": [round(x, 2) for x in load0],
-      "load_after": [round(x, 2) for x in os.getloadavg()],
+      "load_after": [round(x, 2) for x in load1],
+      "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+      **cpu_facts(),
   }
   for name, ts in times.items():
     walls = sorted(t[0] for t in ts)
@@ -179,6 +233,16 @@ def main():
         "cpu_ms_median": round(statistics.median(t[1] for t in ts) * 1e3, 1),
         "steps": len(ts),
     }
+  reason = noisy_reason(load0[0], load1[0], a.max_load)
+  if reason and not a.allow_noisy:
+    print(json.dumps(res))
+    print(
+        f"bench_vs_torch: no ratio: the machine is not quiet ({reason}); rerun with nothing "
+        "else running, or pass --allow-noisy to print one anyway",
+        file=sys.stderr,
+    )
+    return EXIT_NOISY
+  res["noisy"] = bool(reason)
   res["speedup_ours_vs_torch"] = round(
       res["torch"]["step_ms_median"] / res["ours"]["step_ms_median"], 3
   )

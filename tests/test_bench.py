@@ -1,6 +1,7 @@
 """train.bench runs the real step and reports its numbers (never asserts a speed), and the
 CPU device split it shares with `python -m train` is chosen only where the mesh can use it."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -132,3 +133,46 @@ def test_cpu_devices_choice(monkeypatch):
   assert cpu_devices.choose(multi, cpu_count=2) == 1  # one device per process
   monkeypatch.setenv(cpu_devices.ENV, "1")
   assert cpu_devices.choose(c, cpu_count=2) == 1  # opt out
+
+
+def _side_by_side():
+  """scripts/bench_vs_torch.py as a module (it is a script, not a package member)."""
+  path = REPO / "scripts" / "bench_vs_torch.py"
+  spec = importlib.util.spec_from_file_location("bench_vs_torch", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.mark.parametrize(
+    "before,after,noisy",
+    [(0.3, 2.1, False), (1.0, 3.0, False), (1.6, 2.0, True), (0.2, 3.4, True), (9.0, 9.0, True)],
+)
+def test_side_by_side_calls_a_loaded_machine_noisy(before, after, noisy):
+  reason = _side_by_side().noisy_reason(before, after, max_load=1.0)
+  assert bool(reason) == noisy
+  if noisy:
+    assert "load" in reason
+
+
+def test_side_by_side_refuses_a_ratio_on_a_loaded_machine(tmp_path):
+  """With a load limit below any real load it exits 3 with the reason and writes no ratio."""
+  peer = REPO.parent / "shared" / "bench" / "torch_gpt.py"
+  if not peer.is_file():
+    pytest.skip(f"{peer} (the PyTorch peer) is not present")
+  out = tmp_path / "r.json"
+  cmd = [sys.executable, "scripts/bench_vs_torch.py", "--config", "tiny", "--rounds", "1"]
+  cmd += ["--k", "1", "--torch_python", sys.executable, "--max-load", "-1", "--json", str(out)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 3, r.stderr[-2000:]
+  assert "not quiet" in r.stderr and "--allow-noisy" in r.stderr
+  assert not out.exists()
+  res = json.loads(r.stdout.strip().splitlines()[-1])
+  assert "speedup_ours_vs_torch" not in res
+  assert res["cpu_model"] and res["usable_cores"] >= 1 and "load_before" in res
+
+
+def test_side_by_side_cpu_facts_name_the_cpu():
+  facts = _side_by_side().cpu_facts()
+  assert facts["cpu_model"] and facts["cpu_count"] >= facts["usable_cores"] >= 1

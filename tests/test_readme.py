@@ -215,7 +215,7 @@ RULES = [
         "python scripts/bench_vs_torch.py --config S",
         replace(
             ("--config S", "--config tiny"),
-            extra=f"--rounds 1 --k 1 --torch_python {sys.executable} --peer {PEER}",
+            extra=f"--rounds 1 --k 1 --allow-noisy --torch_python {sys.executable} --peer {PEER}",
         ),
         skip="" if PEER.is_file() else f"{PEER} (the PyTorch peer) is not present",
     ),
