@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import default
@@ -160,12 +161,29 @@ def test_token_losses_and_z_loss():
   assert float(out["weight_sum"]) == 5
 
 
+def test_label_smoothing_is_the_smoothed_cross_entropy():
+  """ce_sum stays the plain loss; ce_sum + smooth_sum is optax's cross-entropy against
+  (1 - eps) one-hot + eps uniform targets, weighted."""
+  rng = np.random.default_rng(2)
+  logits = jnp.asarray(rng.normal(size=(2, 3, 7)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 7, (2, 3)))
+  w = jnp.asarray([[1, 0, 1], [1, 1, 1]], jnp.float32)
+  plain = step_lib.token_losses(logits, targets, w, z_loss=0.0)
+  out = step_lib.token_losses(logits, targets, w, z_loss=0.0, label_smoothing=0.1)
+  labels = optax.smooth_labels(jax.nn.one_hot(targets, 7), 0.1)
+  want = (optax.softmax_cross_entropy(logits, labels) * w).sum()
+  np.testing.assert_allclose(out["ce_sum"] + out["smooth_sum"], want, rtol=1e-5)
+  np.testing.assert_array_equal(out["ce_sum"], plain["ce_sum"])
+  assert float(plain["smooth_sum"]) == 0.0
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
         ({"train.optimizer": "sgdx"}, "train.optimizer: unknown value 'sgdx'"),
         ({"train.objective": "causal"}, "train.objective: unknown value 'causal'"),
         ({"train.microbatches": 3}, "train.microbatches: 3 does not divide"),
+        ({"train.label_smoothing": 1.0}, r"train.label_smoothing: must lie in \[0, 1\)"),
         ({"mesh.shape": (2, 1, 1)}, r"mesh.shape=\(2, 1, 1\) uses 2 devices but 1 are available"),
         ({"data.seq_len": 64}, r"data.seq_len: 64 is longer than the learned position table"),
     ],

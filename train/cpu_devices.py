@@ -2,8 +2,9 @@
 
 One XLA:CPU device keeps the cores only partly busy during a training step (many small ops,
 each parallelised on its own). Splitting the host into 2 devices and running the step data
-parallel over them (the default mesh puts the batch on the `data` axis) gave 1.2x more
-tokens/s for the configs/bench.py models on a 2-core machine (see train/bench.py).
+parallel over them (the default mesh puts the batch on the `data` axis) keeps both cores
+busier; compare with UNLEASH_CPU_DEVICES=1 using `python -m train.bench` on a quiet machine
+(no figure is recorded here: earlier ones were taken under load).
 `--xla_force_host_platform_device_count` only shapes the CPU platform, so it is harmless on
 GPU/TPU hosts, where the accelerator stays the default backend.
 
@@ -19,8 +20,9 @@ import sys
 ENV = "UNLEASH_CPU_DEVICES"
 FLAG = "--xla_force_host_platform_device_count"
 DEFAULT_DEVICES = 2
-# XLA:CPU's concurrency-optimized scheduler orders the step's many small ops worse for 2 cores:
-# turning it off gave +3..12% (S) and +3% (M) tokens/s in alternating runs. CPU-only flag.
+# XLA:CPU's concurrency-optimized scheduler orders the step's many small ops for more cores
+# than a 2-core host has, so it is turned off (CPU-only flag; its effect is not yet measured
+# on a quiet machine).
 CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 
 

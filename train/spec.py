@@ -99,6 +99,7 @@ class TrainSpec:
   cooldown: str = "linear"  # wsd cooldown shape: linear | 1-sqrt
   grad_clip: float = 1.0
   z_loss: float = 0.0
+  label_smoothing: float = 0.0  # eps of the smoothed target (0.1 for translation)
   moe_load_balance_loss: float = 0.01  # coefficient of the Switch/GShard balance loss (moe)
   moe_router_z_loss: float = 0.001  # coefficient of the router z-loss (moe)
   max_nonfinite_steps: int = 10  # consecutive skipped updates before stopping
@@ -364,6 +365,8 @@ def _validate_train(t: TrainSpec) -> None:
   ):
     if value not in valid:
       _fail(f"train.{field}", f"unknown value {value!r}; choose one of {'|'.join(valid)}")
+  if not 0 <= t.label_smoothing < 1:
+    _fail("train.label_smoothing", f"must lie in [0, 1), got {t.label_smoothing} (0.1 is usual)")
   if not 0 < t.mlm_probability < 1:
     _fail("train.mlm_probability", f"must lie in (0, 1), got {t.mlm_probability}")
   if t.batch_size % t.microbatches:

@@ -60,19 +60,32 @@ def mlm_corrupt(
 
 
 def token_losses(
-    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array, z_loss: float
+    logits_BxLxV: jax.Array,
+    targets_BxL: jax.Array,
+    weights_BxL: jax.Array,
+    z_loss: float,
+    label_smoothing: float = 0.0,
 ) -> dict[str, jax.Array]:
   """Weighted *sums* (not means) so microbatches add up exactly to the full batch.
 
   z-loss (PaLM) penalises log Z^2 to keep the softmax normaliser near 1 in low precision.
+  Label smoothing eps trains against (1 - eps) one-hot + eps uniform; that cross-entropy is
+  the plain one plus eps * (target logit - mean logit), kept apart in `smooth_sum` so the
+  logged loss stays the plain cross-entropy that evaluation reports.
   """
   w = weights_BxL.astype(jnp.float32)
   ce_sum = jnp.sum(losses.token_nll(logits_BxLxV, targets_BxL) * w)
   z_sum = jnp.zeros((), jnp.float32)
+  smooth_sum = jnp.zeros((), jnp.float32)
   if z_loss:
     log_z_BxL = jax.nn.logsumexp(logits_BxLxV.astype(jnp.float32), axis=-1)
     z_sum = jnp.sum(jnp.square(log_z_BxL) * w) * z_loss
-  return {"ce_sum": ce_sum, "z_sum": z_sum, "weight_sum": jnp.sum(w)}
+  if label_smoothing:
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    target_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    gap_BxL = target_BxL - jnp.mean(logits_BxLxV, axis=-1)
+    smooth_sum = jnp.sum(gap_BxL * w) * label_smoothing
+  return {"ce_sum": ce_sum, "z_sum": z_sum, "smooth_sum": smooth_sum, "weight_sum": jnp.sum(w)}
 
 
 def apply_model(
@@ -120,6 +133,7 @@ class StepOptions:
   objective: str = "next_token"
   microbatches: int = 1
   z_loss: float = 0.0
+  label_smoothing: float = 0.0
   mlm_probability: float = 0.15
   mask_id: int = 0
   vocab_size: int = 0
@@ -143,6 +157,7 @@ class StepOptions:
         objective=t.objective,
         microbatches=t.microbatches,
         z_loss=t.z_loss,
+        label_smoothing=t.label_smoothing,
         mlm_probability=t.mlm_probability,
         mask_id=mask_id or 0,
         vocab_size=min(m.vocab_size, token_vocab_size or m.vocab_size),
@@ -157,6 +172,8 @@ class StepOptions:
 
 def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable:
   """loss_fn(params, batch, rng) -> (sum of weighted token losses, stats of sums)."""
+
+  extra = (opts.z_loss, opts.label_smoothing)
 
   def loss_fn(params, batch, rng):
     k_mask, k_drop = jax.random.split(rng)
@@ -173,14 +190,14 @@ def make_loss_fn(model: nn.Module, opts: StepOptions) -> Callable:
     deterministic = not opts.dropout
     if not opts.moe:
       logits = apply_model(model, params, batch, rng=k_drop, deterministic=deterministic)
-      stats = token_losses(logits, batch["targets"], batch["weights"], opts.z_loss)
-      return stats["ce_sum"] + stats["z_sum"], stats
+      stats = token_losses(logits, batch["targets"], batch["weights"], *extra)
+      return stats["ce_sum"] + stats["z_sum"] + stats["smooth_sum"], stats
     logits, aux = apply_model(
         model, params, batch, rng=k_drop, deterministic=deterministic, mutable=[moe.AUX]
     )
-    stats = token_losses(logits, batch["targets"], batch["weights"], opts.z_loss)
+    stats = token_losses(logits, batch["targets"], batch["weights"], *extra)
     stats.update(moe_stats(moe.aux_losses(aux[moe.AUX]), stats["weight_sum"]))
-    total = stats["ce_sum"] + stats["z_sum"]
+    total = stats["ce_sum"] + stats["z_sum"] + stats["smooth_sum"]
     total += opts.moe_load_balance_loss * stats["moe_load_balance_sum"]
     total += opts.moe_router_z_loss * stats["moe_router_z_sum"]
     return total, stats
