@@ -16,6 +16,11 @@ without a ratio, unless --allow-noisy (then the result carries `"noisy": true`).
 records the CPU model, the cores this process may use and every thread setting both sides ran
 with. `--bf16`: ours runs `model.dtype=bfloat16` (fp32 master weights); the peer runs its
 forward under `torch.autocast("cpu", dtype=torch.bfloat16)`.
+
+`--matmul` times one matrix product instead of a step: the config's MLP up-projection
+[batch*seq, d_model] x [d_model, 4*d_model] (jitted `jnp.dot` on one XLA device vs
+`torch.matmul`), in fp32 or, with --bf16, in bf16 on both sides, and adds GFLOP/s. It says
+whether a gap in the step is already a gap in the GEMM library.
 """
 
 import argparse
@@ -55,6 +60,42 @@ def _serve(step, k_default=1):
       step()
       out.append([time.perf_counter() - t0, time.process_time() - c0])
     print(json.dumps(out), flush=True)
+
+
+def matmul_shape(size: str) -> tuple[int, int, int]:
+  """(M, K, N) of the config's MLP up-projection: tokens x d_model times d_model x 4 d_model."""
+  vocab, d, layers, heads, seq, batch = bench_cfg.SIZES[size]
+  return batch * seq, d, 4 * d
+
+
+def matmul_jax(size: str, bf16: bool):
+  import jax  # noqa: PLC0415 (worker process; XLA_FLAGS as the caller set them)
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  m, k, n = matmul_shape(size)
+  dtype = jnp.bfloat16 if bf16 else jnp.float32
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.normal(size=(m, k)), dtype)
+  b = jnp.asarray(rng.normal(size=(k, n)), dtype)
+  dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=dtype))
+  for _ in range(3):
+    dot(a, b).block_until_ready()
+  print(f"READY ours matmul {m}x{k}x{n} dtype={dtype.__name__}", flush=True)
+  _serve(lambda: dot(a, b).block_until_ready())
+
+
+def matmul_torch(size: str, bf16: bool):
+  import torch  # noqa: PLC0415 (`hf` extra)
+
+  m, k, n = matmul_shape(size)
+  dtype = torch.bfloat16 if bf16 else torch.float32
+  a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+  for _ in range(3):
+    torch.matmul(a, b)
+  print(
+      f"READY torch matmul {m}x{k}x{n} threads={torch.get_num_threads()} dtype={dtype}", flush=True
+  )
+  _serve(lambda: torch.matmul(a, b))
 
 
 def worker_jax(size: str, bf16: bool):
@@ -183,13 +224,16 @@ def main():
   ap.add_argument("--k", type=int, default=2, help="steps per turn")
   ap.add_argument("--json", default="")
   ap.add_argument("--bf16", action="store_true", help="bf16 compute vs the peer under autocast")
+  ap.add_argument("--matmul", action="store_true", help="time the MLP matmul, not the step")
   ap.add_argument("--max-load", type=float, default=1.0, help="quiet-machine 1-min load limit")
   ap.add_argument("--allow-noisy", action="store_true", help="print a ratio on a loaded machine")
   ap.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   a = ap.parse_args()
   if a.worker == "jax":
-    return worker_jax(a.config, a.bf16)
+    return (matmul_jax if a.matmul else worker_jax)(a.config, a.bf16)
   if a.worker == "torch":
+    if a.matmul:
+      return matmul_torch(a.config, a.bf16)
     return worker_torch(a.config, a.peer, a.bf16)
 
   _check_inputs(a)
@@ -197,7 +241,9 @@ def main():
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
   me = [str(pathlib.Path(__file__).resolve()), "--config", a.config, "--peer", a.peer]
-  me += ["--bf16"] if a.bf16 else []
+  me += (["--bf16"] if a.bf16 else []) + (["--matmul"] if a.matmul else [])
+  if a.matmul:
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
   procs = {
       "torch": _start([a.torch_python] + me + ["--worker", "torch"], env),
       "ours": _start([sys.executable] + me + ["--worker", "jax"], env),
@@ -216,7 +262,8 @@ def main():
   load1 = os.getloadavg()
   res = {
       "config": a.config,
-      "dtype": "bfloat16 (torch: autocast)" if a.bf16 else "float32",
+      "dtype": ("bfloat16" + ("" if a.matmul else " (torch: autocast)")) if a.bf16 else "float32",
+      "measures": "matmul %dx%dx%d" % matmul_shape(a.config) if a.matmul else "train step",
       "rounds": a.rounds,
       "k": a.k,
       "load_before": [round(x, 2) for x in load0],
@@ -233,6 +280,9 @@ def main():
         "cpu_ms_median": round(statistics.median(t[1] for t in ts) * 1e3, 1),
         "steps": len(ts),
     }
+    if a.matmul:
+      m, k, n = matmul_shape(a.config)
+      res[name]["gflops_per_s"] = round(2 * m * k * n / statistics.median(walls) / 1e9, 1)
   reason = noisy_reason(load0[0], load1[0], a.max_load)
   if reason and not a.allow_noisy:
     print(json.dumps(res))

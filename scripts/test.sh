@@ -11,4 +11,5 @@ fi
 .venv/bin/pyink --check --quiet .
 .venv/bin/ruff check --quiet .
 # loadfile: a test file's module fixtures (compiled models, prepared data) are built once.
-exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+# --durations: the slowest tests are listed, to keep the suite under its 20-minute budget.
+exec .venv/bin/python -m pytest -n 2 --dist loadfile --durations=25 "$@"
