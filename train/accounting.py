@@ -72,22 +72,20 @@ def _dense_mlp_elems(cfg: ModelConfig, mlp: str, width: int, remat: str, tensor:
 def _moe_elems(cfg: ModelConfig, remat: str, tensor: int, expert: int) -> tuple[float, float]:
   """(compute-dtype, float32) elements per token kept by an MoE feed-forward (model/moe.py).
 
-  Dropless: each token's row is copied k times (sorted by expert), and the three grouped
-  matmuls' rows are tokens * k; so gate, up and their product hold k * F per token, not E * F
-  (on TPU and GPU, whose ragged_dot is a grouped matmul; JAX's CPU lowering of ragged_dot
-  masks the rows into a dense [E, rows, ...] product, E times more).
-  Expert parallelism (model/moe_parallel.py) receives into worst-case buffers of `expert`
-  ranks x the local assignments, which multiplies the rows the experts see by `expert`.
-  Without remat: the sorted input rows and the gate/up/product (x `expert`; F is split over
-  the tensor axis only without expert parallelism, whose shard_map runs whole experts), the
-  k outputs the
-  combine weighs, the shared experts' SwiGLU, and in float32 the router's input and its logits
-  and probabilities. The grouped matmuls are not dot_general, so the dots policies recompute
-  them and keep only the router logits and the shared experts' matmul outputs."""
+  Dropless: each token's row is copied k times (sorted by expert) and the three grouped
+  matmuls run over tokens * k rows, so gate, up and their product hold k * F per token, not
+  E * F (on TPU and GPU, whose ragged_dot is a grouped matmul; JAX's CPU lowering of
+  ragged_dot masks the rows into a dense product over all E experts). Expert parallelism
+  (model/moe_parallel.py) receives into worst-case buffers of `expert` ranks x the local
+  assignments, so the experts see `expert` times the rows, and its shard_map runs whole
+  experts (F is split over the tensor axis only without it).
+  Without remat: the sorted input rows, gate/up/product, the k outputs the combine weighs, the
+  shared experts' SwiGLU, and in float32 the router's input, logits and probabilities. The
+  grouped matmuls are not dot_general, so the dots policies recompute them and keep only the
+  router logits and the shared experts' matmul outputs."""
   d, e, f, k = cfg.d_model, cfg.num_experts, cfg.moe_mlp_dim, cfg.experts_per_token
   shared = _dense_mlp_elems(cfg, "swiglu", cfg.num_shared_experts * f, remat, tensor)
   if remat == "none":
-    # Under expert parallelism each device runs whole experts (shard_map over `expert` only).
     f_split = tensor if expert == 1 else 1
     routed = k * (d * expert + 3 * f * expert / f_split + d)
     return routed + shared, d + 2.0 * e
@@ -118,11 +116,11 @@ def _activation_bytes(cfg: ModelConfig, tokens: float, seq_len: int, remat: str,
   _, _, tensor, expert = mesh
   abytes = _BYTES[cfg.dtype]
   kept = sum(
-      n * (a * abytes + f * 4) for n, a, f in _layer_elems(cfg, seq_len, remat, tensor, expert)
+      n * (a * abytes + a32 * 4) for n, a, a32 in _layer_elems(cfg, seq_len, remat, tensor, expert)
   )
   if remat != "none":
     full = _layer_elems(cfg, seq_len, "none", tensor, expert)
-    kept += max(a * abytes + f * 4 for n, a, f in full if n)
+    kept += max(a * abytes + a32 * 4 for n, a, a32 in full if n)
   return tokens * kept
 
 
@@ -165,14 +163,16 @@ def memory_per_device(
   experts = [s for name, s in shapes.items() if name.endswith(EXPERT_PARAMS)]
   others = [s for name, s in shapes.items() if not name.endswith(EXPERT_PARAMS)]
   shards = fsdp * tensor
-  per_device = lambda elems, n: sum(elems) / shards + sum(n) / (shards * expert)
-  param_elems = per_device([math.prod(s) for s in others], [math.prod(s) for s in experts])
+
+  def per_device(count) -> float:
+    """count(shapes) of the other params over fsdp x tensor, of the experts' also / expert."""
+    return count(others) / shards + count(experts) / (shards * expert)
+
+  param_elems = per_device(lambda shapes: sum(math.prod(s) for s in shapes))
+  opt = per_device(lambda shapes: _optimizer_state_elems(shapes, optimizer))
   pbytes = _BYTES[cfg.param_dtype]
   tokens = batch_size / (data * fsdp * expert) * seq_len
   logits = tokens * cfg.vocab_size / tensor * 4 * 2
-  opt = per_device(
-      [_optimizer_state_elems(others, optimizer)], [_optimizer_state_elems(experts, optimizer)]
-  )
   out = {
       "params_bytes": param_elems * pbytes,
       "grads_bytes": param_elems * pbytes,
