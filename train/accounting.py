@@ -21,7 +21,7 @@ from train import cli
 
 from model.config import ModelConfig
 from model.summary import as_model_config, flops_per_token_forward, flops_per_token_train
-from model.summary import param_counts, param_shapes
+from model.summary import EXPERT_PARAMS, param_counts, param_shapes
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -45,29 +45,94 @@ def _optimizer_state_elems(shapes: Sequence[tuple[int, ...]], optimizer: str) ->
   raise ValueError(f"optimizer {optimizer!r}: choose adamw|adafactor|lion|muon")
 
 
-def _activation_elems_per_token_layer(
-    cfg: ModelConfig, seq_len: int, remat: str, tensor: int
-) -> tuple[float, float]:
-  """(compute-dtype elements, float32 elements) kept per token per layer for the backward pass.
+REMATS = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
+
+def _attention_elems(cfg: ModelConfig, seq_len: int, remat: str, tensor: int):
+  """(compute-dtype, float32) elements per token kept by a layer's attention and norms:
   none: every matmul/nonlinearity input; dots_saveable: only matmul outputs (incl. the score
-  matrix); dots_with_no_batch_dims_saveable: projection/MLP outputs, not the scores; full:
-  the layer input only. Head/mlp-sized pieces are divided by the tensor axis."""
-  d, n, k, h, m = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  n_mlp = 3 if cfg.mlp == "swiglu" else 2
+  matrix); dots_with_no_batch_dims_saveable: projection outputs, not the scores."""
+  d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   qkv, attn = (n + 2 * k) * h / tensor, n * h / tensor
   scores = n * seq_len / tensor
   if remat == "none":
-    return 6 * d + qkv + attn + n_mlp * m / tensor, 2 * scores
+    return 6 * d + qkv + attn, 2 * scores
   if remat == "dots_saveable":
-    return 2 * d + qkv + attn + (n_mlp - 1) * m / tensor, scores
-  if remat == "dots_with_no_batch_dims_saveable":
-    return 2 * d + qkv + (n_mlp - 1) * m / tensor, 0.0
+    return 2 * d + qkv + attn, scores
+  return 2 * d + qkv, 0.0  # dots_with_no_batch_dims_saveable
+
+
+def _dense_mlp_elems(cfg: ModelConfig, mlp: str, width: int, remat: str, tensor: int) -> float:
+  """Compute-dtype elements per token kept by a dense MLP of hidden `width`: every hidden
+  activation without remat (gate, up, product for swiglu), the hidden matmul outputs with it."""
+  n_mlp = 3 if mlp == "swiglu" else 2
+  return (n_mlp if remat == "none" else n_mlp - 1) * width / tensor
+
+
+def _moe_elems(cfg: ModelConfig, remat: str, tensor: int, expert: int) -> tuple[float, float]:
+  """(compute-dtype, float32) elements per token kept by an MoE feed-forward (model/moe.py).
+
+  Dropless: each token's row is copied k times (sorted by expert) and the three grouped
+  matmuls run over tokens * k rows, so gate, up and their product hold k * F per token, not
+  E * F (on TPU and GPU, whose ragged_dot is a grouped matmul; JAX's CPU lowering of
+  ragged_dot masks the rows into a dense product over all E experts). Expert parallelism
+  (model/moe_parallel.py) receives into worst-case buffers of `expert` ranks x the local
+  assignments, so the experts see `expert` times the rows, and its shard_map runs whole
+  experts (F is split over the tensor axis only without it).
+  Without remat: the sorted input rows, gate/up/product, the k outputs the combine weighs, the
+  shared experts' SwiGLU, and in float32 the router's input, logits and probabilities. The
+  grouped matmuls are not dot_general, so the dots policies recompute them and keep only the
+  router logits and the shared experts' matmul outputs."""
+  d, e, f, k = cfg.d_model, cfg.num_experts, cfg.moe_mlp_dim, cfg.experts_per_token
+  shared = _dense_mlp_elems(cfg, "swiglu", cfg.num_shared_experts * f, remat, tensor)
+  if remat == "none":
+    f_split = tensor if expert == 1 else 1
+    routed = k * (d * expert + 3 * f * expert / f_split + d)
+    return routed + shared, d + 2.0 * e
+  return shared, float(e)
+
+
+def _layer_elems(cfg: ModelConfig, seq_len: int, remat: str, tensor: int, expert: int):
+  """[(layers, compute-dtype elements, float32 elements)] per token for each kind of layer:
+  dense ones, and with mlp=moe the MoE ones (every moe_every-th); `full` keeps only the
+  layer input."""
+  if remat not in REMATS:
+    raise ValueError(f"remat {remat!r}: choose {'|'.join(REMATS)}")
   if remat == "full":
-    return float(d), 0.0
-  raise ValueError(
-      f"remat {remat!r}: choose none|full|dots_saveable|" "dots_with_no_batch_dims_saveable"
+    return [(cfg.num_layers, float(cfg.d_model), 0.0)]
+  att, att_f32 = _attention_elems(cfg, seq_len, remat, tensor)
+  dense_mlp = "swiglu" if cfg.mlp == "moe" else cfg.mlp
+  dense = att + _dense_mlp_elems(cfg, dense_mlp, cfg.mlp_dim, remat, tensor)
+  if cfg.mlp != "moe":
+    return [(cfg.num_layers, dense, att_f32)]
+  n_moe = cfg.num_layers // cfg.moe_every
+  moe, moe_f32 = _moe_elems(cfg, remat, tensor, expert)
+  return [(cfg.num_layers - n_moe, dense, att_f32), (n_moe, att + moe, att_f32 + moe_f32)]
+
+
+def _activation_bytes(cfg: ModelConfig, tokens: float, seq_len: int, remat: str, mesh) -> float:
+  """Bytes of activations kept for the backward pass by `tokens` tokens on one device, plus
+  (when rematerialising) the largest layer's full activations, live again in its backward."""
+  _, _, tensor, expert = mesh
+  abytes = _BYTES[cfg.dtype]
+  kept = sum(
+      n * (a * abytes + a32 * 4) for n, a, a32 in _layer_elems(cfg, seq_len, remat, tensor, expert)
   )
+  if remat != "none":
+    full = _layer_elems(cfg, seq_len, "none", tensor, expert)
+    kept += max(a * abytes + a32 * 4 for n, a, a32 in full if n)
+  return tokens * kept
+
+
+def _mesh_sizes(mesh_shape: Sequence[int]) -> tuple[int, int, int, int]:
+  """(data, fsdp, tensor, expert) from a 3- or 4-entry mesh shape (expert 1 when absent)."""
+  if len(mesh_shape) not in (3, 4) or any(int(a) < 1 for a in mesh_shape):
+    raise ValueError(
+        f"mesh_shape must be 3 or 4 positive ints (data, fsdp, tensor[, expert]), got "
+        f"{tuple(mesh_shape)}; resolve -1 first"
+    )
+  sizes = tuple(int(a) for a in mesh_shape)
+  return sizes + (1,) * (4 - len(sizes))
 
 
 def memory_per_device(
@@ -79,39 +144,40 @@ def memory_per_device(
     remat: str | None = None,
     optimizer: str = "adamw",
 ) -> dict[str, float]:
-  """Estimated bytes per device while training, for a (data, fsdp, tensor) mesh.
+  """Estimated bytes per device while training, for a (data, fsdp, tensor[, expert]) mesh.
 
-  params/grads: param_dtype, sharded over fsdp x tensor (replicated over data).
+  params/grads: param_dtype, sharded over fsdp x tensor (replicated over data); the routed
+  experts' weights (model.mlp=moe) also over the expert axis.
   optimizer: float32 state (see _optimizer_state_elems), sharded like the params.
-  activations: per-device batch (batch / (data * fsdp)) x seq_len tokens x num_layers x the
-  per-layer count for `remat` (default cfg.remat), plus one layer recomputed in full when
-  rematerialising, plus float32 logits and their gradient (vocab sharded over tensor).
+  activations: per-device batch (batch / (data * fsdp * expert): the expert axis splits the
+  batch too, configs.base.EXPERT_PARALLEL_AXIS_RULES) x seq_len tokens x the per-layer count
+  for `remat` (default cfg.remat; MoE layers: see _moe_elems), plus one layer recomputed in
+  full when rematerialising, plus float32 logits and their gradient (vocab over tensor).
   An estimate: it ignores XLA's temporaries and fusion, typically within ~30%.
   """
   cfg = as_model_config(cfg)
   remat = cfg.remat if remat is None else remat
-  if len(mesh_shape) != 3 or any(int(a) < 1 for a in mesh_shape):
-    raise ValueError(
-        f"mesh_shape must be 3 positive ints (data, fsdp, tensor), got "
-        f"{tuple(mesh_shape)}; resolve -1 first"
-    )
-  data, fsdp, tensor = (int(a) for a in mesh_shape)
-  shapes = list(param_shapes(cfg).values())
-  total = sum(math.prod(s) for s in shapes)
+  mesh = _mesh_sizes(mesh_shape)
+  data, fsdp, tensor, expert = mesh
+  shapes = param_shapes(cfg)
+  experts = [s for name, s in shapes.items() if name.endswith(EXPERT_PARAMS)]
+  others = [s for name, s in shapes.items() if not name.endswith(EXPERT_PARAMS)]
   shards = fsdp * tensor
-  pbytes, abytes = _BYTES[cfg.param_dtype], _BYTES[cfg.dtype]
-  tokens = batch_size / (data * fsdp) * seq_len
-  dense, f32 = _activation_elems_per_token_layer(cfg, seq_len, remat, tensor)
-  acts = tokens * cfg.num_layers * (dense * abytes + f32 * 4)
-  if remat != "none":  # one layer's full activations are live again during its backward
-    d_full, f_full = _activation_elems_per_token_layer(cfg, seq_len, "none", tensor)
-    acts += tokens * (d_full * abytes + f_full * 4)
+
+  def per_device(count) -> float:
+    """count(shapes) of the other params over fsdp x tensor, of the experts' also / expert."""
+    return count(others) / shards + count(experts) / (shards * expert)
+
+  param_elems = per_device(lambda shapes: sum(math.prod(s) for s in shapes))
+  opt = per_device(lambda shapes: _optimizer_state_elems(shapes, optimizer))
+  pbytes = _BYTES[cfg.param_dtype]
+  tokens = batch_size / (data * fsdp * expert) * seq_len
   logits = tokens * cfg.vocab_size / tensor * 4 * 2
   out = {
-      "params_bytes": total * pbytes / shards,
-      "grads_bytes": total * pbytes / shards,
-      "optimizer_bytes": _optimizer_state_elems(shapes, optimizer) * 4 / shards,
-      "activations_bytes": acts + logits,
+      "params_bytes": param_elems * pbytes,
+      "grads_bytes": param_elems * pbytes,
+      "optimizer_bytes": opt * 4,
+      "activations_bytes": _activation_bytes(cfg, tokens, seq_len, remat, mesh) + logits,
   }
   out["total_bytes"] = sum(out.values())
   return out

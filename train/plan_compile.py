@@ -74,9 +74,11 @@ def for_topology(config, topo: Topology):
 
 
 def mesh_sizes(config, topo: Topology) -> dict[str, int]:
-  """{'data': ..., 'fsdp': ..., 'tensor': ...} for the topology's devices, without them."""
+  """{'data': ..., 'fsdp': ..., 'tensor': ...[, 'expert': ...]} for the topology's devices,
+  without them."""
   ici, dcn = mesh_lib.resolve_shapes(config, topo.num_devices, topo.num_slices)
-  return {a: i * d for a, i, d in zip(mesh_lib.AXES, ici, dcn)}
+  names = mesh_lib.AXES + (mesh_lib.EXPERT,)
+  return {a: i * d for a, i, d in zip(names, ici, dcn)}
 
 
 def mesh_for(config, topo: Topology, devices: Sequence[Any]):
@@ -151,7 +153,7 @@ def _memory_estimate(config, sizes: dict[str, int]) -> dict[str, float]:
       config.model,
       batch_size=int(config.train.batch_size),
       seq_len=int(config.data.seq_len),
-      mesh_shape=tuple(sizes[a] for a in mesh_lib.AXES),
+      mesh_shape=tuple(sizes.get(a, 1) for a in mesh_lib.AXES + (mesh_lib.EXPERT,)),
       remat=config.model.remat,
       optimizer=config.train.optimizer,
   )
