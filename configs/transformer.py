@@ -1,7 +1,7 @@
 """The original Transformer (Vaswani et al. 2017): post-norm encoder-decoder with sinusoidal
 positions and one token table shared by source, target and output layer.
 
-    --config configs/transformer.py:size=base|big|tiny
+    --config configs/transformer.py:size=base|big|tiny[,arch=decoder]
 
 base/big: the paper's 65M/213M models (37k shared BPE vocabulary, 6+6 layers). tiny: fairseq's
 `transformer_tiny` (4+4 layers, d_model 128, FFN 256, 4 heads), small enough to train on a CPU.
@@ -9,6 +9,11 @@ The paper's FFN uses ReLU; here it is GELU (same parameter count). Train the joi
 sides (`python -m train.data.tokenizer train --vocab-size 37000 ...` over the source and target
 files) and pass `--config.data.tokenizer=tok.json` and a parallel source (`pairs:` or
 `jsonl:<glob>:<src_field>:<tgt_field>`, see train/data/parallel.py) as data.source.
+
+arch=decoder: the decoder-only counterpart trained on the same pairs as "source <sep> target"
+rows with the loss on the target (train/data/parallel.py): one causal stack as deep as both
+stacks together (so the parameter counts are close; no cross-attention), rows of 256 tokens
+holding source and target; eval.translate / eval.summarize decode it from BOS source <sep>.
 """
 
 from configs import base
@@ -24,18 +29,23 @@ SIZES = {
 
 
 def get_config(arg: str = ""):
-  args = preset_args.parse(arg, {"size": "base"}, "transformer")
+  args = preset_args.parse(arg, {"size": "base", "arch": "encoder_decoder"}, "transformer")
+  if args["arch"] not in ("encoder_decoder", "decoder"):
+    raise ValueError(
+        f"transformer: arch={args['arch']!r} unknown; use arch=encoder_decoder or arch=decoder"
+    )
+  decoder_only = args["arch"] == "decoder"
   layers, d, heads, mlp_dim, dropout, vocab = preset_args.pick_size(
       SIZES, args["size"], "transformer"
   )
   c = base.base_config()
-  c.name = f"transformer-{args['size']}"
+  c.name = f"transformer-{args['size']}" + ("-decoder" if decoder_only else "")
   c.model = base.model_config(
-      arch="encoder_decoder",
+      arch=args["arch"],
       vocab_size=vocab,
       d_model=d,
-      num_layers=layers,
-      num_decoder_layers=layers,
+      num_layers=2 * layers if decoder_only else layers,
+      num_decoder_layers=0 if decoder_only else layers,
       num_heads=heads,
       num_kv_heads=heads,
       head_dim=d // heads,
@@ -50,7 +60,7 @@ def get_config(arg: str = ""):
       share_embeddings=True,
       dropout=dropout,
   )
-  c.data.seq_len = 128  # tokens per source and per target row
+  c.data.seq_len = 256 if decoder_only else 128  # tokens per row (per source / target row)
   c.data.val_fraction = 0.01
   c.train.batch_size = 64
   c.train.learning_rate = 5e-4

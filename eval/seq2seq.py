@@ -1,15 +1,25 @@
-"""Decoding for encoder-decoder models: greedy and beam search, batched and jitted.
+"""Decoding for sequence-to-sequence runs: greedy and beam search, batched and jitted.
 
-The source is encoded once ([B, S] -> memory [B, S, D]); the decoder then runs one token per
-step with its self-attention keys/values in the KV cache (model/attention.py) and
-cross-attends to the memory. Sources of different lengths are right-padded with segment id 0,
-which the cross-attention mask hides. Every hypothesis starts from BOS at position 0.
+Encoder-decoder: the source is encoded once ([B, S] -> memory [B, S, D]) and a first
+decoding call with no target tokens stores every decoder layer's cross-attention keys/values
+in the cache (model/attention.py); each step then feeds one token, appends its self-attention
+keys/values to the cache and reads the stored cross-attention ones. Sources of different
+lengths are right-padded with segment id 0, which the cross-attention mask hides. Every
+hypothesis starts from BOS at position 0.
+
+Decoder-only runs trained on "source <sep> target" rows (train/data/parallel.py, the
+separator is EOS): the prompt BOS + source is left-padded (segment 0 on padding, positions
+counted per row) and run through the KV cache once, all but its last token; the separator is
+then the first token fed to the same step loop, at each row's own position.
 
 Beam search follows fairseq: at each step the 2K best continuations of the K live hypotheses
 are ranked; those that end in EOS among the first K ranks are finished with score
 log p / length^length_penalty (length counts EOS); the K best that do not end in EOS stay
 alive. A sentence is done when K hypotheses have finished; at `max_len` the live ones finish
-too. With K = 1 this is exactly greedy search (tested).
+too. With K = 1 this is exactly greedy search (tested). The cache is filled for the B
+sentences once and repeated for their K hypotheses; each step reorders the self-attention
+entries with the surviving hypotheses, while the cross-attention entries, equal for all
+hypotheses of a sentence, stay where they are.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from model.transformer import Transformer
 from model.transformer import init_cache
 
 NEG_INF = -1e9  # finite: top_k and argsort stay well defined on dead hypotheses
+ARCHS = ("encoder_decoder", "decoder")
 
 
 def right_pad(sources: Sequence[Sequence[int]], pad_id: int, width: int = 0):
@@ -34,7 +45,7 @@ def right_pad(sources: Sequence[Sequence[int]], pad_id: int, width: int = 0):
     raise ValueError("no sources to decode")
   for i, s in enumerate(sources):
     if len(s) == 0:
-      raise ValueError(f"source {i} is empty; an encoder-decoder needs at least one source token")
+      raise ValueError(f"source {i} is empty; decoding needs at least one source token")
   width = max(width, max(len(s) for s in sources))
   tokens = np.full((len(sources), width), pad_id, np.int32)
   seg = np.zeros((len(sources), width), np.int32)
@@ -43,39 +54,84 @@ def right_pad(sources: Sequence[Sequence[int]], pad_id: int, width: int = 0):
   return tokens, seg
 
 
+def left_pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, width: int = 0):
+  """[B, P] tokens, segment ids and per-row positions (0 at each row's first token) of
+  left-padded prompts; P is the longest prompt, or `width` if that is more."""
+  tokens, seg = right_pad(prompts, pad_id, width)
+  lengths = seg.sum(1)
+  for r, n in enumerate(lengths):
+    tokens[r], seg[r] = np.roll(tokens[r], tokens.shape[1] - n), np.roll(seg[r], -n)
+  positions = np.maximum(np.cumsum(seg, axis=1) - 1, 0).astype(np.int32)
+  return tokens, seg, positions
+
+
+def _repeat_rows(tree, k: int, batch_axis: int):
+  """Each batch row of every cache array K times in a row (cache_index has no batch axis)."""
+  return jax.tree.map(
+      lambda x: x if x.ndim <= batch_axis else jnp.repeat(x, k, axis=batch_axis), tree
+  )
+
+
 def _gather_beams(tree, flat_idx_N, batch_axis: int):
-  """Reorders the batch rows of every cache array (cache_index has no batch axis)."""
+  """Reorders the batch rows of the self-attention cache. The cross-attention entries are
+  equal for the K hypotheses of a sentence and hypotheses never change sentence, so they are
+  left as they are."""
 
-  def take(x):
-    return x if x.ndim <= batch_axis else jnp.take(x, flat_idx_N, axis=batch_axis)
+  def take(path, x):
+    name = getattr(path[-1], "key", "")
+    if x.ndim <= batch_axis or str(name).startswith("cross_"):
+      return x
+    return jnp.take(x, flat_idx_N, axis=batch_axis)
 
-  return jax.tree.map(take, tree)
+  return jax.tree_util.tree_map_with_path(take, tree)
 
 
 class Seq2SeqDecoder:
-  """Jitted greedy/beam decoding for one encoder-decoder model and its params; compiled
-  functions are cached per (batch, source width, beam, max_len, length penalty)."""
+  """Jitted greedy/beam decoding for one model (encoder-decoder, or decoder-only trained on
+  "source <sep> target") and its params; compiled functions are cached per (batch, source
+  width, beam, max_len, length penalty).
+
+  `decode` takes sources as token lists that end with the separator (EOS): the encoder reads
+  them whole; a decoder-only model reads BOS + source as its prompt."""
 
   def __init__(self, model_cfg, params: Any, *, bos_id: int, eos_id: int, pad_id: int = 0):
 
     self.cfg = ModelConfig.from_config(model_cfg)
-    if self.cfg.arch != "encoder_decoder":
+    if self.cfg.arch not in ARCHS:
       raise ValueError(
-          f"seq2seq decoding needs model.arch=encoder_decoder, not {self.cfg.arch!r} "
-          "(use eval.generate for decoder-only models)"
+          f"seq2seq decoding needs model.arch=encoder_decoder or a causal decoder, not "
+          f"{self.cfg.arch!r}"
       )
+    if self.cfg.arch == "decoder" and not self.cfg.causal:
+      raise ValueError("decoder-only seq2seq decoding needs model.attention_mask=causal")
     self.model = Transformer(self.cfg)
     self.step_model = Transformer(self.cfg, decode=True)
     self.params, self.bos, self.eos, self.pad = params, int(bos_id), int(eos_id), int(pad_id)
+    self.batch_axis = 1 if self.cfg.scan_layers else 0
     self._compiled = {}
 
-  def max_len_for(self, requested: int) -> int:
-    """Target tokens a hypothesis may have (EOS included); a learned table caps it."""
+  @property
+  def is_decoder_only(self) -> bool:
+    return self.cfg.arch == "decoder"
+
+  def max_len_for(self, requested: int, prompt_len: int = 0) -> int:
+    """Target tokens a hypothesis may have (EOS included); a learned table caps it (after a
+    decoder-only model's prompt of `prompt_len` tokens, the separator included)."""
     if requested < 1:
       raise ValueError(f"max_len must be >= 1, got {requested}")
     if self.cfg.pos_encoding == "learned":
-      return min(requested, self.cfg.max_seq_len)
+      return min(requested, self.cfg.max_seq_len - max(prompt_len - 1, 0))
     return requested
+
+  def _check_sources(self, sources) -> None:
+    """A learned position table must hold every source (decoder-only: BOS + source)."""
+    longest = max(map(len, sources)) + (1 if self.is_decoder_only else 0)
+    if self.cfg.pos_encoding == "learned" and longest > self.cfg.max_seq_len:
+      what = "BOS + source" if self.is_decoder_only else "a source"
+      raise ValueError(
+          f"{what} has {longest} tokens, more than the position table "
+          f"(model.max_seq_len={self.cfg.max_seq_len}); shorten it"
+      )
 
   def decode(
       self,
@@ -93,52 +149,79 @@ class Seq2SeqDecoder:
     at least this many tokens (fewer distinct shapes to compile)."""
     if beam < 1:
       raise ValueError(f"--beam must be >= 1, got {beam}")
-    src, seg = right_pad(sources, self.pad, width)
-    longest = max(map(len, sources))
-    if self.cfg.pos_encoding == "learned" and longest > self.cfg.max_seq_len:
-      raise ValueError(
-          f"a source has {longest} tokens, more than the position table "
-          f"(model.max_seq_len={self.cfg.max_seq_len}); shorten it"
-      )
+    ctx, start, offset, max_len = self._context(sources, width, max_len)
     greedy = beam == 1 if greedy is None else greedy
-    max_len = self.max_len_for(max_len)
-    key = (src.shape, greedy, beam, max_len, float(length_penalty))
+    key = (ctx[0].shape, greedy, beam, max_len, float(length_penalty))
     if key not in self._compiled:
       fn = (
           self._greedy if greedy else functools.partial(self._beam, beam=beam, alpha=length_penalty)
       )
       self._compiled[key] = jax.jit(functools.partial(fn, max_len=max_len))
-    seqs, scores = self._compiled[key](self.params, jnp.asarray(src), jnp.asarray(seg))
+    seqs, scores = self._compiled[key](self.params, *map(jnp.asarray, (*ctx, start, offset)))
     rows = []
     for row in np.asarray(seqs).tolist():
       rows.append(row[: row.index(self.eos)] if self.eos in row else row)
     return {"tokens": rows, "scores": np.asarray(scores)}
 
+  def _context(self, sources, width: int, max_len: int):
+    """(context tokens, segment ids, positions), first tokens [B], their positions [B] and
+    the capped max_len: the right-padded sources and BOS at 0 (encoder-decoder), or the
+    left-padded prompts BOS + source without its last token (the separator, fed first at
+    each row's own position; decoder-only)."""
+    right_pad(sources, self.pad)  # checks for empty sources
+    self._check_sources(sources)
+    if self.is_decoder_only:
+      ctx = left_pad_prompts([[self.bos] + list(s[:-1]) for s in sources], self.pad, width)
+      start = np.asarray([s[-1] for s in sources], np.int32)
+      offset = ctx[1].sum(1).astype(np.int32)
+      return ctx, start, offset, self.max_len_for(max_len, int(offset.max()) + 1)
+    tokens, seg = right_pad(sources, self.pad, width)
+    start = np.full(len(sources), self.bos, np.int32)
+    offset = np.zeros(len(sources), np.int32)
+    return (tokens, seg, np.zeros_like(seg)), start, offset, self.max_len_for(max_len)
+
   # ---- pieces traced inside jit
 
-  def _encode(self, params, src_BxS, seg_BxS):
-
-    return self.model.apply(
-        {"params": params}, src_BxS, src_segment_ids_BxS=seg_BxS, method=Transformer.encode
+  def _prefill(self, params, ctx_BxP, seg_BxP, pos_BxP, *, max_len):
+    """The cache for B rows before the first step: an encoder-decoder's cross-attention
+    keys/values (a call with the memory and no target tokens), or a decoder-only model's
+    prompt."""
+    b = ctx_BxP.shape[0]
+    if self.is_decoder_only:
+      cache = init_cache(self.cfg, b, ctx_BxP.shape[1] + max_len)
+      tokens, kwargs = ctx_BxP, dict(positions_BxL=pos_BxP, segment_ids_BxL=seg_BxP)
+    else:
+      memory = self.model.apply(
+          {"params": params}, ctx_BxP, src_segment_ids_BxS=seg_BxP, method=Transformer.encode
+      )
+      cache = init_cache(self.cfg, b, max_len)
+      tokens = jnp.zeros((b, 0), jnp.int32)
+      kwargs = dict(
+          positions_BxL=jnp.zeros((b, 0), jnp.int32),
+          memory_BxSxD=memory,
+          src_segment_ids_BxS=seg_BxP,
+      )
+    _, variables = self.step_model.apply(
+        {"params": params, "cache": cache}, tokens, mutable=["cache"], **kwargs
     )
+    return variables["cache"]
 
-  def _step(self, params, cache, tok_N, i, memory_NxSxD, seg_NxS):
-    """Log-probs [N, V] of the next token after `tok_N` at position i, and the new cache."""
+  def _step(self, params, cache, tok_N, pos_N):
+    """Log-probs [N, V] of the next token after `tok_N` at positions pos_N, and the new
+    cache."""
     logits, variables = self.step_model.apply(
         {"params": params, "cache": cache},
         tok_N[:, None],
-        positions_BxL=jnp.full((tok_N.shape[0], 1), i, jnp.int32),
-        memory_BxSxD=memory_NxSxD,
-        src_segment_ids_BxS=seg_NxS,
+        positions_BxL=pos_N[:, None],
         mutable=["cache"],
     )
     return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)), variables["cache"]
 
-  def _greedy(self, params, src_BxS, seg_BxS, *, max_len):
+  def _greedy(self, params, ctx_BxP, seg_BxP, pos_BxP, start_B, offset_B, *, max_len):
 
-    b = src_BxS.shape[0]
-    memory = self._encode(params, src_BxS, seg_BxS)
-    out = jnp.full((b, max_len + 1), self.pad, jnp.int32).at[:, 0].set(self.bos)
+    b = ctx_BxP.shape[0]
+    cache = self._prefill(params, ctx_BxP, seg_BxP, pos_BxP, max_len=max_len)
+    out = jnp.full((b, max_len + 1), self.pad, jnp.int32).at[:, 0].set(start_B)
 
     def cond(state):
       i, _, _, done, _ = state
@@ -146,25 +229,26 @@ class Seq2SeqDecoder:
 
     def body(state):
       i, out, cache, done, score = state
-      logp_BxV, cache = self._step(params, cache, out[:, i], i, memory, seg_BxS)
+      logp_BxV, cache = self._step(params, cache, out[:, i], offset_B + i)
       tok = jnp.argmax(logp_BxV, axis=-1).astype(jnp.int32)
       tok = jnp.where(done, self.pad, tok)
       score = score + jnp.where(done, 0.0, jnp.take_along_axis(logp_BxV, tok[:, None], 1)[:, 0])
       return i + 1, out.at[:, i + 1].set(tok), cache, done | (tok == self.eos), score
 
-    state = (0, out, init_cache(self.cfg, b, max_len), jnp.zeros(b, bool), jnp.zeros(b))
+    state = (0, out, cache, jnp.zeros(b, bool), jnp.zeros(b))
     _, out, _, _, score = jax.lax.while_loop(cond, body, state)
     return out[:, 1:], score
 
-  def _beam(self, params, src_BxS, seg_BxS, *, beam, alpha, max_len):
+  def _beam(self, params, ctx_BxP, seg_BxP, pos_BxP, start_B, offset_B, *, beam, alpha, max_len):
 
-    b, k = src_BxS.shape[0], beam
-    memory = jnp.repeat(self._encode(params, src_BxS, seg_BxS), k, axis=0)
-    seg_N = jnp.repeat(seg_BxS, k, axis=0)
-    seqs = jnp.full((b, k, max_len + 1), self.pad, jnp.int32).at[:, :, 0].set(self.bos)
+    b, k = ctx_BxP.shape[0], beam
+    cache = self._prefill(params, ctx_BxP, seg_BxP, pos_BxP, max_len=max_len)
+    cache = _repeat_rows(cache, k, self.batch_axis)
+    offset_N = jnp.repeat(offset_B, k)
+    seqs = jnp.full((b, k, max_len + 1), self.pad, jnp.int32).at[:, :, 0].set(start_B[:, None])
     alive_lp = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1)), (b, 1))
     fin = (jnp.full_like(seqs, self.pad), jnp.full((b, k), NEG_INF), jnp.zeros((b, k), bool))
-    state = (0, seqs, alive_lp, init_cache(self.cfg, b * k, max_len), fin)
+    state = (0, seqs, alive_lp, cache, fin)
 
     def cond(state):
       i, fin_flag = state[0], state[4][2]
@@ -172,7 +256,7 @@ class Seq2SeqDecoder:
 
     def body(state):
       i, seqs, alive_lp, cache, fin = state
-      logp_NxV, cache = self._step(params, cache, seqs[:, :, i].reshape(-1), i, memory, seg_N)
+      logp_NxV, cache = self._step(params, cache, seqs[:, :, i].reshape(-1), offset_N + i)
       v = logp_NxV.shape[-1]
       cand_BxKV = (alive_lp[:, :, None] + logp_NxV.reshape(b, k, v)).reshape(b, k * v)
       top_lp, top_idx = jax.lax.top_k(cand_BxKV, 2 * k)
@@ -185,7 +269,7 @@ class Seq2SeqDecoder:
       alive_lp, sel = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_lp), k)
       seqs = jnp.take_along_axis(cand, sel[:, :, None], axis=1)
       flat = (jnp.arange(b)[:, None] * k + jnp.take_along_axis(origin, sel, axis=1)).reshape(-1)
-      cache = _gather_beams(cache, flat, 1 if self.cfg.scan_layers else 0)
+      cache = _gather_beams(cache, flat, self.batch_axis)
       return i + 1, seqs, alive_lp, cache, fin
 
     i, seqs, alive_lp, _, fin = jax.lax.while_loop(cond, body, state)
@@ -217,6 +301,10 @@ def _merge_finished(fin, new, k: int):
 
 # ----------------------------------------------------------------------------- from a run
 
+AVERAGE_HELP = (
+    "evaluate the mean params of the last N saved checkpoints (0: off); the run must keep "
+    "them (checkpoint.keep)"
+)
 WIDTH_BUCKET = 16  # sources are padded to a multiple of this, so few shapes compile
 
 
@@ -239,7 +327,7 @@ def decode_texts(
   ids = []
   for i, text in enumerate(sources):
     if not text.strip():
-      raise ValueError(f"source line {i + 1} is empty; an encoder-decoder needs a source")
+      raise ValueError(f"source line {i + 1} is empty; decoding needs a source")
     ids.append(tok.encode(text) + [tok.eos_id])
   batch_size = max(1, min(batch_size, len(ids)))
   order = sorted(range(len(ids)), key=lambda i: len(ids[i]))

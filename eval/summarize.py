@@ -1,4 +1,4 @@
-"""Summarize a jsonl file with a trained encoder-decoder and score ROUGE-1/2/L (rouge-score).
+"""Summarize a jsonl file with a run trained on pairs and score ROUGE-1/2/L (rouge-score).
 
     python -m eval.summarize --workdir RUN --data test.jsonl [--src-field source]
         [--tgt-field target] [--beam 4] [--json OUT]
@@ -64,7 +64,11 @@ def read_examples(path: str, src_field: str, tgt_field: str) -> tuple[list[str],
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m eval.summarize", description=__doc__.split("\n")[0])
-  ap.add_argument("--workdir", required=True, help="a training run of an encoder-decoder")
+  ap.add_argument(
+      "--workdir",
+      required=True,
+      help="a run trained on a parallel source (encoder-decoder or decoder-only)",
+  )
   ap.add_argument("--data", required=True, help="jsonl with a source and references per line")
   ap.add_argument("--src-field", default="source")
   ap.add_argument("--tgt-field", default="target")
@@ -72,12 +76,13 @@ def main(argv=None) -> int:
   ap.add_argument("--length-penalty", type=float, default=1.0)
   ap.add_argument("--max-len", type=int, default=64, help="summary tokens")
   ap.add_argument("--batch-size", type=int, default=32)
-  ap.add_argument("--step", type=int, default=None)
+  ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  ap.add_argument("--average-last", type=int, default=0, help=seq2seq.AVERAGE_HELP)
   ap.add_argument("--json", default="", help="write the scores here")
   args = ap.parse_args(argv)
   sources, references = read_examples(args.data, args.src_field, args.tgt_field)
 
-  run = run_lib.load_run(args.workdir, step=args.step)
+  run = run_lib.load_run(args.workdir, step=args.step, average_last=args.average_last)
   summaries = seq2seq.decode_texts(
       run,
       sources,
@@ -87,8 +92,13 @@ def main(argv=None) -> int:
       batch_size=args.batch_size,
   )
   scores = rouge_scores(summaries, references)
-  scores.update(documents=len(sources), beam=args.beam, step=run.step)
-  print(f"{len(sources)} documents, beam {args.beam}, checkpoint step {run.step}")
+  scores.update(
+      documents=len(sources),
+      beam=args.beam,
+      step=run.step,
+      averaged_steps=list(run.averaged_steps),
+  )
+  print(f"{len(sources)} documents, beam {args.beam}, {run.describe_checkpoint()}")
   print(
       "ROUGE F1 (rouge-score, stemmed, best reference by ROUGE-1): "
       + ", ".join(f"{t} {scores[t]:.2f}" for t in ROUGE_TYPES)

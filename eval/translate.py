@@ -1,4 +1,4 @@
-"""Translate a file with a trained encoder-decoder and score it the ways papers report BLEU.
+"""Translate a file with a run trained on pairs and score it the ways papers report BLEU.
 
     python -m eval.translate --workdir RUN --src test.en --ref test.de [--beam 5] [--json OUT]
 
@@ -10,6 +10,8 @@ Printed scores (the references are the --ref file, detokenized text):
                BLEU of fairseq-style papers (e.g. Multi30k results). Papers that score
                against Moses-tokenized references (multi-bleu.perl) can differ by a little.
 Both files are one sentence per line (`.gz` allowed) and must have the same number of lines.
+The run is an encoder-decoder or a decoder-only model trained on "source <sep> target" rows
+(eval/seq2seq.py decodes both); `--average-last N` scores the mean of its last N checkpoints.
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ def report_lines(scores: dict) -> list[str]:
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m eval.translate", description=__doc__.split("\n")[0])
-  ap.add_argument("--workdir", required=True, help="a training run of an encoder-decoder")
+  ap.add_argument(
+      "--workdir",
+      required=True,
+      help="a run trained on a parallel source (encoder-decoder or decoder-only)",
+  )
   ap.add_argument("--src", required=True, help="source sentences, one per line")
   ap.add_argument("--ref", required=True, help="reference translations, line-aligned")
   ap.add_argument("--beam", type=int, default=5, help="beam size (1: greedy)")
@@ -65,6 +71,7 @@ def main(argv=None) -> int:
   ap.add_argument("--max-len", type=int, default=128, help="target tokens per sentence")
   ap.add_argument("--batch-size", type=int, default=64)
   ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  ap.add_argument("--average-last", type=int, default=0, help=seq2seq.AVERAGE_HELP)
   ap.add_argument("--out", default="", help="also write the translations here")
   ap.add_argument("--json", default="", help="write the scores here")
   args = ap.parse_args(argv)
@@ -75,7 +82,7 @@ def main(argv=None) -> int:
         "they must be line-aligned"
     )
 
-  run = run_lib.load_run(args.workdir, step=args.step)
+  run = run_lib.load_run(args.workdir, step=args.step, average_last=args.average_last)
   hyps = seq2seq.decode_texts(
       run,
       sources,
@@ -89,9 +96,13 @@ def main(argv=None) -> int:
       f.write("\n".join(hyps) + "\n")
   scores = bleu_scores(hyps, references)
   scores.update(
-      sentences=len(hyps), beam=args.beam, length_penalty=args.length_penalty, step=run.step
+      sentences=len(hyps),
+      beam=args.beam,
+      length_penalty=args.length_penalty,
+      step=run.step,
+      averaged_steps=list(run.averaged_steps),
   )
-  print(f"{len(hyps)} sentences, beam {args.beam}, checkpoint step {run.step}")
+  print(f"{len(hyps)} sentences, beam {args.beam}, {run.describe_checkpoint()}")
   print("\n".join(report_lines(scores)))
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:

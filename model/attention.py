@@ -19,8 +19,11 @@ class Attention(nn.Module):
   attend causally over everything written so far.
 
   `cross=True` (encoder-decoder): queries from x, keys/values from `memory_BxSxD` (the encoder
-  output), no causal mask, no rotary positions and no cache (the memory does not grow); a
-  query of segment i sees the memory positions of segment i (0 = padding)."""
+  output), no causal mask, no rotary positions; a query of segment i sees the memory positions
+  of segment i (0 = padding). With `decode=True` the memory's keys/values are projected once:
+  the call that passes `memory_BxSxD` stores them in the cache (cross_key/cross_value
+  [B, S, K, H], cross_segment [B, S]) and later calls without it attend to the stored ones,
+  so a decoding step does not re-project the whole source in every layer."""
 
   cfg: ModelConfig
   decode: bool = False
@@ -48,10 +51,14 @@ class Attention(nn.Module):
         param_dtype=pdt,
         name=name,
     )
-    kv_BxSxD = memory_BxSxD if self.cross else x_BxLxD
+    project_kv = lambda y: (proj(k, "kv_heads", "key")(y), proj(k, "kv_heads", "value")(y))
     q_BxLxNxH = proj(n, "heads", "query")(x_BxLxD)
-    k_BxLxKxH = proj(k, "kv_heads", "key")(kv_BxSxD)
-    v_BxLxKxH = proj(k, "kv_heads", "value")(kv_BxSxD)
+    if self.cross and self.decode:
+      k_BxLxKxH, v_BxLxKxH, memory_segment_ids_BxS = self._cached_memory(
+          project_kv, memory_BxSxD, memory_segment_ids_BxS
+      )
+    else:
+      k_BxLxKxH, v_BxLxKxH = project_kv(memory_BxSxD if self.cross else x_BxLxD)
     if cfg.pos_encoding == "rope" and not self.cross:
       q_BxLxNxH = positional.apply_rope(q_BxLxNxH, positions_BxL, cfg.rope_theta)
       k_BxLxKxH = positional.apply_rope(k_BxLxKxH, positions_BxL, cfg.rope_theta)
@@ -62,7 +69,7 @@ class Attention(nn.Module):
     q_offset = 0
     q_seg, kv_seg = segment_ids_BxL, segment_ids_BxL
     if self.cross:
-      q_seg, kv_seg = _cross_segments(segment_ids_BxL, memory_segment_ids_BxS, x_BxLxD, kv_BxSxD)
+      q_seg, kv_seg = _cross_segments(segment_ids_BxL, memory_segment_ids_BxS, x_BxLxD, k_BxLxKxH)
     elif self.decode:
       k_BxLxKxH, v_BxLxKxH, kv_seg, q_offset, q_seg = self._update_cache(
           k_BxLxKxH, v_BxLxKxH, segment_ids_BxL
@@ -92,6 +99,26 @@ class Attention(nn.Module):
         name="out",
     )(out_BxLxNxH)
 
+  def _cached_memory(self, project_kv, memory_BxSxD, memory_segment_ids_BxS):
+    """Cross-attention keys, values and memory segment ids while decoding: projected from
+    `memory_BxSxD` and stored when it is given, else read from the cache. The init call only
+    sizes the parameters (the cache then holds the self-attention entries alone)."""
+    names = ("cross_key", "cross_value", "cross_segment")
+    if memory_BxSxD is None:
+      if not self.has_variable("cache", "cross_key"):
+        raise ValueError(
+            "decode=True cross-attention has no cached memory: pass memory_BxSxD (from "
+            "Transformer.encode) on the first decoding call"
+        )
+      return tuple(self.get_variable("cache", name) for name in names)
+    k_BxSxKxH, v_BxSxKxH = project_kv(memory_BxSxD)
+    if memory_segment_ids_BxS is None:
+      memory_segment_ids_BxS = jnp.ones(memory_BxSxD.shape[:2], jnp.int32)
+    if not self.is_initializing():
+      for name, value in zip(names, (k_BxSxKxH, v_BxSxKxH, memory_segment_ids_BxS)):
+        self.put_variable("cache", name, value)
+    return k_BxSxKxH, v_BxSxKxH, memory_segment_ids_BxS
+
   def _update_cache(self, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
     """Writes the new keys/values at cache_index; returns the full cache to attend over."""
     b, t = k_BxTxKxH.shape[:2]
@@ -118,12 +145,12 @@ class Attention(nn.Module):
     return ck.value, cv.value, cs.value, idx, segment_ids_BxT
 
 
-def _cross_segments(q_segment_ids_BxT, kv_segment_ids_BxS, x_BxTxD, memory_BxSxD):
+def _cross_segments(q_segment_ids_BxT, kv_segment_ids_BxS, x_BxTxD, k_BxSxKxH):
   """Segment ids for cross-attention; a missing side is all ones (one unpadded segment)."""
   if q_segment_ids_BxT is None and kv_segment_ids_BxS is None:
     return None, None
   if q_segment_ids_BxT is None:
     q_segment_ids_BxT = jnp.ones(x_BxTxD.shape[:2], jnp.int32)
   if kv_segment_ids_BxS is None:
-    kv_segment_ids_BxS = jnp.ones(memory_BxSxD.shape[:2], jnp.int32)
+    kv_segment_ids_BxS = jnp.ones(k_BxSxKxH.shape[:2], jnp.int32)
   return q_segment_ids_BxT, kv_segment_ids_BxS

@@ -82,7 +82,7 @@ class Block(nn.Module):
     def sublayers():
       yield "attn", lambda h: attn(h, positions_BxL, segment_ids_BxL, self.deterministic)
       if self.cross:
-        cross = Attention(cfg, cross=True, name="cross_attn")
+        cross = Attention(cfg, self.decode, cross=True, name="cross_attn")
         yield "cross", lambda h: cross(
             h,
             positions_BxL,
@@ -384,9 +384,13 @@ class Transformer(nn.Module):
     deterministic=False enables dropout (needs rngs={'dropout': key}).
     Encoder-decoder: tokens are the decoder's (target) inputs and src_* the source, whose
     segment i is read by target segment i; `memory_BxSxD` (from `encode`) replaces
-    src_tokens_BxS when decoding step by step.
+    src_tokens_BxS when decoding step by step. With decode=True the call that passes the
+    memory also stores every layer's cross-attention keys/values in the cache (tokens_BxL may
+    then have no columns: that call only fills the cache); later calls pass neither memory
+    nor source and read them back.
     """
-    if self.cfg.arch == "encoder_decoder" and memory_BxSxD is None:
+    cached_memory = self.decode and src_tokens_BxS is None and not self.is_initializing()
+    if self.cfg.arch == "encoder_decoder" and memory_BxSxD is None and not cached_memory:
       if src_tokens_BxS is None:
         if not self.is_initializing():
           raise ValueError("arch=encoder_decoder needs src_tokens_BxS (the source) or memory_BxSxD")

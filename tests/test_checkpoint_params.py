@@ -54,3 +54,37 @@ def test_loading_a_run_logs_no_orbax_warnings(tmp_path, caplog):
     run_lib.load_run(str(tmp_path / "run"))
   warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
   assert not warnings, [r.getMessage() for r in warnings]
+
+
+def _random_params(config, seed):
+  mesh = mesh_lib.make_mesh(config, devices=jax.devices()[:1])
+  boxed = state_lib.abstract_variables(
+      spec.resolve(config), state_lib.make_model(spec.resolve(config).model), mesh
+  )
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+      lambda a: rng.normal(size=a.shape).astype(a.dtype), state_lib.nn.unbox(boxed["params"])
+  )
+
+
+def test_average_last_is_the_elementwise_mean_of_the_last_checkpoints(tmp_path):
+  config = default.get_config("size=tiny")
+  workdir = str(tmp_path / "run")
+  saved = {step: _random_params(config, step) for step in (3, 5, 9)}
+  for step, params in saved.items():
+    checkpoint.save_params(workdir, params, config, step=step)
+  run = run_lib.load_run(workdir, average_last=2)
+  assert run.step == 9 and run.averaged_steps == (5, 9)
+  assert "steps 5, 9" in run.describe_checkpoint()
+  leaves = zip(*(jax.tree_util.tree_leaves(t) for t in (run.params, saved[5], saved[9])))
+  for got, a, b in leaves:
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(got), (a + b) / np.float32(2))
+  one = run_lib.load_run(workdir, average_last=1)
+  plain = run_lib.load_run(workdir)
+  for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(plain.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  upto = run_lib.load_run(workdir, average_last=2, step=5)
+  assert upto.averaged_steps == (3, 5)
+  with pytest.raises(ValueError, match=r"holds 3 \(steps \[3, 5, 9\]\).*checkpoint.keep >= 4"):
+    run_lib.load_run(workdir, average_last=4)

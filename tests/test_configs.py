@@ -23,7 +23,7 @@ PRESETS = {
     "bert": ["size=base", "size=large"],
     "llama": ["size=tiny", "size=small", "size=1B", "size=7B"],
     "mixtral": ["size=tiny", "size=8x7B"],
-    "transformer": ["size=base", "size=big", "size=tiny"],
+    "transformer": ["size=base", "size=big", "size=tiny", "size=tiny,arch=decoder"],
 }
 
 
@@ -39,6 +39,16 @@ def test_presets_build_valid_configs_with_full_schema(preset, arg):
   m = ModelConfig.from_config(c)
   assert c.data.seq_len <= m.max_seq_len or m.pos_encoding != "learned"
   assert c.train.batch_size > 0 and 0 < c.train.learning_rate < 1e-2
+
+
+def test_transformer_decoder_only_counterpart():
+  """arch=decoder: one causal stack as deep as both stacks of the encoder-decoder, rows that
+  hold source and target; an unknown arch is refused in one line."""
+  lm = ModelConfig.from_config(get("transformer", "size=tiny,arch=decoder"))
+  assert (lm.arch, lm.num_layers, lm.d_model) == ("decoder", 8, 128)
+  assert get("transformer", "size=tiny,arch=decoder").data.seq_len == 256
+  with pytest.raises(ValueError, match="arch=encoder_decoder or arch=decoder"):
+    get("transformer", "arch=encoder")
 
 
 def test_preset_specifics():

@@ -77,6 +77,9 @@ S2S_TINY = (
 )
 M30K_BPE = "python -m train.data.tokenizer train --source pairs:data/multi30k"
 M30K = "python -m train --config configs/transformer.py:size=tiny --workdir runs/m30k"
+M30K_LM = (
+    "python -m train --config configs/transformer.py:size=tiny,arch=decoder --workdir runs/m30k_lm"
+)
 TLDR_BPE = "python -m train.data.tokenizer train --source jsonl:data/scitldr"
 TLDR = "python -m train --config configs/transformer.py:size=tiny --workdir runs/tldr"
 
@@ -84,7 +87,15 @@ RULES = [
     # Encoder-decoder commands run on the tiny stand-in files of _write_inputs.
     Rule(M30K_BPE, replace(("--vocab-size 8000", "--vocab-size 300"))),
     Rule(M30K, append(S2S_TINY), needs=(M30K_BPE,)),
-    Rule("python -m eval.translate --workdir runs/m30k", append("--max-len 4"), needs=(M30K,)),
+    Rule(
+        "python -m eval.translate --workdir runs/m30k",
+        replace(("--average-last 10", "--average-last 1"), extra="--max-len 4"),
+        needs=(M30K,),
+    ),
+    Rule(M30K_LM, append(S2S_TINY), needs=(M30K_BPE,)),
+    Rule(
+        "python -m eval.translate --workdir runs/m30k_lm", append("--max-len 4"), needs=(M30K_LM,)
+    ),
     Rule(TLDR_BPE, replace(("--vocab-size 8000", "--vocab-size 300"))),
     Rule(TLDR, append(S2S_TINY), needs=(TLDR_BPE,)),
     Rule("python -m eval.summarize --workdir runs/tldr", append("--max-len 4"), needs=(TLDR,)),

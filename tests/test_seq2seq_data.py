@@ -122,3 +122,42 @@ def test_bad_parallel_files_get_one_line_errors(tmp_path):
     parallel.load_for_training(
         _data_cfg(spec, seq_len=32), tmp_path / "p", global_batch_size=2, seed=0, position_table=8
     )
+
+
+def test_decoder_only_rows_hold_source_sep_target_with_the_loss_on_the_target(tmp_path):
+  spec = (
+      f"pairs:{_write(tmp_path / 's.txt', ['ab', 'c'])}:{_write(tmp_path / 't.txt', ['xyz', 'q'])}"
+  )
+  parallel.prepare(spec, "byte", tmp_path / "prep", val_fraction=0.0)
+  store = parallel.PairStore(tmp_path / "prep", "train")
+  tok = tok_lib.load("byte")
+  bos, eos, pad = tok.bos_id, tok.eos_id, tok.pad_id
+  row = parallel.JointPairPacker(store, 14, tok).build_rows([[0, 1]])
+  a, b, c, x, y, z, q = (ord(ch) for ch in "abcxyzq")
+  assert row["inputs"][0].tolist() == [bos, a, b, eos, x, y, z, bos, c, eos, q, pad, pad, pad]
+  assert row["targets"][0].tolist() == [a, b, eos, x, y, z, eos, c, eos, q, eos, pad, pad, pad]
+  assert row["weights"][0].tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0]
+  assert row["segment_ids"][0].tolist() == [1] * 7 + [2] * 4 + [0] * 3
+  assert row["positions"][0].tolist() == list(range(7)) + list(range(4)) + [0] * 3
+  assert "src_tokens" not in row
+  assert parallel.pack_rows(store, [0, 1], 11, joint=True) == [[0, 1]]
+  assert parallel.pack_rows(store, [0, 1], 10, joint=True) == [[0], [1]]
+  with pytest.raises(ValueError, match=r"s.txt:1: the source \+ target has 5 tokens"):
+    store.check_lengths(6, None, joint=True)
+
+
+def test_decoder_only_training_batches_weigh_every_target_token_once(tmp_path):
+  spec = f"pairs:{_write(tmp_path / 's.txt', SRC)}:{_write(tmp_path / 't.txt', TGT)}"
+  data = parallel.load_for_training(
+      _data_cfg(spec, seq_len=48, val_fraction=0.3),
+      tmp_path / "prep",
+      global_batch_size=1,
+      seed=0,
+      num_threads=0,
+      decoder_only=True,
+  )
+  val = data.manifest["splits"]["val"]
+  batches = list(data.eval_source.batches("pairs", global_batch_size=2))
+  assert val["pairs"] > 0 and sum(b["weights"].sum() for b in batches) == val["target_tokens"]
+  batch = next(data.train_iter)
+  assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "weights"}

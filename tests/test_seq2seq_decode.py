@@ -1,5 +1,9 @@
-"""Encoder-decoder decoding: the cached step-by-step decoder equals the full forward pass,
-beam search with one beam equals greedy, batching changes nothing, bad sources fail clearly."""
+"""Seq2seq decoding: the cached step-by-step decoder (self-attention keys/values appended per
+step, cross-attention keys/values computed once per source) equals the full forward pass,
+beam search with one beam equals greedy, batching changes nothing, bad sources fail clearly;
+decoder-only models decode "BOS source <sep>" prompts the same way."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +12,10 @@ import pytest
 from eval.generate import Generator
 
 from eval.seq2seq import Seq2SeqDecoder
+from eval.seq2seq import right_pad
 from model.config import ModelConfig
 from model.transformer import Transformer
+from model.transformer import init_cache
 
 BOS, EOS, PAD = 1, 2, 0
 CFG = ModelConfig(
@@ -77,6 +83,68 @@ def test_beam_score_is_the_model_score_of_its_output(decoder, scan_layers):
     np.testing.assert_allclose(score, logp / len(full) ** 0.5, rtol=1e-4)
 
 
+def _step_logits(cfg, params, cache, tokens_BxL):
+  """Feeds tokens one at a time through the cache (no memory passed); [B, L, V] logits."""
+
+  @jax.jit
+  def step(params, cache, tok_Bx1, i):
+    logits, variables = Transformer(cfg, decode=True).apply(
+        {"params": params, "cache": cache},
+        tok_Bx1,
+        positions_BxL=jnp.full(tok_Bx1.shape, i, jnp.int32),
+        mutable=["cache"],
+    )
+    return logits[:, 0], variables["cache"]
+
+  out = []
+  for i in range(tokens_BxL.shape[1]):
+    logits, cache = step(params, cache, tokens_BxL[:, i : i + 1], i)
+    out.append(logits)
+  return jnp.stack(out, 1)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_cross_attention_keys_values_are_computed_once_and_reused(scan_layers):
+  cfg = CFG.replace(scan_layers=scan_layers)
+  params = Transformer(cfg).init(jax.random.PRNGKey(4), jnp.ones((1, 4), jnp.int32))["params"]
+  dec = Seq2SeqDecoder(cfg, params, bos_id=BOS, eos_id=EOS, pad_id=PAD)
+  src, seg = (jnp.asarray(a) for a in right_pad(SOURCES, PAD))
+  prefill = jax.jit(functools.partial(dec._prefill, max_len=6))  # pylint: disable=protected-access
+  cache = prefill(params, src, seg, jnp.zeros_like(seg))
+  names = {str(p[-1].key) for p, _ in jax.tree_util.tree_flatten_with_path(cache)[0]}
+  assert {"cross_key", "cross_value", "cross_segment"} <= names
+  tgt = jnp.asarray([[BOS, 5, 9, 4, 7, 3]] * len(SOURCES), jnp.int32)
+  forward = jax.jit(
+      lambda p: Transformer(cfg).apply(
+          {"params": p}, tgt, src_tokens_BxS=src, src_segment_ids_BxS=seg
+      )
+  )
+  full = forward(params)
+  cached = _step_logits(cfg, params, cache, tgt)
+  np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
+
+  # The steps read the stored keys/values: without the cross-attention key/value weights
+  # they still give the same logits (a step that re-projected the memory would not).
+  def drop_cross_kv(path, x):
+    keys = [str(getattr(p, "key", "")) for p in path]
+    return jnp.zeros_like(x) if "cross_attn" in keys and {"key", "value"} & set(keys) else x
+
+  no_kv = jax.tree_util.tree_map_with_path(drop_cross_kv, params)
+  assert not np.allclose(forward(no_kv), full)
+  np.testing.assert_allclose(_step_logits(cfg, no_kv, cache, tgt), cached, atol=1e-6)
+
+
+def test_a_step_without_memory_or_cached_memory_fails_clearly(decoder):
+  params = decoder.params
+  with pytest.raises(ValueError, match="no cached memory: pass memory_BxSxD"):
+    Transformer(CFG, decode=True).apply(
+        {"params": params, "cache": init_cache(CFG, 1, 4)},
+        jnp.ones((1, 1), jnp.int32),
+        positions_BxL=jnp.zeros((1, 1), jnp.int32),
+        mutable=["cache"],
+    )
+
+
 def test_bad_sources_and_flags(decoder):
   with pytest.raises(ValueError, match="source 1 is empty"):
     decoder.decode([[5], []])
@@ -90,5 +158,36 @@ def test_decoder_only_generation_points_to_the_seq2seq_tools():
 
   with pytest.raises(ValueError, match="eval.translate"):
     Generator(CFG, None)
-  with pytest.raises(ValueError, match="arch=encoder_decoder"):
-    Seq2SeqDecoder(CFG.replace(arch="decoder"), None, bos_id=BOS, eos_id=EOS)
+  with pytest.raises(ValueError, match="arch=encoder_decoder or a causal decoder"):
+    Seq2SeqDecoder(CFG.replace(arch="encoder"), None, bos_id=BOS, eos_id=EOS)
+
+
+LM_CFG = CFG.replace(arch="decoder", max_seq_len=24)
+LM_SOURCES = [s + [EOS] for s in SOURCES]  # source tokens + the separator
+
+
+def _lm_logp(params, prompt, continuation):
+  """Log-probs of `continuation` after `prompt` from one full (uncached) forward pass."""
+  seq = prompt + continuation
+  logits = Transformer(LM_CFG).apply({"params": params}, jnp.asarray([seq[:-1]], jnp.int32))
+  logp = np.asarray(jax.nn.log_softmax(logits[0]))[len(prompt) - 1 :]
+  return logp, logp[np.arange(len(continuation)), continuation]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_decoder_only_decoding_equals_the_full_forward(beam):
+  """Prompt BOS + source + separator, left-padded in a batch: greedy picks the full-pass
+  argmax at every step and beam scores are the full-pass scores of their outputs."""
+  params = Transformer(LM_CFG).init(jax.random.PRNGKey(5), jnp.ones((1, 4), jnp.int32))
+  dec = Seq2SeqDecoder(LM_CFG, params["params"], bos_id=BOS, eos_id=EOS, pad_id=PAD)
+  out = dec.decode(LM_SOURCES, beam=beam, max_len=6, length_penalty=0.5, width=8)
+  for src, toks, score in zip(LM_SOURCES, out["tokens"], out["scores"]):
+    full = toks + [EOS] if len(toks) < 6 else toks
+    logp, picked = _lm_logp(params["params"], [BOS] + src, full)
+    if beam == 1:
+      assert np.argmax(logp, -1).tolist() == full
+      np.testing.assert_allclose(score, picked.sum(), rtol=1e-4)
+    else:
+      np.testing.assert_allclose(score, picked.sum() / len(full) ** 0.5, rtol=1e-4)
+  alone = dec.decode(LM_SOURCES[1:2], beam=beam, max_len=6, length_penalty=0.5)
+  assert alone["tokens"][0] == out["tokens"][1]

@@ -388,6 +388,18 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
     manager.close()
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of a run's finished checkpoints, oldest first."""
+  directory = run_path(workdir) / CHECKPOINT_DIR
+  if not directory.exists():
+    raise FileNotFoundError(f"{directory} does not exist: {workdir!r} is not a trained run.")
+  manager = _read_only_manager(directory, "state", ocp.PyTreeCheckpointHandler())
+  try:
+    return sorted(int(s) for s in manager.all_steps())
+  finally:
+    manager.close()
+
+
 def _read_only_manager(directory: epath.Path, item: str, handler) -> ocp.CheckpointManager:
   """A manager that only reads one item. Orbax logs two warnings for every read-only manager
   (the option adjustments and "directory is read only"), which say nothing to a user

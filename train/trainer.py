@@ -79,8 +79,9 @@ def load_data(spec: spec_lib.RunSpec, workdir: str, *, progress: bool = True):
       model_vocab_size=spec.model.vocab_size,
   )
   load = pipeline.load_for_training
-  if spec.model.arch == "encoder_decoder":
-
+  decoder_on_pairs = spec.model.arch == "decoder" and parallel.is_parallel(spec.data.source)
+  if spec.model.arch == "encoder_decoder" or decoder_on_pairs:
+    kwargs["decoder_only"] = decoder_on_pairs
     learned = spec.model.pos_encoding == "learned"
     kwargs["position_table"] = spec.model.max_seq_len if learned else None
     load = parallel.load_for_training

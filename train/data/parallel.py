@@ -1,7 +1,8 @@
-"""Parallel (sequence-to-sequence) data for encoder-decoder models: source/target pairs,
-tokenized once, served as padded rows with the source beside its target.
+"""Parallel (sequence-to-sequence) data: source/target pairs, tokenized once, served as padded
+rows with the source beside its target (encoder-decoder) or before it (decoder-only).
 
-Specs (data.source when model.arch=encoder_decoder):
+Specs (data.source when model.arch=encoder_decoder, or model.arch=decoder for "source <sep>
+target" rows):
   pairs:<src_glob>:<tgt_glob>          line-aligned text files (`.gz` read as gzip): line i of
                                        the k-th source file translates line i of the k-th
                                        target file (both globs sorted)
@@ -15,6 +16,13 @@ predicts targets = t_1..t_n EOS (segment 1, weights 1 there, 0 on padding), so t
 target tokens only. Training rows pack several pairs (a fixed, seed-dependent packing for the
 run): pair k of a row is source segment k and target segment k, and cross-attention lets
 target segment k read only source segment k. Validation rows hold one pair each.
+
+Decoder-only models (model.arch=decoder) read the same sources as "source <sep> target" rows:
+inputs = BOS s_1..s_m SEP t_1..t_n, targets = s_1..s_m SEP t_1..t_n EOS, with weights 1 only
+where the target is t_1..t_n EOS, so the loss counts target tokens only, as for the
+encoder-decoder. The separator is the EOS token (the tokenizer's own end-of-text id: no new
+token is added), so the prompt BOS + source + EOS is exactly the encoder-decoder's source
+with BOS in front. Each pair is one segment (positions from 0); training rows pack several.
 
 Preparing: every pair is tokenized once into `parallel-<split>.npz` (flat token arrays plus
 offsets) under the prepared dir, with a `parallel.json` manifest naming the source, tokenizer
@@ -74,6 +82,15 @@ def read_lines(path: str) -> list[str]:
   if lines and lines[-1] == "":
     lines.pop()
   return [line.rstrip("\r") for line in lines]
+
+
+def is_parallel(spec: str) -> bool:
+  """Whether data.source is a parallel source (pairs: or jsonl: with two fields)."""
+  try:
+    parse_spec(spec)
+  except ValueError:
+    return False
+  return True
 
 
 def parse_spec(spec: str) -> tuple[str, list[str]]:
@@ -232,28 +249,36 @@ class PairStore:
   def tgt(self, i: int) -> np.ndarray:
     return self._tgt[0][self._tgt[1][i] : self._tgt[1][i + 1]]
 
-  def check_lengths(self, seq_len: int, table: int | None) -> None:
-    """Each source + EOS and each BOS + target must fit a row (and the position table)."""
+  def check_lengths(self, seq_len: int, table: int | None, *, joint: bool = False) -> None:
+    """Each source + EOS and each BOS + target must fit a row (and the position table);
+    `joint` (decoder-only rows): BOS + source + SEP + target must fit one."""
     limit = min(seq_len, table) if table else seq_len
-    for name, (_, offsets) in (("source", self._src), ("target", self._tgt)):
-      longest = np.flatnonzero(np.diff(offsets) + 1 > limit)
-      if len(longest):
-        i = int(longest[0])
-        n = int(offsets[i + 1] - offsets[i])
+    src_len, tgt_len = np.diff(self._src[1]), np.diff(self._tgt[1])
+    if joint:
+      checks = (("source + target", src_len + tgt_len, 2, "+2 for BOS and SEP"),)
+    else:
+      checks = (("source", src_len, 1, "+1 for EOS/BOS"), ("target", tgt_len, 1, "+1 for EOS/BOS"))
+    for name, lengths, added, note in checks:
+      over = np.flatnonzero(lengths + added > limit)
+      if len(over):
+        i = int(over[0])
         raise ValueError(
-            f"{self.doc_ids[i]}: the {name} has {n} tokens (+1 for EOS/BOS), longer than the "
-            f"rows of data.seq_len={seq_len}"
+            f"{self.doc_ids[i]}: the {name} has {int(lengths[i])} tokens ({note}), longer "
+            f"than the rows of data.seq_len={seq_len}"
             + (f" / position table {table}" if table else "")
             + "; raise data.seq_len (and model.max_seq_len) or drop the pair"
         )
 
 
-def pack_rows(store: PairStore, order, seq_len: int) -> list[list[int]]:
+def pack_rows(store: PairStore, order, seq_len: int, *, joint: bool = False) -> list[list[int]]:
   """Pair indices per row, in `order`, each row filled until the next pair's source + EOS or
-  BOS + target would overflow seq_len (checked by PairStore.check_lengths to fit alone)."""
+  BOS + target would overflow seq_len (checked by PairStore.check_lengths to fit alone);
+  `joint`: until the next BOS + source + SEP + target would."""
   rows, row, src_used, tgt_used = [], [], 0, 0
   for i in np.asarray(order, np.int64).tolist():
     m, t = len(store.src(i)) + 1, len(store.tgt(i)) + 1
+    if joint:
+      m, t = 0, m + t
     if row and (src_used + m > seq_len or tgt_used + t > seq_len):
       rows.append(row)
       row, src_used, tgt_used = [], 0, 0
@@ -303,11 +328,40 @@ class PairPacker:
     return out
 
 
+class JointPairPacker(PairPacker):
+  """Rows of pair indices -> decoder-only batches: pair k of a row is segment k holding
+  BOS source SEP target (see module doc); weights 1 where the target is a target token or
+  the final EOS."""
+
+  def build_rows(self, rows, *, with_doc_ids: bool = False) -> dict:
+    n, length = len(rows), self.seq_len
+    out = {k: np.full((n, length), self.pad, np.int32) for k in ("inputs", "targets")}
+    for k in ("segment_ids", "positions"):
+      out[k] = np.zeros((n, length), np.int32)
+    out["weights"] = np.zeros((n, length), np.float32)
+    doc_ids = np.full((n, length), -1, np.int32)
+    for r, pairs in enumerate(rows):
+      t0 = 0
+      for seg, i in enumerate(p for p in pairs if p < len(self.store)):
+        src, tgt = self.store.src(i), self.store.tgt(i)
+        seq = np.concatenate([[self.bos], src, [self.eos], tgt, [self.eos]])
+        t1 = t0 + len(seq) - 1
+        out["inputs"][r, t0:t1], out["targets"][r, t0:t1] = seq[:-1], seq[1:]
+        out["segment_ids"][r, t0:t1] = seg + 1
+        out["positions"][r, t0:t1] = np.arange(t1 - t0)
+        out["weights"][r, t1 - len(tgt) - 1 : t1] = 1.0
+        doc_ids[r, t0:t1] = i
+        t0 = t1
+    if with_doc_ids:
+      out["doc_ids"] = doc_ids
+    return out
+
+
 class PairEvalSource:
   """Validation pairs in stored order, the interface of pipeline.EvalSource (one domain)."""
 
-  def __init__(self, store: PairStore, manifest: dict, tok, seq_len: int):
-    self.manifest, self.packer = manifest, PairPacker(store, seq_len, tok)
+  def __init__(self, store: PairStore, manifest: dict, tok, seq_len: int, packer_cls=PairPacker):
+    self.manifest, self.packer = manifest, packer_cls(store, seq_len, tok)
     self.domains = (DOMAIN,) if len(store) else ()
     self.token_bytes = tok_lib.token_byte_lengths(tok)
 
@@ -336,8 +390,10 @@ def load_for_training(
     position_table: int | None = None,
     num_threads: int = 2,
     progress: bool = True,
+    decoder_only: bool = False,
 ):
-  """pipeline.TrainingData for a parallel source: packed rows of pairs, shuffled, repeated."""
+  """pipeline.TrainingData for a parallel source: packed rows of pairs, shuffled, repeated
+  (decoder_only: "source <sep> target" rows, see the module doc)."""
 
   del progress
   tok = tok_lib.load(data_cfg.tokenizer)
@@ -349,18 +405,20 @@ def load_for_training(
   seq_len = int(data_cfg.seq_len)
   train, val = PairStore(prepared_dir, "train"), PairStore(prepared_dir, "val")
   for store in (train, val):
-    store.check_lengths(seq_len, position_table)
+    store.check_lengths(seq_len, position_table, joint=decoder_only)
   local = global_batch_size // process_count
   order = np.random.default_rng([seed, 1]).permutation(len(train))
-  rows = pack_rows(train, order, seq_len)
+  rows = pack_rows(train, order, seq_len, joint=decoder_only)
   if len(rows) < global_batch_size:
     raise ValueError(
         f"the train split packs into {len(rows)} rows of data.seq_len={seq_len}, fewer than "
         f"one batch of train.batch_size={global_batch_size}; use more pairs or a smaller batch"
     )
-  packer = PairPacker(train, seq_len, tok)
+  packer_cls = JointPairPacker if decoder_only else PairPacker
+  packer = packer_cls(train, seq_len, tok)
   ds = grain.MapDataset.range(len(rows)).shuffle(seed=seed).repeat(None)
   ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
   ds = ds.map(lambda ids: packer.build_rows([rows[j] for j in np.asarray(ids).tolist()]))
   it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))
-  return pipeline.TrainingData(it, PairEvalSource(val, manifest, tok, seq_len), manifest, tok)
+  evals = PairEvalSource(val, manifest, tok, seq_len, packer_cls)
+  return pipeline.TrainingData(it, evals, manifest, tok)
