@@ -2,7 +2,7 @@
 
     python -m eval.lr_transfer --config configs/default.py:size=tiny --widths 32,64,128 \
         --lr-exponents -11,-10,-9,-8,-7,-6 --parametrizations sp,mup --steps 300 \
-        --workdir runs/lr_transfer --json lr.json [--plot lr.png]
+        --workdir runs/lr_transfer --json lr.json [--plot lr.png] [--seeds 2]
     python -m eval.lr_transfer --workdir DIR --json lr.json [--plot lr.png]
 
 The sweep is the ladder's `lr_sweep` scheme (eval/ladder.py): `ladder_config` turns the flags
@@ -40,9 +40,10 @@ def ladder_config(
     lr_exponents: Sequence[int],
     parametrizations: Sequence[str] = ("sp", "mup"),
     steps: int | None = None,
+    seeds: int = 1,
 ) -> ml_collections.ConfigDict:
   """`config` with an lr_sweep `ladder` section over `widths` (one budget: `steps`, else
-  config.train.steps)."""
+  config.train.steps), each point trained with `seeds` seeds (config.seed + i)."""
   base = ModelConfig.from_config(config.model)
   for width in widths:
     coord_check.model_at(base, width=width)  # a width the head count does not divide: error
@@ -56,7 +57,7 @@ def ladder_config(
             steps=(int(steps or config.train.steps),),
             lr_exponents=tuple(int(k) for k in lr_exponents),
             parametrizations=tuple(parametrizations),
-            seeds=1,
+            seeds=int(seeds),
             parallel=1,
         )
     )
@@ -90,6 +91,16 @@ def sweep_rows(workdir) -> list[dict]:
   ]
 
 
+def seed_means(rows: Sequence[dict], par: str, width: int) -> dict[int, float]:
+  """{lr exponent: validation loss averaged over seeds} of one parametrization and width; NaN
+  where any seed diverged (a learning rate that diverges for one seed is not a safe best)."""
+  by_lr = {}
+  for r in rows:
+    if r["parametrization"] == par and r["width"] == width:
+      by_lr.setdefault(r["lr_exponent"], []).append(r["val_loss"])
+  return {k: sum(v) / len(v) for k, v in sorted(by_lr.items())}
+
+
 def best_lr_shift(rows: Sequence[dict]) -> dict:
   """Per parametrization: the best lr exponent at each width and the spread of those (grid
   steps between the largest and smallest best exponent). Non-finite losses never win; a
@@ -98,11 +109,7 @@ def best_lr_shift(rows: Sequence[dict]) -> dict:
   for par in sorted({r["parametrization"] for r in rows}):
     best = {}
     for width in sorted({r["width"] for r in rows if r["parametrization"] == par}):
-      by_lr = {}
-      for r in rows:
-        if r["parametrization"] == par and r["width"] == width:
-          by_lr.setdefault(r["lr_exponent"], []).append(r["val_loss"])
-      mean = {k: sum(v) / len(v) for k, v in by_lr.items() if all(map(math.isfinite, v))}
+      mean = {k: v for k, v in seed_means(rows, par, width).items() if math.isfinite(v)}
       if mean:
         best[width] = min(mean, key=mean.get)
     out[par] = dict(
@@ -113,6 +120,8 @@ def best_lr_shift(rows: Sequence[dict]) -> dict:
 
 
 def plot(rows: Sequence[dict], path: str) -> None:
+  """Validation loss against learning rate, one panel per parametrization, a line per width
+  (seeds averaged)."""
   import matplotlib  # noqa: PLC0415 (Agg only when plotting)
 
   matplotlib.use("Agg")
@@ -122,16 +131,9 @@ def plot(rows: Sequence[dict], path: str) -> None:
   fig, axes = plt.subplots(1, len(pars), figsize=(4.5 * len(pars), 3.5), squeeze=False, sharey=True)
   for ax, par in zip(axes[0], pars):
     for width in sorted({r["width"] for r in rows}):
-      mine = sorted(
-          (r for r in rows if r["parametrization"] == par and r["width"] == width),
-          key=lambda r: r["lr_exponent"],
-      )
-      ax.plot(
-          [r["learning_rate"] for r in mine],
-          [r["val_loss"] for r in mine],
-          marker="o",
-          label=f"width {width}",
-      )
+      mean = seed_means(rows, par, width)
+      if mean:
+        ax.plot([2.0**k for k in mean], list(mean.values()), marker="o", label=f"width {width}")
     ax.set(xscale="log", xlabel="learning rate", title=par)
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("final validation loss")
@@ -156,7 +158,12 @@ def run_sweep(args) -> None:
   config.eval.update(every=args.steps, batches=args.eval_batches)
   config.checkpoint.update(every=args.steps, keep=1)
   config = ladder_config(
-      config, args.widths, args.lr_exponents, args.parametrizations.split(","), args.steps
+      config,
+      args.widths,
+      args.lr_exponents,
+      args.parametrizations.split(","),
+      args.steps,
+      args.seeds,
   )
   ladder.run_ladder(config, os.path.abspath(args.workdir))
 
@@ -169,6 +176,13 @@ def main(argv=None) -> int:
   p.add_argument("--parametrizations", default="sp,mup")
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--eval-batches", type=int, default=8, help="validation batches per point")
+  p.add_argument(
+      "--seeds",
+      type=int,
+      default=1,
+      help="initialisations per point, averaged per learning rate (raising it in the same "
+      "--workdir trains only the new seeds)",
+  )
   p.add_argument("--workdir", required=True)
   p.add_argument("--json", required=True)
   p.add_argument("--plot", default=None)

@@ -18,7 +18,10 @@ sigma = init_std, eta = train.learning_rate, eps = train.eps, lam = train.weight
 embedding: token/position/type tables; hidden: attention and MLP matrices in the blocks;
 block_vector: norms and biases in the blocks; head_matrix: mlm_dense, pooler_dense; vector:
 final/embed/mlm norms and head biases; unembed: the untied output head. vm_d = sqrt(m_d);
-lam = weight decay, applied only where train/optim.py `decay_mask` allows.
+lam = weight decay, applied only where train/optim.py `decay_mask` allows. A tied table is
+both the embedding and, through the logit multiplier, the readout (muP's shared readout:
+as a readout its effective init is sigma/m_d and its effective Adam LR eta/m_d, Table 3's
+output-layer rules); its one Adam update serves both roles.
 
 Forward: embedding output x 1 (muP's tunable alpha_input, width-independent, left at 1);
 logits x 1/m_d (alpha_output / m_d); attention scores x 1/sqrt(h) * sqrt(h_base / h), i.e.

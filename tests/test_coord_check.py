@@ -7,6 +7,7 @@ import pytest
 
 from configs import default
 from eval import coord_check
+from eval import ladder
 from eval import lr_transfer
 
 WIDTHS = (64, 128, 256)  # above the tiny model (width 32), the muP base
@@ -96,3 +97,22 @@ def test_best_lr_shift():
   best = lr_transfer.best_lr_shift(rows)
   assert best["sp"] == dict(best_lr_exponent={32: -8, 64: -9}, shift_grid_steps=1)
   assert best["mup"] == dict(best_lr_exponent={32: -8, 64: -8}, shift_grid_steps=0)
+
+
+def test_seed_means_average_seeds_and_a_diverged_seed_poisons_its_lr():
+  rows = [
+      dict(parametrization="mup", width=64, lr_exponent=k, val_loss=loss)
+      for k, loss in [(-8, 2.0), (-8, 1.8), (-7, 1.5), (-7, float("nan")), (-9, 2.5)]
+  ]
+  mean = lr_transfer.seed_means(rows, "mup", 64)
+  assert list(mean) == [-9, -8, -7] and mean[-9] == 2.5 and mean[-8] == pytest.approx(1.9)
+  assert np.isnan(mean[-7])
+  assert lr_transfer.best_lr_shift(rows)["mup"]["best_lr_exponent"] == {64: -8}
+
+
+def test_lr_transfer_seeds_train_every_point_once_per_seed():
+  c = default.get_config("size=tiny")
+  cfg = lr_transfer.ladder_config(c, (32, 64), (-8,), ("mup",), 10, seeds=2)
+  names = sorted(p.name for p in ladder.expand(cfg))
+  base = ["w32_mup_s10_lr2^-8", "w64_mup_s10_lr2^-8"]
+  assert names == sorted(base + [f"{n}_seed{c.seed + 1}" for n in base])

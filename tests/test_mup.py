@@ -1,6 +1,7 @@
 """muP / CompleteP parametrizations and Muon: identity at the base shape, the per-group rules
 on the real model, config errors, and Muon's per-layer orthogonalization."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -11,6 +12,8 @@ import pytest
 from flax import linen as nn
 
 from configs import default
+from eval import ladder
+from eval import lr_transfer
 from model import parametrization as par
 from model.config import ModelConfig
 from model.transformer import Transformer
@@ -199,6 +202,120 @@ def test_cli_reports_a_bad_parametrization_in_one_line(tmp_path):
   assert (
       lines[-1].startswith("error: model.base_width") and "Traceback" not in proc.stderr
   ), proc.stderr[-2000:]
+
+
+# --- the lr_transfer sweep's models against a hand table ---------------------------------
+
+ETA, LAM, EPS = 2.0**-8, 0.1, 1e-8  # the sweep point's lr, the default weight decay and eps
+# Per width of `eval.lr_transfer --widths 32,128` (base 32, 2 heads, 2 layers, mlp 2 x width):
+# model shape, the attention-score scale (muP's 1/head_dim anchored at head_dim 16), the logit
+# multiplier, then per kind of parameter (init std, Adam lr, decay per step = lr x weight
+# decay, Adam eps). Written out by hand from the muP table, not computed by the code under test.
+HAND = {
+    32: dict(
+        d_model=32,
+        head_dim=16,
+        mlp_dim=64,
+        attention_scale=1 / 4,
+        logit_mult=1.0,
+        table=(0.02, ETA, 0.0, EPS),
+        matrix=(0.02, ETA, ETA * LAM, EPS),
+        branch_out=(0.01, ETA, ETA * LAM, EPS),  # 0.02 / sqrt(2 x 2 layers)
+        vector=(None, ETA, 0.0, EPS),
+    ),
+    128: dict(
+        d_model=128,
+        head_dim=64,
+        mlp_dim=256,
+        attention_scale=1 / 16,  # sqrt(16) / 64, not sp's 1 / 8
+        logit_mult=0.25,
+        table=(0.02, ETA, 0.0, EPS / 4),
+        matrix=(0.01, ETA / 4, ETA * LAM, EPS / 4),
+        branch_out=(0.005, ETA / 4, ETA * LAM, EPS / 4),
+        vector=(None, ETA, 0.0, EPS / 4),
+    ),
+}
+KIND = {
+    "embed/embedding": "table",  # tied: also the output layer (x logit_mult)
+    "pos_embed/embedding": "table",
+    "layers/block/attn/query/kernel": "matrix",
+    "layers/block/attn/key/kernel": "matrix",
+    "layers/block/attn/value/kernel": "matrix",
+    "layers/block/mlp/wi/kernel": "matrix",
+    "layers/block/attn/out/kernel": "branch_out",
+    "layers/block/mlp/wo/kernel": "branch_out",
+}
+VECTORS = {
+    f"layers/block/{m}/{leaf}"
+    for m, leaves in [
+        ("attn/query", ("bias",)),
+        ("attn/key", ("bias",)),
+        ("attn/value", ("bias",)),
+        ("attn/out", ("bias",)),
+        ("mlp/wi", ("bias",)),
+        ("mlp/wo", ("bias",)),
+        ("attn_norm", ("scale", "bias")),
+        ("mlp_norm", ("scale", "bias")),
+    ]
+    for leaf in leaves
+} | {"final_norm/scale", "final_norm/bias"}
+
+
+@pytest.fixture(scope="module")
+def sweep_specs():
+  """The resolved mup points of `eval.lr_transfer`'s sweep at widths 32 and 128."""
+  c = lr_transfer.ladder_config(default.get_config("size=tiny"), (32, 128), (-8,), ("mup",), 300)
+  return {p.config.model.d_model: spec.resolve(p.config) for p in ladder.expand(c)}
+
+
+def _paths(tree):
+  return {
+      "/".join(n for n in optim.path_names(p) if n != "params"): np.asarray(leaf)
+      for p, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+
+
+def _applied(s, params, grads):
+  """The first update the sweep's optimizer chain (clipping included) makes, per path, at
+  full learning rate (the schedule's warmup replaced by a constant)."""
+  t = dataclasses.replace(s.train, schedule="constant", warmup_steps=0)
+  tx, _ = optim.make_optimizer(t, params, s.model)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  return _paths(updates)
+
+
+@pytest.mark.parametrize("width", sorted(HAND))
+def test_the_sweeps_mup_models_match_the_hand_table(width, sweep_specs):
+  """Init std, the learning rate, the decay and the epsilon that the optimizer really applies
+  to each parameter of the swept model: lr from the first Adam step on unit gradients (a
+  unit step), decay from zero gradients on unit weights, eps from gradients of size EPS
+  (the step is lr x EPS / (EPS + eps))."""
+  s, want = sweep_specs[width], HAND[width]
+  m = s.model
+  assert (m.d_model, m.head_dim, m.mlp_dim, m.num_heads) == (
+      want["d_model"],
+      want["head_dim"],
+      want["mlp_dim"],
+      2,
+  )
+  assert m.tie_embeddings and s.train.learning_rate == ETA
+  assert par.attention_scale(m) == pytest.approx(want["attention_scale"])
+  assert par.logit_multiplier(m) == pytest.approx(want["logit_mult"])
+  params = nn.unbox(Transformer(m).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  init = _paths(params)
+  assert set(init) == set(KIND) | VECTORS
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  ones = jax.tree.map(jnp.ones_like, params)
+  step = _applied(s, zeros, ones)
+  decay = _applied(s, ones, zeros)
+  tiny = _applied(s, zeros, jax.tree.map(lambda p: jnp.full_like(p, EPS), params))
+  for path, value in init.items():
+    std, lr, per_step_decay, eps = want[KIND.get(path, "vector")]
+    if std is not None:
+      assert np.std(value) == pytest.approx(std, rel=0.1), path
+    np.testing.assert_allclose(-step[path], lr, rtol=1e-4, err_msg=path)
+    np.testing.assert_allclose(-decay[path], per_step_decay, rtol=1e-4, err_msg=path)
+    np.testing.assert_allclose(-tiny[path], lr * EPS / (EPS + eps), rtol=1e-3, err_msg=path)
 
 
 # --- Muon ---------------------------------------------------------------------------------

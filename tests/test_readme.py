@@ -206,10 +206,10 @@ RULES = [
         "python -m eval.lr_transfer --config configs/default.py:size=tiny",
         replace(
             ("--widths 32,64,128", "--widths 32,64"),
-            ("--lr-exponents=-11,-10,-9,-8,-7,-6,-5", "--lr-exponents=-8,-7"),
-            ("--steps 300", "--steps 4"),
+            ("--lr-exponents=-11,-10,-9,-8,-7,-6", "--lr-exponents=-8,-7"),
+            ("--steps 1000", "--steps 4"),
+            ("--eval-batches 64", "--eval-batches 1"),
             ("docs/lr_transfer.png", "runs/lr_transfer.png"),
-            extra="--eval-batches 1",
         ),
     ),
     # Searching batch sizes compiles the TPU step many times (minutes): the analytic plan.
