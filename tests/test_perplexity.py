@@ -3,6 +3,7 @@
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -11,18 +12,40 @@ import pytest
 from configs import ladder as ladder_cfg
 from eval import ladder, perplexity
 from train import trainer
+from train.data import tokenizer as tok_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _tiny_config(steps):
+  config = ladder.expand(ladder_cfg.get_config("tiny_grid"))[0].config
+  config.train.steps = steps
+  return config
+
+
+def _train_counting_tokenizer_loads(config, workdir) -> tuple[dict, int]:
+  """train_and_evaluate's summary and how often it loaded a tokenizer in this process."""
+  loads = []
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(tok_lib, "load", lambda spec, _load=tok_lib.load: loads.append(spec) or _load(spec))
+    out = trainer.train_and_evaluate(config, str(workdir))
+  return out, len(loads)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+  """A fresh workdir: its data is prepared (under the workdir) during the run."""
   d = tmp_path_factory.mktemp("run")
-  cfg = ladder_cfg.get_config("tiny_grid")
-  point = ladder.expand(cfg)[0]
-  point.config.train.steps = 4
-  out = trainer.train_and_evaluate(point.config, str(d))
-  return d, out
+  out, loads = _train_counting_tokenizer_loads(_tiny_config(4), d)
+  return d, {**out, "tokenizer_loads": loads}
+
+
+def test_a_run_loads_its_tokenizer_once_fresh_and_resumed(tiny_run, tmp_path):
+  d, out = tiny_run
+  assert out["tokenizer_loads"] == 1  # data preparation included
+  shutil.copytree(d, tmp_path / "run")
+  resumed, loads = _train_counting_tokenizer_loads(_tiny_config(5), tmp_path / "run")
+  assert resumed["step"] == 5 and loads == 1
 
 
 def test_matches_the_trainers_final_eval(tiny_run):
