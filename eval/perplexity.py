@@ -104,15 +104,16 @@ def evaluate_run(
   opts = step_lib.StepOptions.from_spec(spec, run.tokenizer.mask_id)
   eval_step = eval_lib.build_eval_step(opts, run.mesh, spec.mesh.axis_rules, run.model, shardings)
   max_batches = -1 if split == "all" else (batches if batches is not None else spec.eval.batches)
-  results = eval_lib.evaluate(
-      eval_step,
-      run.params,
-      eval_source,
-      global_batch_size=gbs,
-      max_batches=None if max_batches < 0 else max_batches,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-  )
+  with run.context():
+    results = eval_lib.evaluate(
+        eval_step,
+        run.params,
+        eval_source,
+        global_batch_size=gbs,
+        max_batches=None if max_batches < 0 else max_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
   for r in results.values():
     if "loss" in r and math.isfinite(r["loss"]):
       r["ppl"] = math.exp(r["loss"])

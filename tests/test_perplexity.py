@@ -7,10 +7,15 @@ import shutil
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import pytest
 
 from configs import ladder as ladder_cfg
 from eval import ladder, perplexity
+from train import evaluate as eval_lib
+from train import run as run_lib
+from train import step as step_lib
 from train import trainer
 from train.data import tokenizer as tok_lib
 
@@ -135,3 +140,28 @@ def test_cli_errors_are_one_line(tiny_run, tmp_path):
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")
     assert what in p.stderr
+
+
+def _val_losses(run, spec, workdir):
+  """Per-domain validation results of a loaded run, with an eval step built (so traced) anew."""
+  shardings = jax.tree_util.tree_map(lambda x: x.sharding, run.params)
+  opts = step_lib.StepOptions.from_spec(spec, run.tokenizer.mask_id)
+  eval_step = eval_lib.build_eval_step(opts, run.mesh, spec.mesh.axis_rules, run.model, shardings)
+  source = trainer.load_data(spec, workdir, run.tokenizer, progress=False).eval_source
+  return eval_lib.evaluate(eval_step, run.params, source, global_batch_size=2, max_batches=2)
+
+
+def test_run_context_installs_the_runs_mesh_and_leaves_the_numbers_unchanged(tiny_run):
+  d, _ = tiny_run
+  run = run_lib.load_run(str(d))
+  rules = tuple(tuple(r) for r in run.spec.mesh.axis_rules)
+  assert jax.sharding.get_abstract_mesh().empty
+  with run.context():
+    assert jax.sharding.get_abstract_mesh() == run.mesh.abstract_mesh
+    assert tuple(tuple(r) for r in nn.get_logical_axis_rules()) == rules
+    inside = _val_losses(run, run.spec, str(d))
+  assert jax.sharding.get_abstract_mesh().empty and not nn.get_logical_axis_rules()
+  outside = _val_losses(run, run.spec, str(d))
+  assert inside.keys() == outside.keys() and inside["prose"]["tokens"] > 0
+  for domain, r in inside.items():
+    assert outside[domain]["loss"] == pytest.approx(r["loss"], rel=1e-6)

@@ -3,6 +3,7 @@ mesh, tokenizer, model). The eval tools use this, not the trainer, to load param
 params are read (no optimizer state), straight into the shardings of the mesh they run on.
 """
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -30,6 +31,13 @@ class Run:
   model: Any  # Transformer(decode=False)
   step: int
   workdir: str
+
+  @contextlib.contextmanager
+  def context(self):
+    """The run's mesh and logical-axis rules, entered once around an eval tool's work so that
+    what it jits traces with the model's sharding constraints (see mesh_lib.mesh_context)."""
+    with mesh_lib.mesh_context(self.mesh, self.spec.mesh.axis_rules):
+      yield
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
