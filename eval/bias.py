@@ -514,7 +514,8 @@ def main(argv=None) -> int:
         f"run directory {args.workdir} does not exist; pass the --workdir " "of a training run"
     )
   run = run_lib.load_run(args.workdir, step=args.step)
-  result = evaluate_run(run, pairs, batch_size=args.batch_size)
+  with run.context():
+    result = evaluate_run(run, pairs, batch_size=args.batch_size)
   print(format_report(result))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -83,7 +83,9 @@ def main(argv=None):
   jsonl = workdir / "sst2_train.jsonl"
   n = render_sst2(args.train, jsonl, limit=args.limit_train)
 
-  before = zeroshot.evaluate_run(run_lib.load_run(args.base), dev)
+  base = run_lib.load_run(args.base)
+  with base.context():
+    before = zeroshot.evaluate_run(base, dev)
   print(json.dumps({"before": {k: before[k] for k in ("n", "acc", "majority")}}), flush=True)
   config = finetune_config(
       args.base,
@@ -94,7 +96,9 @@ def main(argv=None):
       batch_size=args.batch_size or None,
   )
   out = trainer.train_and_evaluate(config, str(workdir))
-  after = zeroshot.evaluate_run(run_lib.load_run(str(workdir)), dev)
+  tuned = run_lib.load_run(str(workdir))
+  with tuned.context():
+    after = zeroshot.evaluate_run(tuned, dev)
   report = dict(
       train_examples=n,
       steps=args.steps,

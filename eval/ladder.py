@@ -781,7 +781,8 @@ def task_columns(point: Point, pdir: pathlib.Path) -> dict:
   from train import run as run_lib  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   run = run_lib.load_run(os.fspath(pdir))
-  return zeroshot.ladder_columns(run, point.tasks, limit=point.task_limit)
+  with run.context():
+    return zeroshot.ladder_columns(run, point.tasks, limit=point.task_limit)
 
 
 def prepare_data(config, workdir: pathlib.Path) -> str:

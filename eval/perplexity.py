@@ -45,11 +45,13 @@ def _eval_data(config, workdir: str, data: str, split: str, val_fraction: float 
     config.data.val_fraction = 1.0
   elif val_fraction is not None:
     config.data.val_fraction = float(val_fraction)
-  directory = pipeline.default_prepared_dir(config.data, os.path.join(workdir, "eval_data"))
+  directory = pipeline.default_prepared_dir(
+      config.data, os.path.join(workdir, "eval_data"), tokenizer
+  )
   config.data.prepared_dir = os.fspath(directory)
   manifest = prepare_lib.prepare(
       data,
-      config.data.tokenizer,
+      tokenizer,
       directory,
       val_fraction=float(config.data.val_fraction),
       progress=False,
@@ -96,21 +98,22 @@ def evaluate_run(
   eval_source = (
       _eval_data(config, workdir, data, split, val_fraction, run.tokenizer)
       if data
-      else trainer.load_data(spec, workdir, progress=False).eval_source
+      else trainer.load_data(spec, workdir, run.tokenizer, progress=False).eval_source
   )
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, run.params)
   opts = step_lib.StepOptions.from_spec(spec, run.tokenizer.mask_id)
   eval_step = eval_lib.build_eval_step(opts, run.mesh, spec.mesh.axis_rules, run.model, shardings)
   max_batches = -1 if split == "all" else (batches if batches is not None else spec.eval.batches)
-  results = eval_lib.evaluate(
-      eval_step,
-      run.params,
-      eval_source,
-      global_batch_size=gbs,
-      max_batches=None if max_batches < 0 else max_batches,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-  )
+  with run.context():
+    results = eval_lib.evaluate(
+        eval_step,
+        run.params,
+        eval_source,
+        global_batch_size=gbs,
+        max_batches=None if max_batches < 0 else max_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
   for r in results.values():
     if "loss" in r and math.isfinite(r["loss"]):
       r["ppl"] = math.exp(r["loss"])

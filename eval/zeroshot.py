@@ -563,8 +563,7 @@ def make_token_logprobs_fn(model_cfg, params, mesh=None, rules=None):
     return lambda batch: jitted(params, batch)
 
   sharding = mesh_lib.batch_sharding(mesh, rules)
-  # Compiled once per batch shape inside the mesh and rules; called without entering them.
-  compiled = mesh_lib.MeshFunction(jax.jit(fn, out_shardings=(sharding, sharding)), mesh, rules)
+  compiled = jax.jit(fn, out_shardings=(sharding, sharding))  # traced in the caller's context
 
   def run(batch):
     arrays = {k: jax.device_put(v, sharding) for k, v in batch.items()}
@@ -663,12 +662,13 @@ def main(argv=None):
       flush=True,
   )
   results = []
-  for task in tasks:
-    res = evaluate_run(run, task, batch_size=args.batch_size, window=window, bos=args.bos)
-    res.pop("predictions")
-    res.pop("loglikelihoods")
-    results.append(res)
-    print(json.dumps(res))
+  with run.context():
+    for task in tasks:
+      res = evaluate_run(run, task, batch_size=args.batch_size, window=window, bos=args.bos)
+      res.pop("predictions")
+      res.pop("loglikelihoods")
+      results.append(res)
+      print(json.dumps(res))
   if args.json:
     paths.path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

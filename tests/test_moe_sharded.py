@@ -42,9 +42,10 @@ for _ in range(3):
 
 def train(b, state):
   losses, lb = [], []
-  for local in batches:
-    state, m = b.train_step(state, inputs.to_global(local, b.train_step.batch_sharding, B))
-    losses.append(float(m["loss"])); lb.append(float(m["moe_load_balance_loss"]))
+  with mesh_lib.mesh_context(b.mesh, b.train_step.rules):  # as train_and_evaluate does
+    for local in batches:
+      state, m = b.train_step(state, inputs.to_global(local, b.train_step.batch_sharding, B))
+      losses.append(float(m["loss"])); lb.append(float(m["moe_load_balance_loss"]))
   return state, losses, lb, float(m["moe_dropped_tokens"])
 
 out = {}

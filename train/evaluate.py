@@ -86,10 +86,8 @@ def build_eval_step(
       out_shardings=replicated,
   )
 
-  compiled = mesh_lib.MeshFunction(jitted, mesh, rules)
-
   def run(params, batch, doc_ids, token_bytes, mask_index):
-    return compiled(
+    return jitted(
         params, batch, doc_ids, np.asarray(token_bytes, np.int32), np.asarray(mask_index, np.int32)
     )
 

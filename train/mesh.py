@@ -210,37 +210,13 @@ def _axis_sizes(mesh: Mesh | Mapping[str, int]) -> dict[str, int]:
 def mesh_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
   """Makes `nn.with_logical_constraint` inside the model see the mesh and the rules.
 
-  Use around `jax.jit(...)` tracing/lowering of anything that calls the model.
+  Entered once around a whole job (train_and_evaluate, `Run.context()` in the eval tools):
+  `jax.jit` traces in the context it is first called in, and jit's own per-signature cache
+  keeps that program for later calls. Outside any context the model traces without logical
+  constraints (same numbers; placement left to XLA).
   """
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
-
-
-class MeshFunction:
-  """A jitted function compiled once per input signature inside the mesh and rules context,
-  then called without entering it.
-
-  The context matters only while tracing (flax applies `nn.with_logical_constraint` only
-  under `jax.set_mesh` and the rules); entering it around every call of a hot loop costs
-  time for nothing. The executable is compiled ahead of time for each new signature (shapes
-  and dtypes of the arguments), so the loop pays for the context once.
-  """
-
-  def __init__(self, jitted, mesh: Mesh, rules: Rules):
-    self.jitted, self.mesh, self.rules = jitted, mesh, rules
-    self._compiled = {}
-
-  def lower(self, *args):
-    with mesh_context(self.mesh, self.rules):
-      return self.jitted.lower(*args)
-
-  def __call__(self, *args):
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
-    fn = self._compiled.get(key)
-    if fn is None:
-      fn = self._compiled[key] = self.lower(*args).compile()
-    return fn(*args)
 
 
 # --------------------------------------------------------------------------- checks

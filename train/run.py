@@ -5,6 +5,7 @@ params are read (no optimizer state), straight into the shardings of the mesh th
 params instead (checkpoint averaging, as translation papers evaluate).
 """
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -41,6 +42,13 @@ class Run:
       steps = ", ".join(map(str, self.averaged_steps))
       return f"average of the last {len(self.averaged_steps)} checkpoints (steps {steps})"
     return f"checkpoint step {self.step}"
+
+  @contextlib.contextmanager
+  def context(self):
+    """The run's mesh and logical-axis rules, entered once around an eval tool's work so that
+    what it jits traces with the model's sharding constraints (see mesh_lib.mesh_context)."""
+    with mesh_lib.mesh_context(self.mesh, self.spec.mesh.axis_rules):
+      yield
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:

@@ -338,12 +338,9 @@ class CompiledStep:
   batch_shape: tuple[int, int]  # (global batch, sequence length)
   batch_keys: tuple[str, ...] = BATCH_KEYS
 
-  def __post_init__(self):
-    self._run = mesh_lib.MeshFunction(self.step_fn, self.mesh, self.rules)
-
   def __call__(self, state: TrainState, batch: Batch):
-    """Runs one step (compiled on first call inside the mesh and logical-axis rules)."""
-    return self._run(state, batch)
+    """Runs one step, traced in the caller's mesh context (see mesh_lib.mesh_context)."""
+    return self.step_fn(state, batch)
 
   def abstract_batch(self) -> Batch:
     """ShapeDtypeStructs of one global batch, for `.lower()`."""
@@ -362,7 +359,8 @@ class CompiledStep:
         self.abstract_state,
         self.state_shardings,
     )
-    return self._run.lower(state, self.abstract_batch())
+    with mesh_lib.mesh_context(self.mesh, self.rules):
+      return self.step_fn.lower(state, self.abstract_batch())
 
 
 def check_batch(spec: RunSpec, mesh: Mesh) -> None:

@@ -61,17 +61,19 @@ def _printer(process_index: int) -> Callable[[str], None]:
   return log
 
 
-def prepared_dir(spec: spec_lib.RunSpec, workdir: str) -> str:
+def prepared_dir(spec: spec_lib.RunSpec, workdir: str, tok: tok_lib.Tokenizer) -> str:
   """Where the data is prepared: data.prepared_dir, or a cache under the workdir."""
   if spec.data.prepared_dir:
     return os.fspath(spec.data.prepared_dir)
-  return os.fspath(pipeline.default_prepared_dir(spec.data, paths.path(workdir) / "data"))
+  return os.fspath(pipeline.default_prepared_dir(spec.data, paths.path(workdir) / "data", tok))
 
 
-def load_data(spec: spec_lib.RunSpec, workdir: str, *, progress: bool = True):
-  """Prepares (once; process 0 first) and opens the data: train iterator, eval source."""
-  directory = prepared_dir(spec, workdir)
+def load_data(spec: spec_lib.RunSpec, workdir: str, tok: tok_lib.Tokenizer, *, progress=True):
+  """Prepares (once; process 0 first) and opens the data: train iterator, eval source.
+  `tok`: the run's tokenizer, loaded once by the caller."""
+  directory = prepared_dir(spec, workdir, tok)
   kwargs = dict(
+      tokenizer=tok,
       global_batch_size=spec.train.batch_size,
       seed=spec.seed,
       process_index=jax.process_index(),
@@ -423,7 +425,7 @@ def train_and_evaluate(
   paths.path(workdir).mkdir(parents=True, exist_ok=True)
   tok = tok_lib.load(spec.data.tokenizer)
   built = build_lib.build(spec, mask_id=tok.mask_id, token_vocab_size=tok.vocab_size)
-  data = load_data(spec, workdir)
+  data = load_data(spec, workdir, tok)
   ckpt = ckpt_lib.Checkpointer(workdir, spec.checkpoint, log=log)
   writer = metrics_lib.MetricsWriter(workdir)
   try:

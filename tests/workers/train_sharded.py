@@ -55,9 +55,10 @@ def make_batches(seq_len: int) -> list[dict]:
 
 def train(b, state, batches):
   losses = []
-  for local in batches:
-    state, m = b.train_step(state, inputs.to_global(local, b.train_step.batch_sharding, B))
-    losses.append(float(m["loss"]))
+  with mesh_lib.mesh_context(b.mesh, b.train_step.rules):  # as train_and_evaluate does
+    for local in batches:
+      state, m = b.train_step(state, inputs.to_global(local, b.train_step.batch_sharding, B))
+      losses.append(float(m["loss"]))
   return state, losses
 
 

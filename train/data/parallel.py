@@ -185,10 +185,11 @@ def _stat_signature(paths: list[str]) -> str:
   return h.hexdigest()
 
 
-def prepare(spec: str, tokenizer: str, out_dir, *, val_fraction: float) -> dict:
-  """Tokenizes the pairs once into out_dir (see module doc); returns the manifest."""
+def prepare(spec: str, tokenizer, out_dir, *, val_fraction: float) -> dict:
+  """Tokenizes the pairs once into out_dir (see module doc); returns the manifest.
+  `tokenizer`: a loaded Tokenizer or its spec."""
   out_dir = pathlib.Path(out_dir)
-  tok = tok_lib.load(tokenizer)
+  tok = tok_lib.as_tokenizer(tokenizer)
   settings = {
       "format": FORMAT,
       "source": str(spec),
@@ -391,17 +392,16 @@ def load_for_training(
     num_threads: int = 2,
     progress: bool = True,
     decoder_only: bool = False,
+    tokenizer=None,
 ):
   """pipeline.TrainingData for a parallel source: packed rows of pairs, shuffled, repeated
   (decoder_only: "source <sep> target" rows, see the module doc)."""
 
   del progress
-  tok = tok_lib.load(data_cfg.tokenizer)
+  tok = tok_lib.as_tokenizer(data_cfg.tokenizer if tokenizer is None else tokenizer)
   if model_vocab_size is not None:
     tok_lib.check_vocab_size(tok, model_vocab_size)
-  manifest = prepare(
-      data_cfg.source, data_cfg.tokenizer, prepared_dir, val_fraction=float(data_cfg.val_fraction)
-  )
+  manifest = prepare(data_cfg.source, tok, prepared_dir, val_fraction=float(data_cfg.val_fraction))
   seq_len = int(data_cfg.seq_len)
   train, val = PairStore(prepared_dir, "train"), PairStore(prepared_dir, "val")
   for store in (train, val):

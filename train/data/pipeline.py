@@ -311,9 +311,10 @@ class TrainingData:
   tokenizer: tok_lib.Tokenizer
 
 
-def default_prepared_dir(data_cfg, cache_root) -> os.PathLike:
-  """A cache dir keyed by source/tokenizer/val_fraction, for `data.prepared_dir = ""`."""
-  tok = tok_lib.load(data_cfg.tokenizer)
+def default_prepared_dir(data_cfg, cache_root, tokenizer=None) -> os.PathLike:
+  """A cache dir keyed by source/tokenizer/val_fraction, for `data.prepared_dir = ""`.
+  `tokenizer`: data_cfg.tokenizer already loaded, if the caller holds it."""
+  tok = tok_lib.as_tokenizer(data_cfg.tokenizer if tokenizer is None else tokenizer)
   key = f"{data_cfg.source}|{tok.digest()}|{float(data_cfg.val_fraction)}"
   return paths.path(cache_root) / f"prepared-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -329,6 +330,7 @@ def load_for_training(
     model_vocab_size: int | None = None,
     num_threads: int = 2,
     progress: bool = True,
+    tokenizer: tok_lib.Tokenizer | None = None,
 ) -> TrainingData:
   """Everything the trainer needs for a data config.
 
@@ -339,13 +341,14 @@ def load_for_training(
   tokenizer's vocab size (see tokenizer.check_vocab_size). Prepared data whose corpus has
   changed since is never used silently: it raises prepare.CorpusChangedError saying how to
   re-prepare (this runs at every start, so a resumed run cannot switch corpora unnoticed).
+  `tokenizer`: data_cfg.tokenizer already loaded, if the caller holds it.
   """
-  tok = tok_lib.load(data_cfg.tokenizer)
+  tok = tok_lib.as_tokenizer(data_cfg.tokenizer if tokenizer is None else tokenizer)
   if model_vocab_size is not None:
     tok_lib.check_vocab_size(tok, model_vocab_size)
   manifest = prepare_lib.prepare(
       data_cfg.source,
-      data_cfg.tokenizer,
+      tok,
       prepared_dir,
       val_fraction=float(data_cfg.val_fraction),
       num_workers=(data_cfg.num_workers or None),

@@ -50,9 +50,10 @@ DEFAULT_SHARD_BYTES = 4_000_000
 _WORKER_TOK = None
 
 
-def _init_worker(tok_spec):
+def _init_worker(tokenizer):
+  """A spawned worker loads the tokenizer from its spec; in-process, the loaded one is used."""
   global _WORKER_TOK
-  _WORKER_TOK = tok_lib.load(tok_spec)
+  _WORKER_TOK = tok_lib.as_tokenizer(tokenizer)
 
 
 def _tokenize(tok, raw: bytes):
@@ -99,8 +100,7 @@ def check_manifest(manifest: dict, path, *, source=None, tokenizer=None, val_fra
   `tokenizer` is a Tokenizer or a spec; it is compared by content digest, so a retrained
   tokenizer.json at the same path is caught too.
   """
-  if isinstance(tokenizer, str):
-    tokenizer = tok_lib.load(tokenizer)
+  tokenizer = None if tokenizer is None else tok_lib.as_tokenizer(tokenizer)
   checks = []
   if tokenizer is not None:
     checks.append(
@@ -292,7 +292,7 @@ def _with_reachable_floor(manifest: dict, out_dir: pathlib.Path, seq_len: int | 
 
 def prepare(
     source: str,
-    tokenizer: str,
+    tokenizer: tok_lib.Tokenizer | str,
     out_dir,
     *,
     val_fraction: float = 0.01,
@@ -315,7 +315,7 @@ def prepare(
     return _prepare_remote(source, tokenizer, out_dir, **kwargs)
   out_dir = pathlib.Path(out_dir)
   val_fraction = split_lib.check_val_fraction(val_fraction)  # here, not inside a worker
-  tok = tok_lib.load(tokenizer)
+  tok = tok_lib.as_tokenizer(tokenizer)
   settings = _settings(str(source), tok, val_fraction)
   existing = read_manifest(out_dir)
   src, stat = _open_for_check(str(source)) if existing is not None else (None, None)
@@ -334,7 +334,7 @@ def prepare(
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(tok.spec,))
   else:
-    _init_worker(tok.spec)
+    _init_worker(tok)
   pending, num_shards = [], 0
 
   def collect(result):
@@ -380,7 +380,7 @@ def prepare(
   return _with_reachable_floor(manifest, out_dir, seq_len)
 
 
-def _prepare_remote(source: str, tokenizer: str, url: str, **kwargs) -> dict:
+def _prepare_remote(source: str, tokenizer, url: str, **kwargs) -> dict:
   """Prepares into the local mirror of `url` (ArrayRecord writes local files; train/paths.py),
   after fetching what the bucket already holds so that an intact copy is reused, then uploads
   the shards and, last, the manifest (its presence means "prepare finished")."""

@@ -269,6 +269,12 @@ def load(spec: str) -> Tokenizer:
   return HFTokenizer(spec)
 
 
+def as_tokenizer(tokenizer: Tokenizer | str) -> Tokenizer:
+  """A loaded Tokenizer unchanged, a spec (see `load`) loaded: the data functions take either,
+  so a run that holds its tokenizer passes it down and loads it only once."""
+  return load(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+
+
 def check_vocab_size(tok: Tokenizer, model_vocab_size: int) -> None:
   """The model's embedding table must hold every tokenizer id; it may be larger.
 
