@@ -1,7 +1,9 @@
 """Sparse mixture-of-experts feed-forward (`model.mlp = moe`): a float32 router picks the top-k
 of `num_experts` SwiGLU experts for each token, and optional shared experts see every token.
 
-Routing is softmax-then-top-k with the k weights renormalised to sum to 1. Dropless: the
+Routing is softmax-then-top-k with the k weights renormalised to sum to 1 when k > 1; a top-1
+token keeps its expert's probability as the weight (Switch Transformer), since renormalised it
+would be the constant 1 and the router would learn from the auxiliary losses only. Dropless: the
 token-expert assignments are sorted by expert and the three expert matmuls are grouped
 matmuls (`jax.lax.ragged_dot`) over the sorted rows, so no token is ever dropped for lack of
 capacity; the outputs are scattered back and summed with the routing weights.
@@ -35,11 +37,13 @@ AUX_KEYS = ("load_balance", "router_z", "expert_load", "dropped")
 
 
 def route(logits_TxE: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(expert ids [T, k], renormalised weights [T, k] float32, probabilities [T, E] float32)
-  from float32 router logits: softmax over all experts, then the k largest."""
+  """(expert ids [T, k], weights [T, k] float32, probabilities [T, E] float32) from float32
+  router logits: softmax over all experts, then the k largest; their weights renormalised to
+  sum to 1 when k > 1, the probability itself when k = 1 (so the loss reaches the router)."""
   probs_TxE = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
   top_w_TxK, top_idx_TxK = jax.lax.top_k(probs_TxE, k)
-  top_w_TxK = top_w_TxK / jnp.sum(top_w_TxK, axis=-1, keepdims=True)
+  if k > 1:
+    top_w_TxK = top_w_TxK / jnp.sum(top_w_TxK, axis=-1, keepdims=True)
   return top_idx_TxK, top_w_TxK, probs_TxE
 
 

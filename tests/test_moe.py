@@ -62,7 +62,8 @@ def test_one_expert_top1_equals_the_dense_swiglu_mlp():
 
 
 def _naive(params, x_TxD, k, num_shared=0):
-  """Per-token loop: softmax router, top-k, renormalised weights, sum of k expert SwiGLUs."""
+  """Per-token loop: softmax router, top-k, weights renormalised when k > 1 (top-1 keeps its
+  probability), sum of k expert SwiGLUs."""
   out = []
   swiglu = lambda x, w0, w1, wo: (jax.nn.silu(x @ w0) * (x @ w1)) @ wo
   for x in np.asarray(x_TxD):
@@ -70,7 +71,7 @@ def _naive(params, x_TxD, k, num_shared=0):
     p = np.exp(logits - logits.max())
     p /= p.sum()
     top = np.argsort(-p)[:k]
-    w = p[top] / p[top].sum()
+    w = p[top] / p[top].sum() if k > 1 else p[top]
     y = sum(
         w_i * swiglu(x, params["wi_0"][e], params["wi_1"][e], params["wo"][e])
         for w_i, e in zip(w, top)
@@ -94,6 +95,21 @@ def test_each_token_gets_the_weighted_sum_of_exactly_its_k_experts(experts, k, s
   got = layer.apply({"params": params}, x)
   want = _naive(params, x.reshape(-1, 16), k, shared).reshape(x.shape)
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_router_learns_from_the_loss_itself(k):
+  """The routing weights carry the main loss's gradient to the router at every k. A top-1
+  weight renormalised over itself is the constant 1, which would leave the router learning
+  from the auxiliary losses alone (Switch Transformer keeps the probability instead)."""
+  cfg = _cfg(num_experts=4, experts_per_token=k)
+  x = _x((2, 6, 16), seed=3)
+  layer = moe.Moe(cfg)
+  params = nn.unbox(layer.init(jax.random.PRNGKey(0), x)["params"])
+  target = _x((2, 6, 16), seed=4)
+  loss = lambda p: jnp.sum((layer.apply({"params": p}, x) - target) ** 2)
+  grad_router = jax.grad(loss)(params)["router"]["kernel"]
+  assert float(jnp.max(jnp.abs(grad_router))) > 1e-4
 
 
 def test_load_balance_loss_and_expert_load_by_hand():
