@@ -119,7 +119,7 @@ _TINY_SIZES = (
 
 _NAMES = (
     "cpu, cpu_wsd, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_epochs, cpu_recipe, cpu_lr_sweep, moe, moe_dense, tiny, "
-    "tiny_grid, tiny_isoflop, tiny_epochs, tiny_recipe, tiny_lr_sweep or tiny_moe"
+    "tiny_grid, tiny_isoflop, tiny_epochs, tiny_recipe, tiny_lr_sweep, tiny_moe or tiny_moe_dense"
 )
 
 
@@ -236,9 +236,9 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
     elif name == "tiny_grid":
       c.ladder = _ladder(scheme="grid", sizes=_TINY_SIZES[:2], steps=(6, 12))
-    elif name == "tiny_moe":
+    elif name in ("tiny_moe", "tiny_moe_dense"):
       c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
-      _moe_twin(c, sparse=True)
+      _moe_twin(c, sparse=name == "tiny_moe")
     elif name == "tiny_isoflop":
       c.ladder = _ladder(
           scheme="isoflop",

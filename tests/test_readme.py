@@ -112,6 +112,11 @@ RULES = [
     Rule("python -m eval.perplexity --workdir runs/default --data text:notes.txt", needs=(FIRST,)),
     # The tiny ladder (the same WSD scheme, 2 sizes) at 3 budgets: 6 points, enough to fit.
     Rule(LADDER, replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'")),
+    Rule("python -m eval.ladder --config configs/ladder.py:moe ", replace((":moe ", ":tiny_moe "))),
+    Rule(
+        "python -m eval.ladder --config configs/ladder.py:moe_dense",
+        replace((":moe_dense", ":tiny_moe_dense")),
+    ),
     Rule(
         f"{LADDER} --workdir runs/ladder --executor local",
         replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'"),
