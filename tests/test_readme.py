@@ -112,10 +112,14 @@ RULES = [
     Rule("python -m eval.perplexity --workdir runs/default --data text:notes.txt", needs=(FIRST,)),
     # The tiny ladder (the same WSD scheme, 2 sizes) at 3 budgets: 6 points, enough to fit.
     Rule(LADDER, replace((":cpu", ":tiny"), extra="'--config.ladder.steps=(4,6,8)'")),
-    Rule("python -m eval.ladder --config configs/ladder.py:moe ", replace((":moe ", ":tiny_moe "))),
+    # The MoE twins: 2 tiny sizes, 2 short budgets each.
+    Rule(
+        "python -m eval.ladder --config configs/ladder.py:moe ",
+        replace((":moe ", ":tiny_moe "), extra="'--config.ladder.steps=(4,6)'"),
+    ),
     Rule(
         "python -m eval.ladder --config configs/ladder.py:moe_dense",
-        replace((":moe_dense", ":tiny_moe_dense")),
+        replace((":moe_dense", ":tiny_moe_dense"), extra="'--config.ladder.steps=(4,6)'"),
     ),
     Rule(
         f"{LADDER} --workdir runs/ladder --executor local",
@@ -212,6 +216,7 @@ RULES = [
         replace(
             ("--widths 32,64,128", "--widths 32,64"),
             ("--lr-exponents=-11,-10,-9,-8,-7,-6", "--lr-exponents=-8,-7"),
+            ("--parametrizations mup,sp", "--parametrizations mup"),
             ("--steps 1000", "--steps 4"),
             ("--eval-batches 64", "--eval-batches 1"),
             ("docs/lr_transfer.png", "runs/lr_transfer.png"),
