@@ -119,7 +119,8 @@ def _peer_shape(size: str) -> dict:
   return dict(zip(keys, bench_cfg.SIZES[size]))
 
 
-def worker_torch(size: str, peer: str, bf16: bool):
+def torch_step(size: str, peer: str, bf16: bool):
+  """The peer's train step as a closure over its model, optimizer and 4 random batches."""
   import torch  # noqa: PLC0415 (`hf` extra)
 
   sys.path.insert(0, str(pathlib.Path(peer).parent))
@@ -153,6 +154,13 @@ def worker_torch(size: str, peer: str, bf16: bool):
     opt.step()
     opt.zero_grad(set_to_none=True)
 
+  return step
+
+
+def worker_torch(size: str, peer: str, bf16: bool):
+  import torch  # noqa: PLC0415 (`hf` extra)
+
+  step = torch_step(size, peer, bf16)
   for _ in range(3):
     step()
   print(

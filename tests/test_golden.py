@@ -20,10 +20,12 @@ from train import spec
 
 B, L = 8, 32
 # (loss, grad_norm) per step, as float.hex() so the comparison is exact.
+# Re-recorded when the norms got their written-out backward (model/norms.py `normalize`): the
+# losses kept every bit; the grad norms of the first and third steps moved in their last bits.
 GOLDEN = [
-    ("0x1.6382200000000p+2", "0x1.c0f2200000000p-1"),
+    ("0x1.6382200000000p+2", "0x1.c0f21e0000000p-1"),
     ("0x1.6428020000000p+2", "0x1.a93ca40000000p-1"),
-    ("0x1.63f1f20000000p+2", "0x1.798a260000000p-1"),
+    ("0x1.63f1f20000000p+2", "0x1.798a280000000p-1"),
     ("0x1.6300260000000p+2", "0x1.3596260000000p-1"),
     ("0x1.6412320000000p+2", "0x1.2bde2c0000000p-1"),
 ]
