@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))  # run by path: import this checkout's packages
 import bench_vs_torch  # noqa: E402  (scripts/: the side-by-side's peer step)
 from configs import bench as bench_cfg  # noqa: E402
 from train import bench  # noqa: E402
+from train import cli  # noqa: E402
 from train import cpu_devices  # noqa: E402
 
 PARTS = (
@@ -102,7 +103,8 @@ def part_of_ours(event: str, meta: dict, opcode: dict) -> str:
   return PARTS[9]
 
 
-def profile_ours(size: str, steps: int) -> dict:
+def profile_ours(size: str, steps: int, peer: str = "") -> dict:
+  del peer  # the peer's side only
   config = bench_cfg.get_config(size)
   devices = cpu_devices.configure(config) or 1
   import jax  # noqa: PLC0415 (after XLA_FLAGS)
@@ -137,22 +139,23 @@ _TORCH_PARTS = (
     (PARTS[4], ("log_softmax", "nll_loss", "cross_entropy")),
     (PARTS[5], ("embedding",)),
     (PARTS[7], ("Optimizer", "_foreach", "lerp", "addcdiv", "sqrt", "vector_norm", "clamp")),
-    (PARTS[6], ("copy_", "cat", "add", "view", "transpose", "contiguous", "sum", "fill_", "t")),
 )
 
 
 def part_of_torch(op: str) -> str:
+  """The PARTS entry of an aten op; the peer's remaining ops (copies, adds, views, sums,
+  autograd's bookkeeping) all count as PARTS[6]."""
   for part, keys in _TORCH_PARTS:
     if any(k in op for k in keys):
       return part
-  return PARTS[9]
+  return PARTS[6]
 
 
-def profile_torch(size: str, steps: int) -> dict:
+def profile_torch(size: str, steps: int, peer: str) -> dict:
   import torch  # noqa: PLC0415 (`hf` extra)
   from torch import profiler  # noqa: PLC0415
 
-  step = bench_vs_torch.torch_step(size, str(bench_vs_torch.PEER), False)
+  step = bench_vs_torch.torch_step(size, peer, False)
   for _ in range(3):
     step()
   plain = statistics.median(_times(step, 5))
@@ -283,13 +286,16 @@ def main() -> int:
   ap.add_argument("--config", default="S", choices=["S", "M", "tiny"])
   ap.add_argument("--steps", type=int, default=3, help="profiled steps per side")
   ap.add_argument("--parts", action="store_true", help="time the attention pieces alone")
+  ap.add_argument("--peer", default=str(bench_vs_torch.PEER), help="the peer's torch_gpt.py")
   ap.add_argument("--json", default="")
   ap.add_argument("--side", choices=["ours", "torch"], help=argparse.SUPPRESS)
   a = ap.parse_args()
   if a.side:  # a worker: one side's profile as one JSON line
     fn = profile_ours if a.side == "ours" else profile_torch
-    print(json.dumps(fn(a.config, a.steps)))
+    print(json.dumps(fn(a.config, a.steps, a.peer)))
     return 0
+  if not pathlib.Path(a.peer).is_file():
+    raise FileNotFoundError(f"--peer {a.peer}: no such file; pass the path of torch_gpt.py")
   facts = {"load_before": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M %Z")}
   if a.parts:
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"  # all cores, one device
@@ -299,6 +305,7 @@ def main() -> int:
     rows = []
     for side in ("ours", "torch"):
       cmd = [sys.executable, __file__, "--config", a.config, "--steps", str(a.steps)]
+      cmd += ["--peer", a.peer]
       out = subprocess.run(cmd + ["--side", side], capture_output=True, text=True, cwd=REPO)
       if out.returncode:
         raise ChildProcessError(f"profile of {side} failed:\n{out.stderr[-2000:]}")
@@ -313,4 +320,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -176,3 +176,60 @@ def test_side_by_side_refuses_a_ratio_on_a_loaded_machine(tmp_path):
 def test_side_by_side_cpu_facts_name_the_cpu():
   facts = _side_by_side().cpu_facts()
   assert facts["cpu_model"] and facts["cpu_count"] >= facts["usable_cores"] >= 1
+
+
+def _profile_step():
+  """scripts/profile_step.py as a module (it imports bench_vs_torch from scripts/)."""
+  sys.path.insert(0, str(REPO / "scripts"))
+  spec = importlib.util.spec_from_file_location(
+      "profile_step", REPO / "scripts" / "profile_step.py"
+  )
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_profile_step_names_the_part_of_every_compiled_op():
+  """The compiled tiny step's instructions map to the model's parts: its matmuls, attention,
+  norms and loss are each found, and the torch op names map to the same parts."""
+  import jax  # noqa: PLC0415 (after conftest set JAX_PLATFORMS)
+
+  from train import build  # noqa: PLC0415
+  from train import mesh as mesh_lib  # noqa: PLC0415
+  from train import spec  # noqa: PLC0415
+
+  ps = _profile_step()
+  config = bench_cfg.get_config("tiny")
+  built = build.build(
+      spec.resolve(config), mesh=mesh_lib.make_mesh(config, devices=jax.devices()[:1])
+  )
+  meta, opcode = ps.hlo_index(built.train_step.lower().compile().as_text())
+  parts = {name: ps.part_of_ours(name, meta, opcode) for name in meta}
+  found = set(parts.values())
+  for part in ps.PARTS[:5]:  # matmuls, attention core, GELU, layer norm, loss
+    assert part in found, part
+  dots = [n for n, op in opcode.items() if op == "dot" and "/mlp/" in meta[n][0]]
+  assert dots and all(parts[n] == ps.PARTS[0] for n in dots)
+  assert ps.part_of_ours("all-reduce.3", meta, opcode) == ps.PARTS[8]
+  assert ps.part_of_torch("aten::addmm") == ps.PARTS[0]
+  assert ps.part_of_torch("aten::_scaled_dot_product_flash_attention_for_cpu") == ps.PARTS[1]
+  assert ps.part_of_torch("aten::native_layer_norm_backward") == ps.PARTS[3]
+  assert ps.part_of_torch("Optimizer.step#AdamW.step") == ps.PARTS[7]
+  assert ps.part_of_torch("aten::copy_") == ps.PARTS[6]
+
+
+def test_profile_step_cli_profiles_both_sides(tmp_path):
+  peer = REPO.parent / "shared" / "bench" / "torch_gpt.py"
+  if not peer.is_file():
+    pytest.skip(f"{peer} (the PyTorch peer) is not present")
+  out = tmp_path / "p.json"
+  cmd = [sys.executable, "scripts/profile_step.py", "--config", "tiny", "--steps", "1"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run(cmd + ["--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "| layer norm |" in r.stdout
+  res = json.loads(out.read_text())
+  assert [s["side"].split()[0] for s in res["sides"]] == ["ours", "torch"]
+  for side in res["sides"]:
+    assert side["step_ms"] > 0
+    assert abs(sum(p["share"] for p in side["parts"].values()) - 1) < 1e-3

@@ -240,6 +240,11 @@ RULES = [
         ),
         skip="" if PEER.is_file() else f"{PEER} (the PyTorch peer) is not present",
     ),
+    Rule(
+        "python scripts/profile_step.py --config S",
+        replace(("--config S", "--config tiny"), extra=f"--steps 1 --peer {PEER}"),
+        skip="" if PEER.is_file() else f"{PEER} (the PyTorch peer) is not present",
+    ),
     Rule("bash scripts/gpu_check.sh", skip="needs a GPU (docs/gpu.md)"),
 ]
 

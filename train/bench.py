@@ -12,7 +12,9 @@ matmul ceiling measured in this process, all cores), compile time and peak memor
 keep compile time flat in depth). It prints numbers and never asserts a speed.
 
 On a CPU host it splits the cores into devices exactly as `python -m train` does
-(`train.cpu_devices`, decided from the config before jax is imported).
+(`train.cpu_devices`, decided from the config before jax is imported). Where the CPU step's
+time goes, part by part against the PyTorch peer: `scripts/profile_step.py` and
+docs/performance.md.
 
 """
 
