@@ -32,7 +32,10 @@ def loss_plot(workdir: str, out: str | None = None) -> str | None:
   ax.set_xlabel("step")
   ax.set_ylabel("loss (nats/token)")
   ax.grid(alpha=0.3)
-  ax.legend()
+  if pts or vpts:
+    ax.legend()
+  else:  # e.g. a run stopped before its first log line
+    ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes)
   out = out or os.fspath(paths.path(workdir) / "loss.png")
   fig.tight_layout()
   png = io.BytesIO()
