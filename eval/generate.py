@@ -372,7 +372,8 @@ def main(argv=None) -> int:
   streamer = TextStreamer(tok, n, stop_ids=stop) if n == 1 else None
   if n == 1:
     sys.stdout.write(args.prompt)
-  out = gen.generate([prompt_ids] * n, sampling, seed=args.seed, stream=streamer)
+  with run.context():
+    out = gen.generate([prompt_ids] * n, sampling, seed=args.seed, stream=streamer)
   if n == 1:
     streamer._flush(0)
     sys.stdout.write("\n")

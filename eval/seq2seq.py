@@ -317,9 +317,10 @@ def decode_texts(
     max_len: int = 128,
     batch_size: int = 64,
 ) -> list[str]:
-  """Decodes every source text with a trained run (train.run.load_run); the outputs in input
-  order. Sources are encoded as in training (tokens + EOS) and batched by length, each batch
-  padded to `batch_size` rows and a multiple of WIDTH_BUCKET columns."""
+  """Decodes every source text with a trained run (train.run.load_run), inside the run's mesh
+  context (`Run.context`); the outputs in input order. Sources are encoded as in training
+  (tokens + EOS) and batched by length, each batch padded to `batch_size` rows and a multiple
+  of WIDTH_BUCKET columns."""
   tok = run.tokenizer
   dec = Seq2SeqDecoder(
       run.config.model, run.params, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id
@@ -332,14 +333,15 @@ def decode_texts(
   batch_size = max(1, min(batch_size, len(ids)))
   order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
   out = [""] * len(ids)
-  for start in range(0, len(order), batch_size):
-    rows = order[start : start + batch_size]
-    batch = [ids[i] for i in rows]
-    width = -(-max(map(len, batch)) // WIDTH_BUCKET) * WIDTH_BUCKET
-    filler = [batch[-1]] * (batch_size - len(batch))  # same shape for every batch
-    res = dec.decode(
-        batch + filler, beam=beam, max_len=max_len, length_penalty=length_penalty, width=width
-    )
-    for i, toks in zip(rows, res["tokens"]):
-      out[i] = tok.decode(toks)
+  with run.context():
+    for start in range(0, len(order), batch_size):
+      rows = order[start : start + batch_size]
+      batch = [ids[i] for i in rows]
+      width = -(-max(map(len, batch)) // WIDTH_BUCKET) * WIDTH_BUCKET
+      filler = [batch[-1]] * (batch_size - len(batch))  # same shape for every batch
+      res = dec.decode(
+          batch + filler, beam=beam, max_len=max_len, length_penalty=length_penalty, width=width
+      )
+      for i, toks in zip(rows, res["tokens"]):
+        out[i] = tok.decode(toks)
   return out

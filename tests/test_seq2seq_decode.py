@@ -1,9 +1,14 @@
 """Seq2seq decoding: the cached step-by-step decoder (self-attention keys/values appended per
 step, cross-attention keys/values computed once per source) equals the full forward pass,
 beam search with one beam equals greedy, batching changes nothing, bad sources fail clearly;
-decoder-only models decode "BOS source <sep>" prompts the same way."""
+decoder-only models decode "BOS source <sep>" prompts the same way; on a sharded mesh the
+eval.generate and eval.translate CLIs decode as one device does."""
 
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -191,3 +196,27 @@ def test_decoder_only_decoding_equals_the_full_forward(beam):
       np.testing.assert_allclose(score, picked.sum() / len(full) ** 0.5, rtol=1e-4)
   alone = dec.decode(LM_SOURCES[1:2], beam=beam, max_len=6, length_penalty=0.5)
   assert alone["tokens"][0] == out["tokens"][1]
+
+
+def test_generate_and_translate_on_a_sharded_mesh_match_one_device(tmp_path):
+  """8 CPU devices as a 2x2x2 mesh (the batch split 4 ways, params over fsdp and tensor): the
+  eval.generate and eval.translate CLIs decode 3 rows, not a multiple of 4, and give the
+  tokens of a one-device decode (tests/workers/decode_mesh.py)."""
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(
+      os.environ,
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=str(repo),
+  )
+  worker = repo / "tests" / "workers" / "decode_mesh.py"
+  out = subprocess.run(
+      [sys.executable, str(worker), str(tmp_path)],
+      cwd=repo,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "OK" in out.stdout
