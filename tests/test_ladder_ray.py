@@ -143,9 +143,7 @@ def test_tiny_ladder_on_ray_survives_a_killed_worker(cluster, tmp_path):
         tmp_path / "ray",
         address=cluster.address,
         log=lines.append,
-        # Killed at its first checkpoint, while d16l1_constant still runs on the other node:
-        # the retry takes the freed node instead of queueing behind d16l1's cooldowns.
-        hooks=_pause_after_save(os.fspath(pid_file), "d32l1_constant", 4),
+        hooks=_pause_after_save(os.fspath(pid_file), "d32l1_constant", 8),
     )
   finally:
     stop.set()
@@ -174,7 +172,7 @@ def test_tiny_ladder_on_ray_survives_a_killed_worker(cluster, tmp_path):
     assert ends[0]["devices"] == local_end["devices"] == cpu_devices.choose(point.config)
   metrics = (tmp_path / "ray" / "points" / "d32l1_constant" / "metrics.jsonl").read_text()
   resumes = [e["step"] for e in map(json.loads, metrics.splitlines()) if e.get("event") == "resume"]
-  assert resumes == [4]  # the retry resumed from the checkpoint written before the kill
+  assert resumes == [8]  # the retry resumed from the checkpoint written before the kill
   # A rerun finds nothing to do.
   assert (
       ladder.run_ladder_ray(
