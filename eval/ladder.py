@@ -1295,11 +1295,27 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
     run_ladder(config, workdir)
 
 
+def _prediction_fit(args) -> dict:
+  """predict_then_check's n_boot and grid from --predict-bootstrap / --predict-grid (unset:
+  its defaults, 100 resamples on the full grid)."""
+  fit = dict(n_boot=args.predict_bootstrap, grid=args.predict_grid)
+  fit = {k: v for k, v in fit.items() if v is not None}
+  if fit and args.predict_budget is None:
+    raise ValueError("--predict-bootstrap and --predict-grid need --predict-budget C")
+  if fit.get("n_boot", 0) < 0:
+    raise ValueError(
+        f"--predict-bootstrap={fit['n_boot']}: use a number of resamples >= 0 (0: the fit "
+        "alone, no parameter intervals)"
+    )
+  return fit
+
+
 def main(argv=None) -> None:
   args = cli.parse_args(_parser(), argv)
   config = args.config
   workdir = paths.path(args.workdir)
   executor = args.executor
+  fit_settings = _prediction_fit(args)
   if executor == "ray" and args.predict_budget is not None:
     raise ValueError(
         "--predict-budget trains its point in this process: run the ladder with --executor "
@@ -1323,7 +1339,7 @@ def main(argv=None) -> None:
       raise ValueError("--ray-address needs --executor ray")
     _run_local(config, workdir, args.worker)
   if args.predict_budget is not None and not args.worker:
-    predict_then_check(config, workdir, args.predict_budget)
+    predict_then_check(config, workdir, args.predict_budget, **fit_settings)
   print(
       f"[ladder] results: {workdir / 'results.csv'} ({len(finished_names(workdir))} rows); "
       f"report: python -m eval.report --workdir {workdir}"
@@ -1358,6 +1374,18 @@ def _parser() -> argparse.ArgumentParser:
       help="after the ladder: fit its rungs, predict the compute-optimal N, D and loss at "
       "this FLOP budget (4-10x the largest rung), train that point here and record predicted "
       "vs achieved in DIR/prediction.json (eval.report: Prediction check)",
+  )
+  ap.add_argument(
+      *cli.flag_names("predict_bootstrap"),
+      type=int,
+      default=None,
+      help="bootstrap resamples behind the prediction's intervals (default 100; 0: none)",
+  )
+  ap.add_argument(
+      *cli.flag_names("predict_grid"),
+      default=None,
+      choices=["full", "coarse", "quick"],
+      help="starts of the prediction's Chinchilla fit, as eval.report --grid (default full)",
   )
   ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # i/n: sizes i, i+n, ...
   return ap

@@ -340,6 +340,27 @@ def test_predict_budget_must_extrapolate_from_enough_rungs(tmp_path):
     ladder.predict_optimum(tmp_path, 1e9)
 
 
+def test_cli_predict_fit_flags_reach_the_prediction(tmp_path, monkeypatch):
+  """--predict-bootstrap / --predict-grid set predict_then_check's n_boot and grid (unset: its
+  defaults); without --predict-budget, or with a negative count, they are one-line errors."""
+  calls = []
+  monkeypatch.setattr(ladder, "_run_local", lambda *a: None)  # the rungs are not the point
+  monkeypatch.setattr(ladder, "predict_then_check", lambda *a, **kw: calls.append((a[2], kw)))
+  base = ["--config", "configs/ladder.py:tiny_isoflop", "--workdir", os.fspath(tmp_path)]
+  ladder.main([*base, "--predict-budget", "8e8"])
+  ladder.main(
+      [*base, "--predict-budget", "8e8", "--predict-bootstrap", "4", "--predict-grid=coarse"]
+  )
+  assert calls == [(8e8, {}), (8e8, {"n_boot": 4, "grid": "coarse"})]
+  with pytest.raises(
+      ValueError, match="--predict-bootstrap and --predict-grid need --predict-budget"
+  ):
+    ladder.main([*base, "--predict-grid", "quick"])
+  with pytest.raises(ValueError, match="--predict-bootstrap=-1: use a number of resamples >= 0"):
+    ladder.main([*base, "--predict-budget", "8e8", "--predict-bootstrap=-1"])
+  assert len(calls) == 2
+
+
 def _points_by_budget(cfg):
 
   by_budget = {}

@@ -1,21 +1,15 @@
 """train/mesh.py: shape resolution, errors that name the numbers, shardings on 8 CPU devices.
 
-The 8-device checks run in one subprocess so XLA_FLAGS is set before jax is imported there;
-the pure shape/config checks run here.
+The 8-device checks run in one subprocess (tests/workers/mesh_eight_devices.py) so XLA_FLAGS
+is set before jax is imported there; the pure shape/config checks run here.
 """
 
-import json
-import os
-import subprocess
-import sys
-
+import fake_devices
 import pytest
 
 from configs.base import base_config
 from train import mesh as mesh_lib
 from train import spec
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_fill_shape_fills_one_axis():
@@ -80,28 +74,9 @@ def test_axis_rules_normalise_lists_and_reject_unknown_axes():
     spec.resolve(cfg)
 
 
-_EIGHT_DEVICE_WORKER = os.path.join(REPO, "tests", "workers", "mesh_eight_devices.py")
-
-
 @pytest.fixture(scope="module")
 def eight_devices():
-  env = dict(
-      os.environ,
-      PYTHONPATH=REPO,
-      XLA_FLAGS="--xla_force_host_platform_device_count=8",
-      JAX_PLATFORMS="cpu",
-  )
-  proc = subprocess.run(
-      [sys.executable, _EIGHT_DEVICE_WORKER],
-      cwd=REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT") :])
+  return fake_devices.run_worker("mesh_eight_devices.py", devices=8, timeout=300)
 
 
 def test_make_mesh_on_eight_cpu_devices(eight_devices):

@@ -1,17 +1,13 @@
 """train/accounting.py's memory estimate for model.mlp=moe: hand counts, and the compiled step.
 
-The compiled checks use the CPU (one device here, eight fake ones in a subprocess, as in
-tests/test_moe_sharded.py) and, with libtpu, a TPU topology's compile-only devices (where
+The compiled checks use the CPU (one device here, eight fake ones in a subprocess:
+tests/workers/moe_memory.py) and, with libtpu, a TPU topology's compile-only devices (where
 ragged_dot is a grouped matmul; JAX's CPU lowering masks it into a dense [E, rows, ...] product).
 """
 
 import importlib.util
-import json
-import os
-import pathlib
-import subprocess
-import sys
 
+import fake_devices
 import jax
 import pytest
 
@@ -19,8 +15,6 @@ from configs import base, mixtral
 from model import summary
 from test_plan import RATIO_RANGE, STATE_TOLERANCE
 from train import accounting, plan_compile, planner, topology
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 D, LAYERS, HEADS, KV, HD, M, V = 32, 2, 4, 2, 8, 64, 256
 E, K, F, S = 4, 2, 16, 1
@@ -173,38 +167,10 @@ def test_moe_estimate_against_the_compiled_step_on_one_cpu_device():
   check_against_compiled(memory.__dict__, est)
 
 
-SCRIPT = r"""
-import json, sys
-import jax
-sys.path.insert(0, "tests")
-assert jax.device_count() == 8, jax.devices()
-from configs import base
-from test_moe_memory import compiled_config
-from train import plan_compile
-out = {}
-for shape in [(2, 1, 1, 4), (1, 2, 1, 4)]:
-  c = compiled_config()
-  c.mesh.axis_rules = base.EXPERT_PARALLEL_AXIS_RULES
-  c.mesh.shape = shape
-  out[str(shape)] = plan_compile.compile_step(c, None, jax.devices()).__dict__
-print("RESULT " + json.dumps(out))
-"""
-
-
 @pytest.fixture(scope="module")
 def eight_devices():
-  env = dict(
-      os.environ,
-      JAX_PLATFORMS="cpu",
-      PYTHONPATH=str(REPO),
-      XLA_FLAGS="--xla_force_host_platform_device_count=8",
-  )
-  p = subprocess.run(
-      [sys.executable, "-c", SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
-  )
-  assert p.returncode == 0, p.stdout + p.stderr
-  line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT ") :])
+  """tests/workers/moe_memory.py: compile_step on expert meshes (2,1,1,4) and (1,2,1,4)."""
+  return fake_devices.run_worker("moe_memory.py", devices=8, timeout=600)
 
 
 @pytest.mark.parametrize("shape", ["(2, 1, 1, 4)", "(1, 2, 1, 4)"])

@@ -14,6 +14,9 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   nbformat = pytest.importorskip("nbformat", reason="needs the `notebooks` extra")
   nbclient = pytest.importorskip("nbclient", reason="needs the `notebooks` extra")
   monkeypatch.setenv("QUICKSTART_WORKDIR", str(tmp_path / "run"))
+  # 60 of the notebook's 300 steps: the validation loss is 2.67 nats by then (the notebook
+  # asserts < 3.0; uniform is 5.56) and the other cells need only a trained run.
+  monkeypatch.setenv("QUICKSTART_STEPS", "60")
   monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
   nb = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
   nbclient.NotebookClient(

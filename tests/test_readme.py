@@ -143,14 +143,16 @@ RULES = [
         ),
     ),
     Rule("python -m eval.lr_transfer --workdir runs/lr_sweep", needs=(f"{LADDER}_lr_sweep",)),
-    # A tiny IsoFLOP ladder (8 points at 3 budgets), then its prediction at 4x the largest.
+    # A tiny IsoFLOP ladder (8 points at 3 budgets), then its prediction at 4x the largest
+    # (fitted from the coarse grid with 4 resamples, as the report rule fits).
     Rule(
         f"{LADDER} --workdir runs/ladder --predict-budget",
         replace(
             (":cpu", ":tiny_isoflop"),
             ("runs/ladder", "runs/ladder_predict"),
             ("--predict-budget 1.2e12", "--predict-budget 1.6e9"),
-            extra="'--config.ladder.flop_budgets=(1e8,2e8,4e8)'",
+            extra="'--config.ladder.flop_budgets=(1e8,2e8,4e8)' "
+            "--predict-grid coarse --predict-bootstrap 4",
         ),
     ),
     Rule(
@@ -169,10 +171,11 @@ RULES = [
         needs=(LADDER,),
     ),
     Rule("python -m eval.fit isoflop --csv FILE", replace(("FILE", "isoflop.csv"))),
-    # The data-constrained ladder, tiny: 2 sizes x 1..4 epochs (+ fresh twins), 14 points.
+    # The data-constrained ladder, tiny: 2 sizes x 1..3 epochs (+ fresh twins), 10 points (6
+    # of one epoch at most: the Chinchilla part of `eval.fit constrained` needs 5).
     Rule(
         EPOCHS,
-        replace((":cpu_epochs", ":tiny_epochs"), extra="'--config.ladder.epochs=(1,2,3,4)'"),
+        replace((":cpu_epochs", ":tiny_epochs"), extra="'--config.ladder.epochs=(1,2,3)'"),
     ),
     Rule("python -m train --config configs/default.py --workdir runs/capped", append(TINY)),
     Rule(

@@ -87,6 +87,10 @@ SCRIPT = textwrap.dedent("""
       cfg = ladder_cfg.get_config("tiny")
       with cfg.unlocked():
         del cfg["ladder"]
+      # The ladder's d16l1 shape: the bucket holds the same files whatever the model's size.
+      cfg.model.update(
+          d_model=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=64
+      )
       cfg.train.steps = 4
       first = trainer.train_and_evaluate(cfg, "gs://fake-bucket/run")
       cfg.train.steps = 6

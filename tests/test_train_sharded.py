@@ -1,38 +1,19 @@
 """Sharded training on 8 fake CPU devices equals training on one device.
 
-Runs in a subprocess so that XLA_FLAGS (8 host devices) is set before JAX starts. The same
-initial state (made on 1 device, then placed with each mesh's shardings) and the same 5
-batches go through the real jitted step on meshes (8,1,1), (1,8,1), (2,2,2), (1,1,8).
+Runs tests/workers/train_sharded.py in a subprocess so that XLA_FLAGS (8 host devices) is set
+before JAX starts. The same initial state (made on 1 device, then placed with each mesh's
+shardings) and the same 5 batches go through the real jitted step on meshes (8,1,1), (1,8,1),
+(2,2,2), (1,1,8).
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
+import fake_devices
 import numpy as np
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-WORKER = REPO / "tests" / "workers" / "train_sharded.py"
 
 
 @pytest.fixture(scope="module")
 def result():
-  env = dict(
-      os.environ,
-      JAX_PLATFORMS="cpu",
-      PYTHONPATH=str(REPO),
-      XLA_FLAGS="--xla_force_host_platform_device_count=8",
-  )
-  p = subprocess.run(
-      [sys.executable, str(WORKER)], env=env, cwd=REPO, capture_output=True, text=True, timeout=900
-  )
-  assert p.returncode == 0, p.stdout + p.stderr
-  line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT ") :])
+  return fake_devices.run_worker("train_sharded.py", devices=8)
 
 
 # Per-device shard shapes the default axis rules imply (embed->fsdp, vocab/heads/mlp->tensor).

@@ -78,7 +78,7 @@ def main() -> None:
   cfg = base_config()
   check_meshes(cfg, out)
   check_shardings(cfg, out)
-  print("RESULT" + json.dumps(out))
+  print("RESULT " + json.dumps(out))
 
 
 if __name__ == "__main__":
