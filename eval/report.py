@@ -1361,6 +1361,7 @@ def main(argv=None) -> int:
     p.add_argument(flag, type=float, default=None, help="fit range (inclusive)")
   p.add_argument(
       "--budget",
+      dest="budgets",
       type=float,
       action="append",
       default=None,
@@ -1371,31 +1372,13 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=None, help="output folder (default DIR/report)")
   p.add_argument(
       "--no-head-spectrum",
-      action="store_true",
+      dest="head_spectrum",
+      action="store_false",
       help="skip loading each point's checkpoint for the LM-head spectrum",
   )
   p.add_argument("--seed", type=int, default=0)
-  a = p.parse_args(argv)
-  md = make_report(
-      a.workdir,
-      out_dir=a.out,
-      loss_col=a.loss_col,
-      n_col=a.n_col,
-      flops_col=a.flops_col,
-      bootstrap=a.bootstrap,
-      bootstrap_by=a.bootstrap_by,
-      huber_delta=a.huber_delta,
-      min_n=a.min_n,
-      max_n=a.max_n,
-      min_c=a.min_c,
-      max_c=a.max_c,
-      budgets=a.budget,
-      true_floor_bpb=a.true_floor_bpb,
-      grid=a.grid,
-      head_spectrum=not a.no_head_spectrum,
-      seed=a.seed,
-  )
-  print(md)
+  opts = vars(p.parse_args(argv))  # every other flag's dest is a ReportOptions field
+  print(make_report(opts.pop("workdir"), out_dir=opts.pop("out"), **opts))
   return 0
 
 
