@@ -12,7 +12,6 @@ keeps that reference's ROUGE-2/L too (SciTLDR's official scoring).
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -42,22 +41,9 @@ def rouge_scores(summaries: list[str], references: list[list[str]]) -> dict:
 
 def read_examples(path: str, src_field: str, tgt_field: str) -> tuple[list[str], list[list[str]]]:
   """Sources and reference lists of a jsonl file (one example per line)."""
-  sources, references = [], []
-  for i, line in enumerate(parallel.read_lines(path), 1):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from e
-    if not isinstance(obj, dict) or src_field not in obj or tgt_field not in obj:
-      raise ValueError(
-          f"{path}:{i}: needs fields {src_field!r} and {tgt_field!r}; "
-          "name them with --src-field/--tgt-field"
-      )
-    src, refs = obj[src_field], obj[tgt_field]
-    sources.append(" ".join(map(str, src)) if isinstance(src, list) else str(src))
-    references.append([str(r) for r in refs] if isinstance(refs, list) else [str(refs)])
+  fix = "name them with --src-field/--tgt-field"
+  rows = list(parallel.jsonl_examples(path, src_field, tgt_field, fix))
+  sources, references = [src for _, src, _ in rows], [refs for _, _, refs in rows]
   return sources, references
 
 
