@@ -1709,22 +1709,16 @@ def best_lr_rows(df: pd.DataFrame, loss_col: str = "val_loss") -> pd.DataFrame:
   return out.reset_index(drop=True)
 
 
-def fit_range_mask(N, C, *, min_n=None, max_n=None, min_c=None, max_c=None) -> np.ndarray:
-  """Rows inside the fit range (bounds inclusive; None means unbounded)."""
+def fit_range_mask(N, C, bounds) -> np.ndarray:
+  """Rows inside the fit range of `bounds` (min_n, max_n, min_c, max_c: eval.fit's flags or
+  eval.report's options; inclusive, None means unbounded); ValueError when no row is."""
   N, C = np.asarray(N, float), np.asarray(C, float)
   keep = np.ones(len(N), bool)
-  for x, lo, hi in ((N, min_n, max_n), (C, min_c, max_c)):
+  for x, lo, hi in ((N, bounds.min_n, bounds.max_n), (C, bounds.min_c, bounds.max_c)):
     if lo is not None:
       keep &= x >= lo
     if hi is not None:
       keep &= x <= hi
-  return keep
-
-
-def _in_range(df, N, C, args):
-  keep = fit_range_mask(
-      N, C, min_n=args.min_n, max_n=args.max_n, min_c=args.min_c, max_c=args.max_c
-  )
   if keep.sum() == 0:
     raise ValueError(
         f"no rows inside the fit range (--min-n/--max-n/--min-c/--max-c); N spans "
@@ -1745,7 +1739,7 @@ def _chinchilla_cli(args) -> dict:
       else df[args.c_col].to_numpy(float) / (args.flops_per_param_token * N)
   )
   C = args.flops_per_param_token * N * D
-  keep = _in_range(df, N, C, args)
+  keep = fit_range_mask(N, C, args)
   df, N, D = df[keep].reset_index(drop=True), N[keep], D[keep]
   L = df[args.loss_col].to_numpy(float)
   budget0 = args.budget[0] if args.budget else None
@@ -1839,7 +1833,7 @@ def _constrained_cli(args) -> dict:
 def _isoflop_cli(args) -> dict:
   cols = [args.n_col, args.c_col, args.loss_col] + [c for c in (args.budget_col, args.d_col) if c]
   df = load_table(args.csv, cols, args.drop_top_loss, args.loss_col, args.drop_invalid)
-  keep = _in_range(df, df[args.n_col].to_numpy(float), df[args.c_col].to_numpy(float), args)
+  keep = fit_range_mask(df[args.n_col].to_numpy(float), df[args.c_col].to_numpy(float), args)
   df = df[keep].reset_index(drop=True)
   col = lambda c: df[c].to_numpy(float) if c else None
   kw = dict(

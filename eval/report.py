@@ -367,16 +367,8 @@ class ScalingAnalysis:
 
 def _load(workdir, opts: ReportOptions) -> ScalingAnalysis:
   df = read_results(workdir, opts.n_col, opts.loss_col, opts.flops_col)
-  N, D, C = (df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col))
-  keep = fitlib.fit_range_mask(
-      N, C, min_n=opts.min_n, max_n=opts.max_n, min_c=opts.min_c, max_c=opts.max_c
-  )
-  if not keep.any():
-    raise ValueError(
-        f"no rows inside the fit range; N spans {N.min():.3g}..{N.max():.3g}, "
-        f"C spans {C.min():.3g}..{C.max():.3g}"
-    )
-  df = df[keep].reset_index(drop=True)
+  N, C = (df[c].to_numpy(float) for c in (opts.n_col, opts.flops_col))
+  df = df[fitlib.fit_range_mask(N, C, opts)].reset_index(drop=True)
   N, D, C, L = (
       df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col, opts.loss_col)
   )
