@@ -295,9 +295,7 @@ class ChinchillaFit:
 
   def optimal(self, C, flops_per_param_token: float = 6.0):
     """Compute-optimal (N, D, loss) under C = k N D (Hoffmann et al. eq. 4)."""
-    return optimal_allocation(
-        np.array([self.E, self.A, self.B, self.alpha, self.beta]), C, flops_per_param_token
-    )
+    return optimal_allocation(self.params, C, flops_per_param_token)
 
   @property
   def verified(self) -> bool:
