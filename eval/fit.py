@@ -1915,10 +1915,9 @@ def predict_from_json(fit_json: dict, budgets: Sequence[float]) -> list[dict]:
   raise ValueError("predict: the JSON is not a chinchilla, isoflop or power-law fit")
 
 
-def _common(q, loss=True):
+def _common(q):
   q.add_argument("--csv", required=True)
-  if loss:
-    q.add_argument("--loss-col", required=True)
+  q.add_argument("--loss-col", required=True)
   q.add_argument(
       "--drop-top-loss",
       type=int,
