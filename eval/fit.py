@@ -538,9 +538,11 @@ def bootstrap_chinchilla(
   return np.array(rows).reshape(-1, 5)
 
 
-def percentile_interval(samples, level: float = INTERVAL_LEVEL, axis: int = 0):
+def percentile_interval(samples, level: float = INTERVAL_LEVEL) -> list[float]:
+  """The central `level` percentile interval [lo, hi] of 1-D samples (NaNs ignored), as plain
+  floats: the form every interval takes in the fits' JSON."""
   lo = (1 - level) / 2 * 100
-  return np.nanpercentile(samples, [lo, 100 - lo], axis=axis)
+  return [float(x) for x in np.nanpercentile(samples, [lo, 100 - lo])]
 
 
 def derived_quantities(params_Bx5, budget=None, flops_per_param_token=6.0) -> dict:
@@ -567,7 +569,7 @@ def chinchilla_intervals(
 ) -> dict:
   """Percentile intervals of every quantity from bootstrap parameter rows."""
   cols = derived_quantities(samples_Bx5, budget, flops_per_param_token)
-  return {k: [float(x) for x in percentile_interval(v, level)] for k, v in cols.items()}
+  return {k: percentile_interval(v, level) for k, v in cols.items()}
 
 
 def chinchilla_optimal_with_intervals(
@@ -586,7 +588,7 @@ def chinchilla_optimal_with_intervals(
   if samples_Bx5 is not None and len(samples_Bx5):
     opt = optimal_allocation(samples_Bx5, C, flops_per_param_token)
     for j, k in enumerate(["N", "D", "loss"]):
-      out[k + "_interval"] = [float(x) for x in percentile_interval(opt[j], level)]
+      out[k + "_interval"] = percentile_interval(opt[j], level)
   return out
 
 
@@ -1175,8 +1177,8 @@ def fit_isoflop(
   if n_boot > 0:
     ab = _bootstrap_isoflop(N, C, L, budgets, D, flops_per_param_token, n_boot, seed, win)
     if len(ab):
-      a_int = [float(x) for x in percentile_interval(ab[:, 0], level)]
-      b_int = [float(x) for x in percentile_interval(ab[:, 1], level)]
+      a_int = percentile_interval(ab[:, 0], level)
+      b_int = percentile_interval(ab[:, 1], level)
   return IsoFlopFit(
       cs,
       ns,
@@ -1252,8 +1254,8 @@ def isoflop_vpnls(
       ab.append([f.a, f.b])
     if ab:
       ab = np.array(ab)
-      out["a_interval"] = [float(x) for x in percentile_interval(ab[:, 0], level)]
-      out["b_interval"] = [float(x) for x in percentile_interval(ab[:, 1], level)]
+      out["a_interval"] = percentile_interval(ab[:, 0], level)
+      out["b_interval"] = percentile_interval(ab[:, 1], level)
   out["intervals"] = dict(a=out["a_interval"], b=out["b_interval"])
   return out
 
@@ -1477,15 +1479,13 @@ def data_constrained_intervals(samples_Bx7, epochs=(), level=INTERVAL_LEVEL) -> 
         "and 2 token counts, and a repeated row); add runs or use --bootstrap-by point"
     )
   out = {
-      k: [float(x) for x in percentile_interval(s[:, j], level)]
-      if np.isfinite(s[:, j]).any()
-      else None
+      k: percentile_interval(s[:, j], level) if np.isfinite(s[:, j]).any() else None
       for j, k in enumerate(CONSTRAINED_PARAMS)
   }
   for e in epochs:
     worth = repeated_token_worth(s[:, 5], e)
     for k, v in worth.items():
-      out[f"{k}@{e:g}"] = [float(x) for x in percentile_interval(v, level)]
+      out[f"{k}@{e:g}"] = percentile_interval(v, level)
   return out
 
 
@@ -1870,8 +1870,7 @@ def _powerlaw_cli(args, frontier: bool) -> dict:
         x, L, args.bootstrap, seed=args.seed, frontier=frontier, delta=args.huber_delta
     )
     out["intervals"] = {
-        k: [float(v) for v in percentile_interval(samples[:, j])]
-        for j, k in enumerate(["E", "A", "alpha"])
+        k: percentile_interval(samples[:, j]) for j, k in enumerate(["E", "A", "alpha"])
     }
     out["bootstrap"] = dict(n=len(samples), samples=samples.tolist(), columns=["E", "A", "alpha"])
   if args.budget:
@@ -1884,7 +1883,7 @@ def power_prediction(fit: PowerLawFit, x, samples=None, level=INTERVAL_LEVEL) ->
   if samples is not None and len(samples):
     with np.errstate(all="ignore"):
       vals = samples[:, 0] + samples[:, 1] * float(x) ** -samples[:, 2]
-    out["loss_interval"] = [float(v) for v in percentile_interval(vals, level)]
+    out["loss_interval"] = percentile_interval(vals, level)
   return out
 
 

@@ -437,7 +437,7 @@ def _fit_frontier(a: ScalingAnalysis) -> None:
       )
       if len(a.fsamples):
         a.frontier_intervals = {
-            k: [float(v) for v in fitlib.percentile_interval(a.fsamples[:, j])]
+            k: fitlib.percentile_interval(a.fsamples[:, j])
             for j, k in enumerate(["E", "A", "gamma"])
         }
     bad = {
@@ -577,7 +577,7 @@ def prediction_interval(
     mean = params[:, 0] + params[:, 1] * n ** -params[:, 3] + params[:, 2] * d ** -params[:, 4]
   sample = np.repeat(mean, draws // len(mean) + 1)[: max(draws, len(mean))]
   sample = sample * np.exp(rng.choice(resid, len(sample))) + rng.normal(0, se, len(sample))
-  lo, hi = (float(x) for x in fitlib.percentile_interval(sample, level))
+  lo, hi = fitlib.percentile_interval(sample, level)
   return dict(loss=float(law.loss(n, d)), interval=[lo, hi], level=level)
 
 
