@@ -245,14 +245,7 @@ def unmodified_positions(ids_a: Sequence[int], ids_b: Sequence[int]) -> tuple[li
 def masked_batch(rows, seq_len: int, *, pad_id: int, mask_id: int) -> dict:
   """Rows (token_ids, masked_position) as a batch [N, seq_len]: inputs with that position
   replaced by mask_id, targets the original ids, weights 1 at the masked position only."""
-  n = len(rows)
-  out = dict(
-      inputs=np.full((n, seq_len), pad_id, np.int32),
-      targets=np.full((n, seq_len), pad_id, np.int32),
-      segment_ids=np.zeros((n, seq_len), np.int32),
-      positions=np.zeros((n, seq_len), np.int32),
-      weights=np.zeros((n, seq_len), np.float32),
-  )
+  out = zeroshot.empty_batch(len(rows), seq_len, pad_id)
   for r, (ids, pos) in enumerate(rows):
     if not 0 <= pos < len(ids) <= seq_len:
       raise ValueError(

@@ -238,10 +238,7 @@ def coord_check(
 
 def plot(result: dict, path: str) -> None:
   """mean |x| against width (and depth), one panel per aggregated quantity, a line per step."""
-  import matplotlib  # noqa: PLC0415 (Agg only when plotting)
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
+  from eval.plots import plt  # noqa: PLC0415 (matplotlib, Agg, only when plotting)
 
   names = ("embed_out",) + LAYER_MEANS + LAST_LAYER + ("logits",)
   axes_used = [a for a in ("width", "depth") if result["records"].get(a)]

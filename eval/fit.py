@@ -295,9 +295,7 @@ class ChinchillaFit:
 
   def optimal(self, C, flops_per_param_token: float = 6.0):
     """Compute-optimal (N, D, loss) under C = k N D (Hoffmann et al. eq. 4)."""
-    return optimal_allocation(
-        np.array([self.E, self.A, self.B, self.alpha, self.beta]), C, flops_per_param_token
-    )
+    return optimal_allocation(self.params, C, flops_per_param_token)
 
   @property
   def verified(self) -> bool:
@@ -540,9 +538,11 @@ def bootstrap_chinchilla(
   return np.array(rows).reshape(-1, 5)
 
 
-def percentile_interval(samples, level: float = INTERVAL_LEVEL, axis: int = 0):
+def percentile_interval(samples, level: float = INTERVAL_LEVEL) -> list[float]:
+  """The central `level` percentile interval [lo, hi] of 1-D samples (NaNs ignored), as plain
+  floats: the form every interval takes in the fits' JSON."""
   lo = (1 - level) / 2 * 100
-  return np.nanpercentile(samples, [lo, 100 - lo], axis=axis)
+  return [float(x) for x in np.nanpercentile(samples, [lo, 100 - lo])]
 
 
 def derived_quantities(params_Bx5, budget=None, flops_per_param_token=6.0) -> dict:
@@ -569,7 +569,7 @@ def chinchilla_intervals(
 ) -> dict:
   """Percentile intervals of every quantity from bootstrap parameter rows."""
   cols = derived_quantities(samples_Bx5, budget, flops_per_param_token)
-  return {k: [float(x) for x in percentile_interval(v, level)] for k, v in cols.items()}
+  return {k: percentile_interval(v, level) for k, v in cols.items()}
 
 
 def chinchilla_optimal_with_intervals(
@@ -588,7 +588,7 @@ def chinchilla_optimal_with_intervals(
   if samples_Bx5 is not None and len(samples_Bx5):
     opt = optimal_allocation(samples_Bx5, C, flops_per_param_token)
     for j, k in enumerate(["N", "D", "loss"]):
-      out[k + "_interval"] = [float(x) for x in percentile_interval(opt[j], level)]
+      out[k + "_interval"] = percentile_interval(opt[j], level)
   return out
 
 
@@ -1177,8 +1177,8 @@ def fit_isoflop(
   if n_boot > 0:
     ab = _bootstrap_isoflop(N, C, L, budgets, D, flops_per_param_token, n_boot, seed, win)
     if len(ab):
-      a_int = [float(x) for x in percentile_interval(ab[:, 0], level)]
-      b_int = [float(x) for x in percentile_interval(ab[:, 1], level)]
+      a_int = percentile_interval(ab[:, 0], level)
+      b_int = percentile_interval(ab[:, 1], level)
   return IsoFlopFit(
       cs,
       ns,
@@ -1254,8 +1254,8 @@ def isoflop_vpnls(
       ab.append([f.a, f.b])
     if ab:
       ab = np.array(ab)
-      out["a_interval"] = [float(x) for x in percentile_interval(ab[:, 0], level)]
-      out["b_interval"] = [float(x) for x in percentile_interval(ab[:, 1], level)]
+      out["a_interval"] = percentile_interval(ab[:, 0], level)
+      out["b_interval"] = percentile_interval(ab[:, 1], level)
   out["intervals"] = dict(a=out["a_interval"], b=out["b_interval"])
   return out
 
@@ -1479,15 +1479,13 @@ def data_constrained_intervals(samples_Bx7, epochs=(), level=INTERVAL_LEVEL) -> 
         "and 2 token counts, and a repeated row); add runs or use --bootstrap-by point"
     )
   out = {
-      k: [float(x) for x in percentile_interval(s[:, j], level)]
-      if np.isfinite(s[:, j]).any()
-      else None
+      k: percentile_interval(s[:, j], level) if np.isfinite(s[:, j]).any() else None
       for j, k in enumerate(CONSTRAINED_PARAMS)
   }
   for e in epochs:
     worth = repeated_token_worth(s[:, 5], e)
     for k, v in worth.items():
-      out[f"{k}@{e:g}"] = [float(x) for x in percentile_interval(v, level)]
+      out[f"{k}@{e:g}"] = percentile_interval(v, level)
   return out
 
 
@@ -1709,22 +1707,16 @@ def best_lr_rows(df: pd.DataFrame, loss_col: str = "val_loss") -> pd.DataFrame:
   return out.reset_index(drop=True)
 
 
-def fit_range_mask(N, C, *, min_n=None, max_n=None, min_c=None, max_c=None) -> np.ndarray:
-  """Rows inside the fit range (bounds inclusive; None means unbounded)."""
+def fit_range_mask(N, C, bounds) -> np.ndarray:
+  """Rows inside the fit range of `bounds` (min_n, max_n, min_c, max_c: eval.fit's flags or
+  eval.report's options; inclusive, None means unbounded); ValueError when no row is."""
   N, C = np.asarray(N, float), np.asarray(C, float)
   keep = np.ones(len(N), bool)
-  for x, lo, hi in ((N, min_n, max_n), (C, min_c, max_c)):
+  for x, lo, hi in ((N, bounds.min_n, bounds.max_n), (C, bounds.min_c, bounds.max_c)):
     if lo is not None:
       keep &= x >= lo
     if hi is not None:
       keep &= x <= hi
-  return keep
-
-
-def _in_range(df, N, C, args):
-  keep = fit_range_mask(
-      N, C, min_n=args.min_n, max_n=args.max_n, min_c=args.min_c, max_c=args.max_c
-  )
   if keep.sum() == 0:
     raise ValueError(
         f"no rows inside the fit range (--min-n/--max-n/--min-c/--max-c); N spans "
@@ -1745,7 +1737,7 @@ def _chinchilla_cli(args) -> dict:
       else df[args.c_col].to_numpy(float) / (args.flops_per_param_token * N)
   )
   C = args.flops_per_param_token * N * D
-  keep = _in_range(df, N, C, args)
+  keep = fit_range_mask(N, C, args)
   df, N, D = df[keep].reset_index(drop=True), N[keep], D[keep]
   L = df[args.loss_col].to_numpy(float)
   budget0 = args.budget[0] if args.budget else None
@@ -1839,7 +1831,7 @@ def _constrained_cli(args) -> dict:
 def _isoflop_cli(args) -> dict:
   cols = [args.n_col, args.c_col, args.loss_col] + [c for c in (args.budget_col, args.d_col) if c]
   df = load_table(args.csv, cols, args.drop_top_loss, args.loss_col, args.drop_invalid)
-  keep = _in_range(df, df[args.n_col].to_numpy(float), df[args.c_col].to_numpy(float), args)
+  keep = fit_range_mask(df[args.n_col].to_numpy(float), df[args.c_col].to_numpy(float), args)
   df = df[keep].reset_index(drop=True)
   col = lambda c: df[c].to_numpy(float) if c else None
   kw = dict(
@@ -1878,8 +1870,7 @@ def _powerlaw_cli(args, frontier: bool) -> dict:
         x, L, args.bootstrap, seed=args.seed, frontier=frontier, delta=args.huber_delta
     )
     out["intervals"] = {
-        k: [float(v) for v in percentile_interval(samples[:, j])]
-        for j, k in enumerate(["E", "A", "alpha"])
+        k: percentile_interval(samples[:, j]) for j, k in enumerate(["E", "A", "alpha"])
     }
     out["bootstrap"] = dict(n=len(samples), samples=samples.tolist(), columns=["E", "A", "alpha"])
   if args.budget:
@@ -1892,7 +1883,7 @@ def power_prediction(fit: PowerLawFit, x, samples=None, level=INTERVAL_LEVEL) ->
   if samples is not None and len(samples):
     with np.errstate(all="ignore"):
       vals = samples[:, 0] + samples[:, 1] * float(x) ** -samples[:, 2]
-    out["loss_interval"] = [float(v) for v in percentile_interval(vals, level)]
+    out["loss_interval"] = percentile_interval(vals, level)
   return out
 
 
@@ -1923,10 +1914,9 @@ def predict_from_json(fit_json: dict, budgets: Sequence[float]) -> list[dict]:
   raise ValueError("predict: the JSON is not a chinchilla, isoflop or power-law fit")
 
 
-def _common(q, loss=True):
+def _common(q):
   q.add_argument("--csv", required=True)
-  if loss:
-    q.add_argument("--loss-col", required=True)
+  q.add_argument("--loss-col", required=True)
   q.add_argument(
       "--drop-top-loss",
       type=int,

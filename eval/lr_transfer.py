@@ -122,10 +122,7 @@ def best_lr_shift(rows: Sequence[dict]) -> dict:
 def plot(rows: Sequence[dict], path: str) -> None:
   """Validation loss against learning rate, one panel per parametrization, a line per width
   (seeds averaged)."""
-  import matplotlib  # noqa: PLC0415 (Agg only when plotting)
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
+  from eval.plots import plt  # noqa: PLC0415 (matplotlib, Agg, only when plotting)
 
   pars = sorted({r["parametrization"] for r in rows})
   fig, axes = plt.subplots(1, len(pars), figsize=(4.5 * len(pars), 3.5), squeeze=False, sharey=True)

@@ -180,15 +180,8 @@ def main(argv=None) -> int:
     raise FileNotFoundError(
         f"{a.workdir} has no checkpoints/; train it first " "(python -m train ...)"
     )
-  res = evaluate_run(
-      a.workdir,
-      data=a.data,
-      batches=a.batches,
-      batch_size=a.batch_size,
-      step=a.step,
-      val_fraction=a.val_fraction,
-      split=a.split,
-  )
+  opts = {k: v for k, v in vars(a).items() if k not in ("workdir", "json")}
+  res = evaluate_run(a.workdir, **opts)  # every other flag's dest is an evaluate_run keyword
   print(format_table(res))
   if a.json:
     with open(a.json, "w") as f:

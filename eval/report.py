@@ -367,16 +367,8 @@ class ScalingAnalysis:
 
 def _load(workdir, opts: ReportOptions) -> ScalingAnalysis:
   df = read_results(workdir, opts.n_col, opts.loss_col, opts.flops_col)
-  N, D, C = (df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col))
-  keep = fitlib.fit_range_mask(
-      N, C, min_n=opts.min_n, max_n=opts.max_n, min_c=opts.min_c, max_c=opts.max_c
-  )
-  if not keep.any():
-    raise ValueError(
-        f"no rows inside the fit range; N spans {N.min():.3g}..{N.max():.3g}, "
-        f"C spans {C.min():.3g}..{C.max():.3g}"
-    )
-  df = df[keep].reset_index(drop=True)
+  N, C = (df[c].to_numpy(float) for c in (opts.n_col, opts.flops_col))
+  df = df[fitlib.fit_range_mask(N, C, opts)].reset_index(drop=True)
   N, D, C, L = (
       df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col, opts.loss_col)
   )
@@ -445,7 +437,7 @@ def _fit_frontier(a: ScalingAnalysis) -> None:
       )
       if len(a.fsamples):
         a.frontier_intervals = {
-            k: [float(v) for v in fitlib.percentile_interval(a.fsamples[:, j])]
+            k: fitlib.percentile_interval(a.fsamples[:, j])
             for j, k in enumerate(["E", "A", "gamma"])
         }
     bad = {
@@ -585,7 +577,7 @@ def prediction_interval(
     mean = params[:, 0] + params[:, 1] * n ** -params[:, 3] + params[:, 2] * d ** -params[:, 4]
   sample = np.repeat(mean, draws // len(mean) + 1)[: max(draws, len(mean))]
   sample = sample * np.exp(rng.choice(resid, len(sample))) + rng.normal(0, se, len(sample))
-  lo, hi = (float(x) for x in fitlib.percentile_interval(sample, level))
+  lo, hi = fitlib.percentile_interval(sample, level)
   return dict(loss=float(law.loss(n, d)), interval=[lo, hi], level=level)
 
 
@@ -1361,6 +1353,7 @@ def main(argv=None) -> int:
     p.add_argument(flag, type=float, default=None, help="fit range (inclusive)")
   p.add_argument(
       "--budget",
+      dest="budgets",
       type=float,
       action="append",
       default=None,
@@ -1371,31 +1364,13 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=None, help="output folder (default DIR/report)")
   p.add_argument(
       "--no-head-spectrum",
-      action="store_true",
+      dest="head_spectrum",
+      action="store_false",
       help="skip loading each point's checkpoint for the LM-head spectrum",
   )
   p.add_argument("--seed", type=int, default=0)
-  a = p.parse_args(argv)
-  md = make_report(
-      a.workdir,
-      out_dir=a.out,
-      loss_col=a.loss_col,
-      n_col=a.n_col,
-      flops_col=a.flops_col,
-      bootstrap=a.bootstrap,
-      bootstrap_by=a.bootstrap_by,
-      huber_delta=a.huber_delta,
-      min_n=a.min_n,
-      max_n=a.max_n,
-      min_c=a.min_c,
-      max_c=a.max_c,
-      budgets=a.budget,
-      true_floor_bpb=a.true_floor_bpb,
-      grid=a.grid,
-      head_spectrum=not a.no_head_spectrum,
-      seed=a.seed,
-  )
-  print(md)
+  opts = vars(p.parse_args(argv))  # every other flag's dest is a ReportOptions field
+  print(make_report(opts.pop("workdir"), out_dir=opts.pop("out"), **opts))
   return 0
 
 

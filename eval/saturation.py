@@ -66,8 +66,8 @@ def doubling_returns(
   if samples_Bx5 is not None and len(samples_Bx5):
     s = np.asarray(samples_Bx5, float)
     dns, dds = returns(*(s[:, j] for j in range(5)))
-    out["per_doubling_N_interval"] = [float(x) for x in fitlib.percentile_interval(dns, level)]
-    out["per_doubling_D_interval"] = [float(x) for x in fitlib.percentile_interval(dds, level)]
+    out["per_doubling_N_interval"] = fitlib.percentile_interval(dns, level)
+    out["per_doubling_D_interval"] = fitlib.percentile_interval(dds, level)
   return out
 
 

@@ -25,6 +25,7 @@ hypotheses of a sentence, stay where they are.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Sequence
 
 import jax
@@ -33,6 +34,7 @@ import numpy as np
 from model.config import ModelConfig
 from model.transformer import Transformer
 from model.transformer import init_cache
+from train import run as run_lib
 
 NEG_INF = -1e9  # finite: top_k and argsort stay well defined on dead hypotheses
 ARCHS = ("encoder_decoder", "decoder")
@@ -345,3 +347,42 @@ def decode_texts(
       for i, toks in zip(rows, res["tokens"]):
         out[i] = tok.decode(toks)
   return out
+
+
+def add_run_flags(ap, *, beam: int, max_len: int, max_len_help: str, batch_size: int) -> None:
+  """The flags eval.translate and eval.summarize share: the run, its checkpoint, the beam search
+  and the scores' JSON (read back by `decode_run`)."""
+  ap.add_argument(
+      "--workdir",
+      required=True,
+      help="a run trained on a parallel source (encoder-decoder or decoder-only)",
+  )
+  ap.add_argument("--beam", type=int, default=beam, help="beam size (1: greedy)")
+  ap.add_argument("--length-penalty", type=float, default=1.0, help="score = log p / len^this")
+  ap.add_argument("--max-len", type=int, default=max_len, help=max_len_help)
+  ap.add_argument("--batch-size", type=int, default=batch_size)
+  ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  ap.add_argument("--average-last", type=int, default=0, help=AVERAGE_HELP)
+  ap.add_argument("--json", default="", help="write the scores here")
+
+
+def decode_run(args, sources: Sequence[str]):
+  """(run, decoded texts): the run named by `add_run_flags`' flags, decoding `sources`."""
+  run = run_lib.load_run(args.workdir, step=args.step, average_last=args.average_last)
+  texts = decode_texts(
+      run,
+      sources,
+      beam=args.beam,
+      length_penalty=args.length_penalty,
+      max_len=args.max_len,
+      batch_size=args.batch_size,
+  )
+  return run, texts
+
+
+def write_scores(args, scores: dict, run) -> None:
+  """Adds the checkpoint that decoded to `scores` and writes them to --json, if given."""
+  scores.update(beam=args.beam, step=run.step, averaged_steps=list(run.averaged_steps))
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(scores, f, indent=2)

@@ -12,12 +12,10 @@ keeps that reference's ROUGE-2/L too (SciTLDR's official scoring).
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 from rouge_score import rouge_scorer
 from eval import seq2seq
-from train import run as run_lib
 
 from train.data import parallel
 
@@ -43,69 +41,30 @@ def rouge_scores(summaries: list[str], references: list[list[str]]) -> dict:
 
 def read_examples(path: str, src_field: str, tgt_field: str) -> tuple[list[str], list[list[str]]]:
   """Sources and reference lists of a jsonl file (one example per line)."""
-  sources, references = [], []
-  for i, line in enumerate(parallel.read_lines(path), 1):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from e
-    if not isinstance(obj, dict) or src_field not in obj or tgt_field not in obj:
-      raise ValueError(
-          f"{path}:{i}: needs fields {src_field!r} and {tgt_field!r}; "
-          "name them with --src-field/--tgt-field"
-      )
-    src, refs = obj[src_field], obj[tgt_field]
-    sources.append(" ".join(map(str, src)) if isinstance(src, list) else str(src))
-    references.append([str(r) for r in refs] if isinstance(refs, list) else [str(refs)])
+  fix = "name them with --src-field/--tgt-field"
+  rows = list(parallel.jsonl_examples(path, src_field, tgt_field, fix))
+  sources, references = [src for _, src, _ in rows], [refs for _, _, refs in rows]
   return sources, references
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m eval.summarize", description=__doc__.split("\n")[0])
-  ap.add_argument(
-      "--workdir",
-      required=True,
-      help="a run trained on a parallel source (encoder-decoder or decoder-only)",
-  )
+  seq2seq.add_run_flags(ap, beam=4, max_len=64, max_len_help="summary tokens", batch_size=32)
   ap.add_argument("--data", required=True, help="jsonl with a source and references per line")
   ap.add_argument("--src-field", default="source")
   ap.add_argument("--tgt-field", default="target")
-  ap.add_argument("--beam", type=int, default=4, help="beam size (1: greedy)")
-  ap.add_argument("--length-penalty", type=float, default=1.0)
-  ap.add_argument("--max-len", type=int, default=64, help="summary tokens")
-  ap.add_argument("--batch-size", type=int, default=32)
-  ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  ap.add_argument("--average-last", type=int, default=0, help=seq2seq.AVERAGE_HELP)
-  ap.add_argument("--json", default="", help="write the scores here")
   args = ap.parse_args(argv)
   sources, references = read_examples(args.data, args.src_field, args.tgt_field)
 
-  run = run_lib.load_run(args.workdir, step=args.step, average_last=args.average_last)
-  summaries = seq2seq.decode_texts(
-      run,
-      sources,
-      beam=args.beam,
-      length_penalty=args.length_penalty,
-      max_len=args.max_len,
-      batch_size=args.batch_size,
-  )
+  run, summaries = seq2seq.decode_run(args, sources)
   scores = rouge_scores(summaries, references)
-  scores.update(
-      documents=len(sources),
-      beam=args.beam,
-      step=run.step,
-      averaged_steps=list(run.averaged_steps),
-  )
+  scores.update(documents=len(sources))
+  seq2seq.write_scores(args, scores, run)
   print(f"{len(sources)} documents, beam {args.beam}, {run.describe_checkpoint()}")
   print(
       "ROUGE F1 (rouge-score, stemmed, best reference by ROUGE-1): "
       + ", ".join(f"{t} {scores[t]:.2f}" for t in ROUGE_TYPES)
   )
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(scores, f, indent=2)
   return 0
 
 

@@ -17,10 +17,8 @@ The run is an encoder-decoder or a decoder-only model trained on "source <sep> t
 from __future__ import annotations
 
 import argparse
-import json
 import sacrebleu
 from eval import seq2seq
-from train import run as run_lib
 
 from train.data import parallel
 
@@ -59,21 +57,12 @@ def report_lines(scores: dict) -> list[str]:
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m eval.translate", description=__doc__.split("\n")[0])
-  ap.add_argument(
-      "--workdir",
-      required=True,
-      help="a run trained on a parallel source (encoder-decoder or decoder-only)",
+  seq2seq.add_run_flags(
+      ap, beam=5, max_len=128, max_len_help="target tokens per sentence", batch_size=64
   )
   ap.add_argument("--src", required=True, help="source sentences, one per line")
   ap.add_argument("--ref", required=True, help="reference translations, line-aligned")
-  ap.add_argument("--beam", type=int, default=5, help="beam size (1: greedy)")
-  ap.add_argument("--length-penalty", type=float, default=1.0, help="score = log p / len^this")
-  ap.add_argument("--max-len", type=int, default=128, help="target tokens per sentence")
-  ap.add_argument("--batch-size", type=int, default=64)
-  ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  ap.add_argument("--average-last", type=int, default=0, help=seq2seq.AVERAGE_HELP)
   ap.add_argument("--out", default="", help="also write the translations here")
-  ap.add_argument("--json", default="", help="write the scores here")
   args = ap.parse_args(argv)
   sources, references = parallel.read_lines(args.src), parallel.read_lines(args.ref)
   if len(sources) != len(references):
@@ -82,31 +71,15 @@ def main(argv=None) -> int:
         "they must be line-aligned"
     )
 
-  run = run_lib.load_run(args.workdir, step=args.step, average_last=args.average_last)
-  hyps = seq2seq.decode_texts(
-      run,
-      sources,
-      beam=args.beam,
-      length_penalty=args.length_penalty,
-      max_len=args.max_len,
-      batch_size=args.batch_size,
-  )
+  run, hyps = seq2seq.decode_run(args, sources)
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       f.write("\n".join(hyps) + "\n")
   scores = bleu_scores(hyps, references)
-  scores.update(
-      sentences=len(hyps),
-      beam=args.beam,
-      length_penalty=args.length_penalty,
-      step=run.step,
-      averaged_steps=list(run.averaged_steps),
-  )
+  scores.update(sentences=len(hyps), length_penalty=args.length_penalty)
+  seq2seq.write_scores(args, scores, run)
   print(f"{len(hyps)} sentences, beam {args.beam}, {run.describe_checkpoint()}")
   print("\n".join(report_lines(scores)))
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(scores, f, indent=2)
   return 0
 
 

@@ -374,6 +374,17 @@ def request_windows(ctx, cont, window: int):
   return windows[::-1]
 
 
+def empty_batch(n: int, width: int, pad_id: int) -> dict:
+  """An all-padding batch [n, width] in the data pipeline's layout, for rows to fill in."""
+  return dict(
+      inputs=np.full((n, width), pad_id, np.int32),
+      targets=np.full((n, width), pad_id, np.int32),
+      segment_ids=np.zeros((n, width), np.int32),
+      positions=np.zeros((n, width), np.int32),
+      weights=np.zeros((n, width), np.float32),
+  )
+
+
 def make_batch(windows, width: int, pad_id: int = 0):
   """Packs (window_tokens, n_scored) rows, right-padded to `width`.
 
@@ -381,14 +392,7 @@ def make_batch(windows, width: int, pad_id: int = 0):
   segment_ids (1 for the row's tokens, 0 for padding), positions and weights (1 on the
   scored targets, the last n_scored of the row).
   """
-  n = len(windows)
-  out = dict(
-      inputs=np.full((n, width), pad_id, np.int32),
-      targets=np.full((n, width), pad_id, np.int32),
-      segment_ids=np.zeros((n, width), np.int32),
-      positions=np.zeros((n, width), np.int32),
-      weights=np.zeros((n, width), np.float32),
-  )
+  out = empty_batch(len(windows), width, pad_id)
   for r, (tokens, n_scored) in enumerate(windows):
     length = len(tokens) - 1
     if not 0 < n_scored <= length <= width:

@@ -5,6 +5,7 @@ Everything is chosen by `ModelConfig`: decoder (GPT, Llama), encoder (BERT) and 
 every block of the causal stack) are configs of the same module. Params carry logical axis names; the caller maps them to a mesh.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -227,16 +228,18 @@ class Transformer(nn.Module):
           param_dtype=pdt,
           out_dtype=jnp.float32,
       )
-    hidden_std = parametrization.hidden_init_std(cfg)
+    # The heads' d_model x d_model matrices (the "head_matrix" group of model/parametrization.py).
+    head_dense = functools.partial(
+        Linear,
+        (cfg.d_model,),
+        (None, "embed"),
+        use_bias=cfg.use_bias,
+        init_std=parametrization.hidden_init_std(cfg),
+        dtype=dt,
+        param_dtype=pdt,
+    )
     if cfg.mlm_head:
-      self.mlm_dense = Linear(
-          (cfg.d_model,),
-          (None, "embed"),
-          use_bias=cfg.use_bias,
-          init_std=hidden_std,
-          dtype=dt,
-          param_dtype=pdt,
-      )
+      self.mlm_dense = head_dense()
       self.mlm_norm = _norm(cfg, "mlm_norm")
       self.mlm_bias = self.param(
           "mlm_bias",
@@ -245,14 +248,7 @@ class Transformer(nn.Module):
           pdt,
       )
     if cfg.pooler:
-      self.pooler_dense = Linear(
-          (cfg.d_model,),
-          (None, "embed"),
-          use_bias=cfg.use_bias,
-          init_std=hidden_std,
-          dtype=dt,
-          param_dtype=pdt,
-      )
+      self.pooler_dense = head_dense()
 
   def _setup_encoder(self):
     """The encoder of an encoder-decoder: its own bidirectional stack (never cached) and final

@@ -156,16 +156,7 @@ class Checkpointer:
         cleanup_tmp_directories=False,
         create=True,
     )
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=options,
-        item_names=("state", "config", "meta"),
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "config": ocp.JsonCheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler(),
-        },
-    )
+    self.manager = _writing_manager(self.directory, options)
 
   # -- housekeeping ------------------------------------------------------------------
 
@@ -426,14 +417,11 @@ def _restore_args(target: Any) -> Any:
   return jax.tree_util.tree_map(one, target)
 
 
-def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
-  """Writes a params-only checkpoint (state={"params": ...} + config) into WORKDIR/checkpoints,
-  so that `init_from=WORKDIR` and `run_lib.load_run(WORKDIR)` accept parameters that did not
-  come from our trainer (e.g. imported from Hugging Face by eval/hf.py). Returns the step dir."""
-  directory = run_path(workdir) / CHECKPOINT_DIR
-  manager = ocp.CheckpointManager(
+def _writing_manager(directory, options) -> ocp.CheckpointManager:
+  """A manager of a run's three items: the train state, its config and the checkpoint's meta."""
+  return ocp.CheckpointManager(
       directory,
-      options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+      options=options,
       item_names=("state", "config", "meta"),
       item_handlers={
           "state": ocp.StandardCheckpointHandler(),
@@ -441,6 +429,15 @@ def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
           "meta": ocp.JsonCheckpointHandler(),
       },
   )
+
+
+def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
+  """Writes a params-only checkpoint (state={"params": ...} + config) into WORKDIR/checkpoints,
+  so that `init_from=WORKDIR` and `run_lib.load_run(WORKDIR)` accept parameters that did not
+  come from our trainer (e.g. imported from Hugging Face by eval/hf.py). Returns the step dir."""
+  directory = run_path(workdir) / CHECKPOINT_DIR
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+  manager = _writing_manager(directory, options)
   try:
     manager.save(
         int(step),

@@ -146,24 +146,30 @@ def _file_pairs(spec: str, src_glob: str, tgt_glob: str) -> Iterator[Pair]:
 
 def _jsonl_pairs(spec: str, pattern: str, src_field: str, tgt_field: str) -> Iterator[Pair]:
   for path in _glob(pattern, spec):
-    lines = read_lines(path)
-    for i, line in enumerate(lines, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from e
-      for f in (src_field, tgt_field):
-        if not isinstance(obj, dict) or f not in obj:
-          raise ValueError(
-              f"{path}:{i}: no field {f!r}; name the fields in jsonl:<glob>:<src>:<tgt>"
-          )
-      src = obj[src_field]
-      src = " ".join(map(str, src)) if isinstance(src, list) else str(src)
-      tgts = obj[tgt_field] if isinstance(obj[tgt_field], list) else [obj[tgt_field]]
+    fix = "name the fields in jsonl:<glob>:<src>:<tgt>"
+    for i, src, tgts in jsonl_examples(path, src_field, tgt_field, fix):
       for t in tgts:
-        yield _checked(Pair(f"{path}:{i}", src, str(t)))
+        yield _checked(Pair(f"{path}:{i}", src, t))
+
+
+def jsonl_examples(
+    path, src_field: str, tgt_field: str, fix: str
+) -> Iterator[tuple[int, str, list[str]]]:
+  """(line number, source, targets) per non-blank line of a jsonl file: a list source is joined
+  with spaces, a single target is a list of one. `fix` tells how to name other fields."""
+  for i, line in enumerate(read_lines(path), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from e
+    for f in (src_field, tgt_field):
+      if not isinstance(obj, dict) or f not in obj:
+        raise ValueError(f"{path}:{i}: no field {f!r}; {fix}")
+    src, tgts = obj[src_field], obj[tgt_field]
+    src = " ".join(map(str, src)) if isinstance(src, list) else str(src)
+    yield i, src, [str(t) for t in tgts] if isinstance(tgts, list) else [str(tgts)]
 
 
 def _checked(pair: Pair) -> Pair:
