@@ -42,7 +42,6 @@ import os
 import pathlib
 from typing import Iterator
 
-import grain
 import numpy as np
 from train.data import pipeline
 
@@ -304,6 +303,11 @@ class PairPacker:
     self.store, self.seq_len = store, seq_len
     self.bos, self.eos, self.pad = tok.bos_id, tok.eos_id, tok.pad_id
 
+  def num_windows(self, *, full_only: bool) -> int:
+    """Validation rows (one pair each), as pipeline.EvalSource counts them."""
+    del full_only
+    return len(self.store)
+
   def build(self, indices, *, with_doc_ids: bool = False) -> dict:
     """One pair per row."""
     rows = [[i] for i in np.asarray(indices, np.int64).ravel().tolist()]
@@ -364,25 +368,14 @@ class JointPairPacker(PairPacker):
     return out
 
 
-class PairEvalSource:
-  """Validation pairs in stored order, the interface of pipeline.EvalSource (one domain)."""
+class PairEvalSource(pipeline.EvalSource):
+  """Validation pairs in stored order, one per row: pipeline.EvalSource over one domain."""
 
   def __init__(self, store: PairStore, manifest: dict, tok, seq_len: int, packer_cls=PairPacker):
-    self.manifest, self.packer = manifest, packer_cls(store, seq_len, tok)
-    self.domains = (DOMAIN,) if len(store) else ()
+    self.manifest, self.seq_len = manifest, seq_len
     self.token_bytes = tok_lib.token_byte_lengths(tok)
-
-  def num_batches(self, domain: str, global_batch_size: int) -> int:
-    return -(-len(self.packer.store) // global_batch_size)
-
-  def batches(
-      self, domain, *, global_batch_size, process_index=0, process_count=1, max_batches=None
-  ):
-    local = global_batch_size // process_count
-    n = self.num_batches(domain, global_batch_size)
-    for g in range(n if max_batches is None else min(n, max_batches)):
-      start = g * global_batch_size + process_index * local
-      yield self.packer.build(np.arange(start, start + local), with_doc_ids=True)
+    self._packers = {DOMAIN: packer_cls(store, seq_len, tok)} if len(store) else {}
+    self.domains = tuple(self._packers)
 
 
 def load_for_training(
@@ -412,7 +405,6 @@ def load_for_training(
   train, val = PairStore(prepared_dir, "train"), PairStore(prepared_dir, "val")
   for store in (train, val):
     store.check_lengths(seq_len, position_table, joint=decoder_only)
-  local = global_batch_size // process_count
   order = np.random.default_rng([seed, 1]).permutation(len(train))
   rows = pack_rows(train, order, seq_len, joint=decoder_only)
   if len(rows) < global_batch_size:
@@ -422,9 +414,14 @@ def load_for_training(
     )
   packer_cls = JointPairPacker if decoder_only else PairPacker
   packer = packer_cls(train, seq_len, tok)
-  ds = grain.MapDataset.range(len(rows)).shuffle(seed=seed).repeat(None)
-  ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
-  ds = ds.map(lambda ids: packer.build_rows([rows[j] for j in np.asarray(ids).tolist()]))
-  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))
+  it = pipeline.shuffled_batches(
+      len(rows),
+      lambda ids: packer.build_rows([rows[j] for j in np.asarray(ids).tolist()]),
+      seed=seed,
+      global_batch_size=global_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      num_threads=num_threads,
+  )
   evals = PairEvalSource(val, manifest, tok, seq_len, packer_cls)
   return pipeline.TrainingData(it, evals, manifest, tok)
