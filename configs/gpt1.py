@@ -17,9 +17,7 @@ def get_config(arg: str = ""):
   args = preset_args.parse(arg, {"size": "117M"}, "gpt1")
   preset_args.pick_size({"117M": None}, args["size"], "gpt1")
   c = base.gpt_config("gpt1-117M", 40478, 768, 12, 12, 512, norm_position="post", dropout=0.1)
-  c.train.batch_size = 64
-  c.train.learning_rate = 2.5e-4
-  c.train.warmup_steps = 2000
-  c.train.steps = 100_000
-  c.train.weight_decay = 0.01
+  c.train.update(
+      batch_size=64, learning_rate=2.5e-4, warmup_steps=2000, steps=100_000, weight_decay=0.01
+  )
   return c

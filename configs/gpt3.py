@@ -43,10 +43,7 @@ def get_config(arg: str = ""):
       head_dim=head_dim,
       remat="none" if d < 2048 else "full",
   )
-  c.train.batch_size = batch
-  c.train.learning_rate = lr
-  c.train.warmup_steps = 375
-  c.train.steps = 100_000
-  c.train.b2 = 0.95
-  c.train.weight_decay = 0.1
+  c.train.update(
+      batch_size=batch, learning_rate=lr, warmup_steps=375, steps=100_000, b2=0.95, weight_decay=0.1
+  )
   return c

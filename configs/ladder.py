@@ -248,11 +248,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.name = f"ladder_{name}"
   c.data.seq_len = 128
   c.model.max_seq_len = 128
-  c.train.batch_size = 16
-  c.train.learning_rate = 3e-3
-  c.train.warmup_steps = 30
-  c.train.min_lr_ratio = 0.0
-  c.train.log_every = 10
+  c.train.update(batch_size=16, learning_rate=3e-3, warmup_steps=30, min_lr_ratio=0.0, log_every=10)
   c.eval.every = 0  # evaluate once, at the end of each point
   c.eval.batches = 8
   c.checkpoint.every = 100  # killed points resume from here
@@ -266,9 +262,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   elif name.startswith("tiny"):
     c.data.seq_len = 32
     c.model.max_seq_len = 32
-    c.train.batch_size = 4
-    c.train.warmup_steps = 2
-    c.train.log_every = 2
+    c.train.update(batch_size=4, warmup_steps=2, log_every=2)
     c.eval.batches = 2
     c.checkpoint.every = 4
     c.checkpoint.async_save = False
