@@ -303,11 +303,6 @@ class PairPacker:
     self.store, self.seq_len = store, seq_len
     self.bos, self.eos, self.pad = tok.bos_id, tok.eos_id, tok.pad_id
 
-  def num_windows(self, *, full_only: bool) -> int:
-    """Validation rows (one pair each), as pipeline.EvalSource counts them."""
-    del full_only
-    return len(self.store)
-
   def build(self, indices, *, with_doc_ids: bool = False) -> dict:
     """One pair per row."""
     rows = [[i] for i in np.asarray(indices, np.int64).ravel().tolist()]
@@ -368,14 +363,25 @@ class JointPairPacker(PairPacker):
     return out
 
 
-class PairEvalSource(pipeline.EvalSource):
-  """Validation pairs in stored order, one per row: pipeline.EvalSource over one domain."""
+class PairEvalSource:
+  """Validation pairs in stored order, the interface of pipeline.EvalSource (one domain)."""
 
   def __init__(self, store: PairStore, manifest: dict, tok, seq_len: int, packer_cls=PairPacker):
-    self.manifest, self.seq_len = manifest, seq_len
+    self.manifest, self.packer = manifest, packer_cls(store, seq_len, tok)
+    self.domains = (DOMAIN,) if len(store) else ()
     self.token_bytes = tok_lib.token_byte_lengths(tok)
-    self._packers = {DOMAIN: packer_cls(store, seq_len, tok)} if len(store) else {}
-    self.domains = tuple(self._packers)
+
+  def num_batches(self, domain: str, global_batch_size: int) -> int:
+    return -(-len(self.packer.store) // global_batch_size)
+
+  def batches(
+      self, domain, *, global_batch_size, process_index=0, process_count=1, max_batches=None
+  ):
+    local = global_batch_size // process_count
+    n = self.num_batches(domain, global_batch_size)
+    for g in range(n if max_batches is None else min(n, max_batches)):
+      start = g * global_batch_size + process_index * local
+      yield self.packer.build(np.arange(start, start + local), with_doc_ids=True)
 
 
 def load_for_training(
