@@ -39,6 +39,40 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return m
 
 
+def gpt_config(
+    name: str, vocab_size: int, d_model: int, num_layers: int, num_heads: int, seq_len: int, **model
+) -> ml_collections.ConfigDict:
+  """A config around a GPT-2-style model (the presets gpt1, gpt2, gpt3, bert, bench and
+  transformer): causal MHA with heads of d_model // num_heads, learned positions up to
+  `seq_len` (also data.seq_len), a 4x GELU MLP, pre-LayerNorm, biases, tied embeddings, no
+  dropout, bf16 compute over fp32 weights; `model` overrides any of it."""
+  c = base_config()
+  c.name = name
+  gpt = dict(
+      vocab_size=vocab_size,
+      d_model=d_model,
+      num_layers=num_layers,
+      num_heads=num_heads,
+      num_kv_heads=num_heads,
+      head_dim=d_model // num_heads,
+      mlp_dim=4 * d_model,
+      max_seq_len=seq_len,
+      pos_encoding="learned",
+      attention_mask="causal",
+      mlp="gelu",
+      norm="layernorm",
+      norm_position="pre",
+      use_bias=True,
+      tie_embeddings=True,
+      dropout=0.0,
+      dtype="bfloat16",
+      param_dtype="float32",
+  )
+  c.model = model_config(**{**gpt, **model})
+  c.data.seq_len = seq_len
+  return c
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "default"

@@ -27,33 +27,9 @@ def get_config(arg: str = "S"):
         f"{'|'.join(SIZES)} (e.g. configs/bench.py:S)"
     )
   vocab, d, layers, heads, seq, batch = SIZES[size]
-  c = base.base_config()
-  c.name = f"bench_{size}"
-  c.model.update(
-      dict(
-          vocab_size=vocab,
-          d_model=d,
-          num_layers=layers,
-          num_heads=heads,
-          num_kv_heads=heads,
-          head_dim=d // heads,
-          mlp_dim=4 * d,
-          max_seq_len=seq,
-          pos_encoding="learned",
-          attention_mask="causal",
-          mlp="gelu",
-          norm="layernorm",
-          norm_position="pre",
-          norm_eps=1e-5,
-          use_bias=True,
-          tie_embeddings=True,
-          dropout=0.0,
-          dtype="float32",
-          param_dtype="float32",
-          init_std=0.02,
-      )
+  c = base.gpt_config(
+      f"bench_{size}", vocab, d, layers, heads, seq, norm_eps=1e-5, dtype="float32", init_std=0.02
   )
-  c.data.seq_len = seq
   c.train.update(
       dict(
           batch_size=batch,

@@ -20,34 +20,22 @@ SIZES = {"base": (12, 768, 12), "large": (24, 1024, 16)}
 def get_config(arg: str = ""):
   args = preset_args.parse(arg, {"size": "base"}, "bert")
   layers, d, heads = preset_args.pick_size(SIZES, args["size"], "bert")
-  c = base.base_config()
-  c.name = f"bert-{args['size']}"
-  c.model = base.model_config(
-      vocab_size=30522,
-      d_model=d,
-      num_layers=layers,
-      num_heads=heads,
-      num_kv_heads=heads,
-      head_dim=d // heads,
-      mlp_dim=4 * d,
-      max_seq_len=512,
-      pos_encoding="learned",
+  c = base.gpt_config(
+      f"bert-{args['size']}",
+      30522,
+      d,
+      layers,
+      heads,
+      512,
       attention_mask="bidirectional",
-      mlp="gelu",
-      norm="layernorm",
       norm_position="post",
       norm_eps=1e-12,
-      use_bias=True,
-      tie_embeddings=True,
       dropout=0.1,
       mlm_head=True,
       embed_norm=True,
       type_vocab_size=2,
       pooler=True,
-      dtype="bfloat16",
-      param_dtype="float32",
   )
-  c.data.seq_len = 512
   c.train.objective = "mlm"
   c.train.mlm_probability = 0.15
   c.train.batch_size = 256

@@ -16,31 +16,8 @@ from configs import preset_args
 def get_config(arg: str = ""):
   args = preset_args.parse(arg, {"size": "117M"}, "gpt1")
   preset_args.pick_size({"117M": None}, args["size"], "gpt1")
-  c = base.base_config()
-  c.name = "gpt1-117M"
-  c.model = base.model_config(
-      vocab_size=40478,
-      d_model=768,
-      num_layers=12,
-      num_heads=12,
-      num_kv_heads=12,
-      head_dim=64,
-      mlp_dim=3072,
-      max_seq_len=512,
-      pos_encoding="learned",
-      mlp="gelu",
-      norm="layernorm",
-      norm_position="post",
-      use_bias=True,
-      tie_embeddings=True,
-      dropout=0.1,
-      dtype="bfloat16",
-      param_dtype="float32",
+  c = base.gpt_config("gpt1-117M", 40478, 768, 12, 12, 512, norm_position="post", dropout=0.1)
+  c.train.update(
+      batch_size=64, learning_rate=2.5e-4, warmup_steps=2000, steps=100_000, weight_decay=0.01
   )
-  c.data.seq_len = 512
-  c.train.batch_size = 64
-  c.train.learning_rate = 2.5e-4
-  c.train.warmup_steps = 2000
-  c.train.steps = 100_000
-  c.train.weight_decay = 0.01
   return c

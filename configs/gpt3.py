@@ -33,33 +33,17 @@ SEQ_LEN = 2048
 def get_config(arg: str = ""):
   args = preset_args.parse(arg, {"size": "125M"}, "gpt3")
   layers, d, heads, head_dim, batch, lr = preset_args.pick_size(SIZES, args["size"], "gpt3")
-  c = base.base_config()
-  c.name = f"gpt3-{args['size']}"
-  c.model = base.model_config(
-      vocab_size=50257,
-      d_model=d,
-      num_layers=layers,
-      num_heads=heads,
-      num_kv_heads=heads,
+  c = base.gpt_config(
+      f"gpt3-{args['size']}",
+      50257,
+      d,
+      layers,
+      heads,
+      SEQ_LEN,
       head_dim=head_dim,
-      mlp_dim=4 * d,
-      max_seq_len=SEQ_LEN,
-      pos_encoding="learned",
-      mlp="gelu",
-      norm="layernorm",
-      norm_position="pre",
-      use_bias=True,
-      tie_embeddings=True,
-      dropout=0.0,
-      dtype="bfloat16",
-      param_dtype="float32",
       remat="none" if d < 2048 else "full",
   )
-  c.data.seq_len = SEQ_LEN
-  c.train.batch_size = batch
-  c.train.learning_rate = lr
-  c.train.warmup_steps = 375
-  c.train.steps = 100_000
-  c.train.b2 = 0.95
-  c.train.weight_decay = 0.1
+  c.train.update(
+      batch_size=batch, learning_rate=lr, warmup_steps=375, steps=100_000, b2=0.95, weight_decay=0.1
+  )
   return c

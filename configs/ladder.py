@@ -76,6 +76,8 @@ ladder fields:
                    decay_fraction of its steps
 """
 
+import copy
+
 import ml_collections
 
 from configs import base
@@ -114,12 +116,6 @@ _TINY_SIZES = (
     ("d16l1", 16, 1, 2),
     ("d32l1", 32, 1, 2),
     ("d48l2", 48, 2, 2),
-)
-
-
-_NAMES = (
-    "cpu, cpu_wsd, cpu_grid, cpu_isoflop, cpu_synthetic, cpu_epochs, cpu_recipe, cpu_lr_sweep, moe, moe_dense, tiny, "
-    "tiny_grid, tiny_isoflop, tiny_epochs, tiny_recipe, tiny_lr_sweep, tiny_moe or tiny_moe_dense"
 )
 
 
@@ -170,109 +166,109 @@ def _ladder(**kw) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 
 
-def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  name = arg or "cpu"
-  c = base.base_config()
-  c.name = f"ladder_{name}"
-  c.data.seq_len = 128
-  c.model.max_seq_len = 128
-  c.train.batch_size = 16
-  c.train.learning_rate = 3e-3
-  c.train.warmup_steps = 30
-  c.train.min_lr_ratio = 0.0
-  c.train.log_every = 10
-  c.eval.every = 0  # evaluate once, at the end of each point
-  c.eval.batches = 8
-  c.checkpoint.every = 100  # killed points resume from here
-  c.checkpoint.keep = 2
-  if name == "cpu":
-    c.train.warmup_steps = 20  # at most 20% of the shortest (100-step) point
-    c.ladder = _ladder(
+_TINY = dict(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
+_MOE = dict(sizes=_CPU_SIZES[:3], steps=(150, 300))
+# Every ladder by name (the arg): its `ladder` fields over _ladder's defaults.
+LADDERS = {
+    "cpu": dict(
         scheme="isoflop",
         sizes=_CPU_ISO_SIZES,
         flop_budgets=CPU_FLOP_BUDGETS,
         steps=(),
         min_steps=100,
         max_steps=4000,
-    )
-  elif name in ("cpu_wsd", "cpu_synthetic"):
-    c.ladder = _ladder()
-    if name == "cpu_synthetic":
-      c.data.source = "synthetic:markov"
-  elif name == "cpu_grid":
-    c.ladder = _ladder(scheme="grid")
-  elif name == "cpu_isoflop":
-    c.ladder = _ladder(
+    ),
+    "cpu_wsd": {},
+    "cpu_grid": dict(scheme="grid"),
+    "cpu_isoflop": dict(
         scheme="isoflop", flop_budgets=(3e11, 1e12, 3e12), steps=(), min_steps=50, max_steps=1500
-    )
-  elif name == "cpu_recipe":
-    c.ladder = _ladder(
+    ),
+    "cpu_synthetic": {},
+    "cpu_epochs": dict(
+        scheme="epochs",
+        sizes=_TINY_SIZES,
+        steps=(),
+        unique_tokens=20 * 512,
+        epochs=(0.5, 1, 2, 4, 8, 16),
+    ),
+    "cpu_recipe": dict(
         recipe=_recipe(parametrization="mup", widths=(32, 48, 64, 96, 128), base_width=32),
         seeds=2,
-    )
-  elif name == "cpu_lr_sweep":
-    c.ladder = _ladder(
+    ),
+    "cpu_lr_sweep": dict(
         scheme="lr_sweep",
         sizes=(("w32", 32, 2, 2), ("w64", 64, 2, 2), ("w128", 128, 2, 2)),
         steps=(300,),
         lr_exponents=(-11, -10, -9, -8, -7, -6, -5),
         parametrizations=("sp", "mup"),
+    ),
+    "moe": _MOE,
+    "moe_dense": _MOE,
+    "tiny": _TINY,
+    "tiny_grid": dict(scheme="grid", sizes=_TINY_SIZES[:2], steps=(6, 12)),
+    "tiny_isoflop": dict(
+        scheme="isoflop",
+        sizes=_TINY_SIZES,
+        steps=(),
+        flop_budgets=(2e8, 4e8),
+        min_steps=3,
+        max_steps=80,
+    ),
+    "tiny_epochs": dict(
+        scheme="epochs", sizes=_TINY_SIZES[:2], steps=(), unique_tokens=4 * 4 * 32, epochs=(1, 3)
+    ),
+    "tiny_recipe": dict(
+        sizes=(),
+        steps=(10, 20),
+        seeds=2,
+        recipe=_recipe(
+            parametrization="mup", widths=(16, 32), aspect_ratio=16, head_dim=8, base_width=16
+        ),
+    ),
+    "tiny_lr_sweep": dict(
+        scheme="lr_sweep",
+        sizes=_TINY_SIZES[:2],
+        steps=(6,),
+        lr_exponents=(-8, -5),
+        parametrizations=("sp", "mup"),
+    ),
+    "tiny_moe": _TINY,
+    "tiny_moe_dense": _TINY,
+}
+
+
+def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  name = arg or "cpu"
+  if name not in LADDERS:
+    *names, last = LADDERS
+    raise ValueError(
+        f"configs/ladder.py: unknown ladder {name!r}; use {', '.join(names)} or {last}"
     )
-  elif name in ("moe", "moe_dense"):
-    c.ladder = _ladder(sizes=_CPU_SIZES[:3], steps=(150, 300))
-    _moe_twin(c, sparse=name == "moe")
+  c = base.base_config()
+  c.name = f"ladder_{name}"
+  c.data.seq_len = 128
+  c.model.max_seq_len = 128
+  c.train.update(batch_size=16, learning_rate=3e-3, warmup_steps=30, min_lr_ratio=0.0, log_every=10)
+  c.eval.every = 0  # evaluate once, at the end of each point
+  c.eval.batches = 8
+  c.checkpoint.every = 100  # killed points resume from here
+  c.checkpoint.keep = 2
+  if name == "cpu":
+    c.train.warmup_steps = 20  # at most 20% of the shortest (100-step) point
+  elif name == "cpu_synthetic":
+    c.data.source = "synthetic:markov"
   elif name == "cpu_epochs":
     _epochs_cpu(c)
   elif name.startswith("tiny"):
     c.data.seq_len = 32
     c.model.max_seq_len = 32
-    c.train.batch_size = 4
-    c.train.warmup_steps = 2
-    c.train.log_every = 2
+    c.train.update(batch_size=4, warmup_steps=2, log_every=2)
     c.eval.batches = 2
     c.checkpoint.every = 4
     c.checkpoint.async_save = False
-    if name == "tiny":
-      c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
-    elif name == "tiny_grid":
-      c.ladder = _ladder(scheme="grid", sizes=_TINY_SIZES[:2], steps=(6, 12))
-    elif name in ("tiny_moe", "tiny_moe_dense"):
-      c.ladder = _ladder(sizes=_TINY_SIZES[:2], steps=(10, 20), decay_fraction=0.2)
-      _moe_twin(c, sparse=name == "tiny_moe")
-    elif name == "tiny_isoflop":
-      c.ladder = _ladder(
-          scheme="isoflop",
-          sizes=_TINY_SIZES,
-          steps=(),
-          flop_budgets=(2e8, 4e8),
-          min_steps=3,
-          max_steps=80,
-      )
-    elif name == "tiny_epochs":
-      c.ladder = _ladder(
-          scheme="epochs", sizes=_TINY_SIZES[:2], steps=(), unique_tokens=4 * 4 * 32, epochs=(1, 3)
-      )
-    elif name == "tiny_recipe":
-      c.ladder = _ladder(
-          sizes=(),
-          steps=(10, 20),
-          seeds=2,
-          recipe=_recipe(
-              parametrization="mup", widths=(16, 32), aspect_ratio=16, head_dim=8, base_width=16
-          ),
-      )
-    elif name == "tiny_lr_sweep":
-      c.ladder = _ladder(
-          scheme="lr_sweep",
-          sizes=_TINY_SIZES[:2],
-          steps=(6,),
-          lr_exponents=(-8, -5),
-          parametrizations=("sp", "mup"),
-      )
-    else:
-      raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use {_NAMES}")
-  else:
-    raise ValueError(f"configs/ladder.py: unknown ladder {name!r}; use {_NAMES}")
+  if "moe" in name:
+    _moe_twin(c, sparse=not name.endswith("_dense"))
+  c.ladder = _ladder(**copy.deepcopy(LADDERS[name]))
   return c
 
 
@@ -293,10 +289,3 @@ def _epochs_cpu(c) -> None:
   c.train.warmup_steps = 2
   c.eval.batches = 16
   c.checkpoint.every = 200
-  c.ladder = _ladder(
-      scheme="epochs",
-      sizes=_TINY_SIZES,
-      steps=(),
-      unique_tokens=20 * 512,
-      epochs=(0.5, 1, 2, 4, 8, 16),
-  )

@@ -11,22 +11,10 @@ from configs import preset_args
 
 # size: dict of model overrides + (seq_len, batch_size, learning_rate)
 SIZES = {
+    # llama's tiny with a top-2 of 8 experts of half its mlp_dim
     "tiny": (
-        dict(
-            vocab_size=260,
-            d_model=256,
-            num_layers=4,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=64,
-            mlp_dim=688,
-            num_experts=8,
-            experts_per_token=2,
-            expert_mlp_dim=344,
-        ),
-        256,
-        16,
-        1e-3,
+        dict(llama.SIZES["tiny"][0], num_experts=8, experts_per_token=2, expert_mlp_dim=344),
+        *llama.SIZES["tiny"][1:],
     ),
     "8x7B": (
         dict(

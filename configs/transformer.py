@@ -38,27 +38,21 @@ def get_config(arg: str = ""):
   layers, d, heads, mlp_dim, dropout, vocab = preset_args.pick_size(
       SIZES, args["size"], "transformer"
   )
-  c = base.base_config()
-  c.name = f"transformer-{args['size']}" + ("-decoder" if decoder_only else "")
-  c.model = base.model_config(
+  c = base.gpt_config(
+      f"transformer-{args['size']}" + ("-decoder" if decoder_only else ""),
+      vocab,
+      d,
+      2 * layers if decoder_only else layers,
+      heads,
+      256,
       arch=args["arch"],
-      vocab_size=vocab,
-      d_model=d,
-      num_layers=2 * layers if decoder_only else layers,
       num_decoder_layers=0 if decoder_only else layers,
-      num_heads=heads,
-      num_kv_heads=heads,
-      head_dim=d // heads,
       mlp_dim=mlp_dim,
-      max_seq_len=256,
       pos_encoding="sinusoidal",
-      mlp="gelu",
-      norm="layernorm",
       norm_position="post",
-      use_bias=True,
-      tie_embeddings=True,
       share_embeddings=True,
       dropout=dropout,
+      dtype="float32",
   )
   c.data.seq_len = 256 if decoder_only else 128  # tokens per row (per source / target row)
   c.data.val_fraction = 0.01

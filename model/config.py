@@ -127,19 +127,9 @@ class ModelConfig:
     def fail(field, msg):
       raise ValueError(f"model.{field}: {msg}")
 
-    for f in (
-        "vocab_size",
-        "d_model",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "head_dim",
-        "mlp_dim",
-        "max_seq_len",
-    ):
-      v = getattr(self, f)
-      if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        fail(f, f"must be a positive integer, got {v!r}; set --config.model.{f}=<int > 0>")
+    shapes = "vocab_size d_model num_layers num_heads num_kv_heads head_dim mlp_dim max_seq_len"
+    positive = "must be a positive integer, got {v!r}; set --config.model.{f}=<int > 0>"
+    self._check_ints(fail, 1, shapes.split(), positive)
     enums = dict(
         pos_encoding=POS_ENCODINGS,
         attention_mask=ATTENTION_MASKS,
@@ -174,16 +164,13 @@ class ModelConfig:
       fail("d_model", f"sinusoidal positions need an even d_model, got {self.d_model}")
     if not 0.0 <= self.dropout < 1.0:
       fail("dropout", f"must be in [0, 1), got {self.dropout}")
-    if (
-        isinstance(self.scan_unroll, bool)
-        or not isinstance(self.scan_unroll, int)
-        or (self.scan_unroll < -1)
-    ):
-      fail(
-          "scan_unroll",
-          f"must be an integer >= -1 (-1 auto, 0 fully unrolled, k layers per "
-          f"loop iteration), got {self.scan_unroll!r}",
-      )
+    self._check_ints(
+        fail,
+        -1,
+        ["scan_unroll"],
+        "must be an integer >= -1 (-1 auto, 0 fully unrolled, k layers per loop iteration), "
+        "got {v!r}",
+    )
     if self.type_vocab_size < 0:
       fail("type_vocab_size", f"must be >= 0 (0 disables token types), got {self.type_vocab_size}")
     for f in ("norm_eps", "init_std", "rope_theta"):
@@ -199,11 +186,19 @@ class ModelConfig:
           "set model.attention_mask=bidirectional or model.mlm_head=False",
       )
 
+  def _check_ints(self, fail, low: int, fields: list[str], problem: str) -> None:
+    """Each of `fields` must be an int (not a bool) >= low; else `problem`, formatted with
+    the field `f`, its value `v` and `low`."""
+    for f in fields:
+      v = getattr(self, f)
+      if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        fail(f, problem.format(f=f, v=v, low=low))
+
   def _validate_arch(self, fail) -> None:
     """encoder_decoder: a causal decoder over a plain token sequence (no BERT heads)."""
-    v = self.num_decoder_layers
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-      fail("num_decoder_layers", f"must be an integer >= 0 (0: num_layers), got {v!r}")
+    self._check_ints(
+        fail, 0, ["num_decoder_layers"], "must be an integer >= 0 (0: num_layers), got {v!r}"
+    )
     if self.arch != "encoder_decoder":
       return
     if self.attention_mask != "causal":
@@ -219,10 +214,8 @@ class ModelConfig:
   def _validate_parametrization(self, fail) -> None:
     """muP needs the width its hyperparameters were tuned at; CompleteP also the depth and a
     residual exponent alpha in (0, 1] (1: CompleteP, 0.5: the sqrt-depth variant)."""
-    for f in ("base_width", "base_depth", "base_head_dim"):
-      v = getattr(self, f)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        fail(f, f"must be an integer >= 0 (0: unset), got {v!r}")
+    bases = ["base_width", "base_depth", "base_head_dim"]
+    self._check_ints(fail, 0, bases, "must be an integer >= 0 (0: unset), got {v!r}")
     if self.parametrization == "sp":
       return
     if self.base_width == 0:
@@ -259,16 +252,9 @@ class ModelConfig:
 
   def _validate_moe(self, fail) -> None:
     """Expert counts are positive, top-k fits the experts, moe_every divides the depth."""
-    for f, low in (
-        ("num_experts", 1),
-        ("experts_per_token", 1),
-        ("expert_mlp_dim", 0),
-        ("num_shared_experts", 0),
-        ("moe_every", 1),
-    ):
-      v = getattr(self, f)
-      if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        fail(f, f"must be an integer >= {low}, got {v!r}; set --config.model.{f}=<int>")
+    problem = "must be an integer >= {low}, got {v!r}; set --config.model.{f}=<int>"
+    self._check_ints(fail, 1, ["num_experts", "experts_per_token", "moe_every"], problem)
+    self._check_ints(fail, 0, ["expert_mlp_dim", "num_shared_experts"], problem)
     if self.mlp != "moe":
       return
     if self.experts_per_token > self.num_experts:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from train import cli
 
-from model.config import ModelConfig
+from model.config import REMAT_POLICIES, ModelConfig
 from model.summary import as_model_config, flops_per_token_forward, flops_per_token_train
 from model.summary import EXPERT_PARAMS, param_counts, param_shapes
 
@@ -43,9 +43,6 @@ def _optimizer_state_elems(shapes: Sequence[tuple[int, ...]], optimizer: str) ->
         )
     )
   raise ValueError(f"optimizer {optimizer!r}: choose adamw|adafactor|lion|muon")
-
-
-REMATS = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 def _attention_elems(cfg: ModelConfig, seq_len: int, remat: str, tensor: int):
@@ -96,8 +93,8 @@ def _layer_elems(cfg: ModelConfig, seq_len: int, remat: str, tensor: int, expert
   """[(layers, compute-dtype elements, float32 elements)] per token for each kind of layer:
   dense ones, and with mlp=moe the MoE ones (every moe_every-th); `full` keeps only the
   layer input."""
-  if remat not in REMATS:
-    raise ValueError(f"remat {remat!r}: choose {'|'.join(REMATS)}")
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat {remat!r}: choose {'|'.join(REMAT_POLICIES)}")
   if remat == "full":
     return [(cfg.num_layers, float(cfg.d_model), 0.0)]
   att, att_f32 = _attention_elems(cfg, seq_len, remat, tensor)

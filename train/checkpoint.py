@@ -24,11 +24,12 @@ previous one tried); any other failure (I/O, memory, a bug) stops with one messa
 nothing, so a good checkpoint is never set aside by mistake.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 from jax.experimental import multihost_utils
@@ -44,12 +45,6 @@ from train import spec as spec_lib
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
-
-
-def run_path(workdir: str) -> epath.Path:
-  """The workdir as an absolute path (Orbax's TensorStore backend rejects relative ones, and
-  users pass `--workdir runs/x`); URLs such as gs://bucket/run are kept as they are."""
-  return paths.path(workdir)
 
 
 # Config fields that may change between a run and its resumption (they do not change what
@@ -142,7 +137,7 @@ class Checkpointer:
   """One run's checkpoints. Every process calls every method (Orbax coordinates them)."""
 
   def __init__(self, workdir: str, ckpt_cfg, *, log: Callable[[str], None] = print):
-    self.workdir = run_path(workdir)
+    self.workdir = paths.path(workdir)  # absolute: TensorStore rejects relative paths
     self.directory = self.workdir / CHECKPOINT_DIR
     self.every = int(ckpt_cfg.every)
     self._log = log
@@ -225,7 +220,7 @@ class Checkpointer:
       if record.exists():
         continue
       try:
-        files = _file_sizes(self._step_dir(step) / "state")
+        files = paths.files(self._step_dir(step) / "state")
       except FileNotFoundError:  # deleted by retention meanwhile
         continue
       paths.write_text_atomic(record, json.dumps({"step": int(step), "state_files": files}))
@@ -240,7 +235,7 @@ class Checkpointer:
       want = json.loads(record.read_text())["state_files"]
     except (ValueError, KeyError) as e:
       return f"has an unreadable integrity record ({e})"
-    have = _file_sizes(self._step_dir(step) / "state")
+    have = paths.files(self._step_dir(step) / "state")
     for name, size in want.items():
       if name not in have:
         return f"fails its integrity record: state/{name} is missing"
@@ -292,7 +287,7 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
             ),
         )
-        _check_restored(out["state"])
+        jax.block_until_ready(out["state"])  # a corrupt file fails here, not mid-training
       except Exception as e:  # pylint: disable=broad-except
         raise RestoreError(
             f"{self._step_dir(step)} passed its integrity check but could not be restored "
@@ -339,16 +334,6 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
   return " ".join(str(e).split())[:limit]
 
 
-def _file_sizes(root: epath.Path) -> dict[str, int]:
-  """{relative path: size} of every file under root."""
-  return paths.files(root)
-
-
-def _check_restored(state: Any) -> None:
-  """Forces the arrays to be read now, so a corrupt file fails here and not mid-training."""
-  jax.block_until_ready(state)
-
-
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
@@ -357,14 +342,8 @@ def _sync(name: str) -> None:
 def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
   """Params only (no optimizer state) from another run's latest (or given) checkpoint,
   restored into the shardings of `abstract_params`; used by init_from and evaluation."""
-  directory = run_path(workdir) / CHECKPOINT_DIR
-  if not directory.exists():
-    raise FileNotFoundError(f"{directory} does not exist: {workdir!r} is not a trained run.")
-  manager = _read_only_manager(directory, "state", ocp.PyTreeCheckpointHandler())
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
+  with _reader(workdir, "state", ocp.PyTreeCheckpointHandler()) as manager:
+    step = _latest(manager) if step is None else step
     target = {"params": abstract_params}
     out = manager.restore(
         step,
@@ -375,30 +354,41 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
         ),
     )
     return out["state"]["params"], step
-  finally:
-    manager.close()
 
 
 def saved_steps(workdir: str) -> list[int]:
   """The steps of a run's finished checkpoints, oldest first."""
-  directory = run_path(workdir) / CHECKPOINT_DIR
+  with _reader(workdir, "state", ocp.PyTreeCheckpointHandler()) as manager:
+    return sorted(int(s) for s in manager.all_steps())
+
+
+def read_config(workdir: str) -> dict:
+  """The config stored with a run's latest checkpoint (JSON dict)."""
+  with _reader(workdir, "config", ocp.JsonCheckpointHandler()) as manager:
+    args = ocp.args.Composite(config=ocp.args.JsonRestore())
+    return dict(manager.restore(_latest(manager), args=args)["config"])
+
+
+def _latest(manager: ocp.CheckpointManager) -> int:
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{manager.directory} holds no finished checkpoint.")
+  return step
+
+
+@contextlib.contextmanager
+def _reader(workdir: str, item: str, handler) -> Iterator[ocp.CheckpointManager]:
+  """A manager that only reads one item of a run's checkpoints, closed on exit. Orbax logs two
+  warnings for every read-only manager (the option adjustments and "directory is read
+  only"), which say nothing to a user evaluating runs (eval.report opens one per ladder
+  point): they are silenced here."""
+  directory = paths.path(workdir) / CHECKPOINT_DIR
   if not directory.exists():
     raise FileNotFoundError(f"{directory} does not exist: {workdir!r} is not a trained run.")
-  manager = _read_only_manager(directory, "state", ocp.PyTreeCheckpointHandler())
-  try:
-    return sorted(int(s) for s in manager.all_steps())
-  finally:
-    manager.close()
-
-
-def _read_only_manager(directory: epath.Path, item: str, handler) -> ocp.CheckpointManager:
-  """A manager that only reads one item. Orbax logs two warnings for every read-only manager
-  (the option adjustments and "directory is read only"), which say nothing to a user
-  evaluating runs (eval.report opens one per ladder point): they are silenced here."""
   previous = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
-    return ocp.CheckpointManager(
+    manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(read_only=True, create=False),
         item_names=(item,),
@@ -406,6 +396,10 @@ def _read_only_manager(directory: epath.Path, item: str, handler) -> ocp.Checkpo
     )
   finally:
     absl_logging.set_verbosity(previous)
+  try:
+    yield manager
+  finally:
+    manager.close()
 
 
 def _restore_args(target: Any) -> Any:
@@ -435,7 +429,7 @@ def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
   """Writes a params-only checkpoint (state={"params": ...} + config) into WORKDIR/checkpoints,
   so that `init_from=WORKDIR` and `run_lib.load_run(WORKDIR)` accept parameters that did not
   come from our trainer (e.g. imported from Hugging Face by eval/hf.py). Returns the step dir."""
-  directory = run_path(workdir) / CHECKPOINT_DIR
+  directory = paths.path(workdir) / CHECKPOINT_DIR
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
   manager = _writing_manager(directory, options)
   try:
@@ -452,18 +446,3 @@ def save_params(workdir: str, params: Any, config, *, step: int = 0) -> str:
   finally:
     manager.close()
   return os.fspath(directory / str(int(step)))
-
-
-def read_config(workdir: str) -> dict:
-  """The config stored with a run's latest checkpoint (JSON dict)."""
-  directory = run_path(workdir) / CHECKPOINT_DIR
-  manager = _read_only_manager(directory, "config", ocp.JsonCheckpointHandler())
-  try:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
-    return dict(
-        manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    )
-  finally:
-    manager.close()

@@ -168,40 +168,6 @@ class _DocSums:
     return (ids, np.bincount(inv, loss, n), np.bincount(inv, w, n), np.bincount(inv, b, n))
 
 
-def _domain_sums(
-    eval_step,
-    params,
-    eval_source,
-    domain_index,
-    domain,
-    *,
-    global_batch_size,
-    max_batches,
-    process_index,
-    process_count,
-) -> _DocSums:
-  sums = _DocSums()
-  batches = eval_source.batches(
-      domain,
-      global_batch_size=global_batch_size,
-      process_index=process_index,
-      process_count=process_count,
-      max_batches=max_batches,
-  )
-  for g, local in enumerate(batches):
-    batch = inputs_lib.to_global(local, eval_step.batch_sharding, global_batch_size)
-    doc_ids = jax.make_array_from_process_local_data(
-        eval_step.batch_sharding,
-        local["doc_ids"],
-        (global_batch_size,) + local["doc_ids"].shape[1:],
-    )
-    out = jax.device_get(
-        eval_step(params, batch, doc_ids, eval_source.token_bytes, (domain_index, g))
-    )
-    sums.add(out)
-  return sums
-
-
 def evaluate(
     eval_step: Callable,
     params: Any,
@@ -217,17 +183,22 @@ def evaluate(
   objective = getattr(eval_step, "objective", "next_token")
   results, pooled = {}, []
   for i, domain in enumerate(eval_source.domains):
-    _, loss_c, tok_c, bytes_c = _domain_sums(
-        eval_step,
-        params,
-        eval_source,
-        i,
+    sums = _DocSums()
+    batches = eval_source.batches(
         domain,
         global_batch_size=global_batch_size,
-        max_batches=max_batches,
         process_index=process_index,
         process_count=process_count,
-    ).per_doc()
+        max_batches=max_batches,
+    )
+    for g, local in enumerate(batches):
+      sharding = eval_step.batch_sharding
+      batch = inputs_lib.to_global(local, sharding, global_batch_size)
+      doc_ids = jax.make_array_from_process_local_data(
+          sharding, local["doc_ids"], (global_batch_size,) + local["doc_ids"].shape[1:]
+      )
+      sums.add(jax.device_get(eval_step(params, batch, doc_ids, eval_source.token_bytes, (i, g))))
+    _, loss_c, tok_c, bytes_c = sums.per_doc()
     if not len(tok_c):
       continue
     results[domain] = summarize_clusters(loss_c, tok_c, bytes_c, objective=objective)

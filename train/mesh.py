@@ -100,8 +100,7 @@ def fill_shape(
 
 
 def _num_slices(devices: Sequence[Any]) -> int:
-  ids = {getattr(d, "slice_index", 0) for d in devices}
-  return len(ids)
+  return len({getattr(d, "slice_index", 0) for d in devices})
 
 
 def resolve_shapes(

@@ -101,14 +101,12 @@ def schedule_change(saved_cfg: dict, spec: spec_lib.RunSpec, step: int) -> dict 
   if before == after:
     return None
   old = spec_lib.resolve(saved_cfg).train
-  lr_before = float(optim.make_schedule(old)(step))
-  lr_after = float(optim.make_schedule(spec.train)(step))
   return dict(
       steps_before=before,
       steps_after=after,
       schedule=spec.train.schedule,
-      lr_before=lr_before,
-      lr_after=lr_after,
+      lr_before=float(optim.make_schedule(old)(step)),
+      lr_after=float(optim.make_schedule(spec.train)(step)),
   )
 
 

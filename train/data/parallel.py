@@ -42,7 +42,6 @@ import os
 import pathlib
 from typing import Iterator
 
-import grain
 import numpy as np
 from train.data import pipeline
 
@@ -412,7 +411,6 @@ def load_for_training(
   train, val = PairStore(prepared_dir, "train"), PairStore(prepared_dir, "val")
   for store in (train, val):
     store.check_lengths(seq_len, position_table, joint=decoder_only)
-  local = global_batch_size // process_count
   order = np.random.default_rng([seed, 1]).permutation(len(train))
   rows = pack_rows(train, order, seq_len, joint=decoder_only)
   if len(rows) < global_batch_size:
@@ -422,9 +420,14 @@ def load_for_training(
     )
   packer_cls = JointPairPacker if decoder_only else PairPacker
   packer = packer_cls(train, seq_len, tok)
-  ds = grain.MapDataset.range(len(rows)).shuffle(seed=seed).repeat(None)
-  ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
-  ds = ds.map(lambda ids: packer.build_rows([rows[j] for j in np.asarray(ids).tolist()]))
-  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)))
+  it = pipeline.shuffled_batches(
+      len(rows),
+      lambda ids: packer.build_rows([rows[j] for j in np.asarray(ids).tolist()]),
+      seed=seed,
+      global_batch_size=global_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      num_threads=num_threads,
+  )
   evals = PairEvalSource(val, manifest, tok, seq_len, packer_cls)
   return pipeline.TrainingData(it, evals, manifest, tok)

@@ -186,19 +186,10 @@ def subset_windows(
   return u // seq_len
 
 
-def train_dataset(
-    split_store,
-    tok,
-    *,
-    seq_len: int,
-    global_batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    max_unique_tokens: int = 0,
-) -> grain.MapDataset:
-  """The infinite, shuffled MapDataset of this process's batches (see module doc); with
-  max_unique_tokens > 0, over that many tokens' windows repeated epoch after epoch."""
+def _train_packer(split_store, tok, data_cfg, global_batch_size: int, seed: int):
+  """(Packer of the train split in the seed's document order, the number of its windows the
+  run cycles over: every full one, or data.max_unique_tokens' worth; see module doc)."""
+  seq_len = int(data_cfg.seq_len)
   order = np.random.default_rng([seed, 1]).permutation(len(split_store.lengths))
   packer = Packer(split_store, order, seq_len, tok)
   num_windows = packer.num_windows(full_only=True)
@@ -208,44 +199,33 @@ def train_dataset(
         f"seq_len={seq_len}; use more data or a shorter data.seq_len"
     )
   num_windows = subset_windows(
-      max_unique_tokens,
+      getattr(data_cfg, "max_unique_tokens", 0),
       seq_len=seq_len,
       global_batch_size=global_batch_size,
       split_windows=num_windows,
   )
-  local = _local_batch_size(global_batch_size, process_count)
-  ds = grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat(None)
-  ds = ds.batch(local, drop_remainder=True)
-  ds = ds[process_index::process_count]
-  return ds.map(packer.build)
+  return packer, num_windows
 
 
-def train_iterator(
-    split_store,
-    tok,
+def shuffled_batches(
+    num_rows: int,
+    build,
     *,
-    seq_len,
-    global_batch_size,
-    seed,
-    process_index=0,
-    process_count=1,
-    num_threads: int = 2,
-    prefetch: int = 8,
-    max_unique_tokens: int = 0,
-):
-  """A checkpointable `grain.DatasetIterator` over this process's batches."""
-  ds = train_dataset(
-      split_store,
-      tok,
-      seq_len=seq_len,
-      global_batch_size=global_batch_size,
-      seed=seed,
-      process_index=process_index,
-      process_count=process_count,
-      max_unique_tokens=max_unique_tokens,
+    seed: int,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+    num_threads: int,
+) -> grain.DatasetIterator:
+  """`build(row ids)` of this process's part of each global batch of rows 0..num_rows-1,
+  shuffled by `seed` and reshuffled every epoch, forever: a checkpointable iterator whose
+  state is the next batch index (also the parallel loader's, train/data/parallel.py)."""
+  local = _local_batch_size(global_batch_size, process_count)
+  ds = grain.MapDataset.range(num_rows).shuffle(seed=seed).repeat(None)
+  ds = ds.batch(local, drop_remainder=True)[process_index::process_count].map(build)
+  return iter(
+      ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8))
   )
-  opts = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-  return iter(ds.to_iter_dataset(opts))
 
 
 class EvalSource:
@@ -359,16 +339,15 @@ def load_for_training(
   local = paths.local_mirror(prepared_dir)  # prepare() left a bucket's shards there
   train_store = store_lib.SplitStore(local, manifest, "train")
   val_store = store_lib.SplitStore(local, manifest, "val")
-  it = train_iterator(
-      train_store,
-      tok,
-      seq_len=int(data_cfg.seq_len),
-      global_batch_size=global_batch_size,
+  packer, num_windows = _train_packer(train_store, tok, data_cfg, global_batch_size, seed)
+  it = shuffled_batches(
+      num_windows,
+      packer.build,
       seed=seed,
+      global_batch_size=global_batch_size,
       process_index=process_index,
       process_count=process_count,
       num_threads=num_threads,
-      max_unique_tokens=getattr(data_cfg, "max_unique_tokens", 0),
   )
   return TrainingData(
       it, EvalSource(val_store, manifest, tok, int(data_cfg.seq_len)), manifest, tok

@@ -100,38 +100,23 @@ def check_manifest(manifest: dict, path, *, source=None, tokenizer=None, val_fra
   `tokenizer` is a Tokenizer or a spec; it is compared by content digest, so a retrained
   tokenizer.json at the same path is caught too.
   """
-  tokenizer = None if tokenizer is None else tok_lib.as_tokenizer(tokenizer)
-  checks = []
+  get = manifest.get
+  mismatches = []  # (what, prepared with, asked for)
   if tokenizer is not None:
-    checks.append(
-        (
-            "tokenizer",
-            manifest.get("tokenizer_digest") == tokenizer.digest()
-            and manifest.get("vocab_size") == tokenizer.vocab_size,
-            f"{manifest.get('tokenizer')!r} (vocab {manifest.get('vocab_size')}, digest "
-            f"{manifest.get('tokenizer_digest')})",
-            f"{tokenizer.spec!r} (vocab {tokenizer.vocab_size}, digest {tokenizer.digest()})",
-        )
+    tok = tok_lib.as_tokenizer(tokenizer)
+    if (get("tokenizer_digest"), get("vocab_size")) != (tok.digest(), tok.vocab_size):
+      have = f"(vocab {get('vocab_size')}, digest {get('tokenizer_digest')})"
+      want = f"(vocab {tok.vocab_size}, digest {tok.digest()})"
+      mismatches.append(("tokenizer", f"{get('tokenizer')!r} {have}", f"{tok.spec!r} {want}"))
+  for what, want in (("source", source), ("val_fraction", val_fraction)):
+    if want is not None and get(what) != want:
+      mismatches.append((what, repr(get(what)), repr(want)))
+  if mismatches:
+    what, have, want = mismatches[0]
+    raise ValueError(
+        f"{path} was prepared with {what} {have} but {want} was asked for; prepare into "
+        f"another directory (--out / data.prepared_dir) or delete {os.path.dirname(path)}"
     )
-  if source is not None:
-    checks.append(
-        ("source", manifest.get("source") == source, repr(manifest.get("source")), repr(source))
-    )
-  if val_fraction is not None:
-    checks.append(
-        (
-            "val_fraction",
-            manifest.get("val_fraction") == val_fraction,
-            manifest.get("val_fraction"),
-            val_fraction,
-        )
-    )
-  for what, ok, have, want in checks:
-    if not ok:
-      raise ValueError(
-          f"{path} was prepared with {what} {have} but {want} was asked for; prepare into "
-          f"another directory (--out / data.prepared_dir) or delete {os.path.dirname(path)}"
-      )
 
 
 def read_manifest(out_dir) -> dict | None:

@@ -33,6 +33,7 @@ import dataclasses
 import glob as globlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import pathlib
@@ -119,17 +120,9 @@ def _glob(pattern: str, spec: str) -> list[str]:
 
 # ---- embedded ---------------------------------------------------------------------------
 
-_STDLIB_SKIP = {
-    "test",
-    "tests",
-    "idle_test",
-    "idlelib",
-    "lib2to3",
-    "turtledemo",
-    "site-packages",
-    "dist-packages",
-    "__pycache__",
-}
+_STDLIB_SKIP = set(
+    "test tests idle_test idlelib lib2to3 turtledemo site-packages dist-packages __pycache__".split()
+)
 
 
 def _bible_path() -> pathlib.Path:
@@ -182,14 +175,9 @@ def _embedded(arg: str, spec: str) -> Source:
   return Source(
       spec,
       ("prose", "code"),
-      lambda: _chain(_bible_docs(), _stdlib_docs()),
+      lambda: itertools.chain(_bible_docs(), _stdlib_docs()),
       files=lambda: [str(_bible_path())] + [str(p) for p in _stdlib_files()],
   )
-
-
-def _chain(*its):
-  for it in its:
-    yield from it
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -241,11 +229,6 @@ def _jsonl(arg: str, spec: str) -> Source:
           yield Document("jsonl", f"{path}:{lineno}", str(obj[field]))
 
   return Source(spec, ("jsonl",), docs, files=lambda: _glob(pattern, spec))
-
-
-def _pairs(arg: str, spec: str) -> Source:
-  del arg
-  return _pairs_as_documents(spec)
 
 
 def _pairs_as_documents(spec: str) -> Source:
@@ -340,7 +323,7 @@ REGISTRY = {
     "embedded": _embedded,
     "text": _text,
     "jsonl": _jsonl,
-    "pairs": _pairs,
+    "pairs": lambda arg, spec: _pairs_as_documents(spec),
     "parquet": _parquet,
     "hf": _hf,
     "synthetic": _synthetic,

@@ -106,13 +106,12 @@ def check_shard(out_dir, k: int, side: dict) -> None:
 
 
 class SplitStore:
-  """All documents of one split: lengths, domains, bytes, and random access to tokens."""
+  """All documents of one split: lengths, domains, and random access to tokens."""
 
   def __init__(self, out_dir, manifest: dict, split: str):
     out_dir = pathlib.Path(out_dir)
     self.split, self.dtype = split, np.dtype(manifest["token_dtype"]).newbyteorder("<")
-    lengths, domains, nbytes, files = [], [], [], []
-    base = 0
+    lengths, domains, files = [], [], []
     for k in range(manifest["num_shards"]):
       side = read_sidecar(out_dir, k)
       if side is None:
@@ -124,18 +123,13 @@ class SplitStore:
       n_rec = int(side[f"{split}_records"])
       lengths.append(side[f"{split}_lengths"])
       domains.append(side[f"{split}_domain"])
-      nbytes.append(side[f"{split}_bytes"])
       if n_rec:
         files.append(str(shard_paths(out_dir, k)[split]))
-      base += n_rec
     self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     self.domains = np.concatenate(domains) if domains else np.zeros(0, np.int32)
-    self.utf8_bytes = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
     chunks = -(-self.lengths // CHUNK_TOKENS)
     # Records of consecutive documents are consecutive within a shard and across shards.
     self.first_record = np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(np.int64)
-    self.num_records = base
-    self.domain_names = list(manifest["domains"])
     try:
       self._source = ArrayRecordDataSource(files) if files else None
     except Exception as e:
