@@ -485,11 +485,8 @@ def _resample_index(n: int, rng, groups=None, clusters=None) -> np.ndarray:
   if groups is None:
     return rng.integers(0, n, n)
   groups = np.asarray(groups)
-  idx = []
-  for g in pd.unique(groups):
-    members = np.flatnonzero(groups == g)
-    idx.append(rng.choice(members, size=len(members), replace=True))
-  return np.concatenate(idx)
+  members = (np.flatnonzero(groups == g) for g in pd.unique(groups))
+  return np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
 
 
 def _bootstrap(refit, n_boot: int, n: int, width: int, seed: int, **resample) -> np.ndarray:
@@ -872,12 +869,8 @@ def pareto_frontier(C, L) -> np.ndarray:
   """Indices of runs no cheaper run beats: the lower envelope of loss vs compute."""
   C, L = np.asarray(C, float), np.asarray(L, float)
   order = np.lexsort((L, C))
-  keep, best = [], np.inf
-  for i in order:
-    if L[i] < best:
-      keep.append(i)
-      best = L[i]
-  return np.array(keep, dtype=int)
+  best_before = np.fmin.accumulate(np.r_[np.inf, L[order]])[:-1]  # fmin: NaN losses never win
+  return order[L[order] < best_before]
 
 
 def fit_frontier(C, L, **kw) -> PowerLawFit:
@@ -918,12 +911,8 @@ def snap_budgets(C, tol_dex: float = 0.05) -> np.ndarray:
   lc = np.log10(C)
   order = np.argsort(lc)
   labels = np.empty(len(C))
-  start = 0
-  for j in range(1, len(C) + 1):
-    if j == len(C) or lc[order[j]] - lc[order[j - 1]] > tol_dex:
-      members = order[start:j]
-      labels[members] = np.median(C[members])
-      start = j
+  for members in np.split(order, np.flatnonzero(np.diff(lc[order]) > tol_dex) + 1):
+    labels[members] = np.median(C[members])
   return labels
 
 
@@ -1313,18 +1302,9 @@ class DataConstrainedFit:
     return self.base.loss(n_eff, effective_repeated(t["U_D"], t["R_D"], self.R_D_star))
 
   def to_dict(self) -> dict:
-    return dict(
-        law="muennighoff2023",
-        R_D_star=self.R_D_star,
-        R_N_star=self.R_N_star,
-        objective=self.objective,
-        n_points=self.n_points,
-        n_single_epoch=self.n_single_epoch,
-        n_at_optimum=self.n_at_optimum,
-        grad_norm=self.grad_norm,
-        verified=bool(self.grad_norm <= GRAD_TOL and self.n_at_optimum >= 2),
-        base=self.base.to_dict(),
-    )
+    own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:]}  # all but base
+    verified = bool(self.grad_norm <= GRAD_TOL and self.n_at_optimum >= 2)
+    return dict(law="muennighoff2023", **own, verified=verified, base=self.base.to_dict())
 
 
 def repeated_token_worth(R_D_star, epochs) -> dict:
@@ -1692,18 +1672,13 @@ def _chinchilla_cli(args) -> dict:
     raise ValueError("chinchilla: give exactly one of --d-col or --c-col")
   cols = [args.n_col, args.d_col or args.c_col, args.loss_col]
   df = load_table(args.csv, cols, args.drop_top_loss, args.loss_col, args.drop_invalid)
+  k = args.flops_per_param_token
   N = df[args.n_col].to_numpy(float)
-  D = (
-      df[args.d_col].to_numpy(float)
-      if args.d_col
-      else df[args.c_col].to_numpy(float) / (args.flops_per_param_token * N)
-  )
-  C = args.flops_per_param_token * N * D
-  keep = fit_range_mask(N, C, args)
+  D = df[args.d_col].to_numpy(float) if args.d_col else df[args.c_col].to_numpy(float) / (k * N)
+  keep = fit_range_mask(N, k * N * D, args)
   df, N, D = df[keep].reset_index(drop=True), N[keep], D[keep]
   L = df[args.loss_col].to_numpy(float)
   budget0 = args.budget[0] if args.budget else None
-  k = args.flops_per_param_token
   samples = None
   if args.uncertainty == "profile":
     law, ivs, unbounded = profile_chinchilla(
@@ -1755,11 +1730,7 @@ def _constrained_cli(args) -> dict:
   out = law.to_dict()
   worth = repeated_token_worth(law.R_D_star, np.array(args.epochs))
   out["repeated_token_worth"] = [
-      dict(
-          epochs=e,
-          marginal=float(worth["marginal"][j]),
-          effective_epochs=float(worth["effective_epochs"][j]),
-      )
+      dict(epochs=e, **{k: float(v[j]) for k, v in worth.items()})
       for j, e in enumerate(args.epochs)
   ]
   if args.bootstrap:
