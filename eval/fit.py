@@ -591,17 +591,17 @@ _SCAN_LIMITS = dict(
 )
 
 
-# Where each parameter sits in theta = (a, b, e, alpha, beta) (its log for the scales).
-_THETA_POS = dict(A=0, B=1, E=2, alpha=3, beta=4)
+# The coordinate of theta = (a, b, e, alpha, beta) that pinning each quantity takes out of the
+# search: the parameter's own (its log for the scales), beta for `a`, e for `loss_opt`.
+_PINNED = dict(A=0, B=1, E=2, alpha=3, beta=4, a=4, loss_opt=2)
 
 
 def _constrained_theta(name, v, free, budget, k):
   """theta (a, b, e, alpha, beta) with quantity `name` pinned at scan value v and the 4 other
   coordinates `free`; returns (theta, penalty) where penalty > 0 marks an infeasible point."""
   f = list(free)
-  if name in _THETA_POS:
-    pos = _THETA_POS[name]
-    return np.array(f[:pos] + [v] + f[pos:]), 0.0
+  if name in PARAMS:
+    return np.insert(np.asarray(free, float), _PINNED[name], v), 0.0
   if name == "a":  # beta = a alpha / (1 - a)
     return np.array(f + [v * f[3] / (1 - v)]), 0.0
   if name == "loss_opt":  # E = loss_opt - reducible part at the optimum of `budget`
@@ -617,13 +617,7 @@ def _constrained_theta(name, v, free, budget, k):
 
 def _free_of(name, theta):
   """The 4 free coordinates matching _constrained_theta for a full theta."""
-  t = list(theta)
-  if name in _THETA_POS:
-    pos = _THETA_POS[name]
-    return np.array(t[:pos] + t[pos + 1 :])
-  if name == "a":
-    return np.array(t[:4])
-  return np.array([t[0], t[1], t[3], t[4]])
+  return np.delete(np.asarray(theta, float), _PINNED[name])
 
 
 def _scan_value(name, law: ChinchillaFit, budget, k) -> float:
@@ -1703,14 +1697,8 @@ def _chinchilla_cli(args) -> dict:
           clusters=clusters,
       )
       out["intervals"] = chinchilla_intervals(samples, budget=budget0, flops_per_param_token=k)
-      out["bootstrap"] = dict(
-          n=len(samples),
-          level=INTERVAL_LEVEL,
-          starts=args.bootstrap_starts,
-          by=args.bootstrap_by,
-          samples=samples.tolist(),
-          columns=list(PARAMS),
-      )
+      meta = dict(level=INTERVAL_LEVEL, starts=args.bootstrap_starts, by=args.bootstrap_by)
+      out["bootstrap"] = _bootstrap_json(samples, PARAMS, **meta)
   out["flops_per_param_token"] = k
   out["n_points"] = len(L)
   if args.budget:
@@ -1751,13 +1739,8 @@ def _constrained_cli(args) -> dict:
     for row in out["repeated_token_worth"]:
       for k in ("marginal", "effective_epochs"):
         row[k + "_interval"] = ivs[f"{k}@{row['epochs']:g}"]
-    out["bootstrap"] = dict(
-        n=len(samples),
-        level=INTERVAL_LEVEL,
-        by=args.bootstrap_by,
-        samples=samples.tolist(),
-        columns=list(CONSTRAINED_PARAMS),
-    )
+    meta = dict(level=INTERVAL_LEVEL, by=args.bootstrap_by)
+    out["bootstrap"] = _bootstrap_json(samples, CONSTRAINED_PARAMS, **meta)
   return out
 
 
@@ -1803,10 +1786,9 @@ def _powerlaw_cli(args) -> dict:
     samples = bootstrap_power_law(
         x, L, args.bootstrap, seed=args.seed, frontier=frontier, delta=args.huber_delta
     )
-    out["intervals"] = {
-        k: percentile_interval(samples[:, j]) for j, k in enumerate(["E", "A", "alpha"])
-    }
-    out["bootstrap"] = dict(n=len(samples), samples=samples.tolist(), columns=["E", "A", "alpha"])
+    columns = ["E", "A", "alpha"]
+    out["intervals"] = {k: percentile_interval(samples[:, j]) for j, k in enumerate(columns)}
+    out["bootstrap"] = _bootstrap_json(samples, columns)
   if args.budget:
     out["predictions"] = [power_prediction(fit, c, samples) for c in args.budget]
   return out
@@ -1819,6 +1801,11 @@ def power_prediction(fit: PowerLawFit, x, samples=None, level=INTERVAL_LEVEL) ->
       vals = samples[:, 0] + samples[:, 1] * float(x) ** -samples[:, 2]
     out["loss_interval"] = percentile_interval(vals, level)
   return out
+
+
+def _bootstrap_json(samples, columns, **meta) -> dict:
+  """A fit's `bootstrap` entry: the resampled parameter rows (predict reads them back)."""
+  return dict(n=len(samples), **meta, samples=samples.tolist(), columns=list(columns))
 
 
 def predict_from_json(fit_json: dict, budgets: Sequence[float]) -> list[dict]:
