@@ -151,7 +151,6 @@ class _Best:
   theta: np.ndarray
   objective: float
   converged: bool  # the best start's optimizer flag
-  nit: int
   n_starts: int
   n_converged: int  # optimizer flags (kept for comparison; n_at_optimum is the measure)
   endpoints: np.ndarray  # finite end points, sorted by objective (for bootstrap starts)
@@ -248,7 +247,6 @@ def _multistart_lbfgs(
       best.x.copy(),
       float(best.fun / scale),
       bool(best.success),
-      int(best.nit),
       len(starts_SxP),
       n_converged,
       np.array([r.x for r in results[:64]]),
@@ -421,7 +419,7 @@ def fit_chinchilla(
   else:
     objective = best.objective
   # The search's record (starts, end points, n_at_optimum, ...) under the same field names.
-  record = {k: v for k, v in vars(best).items() if k not in ("theta", "objective", "nit")}
+  record = {k: v for k, v in vars(best).items() if k not in ("theta", "objective")}
   return ChinchillaFit.from_theta(
       best.theta,
       objective=objective,
@@ -844,7 +842,7 @@ def fit_power_law(
     alpha, e = -alpha_neg, math.log(fix_E) if fix_E > 0 else -np.inf
     resid = np.log(fix_E + np.exp(a - alpha * logx[0])) - logl
     best = _Best(
-        np.array([a, e, alpha]), float(0.5 * np.sum(resid**2)), True, 0, 1, 1, np.zeros((0, 3))
+        np.array([a, e, alpha]), float(0.5 * np.sum(resid**2)), True, 1, 1, np.zeros((0, 3))
     )
   with np.errstate(over="ignore"):
     A = np.exp(a) * x_ref**alpha

@@ -366,7 +366,9 @@ def plateau(
   useful = min_rel_gain * float(np.mean(y))
   improving = gain > z_threshold * se and gain > useful
   flat = not improving and gain + z_threshold * se < useful
-  prior_best = float(np.min(_smooth(l[:start], 5))) if start >= 5 else float("inf")
+  prior_best = float("inf")  # the best 5-point running mean before the tail
+  if start >= 5:
+    prior_best = float(np.convolve(l[:start], np.ones(5) / 5, mode="valid").min())
   tail_level = float(np.mean(y[-max(3, len(y) // 4) :]))
   late_rise = bool(r.slope > z_threshold * se or tail_level > prior_best + 3 * noise + 1e-12)
   where = f"over the last {int(tail * 100)}% of {phase}"
@@ -397,12 +399,6 @@ def plateau(
       phase=phase,
       verdict=verdict,
   )
-
-
-def _smooth(y, k):
-  if len(y) < k:
-    return y
-  return np.convolve(y, np.ones(k) / k, mode="valid")
 
 
 # ----------------------------------------------------------------------------- LM head
