@@ -1129,8 +1129,7 @@ def fit_isoflop(
   if n_boot > 0:
     ab = _bootstrap_isoflop(N, C, L, budgets, D, flops_per_param_token, n_boot, seed, win)
     if len(ab):
-      a_int = percentile_interval(ab[:, 0], level)
-      b_int = percentile_interval(ab[:, 1], level)
+      a_int, b_int = (percentile_interval(v, level) for v in ab.T)
   return IsoFlopFit(
       cs,
       ns,
@@ -1203,8 +1202,7 @@ def isoflop_vpnls(
   if n_boot > 0:
     ab = _bootstrap(refit, n_boot, len(L), 2, seed, groups=budgets)
     if len(ab):
-      out["a_interval"] = percentile_interval(ab[:, 0], level)
-      out["b_interval"] = percentile_interval(ab[:, 1], level)
+      out["a_interval"], out["b_interval"] = (percentile_interval(v, level) for v in ab.T)
   out["intervals"] = dict(a=out["a_interval"], b=out["b_interval"])
   return out
 
