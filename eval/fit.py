@@ -1186,7 +1186,6 @@ def isoflop_vpnls(
   law = fit_vpnls(N, D, L)
   out = dict(
       law.to_dict(),
-      method="vpnls",
       n_budgets=int(len(np.unique(budgets))),
       a_interval=None,
       b_interval=None,
@@ -1696,7 +1695,6 @@ def _chinchilla_cli(args) -> dict:
       meta = dict(level=INTERVAL_LEVEL, starts=args.bootstrap_starts, by=args.bootstrap_by)
       out["bootstrap"] = _bootstrap_json(samples, PARAMS, **meta)
   out["flops_per_param_token"] = k
-  out["n_points"] = len(L)
   if args.budget:
     out["predictions"] = [
         chinchilla_optimal_with_intervals(law, c, samples, k) for c in args.budget
