@@ -197,13 +197,12 @@ def coord_check(
     )
   batches = [synthetic_batch(base.vocab_size, batch_size, seq_len)] * (steps + 1)
   train_cfg = _train_config(config, lr, steps)
-  depth_for_width = base.num_layers
   if base_width:
     base = base.replace(base_width=base_width)
   bases = dict(
       parametrization=parametrization,
       base_width=widths[0],
-      base_depth=depths[0] if depths else depth_for_width,
+      base_depth=depths[0] if depths else base.num_layers,
   )
   out = dict(
       parametrization=parametrization or base.parametrization,

@@ -91,6 +91,10 @@ PARAMS = ("E", "A", "B", "alpha", "beta")
 # Quantities with intervals: the five parameters, the allocation exponents and the loss at the
 # compute-optimal point of a budget.
 QUANTITIES = ("E", "A", "B", "alpha", "beta", "a", "b", "loss_opt")
+# The leading keys of ChinchillaFit.to_dict, each an attribute as it stands.
+_CHINCHILLA_KEYS = PARAMS + tuple(
+    "objective n_points a b converged n_starts n_converged n_at_optimum n_final".split()
+)
 
 
 # ----------------------------------------------------------------------------- objective
@@ -130,10 +134,7 @@ def lse_huber_objective(theta, logx_KxN, logl_N, delta=HUBER_DELTA, reduction="s
 
 def grid_starts(grid: dict, k: int) -> np.ndarray:
   """Start points [S, 2k+1] in theta order from a dict of per-parameter value lists."""
-  if k == 2:
-    names = ["a", "b", "e", "alpha", "beta"]
-  else:
-    names = ["a", "e", "alpha"]
+  names = ["a", "b", "e", "alpha", "beta"] if k == 2 else ["a", "e", "alpha"]
   cols = [np.asarray(grid[n], dtype=float) for n in names]
   return np.array(list(itertools.product(*cols)), dtype=float)
 
@@ -150,7 +151,6 @@ class _Best:
   theta: np.ndarray
   objective: float
   converged: bool  # the best start's optimizer flag
-  nit: int
   n_starts: int
   n_converged: int  # optimizer flags (kept for comparison; n_at_optimum is the measure)
   endpoints: np.ndarray  # finite end points, sorted by objective (for bootstrap starts)
@@ -185,20 +185,29 @@ def _lbfgs_runs(fn, starts_SxP, options, bounds=None) -> list:
   sorted by objective."""
   results = []
   bounds = bounds or theta_bounds(starts_SxP.shape[1] // 2)
+  lo, hi = np.array(bounds, dtype=float).T  # None (unbounded) becomes NaN
+  lo, hi = np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi)
   # scipy's bundled OpenBLAS spins up threads for the tiny L-BFGS-B matrices: ~10x slower.
   with threadpoolctl.threadpool_limits(1), np.errstate(over="ignore", invalid="ignore"):
     for x0 in starts_SxP:
-      x0 = np.clip(
-          x0,
-          [b[0] if b[0] is not None else -np.inf for b in bounds],
-          [b[1] if b[1] is not None else np.inf for b in bounds],
-      )
+      x0 = np.clip(x0, lo, hi)
       r = scipy.optimize.minimize(
           fn, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options
       )
       if np.isfinite(r.fun) and np.all(np.isfinite(r.x)):
         results.append(r)
   return sorted(results, key=lambda r: r.fun)
+
+
+def _optimum(runs, grad_fn, bounds) -> tuple:
+  """The best of `runs` (sorted by objective), how many runs reach its objective within
+  OPTIMUM_RTOL, and max |gradient| there (grad_fn, projected onto the box `bounds`)."""
+  if not runs:
+    raise RuntimeError("every L-BFGS-B start diverged; check the table for zeros or NaNs")
+  f_all = np.array([r.fun for r in runs])
+  at_opt = int(((f_all - runs[0].fun) <= OPTIMUM_RTOL * abs(runs[0].fun)).sum())
+  grad = _projected_grad(runs[0].x, grad_fn(runs[0].x), bounds)
+  return runs[0], at_opt, float(np.max(np.abs(grad)))
 
 
 def _multistart_lbfgs(
@@ -228,28 +237,21 @@ def _multistart_lbfgs(
     return f * scale, g * scale
 
   results = _lbfgs_runs(scaled, starts, TOLERANCES[tolerances])
-  if not results:
-    raise RuntimeError("every L-BFGS-B start diverged; check the table for zeros or NaNs")
-  best = results[0]
-  f_all = np.array([r.fun for r in results])
-  at_opt = (f_all - best.fun) <= OPTIMUM_RTOL * abs(best.fun)
-  grad = _projected_grad(
-      best.x,
-      lse_huber_objective(best.x, logx_KxN, logl_N, delta)[1],
-      theta_bounds(logx_KxN.shape[0]),
-  ) * objective_scale(len(logl_N), delta)
+  # The gradient of the rescaled summed objective, whatever `reduction` and `tolerances` ran.
+  sum_scale = objective_scale(len(logl_N), delta)
+  grad_fn = lambda th: lse_huber_objective(th, logx_KxN, logl_N, delta)[1] * sum_scale
+  best, at_opt, grad_norm = _optimum(results, grad_fn, theta_bounds(logx_KxN.shape[0]))
   if n_converged is None:
     n_converged = sum(bool(r.success) for r in results)
   return _Best(
       best.x.copy(),
       float(best.fun / scale),
       bool(best.success),
-      int(best.nit),
       len(starts_SxP),
       n_converged,
       np.array([r.x for r in results[:64]]),
-      int(at_opt.sum()),
-      float(np.max(np.abs(grad))),
+      at_opt,
+      grad_norm,
       len(results),
   )
 
@@ -303,26 +305,14 @@ class ChinchillaFit:
     return bool(self.grad_norm <= GRAD_TOL and self.n_at_optimum >= 2)
 
   def to_dict(self) -> dict:
+    finite = lambda x: x if np.isfinite(x) else None
     return dict(
-        E=self.E,
-        A=self.A,
-        B=self.B,
-        alpha=self.alpha,
-        beta=self.beta,
-        objective=self.objective,
-        n_points=self.n_points,
-        a=self.a,
-        b=self.b,
-        converged=self.converged,
-        n_starts=self.n_starts,
-        n_converged=self.n_converged,
-        n_at_optimum=self.n_at_optimum,
-        n_final=self.n_final,
+        {k: getattr(self, k) for k in _CHINCHILLA_KEYS},
         optimum_rtol=OPTIMUM_RTOL,
-        grad_norm=self.grad_norm if np.isfinite(self.grad_norm) else None,
+        grad_norm=finite(self.grad_norm),
         verified=self.verified,
         reduction=self.reduction,
-        huber_delta=self.huber_delta if np.isfinite(self.huber_delta) else None,
+        huber_delta=finite(self.huber_delta),
         method=self.method,
     )
 
@@ -428,19 +418,15 @@ def fit_chinchilla(
     objective = float(lse_huber_objective(best.theta, logx, np.log(L), delta, "sum")[0])
   else:
     objective = best.objective
+  # The search's record (starts, end points, n_at_optimum, ...) under the same field names.
+  record = {k: v for k, v in vars(best).items() if k not in ("theta", "objective")}
   return ChinchillaFit.from_theta(
       best.theta,
       objective=objective,
       n_points=len(L),
-      converged=best.converged,
-      n_starts=best.n_starts,
-      n_converged=best.n_converged,
       reduction=reduction,
-      endpoints=best.endpoints,
-      n_at_optimum=best.n_at_optimum,
-      grad_norm=best.grad_norm,
       huber_delta=delta,
-      n_final=best.n_final,
+      **record,
   )
 
 
@@ -497,11 +483,16 @@ def _resample_index(n: int, rng, groups=None, clusters=None) -> np.ndarray:
   if groups is None:
     return rng.integers(0, n, n)
   groups = np.asarray(groups)
-  idx = []
-  for g in pd.unique(groups):
-    members = np.flatnonzero(groups == g)
-    idx.append(rng.choice(members, size=len(members), replace=True))
-  return np.concatenate(idx)
+  members = (np.flatnonzero(groups == g) for g in pd.unique(groups))
+  return np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
+
+
+def _bootstrap(refit, n_boot: int, n: int, width: int, seed: int, **resample) -> np.ndarray:
+  """[n_boot', width] rows refit(i) over n_boot resamples i of n rows (`_resample_index`,
+  `resample`: its groups or clusters); resamples whose refit returns None are skipped."""
+  rng = np.random.default_rng(seed)
+  rows = (refit(_resample_index(n, rng, **resample)) for _ in range(n_boot))
+  return np.array([r for r in rows if r is not None]).reshape(-1, width)
 
 
 def bootstrap_chinchilla(
@@ -526,16 +517,14 @@ def bootstrap_chinchilla(
   """
   N, D, L = (np.asarray(x, float) for x in (N, D, L))
   delta = fit.huber_delta if delta is None else delta
-  rng = np.random.default_rng(seed)
   kw = dict(starts=refit_starts(fit)) if starts == "best" else dict(grid=starts)
-  rows = []
-  for _ in range(n_boot):
-    i = _resample_index(len(L), rng, clusters=clusters)
+
+  def refit(i):
     if len(np.unique(N[i])) < 2 or len(np.unique(D[i])) < 2 or len(i) < 5:
-      continue
-    f = fit_chinchilla(N[i], D[i], L[i], delta=delta, tolerances=tolerances, **kw)
-    rows.append(f.params)
-  return np.array(rows).reshape(-1, 5)
+      return None
+    return fit_chinchilla(N[i], D[i], L[i], delta=delta, tolerances=tolerances, **kw).params
+
+  return _bootstrap(refit, n_boot, len(L), 5, seed, clusters=clusters)
 
 
 def percentile_interval(samples, level: float = INTERVAL_LEVEL) -> list[float]:
@@ -550,15 +539,7 @@ def derived_quantities(params_Bx5, budget=None, flops_per_param_token=6.0) -> di
   `budget`) from parameter rows."""
   p = np.atleast_2d(np.asarray(params_Bx5, float))
   with np.errstate(all="ignore"):
-    cols = dict(
-        E=p[:, 0],
-        A=p[:, 1],
-        B=p[:, 2],
-        alpha=p[:, 3],
-        beta=p[:, 4],
-        a=p[:, 4] / (p[:, 3] + p[:, 4]),
-        b=p[:, 3] / (p[:, 3] + p[:, 4]),
-    )
+    cols = dict(zip(PARAMS, p.T), a=p[:, 4] / (p[:, 3] + p[:, 4]), b=p[:, 3] / (p[:, 3] + p[:, 4]))
   if budget is not None:
     cols["loss_opt"] = optimal_allocation(p, budget, flops_per_param_token)[2]
   return cols
@@ -608,16 +589,17 @@ _SCAN_LIMITS = dict(
 )
 
 
+# The coordinate of theta = (a, b, e, alpha, beta) that pinning each quantity takes out of the
+# search: the parameter's own (its log for the scales), beta for `a`, e for `loss_opt`.
+_PINNED = dict(A=0, B=1, E=2, alpha=3, beta=4, a=4, loss_opt=2)
+
+
 def _constrained_theta(name, v, free, budget, k):
   """theta (a, b, e, alpha, beta) with quantity `name` pinned at scan value v and the 4 other
   coordinates `free`; returns (theta, penalty) where penalty > 0 marks an infeasible point."""
   f = list(free)
-  if name in ("A", "B", "E"):
-    pos = dict(A=0, B=1, E=2)[name]
-    return np.array(f[:pos] + [v] + f[pos:]), 0.0
-  if name in ("alpha", "beta"):
-    pos = dict(alpha=3, beta=4)[name]
-    return np.array(f[:pos] + [v] + f[pos:]), 0.0
+  if name in PARAMS:
+    return np.insert(np.asarray(free, float), _PINNED[name], v), 0.0
   if name == "a":  # beta = a alpha / (1 - a)
     return np.array(f + [v * f[3] / (1 - v)]), 0.0
   if name == "loss_opt":  # E = loss_opt - reducible part at the optimum of `budget`
@@ -633,13 +615,7 @@ def _constrained_theta(name, v, free, budget, k):
 
 def _free_of(name, theta):
   """The 4 free coordinates matching _constrained_theta for a full theta."""
-  t = list(theta)
-  if name in ("A", "B", "E", "alpha", "beta"):
-    pos = dict(A=0, B=1, E=2, alpha=3, beta=4)[name]
-    return np.array(t[:pos] + t[pos + 1 :])
-  if name == "a":
-    return np.array(t[:4])
-  return np.array([t[0], t[1], t[3], t[4]])
+  return np.delete(np.asarray(theta, float), _PINNED[name])
 
 
 def _scan_value(name, law: ChinchillaFit, budget, k) -> float:
@@ -822,14 +798,7 @@ class PowerLawFit:
     return self.E + self.A * np.asarray(x, float) ** -self.alpha
 
   def to_dict(self):
-    return dict(
-        E=self.E,
-        A=self.A,
-        alpha=self.alpha,
-        objective=self.objective,
-        n_points=self.n_points,
-        converged=self.converged,
-    )
+    return {k: getattr(self, k) for k in ("E", "A", "alpha", "objective", "n_points", "converged")}
 
 
 # Starts for the scaled problem (x / geometric mean): a = log A', e = log E, alpha.
@@ -873,7 +842,7 @@ def fit_power_law(
     alpha, e = -alpha_neg, math.log(fix_E) if fix_E > 0 else -np.inf
     resid = np.log(fix_E + np.exp(a - alpha * logx[0])) - logl
     best = _Best(
-        np.array([a, e, alpha]), float(0.5 * np.sum(resid**2)), True, 0, 1, 1, np.zeros((0, 3))
+        np.array([a, e, alpha]), float(0.5 * np.sum(resid**2)), True, 1, 1, np.zeros((0, 3))
     )
   with np.errstate(over="ignore"):
     A = np.exp(a) * x_ref**alpha
@@ -892,12 +861,8 @@ def pareto_frontier(C, L) -> np.ndarray:
   """Indices of runs no cheaper run beats: the lower envelope of loss vs compute."""
   C, L = np.asarray(C, float), np.asarray(L, float)
   order = np.lexsort((L, C))
-  keep, best = [], np.inf
-  for i in order:
-    if L[i] < best:
-      keep.append(i)
-      best = L[i]
-  return np.array(keep, dtype=int)
+  best_before = np.fmin.accumulate(np.r_[np.inf, L[order]])[:-1]  # fmin: NaN losses never win
+  return order[L[order] < best_before]
 
 
 def fit_frontier(C, L, **kw) -> PowerLawFit:
@@ -909,8 +874,6 @@ def fit_frontier(C, L, **kw) -> PowerLawFit:
 def bootstrap_power_law(x, L, n_boot, *, seed=0, frontier=False, **kw) -> np.ndarray:
   """[n_boot, 3] rows (E, A, alpha) from fits on resampled rows."""
   x, L = np.asarray(x, float), np.asarray(L, float)
-  rng = np.random.default_rng(seed)
-  rows = []
   fn = fit_frontier if frontier else fit_power_law
   if "starts" not in kw and "fix_E" not in kw:
     # Restart each resample from the full fit's distinct minima plus a thin grid. The x
@@ -919,14 +882,15 @@ def bootstrap_power_law(x, L, n_boot, *, seed=0, frontier=False, **kw) -> np.nda
     kw = dict(
         kw, starts=np.r_[distinct_endpoints(full.endpoints, 4), grid_starts(POWER_GRID, 1)[::6]]
     )
-  for _ in range(n_boot):
-    i = rng.integers(0, len(L), len(L))
+
+  def refit(i):
     try:
       f = fn(x[i], L[i], **kw)
     except (ValueError, RuntimeError):
-      continue
-    rows.append([f.E, f.A, f.alpha])
-  return np.array(rows).reshape(-1, 3)
+      return None
+    return [f.E, f.A, f.alpha]
+
+  return _bootstrap(refit, n_boot, len(L), 3, seed)
 
 
 # ----------------------------------------------------------------------------- IsoFLOP
@@ -939,12 +903,8 @@ def snap_budgets(C, tol_dex: float = 0.05) -> np.ndarray:
   lc = np.log10(C)
   order = np.argsort(lc)
   labels = np.empty(len(C))
-  start = 0
-  for j in range(1, len(C) + 1):
-    if j == len(C) or lc[order[j]] - lc[order[j - 1]] > tol_dex:
-      members = order[start:j]
-      labels[members] = np.median(C[members])
-      start = j
+  for members in np.split(order, np.flatnonzero(np.diff(lc[order]) > tol_dex) + 1):
+    labels[members] = np.median(C[members])
   return labels
 
 
@@ -1091,17 +1051,9 @@ def _isoflop_minima(N, C, L, budgets, D, flops_per_param_token, window_dex=0.5, 
   for m in found:
     var = _x_opt_variance(m, sigma2) if np.isfinite(sigma2) else np.nan
     n_opt = math.exp(m["x_opt"])
-    rows.append(
-        (
-            m["budget"],
-            n_opt,
-            m["budget"] / (m["k"] * n_opt),
-            float(np.polyval(m["coef"], m["x_opt"])),
-            m["coef"],
-            var,
-            m["window"],
-        )
-    )
+    d_opt = m["budget"] / (m["k"] * n_opt)
+    loss = float(np.polyval(m["coef"], m["x_opt"]))
+    rows.append((m["budget"], n_opt, d_opt, loss, m["coef"], var, m["window"]))
   return rows, dropped
 
 
@@ -1177,8 +1129,7 @@ def fit_isoflop(
   if n_boot > 0:
     ab = _bootstrap_isoflop(N, C, L, budgets, D, flops_per_param_token, n_boot, seed, win)
     if len(ab):
-      a_int = percentile_interval(ab[:, 0], level)
-      b_int = percentile_interval(ab[:, 1], level)
+      a_int, b_int = (percentile_interval(v, level) for v in ab.T)
   return IsoFlopFit(
       cs,
       ns,
@@ -1202,18 +1153,16 @@ def fit_isoflop(
 def _bootstrap_isoflop(N, C, L, budgets, D, k, n_boot, seed, win) -> np.ndarray:
   """[n', 2] rows (a, b) from refits on runs resampled within budgets; resamples that leave
   fewer than 2 usable budgets or give a non-finite exponent are skipped."""
-  rng = np.random.default_rng(seed)
-  ab = []
-  for _ in range(n_boot):
-    i = _resample_index(len(L), rng, budgets)
+
+  def refit(i):
     r, _ = _isoflop_minima(N[i], C[i], L[i], budgets[i], None if D is None else D[i], k, **win)
     if len(r) < 2:
-      continue
+      return None
     c_, n_, d_, _, _, v_, _ = (np.array(v) for v in zip(*r))
     pair = [_weighted_loglog(c_, n_, v_)[0], _weighted_loglog(c_, d_, v_)[0]]
-    if np.all(np.isfinite(pair)):
-      ab.append(pair)
-  return np.array(ab).reshape(-1, 2)
+    return pair if np.all(np.isfinite(pair)) else None
+
+  return _bootstrap(refit, n_boot, len(L), 2, seed, groups=budgets)
 
 
 def isoflop_vpnls(
@@ -1237,25 +1186,22 @@ def isoflop_vpnls(
   law = fit_vpnls(N, D, L)
   out = dict(
       law.to_dict(),
-      method="vpnls",
       n_budgets=int(len(np.unique(budgets))),
       a_interval=None,
       b_interval=None,
   )
+
+  def refit(i):
+    try:
+      f = fit_vpnls(N[i], D[i], L[i])
+    except ValueError:
+      return None
+    return [f.a, f.b]
+
   if n_boot > 0:
-    rng = np.random.default_rng(seed)
-    ab = []
-    for _ in range(n_boot):
-      i = _resample_index(len(L), rng, budgets)
-      try:
-        f = fit_vpnls(N[i], D[i], L[i])
-      except ValueError:
-        continue
-      ab.append([f.a, f.b])
-    if ab:
-      ab = np.array(ab)
-      out["a_interval"] = percentile_interval(ab[:, 0], level)
-      out["b_interval"] = percentile_interval(ab[:, 1], level)
+    ab = _bootstrap(refit, n_boot, len(L), 2, seed, groups=budgets)
+    if len(ab):
+      out["a_interval"], out["b_interval"] = (percentile_interval(v, level) for v in ab.T)
   out["intervals"] = dict(a=out["a_interval"], b=out["b_interval"])
   return out
 
@@ -1345,18 +1291,9 @@ class DataConstrainedFit:
     return self.base.loss(n_eff, effective_repeated(t["U_D"], t["R_D"], self.R_D_star))
 
   def to_dict(self) -> dict:
-    return dict(
-        law="muennighoff2023",
-        R_D_star=self.R_D_star,
-        R_N_star=self.R_N_star,
-        objective=self.objective,
-        n_points=self.n_points,
-        n_single_epoch=self.n_single_epoch,
-        n_at_optimum=self.n_at_optimum,
-        grad_norm=self.grad_norm,
-        verified=bool(self.grad_norm <= GRAD_TOL and self.n_at_optimum >= 2),
-        base=self.base.to_dict(),
-    )
+    own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:]}  # all but base
+    verified = bool(self.grad_norm <= GRAD_TOL and self.n_at_optimum >= 2)
+    return dict(law="muennighoff2023", **own, verified=verified, base=self.base.to_dict())
 
 
 def repeated_token_worth(R_D_star, epochs) -> dict:
@@ -1392,12 +1329,8 @@ def _fit_repetition(N, D, U, L, base: ChinchillaFit, starts, delta) -> tuple:
     return f * scale, g * scale
 
   runs = _lbfgs_runs(scaled, np.atleast_2d(starts), TOLERANCES["scaled"], LOG_R_STAR_BOUNDS)
-  if not runs:
-    raise RuntimeError("every L-BFGS-B start diverged; check the table for zeros or NaNs")
-  f_all = np.array([r.fun for r in runs])
-  at_opt = int(((f_all - runs[0].fun) <= OPTIMUM_RTOL * abs(runs[0].fun)).sum())
-  grad = _projected_grad(runs[0].x, scaled(runs[0].x)[1], LOG_R_STAR_BOUNDS)
-  return runs[0].x, float(runs[0].fun / scale), at_opt, float(np.max(np.abs(grad))), terms
+  best, at_opt, grad_norm = _optimum(runs, lambda th: scaled(th)[1], LOG_R_STAR_BOUNDS)
+  return best.x, float(best.fun / scale), at_opt, grad_norm, terms
 
 
 def fit_data_constrained(
@@ -1448,25 +1381,23 @@ def bootstrap_data_constrained(
   resampled; groups: rows resampled within each group (`design_cells`). Resamples without 5
   single-epoch rows, 2 distinct N and D among them, or a repeated row are skipped."""
   N, D, U, L = (np.asarray(x, float) for x in (N, D, U, L))
-  rng = np.random.default_rng(seed)
   starts = np.r_[[np.log(fit.params[5:7])], CONSTRAINED_GRID[::5]]
   starts = np.nan_to_num(starts, nan=0.0)
-  rows = []
-  for _ in range(n_boot):
-    i = _resample_index(len(L), rng, groups=groups, clusters=clusters)
+  delta = fit.base.huber_delta
+
+  def refit(i):
     one = i[D[i] <= U[i] * (1 + 1e-9)]
     if len(one) < 5 or len(np.unique(N[one])) < 2 or len(np.unique(D[one])) < 2:
-      continue
+      return None
     if len(one) == len(i):
-      continue
-    base = fit_chinchilla(
-        N[one], D[one], L[one], starts=refit_starts(fit.base), delta=fit.base.huber_delta
-    )
-    refit = fit_data_constrained(
-        N[i], D[i], U[i], L[i], base=base, delta=fit.base.huber_delta, starts=starts
-    )
-    rows.append(refit.params)
-  return np.array(rows).reshape(-1, len(CONSTRAINED_PARAMS))
+      return None
+    base = fit_chinchilla(N[one], D[one], L[one], starts=refit_starts(fit.base), delta=delta)
+    return fit_data_constrained(
+        N[i], D[i], U[i], L[i], base=base, delta=delta, starts=starts
+    ).params
+
+  width = len(CONSTRAINED_PARAMS)
+  return _bootstrap(refit, n_boot, len(L), width, seed, groups=groups, clusters=clusters)
 
 
 def data_constrained_intervals(samples_Bx7, epochs=(), level=INTERVAL_LEVEL) -> dict:
@@ -1730,18 +1661,13 @@ def _chinchilla_cli(args) -> dict:
     raise ValueError("chinchilla: give exactly one of --d-col or --c-col")
   cols = [args.n_col, args.d_col or args.c_col, args.loss_col]
   df = load_table(args.csv, cols, args.drop_top_loss, args.loss_col, args.drop_invalid)
+  k = args.flops_per_param_token
   N = df[args.n_col].to_numpy(float)
-  D = (
-      df[args.d_col].to_numpy(float)
-      if args.d_col
-      else df[args.c_col].to_numpy(float) / (args.flops_per_param_token * N)
-  )
-  C = args.flops_per_param_token * N * D
-  keep = fit_range_mask(N, C, args)
+  D = df[args.d_col].to_numpy(float) if args.d_col else df[args.c_col].to_numpy(float) / (k * N)
+  keep = fit_range_mask(N, k * N * D, args)
   df, N, D = df[keep].reset_index(drop=True), N[keep], D[keep]
   L = df[args.loss_col].to_numpy(float)
   budget0 = args.budget[0] if args.budget else None
-  k = args.flops_per_param_token
   samples = None
   if args.uncertainty == "profile":
     law, ivs, unbounded = profile_chinchilla(
@@ -1766,16 +1692,9 @@ def _chinchilla_cli(args) -> dict:
           clusters=clusters,
       )
       out["intervals"] = chinchilla_intervals(samples, budget=budget0, flops_per_param_token=k)
-      out["bootstrap"] = dict(
-          n=len(samples),
-          level=INTERVAL_LEVEL,
-          starts=args.bootstrap_starts,
-          by=args.bootstrap_by,
-          samples=samples.tolist(),
-          columns=list(PARAMS),
-      )
+      meta = dict(level=INTERVAL_LEVEL, starts=args.bootstrap_starts, by=args.bootstrap_by)
+      out["bootstrap"] = _bootstrap_json(samples, PARAMS, **meta)
   out["flops_per_param_token"] = k
-  out["n_points"] = len(L)
   if args.budget:
     out["predictions"] = [
         chinchilla_optimal_with_intervals(law, c, samples, k) for c in args.budget
@@ -1793,11 +1712,7 @@ def _constrained_cli(args) -> dict:
   out = law.to_dict()
   worth = repeated_token_worth(law.R_D_star, np.array(args.epochs))
   out["repeated_token_worth"] = [
-      dict(
-          epochs=e,
-          marginal=float(worth["marginal"][j]),
-          effective_epochs=float(worth["effective_epochs"][j]),
-      )
+      dict(epochs=e, **{k: float(v[j]) for k, v in worth.items()})
       for j, e in enumerate(args.epochs)
   ]
   if args.bootstrap:
@@ -1818,13 +1733,8 @@ def _constrained_cli(args) -> dict:
     for row in out["repeated_token_worth"]:
       for k in ("marginal", "effective_epochs"):
         row[k + "_interval"] = ivs[f"{k}@{row['epochs']:g}"]
-    out["bootstrap"] = dict(
-        n=len(samples),
-        level=INTERVAL_LEVEL,
-        by=args.bootstrap_by,
-        samples=samples.tolist(),
-        columns=list(CONSTRAINED_PARAMS),
-    )
+    meta = dict(level=INTERVAL_LEVEL, by=args.bootstrap_by)
+    out["bootstrap"] = _bootstrap_json(samples, CONSTRAINED_PARAMS, **meta)
   return out
 
 
@@ -1853,7 +1763,8 @@ def _isoflop_cli(args) -> dict:
   return out
 
 
-def _powerlaw_cli(args, frontier: bool) -> dict:
+def _powerlaw_cli(args) -> dict:
+  frontier = args.cmd == "frontier"
   xcol = args.c_col if frontier else args.x_col
   df = load_table(
       args.csv, [xcol, args.loss_col], args.drop_top_loss, args.loss_col, args.drop_invalid
@@ -1869,10 +1780,9 @@ def _powerlaw_cli(args, frontier: bool) -> dict:
     samples = bootstrap_power_law(
         x, L, args.bootstrap, seed=args.seed, frontier=frontier, delta=args.huber_delta
     )
-    out["intervals"] = {
-        k: percentile_interval(samples[:, j]) for j, k in enumerate(["E", "A", "alpha"])
-    }
-    out["bootstrap"] = dict(n=len(samples), samples=samples.tolist(), columns=["E", "A", "alpha"])
+    columns = ["E", "A", "alpha"]
+    out["intervals"] = {k: percentile_interval(samples[:, j]) for j, k in enumerate(columns)}
+    out["bootstrap"] = _bootstrap_json(samples, columns)
   if args.budget:
     out["predictions"] = [power_prediction(fit, c, samples) for c in args.budget]
   return out
@@ -1885,6 +1795,11 @@ def power_prediction(fit: PowerLawFit, x, samples=None, level=INTERVAL_LEVEL) ->
       vals = samples[:, 0] + samples[:, 1] * float(x) ** -samples[:, 2]
     out["loss_interval"] = percentile_interval(vals, level)
   return out
+
+
+def _bootstrap_json(samples, columns, **meta) -> dict:
+  """A fit's `bootstrap` entry: the resampled parameter rows (predict reads them back)."""
+  return dict(n=len(samples), **meta, samples=samples.tolist(), columns=list(columns))
 
 
 def predict_from_json(fit_json: dict, budgets: Sequence[float]) -> list[dict]:
@@ -1914,7 +1829,11 @@ def predict_from_json(fit_json: dict, budgets: Sequence[float]) -> list[dict]:
   raise ValueError("predict: the JSON is not a chinchilla, isoflop or power-law fit")
 
 
-def _common(q):
+def _fit_subcommand(sub, name: str, summary: str, handler, fit_range: bool = False):
+  """A subcommand that fits a table: the flags every fit shares (and --min-n/--max-n/--min-c/
+  --max-c where `fit_range`); main runs handler(args) -> the fit's JSON."""
+  q = sub.add_parser(name, help=summary)
+  q.set_defaults(handler=handler)
   q.add_argument("--csv", required=True)
   q.add_argument("--loss-col", required=True)
   q.add_argument(
@@ -1951,25 +1870,24 @@ def _common(q):
       help="FLOP budget to predict the compute-optimal point for (repeatable)",
   )
   q.add_argument("--json", help="write the fit here (default: stdout)")
-
-
-def _fit_range(q):
-  for flag, what in (
-      ("--min-n", "smallest N"),
-      ("--max-n", "largest N"),
-      ("--min-c", "smallest FLOPs"),
-      ("--max-c", "largest FLOPs"),
-  ):
-    q.add_argument(flag, type=float, default=None, help=f"fit range: {what} kept")
+  if fit_range:
+    for flag, what in (
+        ("--min-n", "smallest N"),
+        ("--max-n", "largest N"),
+        ("--min-c", "smallest FLOPs"),
+        ("--max-c", "largest FLOPs"),
+    ):
+      q.add_argument(flag, type=float, default=None, help=f"fit range: {what} kept")
+  return q
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m eval.fit", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="cmd", required=True)
 
-  q = sub.add_parser("chinchilla", help="approach 3: L(N,D) = E + A/N^alpha + B/D^beta")
-  _common(q)
-  _fit_range(q)
+  q = _fit_subcommand(
+      sub, "chinchilla", "approach 3: L(N,D) = E + A/N^alpha + B/D^beta", _chinchilla_cli, True
+  )
   q.add_argument("--n-col", required=True)
   q.add_argument("--d-col")
   q.add_argument("--c-col", help="FLOPs column; D = C / (k N), k = --flops-per-param-token")
@@ -2002,10 +1920,12 @@ def _parser() -> argparse.ArgumentParser:
       "and 4 grid points (default), or a whole grid",
   )
 
-  q = sub.add_parser(
-      "constrained", help="data-constrained law (Muennighoff et al. 2023): R_D*, R_N*"
+  q = _fit_subcommand(
+      sub,
+      "constrained",
+      "data-constrained law (Muennighoff et al. 2023): R_D*, R_N*",
+      _constrained_cli,
   )
-  _common(q)
   q.add_argument("--n-col", required=True)
   q.add_argument("--d-col", required=True, help="tokens trained on")
   q.add_argument(
@@ -2027,9 +1947,9 @@ def _parser() -> argparse.ArgumentParser:
       "points, sizes or runs",
   )
 
-  q = sub.add_parser("isoflop", help="approach 2: parabolas in log N per FLOP budget")
-  _common(q)
-  _fit_range(q)
+  q = _fit_subcommand(
+      sub, "isoflop", "approach 2: parabolas in log N per FLOP budget", _isoflop_cli, True
+  )
   q.add_argument("--n-col", required=True)
   q.add_argument("--c-col", required=True)
   q.add_argument("--budget-col", help="budget label per run (default: snapped from C)")
@@ -2054,12 +1974,12 @@ def _parser() -> argparse.ArgumentParser:
       help="parabola window: the K sizes nearest the minimum (overrides --window-dex)",
   )
 
-  q = sub.add_parser("powerlaw", help="L(x) = E + A x^-alpha (e.g. x = N)")
-  _common(q)
+  q = _fit_subcommand(sub, "powerlaw", "L(x) = E + A x^-alpha (e.g. x = N)", _powerlaw_cli)
   q.add_argument("--x-col", required=True)
 
-  q = sub.add_parser("frontier", help="L*(C) = E + A C^-gamma on the Pareto frontier")
-  _common(q)
+  q = _fit_subcommand(
+      sub, "frontier", "L*(C) = E + A C^-gamma on the Pareto frontier", _powerlaw_cli
+  )
   q.add_argument("--c-col", required=True)
 
   q = sub.add_parser("predict", help="compute-optimal point(s) from a saved fit JSON")
@@ -2105,17 +2025,11 @@ def main(argv=None) -> int:
       with open(args.json, "w") as f:
         f.write(json.dumps(result, indent=2) + "\n")
     return 0
-  if args.cmd == "chinchilla":
-    out = _chinchilla_cli(args)
-  elif args.cmd == "isoflop":
-    out = _isoflop_cli(args)
-  elif args.cmd == "constrained":
-    out = _constrained_cli(args)
-  elif args.cmd in ("powerlaw", "frontier"):
-    out = _powerlaw_cli(args, frontier=args.cmd == "frontier")
-  else:
+  if args.cmd == "predict":
     with open(args.fit) as f:
       out = dict(predictions=predict_from_json(json.load(f), args.budget))
+  else:
+    out = args.handler(args)
   _write(out, args.json)
   return 0
 

@@ -82,10 +82,7 @@ def loss_vs_compute(
       )
   if floor is not None:
     ax.axhline(floor, color="gray", ls=":", label=f"true floor {floor:.3f}")
-  ax.set_xscale("log")
-  ax.set_xlabel("training FLOPs C")
-  ax.set_ylabel(ylabel)
-  ax.set_title("Loss vs compute")
+  ax.set(xscale="log", xlabel="training FLOPs C", ylabel=ylabel, title="Loss vs compute")
   ax.legend(fontsize=7, ncol=2)
   ax.grid(alpha=0.3, which="both")
   return fig
@@ -108,10 +105,7 @@ def isoflop_curves(N, L, budgets, iso: fitlib.IsoFlopFit):
       xs = np.linspace(np.log(lo), np.log(hi), 100)
       ax.plot(np.exp(xs), np.polyval(p, xs), "-", color=col[c], lw=1)
   ax.plot(iso.n_opt, iso.loss_opt, "kx", ms=8, mew=2, label="minima")
-  ax.set_xscale("log")
-  ax.set_xlabel("parameters N")
-  ax.set_ylabel("loss")
-  ax.set_title("IsoFLOP curves")
+  ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP curves")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3, which="both")
   cs = np.geomspace(iso.budgets.min(), iso.budgets.max(), 50)
@@ -120,8 +114,7 @@ def isoflop_curves(N, L, budgets, iso: fitlib.IsoFlopFit):
   ax2.loglog(cs, n_fit, "-", color="C0")
   ax2.loglog(iso.budgets, iso.d_opt, "s", color="C1", label=f"D*  ~ C^{iso.b:.3f}")
   ax2.loglog(cs, d_fit, "-", color="C1")
-  ax2.set_xlabel("FLOP budget C")
-  ax2.set_title("Compute-optimal allocation")
+  ax2.set(xlabel="FLOP budget C", title="Compute-optimal allocation")
   ax2.legend(fontsize=8)
   ax2.grid(alpha=0.3, which="both")
   return fig
@@ -135,8 +128,7 @@ def residuals(N, D, L, law):
   for ax, x, name in ((axes[0], N, "parameters N"), (axes[1], D, "tokens D")):
     sc = ax.scatter(x, r * 100, c=np.log10(D if x is N else N), s=18, cmap="viridis")
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel(name)
+    ax.set(xscale="log", xlabel=name)
     ax.grid(alpha=0.3)
     fig.colorbar(sc, ax=ax, label="log10 " + ("D" if x is N else "N"))
   axes[0].set_ylabel("log residual (%)")
@@ -159,19 +151,16 @@ def saturation_panel(
   mid = np.sqrt(rungs["x_lo"] * rungs["x_hi"])
   ax.semilogx(mid, rungs["per_doubling"], "o-")
   ax.axhline(0, color="k", lw=0.8)
-  ax.set_title("loss drop per doubling of N")
-  ax.set_xlabel("N (between rungs)")
+  ax.set(title="loss drop per doubling of N", xlabel="N (between rungs)")
   ax = axes[1]
   ax.semilogx(np.sqrt(exps["x_lo"] * exps["x_hi"]), exps["exponent"], "o-")
-  ax.set_title("local exponent -dlog(L-floor)/dlog N")
-  ax.set_xlabel("N (between rungs)")
+  ax.set(title="local exponent -dlog(L-floor)/dlog N", xlabel="N (between rungs)")
   ax = axes[2]
   if head is not None:
     ax.semilogx(x_head, np.asarray(head) * 100, "o-")
     ax.set_title("headroom (L-E)/L (%)")
   else:
-    ax.set_xscale("log")
-    ax.set_title("headroom: withheld")
+    ax.set(xscale="log", title="headroom: withheld")
     ax.text(
         0.5,
         0.5,
@@ -182,8 +171,7 @@ def saturation_panel(
         fontsize=7,
         transform=ax.transAxes,
     )
-  ax.set_ylim(bottom=0)
-  ax.set_xlabel("N")
+  ax.set(ylim=(0, None), xlabel="N")
   _backtest_axis(axes[3], backtest)
   for a in axes:
     a.grid(alpha=0.3, which="both")
@@ -199,10 +187,8 @@ def _backtest_axis(ax, rows):
     lo = np.array([(r["predicted"] - r["interval"][1]) / r["loss"] for r in rows]) * 100
     hi = np.array([(r["predicted"] - r["interval"][0]) / r["loss"] for r in rows]) * 100
     ax.errorbar(n, err, yerr=[np.maximum(err - lo, 0), np.maximum(hi - err, 0)], fmt="o", capsize=3)
-  ax.set_xscale("log")
+  ax.set(xscale="log", title="backtest: error on held-out runs (%)", xlabel="N of the held-out run")
   ax.axhline(0, color="k", lw=0.8)
-  ax.set_title("backtest: error on held-out runs (%)")
-  ax.set_xlabel("N of the held-out run")
 
 
 def training_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel="train loss"):
@@ -210,10 +196,7 @@ def training_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel="tr
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   for i, (name, (t, l, *_)) in enumerate(sorted(curves.items())):
     ax.plot(t, l, lw=1, label=name, color=plt.get_cmap("tab20")(i % 20))
-  ax.set_xscale("log")
-  ax.set_xlabel("tokens")
-  ax.set_ylabel(ylabel)
-  ax.set_title("Training curves")
+  ax.set(xscale="log", xlabel="tokens", ylabel=ylabel, title="Training curves")
   if len(curves) <= 20:
     ax.legend(fontsize=6, ncol=2)
   ax.grid(alpha=0.3, which="both")

@@ -71,15 +71,16 @@ def doubling_returns(
   return out
 
 
-def _sorted_xy(x, L):
-  x, L = np.asarray(x, float), np.asarray(L, float)
+def _sorted_by(x, *arrays):
+  """x (as floats) ascending, and each of `arrays` in the same order."""
+  x = np.asarray(x, float)
   order = np.argsort(x)
-  return x[order], L[order]
+  return (x[order],) + tuple(np.asarray(a, float)[order] for a in arrays)
 
 
 def rung_returns(x, L) -> dict:
   """Empirical loss drop per doubling of x between consecutive rungs (x sorted ascending)."""
-  x, L = _sorted_xy(x, L)
+  x, L = _sorted_by(x, L)
   doublings = np.log2(x[1:] / x[:-1])
   return dict(x_lo=x[:-1], x_hi=x[1:], per_doubling=(L[:-1] - L[1:]) / doublings)
 
@@ -92,9 +93,7 @@ def local_exponents(x, L, E=0.0) -> dict:
   budget is not mistaken for saturation in N). Rungs at or below E give NaN.
   """
   x, L = np.asarray(x, float), np.asarray(L, float)
-  E = np.broadcast_to(np.asarray(E, float), x.shape)
-  order = np.argsort(x)
-  x, L, E = x[order], L[order], E[order]
+  x, L, E = _sorted_by(x, L, np.broadcast_to(np.asarray(E, float), x.shape))
   with np.errstate(divide="ignore", invalid="ignore"):
     y = np.log(np.where(L > E, L - E, np.nan))
     k = -(y[1:] - y[:-1]) / np.log(x[1:] / x[:-1])
@@ -191,11 +190,11 @@ def leave_one_rung_out(N, D, L, fitter: Fitter | None = None) -> list[dict]:
 def _cluster_means(x, y, clusters):
   """Mean x and y per cluster (sorted by x): the units of a test when rows of one cluster
   share their noise."""
-  labels, inv = np.unique(np.asarray(clusters), return_inverse=True)
-  xm = np.bincount(inv, x) / np.bincount(inv)
-  ym = np.bincount(inv, y) / np.bincount(inv)
+  _, inv = np.unique(np.asarray(clusters), return_inverse=True)
+  count = np.bincount(inv)
+  xm, ym = np.bincount(inv, x) / count, np.bincount(inv, y) / count
   order = np.argsort(xm)
-  return xm[order], ym[order], np.bincount(inv)[order]
+  return xm[order], ym[order], count[order]
 
 
 def trend_break(
@@ -231,8 +230,7 @@ def trend_break(
         verdict=f"need >= 4 sizes above the floor for a trend-break test, have {len(rungs)}",
         break_detected=False,
     )
-  n_large = min(n_large or len(rungs) - 2, len(rungs) - 1)
-  n_large = max(n_large, 3)
+  n_large = max(min(n_large or len(rungs) - 2, len(rungs) - 1), 3)
   large = N >= rungs[-n_large]
   xl, yl, _ = _cluster_means(np.log(N[large]), np.log(L[large] - F[large]), clusters[large])
   xs, ys, _ = _cluster_means(np.log(N[~large]), np.log(L[~large] - F[~large]), clusters[~large])
@@ -368,7 +366,9 @@ def plateau(
   useful = min_rel_gain * float(np.mean(y))
   improving = gain > z_threshold * se and gain > useful
   flat = not improving and gain + z_threshold * se < useful
-  prior_best = float(np.min(_smooth(l[:start], 5))) if start >= 5 else float("inf")
+  prior_best = float("inf")  # the best 5-point running mean before the tail
+  if start >= 5:
+    prior_best = float(np.convolve(l[:start], np.ones(5) / 5, mode="valid").min())
   tail_level = float(np.mean(y[-max(3, len(y) // 4) :]))
   late_rise = bool(r.slope > z_threshold * se or tail_level > prior_best + 3 * noise + 1e-12)
   where = f"over the last {int(tail * 100)}% of {phase}"
@@ -399,12 +399,6 @@ def plateau(
       phase=phase,
       verdict=verdict,
   )
-
-
-def _smooth(y, k):
-  if len(y) < k:
-    return y
-  return np.convolve(y, np.ones(k) / k, mode="valid")
 
 
 # ----------------------------------------------------------------------------- LM head
