@@ -481,10 +481,7 @@ def _read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
   index = hf_dir / "model.safetensors.index.json"
   if index.is_file():
     files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    sd = {}
-    for f in files:
-      sd.update(load_file(str(hf_dir / f)))
-    return sd
+    return {k: v for f in files for k, v in load_file(str(hf_dir / f)).items()}
   raise FileNotFoundError(
       f"{hf_dir}: no model.safetensors (or .index.json); save the HF "
       "model with safe_serialization=True"

@@ -454,13 +454,10 @@ def _fit_isoflop(a: ScalingAnalysis) -> None:
 
 
 def _entropy_floor(a: ScalingAnalysis) -> None:
-  floor = a.opts.true_floor_bpb
   seq_lens = a.df["seq_len"].unique() if "seq_len" in a.df.columns else []
-  a.floor_bpb = (
-      floor
-      if floor is not None
-      else find_true_floor_bpb(a.workdir, int(seq_lens[0]) if len(seq_lens) == 1 else None)
-  )
+  a.floor_bpb = a.opts.true_floor_bpb
+  if a.floor_bpb is None:
+    a.floor_bpb = find_true_floor_bpb(a.workdir, int(seq_lens[0]) if len(seq_lens) == 1 else None)
   if a.floor_bpb is None or "val_bpb" not in a.df.columns or len(a.df) < 6:
     return
   bpb = a.df["val_bpb"].to_numpy(float)
