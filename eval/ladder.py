@@ -497,14 +497,8 @@ def expand(config) -> list[Point]:
             f"{starts[0]}, inside the {config.train.warmup_steps}-step warmup; use "
             "larger budgets or a shorter train.warmup_steps"
         )
-      const = _point(
-          config,
-          size,
-          f"{size_name}_constant",
-          starts[-1],
-          kind="constant",
-          needs_steps=tuple(starts),
-      )
+      name = f"{size_name}_constant"
+      const = _point(config, size, name, starts[-1], kind="constant", needs_steps=tuple(starts))
       c = const.config
       c.train.schedule = "constant"
       c.checkpoint.every = c.checkpoint.keep_every = math.gcd(*starts)  # keep every branch point
@@ -512,10 +506,8 @@ def expand(config) -> list[Point]:
       c.eval.batches = 0  # its rows come from the cooldowns
       points.append(const)
       for steps in lad.steps:
-        branch = dict(
-            branch_from=const.name, branch_step=branch_step(int(steps), lad.decay_fraction)
-        )
-        cool = _point(config, size, f"{size_name}_s{steps}", steps, kind="cooldown", **branch)
+        cool = _point(config, size, f"{size_name}_s{steps}", steps, kind="cooldown")
+        cool.branch_from, cool.branch_step = const.name, branch_step(int(steps), lad.decay_fraction)
         c = cool.config
         c.train.schedule = "wsd"
         c.train.decay_fraction = float(lad.decay_fraction)
