@@ -748,7 +748,8 @@ def _md(*blocks) -> list[str]:
 
 
 def _md_table(header: list[str], rows) -> list[str]:
-  """A markdown table: the header, the separator, then one line per row of cells."""
+  """A markdown table: the header, the separator, then one line per row of cells (an empty
+  cell written `| |`)."""
   line = lambda cells: "|" + "".join(f" {c} |" if str(c) else " |" for c in cells)
   return [line(header), "|---" * len(header) + "|", *map(line, rows)]
 
