@@ -162,9 +162,6 @@ class Generator:
         "the model was built for"
     )
 
-  def _empty_cache(self, batch: int, length: int):
-    return init_cache(self.cfg, batch, length)
-
   def _apply(self, params, cache, tokens_BxT, positions_BxT, seg_BxT):
     logits_BxTxV, mutated = self.model.apply(
         {"params": params, "cache": cache},
@@ -206,7 +203,7 @@ class Generator:
     b, p = tokens_BxP.shape
     n = sc.max_new_tokens
     table = self.cfg.max_seq_len
-    cache = self._empty_cache(b, min(p + n, table) if self.slides else p + n)
+    cache = init_cache(self.cfg, b, min(p + n, table) if self.slides else p + n)
     logits_BxPxV, cache = self._apply(params, cache, tokens_BxP, positions_BxP, seg_BxP)
     stop_S = jnp.asarray(sc.stop_ids if sc.stop_ids else (-1,), jnp.int32)
     v = logits_BxPxV.shape[-1]
@@ -300,13 +297,9 @@ class Generator:
     )
     out_BxN, done_B = np.asarray(out_BxN), np.asarray(done_B)
     rows = []
-    for r in range(b):
-      row = out_BxN[r].tolist()
-      for i, t in enumerate(row):
-        if t in sampling.stop_ids:
-          row = row[: i + 1]
-          break
-      rows.append(row)
+    for row in out_BxN.tolist():  # each cut after its first stop token
+      end = next((i + 1 for i, t in enumerate(row) if t in sampling.stop_ids), len(row))
+      rows.append(row[:end])
     out = dict(tokens=rows, stopped=done_B)
     if return_logits:
       out["logits"] = np.asarray(logits)

@@ -54,8 +54,11 @@ ARCHS = ("gpt2", "llama")
 # ----------------------------------------------------------------------------- configs
 
 
-def _fail_arch(arch: str, cfg, why: list[str]):
-  raise ValueError(f"model config cannot be exported as {arch}: " + "; ".join(why))
+def _check_arch(arch: str, cfg) -> None:
+  """ValueError listing why `cfg` is not exactly `arch`, if it is not."""
+  why = _mismatches(arch, cfg)
+  if why:
+    raise ValueError(f"model config cannot be exported as {arch}: " + "; ".join(why))
 
 
 def detect_arch(cfg) -> str:
@@ -104,9 +107,7 @@ def _mismatches(arch: str, cfg) -> list[str]:
 
 def hf_config(cfg, arch: str, tokenizer=None) -> dict:
   """The config.json dict for `cfg` as `arch`."""
-  bad = _mismatches(arch, cfg)
-  if bad:
-    _fail_arch(arch, cfg, bad)
+  _check_arch(arch, cfg)
   special = {}
   if tokenizer is not None:
     special = dict(
@@ -373,9 +374,7 @@ def _our_shapes(cfg) -> tuple[dict, dict]:
 
 def to_hf_state_dict(cfg, params: dict, arch: str) -> dict[str, np.ndarray]:
   """Our (unboxed) params -> HF tensor dict (numpy float32, contiguous)."""
-  bad = _mismatches(arch, cfg)
-  if bad:
-    _fail_arch(arch, cfg, bad)
+  _check_arch(arch, cfg)
   f32 = lambda a: np.ascontiguousarray(np.asarray(a, np.float32))
   params = jax.tree.map(np.asarray, params)
   top, per_layer = conversion_table(cfg, arch)
@@ -482,10 +481,7 @@ def _read_safetensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
   index = hf_dir / "model.safetensors.index.json"
   if index.is_file():
     files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    sd = {}
-    for f in files:
-      sd.update(load_file(str(hf_dir / f)))
-    return sd
+    return {k: v for f in files for k, v in load_file(str(hf_dir / f)).items()}
   raise FileNotFoundError(
       f"{hf_dir}: no model.safetensors (or .index.json); save the HF "
       "model with safe_serialization=True"

@@ -142,7 +142,7 @@ class Point:
 # ----------------------------------------------------------------------------- expansion
 
 
-def _train_config(config, size, mlp_ratio, name) -> ml_collections.ConfigDict:
+def _train_config(config, size, name) -> ml_collections.ConfigDict:
   """The base config with this size's shape and without the `ladder` section (so that
   changing ladder options never invalidates a point's checkpoints)."""
   c = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
@@ -157,9 +157,16 @@ def _train_config(config, size, mlp_ratio, name) -> ml_collections.ConfigDict:
   c.model.num_layers = int(num_layers)
   c.model.num_heads = c.model.num_kv_heads = int(num_heads)
   c.model.head_dim = int(d_model) // int(num_heads)
-  c.model.mlp_dim = int(mlp_ratio * d_model)
+  c.model.mlp_dim = int(config.ladder.mlp_ratio * d_model)
   c.name = name
   return c
+
+
+def _point(config, size, name: str, steps: int, **fields) -> Point:
+  """A point of `size` trained for `steps` steps; `fields` set the other Point fields."""
+  c = _train_config(config, size, name)
+  c.train.steps = int(steps)
+  return Point(name, size[0], c, **fields)
 
 
 def flops_per_token(config) -> float:
@@ -346,10 +353,8 @@ def lr_sweep_points(config, size) -> list[Point]:
     for steps in lad.steps:
       for k in lad.lr_exponents:
         name = lr_sweep_name(size[0], par, steps, k)
-        c = _train_config(config, size, lad.mlp_ratio, name)
-        c.train.steps = int(steps)
         meta = dict(parametrization=par, lr_exponent=int(k))
-        points.append(Point(name, size[0], c, meta=meta))
+        points.append(_point(config, size, name, steps, meta=meta))
   return points
 
 
@@ -458,11 +463,9 @@ def epoch_points(config, size) -> list[Point]:
           f"of {tokens_per_step} tokens; use larger epochs or more unique tokens"
       )
     for fresh in (False, True) if float(e) > 1 else (False,):
-      name = f"{size[0]}_e{float(e):g}" + ("_fresh" if fresh else "")
-      c = _train_config(config, size, lad.mlp_ratio, name)
-      c.train.steps = steps
-      c.data.max_unique_tokens = 0 if fresh else unique
-      points.append(Point(c.name, size[0], c))
+      point = _point(config, size, f"{size[0]}_e{float(e):g}" + ("_fresh" if fresh else ""), steps)
+      point.config.data.max_unique_tokens = 0 if fresh else unique
+      points.append(point)
   return points
 
 
@@ -475,21 +478,17 @@ def expand(config) -> list[Point]:
   for size in ladder_sizes(config):
     size_name = size[0]
     if scheme == "grid":
-      for steps in lad.steps:
-        c = _train_config(config, size, lad.mlp_ratio, f"{size_name}_s{steps}")
-        c.train.steps = int(steps)
-        points.append(Point(c.name, size_name, c))
+      points += [_point(config, size, f"{size_name}_s{steps}", steps) for steps in lad.steps]
     elif scheme == "isoflop":
-      probe = _train_config(config, size, lad.mlp_ratio, size_name)
+      probe = _train_config(config, size, size_name)
       tokens_per_step = int(probe.train.batch_size) * int(probe.data.seq_len)
       fpt = flops_per_token(probe)
       for budget in lad.flop_budgets:
         steps = int(round(float(budget) / (fpt * tokens_per_step)))
         if not lad.min_steps <= steps <= lad.max_steps:
           continue
-        c = _train_config(config, size, lad.mlp_ratio, f"{size_name}_C{float(budget):.0e}")
-        c.train.steps = steps
-        points.append(Point(c.name, size_name, c, budget=float(budget)))
+        name = f"{size_name}_C{float(budget):.0e}"
+        points.append(_point(config, size, name, steps, budget=float(budget)))
     elif scheme == "wsd":
       starts = sorted({branch_step(int(s), lad.decay_fraction) for s in lad.steps})
       if starts[0] <= int(config.train.warmup_steps):
@@ -498,31 +497,22 @@ def expand(config) -> list[Point]:
             f"{starts[0]}, inside the {config.train.warmup_steps}-step warmup; use "
             "larger budgets or a shorter train.warmup_steps"
         )
-      const = _train_config(config, size, lad.mlp_ratio, f"{size_name}_constant")
-      const.train.schedule = "constant"
-      const.train.steps = starts[-1]
-      every = math.gcd(*starts)
-      const.checkpoint.every = every
-      const.checkpoint.keep_every = every  # keep every branch point
-      const.checkpoint.keep = 2
-      const.eval.batches = 0  # its rows come from the cooldowns
-      points.append(Point(const.name, size_name, const, kind="constant", needs_steps=tuple(starts)))
+      name = f"{size_name}_constant"
+      const = _point(config, size, name, starts[-1], kind="constant", needs_steps=tuple(starts))
+      c = const.config
+      c.train.schedule = "constant"
+      c.checkpoint.every = c.checkpoint.keep_every = math.gcd(*starts)  # keep every branch point
+      c.checkpoint.keep = 2
+      c.eval.batches = 0  # its rows come from the cooldowns
+      points.append(const)
       for steps in lad.steps:
-        c = _train_config(config, size, lad.mlp_ratio, f"{size_name}_s{steps}")
+        cool = _point(config, size, f"{size_name}_s{steps}", steps, kind="cooldown")
+        cool.branch_from, cool.branch_step = const.name, branch_step(int(steps), lad.decay_fraction)
+        c = cool.config
         c.train.schedule = "wsd"
-        c.train.steps = int(steps)
         c.train.decay_fraction = float(lad.decay_fraction)
         c.train.cooldown = lad.cooldown
-        points.append(
-            Point(
-                c.name,
-                size_name,
-                c,
-                kind="cooldown",
-                branch_from=const.name,
-                branch_step=branch_step(int(steps), lad.decay_fraction),
-            )
-        )
+        points.append(cool)
     elif scheme == "lr_sweep":
       points.extend(lr_sweep_points(config, size))
     elif scheme == "epochs":
@@ -785,13 +775,16 @@ def task_columns(point: Point, pdir: pathlib.Path) -> dict:
     return zeroshot.ladder_columns(run, point.tasks, limit=point.task_limit)
 
 
-def prepare_data(config, workdir: pathlib.Path) -> str:
-  """One prepared copy of the corpus for every point (DIR/data/prepared-*)."""
+def prepare_data(config, workdir: pathlib.Path) -> None:
+  """Sets config.data.prepared_dir, unless given, to one prepared copy of the corpus for
+  every point (DIR/data/prepared-*)."""
   from train.data import pipeline  # noqa: PLC0415 (jax after XLA_FLAGS)
 
-  if config.data.prepared_dir:
-    return config.data.prepared_dir
-  return os.fspath(pipeline.default_prepared_dir(config.data, workdir / "data"))
+  if not config.data.prepared_dir:
+    with config.unlocked():
+      config.data.prepared_dir = os.fspath(
+          pipeline.default_prepared_dir(config.data, workdir / "data")
+      )
 
 
 def prepare_corpus(config) -> dict:
@@ -825,6 +818,14 @@ def unfinished(points: list[Point], workdir: pathlib.Path) -> list[Point]:
       continue
     todo.append(p)
   return todo
+
+
+def _unfinished_points(config, workdir) -> tuple[pathlib.Path, list[Point]]:
+  """(DIR, created if missing; the points still to run), the corpus's copy set in `config`."""
+  workdir = paths.path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  prepare_data(config, workdir)
+  return workdir, unfinished(expand(config), workdir)
 
 
 def _cost(point: Point) -> float:
@@ -866,13 +867,10 @@ def run_ladder(
 ) -> list[dict]:
   """Run every unfinished point (those of this worker's sizes) in this process; returns the
   new rows."""
-  workdir = paths.path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  with config.unlocked():
-    config.data.prepared_dir = prepare_data(config, workdir)
+  workdir, todo = _unfinished_points(config, workdir)
   sizes = [s[0] for s in ladder_sizes(config)]
   mine = {s for i, s in enumerate(sizes) if i % worker[1] == worker[0]}
-  todo = [p for p in unfinished(expand(config), workdir) if p.size in mine]
+  todo = [p for p in todo if p.size in mine]
   progress = Progress(todo, log)
   rows = []
   for p in todo:
@@ -1100,11 +1098,7 @@ def run_ladder_ray(
   opts = ray_options(config.ladder.resources)
   timeout_s = float(config.ladder.schedule_timeout_s)
   check_address(address)
-  workdir = paths.path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  with config.unlocked():
-    config.data.prepared_dir = prepare_data(config, workdir)
-  todo = unfinished(expand(config), workdir)
+  workdir, todo = _unfinished_points(config, workdir)
   if not todo:
     return []
   owner = not ray.is_initialized()
@@ -1154,12 +1148,10 @@ def nearest_shape(config, n_target: float, n_col: str = "params_total") -> tuple
   convention) is nearest n_target in log; the count grows with d_model, so a bisection."""
   from model import summary  # noqa: PLC0415 (jax after XLA_FLAGS)
 
-  family, lad = shape_family(config.ladder.sizes), config.ladder
+  family = shape_family(config.ladder.sizes)
   key = dict(params_total="total", params_non_embedding="non_embedding")[n_col]
   widths = range(8, 8193, 8)
-  count = lambda d: summary.param_counts(
-      _train_config(config, family(d), lad.mlp_ratio, "probe").model
-  )[key]
+  count = lambda d: summary.param_counts(_train_config(config, family(d), "probe").model)[key]
   i = bisect.bisect_left(widths, n_target, key=count)
   near = [widths[j] for j in (i - 1, i) if 0 <= j < len(widths)]
   return family(min(near, key=lambda d: abs(math.log(count(d) / n_target))))
@@ -1194,7 +1186,7 @@ def predict_optimum(
 
 
 def _predict_point(config, size: tuple, budget: float) -> Point:
-  c = _train_config(config, size, config.ladder.mlp_ratio, f"predict_C{budget:.3g}")
+  c = _train_config(config, size, f"predict_C{budget:.3g}")
   tokens_per_step = int(c.train.batch_size) * int(c.data.seq_len)
   c.train.steps = max(1, int(round(budget / (flops_per_token(c) * tokens_per_step))))
   return Point(c.name, size[0], c, budget=float(budget))
@@ -1208,8 +1200,7 @@ def predict_then_check(
   from eval import report  # noqa: PLC0415 (jax after XLA_FLAGS)
 
   workdir = pathlib.Path(workdir).resolve()
-  with config.unlocked():
-    config.data.prepared_dir = prepare_data(config, workdir)
+  prepare_data(config, workdir)
   fit = predict_optimum(workdir, budget, n_boot=n_boot, seed=seed, grid=grid)
   law, samples, predicted = fit["law"], fit["samples"], fit["predicted"]
   point = _predict_point(config, nearest_shape(config, predicted["N"]), budget)
@@ -1285,8 +1276,7 @@ def _run_local(config, workdir: pathlib.Path, worker: str) -> None:
     return
   n = int(config.ladder.parallel)
   if n > 1:
-    with config.unlocked():  # prepare the data once before the workers race to do it
-      config.data.prepared_dir = prepare_data(config, paths.path(workdir))
+    prepare_data(config, paths.path(workdir))  # once, before the workers race to prepare it
     prepare_corpus(config)
     code = _spawn_workers(sys.argv[1:], n)
     if code:
@@ -1314,15 +1304,14 @@ def main(argv=None) -> None:
   args = cli.parse_args(_parser(), argv)
   config = args.config
   workdir = paths.path(args.workdir)
-  executor = args.executor
   fit_settings = _prediction_fit(args)
-  if executor == "ray" and args.predict_budget is not None:
+  if args.executor == "ray" and args.predict_budget is not None:
     raise ValueError(
         "--predict-budget trains its point in this process: run the ladder with --executor "
         "ray, then the same command with --executor local --predict-budget C (finished rungs "
         "are skipped)"
     )
-  if executor == "ray":
+  if args.executor == "ray":
     _quiet_and_cached()
     import jax  # noqa: PLC0415 (jax after XLA_FLAGS)
 

@@ -112,11 +112,7 @@ def read_curves(workdir: pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray
         by_x[point[0]] = point[1:]  # a resumed run repeats steps: keep the latest
     if len(by_x) >= 2:
       xs = np.array(sorted(by_x))
-      curves[path.parent.name] = (
-          xs,
-          np.array([by_x[x][0] for x in xs]),
-          np.array([by_x[x][1] for x in xs]),
-      )
+      curves[path.parent.name] = (xs, *np.array([by_x[x] for x in xs]).T)
   return curves
 
 
@@ -222,48 +218,39 @@ def conventions(df: pd.DataFrame, n_col: str, flops_col: str, loss_col: str) -> 
       if schemes
       else "not recorded: check that each run's LR schedule ends at its own D"
   )
-  items = [
-      ("N (parameters)", n_what),
-      ("FLOP formula", c_what),
-      ("Schedule per D", s_what),
-      (
-          "Tokenizer",
-          f"`{df['tokenizer'].iloc[0]}`"
-          if "tokenizer" in df.columns
-          else "not recorded in results.csv (byte-level unless the ladder config says "
-          "otherwise)",
-      ),
-      ("Loss", f"`{loss_col}`"),
-  ]
+  tokenizer = (
+      f"`{df['tokenizer'].iloc[0]}`"
+      if "tokenizer" in df.columns
+      else "not recorded in results.csv (byte-level unless the ladder config says otherwise)"
+  )
+  items = {
+      "N (parameters)": n_what,
+      "FLOP formula": c_what,
+      "Schedule per D": s_what,
+      "Tokenizer": tokenizer,
+      "Loss": f"`{loss_col}`",
+  }
   if "unique_tokens" in df.columns:
     ep = df["tokens"].to_numpy(float) / pd.to_numeric(df["unique_tokens"], errors="coerce")
-    items.append(("Data repetition", f"up to {np.nanmax(ep):.2f} epochs (tokens / unique_tokens)"))
+    items["Data repetition"] = f"up to {np.nanmax(ep):.2f} epochs (tokens / unique_tokens)"
   if "seeds" in df.columns:
     sd = np.nanmedian(pd.to_numeric(df["seed_loss_sd"], errors="coerce"))
     lo, hi = int(df["seeds"].min()), int(df["seeds"].max())
     count = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    items.append(
-        (
-            "Seeds",
-            f"{count} per point, averaged before fitting (median s.d. across seeds {sd:.2g})",
-        )
+    items["Seeds"] = (
+        f"{count} per point, averaged before fitting (median s.d. across seeds {sd:.2g})"
     )
   elif "seed" in df.columns:
-    items.append(("Seeds", f"{df['seed'].nunique()} distinct"))
+    items["Seeds"] = f"{df['seed'].nunique()} distinct"
   if "lr_choices" in df.columns:
-    items.append(
-        (
-            "Learning rate",
-            f"lr_sweep: each size and budget at the best of its {int(df['lr_choices'].max())} "
-            "grid learning rates (and parametrizations); see Learning-rate transfer",
-        )
+    items["Learning rate"] = (
+        f"lr_sweep: each size and budget at the best of its {int(df['lr_choices'].max())} "
+        "grid learning rates (and parametrizations); see Learning-rate transfer"
     )
   if "val_loss_se" in df.columns:
     se = pd.to_numeric(df["val_loss_se"], errors="coerce")
-    items.append(
-        ("Evaluation noise", f"median s.e. of the loss {np.nanmedian(se):.2g} " "(`val_loss_se`)")
-    )
-  return items
+    items["Evaluation noise"] = f"median s.e. of the loss {np.nanmedian(se):.2g} (`val_loss_se`)"
+  return list(items.items())
 
 
 def not_identified(name: str, value: float, interval) -> str | None:
@@ -295,11 +282,7 @@ NEEDS = dict(
 
 def withheld_reason(unidentified: dict, what: str) -> str | None:
   bad = [k for k in NEEDS[what] if unidentified.get(k)]
-  return (
-      None
-      if not bad
-      else (f"withheld: depends on {', '.join(bad)}, which the data do not " "identify")
-  )
+  return f"withheld: depends on {', '.join(bad)}, which the data do not identify" if bad else None
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -369,28 +352,16 @@ def _load(workdir, opts: ReportOptions) -> ScalingAnalysis:
   df = read_results(workdir, opts.n_col, opts.loss_col, opts.flops_col)
   N, C = (df[c].to_numpy(float) for c in (opts.n_col, opts.flops_col))
   df = df[fitlib.fit_range_mask(N, C, opts)].reset_index(drop=True)
-  N, D, C, L = (
-      df[c].to_numpy(float) for c in (opts.n_col, "tokens", opts.flops_col, opts.loss_col)
-  )
+  cols = (opts.n_col, "tokens", opts.flops_col, opts.loss_col)
+  N, D, C, L = (df[c].to_numpy(float) for c in cols)
   labels, given = fitlib.snap_budgets(C), False
   if "budget" in df.columns:
     b = pd.to_numeric(df["budget"], errors="coerce").to_numpy(float)
     if np.all(np.isfinite(b) & (b > 0)):
       labels, given = b, True
   k = float(np.median(C / (N * D)))
-  return ScalingAnalysis(
-      paths.path(workdir),
-      opts,
-      df,
-      N,
-      D,
-      C,
-      L,
-      labels,
-      given,
-      k,
-      conventions(df, opts.n_col, opts.flops_col, opts.loss_col),
-  )
+  conv = conventions(df, opts.n_col, opts.flops_col, opts.loss_col)
+  return ScalingAnalysis(paths.path(workdir), opts, df, N, D, C, L, labels, given, k, conv)
 
 
 def _clusters(a: ScalingAnalysis):
@@ -414,14 +385,14 @@ def _fit_approach3(a: ScalingAnalysis) -> None:
     )
     if len(a.samples):
       a.intervals = fitlib.chinchilla_intervals(a.samples, budget=budget, flops_per_param_token=a.k)
-  for name in fitlib.PARAMS:
-    why = not_identified(name, getattr(a.law, name), a.intervals.get(name))
-    if why:
-      a.unidentified[name] = why
-  for what in NEEDS:
-    why = withheld_reason(a.unidentified, what)
-    if why:
-      a.withheld[what] = why
+  why = {k: not_identified(k, getattr(a.law, k), a.intervals.get(k)) for k in fitlib.PARAMS}
+  a.unidentified = _given(why)
+  a.withheld.update(_given({what: withheld_reason(a.unidentified, what) for what in NEEDS}))
+
+
+def _given(reasons: dict) -> dict:
+  """The entries of `reasons` that hold a reason (not None)."""
+  return {k: why for k, why in reasons.items() if why}
 
 
 def _extrapolation_budget(a: ScalingAnalysis) -> float:
@@ -440,15 +411,9 @@ def _fit_frontier(a: ScalingAnalysis) -> None:
             k: fitlib.percentile_interval(a.fsamples[:, j])
             for j, k in enumerate(["E", "A", "gamma"])
         }
-    bad = {
-        k: not_identified(name, v, a.frontier_intervals.get(k))
-        for k, name, v in (
-            ("E", "E", a.frontier.E),
-            ("A", "A", a.frontier.A),
-            ("gamma", "alpha", a.frontier.alpha),
-        )
-    }
-    bad = {k: v for k, v in bad.items() if v}
+    f, fiv = a.frontier, a.frontier_intervals
+    named = (("E", "E", f.E), ("A", "A", f.A), ("gamma", "alpha", f.alpha))
+    bad = _given({k: not_identified(name, v, fiv.get(k)) for k, name, v in named})
     if bad:
       a.withheld["frontier_loss"] = (
           "withheld: the frontier's "
@@ -489,13 +454,10 @@ def _fit_isoflop(a: ScalingAnalysis) -> None:
 
 
 def _entropy_floor(a: ScalingAnalysis) -> None:
-  floor = a.opts.true_floor_bpb
   seq_lens = a.df["seq_len"].unique() if "seq_len" in a.df.columns else []
-  a.floor_bpb = (
-      floor
-      if floor is not None
-      else find_true_floor_bpb(a.workdir, int(seq_lens[0]) if len(seq_lens) == 1 else None)
-  )
+  a.floor_bpb = a.opts.true_floor_bpb
+  if a.floor_bpb is None:
+    a.floor_bpb = find_true_floor_bpb(a.workdir, int(seq_lens[0]) if len(seq_lens) == 1 else None)
   if a.floor_bpb is None or "val_bpb" not in a.df.columns or len(a.df) < 6:
     return
   bpb = a.df["val_bpb"].to_numpy(float)
@@ -543,14 +505,8 @@ def _sensitivity(a: ScalingAnalysis) -> None:
     row = dict(variant=name, n_points=int(mask.sum()))
     try:
       f = a.law if (mask.all() and delta == a.opts.huber_delta) else _refit(a, mask, delta)
-      row.update(
-          E=f.E,
-          alpha=f.alpha,
-          beta=f.beta,
-          a=f.a,
-          loss_opt=float(f.optimal(budget, a.k)[2]),
-          budget=budget,
-      )
+      row.update({k: getattr(f, k) for k in ("E", "alpha", "beta", "a")})
+      row.update(loss_opt=float(f.optimal(budget, a.k)[2]), budget=budget)
     except (ValueError, RuntimeError) as e:
       row["error"] = str(e)
     a.sensitivity.append(row)
@@ -785,28 +741,30 @@ def _fmt_int(v, interval=None, fmt="{:.4g}"):
   return s
 
 
+def _md(*blocks) -> list[str]:
+  """Markdown lines: each block (one line, or a list of lines such as a table or a bullet
+  list) followed by a blank line."""
+  return [line for b in blocks for line in ([b] if isinstance(b, str) else list(b)) + [""]]
+
+
+def _md_table(header: list[str], rows) -> list[str]:
+  """A markdown table: the header, the separator, then one line per row of cells (an empty
+  cell written `| |`)."""
+  line = lambda cells: "|" + "".join(f" {c} |" if str(c) else " |" for c in cells)
+  return [line(header), "|---" * len(header) + "|", *map(line, rows)]
+
+
+def _yes_no(inside: bool) -> str:
+  return "yes" if inside else "**no**"
+
+
 def _md_header(a: ScalingAnalysis) -> list[str]:
   N, D, C = a.N, a.D, a.C
-  lines = [
-      f"# Scaling report: {a.workdir}",
-      "",
-      f"{len(a.df)} runs, {len(np.unique(N))} sizes ({a.opts.n_col} {N.min():.3g} .. "
-      f"{N.max():.3g}), tokens {D.min():.3g} .. {D.max():.3g}, compute {C.min():.3g} .. "
-      f"{C.max():.3g} FLOPs. Loss column: `{a.opts.loss_col}`.",
-      "",
-  ]
-  if a.cost:
-    lines += [f"This study cost {describe_cost(a.cost)} (est.; see Cost below).", ""]
-  lines += [
-      "## Conventions",
-      "",
-  ]
-  lines += [f"- [x] **{item}**: {what}" for item, what in a.conventions]
-  lines += ["", "## What the data support", ""]
+  support = []
   if a.law is None:
-    lines.append(f"- Approach 3 not fitted: {a.notes.get('chinchilla')}.")
+    support.append(f"- Approach 3 not fitted: {a.notes.get('chinchilla')}.")
   elif not a.unidentified:
-    lines.append(
+    support.append(
         "- Every approach-3 parameter is identified"
         + (
             " (no interval reaches a bound or spans orders of magnitude)."
@@ -814,21 +772,33 @@ def _md_header(a: ScalingAnalysis) -> list[str]:
             else " (point estimates only: run with --bootstrap to check)."
         )
     )
-  for name, why in a.unidentified.items():
-    lines.append(f"- **{name} is not identified**: {why}.")
-  for what, why in a.withheld.items():
-    lines.append(f"- {what.replace('_', ' ').capitalize()} {why}.")
-  return lines + [""]
+  support += [f"- **{name} is not identified**: {why}." for name, why in a.unidentified.items()]
+  support += [f"- {k.replace('_', ' ').capitalize()} {why}." for k, why in a.withheld.items()]
+  cost = [f"This study cost {describe_cost(a.cost)} (est.; see Cost below)."] if a.cost else []
+  return _md(
+      f"# Scaling report: {a.workdir}",
+      f"{len(a.df)} runs, {len(np.unique(N))} sizes ({a.opts.n_col} {N.min():.3g} .. "
+      f"{N.max():.3g}), tokens {D.min():.3g} .. {D.max():.3g}, compute {C.min():.3g} .. "
+      f"{C.max():.3g} FLOPs. Loss column: `{a.opts.loss_col}`.",
+      *cost,
+      "## Conventions",
+      [f"- [x] **{item}**: {what}" for item, what in a.conventions],
+      "## What the data support",
+      support,
+  )
 
 
 def _md_approach3(a: ScalingAnalysis) -> list[str]:
-  law, iv = a.law, a.intervals
+  law, iv, why = a.law, a.intervals, a.unidentified
   if law is None:
-    return [f"Chinchilla (approach 3): not fitted: {a.notes.get('chinchilla')}.", ""]
+    return _md(f"Chinchilla (approach 3): not fitted: {a.notes.get('chinchilla')}.")
   n_boot = len(a.samples) if a.samples is not None else 0
-  lines = [
+  rows = [
+      [k, _fmt_int(getattr(law, k), iv.get(k)), "**no**: " + why[k] if why.get(k) else "yes"]
+      for k in ("E", "A", "B", "alpha", "beta", "a", "b")
+  ]
+  return _md(
       "### Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta",
-      "",
       f"Huber (delta {law.huber_delta:g}) on log residuals summed over {law.n_points} runs, "
       f"L-BFGS-B on the rescaled objective from {law.n_starts} starts: {law.n_at_optimum} of "
       f"the {law.n_final} run to convergence reached the optimum (objective within "
@@ -836,33 +806,19 @@ def _md_approach3(a: ScalingAnalysis) -> list[str]:
       + (
           ""
           if law.verified
-          else " (**not verified**: fewer than 2 starts agree or the " "gradient is not small)"
+          else " (**not verified**: fewer than 2 starts agree or the gradient is not small)"
       )
-      + ". Brackets: "
-      f"{int(fitlib.INTERVAL_LEVEL * 100)}% bootstrap intervals"
+      + f". Brackets: {int(fitlib.INTERVAL_LEVEL * 100)}% bootstrap intervals"
       + (
           f" ({n_boot} resamples by {a.opts.bootstrap_by})."
           if n_boot
           else " (none: --bootstrap 0)."
       ),
-      "",
-      "| parameter | value | identified |",
-      "|---|---|---|",
-  ]
-  for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
-    why = a.unidentified.get(k)
-    lines.append(
-        f"| {k} | {_fmt_int(getattr(law, k), iv.get(k))} | "
-        f"{'**no**: ' + why if why else 'yes'} |"
-    )
-  lines += [
-      "",
+      _md_table(["parameter", "value", "identified"], rows),
       f"Compute-optimal scaling: N_opt ~ C^{law.a:.3f}, D_opt ~ C^{law.b:.3f} "
       f"({'parameters' if law.a > law.b else 'tokens'} should grow faster with compute)."
       + _floor_note(a),
-      "",
-  ]
-  return lines
+  )
 
 
 def _floor_note(a: ScalingAnalysis) -> str:
@@ -875,63 +831,55 @@ def _floor_note(a: ScalingAnalysis) -> str:
 
 
 def _md_other_fits(a: ScalingAnalysis) -> list[str]:
-  lines = []
-  if a.frontier is not None:
-    fiv = a.frontier_intervals
-    lines += [
+  f, fiv, s = a.frontier, a.frontier_intervals, a.size_law
+  if f is not None:
+    lines = _md(
         "### Compute frontier: L*(C) = E + A C^-gamma (fitted to the Pareto-optimal runs)",
-        "",
-        f"E = {_fmt_int(a.frontier.E, fiv.get('E'))}, A = "
-        f"{_fmt_int(a.frontier.A, fiv.get('A'))}, gamma = "
-        f"{_fmt_int(a.frontier.alpha, fiv.get('gamma'), '{:.4f}')}."
+        f"E = {_fmt_int(f.E, fiv.get('E'))}, A = {_fmt_int(f.A, fiv.get('A'))}, gamma = "
+        f"{_fmt_int(f.alpha, fiv.get('gamma'), '{:.4f}')}."
         + (
             f" Extrapolated frontier losses are {a.withheld['frontier_loss']}."
             if "frontier_loss" in a.withheld
             else ""
         ),
-        "",
-    ]
+    )
   else:
-    lines += [f"Compute frontier: not fitted: {a.notes.get('frontier')}", ""]
-  if a.size_law is not None:
-    s = a.size_law
-    lines += [
+    lines = _md(f"Compute frontier: not fitted: {a.notes.get('frontier')}")
+  if s is not None:
+    lines += _md(
         "### L(N) = E + A N^-alpha (best run per size)",
-        "",
         f"E = {s.E:.4g}, A = {s.A:.4g}, alpha = {s.alpha:.4f}.",
-        "",
-    ]
+    )
   else:
-    lines += [f"L(N): not fitted: {a.notes.get('size_law')}", ""]
+    lines += _md(f"L(N): not fitted: {a.notes.get('size_law')}")
   return lines + _md_isoflop(a) + _md_entropy(a)
 
 
 def _md_isoflop(a: ScalingAnalysis) -> list[str]:
   iso = a.iso
   if iso is None:
-    return [f"IsoFLOP (approach 2): not fitted: {a.notes.get('isoflop')}.", ""]
-  lines = [
-      f"### IsoFLOP approach 2: parabola in log N per budget (window {iso.window} around "
-      "each minimum)",
-      "",
-      "| budget C | N* | s.e. of ln N* | D* | loss at N* |",
-      "|---|---|---|---|---|",
+    return _md(f"IsoFLOP (approach 2): not fitted: {a.notes.get('isoflop')}.")
+  rows = [
+      [f"{c:.3g}", f"{n:.3g}", f"{s:.3f}", f"{d:.3g}", f"{l:.4f}"]
+      for c, n, s, d, l in zip(iso.budgets, iso.n_opt, iso._se(), iso.d_opt, iso.loss_opt)
   ]
-  for c, n, s, d, l in zip(iso.budgets, iso.n_opt, iso._se(), iso.d_opt, iso.loss_opt):
-    lines.append(f"| {c:.3g} | {n:.3g} | {s:.3f} | {d:.3g} | {l:.4f} |")
-  lines += [
-      "",
+  slopes = (
       f"N*(C) ~ C^{_fmt_int(iso.a, iso.a_interval, '{:.3f}')}, "
       f"D*(C) ~ C^{_fmt_int(iso.b, iso.b_interval, '{:.3f}')}."
       + (
           f" Approach 3 says a = {_fmt_int(a.law.a, a.intervals.get('a'), '{:.3f}')}."
           if a.law is not None
           else ""
-      ),
-  ]
-  lines += [f"- budget {d['budget']:.3g} left out: {d['reason']}" for d in iso.dropped]
-  lines += [f"- warning: {w}" for w in a.iso_warnings]
-  return lines + [""]
+      )
+  )
+  return _md(
+      f"### IsoFLOP approach 2: parabola in log N per budget (window {iso.window} around "
+      "each minimum)",
+      _md_table(["budget C", "N*", "s.e. of ln N*", "D*", "loss at N*"], rows),
+      [slopes]
+      + [f"- budget {d['budget']:.3g} left out: {d['reason']}" for d in iso.dropped]
+      + [f"- warning: {w}" for w in a.iso_warnings],
+  )
 
 
 def _md_entropy(a: ScalingAnalysis) -> list[str]:
@@ -945,162 +893,133 @@ def _md_entropy(a: ScalingAnalysis) -> list[str]:
     )
   elif "fitted_E_bpb" in a.notes:
     note += f" (E on val_bpb not fitted: {a.notes['fitted_E_bpb']})"
-  return ["### Entropy floor", "", note, ""]
+  return _md("### Entropy floor", note)
 
 
 def _md_sensitivity(a: ScalingAnalysis) -> list[str]:
   if not a.sensitivity:
     return []
   budget = a.sensitivity[0].get("budget", _extrapolation_budget(a))
-  lines = [
-      "## Sensitivity of approach 3",
-      "",
-      f"| variant | runs | E | alpha | beta | a | loss at the optimum of C = {budget:.3g} |",
-      "|---|---|---|---|---|---|---|",
+  rows = [
+      [r["variant"], r["n_points"], f"not fitted: {r['error']}", "", "", "", ""]
+      if "error" in r
+      else [r["variant"], r["n_points"], f"{r['E']:.4g}", f"{r['alpha']:.3f}", f"{r['beta']:.3f}"]
+      + [f"{r['a']:.3f}", f"{r['loss_opt']:.4f}"]
+      for r in a.sensitivity
   ]
-  for r in a.sensitivity:
-    if "error" in r:
-      lines.append(f"| {r['variant']} | {r['n_points']} | not fitted: {r['error']} | | | | |")
-      continue
-    lines.append(
-        f"| {r['variant']} | {r['n_points']} | {r['E']:.4g} | {r['alpha']:.3f} | "
-        f"{r['beta']:.3f} | {r['a']:.3f} | {r['loss_opt']:.4f} |"
-    )
-  return lines + [
-      "",
+  header = ["variant", "runs", "E", "alpha", "beta", "a"]
+  return _md(
+      "## Sensitivity of approach 3",
+      _md_table(header + [f"loss at the optimum of C = {budget:.3g}"], rows),
       "A conclusion that moves more than its interval across these rows rests "
       "on a modelling choice, not on the data.",
-      "",
-  ]
+  )
 
 
 def _md_backtest(a: ScalingAnalysis) -> list[str]:
   bt = a.backtest
-  lines = ["## Backtest: predict the largest budget from the smaller ones", ""]
+  title = "## Backtest: predict the largest budget from the smaller ones"
   if "rows" not in bt:
-    return lines + [f"Backtest {bt.get('note', 'not run')}.", ""]
-  lines += [
+    return _md(title, f"Backtest {bt.get('note', 'not run')}.")
+  rows = [
+      [f"{r['N']:.3g}", f"{r['D']:.3g}", f"{r['loss']:.4f}", f"{r['predicted']:.4f}"]
+      + ["[{:.4f}, {:.4f}]".format(*r["interval"]), f"{r['rel_error'] * 100:+.2f}%"]
+      + [_yes_no(r["inside"])]
+      for r in bt["rows"]
+  ]
+  return _md(
+      title,
       f"Approach 3 fitted on {bt['n_train']} runs without {bt['held_out']}, which it then "
       f"predicts ({int(bt['level'] * 100)}% prediction intervals: {bt['n_boot']} bootstrap "
       "refits times resampled residuals).",
-      "",
-      "| N | D | loss | predicted | interval | error | inside |",
-      "|---|---|---|---|---|---|---|",
-  ]
-  for r in bt["rows"]:
-    lines.append(
-        f"| {r['N']:.3g} | {r['D']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} | "
-        f"[{r['interval'][0]:.4f}, {r['interval'][1]:.4f}] | {r['rel_error'] * 100:+.2f}% "
-        f"| {'yes' if r['inside'] else '**no**'} |"
-    )
-  lines += [
-      "",
+      _md_table(["N", "D", "loss", "predicted", "interval", "error", "inside"], rows),
       f"Mean |error| {bt['mean_abs_rel_error'] * 100:.2f}%; the truth fell inside "
       f"{bt['n_inside']} of {len(bt['rows'])} intervals. This is the honest extrapolation "
       "error of this ladder.",
-      "",
-  ]
-  return lines
+  )
 
 
 def _md_prediction_checks(a: ScalingAnalysis) -> list[str]:
   if not a.prediction_checks:
     return []
-  lines = [
+  header = ["C", "x largest rung", "predicted N*", "predicted D*", "predicted loss*"]
+  header += ["trained N, D", "predicted at trained", "achieved", "predicted / achieved - 1"]
+  rows = []
+  for c in a.prediction_checks:
+    p, t, q = c["predicted"], c["trained"], c["predicted_at_trained"]
+    rows.append(
+        [f"{c['budget']:.3g}", f"{c['budget'] / c['largest_rung_flops']:.1f}"]
+        + [_fmt_int(p[k], p.get(f"{k}_interval"), "{:.3g}") for k in ("N", "D")]
+        + [_fmt_int(p["loss"], p.get("loss_interval"))]
+        + [f"{t['params_total']:.3g}, {t['tokens']:.3g} ({t['size']})"]
+        + [_fmt_int(q["loss"], q["interval"]), f"{c['achieved']['val_loss']:.4f}"]
+        + [f"{c['rel_error'] * 100:+.2f}%", _yes_no(c["inside"])]
+    )
+  rungs = ", ".join(str(c["rungs"]) for c in a.prediction_checks)
+  notes = [f"Each prediction was fitted on the rungs finished when it was made ({rungs})."]
+  if a.unidentified:
+    notes.append(
+        "Approach 3 leaves " + ", ".join(a.unidentified) + " unidentified on this table, so a "
+        "prediction's interval, not its point, is what the check tests."
+    )
+  return _md(
       "## Prediction check: predict a larger budget, then train it",
-      "",
       "Approach 3 fitted on the ladder's rungs predicts the compute-optimal N, D and loss at C "
       "(95% bootstrap intervals); the ladder-shaped model nearest that N is trained for C FLOPs "
       "and its loss compared with the law's prediction at the trained N, D (95% prediction "
       "interval: bootstrap refits times resampled residuals plus the evaluation noise).",
-      "",
-      "| C | x largest rung | predicted N* | predicted D* | predicted loss* | trained N, D "
-      "| predicted at trained | achieved | predicted / achieved - 1 | inside |",
-      "|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for c in a.prediction_checks:
-    p, t, q = c["predicted"], c["trained"], c["predicted_at_trained"]
-    lines.append(
-        f"| {c['budget']:.3g} | {c['budget'] / c['largest_rung_flops']:.1f} "
-        f"| {_fmt_int(p['N'], p.get('N_interval'), '{:.3g}')} "
-        f"| {_fmt_int(p['D'], p.get('D_interval'), '{:.3g}')} "
-        f"| {_fmt_int(p['loss'], p.get('loss_interval'))} "
-        f"| {t['params_total']:.3g}, {t['tokens']:.3g} ({t['size']}) "
-        f"| {_fmt_int(q['loss'], q['interval'])} | {c['achieved']['val_loss']:.4f} "
-        f"| {c['rel_error'] * 100:+.2f}% | {'yes' if c['inside'] else '**no**'} |"
-    )
-  rungs = ", ".join(str(c["rungs"]) for c in a.prediction_checks)
-  lines += ["", f"Each prediction was fitted on the rungs finished when it was made ({rungs})."]
-  if a.unidentified:
-    lines.append(
-        "Approach 3 leaves " + ", ".join(a.unidentified) + " unidentified on this table, so a "
-        "prediction's interval, not its point, is what the check tests."
-    )
-  return lines + [""]
+      _md_table(header + ["inside"], rows),
+      notes,
+  )
+
+
+def _allocation_cells(a: ScalingAnalysis, row: dict) -> list[str]:
+  """A row of the allocation table; '-' where a fit is missing, 'withheld' where the data do
+  not identify what a number depends on."""
+  loss = lambda p, what: (
+      "withheld" if what in a.withheld else _fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}")
+  )
+  p, q, f = row.get("approach3"), row.get("approach2"), row.get("frontier")
+  cells = [f"{row['budget']:.3g}"]
+  if p is None:
+    cells += ["-"] * 4
+  elif "allocation" in a.withheld:
+    cells += ["withheld", "withheld", loss(p, "extrapolated_loss"), "-"]
+  else:
+    cells += [_fmt_int(p["N"], p.get("N_interval"), "{:.3g}")]
+    cells += [_fmt_int(p["D"], p.get("D_interval"), "{:.3g}"), loss(p, "extrapolated_loss")]
+    cells += [f"{p['tokens_per_param']:.1f}"]
+  cells += [f"{q['N']:.3g}", f"{q['D']:.3g}"] if q else ["-", "-"]
+  cells.append(loss(f, "frontier_loss") if f else "-")
+  if a.cost:
+    cells.append(describe_cost(budget_cost(a, row["budget"])))
+  return cells
 
 
 def _md_allocation(a: ScalingAnalysis) -> list[str]:
-  lines = [
+  header = ["budget C", "N_opt (approach 3)", "D_opt (approach 3)", "loss (approach 3)"]
+  header += ["tokens/param", "N* (approach 2)", "D* (approach 2)", "frontier L*(C)"]
+  header += ["est. cost at this study's rate"] if a.cost else []
+  withheld = [
+      f"- {what.replace('_', ' ').capitalize()} from approach 3 {a.withheld[what]}."
+      for what in ("allocation", "extrapolated_loss")
+      if what in a.withheld
+  ]
+  return _md(
       "## Compute-optimal allocation",
-      "",
       f"Approach 3 allocates with C = k N D, k = {a.k:.3g}: the ratio C / (N D) of this "
       f"table's FLOP column `{a.opts.flops_col}`, so budgets and runs share one "
       "convention.",
-      "",
-  ]
-  for what in ("allocation", "extrapolated_loss"):
-    if what in a.withheld:
-      lines.append(f"- {what.replace('_', ' ').capitalize()} from approach 3 {a.withheld[what]}.")
-  lines += [
-      "",
-      "| budget C | N_opt (approach 3) | D_opt (approach 3) | loss (approach 3) | "
-      "tokens/param | N* (approach 2) | D* (approach 2) | frontier L*(C) |"
-      + (" est. cost at this study's rate |" if a.cost else ""),
-      "|---|---|---|---|---|---|---|---|" + ("---|" if a.cost else ""),
-  ]
-  for row in a.allocation:
-    cells = [f"{row['budget']:.3g}"]
-    p = row.get("approach3")
-    if p is None or "allocation" in a.withheld:
-      cells += ["withheld" if p else "-"] * 2 + [
-          "withheld"
-          if p and "extrapolated_loss" in a.withheld
-          else (_fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}") if p else "-"),
-          "-",
-      ]
-    else:
-      cells += [
-          _fmt_int(p["N"], p.get("N_interval"), "{:.3g}"),
-          _fmt_int(p["D"], p.get("D_interval"), "{:.3g}"),
-          "withheld"
-          if "extrapolated_loss" in a.withheld
-          else _fmt_int(p["loss"], p.get("loss_interval"), "{:.4f}"),
-          f"{p['tokens_per_param']:.1f}",
-      ]
-    q = row.get("approach2")
-    cells += [f"{q['N']:.3g}", f"{q['D']:.3g}"] if q else ["-", "-"]
-    f = row.get("frontier")
-    cells.append(
-        "-"
-        if not f
-        else "withheld"
-        if "frontier_loss" in a.withheld
-        else _fmt_int(f["loss"], f.get("loss_interval"), "{:.4f}")
-    )
-    if a.cost:
-      cells.append(describe_cost(budget_cost(a, row["budget"])))
-    lines.append("| " + " | ".join(cells) + " |")
-  return lines + [
-      "",
+      withheld,
+      _md_table(header, [_allocation_cells(a, row) for row in a.allocation]),
       "Budgets above the largest run are extrapolations; trust them only as far "
       "as the backtest above allows.",
-      "",
-  ]
+  )
 
 
 def _md_saturation(a: ScalingAnalysis) -> list[str]:
   s = a.saturation
-  lines = ["## Saturation", ""]
+  lines = []
   dr = s.get("doubling_returns")
   if dr:
     lines.append(
@@ -1136,17 +1055,15 @@ def _md_saturation(a: ScalingAnalysis) -> list[str]:
         + (" (close to the floor: scaling is nearly exhausted)." if hr < 0.05 else ".")
     )
   lines.append(f"- Trend-break test: {s['trend_break']['verdict']}.")
-  return lines + _md_spectra_and_curves(a) + [""]
+  return _md("## Saturation", lines + _md_spectra_and_curves(a))
 
 
 def _md_spectra_and_curves(a: ScalingAnalysis) -> list[str]:
   lines = []
   if a.spectra:
-    lines += [
-        "",
-        "LM-head spectra (latest checkpoint of each point; tied embedding or " "unembed):",
-        "",
-    ]
+    lines += [""] + _md(
+        "LM-head spectra (latest checkpoint of each point; tied embedding or unembed):"
+    )
     lines += [
         f"- {name} (d_model {spec['d_model']}, step {spec['step']}): {sat.head_verdict(spec)}"
         for name, spec in sorted(a.spectra.items())
@@ -1156,14 +1073,12 @@ def _md_spectra_and_curves(a: ScalingAnalysis) -> list[str]:
     n_plat = sum(p["plateau"] for p in plat.values())
     n_rise = sum(p["late_rise"] for p in plat.values())
     n_imp = sum(p.get("improving", False) for p in plat.values())
-    lines += [
-        "",
+    lines += [""] + _md(
         f"Training curves (slope of loss vs log2 tokens over the last 20% of each run's "
         f"stable phase; a WSD cooldown, found from the logged LR, is left out): {n_imp} of "
         f"{len(plat)} still improving, {n_plat} have plateaued, {n_rise} rise late, the rest "
-        "are inconclusive.",
-        "",
-    ]
+        "are inconclusive."
+    )
     lines += [f"- {name}: {p['verdict']}" for name, p in plat.items()]
   return lines
 
@@ -1171,21 +1086,18 @@ def _md_spectra_and_curves(a: ScalingAnalysis) -> list[str]:
 def _md_cost(a: ScalingAnalysis) -> list[str]:
   if not a.cost:
     return []
-  lines = [
+  fmt = lambda v: "unknown" if v is None else f"{v:.4g}"
+  rows = [
+      [f"{r['budget']:.3g}"] + [fmt(r[k]) for k in ("chip_hours", "usd", "kwh", "kgco2e")]
+      for r in a.cost["per_budget"]
+  ]
+  return _md(
       "## Cost (estimates)",
-      "",
       f"This study cost {describe_cost(a.cost)} (est.) over the {a.cost['runs']} runs that "
       "recorded a cost: each run's wall time x chips x the board power, price, PUE and grid "
       "intensity in its `cost` event (train/cost.py); unknown where an input was unknown.",
-      "",
-      "| budget C | chip-hours | USD | kWh | kg CO2e |",
-      "|---|---|---|---|---|",
-  ]
-  fmt = lambda v: "unknown" if v is None else f"{v:.4g}"
-  for r in a.cost["per_budget"]:
-    cells = [f"{r['budget']:.3g}"] + [fmt(r[k]) for k in ("chip_hours", "usd", "kwh", "kgco2e")]
-    lines.append("| " + " | ".join(cells) + " |")
-  return lines + [""]
+      _md_table(["budget C", "chip-hours", "USD", "kWh", "kg CO2e"], rows),
+  )
 
 
 def render_markdown(a: ScalingAnalysis, figures=()) -> str:
@@ -1200,16 +1112,18 @@ def _md_lr_transfer(a: ScalingAnalysis) -> list[str]:
   """An lr_sweep ladder's best learning rate per width (eval.lr_transfer.best_lr_shift)."""
   if "lr_choices" not in a.df.columns:
     return []
-
   best = lr_transfer.best_lr_shift(lr_transfer.sweep_rows(a.workdir))
   widths = sorted({w for b in best.values() for w in b["best_lr_exponent"]})
-  lines = ["## Learning-rate transfer", "", "| best learning rate (2^k) | "]
-  lines[-1] += " | ".join(f"width {w}" for w in widths) + " | spread (grid steps) |"
-  lines.append("|---" * (len(widths) + 2) + "|")
-  for par, b in best.items():
-    cells = [str(b["best_lr_exponent"].get(w, "-")) for w in widths]
-    lines.append(f"| {par} | " + " | ".join(cells) + f" | {b['shift_grid_steps']} |")
-  return lines + ["", "A spread of 0-1 grid steps means the best learning rate transfers.", ""]
+  header = ["best learning rate (2^k)", *(f"width {w}" for w in widths), "spread (grid steps)"]
+  rows = [
+      [par, *(b["best_lr_exponent"].get(w, "-") for w in widths), b["shift_grid_steps"]]
+      for par, b in best.items()
+  ]
+  return _md(
+      "## Learning-rate transfer",
+      _md_table(header, rows),
+      "A spread of 0-1 grid steps means the best learning rate transfers.",
+  )
 
 
 # ----------------------------------------------------------------------------- JSON, plots
@@ -1228,22 +1142,16 @@ def analysis_facts(a: ScalingAnalysis) -> dict:
       unidentified=a.unidentified,
       withheld=a.withheld,
   )
-  if a.law is not None:
-    facts["chinchilla"] = dict(
-        a.law.to_dict(), intervals=a.intervals, bootstrap_by=a.opts.bootstrap_by
-    )
-  if a.frontier is not None:
-    facts["frontier"] = dict(
-        a.frontier.to_dict(), gamma=a.frontier.alpha, intervals=a.frontier_intervals
-    )
-  if a.size_law is not None:
-    facts["size_law"] = a.size_law.to_dict()
-  if a.iso is not None:
-    facts["isoflop"] = a.iso.to_dict()
-  if a.floor_bpb is not None:
-    facts["true_floor_bpb"] = a.floor_bpb
-  if a.fitted_E_bpb is not None:
-    facts["fitted_E_bpb"] = a.fitted_E_bpb
+  law, front, opts = a.law, a.frontier, a.opts  # each fit, when there is one
+  optional = dict(
+      chinchilla=law and dict(law.to_dict(), intervals=a.intervals, bootstrap_by=opts.bootstrap_by),
+      frontier=front and dict(front.to_dict(), gamma=front.alpha, intervals=a.frontier_intervals),
+      size_law=a.size_law and a.size_law.to_dict(),
+      isoflop=a.iso and a.iso.to_dict(),
+      true_floor_bpb=a.floor_bpb,
+      fitted_E_bpb=a.fitted_E_bpb,
+  )
+  facts.update({k: v for k, v in optional.items() if v is not None})
   facts.update(
       allocation=a.allocation,
       sensitivity=a.sensitivity,

@@ -160,9 +160,7 @@ class Seq2SeqDecoder:
       )
       self._compiled[key] = jax.jit(functools.partial(fn, max_len=max_len))
     seqs, scores = self._compiled[key](self.params, *map(jnp.asarray, (*ctx, start, offset)))
-    rows = []
-    for row in np.asarray(seqs).tolist():
-      rows.append(row[: row.index(self.eos)] if self.eos in row else row)
+    rows = [row[: row.index(self.eos)] if self.eos in row else row for row in seqs.tolist()]
     return {"tokens": rows, "scores": np.asarray(scores)}
 
   def _context(self, sources, width: int, max_len: int):
@@ -290,14 +288,11 @@ def _merge_finished(fin, new, k: int):
   scores = jnp.concatenate([fin[1], new[1]], axis=1)
   flags = jnp.concatenate([fin[2], new[2]], axis=1)
   order = jnp.argsort(~flags, axis=1, stable=True)[:, :k]
+  kept = jnp.take_along_axis(flags, order, axis=1)
   return (
       jnp.take_along_axis(seqs, order[:, :, None], axis=1),
-      jnp.where(
-          jnp.take_along_axis(flags, order, axis=1),
-          jnp.take_along_axis(scores, order, axis=1),
-          NEG_INF,
-      ),
-      jnp.take_along_axis(flags, order, axis=1),
+      jnp.where(kept, jnp.take_along_axis(scores, order, axis=1), NEG_INF),
+      kept,
   )
 
 
@@ -369,15 +364,8 @@ def add_run_flags(ap, *, beam: int, max_len: int, max_len_help: str, batch_size:
 def decode_run(args, sources: Sequence[str]):
   """(run, decoded texts): the run named by `add_run_flags`' flags, decoding `sources`."""
   run = run_lib.load_run(args.workdir, step=args.step, average_last=args.average_last)
-  texts = decode_texts(
-      run,
-      sources,
-      beam=args.beam,
-      length_penalty=args.length_penalty,
-      max_len=args.max_len,
-      batch_size=args.batch_size,
-  )
-  return run, texts
+  flags = ("beam", "length_penalty", "max_len", "batch_size")
+  return run, decode_texts(run, sources, **{k: getattr(args, k) for k in flags})
 
 
 def write_scores(args, scores: dict, run) -> None:

@@ -43,8 +43,7 @@ def read_examples(path: str, src_field: str, tgt_field: str) -> tuple[list[str],
   """Sources and reference lists of a jsonl file (one example per line)."""
   fix = "name them with --src-field/--tgt-field"
   rows = list(parallel.jsonl_examples(path, src_field, tgt_field, fix))
-  sources, references = [src for _, src, _ in rows], [refs for _, _, refs in rows]
-  return sources, references
+  return [src for _, src, _ in rows], [refs for _, _, refs in rows]
 
 
 def main(argv=None) -> int:

@@ -28,21 +28,13 @@ def bleu_scores(hypotheses: list[str], references: list[str]) -> dict:
 
   if len(hypotheses) != len(references):
     raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-  bleu = sacrebleu.metrics.BLEU()
-  chrf = sacrebleu.metrics.CHRF()
-  tok_lc = sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a")
-  refs = [references]
-  b, c, t = (m.corpus_score(hypotheses, refs) for m in (bleu, chrf, tok_lc))
-  return {
-      "sacrebleu": b.score,
-      "chrf": c.score,
-      "tok_lc_bleu": t.score,
-      "signatures": {
-          "sacrebleu": str(bleu.get_signature()),
-          "chrf": str(chrf.get_signature()),
-          "tok_lc_bleu": str(tok_lc.get_signature()),
-      },
-  }
+  metrics = dict(
+      sacrebleu=sacrebleu.metrics.BLEU(),
+      chrf=sacrebleu.metrics.CHRF(),
+      tok_lc_bleu=sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a"),
+  )
+  scores = {k: m.corpus_score(hypotheses, [references]).score for k, m in metrics.items()}
+  return dict(scores, signatures={k: str(m.get_signature()) for k, m in metrics.items()})
 
 
 def report_lines(scores: dict) -> list[str]:

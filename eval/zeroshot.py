@@ -462,17 +462,8 @@ def mean_and_stderr(name: str, values) -> dict:
 def choice_metrics(items: Sequence[Item], logprob_R: np.ndarray) -> tuple[dict, list[int]]:
   """acc / acc_norm / acc_bytes as lm-eval computes them, and the continuous metrics of the
   correct answer, from the summed log-prob of every (item, choice) in item order."""
-  per = {
-      k: []
-      for k in (
-          "acc",
-          "acc_norm",
-          "acc_bytes",
-          "correct_logprob",
-          "correct_bpb",
-          "correct_prob_norm",
-      )
-  }
+  names = ("acc", "acc_norm", "acc_bytes", "correct_logprob", "correct_bpb", "correct_prob_norm")
+  per = {k: [] for k in names}
   preds, r = [], 0
   for item in items:
     ll = logprob_R[r : r + len(item.choices)]

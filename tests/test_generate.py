@@ -13,6 +13,7 @@ import pytest
 from eval import generate as gen
 from model.config import ModelConfig
 from model.transformer import Transformer
+from model.transformer import init_cache
 
 PE = ["rope", "learned", "sinusoidal"]
 
@@ -64,7 +65,7 @@ def test_cached_decoding_matches_full_forward_every_position(pos_encoding):
   tokens = np.array([[5, 9, 3, 17, 2, 41, 8, 8, 30]], np.int32)
   full = _full_logits(cfg, params, tokens[0])
   step = jax.jit(g._apply)
-  cache = g._empty_cache(1, tokens.shape[1])
+  cache = init_cache(g.cfg, 1, tokens.shape[1])
   got = []
   for lo, hi in [(0, 3)] + [(i, i + 1) for i in range(3, tokens.shape[1])]:
     pos = jnp.arange(lo, hi)[None]

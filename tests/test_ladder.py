@@ -288,7 +288,7 @@ def test_nearest_shape_follows_the_ladders_shape_rule():
   cfg = ladder_cfg.get_config("cpu")
   for n_target in (2e4, 1e5, 2e6):
     name, d_model, layers, heads = ladder.nearest_shape(cfg, n_target)
-    c = ladder._train_config(cfg, (name, d_model, layers, heads), 4, name)
+    c = ladder._train_config(cfg, (name, d_model, layers, heads), name)
     n = summary.param_counts(c.model)["total"]
     assert abs(math.log(n / n_target)) < math.log(1.5), (n_target, name, n)
     assert d_model % 8 == 0 and d_model % heads == 0 and layers >= 1
