@@ -181,6 +181,7 @@ def evaluate(
   """{domain: {loss, loss_se, bpb, bpb_se, tokens, bytes, docs}} plus "all" (every scored
   token of every domain; documents of all domains as clusters). MLM: mlm_loss(_se), no bpb."""
   objective = getattr(eval_step, "objective", "next_token")
+  sharding = eval_step.batch_sharding
   results, pooled = {}, []
   for i, domain in enumerate(eval_source.domains):
     sums = _DocSums()
@@ -192,7 +193,6 @@ def evaluate(
         max_batches=max_batches,
     )
     for g, local in enumerate(batches):
-      sharding = eval_step.batch_sharding
       batch = inputs_lib.to_global(local, sharding, global_batch_size)
       doc_ids = jax.make_array_from_process_local_data(
           sharding, local["doc_ids"], (global_batch_size,) + local["doc_ids"].shape[1:]
